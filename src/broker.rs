@@ -1,0 +1,194 @@
+//! RabbitMQ: connections, the topology session-guard owns, and confirmed
+//! publishing.
+
+use anyhow::Context;
+use lapin::options::{
+    BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
+    QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind};
+
+use crate::configuration::{AmqpSettings, redact_url};
+
+/// Header of a dead-lettered message that says what was wrong with it.
+pub const ERROR_HEADER: &str = "x-session-guard-error";
+/// Header RabbitMQ sets on quorum-queue redeliveries: how many came before.
+pub const DELIVERY_COUNT_HEADER: &str = "x-delivery-count";
+/// Longest error text put in a header (AMQP short strings are 255 bytes, but
+/// header values are long strings; keep them readable all the same).
+const MAX_ERROR_HEADER_BYTES: usize = 1024;
+
+/// Opens a connection; `name` shows in the management UI next to it.
+pub async fn connect(settings: &AmqpSettings, name: &str) -> anyhow::Result<Connection> {
+    let properties = ConnectionProperties::default().with_connection_name(name.into());
+    Connection::connect(&settings.url, properties)
+        .await
+        .with_context(|| format!("cannot connect to RabbitMQ at {}", redact_url(&settings.url)))
+}
+
+/// Declares every exchange and queue session-guard uses. Idempotent: each
+/// worker runs it at start, so the order workers start in does not matter.
+pub async fn declare_topology(channel: &Channel, settings: &AmqpSettings) -> anyhow::Result<()> {
+    // Durable: survive a broker restart. Not auto-delete: apps bind to them.
+    let durable = ExchangeDeclareOptions {
+        durable: true,
+        ..ExchangeDeclareOptions::default()
+    };
+    for (name, kind) in [
+        (&settings.events_exchange, ExchangeKind::Topic),
+        (&settings.revocations_exchange, ExchangeKind::Topic),
+        // Fanout: everything rejected goes to the one dead-letter queue,
+        // whatever its routing key.
+        (&settings.dead_letter_exchange, ExchangeKind::Fanout),
+    ] {
+        channel
+            .exchange_declare(name.as_str().into(), kind, durable, FieldTable::default())
+            .await
+            .with_context(|| format!("cannot declare exchange {name}"))?;
+    }
+
+    let durable_queue = QueueDeclareOptions {
+        durable: true,
+        ..QueueDeclareOptions::default()
+    };
+    channel
+        .queue_declare(
+            settings.dead_letter_queue.as_str().into(),
+            durable_queue,
+            quorum_arguments(),
+        )
+        .await
+        .with_context(|| format!("cannot declare queue {}", settings.dead_letter_queue))?;
+    channel
+        .queue_bind(
+            settings.dead_letter_queue.as_str().into(),
+            settings.dead_letter_exchange.as_str().into(),
+            "".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .context("cannot bind the dead-letter queue")?;
+
+    let mut events_args = quorum_arguments();
+    // What the broker does with a message that failed too often: send it to
+    // our dead-letter exchange rather than dropping it.
+    events_args.insert(
+        "x-dead-letter-exchange".into(),
+        AMQPValue::LongString(settings.dead_letter_exchange.as_str().into()),
+    );
+    // RabbitMQ 3.10 has no default delivery limit on quorum queues; without
+    // one a message that crashes workers would loop forever.
+    events_args.insert(
+        "x-delivery-limit".into(),
+        AMQPValue::LongInt(settings.max_redeliveries.min(i32::MAX as u32) as i32),
+    );
+    channel
+        .queue_declare(
+            settings.events_queue.as_str().into(),
+            durable_queue,
+            events_args,
+        )
+        .await
+        .with_context(|| {
+            format!(
+                "cannot declare queue {} (if it exists with other arguments, delete it or \
+                 keep amqp.max_redeliveries as it was)",
+                settings.events_queue
+            )
+        })?;
+    channel
+        .queue_bind(
+            settings.events_queue.as_str().into(),
+            settings.events_exchange.as_str().into(),
+            "#".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .context("cannot bind the events queue")?;
+    Ok(())
+}
+
+/// Quorum queues: replicated, durable, and faster than classic queues here.
+fn quorum_arguments() -> FieldTable {
+    let mut args = FieldTable::default();
+    args.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
+    args
+}
+
+/// A channel in confirm mode, for publishing that must not lose messages.
+pub async fn confirm_channel(connection: &Connection) -> anyhow::Result<Channel> {
+    let channel = connection
+        .create_channel()
+        .await
+        .context("cannot open a channel")?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .context("cannot enable publisher confirms")?;
+    Ok(channel)
+}
+
+/// Publishes a copy of a rejected message to the dead-letter exchange, body
+/// and properties unchanged but for the error header, and waits for the
+/// broker's confirm.
+pub async fn dead_letter(
+    channel: &Channel,
+    exchange: &str,
+    routing_key: &str,
+    body: &[u8],
+    properties: &BasicProperties,
+    error: &str,
+) -> anyhow::Result<()> {
+    let mut headers = properties.headers().clone().unwrap_or_default();
+    headers.insert(
+        ERROR_HEADER.into(),
+        AMQPValue::LongString(LongString::from(truncate(error, MAX_ERROR_HEADER_BYTES))),
+    );
+    let properties = properties.clone().with_headers(headers).with_delivery_mode(2);
+    let confirm = channel
+        .basic_publish(
+            exchange.into(),
+            ShortString::from(routing_key),
+            BasicPublishOptions::default(),
+            body,
+            properties,
+        )
+        .await
+        .context("cannot publish to the dead-letter exchange")?
+        .await
+        .context("no confirm from the dead-letter exchange")?;
+    match confirm {
+        Confirmation::Ack(_) | Confirmation::NotRequested => Ok(()),
+        Confirmation::Nack(_) => anyhow::bail!("the broker refused the dead-lettered message"),
+    }
+}
+
+/// How many times the broker delivered this message before (quorum queues).
+pub fn delivery_count(properties: &BasicProperties) -> u32 {
+    let Some(headers) = properties.headers() else {
+        return 0;
+    };
+    match headers.inner().get(DELIVERY_COUNT_HEADER) {
+        Some(AMQPValue::LongLongInt(n)) => (*n).max(0) as u32,
+        Some(AMQPValue::LongInt(n)) => (*n).max(0) as u32,
+        Some(AMQPValue::LongUInt(n)) => *n,
+        Some(AMQPValue::ShortInt(n)) => (*n).max(0) as u32,
+        Some(AMQPValue::ShortShortInt(n)) => (*n).max(0) as u32,
+        _ => 0,
+    }
+}
+
+/// Cuts `s` to at most `max` bytes on a character boundary.
+fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}

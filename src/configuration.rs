@@ -1,0 +1,333 @@
+//! Layered settings: the embedded `config/default.toml`, then an optional file,
+//! then `SESSION_GUARD__<SECTION>__<KEY>` environment variables.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context;
+use serde::Deserialize;
+
+/// The defaults, compiled in so that the binary runs without any file around it.
+const DEFAULT_CONFIG: &str = include_str!("../config/default.toml");
+
+/// Prefix of the environment variables that override settings.
+pub const ENV_PREFIX: &str = "SESSION_GUARD";
+
+/// Everything session-guard can be told; one section per subsystem.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Settings {
+    pub database: DatabaseSettings,
+    pub amqp: AmqpSettings,
+    pub worker: WorkerSettings,
+    pub limits: LimitSettings,
+    pub retention: RetentionSettings,
+    pub log: LogSettings,
+    pub metrics: MetricsSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct MetricsSettings {
+    /// Where `run` serves Prometheus metrics; empty turns the endpoint off.
+    pub listen: String,
+}
+
+#[derive(Clone, Deserialize)]
+pub struct DatabaseSettings {
+    /// PostgreSQL URL; may hold a password, so it is only ever logged redacted.
+    pub url: String,
+    /// Pool size: one connection per batch in flight plus the relay and housekeeping.
+    pub max_connections: u32,
+}
+
+#[derive(Clone, Deserialize)]
+pub struct AmqpSettings {
+    /// RabbitMQ URL; may hold a password, so it is only ever logged redacted.
+    pub url: String,
+    /// Topic exchange apps publish events to.
+    pub events_exchange: String,
+    /// Quorum queue the workers share.
+    pub events_queue: String,
+    /// Topic exchange revoke events go to.
+    pub revocations_exchange: String,
+    /// Fanout exchange for messages that cannot be accepted.
+    pub dead_letter_exchange: String,
+    /// Durable queue bound to the dead-letter exchange, so nothing rejected is lost.
+    pub dead_letter_queue: String,
+    /// Per-consumer prefetch: the only backpressure lapin's consumer has.
+    pub prefetch: u16,
+    /// Delivery limit of the events queue, after which the broker dead-letters.
+    pub max_redeliveries: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct WorkerSettings {
+    /// Most deliveries handled in one transaction.
+    pub batch_size: usize,
+    /// Time to wait for a batch to fill once its first delivery arrived.
+    pub batch_wait_ms: u64,
+    /// Upper bound of the exponential backoff after an error.
+    pub max_backoff_ms: u64,
+    /// Seconds a graceful shutdown may take before `run` gives up waiting.
+    pub shutdown_timeout: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct LimitSettings {
+    /// Active sessions per user and app; 0 means unlimited.
+    pub max_sessions: u32,
+    /// Seconds between two revoke messages for one session; 0 = no pause.
+    pub repeat_revoke_after: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct RetentionSettings {
+    /// Ended rows kept per user; `None` keeps everything.
+    #[serde(default)]
+    pub log_limit: Option<u32>,
+    /// Seconds a pruned session's key is remembered so it cannot come back.
+    pub tombstone_ttl: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct LogSettings {
+    /// tracing EnvFilter directive, e.g. "info" or "session_guard=debug,info".
+    pub level: String,
+    /// Output format for the log lines.
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable, for a terminal.
+    Pretty,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+impl Settings {
+    /// Loads the defaults, then `file` if given, then the environment.
+    pub fn load(file: Option<&Path>) -> anyhow::Result<Settings> {
+        Self::load_from(file, std::env::vars())
+    }
+
+    /// Like [`Settings::load`], with the environment given explicitly (for tests).
+    pub fn load_from(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> anyhow::Result<Settings> {
+        let mut builder = config::Config::builder().add_source(config::File::from_str(
+            DEFAULT_CONFIG,
+            config::FileFormat::Toml,
+        ));
+        if let Some(path) = file {
+            if !path.exists() {
+                anyhow::bail!("config file {} does not exist", path.display());
+            }
+            builder = builder.add_source(config::File::from(path).required(true));
+        }
+        let env: config::Map<String, String> = env
+            .into_iter()
+            .filter(|(key, _)| key.starts_with(&format!("{ENV_PREFIX}__")))
+            .collect();
+        builder = builder.add_source(
+            config::Environment::with_prefix(ENV_PREFIX)
+                .separator("__")
+                .try_parsing(true)
+                .source(Some(env)),
+        );
+        let settings: Settings = builder
+            .build()
+            .context("failed to read the configuration")?
+            .try_deserialize()
+            .context("invalid configuration")?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Rejects combinations that would misbehave at run time.
+    fn validate(&self) -> anyhow::Result<()> {
+        if self.worker.batch_size == 0 {
+            anyhow::bail!("worker.batch_size must be at least 1");
+        }
+        if self.amqp.prefetch == 0 {
+            anyhow::bail!("amqp.prefetch must be at least 1 (0 would mean unlimited)");
+        }
+        for (key, name) in [
+            ("amqp.events_exchange", &self.amqp.events_exchange),
+            ("amqp.events_queue", &self.amqp.events_queue),
+            ("amqp.revocations_exchange", &self.amqp.revocations_exchange),
+            ("amqp.dead_letter_exchange", &self.amqp.dead_letter_exchange),
+            ("amqp.dead_letter_queue", &self.amqp.dead_letter_queue),
+        ] {
+            if name.is_empty() || name.len() > 255 {
+                anyhow::bail!("{key} must be 1-255 bytes long");
+            }
+        }
+        Ok(())
+    }
+}
+
+impl WorkerSettings {
+    pub fn batch_wait(&self) -> Duration {
+        Duration::from_millis(self.batch_wait_ms)
+    }
+    pub fn max_backoff(&self) -> Duration {
+        Duration::from_millis(self.max_backoff_ms.max(100))
+    }
+    pub fn shutdown_timeout(&self) -> Duration {
+        Duration::from_secs(self.shutdown_timeout)
+    }
+}
+
+impl std::fmt::Debug for DatabaseSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DatabaseSettings")
+            .field("url", &redact_url(&self.url))
+            .field("max_connections", &self.max_connections)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for AmqpSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AmqpSettings")
+            .field("url", &redact_url(&self.url))
+            .field("events_exchange", &self.events_exchange)
+            .field("events_queue", &self.events_queue)
+            .field("revocations_exchange", &self.revocations_exchange)
+            .field("dead_letter_exchange", &self.dead_letter_exchange)
+            .field("dead_letter_queue", &self.dead_letter_queue)
+            .field("prefetch", &self.prefetch)
+            .field("max_redeliveries", &self.max_redeliveries)
+            .finish()
+    }
+}
+
+/// Replaces the password of a URL (`scheme://user:password@host/...`) with `***`,
+/// and any `password=` query parameter too, so URLs can be logged.
+pub fn redact_url(url: &str) -> String {
+    let mut out = url.to_owned();
+    if let Some(scheme_end) = out.find("://") {
+        let rest_start = scheme_end + 3;
+        let authority_end = out[rest_start..]
+            .find(['/', '?', '#'])
+            .map_or(out.len(), |i| rest_start + i);
+        if let Some(at) = out[rest_start..authority_end].rfind('@') {
+            let userinfo = &out[rest_start..rest_start + at];
+            if let Some(colon) = userinfo.find(':') {
+                let start = rest_start + colon + 1;
+                let end = rest_start + at;
+                out.replace_range(start..end, "***");
+            }
+        }
+    }
+    if let Some(q) = out.find('?') {
+        let (head, query) = out.split_at(q + 1);
+        let query = query
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
+                _ => pair.to_owned(),
+            })
+            .collect::<Vec<_>>()
+            .join("&");
+        out = format!("{head}{query}");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_reach_the_local_services() {
+        let s = Settings::load_from(None, env(&[])).unwrap();
+        assert_eq!(
+            s.database.url,
+            "postgres://postgres@127.0.0.1:5432/session_guard"
+        );
+        assert_eq!(s.amqp.url, "amqp://guest:guest@127.0.0.1:5672/%2f");
+        assert_eq!(s.amqp.events_exchange, "session_guard.events");
+        assert_eq!(s.limits.max_sessions, 1);
+        assert_eq!(s.limits.repeat_revoke_after, 30);
+        assert_eq!(s.retention.log_limit, None);
+    }
+
+    #[test]
+    fn environment_overrides_with_double_underscores() {
+        let s = Settings::load_from(
+            None,
+            env(&[
+                ("SESSION_GUARD__LIMITS__MAX_SESSIONS", "3"),
+                ("SESSION_GUARD__RETENTION__LOG_LIMIT", "0"),
+                ("SESSION_GUARD__AMQP__EVENTS_QUEUE", "q.custom"),
+                ("SESSION_GUARD__DATABASE__URL", "postgres://u:p@db/x"),
+                ("OTHER__LIMITS__MAX_SESSIONS", "9"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.limits.max_sessions, 3);
+        assert_eq!(s.retention.log_limit, Some(0));
+        assert_eq!(s.amqp.events_queue, "q.custom");
+        assert_eq!(s.database.url, "postgres://u:p@db/x");
+    }
+
+    #[test]
+    fn file_layers_between_defaults_and_environment() {
+        let dir = std::env::temp_dir().join(format!("sg-config-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("custom.toml");
+        std::fs::write(
+            &file,
+            "[limits]\nmax_sessions = 2\nrepeat_revoke_after = 5\n[retention]\nlog_limit = 10\n",
+        )
+        .unwrap();
+        let s = Settings::load_from(
+            Some(&file),
+            env(&[("SESSION_GUARD__LIMITS__MAX_SESSIONS", "4")]),
+        )
+        .unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(s.limits.max_sessions, 4, "environment beats the file");
+        assert_eq!(s.limits.repeat_revoke_after, 5, "file beats the defaults");
+        assert_eq!(s.retention.log_limit, Some(10));
+    }
+
+    #[test]
+    fn missing_file_and_bad_values_are_errors() {
+        assert!(Settings::load_from(Some(Path::new("/nonexistent/x.toml")), env(&[])).is_err());
+        let err = Settings::load_from(
+            None,
+            env(&[("SESSION_GUARD__LIMITS__MAX_SESSIONS", "many")]),
+        )
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("max_sessions"), "{err:#}");
+    }
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redact_url("amqp://guest:guest@127.0.0.1:5672/%2f"),
+            "amqp://guest:***@127.0.0.1:5672/%2f"
+        );
+        assert_eq!(
+            redact_url("postgres://postgres@127.0.0.1:5432/db"),
+            "postgres://postgres@127.0.0.1:5432/db"
+        );
+        assert_eq!(
+            redact_url("postgres://u:s3cr@t@h/db?sslmode=require&password=x"),
+            "postgres://u:***@h/db?sslmode=require&password=***"
+        );
+        let debug = format!("{:?}", Settings::load_from(None, env(&[])).unwrap());
+        assert!(!debug.contains("guest:guest"), "{debug}");
+    }
+}

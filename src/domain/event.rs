@@ -1,0 +1,450 @@
+//! The wire contract v1 for events from apps: decoding and validation.
+//!
+//! Everything an app sends is checked here, at the edge, and turned into typed
+//! values; the rest of the program never sees an unchecked string. Errors say
+//! which field is wrong and why: they end up in the `x-session-guard-error`
+//! header of the dead-lettered message, where the app's developers read them.
+
+use std::fmt;
+use std::net::IpAddr;
+
+use chrono::{DateTime, Utc};
+use serde_json::{Map, Value};
+
+/// Largest message body accepted, in bytes (64 KiB).
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
+/// Longest `app`, in characters.
+pub const MAX_APP_CHARS: usize = 64;
+/// Longest `session_id` and `user_id`, in characters.
+pub const MAX_ID_CHARS: usize = 256;
+/// Longest `event_id`, in characters.
+pub const MAX_EVENT_ID_CHARS: usize = 256;
+/// Longest `user_agent`, in characters.
+pub const MAX_USER_AGENT_CHARS: usize = 512;
+
+/// Why a message was refused; the text is what the dead-letter header carries.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EventError {
+    #[error("message too large: {0} bytes (limit {MAX_MESSAGE_BYTES})")]
+    TooLarge(usize),
+    #[error("invalid JSON at line {line} column {column}: {detail}")]
+    Json {
+        line: usize,
+        column: usize,
+        detail: String,
+    },
+    #[error("event must be a JSON object")]
+    NotAnObject,
+    #[error("missing field {0}")]
+    Missing(&'static str),
+    #[error("{field}: {problem}")]
+    Invalid {
+        field: &'static str,
+        problem: String,
+    },
+}
+
+impl EventError {
+    fn invalid(field: &'static str, problem: impl Into<String>) -> Self {
+        EventError::Invalid {
+            field,
+            problem: problem.into(),
+        }
+    }
+}
+
+/// What happened to a session, as told by its app.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EventKind {
+    /// The user authenticated and the session began.
+    Login,
+    /// The user made an authenticated request with the session.
+    Request,
+    /// The user logged out: the session ended.
+    Logout,
+}
+
+impl EventKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Login => "login",
+            EventKind::Request => "request",
+            EventKind::Logout => "logout",
+        }
+    }
+}
+
+impl fmt::Display for EventKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+macro_rules! string_newtype {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        pub struct $name(String);
+
+        impl $name {
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+            pub fn into_inner(self) -> String {
+                self.0
+            }
+            /// Wraps a value that was validated before it was stored.
+            pub(crate) fn from_trusted(s: String) -> Self {
+                $name(s)
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl AsRef<str> for $name {
+            fn as_ref(&self) -> &str {
+                &self.0
+            }
+        }
+    };
+}
+
+string_newtype!(
+    /// An app's name: 1-64 characters of `A-Z a-z 0-9 _ . -`, safe in a routing key.
+    AppName
+);
+string_newtype!(
+    /// An app's session key: 1-256 characters, no control characters.
+    SessionId
+);
+string_newtype!(
+    /// The authenticated user: 1-256 characters, no control characters.
+    UserId
+);
+
+impl AppName {
+    pub fn parse(s: &str) -> Result<AppName, String> {
+        let n = s.chars().count();
+        if n == 0 || n > MAX_APP_CHARS {
+            return Err(format!("must be 1-{MAX_APP_CHARS} characters, got {n}"));
+        }
+        if let Some(c) = s
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')))
+        {
+            return Err(format!(
+                "invalid character {c:?} (allowed: A-Z a-z 0-9 _ . -)"
+            ));
+        }
+        Ok(AppName(s.to_owned()))
+    }
+}
+
+fn parse_id(s: &str) -> Result<String, String> {
+    let n = s.chars().count();
+    if n == 0 || n > MAX_ID_CHARS {
+        return Err(format!("must be 1-{MAX_ID_CHARS} characters, got {n}"));
+    }
+    if s.chars().any(char::is_control) {
+        return Err("must not contain control characters".into());
+    }
+    Ok(s.to_owned())
+}
+
+impl SessionId {
+    pub fn parse(s: &str) -> Result<SessionId, String> {
+        parse_id(s).map(SessionId)
+    }
+}
+
+impl UserId {
+    pub fn parse(s: &str) -> Result<UserId, String> {
+        parse_id(s).map(UserId)
+    }
+}
+
+/// A validated event from an app.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SessionEvent {
+    pub kind: EventKind,
+    pub app: AppName,
+    pub session_id: SessionId,
+    /// Always present for login and request; a logout may omit it.
+    pub user_id: Option<UserId>,
+    /// When the app saw it: the only clock used to rank sessions.
+    pub occurred_at: DateTime<Utc>,
+    pub event_id: Option<String>,
+    pub ip: Option<IpAddr>,
+    pub user_agent: Option<String>,
+    /// When the app's session expires by itself.
+    pub expires_at: Option<DateTime<Utc>>,
+    /// Free-form facts about the user, for rule hooks.
+    pub attributes: Map<String, Value>,
+}
+
+impl SessionEvent {
+    /// Decodes and validates one message body.
+    pub fn decode(body: &[u8]) -> Result<SessionEvent, EventError> {
+        if body.len() > MAX_MESSAGE_BYTES {
+            return Err(EventError::TooLarge(body.len()));
+        }
+        let value: Value = serde_json::from_slice(body).map_err(|e| EventError::Json {
+            line: e.line(),
+            column: e.column(),
+            detail: json_error_detail(&e),
+        })?;
+        let Value::Object(mut object) = value else {
+            return Err(EventError::NotAnObject);
+        };
+
+        let kind = match required_str(&object, "type")? {
+            "login" => EventKind::Login,
+            "request" => EventKind::Request,
+            "logout" => EventKind::Logout,
+            other => {
+                return Err(EventError::invalid(
+                    "type",
+                    format!("unknown event type {other:?} (expected login, request or logout)"),
+                ));
+            }
+        };
+        let app = AppName::parse(required_str(&object, "app")?)
+            .map_err(|p| EventError::invalid("app", p))?;
+        let session_id = SessionId::parse(required_str(&object, "session_id")?)
+            .map_err(|p| EventError::invalid("session_id", p))?;
+        let user_id = match kind {
+            EventKind::Login | EventKind::Request => Some(required_str(&object, "user_id")?),
+            EventKind::Logout => optional_str(&object, "user_id")?,
+        }
+        .map(UserId::parse)
+        .transpose()
+        .map_err(|p| EventError::invalid("user_id", p))?;
+        let occurred_at = parse_time("occurred_at", required_str(&object, "occurred_at")?)?;
+        let event_id = optional_str(&object, "event_id")?
+            .map(|s| {
+                let n = s.chars().count();
+                if n == 0 || n > MAX_EVENT_ID_CHARS {
+                    Err(EventError::invalid(
+                        "event_id",
+                        format!("must be 1-{MAX_EVENT_ID_CHARS} characters, got {n}"),
+                    ))
+                } else if s.contains('\0') {
+                    Err(EventError::invalid("event_id", "must not contain NUL"))
+                } else {
+                    Ok(s.to_owned())
+                }
+            })
+            .transpose()?;
+        let ip = optional_str(&object, "ip")?
+            .map(|s| {
+                s.parse::<IpAddr>()
+                    .map_err(|_| EventError::invalid("ip", "invalid IP address"))
+            })
+            .transpose()?;
+        let user_agent = optional_str(&object, "user_agent")?
+            .map(|s| {
+                let n = s.chars().count();
+                if n > MAX_USER_AGENT_CHARS {
+                    Err(EventError::invalid(
+                        "user_agent",
+                        format!("longer than {MAX_USER_AGENT_CHARS} characters ({n})"),
+                    ))
+                } else if s.contains('\0') {
+                    Err(EventError::invalid("user_agent", "must not contain NUL"))
+                } else {
+                    Ok(s.to_owned())
+                }
+            })
+            .transpose()?;
+        let expires_at = optional_str(&object, "expires_at")?
+            .map(|s| parse_time("expires_at", s))
+            .transpose()?;
+        let attributes = match object.remove("attributes") {
+            None | Some(Value::Null) => Map::new(),
+            Some(Value::Object(map)) => map,
+            Some(other) => {
+                return Err(EventError::invalid(
+                    "attributes",
+                    format!("expected a JSON object, got {}", json_type(&other)),
+                ));
+            }
+        };
+
+        Ok(SessionEvent {
+            kind,
+            app,
+            session_id,
+            user_id,
+            occurred_at,
+            event_id,
+            ip,
+            user_agent,
+            expires_at,
+            attributes,
+        })
+    }
+}
+
+/// serde_json's message without its trailing " at line L column C", which we
+/// already put first.
+fn json_error_detail(e: &serde_json::Error) -> String {
+    let text = e.to_string();
+    match text.rfind(" at line ") {
+        Some(i) => text[..i].to_owned(),
+        None => text,
+    }
+}
+
+fn json_type(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// A field that must be present and a string. `null` counts as missing.
+fn required_str<'a>(object: &'a Map<String, Value>, field: &'static str) -> Result<&'a str, EventError> {
+    optional_str(object, field)?.ok_or(EventError::Missing(field))
+}
+
+/// A field that may be absent or null, and is a string otherwise.
+fn optional_str<'a>(
+    object: &'a Map<String, Value>,
+    field: &'static str,
+) -> Result<Option<&'a str>, EventError> {
+    match object.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(other) => Err(EventError::invalid(
+            field,
+            format!("expected a string, got {}", json_type(other)),
+        )),
+    }
+}
+
+fn parse_time(field: &'static str, s: &str) -> Result<DateTime<Utc>, EventError> {
+    DateTime::parse_from_rfc3339(s)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| EventError::invalid(field, format!("invalid RFC 3339 time {s:?} ({e})")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn decode(v: Value) -> Result<SessionEvent, EventError> {
+        SessionEvent::decode(v.to_string().as_bytes())
+    }
+
+    fn login() -> Value {
+        json!({
+            "type": "login", "app": "shop", "session_id": "s1", "user_id": "u1",
+            "occurred_at": "2026-11-27T10:00:00Z"
+        })
+    }
+
+    fn error_of(v: Value) -> String {
+        decode(v).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn decodes_a_full_event() {
+        let e = decode(json!({
+            "type": "request", "app": "shop-2.eu_west", "session_id": "abc",
+            "user_id": "42", "occurred_at": "2026-11-27T11:00:00+01:00",
+            "event_id": "e-1", "ip": "2001:db8::1", "user_agent": "Firefox",
+            "expires_at": "2026-11-28T10:00:00Z", "attributes": {"superuser": true},
+            "future_field": [1, 2]
+        }))
+        .unwrap();
+        assert_eq!(e.kind, EventKind::Request);
+        assert_eq!(e.app.as_str(), "shop-2.eu_west");
+        assert_eq!(e.user_id.unwrap().as_str(), "42");
+        assert_eq!(e.occurred_at.to_rfc3339(), "2026-11-27T10:00:00+00:00");
+        assert_eq!(e.ip.unwrap().to_string(), "2001:db8::1");
+        assert_eq!(e.attributes["superuser"], json!(true));
+    }
+
+    #[test]
+    fn logout_may_omit_the_user() {
+        let mut v = login();
+        v["type"] = json!("logout");
+        v.as_object_mut().unwrap().remove("user_id");
+        assert_eq!(decode(v).unwrap().user_id, None);
+    }
+
+    #[test]
+    fn reports_what_is_wrong() {
+        assert!(
+            SessionEvent::decode(b"{\"type\": ")
+                .unwrap_err()
+                .to_string()
+                .starts_with("invalid JSON at line 1 column 9"),
+        );
+        assert_eq!(
+            SessionEvent::decode(b"[1]").unwrap_err(),
+            EventError::NotAnObject
+        );
+        let mut v = login();
+        v.as_object_mut().unwrap().remove("user_id");
+        assert_eq!(error_of(v), "missing field user_id");
+        let mut v = login();
+        v["ip"] = json!("10.0.0.300");
+        assert_eq!(error_of(v), "ip: invalid IP address");
+        let mut v = login();
+        v["type"] = json!("logon");
+        assert!(error_of(v).starts_with("type: unknown event type \"logon\""));
+        let mut v = login();
+        v["app"] = json!("my shop");
+        assert!(error_of(v).starts_with("app: invalid character ' '"));
+        let mut v = login();
+        v["app"] = json!("a".repeat(65));
+        assert_eq!(error_of(v), "app: must be 1-64 characters, got 65");
+        let mut v = login();
+        v["session_id"] = json!("");
+        assert_eq!(error_of(v), "session_id: must be 1-256 characters, got 0");
+        let mut v = login();
+        v["user_id"] = json!(42);
+        assert_eq!(error_of(v), "user_id: expected a string, got a number");
+        let mut v = login();
+        v["occurred_at"] = json!("yesterday");
+        assert!(error_of(v).starts_with("occurred_at: invalid RFC 3339 time \"yesterday\""));
+        let mut v = login();
+        v["user_agent"] = json!("x".repeat(513));
+        assert!(error_of(v).starts_with("user_agent: longer than 512"));
+        let mut v = login();
+        v["attributes"] = json!([1]);
+        assert_eq!(
+            error_of(v),
+            "attributes: expected a JSON object, got an array"
+        );
+        let mut v = login();
+        v["session_id"] = json!("a\u{0}b");
+        assert_eq!(error_of(v), "session_id: must not contain control characters");
+    }
+
+    #[test]
+    fn refuses_large_messages_before_parsing() {
+        let body = vec![b' '; MAX_MESSAGE_BYTES + 1];
+        assert_eq!(
+            SessionEvent::decode(&body).unwrap_err(),
+            EventError::TooLarge(MAX_MESSAGE_BYTES + 1)
+        );
+    }
+
+    #[test]
+    fn lengths_count_characters_not_bytes() {
+        let mut v = login();
+        v["session_id"] = json!("é".repeat(256));
+        assert!(decode(v).is_ok());
+    }
+}

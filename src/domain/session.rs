@@ -1,0 +1,382 @@
+//! A session's log record and how one event changes it. Pure: the store reads
+//! the record, calls [`apply_event`], and writes the result back.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+use super::event::{AppName, EventKind, SessionEvent, SessionId, UserId};
+
+/// Why a session ended. Stored as text in `sessions.end_reason`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndReason {
+    /// The app reported a logout.
+    Logout,
+    /// Revoked because the user held more sessions than the limit.
+    SessionLimit,
+    /// Only for sessions shown after they passed their `expires_at`.
+    Expired,
+}
+
+impl EndReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndReason::Logout => "logout",
+            EndReason::SessionLimit => "session_limit",
+            EndReason::Expired => "expired",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<EndReason> {
+        Some(match s {
+            "logout" => EndReason::Logout,
+            "session_limit" => EndReason::SessionLimit,
+            "expired" => EndReason::Expired,
+            _ => return None,
+        })
+    }
+
+    /// True for the reasons that come with a revoke message.
+    pub fn is_revocation(self) -> bool {
+        matches!(self, EndReason::SessionLimit)
+    }
+}
+
+impl fmt::Display for EndReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A session's state as users of `session-guard sessions` see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionState {
+    Active,
+    Revoked,
+    LoggedOut,
+    Expired,
+}
+
+impl SessionState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SessionState::Active => "active",
+            SessionState::Revoked => "revoked",
+            SessionState::LoggedOut => "logged_out",
+            SessionState::Expired => "expired",
+        }
+    }
+}
+
+impl fmt::Display for SessionState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One row of the session log.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SessionRecord {
+    pub app: AppName,
+    pub session_id: SessionId,
+    /// Unknown only while all we heard of the session is a logout without one.
+    pub user_id: Option<UserId>,
+    /// Event time of the login; until a login event arrives, the earliest
+    /// time the session was seen.
+    pub login_at: DateTime<Utc>,
+    /// Whether `login_at` comes from a login event (true) or was inferred.
+    pub login_seen: bool,
+    /// Event time of the latest event for this session.
+    pub last_seen_at: DateTime<Utc>,
+    pub ip: Option<IpAddr>,
+    pub user_agent: Option<String>,
+    pub expires_at: Option<DateTime<Utc>>,
+    /// When the session ended (logout: event time; revocation: decision time).
+    pub ended_at: Option<DateTime<Utc>>,
+    pub end_reason: Option<EndReason>,
+    /// For revoked sessions: the limit in force when it was revoked.
+    pub max_sessions: Option<u32>,
+    /// Wall-clock time the latest revoke message for it was written.
+    pub last_revoke_at: Option<DateTime<Utc>>,
+}
+
+impl SessionRecord {
+    /// Counts against the limit at `at`: not ended and not expired.
+    pub fn is_active_at(&self, at: DateTime<Utc>) -> bool {
+        self.end_reason.is_none() && self.expires_at.is_none_or(|e| e > at)
+    }
+
+    /// The state shown to operators at `now`.
+    pub fn state_at(&self, now: DateTime<Utc>) -> SessionState {
+        state_of(self.end_reason, self.expires_at, now)
+    }
+}
+
+/// The state of a session from its stored end reason and expiry.
+pub fn state_of(
+    end_reason: Option<EndReason>,
+    expires_at: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+) -> SessionState {
+    match end_reason {
+        Some(EndReason::Logout) => SessionState::LoggedOut,
+        Some(EndReason::Expired) => SessionState::Expired,
+        Some(EndReason::SessionLimit) => SessionState::Revoked,
+        None if expires_at.is_some_and(|e| e <= now) => SessionState::Expired,
+        None => SessionState::Active,
+    }
+}
+
+/// What applying one event did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Applied {
+    /// The record after the event.
+    pub record: SessionRecord,
+    /// Whether anything must be written back.
+    pub changed: bool,
+    /// The session was revoked, and this request shows the app still uses it:
+    /// publish its revoke again (`repeat: true`).
+    pub repeat_revoke: bool,
+}
+
+/// Applies one event to the session's current record (`None` if unknown).
+///
+/// `now` is the worker's clock, used only for the repeat-revoke pause;
+/// everything else follows event time. Rules:
+/// - an ended session stays ended, whatever arrives later;
+/// - the latest event (by `occurred_at`) sets last_seen_at, ip, user_agent
+///   and expires_at; an older one arriving late changes none of them;
+/// - a login sets login_at (the earliest login wins on duplicates);
+/// - a logout ends the session at its event time, even one never seen before,
+///   so that its login arriving late cannot make it active.
+pub fn apply_event(
+    current: Option<SessionRecord>,
+    event: &SessionEvent,
+    now: DateTime<Utc>,
+    repeat_revoke_after: Duration,
+) -> Applied {
+    let t = event.occurred_at;
+    let Some(before) = current else {
+        let ended = event.kind == EventKind::Logout;
+        return Applied {
+            record: SessionRecord {
+                app: event.app.clone(),
+                session_id: event.session_id.clone(),
+                user_id: event.user_id.clone(),
+                login_at: t,
+                login_seen: event.kind == EventKind::Login,
+                last_seen_at: t,
+                ip: event.ip,
+                user_agent: event.user_agent.clone(),
+                expires_at: event.expires_at,
+                ended_at: ended.then_some(t),
+                end_reason: ended.then_some(EndReason::Logout),
+                max_sessions: None,
+                last_revoke_at: None,
+            },
+            changed: true,
+            repeat_revoke: false,
+        };
+    };
+
+    let mut r = before.clone();
+    if r.user_id.is_none() {
+        r.user_id = event.user_id.clone();
+    }
+    if t > r.last_seen_at {
+        r.last_seen_at = t;
+        if event.ip.is_some() {
+            r.ip = event.ip;
+        }
+        if event.user_agent.is_some() {
+            r.user_agent = event.user_agent.clone();
+        }
+        if event.expires_at.is_some() {
+            r.expires_at = event.expires_at;
+        }
+    }
+    let mut repeat_revoke = false;
+    match event.kind {
+        EventKind::Login => {
+            if !r.login_seen || t < r.login_at {
+                r.login_at = t;
+            }
+            r.login_seen = true;
+        }
+        EventKind::Request => {
+            if !r.login_seen && t < r.login_at {
+                r.login_at = t;
+            }
+            let revoked_at = match (r.end_reason, r.ended_at) {
+                (Some(reason), Some(at)) if reason.is_revocation() => Some(at),
+                _ => None,
+            };
+            if let Some(revoked_at) = revoked_at {
+                // Only a request newer than anything seen before counts: a
+                // redelivered or late one says nothing new about the app.
+                let newer = t > revoked_at && t > before.last_seen_at;
+                let paused = r.last_revoke_at.is_some_and(|last| {
+                    now.signed_duration_since(last)
+                        .to_std()
+                        .unwrap_or(Duration::ZERO)
+                        < repeat_revoke_after
+                });
+                if newer && !paused {
+                    repeat_revoke = true;
+                    r.last_revoke_at = Some(now);
+                }
+            }
+        }
+        EventKind::Logout => {
+            if r.end_reason.is_none() {
+                r.ended_at = Some(t);
+                r.end_reason = Some(EndReason::Logout);
+            }
+        }
+    }
+    Applied {
+        changed: r != before,
+        record: r,
+        repeat_revoke,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+    use serde_json::Map;
+
+    const PAUSE: Duration = Duration::from_secs(30);
+
+    fn at(minute: u32) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 11, 27, 10, minute, 0).unwrap()
+    }
+
+    fn event(kind: EventKind, minute: u32) -> SessionEvent {
+        SessionEvent {
+            kind,
+            app: AppName::parse("shop").unwrap(),
+            session_id: SessionId::parse("s1").unwrap(),
+            user_id: Some(UserId::parse("u1").unwrap()),
+            occurred_at: at(minute),
+            event_id: None,
+            ip: None,
+            user_agent: None,
+            expires_at: None,
+            attributes: Map::new(),
+        }
+    }
+
+    fn revoked(minute: u32) -> SessionRecord {
+        let mut r = apply_event(None, &event(EventKind::Login, 0), at(0), PAUSE).record;
+        r.ended_at = Some(at(minute));
+        r.end_reason = Some(EndReason::SessionLimit);
+        r.max_sessions = Some(1);
+        r.last_revoke_at = Some(at(minute));
+        r
+    }
+
+    #[test]
+    fn a_login_creates_an_active_session() {
+        let a = apply_event(None, &event(EventKind::Login, 1), at(1), PAUSE);
+        assert!(a.changed && a.record.login_seen && a.record.is_active_at(at(2)));
+        assert_eq!(a.record.login_at, at(1));
+    }
+
+    #[test]
+    fn a_first_request_creates_a_session_and_a_late_login_fixes_login_at() {
+        let a = apply_event(None, &event(EventKind::Request, 5), at(5), PAUSE);
+        assert!(!a.record.login_seen);
+        let b = apply_event(Some(a.record), &event(EventKind::Login, 2), at(6), PAUSE);
+        assert_eq!(b.record.login_at, at(2));
+        assert_eq!(b.record.last_seen_at, at(5), "the login is older");
+    }
+
+    #[test]
+    fn the_latest_request_wins() {
+        let mut newer = event(EventKind::Request, 9);
+        newer.ip = Some("10.0.0.9".parse().unwrap());
+        let mut older = event(EventKind::Request, 8);
+        older.ip = Some("10.0.0.8".parse().unwrap());
+        let login = apply_event(None, &event(EventKind::Login, 1), at(1), PAUSE).record;
+        let r = apply_event(Some(login), &newer, at(10), PAUSE).record;
+        let r2 = apply_event(Some(r.clone()), &older, at(10), PAUSE);
+        assert!(!r2.changed);
+        assert_eq!(r2.record.ip, newer.ip);
+        assert_eq!(r2.record.last_seen_at, at(9));
+    }
+
+    #[test]
+    fn redelivery_changes_nothing() {
+        let login = event(EventKind::Login, 1);
+        let r = apply_event(None, &login, at(1), PAUSE).record;
+        let again = apply_event(Some(r.clone()), &login, at(2), PAUSE);
+        assert!(!again.changed);
+        assert_eq!(again.record, r);
+    }
+
+    #[test]
+    fn logout_ends_and_a_late_login_does_not_revive() {
+        let out = apply_event(None, &event(EventKind::Logout, 5), at(5), PAUSE).record;
+        assert_eq!(out.state_at(at(6)), SessionState::LoggedOut);
+        let late = apply_event(Some(out), &event(EventKind::Login, 1), at(6), PAUSE).record;
+        assert_eq!(late.state_at(at(6)), SessionState::LoggedOut);
+        assert_eq!(late.login_at, at(1));
+        assert!(late.login_seen);
+    }
+
+    #[test]
+    fn a_revoked_session_stays_revoked() {
+        let r = revoked(3);
+        for kind in [EventKind::Login, EventKind::Request, EventKind::Logout] {
+            let a = apply_event(Some(r.clone()), &event(kind, 4), at(4), PAUSE);
+            assert_eq!(a.record.state_at(at(5)), SessionState::Revoked, "{kind}");
+        }
+    }
+
+    #[test]
+    fn a_newer_request_on_a_revoked_session_repeats_the_revoke_once_per_pause() {
+        let r = revoked(3);
+        let now = at(10);
+        let a = apply_event(Some(r), &event(EventKind::Request, 9), now, PAUSE);
+        assert!(a.repeat_revoke);
+        assert_eq!(a.record.last_revoke_at, Some(now));
+        // another request a second later: paused
+        let mut next = event(EventKind::Request, 9);
+        next.occurred_at += chrono::Duration::seconds(1);
+        let now2 = now + chrono::Duration::seconds(1);
+        let b = apply_event(Some(a.record.clone()), &next, now2, PAUSE);
+        assert!(!b.repeat_revoke);
+        // without a pause it repeats
+        let c = apply_event(Some(a.record), &next, now2, Duration::ZERO);
+        assert!(c.repeat_revoke);
+    }
+
+    #[test]
+    fn old_or_redelivered_requests_do_not_repeat() {
+        let r = revoked(3);
+        let before = apply_event(Some(r.clone()), &event(EventKind::Request, 2), at(10), PAUSE);
+        assert!(!before.repeat_revoke, "occurred before the revocation");
+        let first = apply_event(Some(r), &event(EventKind::Request, 9), at(10), Duration::ZERO);
+        let again = apply_event(
+            Some(first.record),
+            &event(EventKind::Request, 9),
+            at(11),
+            Duration::ZERO,
+        );
+        assert!(!again.repeat_revoke, "same event delivered twice");
+    }
+
+    #[test]
+    fn expiry_stops_a_session_counting() {
+        let mut e = event(EventKind::Login, 1);
+        e.expires_at = Some(at(5));
+        let r = apply_event(None, &e, at(1), PAUSE).record;
+        assert!(r.is_active_at(at(4)));
+        assert!(!r.is_active_at(at(5)));
+        assert_eq!(r.state_at(at(6)), SessionState::Expired);
+    }
+}

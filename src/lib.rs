@@ -1,0 +1,24 @@
+//! session-guard: enforces how many sessions a user may hold at once, for any
+//! number of web apps, from login/request/logout events on RabbitMQ, and keeps
+//! a log of every session in PostgreSQL.
+//!
+//! - [`domain`]: the wire contract, session records and the decision core (pure);
+//! - [`store`]: PostgreSQL, the batch transaction and the outbox;
+//! - [`broker`]: RabbitMQ topology and confirmed publishing;
+//! - [`worker`]: the consumer loop, batching, acks and shutdown;
+//! - [`relay`]: the outbox relay that publishes revoke events;
+//! - [`configuration`], [`telemetry`], [`cli`]: the edges.
+
+pub mod backoff;
+pub mod broker;
+pub mod cli;
+pub mod configuration;
+pub mod domain;
+mod relay;
+pub mod shutdown;
+pub mod store;
+pub mod telemetry;
+pub mod worker;
+
+pub use configuration::Settings;
+pub use worker::{Worker, WorkerBuilder};

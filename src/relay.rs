@@ -1,0 +1,155 @@
+//! The outbox relay: publishes revoke events written by committed batches,
+//! with publisher confirms, and deletes each row once the broker confirmed it.
+//!
+//! Rows are claimed with `FOR UPDATE SKIP LOCKED`, so any number of workers
+//! relay side by side without publishing a row twice while they live. If a
+//! worker dies after publishing but before deleting, the row is published
+//! again by whoever claims it next, with the same event_id (= AMQP
+//! message_id): apps drop the duplicate.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use lapin::options::BasicPublishOptions;
+use lapin::types::ShortString;
+use lapin::{BasicProperties, Channel, Confirmation};
+
+use crate::backoff::Backoff;
+use crate::broker;
+use crate::shutdown::Shutdown;
+use crate::store::OutboxRow;
+use crate::worker::Context;
+
+/// Rows claimed and published per round trip of confirms.
+const CHUNK: i64 = 500;
+/// How often the relay looks at the outbox without being woken: this is what
+/// sweeps up rows left by a worker that crashed after its commit.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
+/// Keeps the relay running: reconnects with backoff after any error, and on
+/// shutdown flushes the outbox one last time.
+pub(crate) async fn run(ctx: Arc<Context>, mut shutdown: Shutdown) {
+    let mut backoff = Backoff::new(ctx.settings.worker.max_backoff());
+    loop {
+        match relay(&ctx, &mut shutdown, &mut backoff).await {
+            Ok(()) => return,
+            Err(e) => {
+                let delay = backoff.next_delay();
+                tracing::error!(error = format!("{e:#}"), retry_in_ms = delay.as_millis() as u64, "outbox relay stopped");
+                if shutdown.is_triggered() {
+                    return;
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    () = shutdown.wait() => return,
+                }
+            }
+        }
+    }
+}
+
+async fn relay(ctx: &Context, shutdown: &mut Shutdown, backoff: &mut Backoff) -> anyhow::Result<()> {
+    let connection = broker::connect(&ctx.settings.amqp, "session-guard relay").await?;
+    let setup = connection.create_channel().await?;
+    broker::declare_topology(&setup, &ctx.settings.amqp).await?;
+    let _ = setup.close(200, "topology declared".into()).await;
+    let channel = broker::confirm_channel(&connection).await?;
+    backoff.reset();
+    loop {
+        flush(ctx, &channel).await?;
+        if shutdown.is_triggered() {
+            break;
+        }
+        tokio::select! {
+            () = ctx.relay_wake.notified() => {}
+            () = tokio::time::sleep(SWEEP_EVERY) => {}
+            () = shutdown.wait() => {}
+        }
+    }
+    let _ = channel.close(200, "shutting down".into()).await;
+    let _ = connection.close(200, "shutting down".into()).await;
+    Ok(())
+}
+
+/// Publishes everything in the outbox, chunk by chunk.
+pub(crate) async fn flush(ctx: &Context, channel: &Channel) -> anyhow::Result<()> {
+    while publish_chunk(ctx, channel).await? == CHUNK as usize {}
+    Ok(())
+}
+
+/// Claims up to [`CHUNK`] rows, publishes them all, waits for every confirm,
+/// deletes the confirmed rows and commits. Returns how many were claimed.
+async fn publish_chunk(ctx: &Context, channel: &Channel) -> anyhow::Result<usize> {
+    let mut tx = ctx.pool.begin().await.context("cannot start a transaction")?;
+    let rows: Vec<OutboxRow> = sqlx::query_as(
+        "SELECT id, event_id, routing_key, payload FROM outbox
+         ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
+    )
+    .bind(CHUNK)
+    .fetch_all(&mut *tx)
+    .await
+    .context("cannot read the outbox")?;
+    if rows.is_empty() {
+        return Ok(0);
+    }
+
+    // Publish them all first, then wait: many confirms in flight at once.
+    let exchange = ShortString::from(ctx.settings.amqp.revocations_exchange.as_str());
+    let mut pending = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let properties = BasicProperties::default()
+            .with_content_type("application/json".into())
+            .with_delivery_mode(2)
+            .with_message_id(row.event_id.to_string().into())
+            .with_app_id("session-guard".into())
+            .with_type("revoke".into());
+        let confirm = channel
+            .basic_publish(
+                exchange.clone(),
+                row.routing_key.as_str().into(),
+                // mandatory: the broker tells us when no app queue is bound
+                // for this routing key, which we log.
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..BasicPublishOptions::default()
+                },
+                row.payload.as_bytes(),
+                properties,
+            )
+            .await
+            .context("cannot publish a revoke")?;
+        pending.push(confirm);
+    }
+    let mut confirmed = Vec::with_capacity(rows.len());
+    let mut refused = 0usize;
+    for (row, confirm) in rows.iter().zip(pending) {
+        match confirm.await.context("no confirm for a revoke")? {
+            Confirmation::Ack(returned) => {
+                if returned.is_some() {
+                    metrics::counter!("session_guard_revokes_unroutable_total").increment(1);
+                    tracing::warn!(
+                        routing_key = %row.routing_key,
+                        event_id = %row.event_id,
+                        "no queue is bound for this app's revokes; the revoke was dropped by the broker"
+                    );
+                }
+                confirmed.push(row.id);
+            }
+            Confirmation::NotRequested => confirmed.push(row.id),
+            Confirmation::Nack(_) => refused += 1,
+        }
+    }
+    sqlx::query("DELETE FROM outbox WHERE id = ANY($1)")
+        .bind(&confirmed)
+        .execute(&mut *tx)
+        .await
+        .context("cannot delete published revokes")?;
+    tx.commit().await.context("cannot commit the outbox")?;
+    metrics::counter!("session_guard_revokes_published_total").increment(confirmed.len() as u64);
+    tracing::debug!(published = confirmed.len(), "revokes published");
+    if refused > 0 {
+        anyhow::bail!("the broker refused {refused} revoke(s); they stay in the outbox");
+    }
+    Ok(rows.len())
+}

@@ -1,0 +1,416 @@
+//! The worker: consumes events in batches, applies each batch in one
+//! transaction, acks after the commit, and runs the outbox relay beside it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use chrono::Utc;
+use futures::StreamExt;
+use lapin::message::Delivery;
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{Channel, Consumer};
+use sqlx::PgPool;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::backoff::Backoff;
+use crate::broker;
+use crate::configuration::Settings;
+use crate::domain::event::SessionEvent;
+use crate::relay;
+use crate::shutdown::{self, Shutdown};
+use crate::store::{self, Policy};
+
+/// Seconds between two passes of the housekeeping task (tombstone expiry).
+const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(60);
+/// Tombstones deleted per statement, so one pass never holds locks for long.
+const HOUSEKEEPING_CHUNK: i64 = 10_000;
+/// How long, after the consumer was cancelled, to wait for deliveries the
+/// broker had already pushed to us.
+const DRAIN_WAIT: Duration = Duration::from_millis(500);
+
+/// State shared by the consumer, the relay and housekeeping.
+pub(crate) struct Context {
+    pub settings: Settings,
+    pub pool: PgPool,
+    pub policy: Policy,
+    /// Wakes the relay as soon as a batch wrote to the outbox.
+    pub relay_wake: Notify,
+}
+
+/// Builds a [`Worker`]; rule hooks will be registered here.
+pub struct WorkerBuilder {
+    settings: Settings,
+}
+
+impl WorkerBuilder {
+    /// Connects to PostgreSQL (creating the database if needed) and migrates.
+    pub async fn build(self) -> anyhow::Result<Worker> {
+        let pool = store::connect_and_migrate(&self.settings.database).await?;
+        let policy = Policy::from_settings(&self.settings.limits, &self.settings.retention);
+        Ok(Worker {
+            context: Arc::new(Context {
+                settings: self.settings,
+                pool,
+                policy,
+                relay_wake: Notify::new(),
+            }),
+        })
+    }
+}
+
+/// A session-guard worker, ready to run.
+pub struct Worker {
+    context: Arc<Context>,
+}
+
+impl Worker {
+    pub fn builder(settings: Settings) -> WorkerBuilder {
+        WorkerBuilder { settings }
+    }
+
+    /// The database pool the worker uses.
+    pub fn pool(&self) -> &PgPool {
+        &self.context.pool
+    }
+
+    /// Consumes and relays until `shutdown` resolves, then stops consuming,
+    /// finishes and acks the batch in flight, flushes the outbox and returns.
+    pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
+        let ctx = self.context;
+        let (stop_consuming, consumer_shutdown) = shutdown::channel();
+        // The relay stops only after the consumer, so that revokes written by
+        // the last batch are still published.
+        let (stop_relaying, relay_shutdown) = shutdown::channel();
+        let (stop_housekeeping, housekeeping_shutdown) = shutdown::channel();
+
+        let consumer = tokio::spawn(run_consumer(ctx.clone(), consumer_shutdown));
+        let relay = tokio::spawn(relay::run(ctx.clone(), relay_shutdown));
+        let housekeeping = tokio::spawn(run_housekeeping(ctx.clone(), housekeeping_shutdown));
+
+        shutdown.await;
+        tracing::info!("stopping: finishing in-flight events");
+        stop_consuming.trigger();
+        stop_housekeeping.trigger();
+        let timeout = ctx.settings.worker.shutdown_timeout();
+        let graceful = async {
+            if let Err(e) = consumer.await {
+                tracing::error!(error = %e, "consumer task failed");
+            }
+            stop_relaying.trigger();
+            if let Err(e) = relay.await {
+                tracing::error!(error = %e, "relay task failed");
+            }
+            let _ = housekeeping.await;
+        };
+        if tokio::time::timeout(timeout, graceful).await.is_err() {
+            tracing::warn!(
+                timeout_secs = timeout.as_secs(),
+                "shutdown timed out; unacked events will be redelivered and unpublished \
+                 revokes stay in the outbox"
+            );
+        } else {
+            tracing::info!("stopped cleanly");
+        }
+        ctx.pool.close().await;
+        Ok(())
+    }
+}
+
+/// Keeps a consumer running: reconnects with backoff after any broker error.
+async fn run_consumer(ctx: Arc<Context>, mut shutdown: Shutdown) {
+    let mut backoff = Backoff::new(ctx.settings.worker.max_backoff());
+    while !shutdown.is_triggered() {
+        match consume(&ctx, &mut shutdown, &mut backoff).await {
+            Ok(()) => return,
+            Err(e) => {
+                let delay = backoff.next_delay();
+                tracing::error!(error = format!("{e:#}"), retry_in_ms = delay.as_millis() as u64, "consumer stopped");
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    () = shutdown.wait() => return,
+                }
+            }
+        }
+    }
+}
+
+/// One connection's worth of consuming. Returns `Ok` on shutdown.
+async fn consume(
+    ctx: &Context,
+    shutdown: &mut Shutdown,
+    backoff: &mut Backoff,
+) -> anyhow::Result<()> {
+    let settings = &ctx.settings;
+    let connection = broker::connect(&settings.amqp, "session-guard consumer").await?;
+    let setup = connection.create_channel().await?;
+    broker::declare_topology(&setup, &settings.amqp).await?;
+    let _ = setup.close(200, "topology declared".into()).await;
+
+    let channel = connection.create_channel().await?;
+    // Per-consumer prefetch (global: false): RabbitMQ 3.10 refuses global QoS
+    // on quorum queues with an error that closes the whole connection.
+    channel
+        .basic_qos(settings.amqp.prefetch, BasicQosOptions { global: false })
+        .await?;
+    let dead_letters = broker::confirm_channel(&connection).await?;
+    let mut consumer = channel
+        .basic_consume(
+            settings.amqp.events_queue.as_str().into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .context("cannot consume the events queue")?;
+    tracing::info!(queue = %settings.amqp.events_queue, "consuming");
+    backoff.reset();
+
+    loop {
+        let first = tokio::select! {
+            () = shutdown.wait() => break,
+            next = consumer.next() => next,
+        };
+        let first = match first {
+            Some(Ok(delivery)) => delivery,
+            Some(Err(e)) => return Err(e).context("consumer failed"),
+            None => anyhow::bail!("the broker cancelled the consumer"),
+        };
+        let (batch, ended) = fill_batch(ctx, &mut consumer, first).await;
+        handle_batch(ctx, &channel, &dead_letters, batch, shutdown).await?;
+        if let Some(error) = ended {
+            return Err(error);
+        }
+    }
+
+    // Stop the flow, then handle what the broker had already pushed to us, so
+    // a restart does not count as a failed delivery for those messages.
+    channel
+        .basic_cancel(consumer.tag(), BasicCancelOptions::default())
+        .await
+        .context("cannot cancel the consumer")?;
+    loop {
+        let next = tokio::time::timeout(DRAIN_WAIT, consumer.next()).await;
+        let Ok(Some(Ok(first))) = next else { break };
+        let (batch, ended) = fill_batch(ctx, &mut consumer, first).await;
+        // Do not give up on this batch because the shutdown already fired.
+        let mut no_shutdown = shutdown::channel().1;
+        handle_batch(ctx, &channel, &dead_letters, batch, &mut no_shutdown).await?;
+        if ended.is_some() {
+            break;
+        }
+    }
+    let _ = channel.close(200, "shutting down".into()).await;
+    let _ = dead_letters.close(200, "shutting down".into()).await;
+    let _ = connection.close(200, "shutting down".into()).await;
+    Ok(())
+}
+
+/// Collects deliveries after `first` until the batch is full or
+/// `batch_wait_ms` passed. Returns the batch and, if the stream ended or
+/// failed, why (the batch is still handled first).
+async fn fill_batch(
+    ctx: &Context,
+    consumer: &mut Consumer,
+    first: Delivery,
+) -> (Vec<Delivery>, Option<anyhow::Error>) {
+    let worker = &ctx.settings.worker;
+    let mut batch = Vec::with_capacity(worker.batch_size.min(1024));
+    batch.push(first);
+    let deadline = Instant::now() + worker.batch_wait();
+    while batch.len() < worker.batch_size {
+        match tokio::time::timeout_at(deadline, consumer.next()).await {
+            Ok(Some(Ok(delivery))) => batch.push(delivery),
+            Ok(Some(Err(e))) => return (batch, Some(anyhow::Error::new(e).context("consumer failed"))),
+            Ok(None) => return (batch, Some(anyhow::anyhow!("the consumer was cancelled"))),
+            Err(_elapsed) => break,
+        }
+    }
+    (batch, None)
+}
+
+/// Decodes a batch, dead-letters what is invalid, applies the rest in one
+/// transaction, and acks. Errors returned here are broker errors: the caller
+/// reconnects and the unacked deliveries come back.
+async fn handle_batch(
+    ctx: &Context,
+    channel: &Channel,
+    dead_letters: &Channel,
+    batch: Vec<Delivery>,
+    shutdown: &mut Shutdown,
+) -> anyhow::Result<()> {
+    let amqp = &ctx.settings.amqp;
+    let Some(last_tag) = batch.last().map(|d| d.delivery_tag) else {
+        return Ok(());
+    };
+    let mut valid: Vec<(usize, SessionEvent)> = Vec::with_capacity(batch.len());
+    for (i, delivery) in batch.iter().enumerate() {
+        match SessionEvent::decode(&delivery.data) {
+            Ok(event) => valid.push((i, event)),
+            Err(error) => {
+                reject(ctx, dead_letters, delivery, &error.to_string(), "invalid").await?;
+            }
+        }
+    }
+
+    let events: Vec<SessionEvent> = valid.iter().map(|(_, e)| e.clone()).collect();
+    match apply_with_retry(ctx, &events, shutdown).await {
+        Applied::Committed => {}
+        Applied::ShuttingDown => {
+            // Nothing was committed: leave every delivery unacked; the broker
+            // gives them to another worker once this channel closes.
+            anyhow::bail!("shutdown while the database was unavailable");
+        }
+        Applied::Rejected(error) => {
+            // Something in the batch makes PostgreSQL refuse it every time:
+            // apply the events one by one so only the culprit is set aside.
+            tracing::warn!(error = %error, size = events.len(), "batch refused; applying its events one by one");
+            for (i, event) in &valid {
+                let delivery = &batch[*i];
+                match apply_with_retry(ctx, std::slice::from_ref(event), shutdown).await {
+                    Applied::Committed => {}
+                    Applied::ShuttingDown => anyhow::bail!("shutdown while the database was unavailable"),
+                    Applied::Rejected(error) => {
+                        let count = broker::delivery_count(&delivery.properties);
+                        let text = format!("database refused the event: {error}");
+                        if count >= amqp.max_redeliveries {
+                            reject(ctx, dead_letters, delivery, &text, "failed").await?;
+                        } else {
+                            tracing::warn!(error = %text, delivery_count = count, "event failed; requeued");
+                            channel
+                                .basic_nack(
+                                    delivery.delivery_tag,
+                                    BasicNackOptions { multiple: false, requeue: true },
+                                )
+                                .await?;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    // One ack for the whole batch: everything up to last_tag is settled.
+    channel
+        .basic_ack(last_tag, BasicAckOptions { multiple: true })
+        .await
+        .context("cannot ack")?;
+    metrics::counter!("session_guard_events_processed_total").increment(valid.len() as u64);
+    Ok(())
+}
+
+/// Sends a delivery to the dead-letter exchange with its reason.
+async fn reject(
+    ctx: &Context,
+    dead_letters: &Channel,
+    delivery: &Delivery,
+    reason: &str,
+    kind: &'static str,
+) -> anyhow::Result<()> {
+    tracing::warn!(
+        error = reason,
+        routing_key = %delivery.routing_key,
+        bytes = delivery.data.len(),
+        "event dead-lettered"
+    );
+    metrics::counter!("session_guard_events_dead_lettered_total", "kind" => kind).increment(1);
+    broker::dead_letter(
+        dead_letters,
+        &ctx.settings.amqp.dead_letter_exchange,
+        delivery.routing_key.as_str(),
+        &delivery.data,
+        &delivery.properties,
+        reason,
+    )
+    .await
+}
+
+enum Applied {
+    Committed,
+    /// PostgreSQL refused the batch for a reason retrying will not fix.
+    Rejected(sqlx::Error),
+    ShuttingDown,
+}
+
+/// Applies `events` in one transaction; retries transient database errors
+/// (connection lost, deadlock, serialization failure) with backoff for as
+/// long as it takes, since nothing is acked meanwhile.
+async fn apply_with_retry(ctx: &Context, events: &[SessionEvent], shutdown: &mut Shutdown) -> Applied {
+    if events.is_empty() {
+        return Applied::Committed;
+    }
+    let mut backoff = Backoff::new(ctx.settings.worker.max_backoff());
+    loop {
+        match store::process_batch(&ctx.pool, &ctx.policy, events, Utc::now()).await {
+            Ok(outcome) => {
+                if outcome.wrote_outbox() {
+                    ctx.relay_wake.notify_one();
+                }
+                metrics::counter!("session_guard_sessions_revoked_total").increment(outcome.revoked as u64);
+                metrics::counter!("session_guard_revokes_repeated_total").increment(outcome.repeated as u64);
+                if outcome.revoked > 0 || outcome.repeated > 0 {
+                    tracing::debug!(revoked = outcome.revoked, repeated = outcome.repeated, "batch committed");
+                }
+                return Applied::Committed;
+            }
+            Err(e) if is_transient(&e) => {
+                let delay = backoff.next_delay();
+                metrics::counter!("session_guard_database_retries_total").increment(1);
+                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "database error; retrying");
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    () = shutdown.wait() => return Applied::ShuttingDown,
+                }
+            }
+            Err(e) => return Applied::Rejected(e),
+        }
+    }
+}
+
+/// Errors that say "try again later" rather than "this event is wrong".
+pub(crate) fn is_transient(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            // 40: serialization failure / deadlock; 08: connection; 53:
+            // insufficient resources; 57: operator intervention (shutdown);
+            // 55P03: lock not available; 58: system error.
+            ["40", "08", "53", "57", "58"].iter().any(|c| code.starts_with(c)) || code == "55P03"
+        }),
+        _ => false,
+    }
+}
+
+/// Periodically deletes tombstones past their time to live.
+async fn run_housekeeping(ctx: Arc<Context>, mut shutdown: Shutdown) {
+    let ttl = Duration::from_secs(ctx.settings.retention.tombstone_ttl);
+    loop {
+        loop {
+            match store::expire_tombstones(&ctx.pool, ttl, HOUSEKEEPING_CHUNK).await {
+                Ok(n) if n as i64 == HOUSEKEEPING_CHUNK => continue,
+                Ok(n) => {
+                    if n > 0 {
+                        tracing::debug!(deleted = n, "expired tombstones");
+                    }
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "housekeeping failed; will try again");
+                    break;
+                }
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(HOUSEKEEPING_EVERY) => {}
+            () = shutdown.wait() => return,
+        }
+    }
+}
