@@ -8,7 +8,7 @@
 use std::fmt;
 use std::net::IpAddr;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound as _, Utc};
 use serde_json::{Map, Value};
 
 /// Largest message body accepted, in bytes (64 KiB).
@@ -330,9 +330,12 @@ fn optional_str<'a>(
     }
 }
 
+/// Parses an RFC 3339 time, cut to microseconds: PostgreSQL stores no more,
+/// and a time must compare equal to itself after a round trip through the log
+/// (or a redelivered event would look newer than the one stored).
 fn parse_time(field: &'static str, s: &str) -> Result<DateTime<Utc>, EventError> {
     DateTime::parse_from_rfc3339(s)
-        .map(|t| t.with_timezone(&Utc))
+        .map(|t| t.with_timezone(&Utc).trunc_subsecs(6))
         .map_err(|e| EventError::invalid(field, format!("invalid RFC 3339 time {s:?} ({e})")))
 }
 
@@ -439,6 +442,14 @@ mod tests {
             SessionEvent::decode(&body).unwrap_err(),
             EventError::TooLarge(MAX_MESSAGE_BYTES + 1)
         );
+    }
+
+    #[test]
+    fn times_are_cut_to_microseconds() {
+        let mut v = login();
+        v["occurred_at"] = json!("2026-11-27T10:00:00.123456789+02:00");
+        let e = decode(v).unwrap();
+        assert_eq!(e.occurred_at.to_rfc3339(), "2026-11-27T08:00:00.123456+00:00");
     }
 
     #[test]

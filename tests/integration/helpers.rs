@@ -1,0 +1,564 @@
+//! Test harness: a fresh database and unique RabbitMQ names per test, a worker
+//! running in-process (or as a real process), and listeners for revokes and
+//! dead letters. Everything a test creates is deleted when its `TestApp` drops,
+//! even after a failed assertion.
+
+use std::collections::HashMap;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use chrono::{DateTime, SubsecRound as _, Utc};
+use futures::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, QueueBindOptions,
+    QueueDeclareOptions, QueueDeleteOptions, ExchangeDeleteOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Channel, Connection, Consumer};
+use serde_json::{Value, json};
+use session_guard::broker;
+use session_guard::domain::revoke::RevokeMessage;
+use session_guard::shutdown::{self, ShutdownTrigger};
+use session_guard::{Settings, Worker};
+use sqlx::PgPool;
+use tokio::task::JoinHandle;
+
+/// How long a test waits for something that should happen.
+pub const PATIENCE: Duration = Duration::from_secs(20);
+/// How long a test listens to be sure something does NOT arrive, once the
+/// worker has provably processed everything before it (see `settle`).
+pub const QUIET: Duration = Duration::from_millis(400);
+
+pub struct TestApp {
+    pub settings: Settings,
+    pub pool: PgPool,
+    /// The test's own connection: publishes events, listens for revokes.
+    connection: Connection,
+    pub publisher: Channel,
+    revokes: Consumer,
+    dead: Consumer,
+    worker: Option<(ShutdownTrigger, JoinHandle<anyhow::Result<()>>)>,
+    processes: Vec<Child>,
+    db_name: String,
+    /// Counter for the marker sessions `settle` uses.
+    markers: u32,
+}
+
+/// A unique suffix for this test's names.
+fn unique() -> String {
+    uuid::Uuid::new_v4().simple().to_string()[..12].to_owned()
+}
+
+/// `url` with its database name replaced by `db`.
+fn with_database(url: &str, db: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let scheme_end = base.find("://").map_or(0, |i| i + 3);
+    let path_start = base[scheme_end..].find('/').map_or(base.len(), |i| scheme_end + i);
+    let mut out = format!("{}/{}", &base[..path_start], db);
+    if let Some(q) = query {
+        out.push('?');
+        out.push_str(q);
+    }
+    out
+}
+
+/// Settings for one test: the defaults (and the environment, so CI can point
+/// at other servers), with a fresh database and unique AMQP names.
+pub fn test_settings() -> Settings {
+    let mut s = Settings::load(None).expect("default settings load");
+    let id = unique();
+    s.database.url = with_database(&s.database.url, &format!("sg_test_{id}"));
+    s.amqp.events_exchange = format!("sg_test.{id}.events");
+    s.amqp.events_queue = format!("sg_test.{id}.events");
+    s.amqp.revocations_exchange = format!("sg_test.{id}.revocations");
+    s.amqp.dead_letter_exchange = format!("sg_test.{id}.dead");
+    s.amqp.dead_letter_queue = format!("sg_test.{id}.dead");
+    s.worker.batch_wait_ms = 2;
+    s.worker.max_backoff_ms = 1000;
+    s.worker.shutdown_timeout = 20;
+    s.metrics.listen = String::new();
+    s
+}
+
+/// Starts a test: database, topology, listeners and an in-process worker.
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
+    let mut app = spawn_app_without_worker(configure).await;
+    app.start_worker().await;
+    app
+}
+
+/// Like `spawn_app_with`, but no worker yet: `start_worker` or `spawn_process`.
+pub async fn spawn_app_without_worker(configure: impl FnOnce(&mut Settings)) -> TestApp {
+    // Logs of the in-process worker, shown for failing tests (RUST_LOG to tune).
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "session_guard=info,warn".into()),
+        )
+        .with_test_writer()
+        .try_init();
+    let mut settings = test_settings();
+    configure(&mut settings);
+    let db_name = settings
+        .database
+        .url
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .split('?')
+        .next()
+        .unwrap()
+        .to_owned();
+    let pool = session_guard::store::connect_and_migrate(&settings.database)
+        .await
+        .expect("test database");
+
+    let connection = broker::connect(&settings.amqp, "session-guard tests")
+        .await
+        .expect("RabbitMQ is running on 127.0.0.1:5672");
+    let setup = connection.create_channel().await.unwrap();
+    broker::declare_topology(&setup, &settings.amqp)
+        .await
+        .expect("topology");
+    // An exclusive queue, gone with our connection, bound like an app that
+    // wants every app's revokes.
+    let listen = connection.create_channel().await.unwrap();
+    let q = listen
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    listen
+        .queue_bind(
+            q.name().clone(),
+            settings.amqp.revocations_exchange.as_str().into(),
+            "revoke.#".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let revokes = listen
+        .basic_consume(
+            q.name().clone(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let dead_channel = connection.create_channel().await.unwrap();
+    let dead = dead_channel
+        .basic_consume(
+            settings.amqp.dead_letter_queue.as_str().into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let publisher = broker::confirm_channel(&connection).await.unwrap();
+    TestApp {
+        settings,
+        pool,
+        connection,
+        publisher,
+        revokes,
+        dead,
+        worker: None,
+        processes: Vec::new(),
+        db_name,
+        markers: 0,
+    }
+}
+
+/// A received revoke, with the AMQP properties that matter.
+#[derive(Debug, Clone)]
+pub struct Revoke {
+    pub body: RevokeMessage,
+    pub routing_key: String,
+    pub message_id: Option<String>,
+    pub content_type: Option<String>,
+    pub persistent: bool,
+}
+
+/// A message found in the dead-letter queue.
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    pub body: Vec<u8>,
+    pub error: Option<String>,
+}
+
+impl TestApp {
+    /// Starts a worker in this process (the test's tokio runtime).
+    pub async fn start_worker(&mut self) {
+        assert!(self.worker.is_none(), "a worker is already running");
+        let worker = Worker::builder(self.settings.clone())
+            .build()
+            .await
+            .expect("worker builds");
+        let (trigger, mut listener) = shutdown::channel();
+        let handle = tokio::spawn(worker.run(async move { listener.wait().await }));
+        self.worker = Some((trigger, handle));
+    }
+
+    /// Stops the in-process worker gracefully and waits for it.
+    pub async fn stop_worker(&mut self) {
+        let (trigger, handle) = self.worker.take().expect("no worker running");
+        trigger.trigger();
+        tokio::time::timeout(PATIENCE, handle)
+            .await
+            .expect("worker stops in time")
+            .expect("worker task")
+            .expect("worker returns Ok");
+    }
+
+    /// Environment for a `session-guard` process that uses this test's settings.
+    pub fn process_env(&self) -> HashMap<String, String> {
+        let s = &self.settings;
+        let mut env = HashMap::new();
+        let mut set = |k: &str, v: String| {
+            env.insert(format!("SESSION_GUARD__{k}"), v);
+        };
+        set("DATABASE__URL", s.database.url.clone());
+        set("AMQP__URL", s.amqp.url.clone());
+        set("AMQP__EVENTS_EXCHANGE", s.amqp.events_exchange.clone());
+        set("AMQP__EVENTS_QUEUE", s.amqp.events_queue.clone());
+        set("AMQP__REVOCATIONS_EXCHANGE", s.amqp.revocations_exchange.clone());
+        set("AMQP__DEAD_LETTER_EXCHANGE", s.amqp.dead_letter_exchange.clone());
+        set("AMQP__DEAD_LETTER_QUEUE", s.amqp.dead_letter_queue.clone());
+        set("LIMITS__MAX_SESSIONS", s.limits.max_sessions.to_string());
+        set("LIMITS__REPEAT_REVOKE_AFTER", s.limits.repeat_revoke_after.to_string());
+        set("WORKER__BATCH_WAIT_MS", s.worker.batch_wait_ms.to_string());
+        set("METRICS__LISTEN", String::new());
+        if let Some(limit) = s.retention.log_limit {
+            set("RETENTION__LOG_LIMIT", limit.to_string());
+        }
+        env
+    }
+
+    /// A `session-guard` command with this test's settings in its environment.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_session-guard"));
+        cmd.args(args)
+            .envs(self.process_env())
+            .env("RUST_LOG", "session_guard=debug,warn")
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    /// Starts `session-guard run` as a child process; returns its index.
+    pub fn spawn_process(&mut self) -> usize {
+        let child = self
+            .command(&["run"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("session-guard binary starts");
+        self.processes.push(child);
+        self.processes.len() - 1
+    }
+
+    /// Sends SIGTERM to a child process and waits for its exit code.
+    pub async fn terminate_process(&mut self, index: usize) -> Option<i32> {
+        let pid = self.processes[index].id();
+        let status = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success());
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            if let Some(status) = self.processes[index].try_wait().unwrap() {
+                return status.code();
+            }
+            assert!(tokio::time::Instant::now() < deadline, "process did not exit after SIGTERM");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Publishes one event (any JSON) as an app would, and waits for the confirm.
+    pub async fn publish(&self, event: &Value) {
+        let kind = event["type"].as_str().unwrap_or("unknown");
+        let app = event["app"].as_str().unwrap_or("unknown");
+        self.publish_raw(&format!("{kind}.{app}"), event.to_string().as_bytes())
+            .await;
+    }
+
+    /// Publishes raw bytes to the events exchange.
+    pub async fn publish_raw(&self, routing_key: &str, body: &[u8]) {
+        let confirm = self
+            .publisher
+            .basic_publish(
+                self.settings.amqp.events_exchange.as_str().into(),
+                routing_key.into(),
+                BasicPublishOptions::default(),
+                body,
+                BasicProperties::default()
+                    .with_content_type("application/json".into())
+                    .with_delivery_mode(2),
+            )
+            .await
+            .expect("publish")
+            .await
+            .expect("confirm");
+        assert!(confirm.is_ack(), "broker refused the event");
+    }
+
+    /// Waits until the worker has handled everything published before this
+    /// call, and the relay has published every revoke that produced. Works
+    /// with one worker, which handles deliveries in order.
+    pub async fn settle(&mut self) {
+        self.markers += 1;
+        let session = format!("marker-{}", self.markers);
+        self.publish(&json!({
+            "type": "logout", "app": "settle-marker", "session_id": session,
+            "occurred_at": Utc::now().to_rfc3339(),
+        }))
+        .await;
+        self.wait_for("the marker event to be processed", || {
+            let pool = self.pool.clone();
+            let session = session.clone();
+            async move {
+                sqlx::query_scalar::<_, i64>(
+                    "SELECT count(*) FROM sessions WHERE app = 'settle-marker' AND session_id = $1",
+                )
+                .bind(session)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+                    == 1
+            }
+        })
+        .await;
+        self.wait_for("the outbox to drain", || {
+            let pool = self.pool.clone();
+            async move {
+                sqlx::query_scalar::<_, i64>("SELECT count(*) FROM outbox")
+                    .fetch_one(&pool)
+                    .await
+                    .unwrap()
+                    == 0
+            }
+        })
+        .await;
+    }
+
+    /// Polls `condition` until it holds, or fails the test.
+    pub async fn wait_for<F, Fut>(&self, what: &str, mut condition: F)
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        while !condition().await {
+            assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The next revoke, or `None` if none arrives within `wait`.
+    pub async fn next_revoke(&mut self, wait: Duration) -> Option<Revoke> {
+        let delivery = match tokio::time::timeout(wait, self.revokes.next()).await {
+            Ok(Some(Ok(d))) => d,
+            Ok(other) => panic!("revoke listener failed: {other:?}"),
+            Err(_) => return None,
+        };
+        delivery.ack(BasicAckOptions::default()).await.unwrap();
+        Some(Revoke {
+            body: serde_json::from_slice(&delivery.data).expect("revoke body is JSON of v1"),
+            routing_key: delivery.routing_key.to_string(),
+            message_id: delivery.properties.message_id().as_ref().map(|s| s.to_string()),
+            content_type: delivery
+                .properties
+                .content_type()
+                .as_ref()
+                .map(|s| s.to_string()),
+            persistent: *delivery.properties.delivery_mode() == Some(2),
+        })
+    }
+
+    /// Exactly `n` revokes: waits for them, then makes sure no more come.
+    /// Call `settle` first so that "no more" means something.
+    pub async fn expect_revokes(&mut self, n: usize) -> Vec<Revoke> {
+        let mut got = Vec::new();
+        while got.len() < n {
+            match self.next_revoke(PATIENCE).await {
+                Some(r) => got.push(r),
+                None => panic!("expected {n} revokes, got {}: {got:#?}", got.len()),
+            }
+        }
+        if let Some(extra) = self.next_revoke(QUIET).await {
+            panic!("expected {n} revokes, got one more: {extra:#?} after {got:#?}");
+        }
+        got
+    }
+
+    /// The next dead-lettered message.
+    pub async fn next_dead_letter(&mut self) -> DeadLetter {
+        let delivery = match tokio::time::timeout(PATIENCE, self.dead.next()).await {
+            Ok(Some(Ok(d))) => d,
+            other => panic!("no dead letter: {other:?}"),
+        };
+        delivery.ack(BasicAckOptions::default()).await.unwrap();
+        let error = delivery
+            .properties
+            .headers()
+            .as_ref()
+            .and_then(|h| h.inner().get(broker::ERROR_HEADER).cloned())
+            .and_then(|v| match v {
+                AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+                _ => None,
+            });
+        DeadLetter {
+            body: delivery.data,
+            error,
+        }
+    }
+
+    /// The state of each of a user's sessions in an app, by session id.
+    pub async fn states(&self, user: &str, app: &str) -> HashMap<String, String> {
+        let rows: Vec<(String, Option<String>, Option<DateTime<Utc>>)> = sqlx::query_as(
+            "SELECT session_id, end_reason, expires_at FROM sessions WHERE user_id = $1 AND app = $2",
+        )
+        .bind(user)
+        .bind(app)
+        .fetch_all(&self.pool)
+        .await
+        .unwrap();
+        rows.into_iter()
+            .map(|(id, reason, expires)| {
+                let state = match reason.as_deref() {
+                    Some("logout") => "logged_out",
+                    Some(_) => "revoked",
+                    None if expires.is_some_and(|e| e <= Utc::now()) => "expired",
+                    None => "active",
+                };
+                (id, state.to_owned())
+            })
+            .collect()
+    }
+
+    /// Session ids of a user's active sessions in an app, sorted.
+    pub async fn active(&self, user: &str, app: &str) -> Vec<String> {
+        let mut ids: Vec<String> = self
+            .states(user, app)
+            .await
+            .into_iter()
+            .filter(|(_, s)| s == "active")
+            .map(|(id, _)| id)
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    pub async fn outbox_len(&self) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM outbox")
+            .fetch_one(&self.pool)
+            .await
+            .unwrap()
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        for child in &mut self.processes {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if let Some((trigger, handle)) = self.worker.take() {
+            trigger.trigger();
+            handle.abort();
+        }
+        let settings = self.settings.clone();
+        let db_name = self.db_name.clone();
+        // A thread with its own runtime: Drop cannot await, and the test's
+        // runtime is blocked here while we clean up.
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                // Not pool.close(): its connections live on the test's
+                // runtime, which is blocked here; DROP ... WITH (FORCE) ends them.
+                if let Ok(conn) = broker::connect(&settings.amqp, "session-guard test cleanup").await {
+                    if let Ok(ch) = conn.create_channel().await {
+                        for q in [&settings.amqp.events_queue, &settings.amqp.dead_letter_queue] {
+                            let _ = ch
+                                .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+                                .await;
+                        }
+                        for x in [
+                            &settings.amqp.events_exchange,
+                            &settings.amqp.revocations_exchange,
+                            &settings.amqp.dead_letter_exchange,
+                        ] {
+                            let _ = ch
+                                .exchange_delete(x.as_str().into(), ExchangeDeleteOptions::default())
+                                .await;
+                        }
+                    }
+                    let _ = conn.close(200, "done".into()).await;
+                }
+                let admin_url = with_database(&settings.database.url, "postgres");
+                if let Ok(admin) = sqlx::PgPool::connect(&admin_url).await {
+                    let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                        "DROP DATABASE IF EXISTS \"{db_name}\" WITH (FORCE)"
+                    )))
+                    .execute(&admin)
+                    .await;
+                    admin.close().await;
+                }
+            });
+        })
+        .join()
+        .ok();
+        let _ = &self.connection;
+    }
+}
+
+/// Event builders: the JSON an app would publish.
+pub fn login(app: &str, session: &str, user: &str, at: DateTime<Utc>) -> Value {
+    json!({
+        "type": "login", "app": app, "session_id": session, "user_id": user,
+        "occurred_at": at.to_rfc3339(), "ip": "192.0.2.10", "user_agent": "test-agent/1.0",
+    })
+}
+
+pub fn request(app: &str, session: &str, user: &str, at: DateTime<Utc>) -> Value {
+    json!({
+        "type": "request", "app": app, "session_id": session, "user_id": user,
+        "occurred_at": at.to_rfc3339(),
+    })
+}
+
+pub fn logout(app: &str, session: &str, at: DateTime<Utc>) -> Value {
+    json!({
+        "type": "logout", "app": app, "session_id": session,
+        "occurred_at": at.to_rfc3339(),
+    })
+}
+
+/// A time `secs` seconds after a fixed base a minute in the past, so tests
+/// can order events by event time without waiting.
+pub fn t(secs: i64) -> DateTime<Utc> {
+    thread_local! {
+        static BASE: DateTime<Utc> = (Utc::now() - chrono::Duration::seconds(600)).trunc_subsecs(6);
+    }
+    BASE.with(|b| *b + chrono::Duration::seconds(secs))
+}

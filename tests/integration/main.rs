@@ -1,0 +1,10 @@
+//! Integration tests against the real RabbitMQ and PostgreSQL.
+//! Each test has its own database and its own exchanges and queues.
+
+mod helpers;
+
+mod bad_input;
+mod enforcement;
+mod lifecycle;
+mod repeat;
+mod retention;
