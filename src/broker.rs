@@ -7,7 +7,9 @@ use lapin::options::{
     QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind};
+use lapin::{
+    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind,
+};
 
 use crate::configuration::{AmqpSettings, redact_url};
 
@@ -24,7 +26,12 @@ pub async fn connect(settings: &AmqpSettings, name: &str) -> anyhow::Result<Conn
     let properties = ConnectionProperties::default().with_connection_name(name.into());
     Connection::connect(&settings.url, properties)
         .await
-        .with_context(|| format!("cannot connect to RabbitMQ at {}", redact_url(&settings.url)))
+        .with_context(|| {
+            format!(
+                "cannot connect to RabbitMQ at {}",
+                redact_url(&settings.url)
+            )
+        })
 }
 
 /// Declares every exchange and queue session-guard uses. Idempotent: each
@@ -114,7 +121,10 @@ pub async fn declare_topology(channel: &Channel, settings: &AmqpSettings) -> any
 /// Quorum queues: replicated, durable, and faster than classic queues here.
 fn quorum_arguments() -> FieldTable {
     let mut args = FieldTable::default();
-    args.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
+    args.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("quorum".into()),
+    );
     args
 }
 
@@ -147,7 +157,10 @@ pub async fn dead_letter(
         ERROR_HEADER.into(),
         AMQPValue::LongString(LongString::from(truncate(error, MAX_ERROR_HEADER_BYTES))),
     );
-    let properties = properties.clone().with_headers(headers).with_delivery_mode(2);
+    let properties = properties
+        .clone()
+        .with_headers(headers)
+        .with_delivery_mode(2);
     let confirm = channel
         .basic_publish(
             exchange.into(),

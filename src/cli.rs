@@ -164,7 +164,15 @@ async fn sessions(settings: &Settings, args: &SessionsArgs) -> anyhow::Result<()
 /// A plain, aligned text table; long user agents are cut to stay readable.
 fn write_table(out: &mut impl Write, sessions: &[SessionOut]) -> std::io::Result<()> {
     let header = [
-        "APP", "SESSION", "STATE", "LOGIN", "LAST SEEN", "ENDED", "REASON", "IP", "USER AGENT",
+        "APP",
+        "SESSION",
+        "STATE",
+        "LOGIN",
+        "LAST SEEN",
+        "ENDED",
+        "REASON",
+        "IP",
+        "USER AGENT",
     ];
     let dash = || "-".to_owned();
     let rows: Vec<[String; 9]> = sessions
@@ -218,10 +226,22 @@ mod tests {
         let a = Cli::try_parse_from(["session-guard", "--config", "x.toml", "run"]).unwrap();
         let b = Cli::try_parse_from(["session-guard", "run", "--config", "x.toml"]).unwrap();
         assert_eq!(a.config, b.config);
-        let c = Cli::try_parse_from(["session-guard", "sessions", "--user", "u", "--all", "--json"])
-            .unwrap();
-        let Command::Sessions(args) = c.command else { panic!("not sessions") };
+        let c = Cli::try_parse_from([
+            "session-guard",
+            "sessions",
+            "--user",
+            "u",
+            "--all",
+            "--json",
+        ])
+        .unwrap();
+        let Command::Sessions(args) = c.command else {
+            panic!("not sessions")
+        };
         assert!(args.all && args.json && args.app.is_none());
-        assert!(Cli::try_parse_from(["session-guard", "sessions"]).is_err(), "--user is required");
+        assert!(
+            Cli::try_parse_from(["session-guard", "sessions"]).is_err(),
+            "--user is required"
+        );
     }
 }

@@ -36,7 +36,11 @@ pub(crate) async fn run(ctx: Arc<Context>, mut shutdown: Shutdown) {
             Ok(()) => return,
             Err(e) => {
                 let delay = backoff.next_delay();
-                tracing::error!(error = format!("{e:#}"), retry_in_ms = delay.as_millis() as u64, "outbox relay stopped");
+                tracing::error!(
+                    error = format!("{e:#}"),
+                    retry_in_ms = delay.as_millis() as u64,
+                    "outbox relay stopped"
+                );
                 if shutdown.is_triggered() {
                     return;
                 }
@@ -49,7 +53,11 @@ pub(crate) async fn run(ctx: Arc<Context>, mut shutdown: Shutdown) {
     }
 }
 
-async fn relay(ctx: &Context, shutdown: &mut Shutdown, backoff: &mut Backoff) -> anyhow::Result<()> {
+async fn relay(
+    ctx: &Context,
+    shutdown: &mut Shutdown,
+    backoff: &mut Backoff,
+) -> anyhow::Result<()> {
     let connection = broker::connect(&ctx.settings.amqp, "session-guard relay").await?;
     let setup = connection.create_channel().await?;
     broker::declare_topology(&setup, &ctx.settings.amqp).await?;
@@ -81,7 +89,11 @@ pub(crate) async fn flush(ctx: &Context, channel: &Channel) -> anyhow::Result<()
 /// Claims up to [`CHUNK`] rows, publishes them all, waits for every confirm,
 /// deletes the confirmed rows and commits. Returns how many were claimed.
 async fn publish_chunk(ctx: &Context, channel: &Channel) -> anyhow::Result<usize> {
-    let mut tx = ctx.pool.begin().await.context("cannot start a transaction")?;
+    let mut tx = ctx
+        .pool
+        .begin()
+        .await
+        .context("cannot start a transaction")?;
     let rows: Vec<OutboxRow> = sqlx::query_as(
         "SELECT id, event_id, routing_key, payload FROM outbox
          ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",

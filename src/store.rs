@@ -224,8 +224,15 @@ pub async fn apply_batch(
         if event.kind != EventKind::Logout
             && let Some(user) = user
         {
-            let revoked =
-                check_limit(conn, policy.limits, user, &event.app, event.occurred_at, now).await?;
+            let revoked = check_limit(
+                conn,
+                policy.limits,
+                user,
+                &event.app,
+                event.occurred_at,
+                now,
+            )
+            .await?;
             outcome.revoked += revoked.len();
             outbox.extend(revoked);
         }

@@ -129,7 +129,11 @@ async fn run_consumer(ctx: Arc<Context>, mut shutdown: Shutdown) {
             Ok(()) => return,
             Err(e) => {
                 let delay = backoff.next_delay();
-                tracing::error!(error = format!("{e:#}"), retry_in_ms = delay.as_millis() as u64, "consumer stopped");
+                tracing::error!(
+                    error = format!("{e:#}"),
+                    retry_in_ms = delay.as_millis() as u64,
+                    "consumer stopped"
+                );
                 tokio::select! {
                     () = tokio::time::sleep(delay) => {}
                     () = shutdown.wait() => return,
@@ -225,7 +229,12 @@ async fn fill_batch(
     while batch.len() < worker.batch_size {
         match tokio::time::timeout_at(deadline, consumer.next()).await {
             Ok(Some(Ok(delivery))) => batch.push(delivery),
-            Ok(Some(Err(e))) => return (batch, Some(anyhow::Error::new(e).context("consumer failed"))),
+            Ok(Some(Err(e))) => {
+                return (
+                    batch,
+                    Some(anyhow::Error::new(e).context("consumer failed")),
+                );
+            }
             Ok(None) => return (batch, Some(anyhow::anyhow!("the consumer was cancelled"))),
             Err(_elapsed) => break,
         }
@@ -273,7 +282,9 @@ async fn handle_batch(
                 let delivery = &batch[*i];
                 match apply_with_retry(ctx, std::slice::from_ref(event), shutdown).await {
                     Applied::Committed => {}
-                    Applied::ShuttingDown => anyhow::bail!("shutdown while the database was unavailable"),
+                    Applied::ShuttingDown => {
+                        anyhow::bail!("shutdown while the database was unavailable")
+                    }
                     Applied::Rejected(error) => {
                         let count = broker::delivery_count(&delivery.properties);
                         let text = format!("database refused the event: {error}");
@@ -284,7 +295,10 @@ async fn handle_batch(
                             channel
                                 .basic_nack(
                                     delivery.delivery_tag,
-                                    BasicNackOptions { multiple: false, requeue: true },
+                                    BasicNackOptions {
+                                        multiple: false,
+                                        requeue: true,
+                                    },
                                 )
                                 .await?;
                         }
@@ -338,7 +352,11 @@ enum Applied {
 /// Applies `events` in one transaction; retries transient database errors
 /// (connection lost, deadlock, serialization failure) with backoff for as
 /// long as it takes, since nothing is acked meanwhile.
-async fn apply_with_retry(ctx: &Context, events: &[SessionEvent], shutdown: &mut Shutdown) -> Applied {
+async fn apply_with_retry(
+    ctx: &Context,
+    events: &[SessionEvent],
+    shutdown: &mut Shutdown,
+) -> Applied {
     if events.is_empty() {
         return Applied::Committed;
     }
@@ -349,10 +367,16 @@ async fn apply_with_retry(ctx: &Context, events: &[SessionEvent], shutdown: &mut
                 if outcome.wrote_outbox() {
                     ctx.relay_wake.notify_one();
                 }
-                metrics::counter!("session_guard_sessions_revoked_total").increment(outcome.revoked as u64);
-                metrics::counter!("session_guard_revokes_repeated_total").increment(outcome.repeated as u64);
+                metrics::counter!("session_guard_sessions_revoked_total")
+                    .increment(outcome.revoked as u64);
+                metrics::counter!("session_guard_revokes_repeated_total")
+                    .increment(outcome.repeated as u64);
                 if outcome.revoked > 0 || outcome.repeated > 0 {
-                    tracing::debug!(revoked = outcome.revoked, repeated = outcome.repeated, "batch committed");
+                    tracing::debug!(
+                        revoked = outcome.revoked,
+                        repeated = outcome.repeated,
+                        "batch committed"
+                    );
                 }
                 return Applied::Committed;
             }
@@ -383,7 +407,10 @@ pub(crate) fn is_transient(error: &sqlx::Error) -> bool {
             // 40: serialization failure / deadlock; 08: connection; 53:
             // insufficient resources; 57: operator intervention (shutdown);
             // 55P03: lock not available; 58: system error.
-            ["40", "08", "53", "57", "58"].iter().any(|c| code.starts_with(c)) || code == "55P03"
+            ["40", "08", "53", "57", "58"]
+                .iter()
+                .any(|c| code.starts_with(c))
+                || code == "55P03"
         }),
         _ => false,
     }

@@ -103,7 +103,10 @@ mod tests {
         let a = [c("x", 5), c("y", 5)];
         let b = [c("y", 5), c("x", 5)];
         let limits = Limits { max_sessions: 1 };
-        assert_eq!(sessions_to_revoke(&a, limits), sessions_to_revoke(&b, limits));
+        assert_eq!(
+            sessions_to_revoke(&a, limits),
+            sessions_to_revoke(&b, limits)
+        );
         assert_eq!(ids(&sessions_to_revoke(&a, limits)), ["x"]);
     }
 

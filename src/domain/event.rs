@@ -311,7 +311,10 @@ fn json_type(v: &Value) -> &'static str {
 }
 
 /// A field that must be present and a string. `null` counts as missing.
-fn required_str<'a>(object: &'a Map<String, Value>, field: &'static str) -> Result<&'a str, EventError> {
+fn required_str<'a>(
+    object: &'a Map<String, Value>,
+    field: &'static str,
+) -> Result<&'a str, EventError> {
     optional_str(object, field)?.ok_or(EventError::Missing(field))
 }
 
@@ -432,7 +435,10 @@ mod tests {
         );
         let mut v = login();
         v["session_id"] = json!("a\u{0}b");
-        assert_eq!(error_of(v), "session_id: must not contain control characters");
+        assert_eq!(
+            error_of(v),
+            "session_id: must not contain control characters"
+        );
     }
 
     #[test]
@@ -449,7 +455,10 @@ mod tests {
         let mut v = login();
         v["occurred_at"] = json!("2026-11-27T10:00:00.123456789+02:00");
         let e = decode(v).unwrap();
-        assert_eq!(e.occurred_at.to_rfc3339(), "2026-11-27T08:00:00.123456+00:00");
+        assert_eq!(
+            e.occurred_at.to_rfc3339(),
+            "2026-11-27T08:00:00.123456+00:00"
+        );
     }
 
     #[test]

@@ -358,9 +358,19 @@ mod tests {
     #[test]
     fn old_or_redelivered_requests_do_not_repeat() {
         let r = revoked(3);
-        let before = apply_event(Some(r.clone()), &event(EventKind::Request, 2), at(10), PAUSE);
+        let before = apply_event(
+            Some(r.clone()),
+            &event(EventKind::Request, 2),
+            at(10),
+            PAUSE,
+        );
         assert!(!before.repeat_revoke, "occurred before the revocation");
-        let first = apply_event(Some(r), &event(EventKind::Request, 9), at(10), Duration::ZERO);
+        let first = apply_event(
+            Some(r),
+            &event(EventKind::Request, 9),
+            at(10),
+            Duration::ZERO,
+        );
         let again = apply_event(
             Some(first.record),
             &event(EventKind::Request, 9),

@@ -19,20 +19,44 @@ async fn each_kind_of_bad_input_is_dead_lettered_with_its_reason() {
         e.to_string().into_bytes()
     };
     let cases: Vec<(Vec<u8>, &str)> = vec![
-        (b"{\"type\": login}".to_vec(), "invalid JSON at line 1 column 10"),
+        (
+            b"{\"type\": login}".to_vec(),
+            "invalid JSON at line 1 column 10",
+        ),
         (b"".to_vec(), "invalid JSON at line 1 column 0"),
         (b"[1, 2]".to_vec(), "event must be a JSON object"),
         (without("user_id"), "missing field user_id"),
         (without("occurred_at"), "missing field occurred_at"),
         (with("ip", json!("300.1.1.1")), "ip: invalid IP address"),
-        (with("type", json!("hello")), "type: unknown event type \"hello\""),
+        (
+            with("type", json!("hello")),
+            "type: unknown event type \"hello\"",
+        ),
         (with("app", json!("bad app")), "app: invalid character ' '"),
-        (with("session_id", json!("")), "session_id: must be 1-256 characters, got 0"),
-        (with("user_id", json!(7)), "user_id: expected a string, got a number"),
-        (with("occurred_at", json!("2026-13-01")), "occurred_at: invalid RFC 3339 time"),
-        (with("expires_at", json!("soon")), "expires_at: invalid RFC 3339 time"),
-        (with("user_agent", json!("x".repeat(600))), "user_agent: longer than 512 characters"),
-        (with("attributes", json!("admin")), "attributes: expected a JSON object"),
+        (
+            with("session_id", json!("")),
+            "session_id: must be 1-256 characters, got 0",
+        ),
+        (
+            with("user_id", json!(7)),
+            "user_id: expected a string, got a number",
+        ),
+        (
+            with("occurred_at", json!("2026-13-01")),
+            "occurred_at: invalid RFC 3339 time",
+        ),
+        (
+            with("expires_at", json!("soon")),
+            "expires_at: invalid RFC 3339 time",
+        ),
+        (
+            with("user_agent", json!("x".repeat(600))),
+            "user_agent: longer than 512 characters",
+        ),
+        (
+            with("attributes", json!("admin")),
+            "attributes: expected a JSON object",
+        ),
         (
             with("padding", json!("x".repeat(70 * 1024))),
             "message too large:",
@@ -49,7 +73,10 @@ async fn each_kind_of_bad_input_is_dead_lettered_with_its_reason() {
         let dead = app.next_dead_letter().await;
         assert_eq!(&dead.body, body, "body must be unchanged");
         let error = dead.error.expect("x-session-guard-error header");
-        assert!(error.starts_with(reason), "expected {reason:?}, got {error:?}");
+        assert!(
+            error.starts_with(reason),
+            "expected {reason:?}, got {error:?}"
+        );
     }
     app.settle().await;
     let revokes = app.expect_revokes(1).await;
@@ -66,7 +93,8 @@ async fn bad_input_inside_a_batch_does_not_hold_back_the_rest() {
     })
     .await;
     for i in 0..20 {
-        app.publish(&login("shop", &format!("s{i}"), &format!("user{i}"), t(i))).await;
+        app.publish(&login("shop", &format!("s{i}"), &format!("user{i}"), t(i)))
+            .await;
         app.publish_raw("login.shop", b"not json").await;
     }
     app.start_worker().await;
@@ -76,6 +104,9 @@ async fn bad_input_inside_a_batch_does_not_hold_back_the_rest() {
     }
     app.settle().await;
     for i in 0..20 {
-        assert_eq!(app.active(&format!("user{i}"), "shop").await, [format!("s{i}")]);
+        assert_eq!(
+            app.active(&format!("user{i}"), "shop").await,
+            [format!("s{i}")]
+        );
     }
 }

@@ -19,7 +19,10 @@ async fn two_logins_with_limit_one_revoke_the_older() {
     assert_eq!(r.body.max_sessions, 1);
     assert!(!r.body.repeat);
     assert_eq!(r.routing_key, "revoke.shop");
-    assert_eq!(r.message_id.as_deref(), Some(r.body.event_id.to_string().as_str()));
+    assert_eq!(
+        r.message_id.as_deref(),
+        Some(r.body.event_id.to_string().as_str())
+    );
     assert_eq!(r.content_type.as_deref(), Some("application/json"));
     assert!(r.persistent);
     chrono::DateTime::parse_from_rfc3339(&r.body.revoked_at).expect("revoked_at is RFC 3339");
@@ -61,10 +64,12 @@ async fn duplicate_deliveries_give_one_revoke() {
     app.settle().await;
     let revokes = app.expect_revokes(1).await;
     assert_eq!(revokes[0].body.session_id, "s1");
-    let revoked: i64 = sqlx::query_scalar("SELECT count(*) FROM sessions WHERE end_reason IS NOT NULL AND user_id = 'alice'")
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
+    let revoked: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM sessions WHERE end_reason IS NOT NULL AND user_id = 'alice'",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
     assert_eq!(revoked, 1);
 }
 
@@ -142,7 +147,8 @@ async fn requests_update_last_seen_ip_and_agent_latest_wins() {
 async fn higher_limits_keep_the_newest_and_zero_is_unlimited() {
     let mut app = spawn_app_with(|s| s.limits.max_sessions = 3).await;
     for i in 0..5 {
-        app.publish(&login("shop", &format!("s{i}"), "alice", t(i))).await;
+        app.publish(&login("shop", &format!("s{i}"), "alice", t(i)))
+            .await;
     }
     app.settle().await;
     let mut revoked: Vec<String> = app
@@ -160,7 +166,9 @@ async fn higher_limits_keep_the_newest_and_zero_is_unlimited() {
 
     let mut unlimited = spawn_app_with(|s| s.limits.max_sessions = 0).await;
     for i in 0..5 {
-        unlimited.publish(&login("shop", &format!("s{i}"), "alice", t(i))).await;
+        unlimited
+            .publish(&login("shop", &format!("s{i}"), "alice", t(i)))
+            .await;
     }
     unlimited.settle().await;
     unlimited.expect_revokes(0).await;

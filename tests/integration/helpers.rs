@@ -10,8 +10,8 @@ use std::time::Duration;
 use chrono::{DateTime, SubsecRound as _, Utc};
 use futures::StreamExt;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, QueueBindOptions,
-    QueueDeclareOptions, QueueDeleteOptions, ExchangeDeleteOptions,
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, ExchangeDeleteOptions,
+    QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, Consumer};
@@ -56,7 +56,9 @@ fn with_database(url: &str, db: &str) -> String {
         None => (url, None),
     };
     let scheme_end = base.find("://").map_or(0, |i| i + 3);
-    let path_start = base[scheme_end..].find('/').map_or(base.len(), |i| scheme_end + i);
+    let path_start = base[scheme_end..]
+        .find('/')
+        .map_or(base.len(), |i| scheme_end + i);
     let mut out = format!("{}/{}", &base[..path_start], db);
     if let Some(q) = query {
         out.push('?');
@@ -238,11 +240,20 @@ impl TestApp {
         set("AMQP__URL", s.amqp.url.clone());
         set("AMQP__EVENTS_EXCHANGE", s.amqp.events_exchange.clone());
         set("AMQP__EVENTS_QUEUE", s.amqp.events_queue.clone());
-        set("AMQP__REVOCATIONS_EXCHANGE", s.amqp.revocations_exchange.clone());
-        set("AMQP__DEAD_LETTER_EXCHANGE", s.amqp.dead_letter_exchange.clone());
+        set(
+            "AMQP__REVOCATIONS_EXCHANGE",
+            s.amqp.revocations_exchange.clone(),
+        );
+        set(
+            "AMQP__DEAD_LETTER_EXCHANGE",
+            s.amqp.dead_letter_exchange.clone(),
+        );
         set("AMQP__DEAD_LETTER_QUEUE", s.amqp.dead_letter_queue.clone());
         set("LIMITS__MAX_SESSIONS", s.limits.max_sessions.to_string());
-        set("LIMITS__REPEAT_REVOKE_AFTER", s.limits.repeat_revoke_after.to_string());
+        set(
+            "LIMITS__REPEAT_REVOKE_AFTER",
+            s.limits.repeat_revoke_after.to_string(),
+        );
         set("WORKER__BATCH_WAIT_MS", s.worker.batch_wait_ms.to_string());
         set("METRICS__LISTEN", String::new());
         if let Some(limit) = s.retention.log_limit {
@@ -286,7 +297,10 @@ impl TestApp {
             if let Some(status) = self.processes[index].try_wait().unwrap() {
                 return status.code();
             }
-            assert!(tokio::time::Instant::now() < deadline, "process did not exit after SIGTERM");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "process did not exit after SIGTERM"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -366,7 +380,10 @@ impl TestApp {
     {
         let deadline = tokio::time::Instant::now() + PATIENCE;
         while !condition().await {
-            assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting for {what}"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -382,7 +399,11 @@ impl TestApp {
         Some(Revoke {
             body: serde_json::from_slice(&delivery.data).expect("revoke body is JSON of v1"),
             routing_key: delivery.routing_key.to_string(),
-            message_id: delivery.properties.message_id().as_ref().map(|s| s.to_string()),
+            message_id: delivery
+                .properties
+                .message_id()
+                .as_ref()
+                .map(|s| s.to_string()),
             content_type: delivery
                 .properties
                 .content_type()
@@ -421,7 +442,9 @@ impl TestApp {
             .as_ref()
             .and_then(|h| h.inner().get(broker::ERROR_HEADER).cloned())
             .and_then(|v| match v {
-                AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+                AMQPValue::LongString(s) => {
+                    Some(String::from_utf8_lossy(s.as_bytes()).into_owned())
+                }
                 _ => None,
             });
         DeadLetter {
@@ -496,9 +519,14 @@ impl Drop for TestApp {
             rt.block_on(async move {
                 // Not pool.close(): its connections live on the test's
                 // runtime, which is blocked here; DROP ... WITH (FORCE) ends them.
-                if let Ok(conn) = broker::connect(&settings.amqp, "session-guard test cleanup").await {
+                if let Ok(conn) =
+                    broker::connect(&settings.amqp, "session-guard test cleanup").await
+                {
                     if let Ok(ch) = conn.create_channel().await {
-                        for q in [&settings.amqp.events_queue, &settings.amqp.dead_letter_queue] {
+                        for q in [
+                            &settings.amqp.events_queue,
+                            &settings.amqp.dead_letter_queue,
+                        ] {
                             let _ = ch
                                 .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
                                 .await;
@@ -509,7 +537,10 @@ impl Drop for TestApp {
                             &settings.amqp.dead_letter_exchange,
                         ] {
                             let _ = ch
-                                .exchange_delete(x.as_str().into(), ExchangeDeleteOptions::default())
+                                .exchange_delete(
+                                    x.as_str().into(),
+                                    ExchangeDeleteOptions::default(),
+                                )
                                 .await;
                         }
                     }

@@ -43,7 +43,10 @@ async fn a_restart_loses_nothing() {
     revokes.sort_by(|a, b| a.body.session_id.cmp(&b.body.session_id));
     let ids: Vec<&str> = revokes.iter().map(|r| r.body.session_id.as_str()).collect();
     assert_eq!(ids, ["orphan", "s1", "s3"]);
-    assert_eq!(revokes[0].body.event_id, orphan.event_id, "a re-send keeps its event_id");
+    assert_eq!(
+        revokes[0].body.event_id, orphan.event_id,
+        "a re-send keeps its event_id"
+    );
     assert_eq!(app.active("alice", "shop").await, ["s2"]);
     assert_eq!(app.active("bob", "shop").await, ["s4"]);
     assert_eq!(app.outbox_len().await, 0);
@@ -67,29 +70,54 @@ async fn migrate_creates_the_database_and_sessions_lists_the_log() {
     );
     fresh.insert("SESSION_GUARD__DATABASE__URL".into(), url);
     let out = app.command(&["migrate"]).envs(&fresh).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
-        .bind(&fresh_db)
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(&fresh_db)
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
     assert!(exists);
-    sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE \"{fresh_db}\" WITH (FORCE)")))
-        .execute(&app.pool)
-        .await
-        .unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE \"{fresh_db}\" WITH (FORCE)"
+    )))
+    .execute(&app.pool)
+    .await
+    .unwrap();
 
     // Active only, as JSON.
-    let out = app.command(&["sessions", "--user", "alice", "--json"]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = app
+        .command(&["sessions", "--user", "alice", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let active: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
-    let mut ids: Vec<&str> = active.iter().map(|s| s["session_id"].as_str().unwrap()).collect();
+    let mut ids: Vec<&str> = active
+        .iter()
+        .map(|s| s["session_id"].as_str().unwrap())
+        .collect();
     ids.sort();
     assert_eq!(ids, ["b1", "s2"]);
     let s2 = active.iter().find(|s| s["session_id"] == "s2").unwrap();
     for key in [
-        "app", "session_id", "user_id", "ip", "user_agent", "login_at", "last_seen_at",
-        "ended_at", "end_reason", "state",
+        "app",
+        "session_id",
+        "user_id",
+        "ip",
+        "user_agent",
+        "login_at",
+        "last_seen_at",
+        "ended_at",
+        "end_reason",
+        "state",
     ] {
         assert!(s2.get(key).is_some(), "missing {key} in {s2}");
     }
@@ -99,7 +127,9 @@ async fn migrate_creates_the_database_and_sessions_lists_the_log() {
 
     // --all --app shop (global option after the command) shows the revoked one too.
     let out = app
-        .command(&["sessions", "--user", "alice", "--app", "shop", "--all", "--json"])
+        .command(&[
+            "sessions", "--user", "alice", "--app", "shop", "--all", "--json",
+        ])
         .output()
         .unwrap();
     let all: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
@@ -110,11 +140,17 @@ async fn migrate_creates_the_database_and_sessions_lists_the_log() {
     assert!(s1["ended_at"].is_string());
 
     // The table, for people.
-    let out = app.command(&["sessions", "--user", "alice", "--all"]).output().unwrap();
+    let out = app
+        .command(&["sessions", "--user", "alice", "--all"])
+        .output()
+        .unwrap();
     let table = String::from_utf8(out.stdout).unwrap();
     assert!(table.starts_with("APP"), "{table}");
     assert_eq!(table.lines().count(), 4, "{table}");
-    assert!(table.contains("revoked") && table.contains("session_limit"), "{table}");
+    assert!(
+        table.contains("revoked") && table.contains("session_limit"),
+        "{table}"
+    );
 
     // A config file given after the command is honoured.
     let dir = std::env::temp_dir().join(format!("sg-cli-{}", uuid::Uuid::new_v4()));
@@ -122,7 +158,13 @@ async fn migrate_creates_the_database_and_sessions_lists_the_log() {
     let file = dir.join("bad.toml");
     std::fs::write(&file, "[limits]\nmax_sessions = \"lots\"\n").unwrap();
     let out = app
-        .command(&["sessions", "--user", "alice", "--config", file.to_str().unwrap()])
+        .command(&[
+            "sessions",
+            "--user",
+            "alice",
+            "--config",
+            file.to_str().unwrap(),
+        ])
         .env_remove("SESSION_GUARD__LIMITS__MAX_SESSIONS")
         .output()
         .unwrap();

@@ -21,7 +21,8 @@ async fn a_request_after_the_revocation_repeats_the_revoke_once_per_pause() {
     let first = revoke_s1(&mut app).await;
 
     // Within the pause after the first revoke, a request repeats nothing...
-    app.publish(&request("shop", "s1", "alice", Utc::now())).await;
+    app.publish(&request("shop", "s1", "alice", Utc::now()))
+        .await;
     app.settle().await;
     app.expect_revokes(0).await;
 
@@ -34,13 +35,24 @@ async fn a_request_after_the_revocation_repeats_the_revoke_once_per_pause() {
     assert!(repeat.body.repeat);
     assert_eq!(repeat.body.session_id, "s1");
     assert_eq!(repeat.body.reason, "session_limit");
-    assert_ne!(repeat.body.event_id, first.body.event_id, "a repeat is a new message");
-    assert_eq!(repeat.body.revoked_at, first.body.revoked_at, "same revocation");
+    assert_ne!(
+        repeat.body.event_id, first.body.event_id,
+        "a repeat is a new message"
+    );
+    assert_eq!(
+        repeat.body.revoked_at, first.body.revoked_at,
+        "same revocation"
+    );
 
     // More requests within the pause: no flood.
     for i in 2..6 {
-        app.publish(&request("shop", "s1", "alice", later + chrono::Duration::seconds(i)))
-            .await;
+        app.publish(&request(
+            "shop",
+            "s1",
+            "alice",
+            later + chrono::Duration::seconds(i),
+        ))
+        .await;
     }
     app.settle().await;
     app.expect_revokes(0).await;

@@ -1,0 +1,18 @@
+# Build: the toolchain image; run: a slim Debian with CA certificates (TLS).
+FROM rust:1.95-slim-bookworm AS build
+WORKDIR /src
+COPY Cargo.toml Cargo.lock ./
+COPY src ./src
+COPY config ./config
+COPY migrations ./migrations
+RUN cargo build --release --locked --bin session-guard
+
+FROM debian:bookworm-slim
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends ca-certificates \
+    && rm -rf /var/lib/apt/lists/* \
+    && useradd --system --uid 10001 session-guard
+COPY --from=build /src/target/release/session-guard /usr/local/bin/session-guard
+USER session-guard
+ENTRYPOINT ["session-guard"]
+CMD ["run"]
