@@ -84,7 +84,7 @@ pub struct RetentionSettings {
     /// Ended rows kept per user; `None` keeps everything.
     #[serde(default)]
     pub log_limit: Option<u32>,
-    /// Seconds a pruned session's key is remembered so it cannot come back.
+    /// Seconds a pruned session's key is remembered after its last sign of life; 0 = forever.
     pub tombstone_ttl: u64,
 }
 

@@ -19,7 +19,8 @@ use crate::backoff::Backoff;
 use crate::broker;
 use crate::shutdown::Shutdown;
 use crate::store::OutboxRow;
-use crate::worker::Context;
+use crate::worker::{Context, STABLE_AFTER};
+use tokio::time::Instant;
 
 /// Rows claimed and published per round trip of confirms.
 const CHUNK: i64 = 500;
@@ -31,10 +32,17 @@ const SWEEP_EVERY: Duration = Duration::from_secs(1);
 /// shutdown flushes the outbox one last time.
 pub(crate) async fn run(ctx: Arc<Context>, mut shutdown: Shutdown) {
     let mut backoff = Backoff::new(ctx.settings.worker.max_backoff());
+    let mut last_try = false;
     loop {
-        match relay(&ctx, &mut shutdown, &mut backoff).await {
+        let started = Instant::now();
+        match relay(&ctx, &mut shutdown).await {
             Ok(()) => return,
             Err(e) => {
+                // A connection that worked for a while starts the backoff
+                // over; one that fails right after setup keeps doubling it.
+                if started.elapsed() > STABLE_AFTER {
+                    backoff.reset();
+                }
                 let delay = backoff.next_delay();
                 tracing::error!(
                     error = format!("{e:#}"),
@@ -42,28 +50,30 @@ pub(crate) async fn run(ctx: Arc<Context>, mut shutdown: Shutdown) {
                     "outbox relay stopped"
                 );
                 if shutdown.is_triggered() {
-                    return;
+                    // One more attempt to flush what the last batches wrote;
+                    // whatever is left waits for the next worker's sweep.
+                    if last_try {
+                        return;
+                    }
+                    last_try = true;
+                    tokio::time::sleep(delay).await;
+                    continue;
                 }
                 tokio::select! {
                     () = tokio::time::sleep(delay) => {}
-                    () = shutdown.wait() => return,
+                    () = shutdown.wait() => {}
                 }
             }
         }
     }
 }
 
-async fn relay(
-    ctx: &Context,
-    shutdown: &mut Shutdown,
-    backoff: &mut Backoff,
-) -> anyhow::Result<()> {
+async fn relay(ctx: &Context, shutdown: &mut Shutdown) -> anyhow::Result<()> {
     let connection = broker::connect(&ctx.settings.amqp, "session-guard relay").await?;
     let setup = connection.create_channel().await?;
     broker::declare_topology(&setup, &ctx.settings.amqp).await?;
     let _ = setup.close(200, "topology declared".into()).await;
     let channel = broker::confirm_channel(&connection).await?;
-    backoff.reset();
     loop {
         flush(ctx, &channel).await?;
         if shutdown.is_triggered() {

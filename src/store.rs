@@ -73,6 +73,10 @@ pub async fn connect_and_migrate(settings: &DatabaseSettings) -> anyhow::Result<
     Ok(pool)
 }
 
+/// How long after its `expires_at` a session that did not end otherwise may
+/// be pruned by retention (a queued request could still extend it).
+pub const EXPIRED_GRACE: Duration = Duration::from_secs(24 * 3600);
+
 /// What the store needs to know to decide.
 #[derive(Debug, Clone)]
 pub struct Policy {
@@ -224,15 +228,7 @@ pub async fn apply_batch(
         if event.kind != EventKind::Logout
             && let Some(user) = user
         {
-            let revoked = check_limit(
-                conn,
-                policy.limits,
-                user,
-                &event.app,
-                event.occurred_at,
-                now,
-            )
-            .await?;
+            let revoked = check_limit(conn, policy.limits, user, &event.app, now).await?;
             outcome.revoked += revoked.len();
             outbox.extend(revoked);
         }
@@ -405,14 +401,15 @@ async fn update_tombstone(conn: &mut PgConnection, r: &SessionRecord) -> sqlx::R
     Ok(())
 }
 
-/// Checks one user in one app against the limit, as of event time `at`, and
-/// revokes (at wall-clock `now`) what exceeds it. Returns the revoke messages.
+/// Checks one user in one app against the limit and revokes what exceeds it.
+/// Sessions are ranked by event time; expiry is judged at `now`, the
+/// worker's clock, so a session that has expired by the time a late event is
+/// processed never costs a live session its place.
 async fn check_limit(
     conn: &mut PgConnection,
     limits: Limits,
     user: &UserId,
     app: &AppName,
-    at: DateTime<Utc>,
     now: DateTime<Utc>,
 ) -> sqlx::Result<Vec<RevokeMessage>> {
     if limits.is_unlimited() {
@@ -420,15 +417,15 @@ async fn check_limit(
     }
     // FOR UPDATE: wait for, and see, any concurrent change to these rows (a
     // logout that did not know its user, so did not take the user lock).
-    let rows: Vec<(String, DateTime<Utc>)> = sqlx::query_as(
-        "SELECT session_id, login_at FROM sessions
+    let rows: Vec<(String, DateTime<Utc>, bool)> = sqlx::query_as(
+        "SELECT session_id, login_at, login_seen FROM sessions
          WHERE user_id = $1 AND app = $2 AND end_reason IS NULL
            AND (expires_at IS NULL OR expires_at > $3)
          FOR UPDATE",
     )
     .bind(user.as_str())
     .bind(app.as_str())
-    .bind(at)
+    .bind(now)
     .fetch_all(&mut *conn)
     .await?;
     if rows.len() <= limits.max_sessions as usize {
@@ -436,10 +433,11 @@ async fn check_limit(
     }
     let candidates: Vec<Candidate> = rows
         .into_iter()
-        .map(|(session_id, login_at)| Candidate {
+        .map(|(session_id, login_at, login_seen)| Candidate {
             app: app.clone(),
             session_id: SessionId::from_trusted(session_id),
             login_at,
+            login_seen,
         })
         .collect();
     let victims: Vec<String> = sessions_to_revoke(&candidates, limits)
@@ -502,6 +500,8 @@ pub async fn write_outbox(conn: &mut PgConnection, messages: &[RevokeMessage]) -
 
 /// Keeps the `keep` most recently ended rows of one user (any app) and moves
 /// the older ended ones to the tombstones. Only this user's rows are touched.
+/// A session that merely expired counts as ended only [`EXPIRED_GRACE`]
+/// after its expiry: a request still in the queue may extend it.
 async fn prune_log(
     conn: &mut PgConnection,
     user: &str,
@@ -511,7 +511,7 @@ async fn prune_log(
     let moved = sqlx::query(
         "WITH doomed AS (
              SELECT app, session_id FROM sessions
-             WHERE user_id = $1 AND (end_reason IS NOT NULL OR expires_at <= $2)
+             WHERE user_id = $1 AND (end_reason IS NOT NULL OR expires_at <= $2 - $4::interval)
              ORDER BY coalesce(ended_at, expires_at) DESC, app DESC, session_id DESC
              OFFSET $3
          ), moved AS (
@@ -531,19 +531,26 @@ async fn prune_log(
     .bind(user)
     .bind(now)
     .bind(i64::from(keep))
+    .bind(format!("{} seconds", EXPIRED_GRACE.as_secs()))
     .execute(conn)
     .await?;
     Ok(moved.rows_affected())
 }
 
-/// Deletes tombstones older than `ttl` whose session has expired (or never
-/// had an expiry), at most `limit` at a time. Returns how many went.
+/// Deletes tombstones of sessions not heard of for `ttl` (counted from the
+/// latest of: pruning, last event, last revoke) and past their own expiry,
+/// at most `limit` at a time. A `ttl` of zero keeps them forever. Returns
+/// how many went.
 pub async fn expire_tombstones(pool: &PgPool, ttl: Duration, limit: i64) -> sqlx::Result<u64> {
+    if ttl.is_zero() {
+        return Ok(0);
+    }
     let cutoff = Utc::now() - chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::MAX);
     let done = sqlx::query(
         "DELETE FROM session_tombstones WHERE (app, session_id) IN (
              SELECT app, session_id FROM session_tombstones
-             WHERE pruned_at < $1 AND (expires_at IS NULL OR expires_at < now())
+             WHERE greatest(pruned_at, last_seen_at, last_revoke_at) < $1
+               AND (expires_at IS NULL OR expires_at < now())
              LIMIT $2)",
     )
     .bind(cutoff)

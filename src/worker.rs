@@ -32,6 +32,10 @@ const HOUSEKEEPING_CHUNK: i64 = 10_000;
 /// How long, after the consumer was cancelled, to wait for deliveries the
 /// broker had already pushed to us.
 const DRAIN_WAIT: Duration = Duration::from_millis(500);
+/// A connection that lived this long before failing resets the backoff.
+pub(crate) const STABLE_AFTER: Duration = Duration::from_secs(30);
+/// Most time `run` waits for the pool to close once the tasks are done.
+const POOL_CLOSE_WAIT: Duration = Duration::from_secs(5);
 
 /// State shared by the consumer, the relay and housekeeping.
 pub(crate) struct Context {
@@ -97,6 +101,11 @@ impl Worker {
         stop_consuming.trigger();
         stop_housekeeping.trigger();
         let timeout = ctx.settings.worker.shutdown_timeout();
+        let (consumer_abort, relay_abort, housekeeping_abort) = (
+            consumer.abort_handle(),
+            relay.abort_handle(),
+            housekeeping.abort_handle(),
+        );
         let graceful = async {
             if let Err(e) = consumer.await {
                 tracing::error!(error = %e, "consumer task failed");
@@ -113,10 +122,14 @@ impl Worker {
                 "shutdown timed out; unacked events will be redelivered and unpublished \
                  revokes stay in the outbox"
             );
+            consumer_abort.abort();
+            relay_abort.abort();
+            housekeeping_abort.abort();
         } else {
             tracing::info!("stopped cleanly");
         }
-        ctx.pool.close().await;
+        // Bounded: an aborted task may not have returned its connection.
+        let _ = tokio::time::timeout(POOL_CLOSE_WAIT, ctx.pool.close()).await;
         Ok(())
     }
 }
@@ -125,9 +138,15 @@ impl Worker {
 async fn run_consumer(ctx: Arc<Context>, mut shutdown: Shutdown) {
     let mut backoff = Backoff::new(ctx.settings.worker.max_backoff());
     while !shutdown.is_triggered() {
-        match consume(&ctx, &mut shutdown, &mut backoff).await {
+        let started = Instant::now();
+        match consume(&ctx, &mut shutdown).await {
             Ok(()) => return,
             Err(e) => {
+                // A connection that worked for a while starts the backoff
+                // over; one that fails right after setup keeps doubling it.
+                if started.elapsed() > STABLE_AFTER {
+                    backoff.reset();
+                }
                 let delay = backoff.next_delay();
                 tracing::error!(
                     error = format!("{e:#}"),
@@ -144,11 +163,7 @@ async fn run_consumer(ctx: Arc<Context>, mut shutdown: Shutdown) {
 }
 
 /// One connection's worth of consuming. Returns `Ok` on shutdown.
-async fn consume(
-    ctx: &Context,
-    shutdown: &mut Shutdown,
-    backoff: &mut Backoff,
-) -> anyhow::Result<()> {
+async fn consume(ctx: &Context, shutdown: &mut Shutdown) -> anyhow::Result<()> {
     let settings = &ctx.settings;
     let connection = broker::connect(&settings.amqp, "session-guard consumer").await?;
     let setup = connection.create_channel().await?;
@@ -172,7 +187,6 @@ async fn consume(
         .await
         .context("cannot consume the events queue")?;
     tracing::info!(queue = %settings.amqp.events_queue, "consuming");
-    backoff.reset();
 
     loop {
         let first = tokio::select! {
@@ -201,8 +215,9 @@ async fn consume(
         let next = tokio::time::timeout(DRAIN_WAIT, consumer.next()).await;
         let Ok(Some(Ok(first))) = next else { break };
         let (batch, ended) = fill_batch(ctx, &mut consumer, first).await;
-        // Do not give up on this batch because the shutdown already fired.
-        let mut no_shutdown = shutdown::channel().1;
+        // Do not give up on this batch because the shutdown already fired
+        // (the trigger must stay alive: a dropped trigger counts as fired).
+        let (_keep, mut no_shutdown) = shutdown::channel();
         handle_batch(ctx, &channel, &dead_letters, batch, &mut no_shutdown).await?;
         if ended.is_some() {
             break;
@@ -253,15 +268,23 @@ async fn handle_batch(
     shutdown: &mut Shutdown,
 ) -> anyhow::Result<()> {
     let amqp = &ctx.settings.amqp;
-    let Some(last_tag) = batch.last().map(|d| d.delivery_tag) else {
-        return Ok(());
-    };
+    // Deliveries already settled one by one (acked after dead-lettering, or
+    // nacked): the closing multiple-ack must not name one of them, or the
+    // broker closes the channel for an unknown delivery tag.
+    let mut settled = vec![false; batch.len()];
     let mut valid: Vec<(usize, SessionEvent)> = Vec::with_capacity(batch.len());
     for (i, delivery) in batch.iter().enumerate() {
         match SessionEvent::decode(&delivery.data) {
             Ok(event) => valid.push((i, event)),
             Err(error) => {
                 reject(ctx, dead_letters, delivery, &error.to_string(), "invalid").await?;
+                // Acked at once: if this batch is redelivered later (say the
+                // database is down at shutdown), it is not dead-lettered twice.
+                channel
+                    .basic_ack(delivery.delivery_tag, BasicAckOptions { multiple: false })
+                    .await
+                    .context("cannot ack")?;
+                settled[i] = true;
             }
         }
     }
@@ -270,8 +293,8 @@ async fn handle_batch(
     match apply_with_retry(ctx, &events, shutdown).await {
         Applied::Committed => {}
         Applied::ShuttingDown => {
-            // Nothing was committed: leave every delivery unacked; the broker
-            // gives them to another worker once this channel closes.
+            // Nothing was committed: leave the valid deliveries unacked; the
+            // broker gives them to another worker once this channel closes.
             anyhow::bail!("shutdown while the database was unavailable");
         }
         Applied::Rejected(error) => {
@@ -290,6 +313,13 @@ async fn handle_batch(
                         let text = format!("database refused the event: {error}");
                         if count >= amqp.max_redeliveries {
                             reject(ctx, dead_letters, delivery, &text, "failed").await?;
+                            channel
+                                .basic_ack(
+                                    delivery.delivery_tag,
+                                    BasicAckOptions { multiple: false },
+                                )
+                                .await
+                                .context("cannot ack")?;
                         } else {
                             tracing::warn!(error = %text, delivery_count = count, "event failed; requeued");
                             channel
@@ -300,18 +330,29 @@ async fn handle_batch(
                                         requeue: true,
                                     },
                                 )
-                                .await?;
+                                .await
+                                .context("cannot nack")?;
                         }
+                        settled[*i] = true;
                     }
                 }
             }
         }
     }
-    // One ack for the whole batch: everything up to last_tag is settled.
-    channel
-        .basic_ack(last_tag, BasicAckOptions { multiple: true })
-        .await
-        .context("cannot ack")?;
+    // One ack for the rest of the batch: a multiple-ack of the highest tag
+    // still open settles every open tag up to it on this channel.
+    let last_open = batch
+        .iter()
+        .zip(&settled)
+        .filter(|(_, done)| !**done)
+        .map(|(d, _)| d.delivery_tag)
+        .max();
+    if let Some(tag) = last_open {
+        channel
+            .basic_ack(tag, BasicAckOptions { multiple: true })
+            .await
+            .context("cannot ack")?;
+    }
     metrics::counter!("session_guard_events_processed_total").increment(valid.len() as u64);
     Ok(())
 }

@@ -25,13 +25,19 @@ pub struct Candidate {
     pub session_id: SessionId,
     /// When the session logged in (event time): the ranking key.
     pub login_at: DateTime<Utc>,
+    /// Whether a login event was seen; sessions known only from requests
+    /// (older than the deployment, or forgotten by retention) rank below.
+    pub login_seen: bool,
 }
 
 /// Returns the sessions to revoke so that at most `limits.max_sessions` stay,
 /// keeping the most recently logged-in ones.
 ///
-/// Sessions are ranked by `login_at` (newest first), ties broken by app and
-/// session id, so the result depends only on the set of sessions, never on
+/// Sessions whose login was seen rank above sessions known only from a
+/// request (their real login time is unknown, and older than anything the
+/// worker saw: they predate it). Within each group they are ranked by
+/// `login_at` (newest first), ties broken by app and session id, so the
+/// result depends only on the set of sessions, never on
 /// the order they are given in. That is what makes the outcome independent of
 /// arrival order across consumers: the newest `max_sessions` sessions of a set
 /// are also among the newest of any subset that holds them, so no check can
@@ -42,8 +48,9 @@ pub fn sessions_to_revoke(active: &[Candidate], limits: Limits) -> Vec<Candidate
     }
     let mut ranked: Vec<&Candidate> = active.iter().collect();
     ranked.sort_by(|a, b| {
-        b.login_at
-            .cmp(&a.login_at)
+        b.login_seen
+            .cmp(&a.login_seen)
+            .then_with(|| b.login_at.cmp(&a.login_at))
             .then_with(|| b.app.cmp(&a.app))
             .then_with(|| b.session_id.cmp(&a.session_id))
     });
@@ -64,6 +71,7 @@ mod tests {
             app: AppName::parse("shop").unwrap(),
             session_id: SessionId::parse(id).unwrap(),
             login_at: Utc.with_ymd_and_hms(2026, 11, 27, 10, minute, 0).unwrap(),
+            login_seen: true,
         }
     }
 
@@ -95,6 +103,17 @@ mod tests {
         assert_eq!(
             ids(&sessions_to_revoke(&s, Limits { max_sessions: 2 })),
             ["old"]
+        );
+    }
+
+    #[test]
+    fn sessions_known_only_from_requests_rank_below_seen_logins() {
+        let mut legacy = c("legacy", 9);
+        legacy.login_seen = false;
+        let s = [c("fresh", 1), legacy];
+        assert_eq!(
+            ids(&sessions_to_revoke(&s, Limits { max_sessions: 1 })),
+            ["legacy"]
         );
     }
 

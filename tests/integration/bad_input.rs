@@ -110,3 +110,48 @@ async fn bad_input_inside_a_batch_does_not_hold_back_the_rest() {
         );
     }
 }
+
+#[tokio::test]
+async fn an_event_the_database_keeps_refusing_is_dead_lettered_alone() {
+    let mut app = spawn_app_without_worker(|s| {
+        s.amqp.max_redeliveries = 2;
+        // One batch for the three events below.
+        s.worker.batch_wait_ms = 300;
+    })
+    .await;
+    // Make PostgreSQL refuse one session, every time (not a transient error).
+    sqlx::query(
+        "CREATE FUNCTION refuse_poison() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+             IF NEW.session_id = 'poison' THEN RAISE EXCEPTION 'poison session refused'; END IF;
+             RETURN NEW;
+         END $$",
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "CREATE TRIGGER refuse_poison BEFORE INSERT OR UPDATE ON sessions
+         FOR EACH ROW EXECUTE FUNCTION refuse_poison()",
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    let poison = login("shop", "poison", "bob", t(1));
+    app.publish(&login("shop", "good-a", "alice", t(0))).await;
+    app.publish(&poison).await;
+    app.publish(&login("shop", "good-c", "carol", t(2))).await;
+    app.start_worker().await;
+
+    let dead = app.next_dead_letter().await;
+    assert_eq!(dead.body, poison.to_string().into_bytes());
+    let error = dead.error.expect("x-session-guard-error header");
+    assert!(error.starts_with("database refused the event:"), "{error}");
+    assert!(error.contains("poison session refused"), "{error}");
+
+    app.settle().await;
+    assert_eq!(app.active("alice", "shop").await, ["good-a"]);
+    assert_eq!(app.active("carol", "shop").await, ["good-c"]);
+    assert!(app.active("bob", "shop").await.is_empty());
+    app.expect_revokes(0).await;
+}
