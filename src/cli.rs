@@ -9,8 +9,10 @@ use clap::{Args, Parser, Subcommand};
 use serde::Serialize;
 
 use crate::configuration::Settings;
+use crate::domain::event::{AppName, SessionId, UserId};
+use crate::domain::limits::{EvictionPolicy, UserOverride};
 use crate::domain::session::{EndReason, SessionState, state_of};
-use crate::store::{self, LoggedSession};
+use crate::store::{self, AdminTarget, Enforcement, LoggedSession};
 use crate::worker::Worker;
 use crate::{shutdown, telemetry};
 
@@ -37,6 +39,99 @@ pub enum Command {
     Run,
     /// Show a user's sessions from the log.
     Sessions(SessionsArgs),
+    /// Manage the limits stored for one user (the `user_overrides` hook).
+    Limits {
+        #[command(subcommand)]
+        action: LimitsAction,
+    },
+    /// Revoke sessions as an operator (reason "admin"); running workers
+    /// publish the revoke events.
+    Revoke(RevokeArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LimitsAction {
+    /// Store limits for a user, for one app or all; unset values stay as they were.
+    Set(LimitsSetArgs),
+    /// Show the effective limits of a user after all hooks, and who set each.
+    Get(LimitsGetArgs),
+    /// Delete the limits stored for a user (for one app, or the all-apps ones).
+    Clear(LimitsClearArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct LimitsSetArgs {
+    #[arg(long)]
+    pub user: String,
+    /// Only for this app (default: every app).
+    #[arg(long)]
+    pub app: Option<String>,
+    /// Active sessions allowed in the app (0 = unlimited).
+    #[arg(long = "max")]
+    pub max_sessions: Option<u32>,
+    /// Active sessions allowed across all apps (0 = no such limit).
+    #[arg(long = "max-global")]
+    pub max_sessions_global: Option<u32>,
+    /// evict_oldest, evict_idle or deny_new.
+    #[arg(long)]
+    pub policy: Option<EvictionPolicy>,
+    /// Seconds without an event after which a session counts as expired (0 = off).
+    #[arg(long)]
+    pub idle_timeout: Option<u64>,
+    /// Ended sessions kept in this user's log.
+    #[arg(long)]
+    pub log_limit: Option<u32>,
+    /// Recorded as who made the change (default: $USER).
+    #[arg(long)]
+    pub operator: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct LimitsGetArgs {
+    #[arg(long)]
+    pub user: String,
+    /// The app to evaluate for (default: every app in the user's log).
+    #[arg(long)]
+    pub app: Option<String>,
+    /// Evaluate with these attributes (a JSON object) instead of those of
+    /// the user's latest event.
+    #[arg(long)]
+    pub attributes: Option<String>,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct LimitsClearArgs {
+    #[arg(long)]
+    pub user: String,
+    /// The app-specific override to delete (default: the all-apps one).
+    #[arg(long)]
+    pub app: Option<String>,
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("target").required(true).args(["session", "all"])))]
+pub struct RevokeArgs {
+    /// The app the sessions belong to.
+    #[arg(long)]
+    pub app: String,
+    /// Revoke this one session.
+    #[arg(long, conflicts_with_all = ["user", "all"])]
+    pub session: Option<String>,
+    /// With --all: the user whose sessions to revoke.
+    #[arg(long, requires = "all")]
+    pub user: Option<String>,
+    /// Revoke every active session of --user in --app.
+    #[arg(long, requires = "user")]
+    pub all: bool,
+    /// An explanation, recorded in the log and sent to the app as `note`.
+    #[arg(long)]
+    pub reason: Option<String>,
+    /// Recorded as who revoked (default: $USER).
+    #[arg(long)]
+    pub operator: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -79,7 +174,211 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             worker.run(shutdown::signal()).await
         }
         Command::Sessions(args) => sessions(&settings, &args).await,
+        Command::Limits { action } => limits(&settings, action).await,
+        Command::Revoke(args) => revoke(&settings, &args).await,
     }
+}
+
+/// Who runs the command, for the log: --operator, else $USER.
+fn operator(given: &Option<String>) -> String {
+    given
+        .clone()
+        .or_else(|| std::env::var("USER").ok())
+        .or_else(|| std::env::var("LOGNAME").ok())
+        .unwrap_or_else(|| "unknown".to_owned())
+}
+
+fn parse_app(app: &str) -> anyhow::Result<AppName> {
+    AppName::parse(app).map_err(|e| anyhow::anyhow!("--app: {e}"))
+}
+
+fn parse_user(user: &str) -> anyhow::Result<UserId> {
+    UserId::parse(user).map_err(|e| anyhow::anyhow!("--user: {e}"))
+}
+
+async fn limits(settings: &Settings, action: LimitsAction) -> anyhow::Result<()> {
+    let pool = store::connect_and_migrate(&settings.database).await?;
+    let mut out = std::io::stdout().lock();
+    match action {
+        LimitsAction::Set(a) => {
+            parse_user(&a.user)?;
+            if let Some(app) = &a.app {
+                parse_app(app)?;
+            }
+            let o = UserOverride {
+                app: a.app.clone(),
+                max_sessions: a.max_sessions,
+                max_sessions_global: a.max_sessions_global,
+                policy: a.policy,
+                idle_timeout: a.idle_timeout,
+                log_limit: a.log_limit,
+            };
+            if o == (UserOverride {
+                app: a.app.clone(),
+                ..UserOverride::default()
+            }) {
+                anyhow::bail!(
+                    "nothing to set: give --max, --max-global, --policy, --idle-timeout or --log-limit"
+                );
+            }
+            store::set_override(&pool, &a.user, a.app.as_deref(), &o, &operator(&a.operator))
+                .await
+                .context("cannot store the override")?;
+            writeln!(
+                out,
+                "stored limits for user {} in {}; they apply from the user's next event",
+                a.user,
+                a.app
+                    .as_deref()
+                    .map_or("every app".to_owned(), |app| format!("app {app}"))
+            )?;
+        }
+        LimitsAction::Clear(a) => {
+            let removed = store::clear_override(&pool, &a.user, a.app.as_deref()).await?;
+            let scope = a
+                .app
+                .as_deref()
+                .map_or("every app".to_owned(), |app| format!("app {app}"));
+            if removed {
+                writeln!(
+                    out,
+                    "cleared the limits stored for user {} in {scope}",
+                    a.user
+                )?;
+            } else {
+                writeln!(out, "no limits were stored for user {} in {scope}", a.user)?;
+            }
+        }
+        LimitsAction::Get(a) => {
+            let user = parse_user(&a.user)?;
+            let rules = Enforcement::from_settings(settings, &[])?;
+            let given: Option<serde_json::Map<String, serde_json::Value>> = a
+                .attributes
+                .as_deref()
+                .map(|json| match serde_json::from_str(json) {
+                    Ok(serde_json::Value::Object(map)) => Ok(map),
+                    _ => Err(anyhow::anyhow!("--attributes must be a JSON object")),
+                })
+                .transpose()?;
+            let mut targets = store::latest_attributes(&pool, &a.user, a.app.as_deref()).await?;
+            if let Some(app) = &a.app {
+                parse_app(app)?;
+                if targets.is_empty() {
+                    targets.push((app.clone(), None));
+                }
+            }
+            if targets.is_empty() {
+                anyhow::bail!(
+                    "user {} has no sessions in the log: name an app with --app",
+                    a.user
+                );
+            }
+            let mut report = Vec::new();
+            for (app, stored) in targets {
+                let attributes = match (&given, stored) {
+                    (Some(given), _) => given.clone(),
+                    (None, Some(serde_json::Value::Object(map))) => map,
+                    (None, _) => serde_json::Map::new(),
+                };
+                let app = AppName::from_trusted(app);
+                let effective =
+                    store::effective_limits(&pool, &rules, &user, &app, &attributes).await?;
+                report.push(serde_json::json!({
+                    "user_id": a.user,
+                    "app": app.as_str(),
+                    "attributes": attributes,
+                    "limits": effective.limits,
+                    "set_by": effective.set_by,
+                    "enforce": rules.enforce,
+                    "hooks": rules.hooks.names(),
+                }));
+                if !a.json {
+                    let l = &effective.limits;
+                    let by = &effective.set_by;
+                    writeln!(out, "user {} in app {}", a.user, app)?;
+                    writeln!(
+                        out,
+                        "  attributes: {}",
+                        serde_json::Value::Object(attributes)
+                    )?;
+                    let rows = [
+                        ("max_sessions", l.max_sessions.to_string(), &by.max_sessions),
+                        (
+                            "max_sessions_global",
+                            l.max_sessions_global.to_string(),
+                            &by.max_sessions_global,
+                        ),
+                        ("policy", l.policy.to_string(), &by.policy),
+                        ("idle_timeout", l.idle_timeout.to_string(), &by.idle_timeout),
+                        (
+                            "log_limit",
+                            l.log_limit.map_or("unset".to_owned(), |n| n.to_string()),
+                            &by.log_limit,
+                        ),
+                    ];
+                    for (key, value, source) in rows {
+                        writeln!(out, "  {key:<20} {value:<13} set by {source}")?;
+                    }
+                    if !rules.enforce {
+                        writeln!(
+                            out,
+                            "  (shadow mode: limits.enforce = false, nothing is revoked)"
+                        )?;
+                    }
+                }
+            }
+            if a.json {
+                serde_json::to_writer_pretty(&mut out, &report)?;
+                writeln!(out)?;
+            }
+        }
+    }
+    pool.close().await;
+    Ok(())
+}
+
+async fn revoke(settings: &Settings, args: &RevokeArgs) -> anyhow::Result<()> {
+    let app = parse_app(&args.app)?;
+    let target = match (&args.session, &args.user) {
+        (Some(session), _) => AdminTarget::Session {
+            app,
+            session_id: SessionId::parse(session).map_err(|e| anyhow::anyhow!("--session: {e}"))?,
+        },
+        (None, Some(user)) => AdminTarget::User {
+            app,
+            user_id: parse_user(user)?,
+        },
+        (None, None) => anyhow::bail!("give --session S, or --user U --all"),
+    };
+    let pool = store::connect_and_migrate(&settings.database).await?;
+    let rules = Enforcement::from_settings(settings, &[])?;
+    let revoked = store::admin_revoke(
+        &pool,
+        &rules,
+        &target,
+        &operator(&args.operator),
+        args.reason.clone(),
+    )
+    .await?;
+    pool.close().await;
+    let mut out = std::io::stdout().lock();
+    if revoked.is_empty() {
+        writeln!(out, "nothing to revoke: no active session matched")?;
+    } else {
+        for r in &revoked {
+            writeln!(
+                out,
+                "revoked {} / {} (user {})",
+                r.app, r.session_id, r.user_id
+            )?;
+        }
+        writeln!(
+            out,
+            "{} session(s) revoked; running workers publish the revoke events within a second",
+            revoked.len()
+        )?;
+    }
+    Ok(())
 }
 
 /// One session as `sessions --json` prints it.
@@ -94,6 +393,11 @@ struct SessionOut {
     last_seen_at: String,
     ended_at: Option<String>,
     end_reason: Option<String>,
+    /// The rule, hook or operator that ended it ("user" for logout_others
+    /// and logout_all; absent for logouts).
+    ended_by: Option<String>,
+    /// An operator's explanation.
+    note: Option<String>,
     state: &'static str,
 }
 
@@ -123,6 +427,8 @@ impl SessionOut {
             last_seen_at: rfc3339(s.last_seen_at),
             ended_at: ended_at.map(rfc3339),
             end_reason,
+            ended_by: s.ended_by,
+            note: s.end_note,
             state: state.as_str(),
         }
     }
@@ -175,7 +481,7 @@ fn write_table(out: &mut impl Write, sessions: &[SessionOut]) -> std::io::Result
         "USER AGENT",
     ];
     let dash = || "-".to_owned();
-    let rows: Vec<[String; 9]> = sessions
+    let rows: Vec<[String; 10]> = sessions
         .iter()
         .map(|s| {
             [
@@ -186,6 +492,7 @@ fn write_table(out: &mut impl Write, sessions: &[SessionOut]) -> std::io::Result
                 s.last_seen_at.clone(),
                 s.ended_at.clone().unwrap_or_else(dash),
                 s.end_reason.clone().unwrap_or_else(dash),
+                s.ended_by.clone().unwrap_or_else(dash),
                 s.ip.clone().unwrap_or_else(dash),
                 s.user_agent
                     .as_deref()

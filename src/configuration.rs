@@ -4,8 +4,15 @@
 use std::path::Path;
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use anyhow::Context;
 use serde::Deserialize;
+
+use crate::domain::limits::{
+    BUILT_IN_HOOKS, EvictionPolicy, HookChain, Limits, Rule, RuleHook, Rules, SuperuserUnlimited,
+    UserOverrides,
+};
 
 /// The defaults, compiled in so that the binary runs without any file around it.
 const DEFAULT_CONFIG: &str = include_str!("../config/default.toml");
@@ -75,8 +82,21 @@ pub struct WorkerSettings {
 pub struct LimitSettings {
     /// Active sessions per user and app; 0 means unlimited.
     pub max_sessions: u32,
+    /// Active sessions per user across all apps; 0 = no such limit.
+    pub max_sessions_global: u32,
+    /// Which sessions stay when a user holds too many.
+    pub policy: EvictionPolicy,
+    /// Seconds without an event after which a session counts as expired; 0 = off.
+    pub idle_timeout: u64,
+    /// `false` = shadow mode: decide, log, count, revoke nothing.
+    pub enforce: bool,
     /// Seconds between two revoke messages for one session; 0 = no pause.
     pub repeat_revoke_after: u64,
+    /// Rule hooks by name, in the order they run.
+    pub hooks: Vec<String>,
+    /// Declarative rules for the `rules` hook, applied in file order.
+    #[serde(default)]
+    pub rules: Vec<Rule>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -134,6 +154,9 @@ impl Settings {
             config::Environment::with_prefix(ENV_PREFIX)
                 .separator("__")
                 .try_parsing(true)
+                // SESSION_GUARD__LIMITS__HOOKS=superuser_unlimited,rules
+                .list_separator(",")
+                .with_list_parse_key("limits.hooks")
                 .source(Some(env)),
         );
         let settings: Settings = builder
@@ -142,6 +165,7 @@ impl Settings {
             .try_deserialize()
             .context("invalid configuration")?;
         settings.validate()?;
+        settings.hook_chain(&[])?;
         Ok(settings)
     }
 
@@ -165,6 +189,62 @@ impl Settings {
             }
         }
         Ok(())
+    }
+}
+
+impl Settings {
+    /// The limits every user starts from, before any hook.
+    pub fn base_limits(&self) -> Limits {
+        Limits {
+            max_sessions: self.limits.max_sessions,
+            max_sessions_global: self.limits.max_sessions_global,
+            policy: self.limits.policy,
+            idle_timeout: self.limits.idle_timeout,
+            log_limit: self.retention.log_limit,
+        }
+    }
+
+    /// The hook chain of `limits.hooks`: built-in hooks by name, and `custom`
+    /// hooks (from a program embedding the worker) where their name appears,
+    /// or after the configured ones if it does not.
+    pub fn hook_chain(&self, custom: &[Arc<dyn RuleHook>]) -> anyhow::Result<HookChain> {
+        let mut chain: Vec<Arc<dyn RuleHook>> = Vec::new();
+        let mut used = vec![false; custom.len()];
+        for name in &self.limits.hooks {
+            if let Some(i) = custom.iter().position(|h| h.name() == name) {
+                chain.push(custom[i].clone());
+                used[i] = true;
+                continue;
+            }
+            let hook: Arc<dyn RuleHook> = match name.as_str() {
+                "superuser_unlimited" => Arc::new(SuperuserUnlimited),
+                "rules" => Arc::new(Rules::new(self.limits.rules.clone())),
+                "user_overrides" => Arc::new(UserOverrides),
+                other => anyhow::bail!(
+                    "limits.hooks: unknown hook {other:?} (built in: {}{})",
+                    BUILT_IN_HOOKS.join(", "),
+                    if custom.is_empty() {
+                        String::new()
+                    } else {
+                        format!(
+                            "; registered: {}",
+                            custom
+                                .iter()
+                                .map(|h| h.name())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        )
+                    }
+                ),
+            };
+            chain.push(hook);
+        }
+        for (hook, used) in custom.iter().zip(used) {
+            if !used {
+                chain.push(hook.clone());
+            }
+        }
+        Ok(HookChain::new(self.base_limits(), chain))
     }
 }
 
@@ -259,6 +339,12 @@ mod tests {
         assert_eq!(s.amqp.events_exchange, "session_guard.events");
         assert_eq!(s.limits.max_sessions, 1);
         assert_eq!(s.limits.repeat_revoke_after, 30);
+        assert_eq!(s.limits.policy, EvictionPolicy::EvictOldest);
+        assert!(s.limits.enforce);
+        assert_eq!(
+            s.limits.hooks,
+            ["superuser_unlimited", "rules", "user_overrides"]
+        );
         assert_eq!(s.retention.log_limit, None);
     }
 
@@ -300,6 +386,63 @@ mod tests {
         assert_eq!(s.limits.max_sessions, 4, "environment beats the file");
         assert_eq!(s.limits.repeat_revoke_after, 5, "file beats the defaults");
         assert_eq!(s.retention.log_limit, Some(10));
+    }
+
+    #[test]
+    fn hooks_rules_and_policies_come_from_the_file_and_the_environment() {
+        let dir = std::env::temp_dir().join(format!("sg-config-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("rules.toml");
+        std::fs::write(
+            &file,
+            r#"
+[limits]
+policy = "deny_new"
+idle_timeout = 900
+
+[[limits.rules]]
+name = "staff"
+when = { role = "staff" }
+max_sessions = 3
+
+[[limits.rules]]
+when = { app = "admin", attribute = { mfa = true } }
+policy = "evict_idle"
+"#,
+        )
+        .unwrap();
+        let s = Settings::load_from(
+            Some(&file),
+            env(&[("SESSION_GUARD__LIMITS__HOOKS", "rules,user_overrides")]),
+        )
+        .unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(s.limits.policy, EvictionPolicy::DenyNew);
+        assert_eq!(s.limits.idle_timeout, 900);
+        assert_eq!(s.limits.rules.len(), 2);
+        assert_eq!(s.limits.rules[0].when.role.as_deref(), Some("staff"));
+        assert_eq!(
+            s.limits.rules[1].when.attribute.as_ref().unwrap()["mfa"],
+            serde_json::json!(true)
+        );
+        assert_eq!(s.limits.hooks, ["rules", "user_overrides"]);
+        assert_eq!(
+            s.hook_chain(&[]).unwrap().names(),
+            ["rules", "user_overrides"]
+        );
+    }
+
+    #[test]
+    fn unknown_hooks_and_policies_are_refused() {
+        let err = Settings::load_from(None, env(&[("SESSION_GUARD__LIMITS__HOOKS", "rules,nope")]))
+            .unwrap_err();
+        assert!(
+            format!("{err:#}").contains("unknown hook \"nope\""),
+            "{err:#}"
+        );
+        let err = Settings::load_from(None, env(&[("SESSION_GUARD__LIMITS__POLICY", "lru")]))
+            .unwrap_err();
+        assert!(format!("{err:#}").contains("lru"), "{err:#}");
     }
 
     #[test]

@@ -8,7 +8,7 @@
 //! after the commit, so a crash anywhere before it replays the batch, and
 //! replaying changes nothing because every step is idempotent.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::time::Duration;
 
@@ -19,9 +19,12 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgConnection, PgPool, Postgres};
 use uuid::Uuid;
 
-use crate::configuration::{DatabaseSettings, LimitSettings, RetentionSettings, redact_url};
-use crate::domain::decision::{Candidate, Limits, sessions_to_revoke};
+use crate::configuration::{DatabaseSettings, redact_url};
+use crate::domain::decision::{Candidate, Scope, idle_sessions, sessions_to_revoke};
 use crate::domain::event::{AppName, EventKind, SessionEvent, SessionId, UserId};
+use crate::domain::limits::{
+    EffectiveLimits, EvictionPolicy, HookChain, HookContext, Limits, SessionSummary, UserOverride,
+};
 use crate::domain::revoke::RevokeMessage;
 use crate::domain::session::{EndReason, SessionRecord, apply_event};
 
@@ -79,32 +82,36 @@ pub const EXPIRED_GRACE: Duration = Duration::from_secs(24 * 3600);
 
 /// What the store needs to know to decide.
 #[derive(Debug, Clone)]
-pub struct Policy {
-    /// Limits applied to every user (rule hooks come later).
-    pub limits: Limits,
+pub struct Enforcement {
+    /// The configured rule hooks and the base limits they start from.
+    pub hooks: HookChain,
     /// Least time between two revoke messages for one session.
     pub repeat_revoke_after: Duration,
-    /// Ended rows kept per user; `None` keeps all.
-    pub log_limit: Option<u32>,
+    /// `false` = shadow mode: decide, log and count, revoke nothing.
+    pub enforce: bool,
 }
 
-impl Policy {
-    pub fn from_settings(limits: &LimitSettings, retention: &RetentionSettings) -> Policy {
-        Policy {
-            limits: Limits {
-                max_sessions: limits.max_sessions,
-            },
-            repeat_revoke_after: Duration::from_secs(limits.repeat_revoke_after),
-            log_limit: retention.log_limit,
-        }
+impl Enforcement {
+    /// From the settings, with hooks of an embedding program's own.
+    pub fn from_settings(
+        settings: &crate::configuration::Settings,
+        custom: &[std::sync::Arc<dyn crate::domain::limits::RuleHook>],
+    ) -> anyhow::Result<Enforcement> {
+        Ok(Enforcement {
+            hooks: settings.hook_chain(custom)?,
+            repeat_revoke_after: Duration::from_secs(settings.limits.repeat_revoke_after),
+            enforce: settings.limits.enforce,
+        })
     }
 }
 
 /// What one batch did, for logs and metrics.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct BatchOutcome {
-    /// Sessions revoked because of the limit.
+    /// Sessions revoked (limits, idle timeout, logout_others, logout_all).
     pub revoked: usize,
+    /// Sessions shadow mode would have revoked.
+    pub shadow_revoked: usize,
     /// Revoke messages repeated for sessions an app kept using.
     pub repeated: usize,
     /// Rows moved out of the log by retention.
@@ -149,12 +156,12 @@ async fn lock_users(conn: &mut PgConnection, users: &BTreeSet<String>) -> sqlx::
 /// written: the caller retries or nacks.
 pub async fn process_batch(
     pool: &PgPool,
-    policy: &Policy,
+    rules: &Enforcement,
     events: &[SessionEvent],
     now: DateTime<Utc>,
 ) -> sqlx::Result<BatchOutcome> {
     let mut tx = pool.begin().await?;
-    let outcome = apply_batch(&mut tx, policy, events, now).await?;
+    let outcome = apply_batch(&mut tx, rules, events, now).await?;
     tx.commit().await?;
     Ok(outcome)
 }
@@ -162,7 +169,7 @@ pub async fn process_batch(
 /// The body of [`process_batch`], on a connection inside a transaction.
 pub async fn apply_batch(
     conn: &mut PgConnection,
-    policy: &Policy,
+    rules: &Enforcement,
     events: &[SessionEvent],
     now: DateTime<Utc>,
 ) -> sqlx::Result<BatchOutcome> {
@@ -183,6 +190,8 @@ pub async fn apply_batch(
 
     let mut outcome = BatchOutcome::default();
     let mut outbox: Vec<RevokeMessage> = Vec::new();
+    // The log_limit that applies to each user, from the last check of them.
+    let mut log_limits: BTreeMap<String, (AppName, Option<u32>)> = BTreeMap::new();
     for (event, user) in events.iter().zip(&event_users) {
         let applied = loop {
             let current = fetch_session(conn, &event.app, &event.session_id).await?;
@@ -192,7 +201,7 @@ pub async fn apply_batch(
                 current.map(|(r, _)| r),
                 event,
                 now,
-                policy.repeat_revoke_after,
+                rules.repeat_revoke_after,
             );
             if !applied.changed {
                 break applied;
@@ -219,24 +228,76 @@ pub async fn apply_batch(
                     user_id.as_str(),
                     reason,
                     revoked_at,
-                    r.max_sessions.unwrap_or(policy.limits.max_sessions),
+                    r.max_sessions.unwrap_or(rules.hooks.base().max_sessions),
                     true,
                 ));
                 outcome.repeated += 1;
             }
         }
-        if event.kind != EventKind::Logout
-            && let Some(user) = user
-        {
-            let revoked = check_limit(conn, policy.limits, user, &event.app, now).await?;
-            outcome.revoked += revoked.len();
-            outbox.extend(revoked);
+        let Some(user) = user else { continue };
+        match event.kind {
+            EventKind::Login | EventKind::Request => {
+                let check =
+                    check_user(conn, rules, user, &event.app, &event.attributes, now).await?;
+                outcome.revoked += check.revokes.len();
+                outcome.shadow_revoked += check.shadow_revoked;
+                outbox.extend(check.revokes);
+                log_limits.insert(
+                    user.as_str().to_owned(),
+                    (event.app.clone(), check.limits.log_limit),
+                );
+            }
+            EventKind::LogoutOthers | EventKind::LogoutAll => {
+                let (keep, reason) = if event.kind == EventKind::LogoutOthers {
+                    (Some(&event.session_id), EndReason::LogoutOthers)
+                } else {
+                    (None, EndReason::LogoutAll)
+                };
+                let limits = limits_for(conn, rules, user, &event.app, &event.attributes).await?;
+                let revokes = revoke_users_sessions(
+                    conn,
+                    user,
+                    &event.app,
+                    keep,
+                    event.occurred_at,
+                    Revocation {
+                        reason,
+                        ended_by: "user".to_owned(),
+                        note: None,
+                        max_sessions: limits.limits.max_sessions,
+                    },
+                    now,
+                )
+                .await?;
+                outcome.revoked += revokes.len();
+                outbox.extend(revokes);
+                log_limits.insert(
+                    user.as_str().to_owned(),
+                    (event.app.clone(), limits.limits.log_limit),
+                );
+            }
+            EventKind::Logout => {
+                log_limits
+                    .entry(user.as_str().to_owned())
+                    .or_insert_with(|| (event.app.clone(), None));
+            }
         }
     }
     write_outbox(conn, &outbox).await?;
-    if let Some(keep) = policy.log_limit {
-        for user in &users {
-            outcome.pruned += prune_log(conn, user, keep, now).await?;
+    for (user, (app, known)) in log_limits {
+        let keep = match known {
+            Some(keep) => Some(keep),
+            // A user only logged out in this batch: ask the hooks.
+            None => {
+                let user = UserId::from_trusted(user.clone());
+                limits_for(conn, rules, &user, &app, &serde_json::Map::new())
+                    .await?
+                    .limits
+                    .log_limit
+            }
+        };
+        if let Some(keep) = keep {
+            outcome.pruned += prune_log(conn, &user, keep, now).await?;
         }
     }
     Ok(outcome)
@@ -277,6 +338,7 @@ struct SessionRow {
     end_reason: Option<String>,
     max_sessions: Option<i32>,
     last_revoke_at: Option<DateTime<Utc>>,
+    attributes: Option<serde_json::Value>,
 }
 
 impl From<SessionRow> for SessionRecord {
@@ -295,6 +357,7 @@ impl From<SessionRow> for SessionRecord {
             end_reason: row.end_reason.as_deref().and_then(EndReason::parse),
             max_sessions: row.max_sessions.map(|n| n.max(0) as u32),
             last_revoke_at: row.last_revoke_at,
+            attributes: row.attributes,
         }
     }
 }
@@ -308,7 +371,7 @@ async fn fetch_session(
 ) -> sqlx::Result<Option<(SessionRecord, bool)>> {
     let row: Option<SessionRow> = sqlx::query_as(
         "SELECT app, session_id, user_id, login_at, login_seen, last_seen_at, ip, user_agent,
-                expires_at, ended_at, end_reason, max_sessions, last_revoke_at
+                expires_at, ended_at, end_reason, max_sessions, last_revoke_at, attributes
          FROM sessions WHERE app = $1 AND session_id = $2 FOR UPDATE",
     )
     .bind(app.as_str())
@@ -321,7 +384,7 @@ async fn fetch_session(
     let row: Option<SessionRow> = sqlx::query_as(
         "SELECT app, session_id, user_id, login_at, true AS login_seen, last_seen_at,
                 NULL::inet AS ip, NULL::text AS user_agent, expires_at, ended_at, end_reason,
-                max_sessions, last_revoke_at
+                max_sessions, last_revoke_at, NULL::jsonb AS attributes
          FROM session_tombstones WHERE app = $1 AND session_id = $2 FOR UPDATE",
     )
     .bind(app.as_str())
@@ -336,8 +399,8 @@ async fn insert_session(conn: &mut PgConnection, r: &SessionRecord) -> sqlx::Res
     let done = sqlx::query(
         "INSERT INTO sessions (app, session_id, user_id, login_at, login_seen, last_seen_at, ip,
                                user_agent, expires_at, ended_at, end_reason, max_sessions,
-                               last_revoke_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+                               last_revoke_at, attributes)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
          ON CONFLICT (app, session_id) DO NOTHING",
     )
     .bind(r.app.as_str())
@@ -353,6 +416,7 @@ async fn insert_session(conn: &mut PgConnection, r: &SessionRecord) -> sqlx::Res
     .bind(r.end_reason.map(EndReason::as_str))
     .bind(r.max_sessions.map(|n| n as i32))
     .bind(r.last_revoke_at)
+    .bind(&r.attributes)
     .execute(conn)
     .await?;
     Ok(done.rows_affected() == 1)
@@ -362,7 +426,7 @@ async fn update_session(conn: &mut PgConnection, r: &SessionRecord) -> sqlx::Res
     sqlx::query(
         "UPDATE sessions SET user_id = $3, login_at = $4, login_seen = $5, last_seen_at = $6,
                 ip = $7, user_agent = $8, expires_at = $9, ended_at = $10, end_reason = $11,
-                max_sessions = $12, last_revoke_at = $13
+                max_sessions = $12, last_revoke_at = $13, attributes = $14
          WHERE app = $1 AND session_id = $2",
     )
     .bind(r.app.as_str())
@@ -378,6 +442,7 @@ async fn update_session(conn: &mut PgConnection, r: &SessionRecord) -> sqlx::Res
     .bind(r.end_reason.map(EndReason::as_str))
     .bind(r.max_sessions.map(|n| n as i32))
     .bind(r.last_revoke_at)
+    .bind(&r.attributes)
     .execute(conn)
     .await?;
     Ok(())
@@ -401,76 +466,425 @@ async fn update_tombstone(conn: &mut PgConnection, r: &SessionRecord) -> sqlx::R
     Ok(())
 }
 
-/// Checks one user in one app against the limit and revokes what exceeds it.
-/// Sessions are ranked by event time; expiry is judged at `now`, the
-/// worker's clock, so a session that has expired by the time a late event is
-/// processed never costs a live session its place.
-async fn check_limit(
-    conn: &mut PgConnection,
+/// What a check decided.
+struct Check {
+    revokes: Vec<RevokeMessage>,
+    shadow_revoked: usize,
     limits: Limits,
+}
+
+/// An active session row, for the check.
+#[derive(sqlx::FromRow)]
+struct ActiveRow {
+    app: String,
+    session_id: String,
+    login_at: DateTime<Utc>,
+    login_seen: bool,
+    last_seen_at: DateTime<Utc>,
+}
+
+/// The limits operators stored for a user.
+pub async fn load_overrides(
+    conn: &mut PgConnection,
+    user: &str,
+) -> sqlx::Result<Vec<UserOverride>> {
+    let rows: Vec<(
+        String,
+        Option<i32>,
+        Option<i32>,
+        Option<String>,
+        Option<i64>,
+        Option<i32>,
+    )> = sqlx::query_as(
+        "SELECT app, max_sessions, max_sessions_global, policy, idle_timeout, log_limit
+             FROM user_overrides WHERE user_id = $1 ORDER BY app",
+    )
+    .bind(user)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(app, max, global, policy, idle, log)| UserOverride {
+            app: (!app.is_empty()).then_some(app),
+            max_sessions: max.map(|n| n.max(0) as u32),
+            max_sessions_global: global.map(|n| n.max(0) as u32),
+            policy: policy.and_then(|p| p.parse().ok()),
+            idle_timeout: idle.map(|n| n.max(0) as u64),
+            log_limit: log.map(|n| n.max(0) as u32),
+        })
+        .collect())
+}
+
+/// A user's live (not ended, not expired at `now`) sessions in every app,
+/// locked: FOR UPDATE waits for, and sees, any concurrent change to them (a
+/// logout that did not know its user, so did not take the user lock).
+async fn active_sessions(
+    conn: &mut PgConnection,
+    user: &UserId,
+    now: DateTime<Utc>,
+) -> sqlx::Result<Vec<Candidate>> {
+    let rows: Vec<ActiveRow> = sqlx::query_as(
+        "SELECT app, session_id, login_at, login_seen, last_seen_at FROM sessions
+         WHERE user_id = $1 AND end_reason IS NULL
+           AND (expires_at IS NULL OR expires_at > $2)
+         ORDER BY app, session_id
+         FOR UPDATE",
+    )
+    .bind(user.as_str())
+    .bind(now)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| Candidate {
+            app: AppName::from_trusted(r.app),
+            session_id: SessionId::from_trusted(r.session_id),
+            login_at: r.login_at,
+            login_seen: r.login_seen,
+            last_seen_at: r.last_seen_at,
+        })
+        .collect())
+}
+
+fn summaries(sessions: &[Candidate]) -> Vec<SessionSummary> {
+    sessions
+        .iter()
+        .map(|c| SessionSummary {
+            app: c.app.clone(),
+            session_id: c.session_id.to_string(),
+            login_at: c.login_at,
+            last_seen_at: c.last_seen_at,
+        })
+        .collect()
+}
+
+/// The limits that apply to `user` in `app`, from the hooks.
+pub async fn limits_for(
+    conn: &mut PgConnection,
+    rules: &Enforcement,
     user: &UserId,
     app: &AppName,
+    attributes: &serde_json::Map<String, serde_json::Value>,
+) -> sqlx::Result<EffectiveLimits> {
+    let overrides = load_overrides(&mut *conn, user.as_str()).await?;
+    let sessions = active_sessions(&mut *conn, user, Utc::now()).await?;
+    let summaries = summaries(&sessions);
+    Ok(rules.hooks.evaluate(&HookContext {
+        app,
+        user_id: user,
+        attributes,
+        sessions: &summaries,
+        overrides: &overrides,
+    }))
+}
+
+/// Checks one user, as of an event in `app`: runs the hooks, expires idle
+/// sessions, applies the per-app and global limits with the policy, and
+/// revokes what does not fit (or, in shadow mode, only logs and counts it).
+/// Sessions are ranked by event time; expiry is judged at `now`, the worker's
+/// clock, so a session that has expired by the time a late event is
+/// processed never costs a live session its place.
+async fn check_user(
+    conn: &mut PgConnection,
+    rules: &Enforcement,
+    user: &UserId,
+    app: &AppName,
+    attributes: &serde_json::Map<String, serde_json::Value>,
+    now: DateTime<Utc>,
+) -> sqlx::Result<Check> {
+    let sessions = active_sessions(&mut *conn, user, now).await?;
+    let overrides = load_overrides(&mut *conn, user.as_str()).await?;
+    let summaries = summaries(&sessions);
+    let evaluate = |app: &AppName| {
+        rules.hooks.evaluate(&HookContext {
+            app,
+            user_id: user,
+            attributes,
+            sessions: &summaries,
+            overrides: &overrides,
+        })
+    };
+    let effective = evaluate(app);
+
+    // Idle sessions count as expired; each app's own idle_timeout applies.
+    let mut revocations: Vec<(Candidate, Revocation)> = Vec::new();
+    let apps: BTreeSet<&AppName> = sessions.iter().map(|c| &c.app).collect();
+    for a in apps {
+        let limits = if a == app {
+            effective.clone()
+        } else {
+            evaluate(a)
+        };
+        for idle in idle_sessions(&sessions, a, limits.limits.idle_timeout, now) {
+            revocations.push((
+                idle.clone(),
+                Revocation {
+                    reason: EndReason::IdleTimeout,
+                    ended_by: limits.set_by.idle_timeout.clone(),
+                    note: None,
+                    max_sessions: limits.limits.max_sessions,
+                },
+            ));
+        }
+    }
+    let live: Vec<Candidate> = sessions
+        .iter()
+        .filter(|c| !revocations.iter().any(|(idle, _)| idle == *c))
+        .cloned()
+        .collect();
+    let reason = if effective.limits.policy == EvictionPolicy::DenyNew {
+        EndReason::SessionLimitDenied
+    } else {
+        EndReason::SessionLimit
+    };
+    for victim in sessions_to_revoke(&live, app, &effective.limits) {
+        let (ended_by, max_sessions) = match victim.scope {
+            Scope::App => (
+                effective.set_by.max_sessions.clone(),
+                effective.limits.max_sessions,
+            ),
+            Scope::Global => (
+                effective.set_by.max_sessions_global.clone(),
+                effective.limits.max_sessions_global,
+            ),
+        };
+        revocations.push((
+            victim.session,
+            Revocation {
+                reason,
+                ended_by,
+                note: None,
+                max_sessions,
+            },
+        ));
+    }
+
+    if !rules.enforce {
+        for (session, revocation) in &revocations {
+            tracing::info!(
+                user = %user,
+                app = %session.app,
+                session_id = %session.session_id,
+                reason = %revocation.reason,
+                set_by = %revocation.ended_by,
+                max_sessions = revocation.max_sessions,
+                "shadow mode: would revoke"
+            );
+        }
+        return Ok(Check {
+            revokes: Vec::new(),
+            shadow_revoked: revocations.len(),
+            limits: effective.limits,
+        });
+    }
+    let revokes = revoke_sessions(conn, user, revocations, now).await?;
+    Ok(Check {
+        revokes,
+        shadow_revoked: 0,
+        limits: effective.limits,
+    })
+}
+
+/// Why and by whom sessions are being revoked.
+#[derive(Debug, Clone)]
+pub struct Revocation {
+    pub reason: EndReason,
+    /// The rule, hook or operator responsible, recorded in `sessions.ended_by`.
+    pub ended_by: String,
+    /// An operator's explanation.
+    pub note: Option<String>,
+    /// The limit in force, for the revoke message.
+    pub max_sessions: u32,
+}
+
+/// Ends the given sessions (those still active when the row lock is taken)
+/// and returns their revoke messages, for the outbox.
+async fn revoke_sessions(
+    conn: &mut PgConnection,
+    user: &UserId,
+    revocations: Vec<(Candidate, Revocation)>,
     now: DateTime<Utc>,
 ) -> sqlx::Result<Vec<RevokeMessage>> {
-    if limits.is_unlimited() {
+    if revocations.is_empty() {
         return Ok(Vec::new());
     }
-    // FOR UPDATE: wait for, and see, any concurrent change to these rows (a
-    // logout that did not know its user, so did not take the user lock).
-    let rows: Vec<(String, DateTime<Utc>, bool)> = sqlx::query_as(
-        "SELECT session_id, login_at, login_seen FROM sessions
+    let mut apps = Vec::new();
+    let mut ids = Vec::new();
+    let mut reasons = Vec::new();
+    let mut by = Vec::new();
+    let mut notes: Vec<Option<String>> = Vec::new();
+    let mut maxes = Vec::new();
+    for (session, r) in &revocations {
+        apps.push(session.app.as_str());
+        ids.push(session.session_id.as_str());
+        reasons.push(r.reason.as_str());
+        by.push(r.ended_by.as_str());
+        notes.push(r.note.clone());
+        maxes.push(r.max_sessions.min(i32::MAX as u32) as i32);
+    }
+    let done: Vec<(String, String, String, i32, Option<String>)> = sqlx::query_as(
+        "UPDATE sessions s
+         SET ended_at = $7, end_reason = v.reason, ended_by = v.by, end_note = v.note,
+             max_sessions = v.max, last_revoke_at = $7
+         FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int4[])
+              AS v(app, session_id, reason, by, note, max)
+         WHERE s.app = v.app AND s.session_id = v.session_id AND s.end_reason IS NULL
+         RETURNING s.app, s.session_id, s.end_reason, s.max_sessions, s.end_note",
+    )
+    .bind(&apps)
+    .bind(&ids)
+    .bind(&reasons)
+    .bind(&by)
+    .bind(&notes)
+    .bind(&maxes)
+    .bind(now)
+    .fetch_all(conn)
+    .await?;
+    Ok(done
+        .into_iter()
+        .map(|(app, session_id, reason, max, note)| {
+            RevokeMessage::new(
+                &AppName::from_trusted(app),
+                &session_id,
+                user.as_str(),
+                EndReason::parse(&reason).unwrap_or(EndReason::SessionLimit),
+                now,
+                max.max(0) as u32,
+                false,
+            )
+            .with_note(note)
+        })
+        .collect())
+}
+
+/// Revokes every session of `user` in `app` that had logged in by `by_time`
+/// (and every one whose login was never seen), except `keep`.
+async fn revoke_users_sessions(
+    conn: &mut PgConnection,
+    user: &UserId,
+    app: &AppName,
+    keep: Option<&SessionId>,
+    by_time: DateTime<Utc>,
+    revocation: Revocation,
+    now: DateTime<Utc>,
+) -> sqlx::Result<Vec<RevokeMessage>> {
+    let rows: Vec<ActiveRow> = sqlx::query_as(
+        "SELECT app, session_id, login_at, login_seen, last_seen_at FROM sessions
          WHERE user_id = $1 AND app = $2 AND end_reason IS NULL
-           AND (expires_at IS NULL OR expires_at > $3)
+           AND (login_at <= $3 OR NOT login_seen)
+           AND session_id IS DISTINCT FROM $4
+         ORDER BY session_id
          FOR UPDATE",
     )
     .bind(user.as_str())
     .bind(app.as_str())
-    .bind(now)
+    .bind(by_time)
+    .bind(keep.map(SessionId::as_str))
     .fetch_all(&mut *conn)
     .await?;
-    if rows.len() <= limits.max_sessions as usize {
-        return Ok(Vec::new());
-    }
-    let candidates: Vec<Candidate> = rows
+    let revocations = rows
         .into_iter()
-        .map(|(session_id, login_at, login_seen)| Candidate {
-            app: app.clone(),
-            session_id: SessionId::from_trusted(session_id),
-            login_at,
-            login_seen,
-        })
-        .collect();
-    let victims: Vec<String> = sessions_to_revoke(&candidates, limits)
-        .into_iter()
-        .map(|c| c.session_id.into_inner())
-        .collect();
-    let revoked: Vec<String> = sqlx::query_scalar(
-        "UPDATE sessions SET ended_at = $3, end_reason = $4, max_sessions = $5,
-                last_revoke_at = $3
-         WHERE app = $1 AND session_id = ANY($2) AND end_reason IS NULL
-         RETURNING session_id",
-    )
-    .bind(app.as_str())
-    .bind(&victims)
-    .bind(now)
-    .bind(EndReason::SessionLimit.as_str())
-    .bind(limits.max_sessions as i32)
-    .fetch_all(conn)
-    .await?;
-    Ok(revoked
-        .iter()
-        .map(|session_id| {
-            RevokeMessage::new(
-                app,
-                session_id,
-                user.as_str(),
-                EndReason::SessionLimit,
-                now,
-                limits.max_sessions,
-                false,
+        .map(|r| {
+            (
+                Candidate {
+                    app: AppName::from_trusted(r.app),
+                    session_id: SessionId::from_trusted(r.session_id),
+                    login_at: r.login_at,
+                    login_seen: r.login_seen,
+                    last_seen_at: r.last_seen_at,
+                },
+                revocation.clone(),
             )
         })
-        .collect())
+        .collect();
+    revoke_sessions(conn, user, revocations, now).await
+}
+
+/// What an operator revokes.
+#[derive(Debug, Clone)]
+pub enum AdminTarget {
+    /// One session.
+    Session { app: AppName, session_id: SessionId },
+    /// Every active session of a user in an app.
+    User { app: AppName, user_id: UserId },
+}
+
+/// Why an operator revocation did nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminRevokeError {
+    #[error("no session {session_id} in app {app}")]
+    UnknownSession { app: String, session_id: String },
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+/// Revokes through the outbox, as a worker would (reason `admin`): the
+/// workers' relays publish the revoke events. Returns what was revoked;
+/// sessions already ended are left alone.
+pub async fn admin_revoke(
+    pool: &PgPool,
+    rules: &Enforcement,
+    target: &AdminTarget,
+    operator: &str,
+    note: Option<String>,
+) -> Result<Vec<RevokeMessage>, AdminRevokeError> {
+    let mut tx = pool.begin().await?;
+    let (app, user, keep_only) = match target {
+        AdminTarget::Session { app, session_id } => {
+            let user = find_user(&mut tx, app, session_id).await?.ok_or_else(|| {
+                AdminRevokeError::UnknownSession {
+                    app: app.to_string(),
+                    session_id: session_id.to_string(),
+                }
+            })?;
+            (app, user, Some(session_id))
+        }
+        AdminTarget::User { app, user_id } => (app, user_id.clone(), None),
+    };
+    lock_users(&mut tx, &BTreeSet::from([user.as_str().to_owned()])).await?;
+    let limits = limits_for(&mut tx, rules, &user, app, &serde_json::Map::new()).await?;
+    let revocation = Revocation {
+        reason: EndReason::Admin,
+        ended_by: format!("operator:{operator}"),
+        note,
+        max_sessions: limits.limits.max_sessions,
+    };
+    let revokes = match keep_only {
+        Some(session_id) => {
+            let rows: Vec<ActiveRow> = sqlx::query_as(
+                "SELECT app, session_id, login_at, login_seen, last_seen_at FROM sessions
+                 WHERE app = $1 AND session_id = $2 AND end_reason IS NULL FOR UPDATE",
+            )
+            .bind(app.as_str())
+            .bind(session_id.as_str())
+            .fetch_all(&mut *tx)
+            .await?;
+            let revocations = rows
+                .into_iter()
+                .map(|r| {
+                    (
+                        Candidate {
+                            app: AppName::from_trusted(r.app),
+                            session_id: SessionId::from_trusted(r.session_id),
+                            login_at: r.login_at,
+                            login_seen: r.login_seen,
+                            last_seen_at: r.last_seen_at,
+                        },
+                        revocation.clone(),
+                    )
+                })
+                .collect();
+            revoke_sessions(&mut tx, &user, revocations, Utc::now()).await?
+        }
+        None => {
+            // Every active session, whatever its login time: "far future".
+            let far = DateTime::<Utc>::MAX_UTC;
+            revoke_users_sessions(&mut tx, &user, app, None, far, revocation, Utc::now()).await?
+        }
+    };
+    write_outbox(&mut tx, &revokes).await?;
+    tx.commit().await?;
+    Ok(revokes)
 }
 
 /// Writes revoke messages to the outbox, for the relay to publish.
@@ -582,6 +996,8 @@ pub struct LoggedSession {
     pub expires_at: Option<DateTime<Utc>>,
     pub ended_at: Option<DateTime<Utc>>,
     pub end_reason: Option<String>,
+    pub ended_by: Option<String>,
+    pub end_note: Option<String>,
 }
 
 /// A user's sessions, newest login first, optionally in one app.
@@ -592,7 +1008,7 @@ pub async fn user_sessions(
 ) -> sqlx::Result<Vec<LoggedSession>> {
     sqlx::query_as(
         "SELECT app, session_id, user_id, ip, user_agent, login_at, last_seen_at, expires_at,
-                ended_at, end_reason
+                ended_at, end_reason, ended_by, end_note
          FROM sessions
          WHERE user_id = $1 AND ($2::text IS NULL OR app = $2)
          ORDER BY login_at DESC, app, session_id",
@@ -601,6 +1017,86 @@ pub async fn user_sessions(
     .bind(app)
     .fetch_all(pool)
     .await
+}
+
+/// Stores (or merges into) an operator's override for a user, for one app
+/// or all (`app: None`). Fields left `None` keep their stored value.
+pub async fn set_override(
+    pool: &PgPool,
+    user: &str,
+    app: Option<&str>,
+    o: &UserOverride,
+    by: &str,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "INSERT INTO user_overrides (user_id, app, max_sessions, max_sessions_global, policy,
+                                     idle_timeout, log_limit, updated_by)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+         ON CONFLICT (user_id, app) DO UPDATE SET
+             max_sessions = coalesce(EXCLUDED.max_sessions, user_overrides.max_sessions),
+             max_sessions_global =
+                 coalesce(EXCLUDED.max_sessions_global, user_overrides.max_sessions_global),
+             policy = coalesce(EXCLUDED.policy, user_overrides.policy),
+             idle_timeout = coalesce(EXCLUDED.idle_timeout, user_overrides.idle_timeout),
+             log_limit = coalesce(EXCLUDED.log_limit, user_overrides.log_limit),
+             updated_at = now(),
+             updated_by = EXCLUDED.updated_by",
+    )
+    .bind(user)
+    .bind(app.unwrap_or(""))
+    .bind(o.max_sessions.map(|n| n.min(i32::MAX as u32) as i32))
+    .bind(o.max_sessions_global.map(|n| n.min(i32::MAX as u32) as i32))
+    .bind(o.policy.map(EvictionPolicy::as_str))
+    .bind(o.idle_timeout.map(|n| n.min(i64::MAX as u64) as i64))
+    .bind(o.log_limit.map(|n| n.min(i32::MAX as u32) as i32))
+    .bind(by)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Deletes an operator's override; returns whether there was one.
+pub async fn clear_override(pool: &PgPool, user: &str, app: Option<&str>) -> sqlx::Result<bool> {
+    let done = sqlx::query("DELETE FROM user_overrides WHERE user_id = $1 AND app = $2")
+        .bind(user)
+        .bind(app.unwrap_or(""))
+        .execute(pool)
+        .await?;
+    Ok(done.rows_affected() > 0)
+}
+
+/// For each app a user has sessions in (or just `app`), the attributes of
+/// the user's most recent event there that had any.
+pub async fn latest_attributes(
+    pool: &PgPool,
+    user: &str,
+    app: Option<&str>,
+) -> sqlx::Result<Vec<(String, Option<serde_json::Value>)>> {
+    sqlx::query_as(
+        "SELECT DISTINCT ON (app) app, attributes FROM sessions
+         WHERE user_id = $1 AND ($2::text IS NULL OR app = $2)
+         ORDER BY app, (attributes IS NULL), last_seen_at DESC",
+    )
+    .bind(user)
+    .bind(app)
+    .fetch_all(pool)
+    .await
+}
+
+/// The effective limits of `user` in `app` with the given attributes, as
+/// the worker would compute them at the user's next event.
+pub async fn effective_limits(
+    pool: &PgPool,
+    rules: &Enforcement,
+    user: &UserId,
+    app: &AppName,
+    attributes: &serde_json::Map<String, serde_json::Value>,
+) -> sqlx::Result<EffectiveLimits> {
+    let mut conn = pool.acquire().await?;
+    let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+    let limits = limits_for(&mut tx, rules, user, app, attributes).await?;
+    tx.rollback().await?;
+    Ok(limits)
 }
 
 #[cfg(test)]

@@ -21,9 +21,10 @@ use crate::backoff::Backoff;
 use crate::broker;
 use crate::configuration::Settings;
 use crate::domain::event::SessionEvent;
+use crate::domain::limits::RuleHook;
 use crate::relay;
 use crate::shutdown::{self, Shutdown};
-use crate::store::{self, Policy};
+use crate::store::{self, Enforcement};
 
 /// Seconds between two passes of the housekeeping task (tombstone expiry).
 const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(60);
@@ -41,26 +42,36 @@ const POOL_CLOSE_WAIT: Duration = Duration::from_secs(5);
 pub(crate) struct Context {
     pub settings: Settings,
     pub pool: PgPool,
-    pub policy: Policy,
+    pub rules: Enforcement,
     /// Wakes the relay as soon as a batch wrote to the outbox.
     pub relay_wake: Notify,
 }
 
-/// Builds a [`Worker`]; rule hooks will be registered here.
+/// Builds a [`Worker`], with rule hooks of the embedding program's own.
 pub struct WorkerBuilder {
     settings: Settings,
+    hooks: Vec<Arc<dyn RuleHook>>,
 }
 
 impl WorkerBuilder {
-    /// Connects to PostgreSQL (creating the database if needed) and migrates.
+    /// Registers a rule hook. It runs where its name appears in
+    /// `limits.hooks`, or after the configured hooks if it does not.
+    pub fn hook(mut self, hook: impl RuleHook) -> WorkerBuilder {
+        self.hooks.push(Arc::new(hook));
+        self
+    }
+
+    /// Checks the hook configuration, connects to PostgreSQL (creating the
+    /// database if needed) and migrates.
     pub async fn build(self) -> anyhow::Result<Worker> {
+        let rules = Enforcement::from_settings(&self.settings, &self.hooks)?;
+        tracing::info!(hooks = ?rules.hooks.names(), enforce = rules.enforce, "rule hooks");
         let pool = store::connect_and_migrate(&self.settings.database).await?;
-        let policy = Policy::from_settings(&self.settings.limits, &self.settings.retention);
         Ok(Worker {
             context: Arc::new(Context {
                 settings: self.settings,
                 pool,
-                policy,
+                rules,
                 relay_wake: Notify::new(),
             }),
         })
@@ -74,7 +85,10 @@ pub struct Worker {
 
 impl Worker {
     pub fn builder(settings: Settings) -> WorkerBuilder {
-        WorkerBuilder { settings }
+        WorkerBuilder {
+            settings,
+            hooks: Vec::new(),
+        }
     }
 
     /// The database pool the worker uses.
@@ -403,7 +417,7 @@ async fn apply_with_retry(
     }
     let mut backoff = Backoff::new(ctx.settings.worker.max_backoff());
     loop {
-        match store::process_batch(&ctx.pool, &ctx.policy, events, Utc::now()).await {
+        match store::process_batch(&ctx.pool, &ctx.rules, events, Utc::now()).await {
             Ok(outcome) => {
                 if outcome.wrote_outbox() {
                     ctx.relay_wake.notify_one();
@@ -412,6 +426,8 @@ async fn apply_with_retry(
                     .increment(outcome.revoked as u64);
                 metrics::counter!("session_guard_revokes_repeated_total")
                     .increment(outcome.repeated as u64);
+                metrics::counter!("session_guard_shadow_revocations_total")
+                    .increment(outcome.shadow_revoked as u64);
                 if outcome.revoked > 0 || outcome.repeated > 0 {
                     tracing::debug!(
                         revoked = outcome.revoked,

@@ -62,6 +62,12 @@ pub enum EventKind {
     Request,
     /// The user logged out: the session ended.
     Logout,
+    /// "Log out my other devices": every other session of the user in the
+    /// app is revoked; this one stays.
+    LogoutOthers,
+    /// "Log out everywhere": every session of the user in the app is
+    /// revoked, this one too.
+    LogoutAll,
 }
 
 impl EventKind {
@@ -70,7 +76,14 @@ impl EventKind {
             EventKind::Login => "login",
             EventKind::Request => "request",
             EventKind::Logout => "logout",
+            EventKind::LogoutOthers => "logout_others",
+            EventKind::LogoutAll => "logout_all",
         }
+    }
+
+    /// Whether the event names the user (all but logout must).
+    pub fn requires_user(self) -> bool {
+        self != EventKind::Logout
     }
 }
 
@@ -205,10 +218,15 @@ impl SessionEvent {
             "login" => EventKind::Login,
             "request" => EventKind::Request,
             "logout" => EventKind::Logout,
+            "logout_others" => EventKind::LogoutOthers,
+            "logout_all" => EventKind::LogoutAll,
             other => {
                 return Err(EventError::invalid(
                     "type",
-                    format!("unknown event type {other:?} (expected login, request or logout)"),
+                    format!(
+                        "unknown event type {other:?} (expected login, request, logout, \
+                         logout_others or logout_all)"
+                    ),
                 ));
             }
         };
@@ -216,9 +234,10 @@ impl SessionEvent {
             .map_err(|p| EventError::invalid("app", p))?;
         let session_id = SessionId::parse(required_str(&object, "session_id")?)
             .map_err(|p| EventError::invalid("session_id", p))?;
-        let user_id = match kind {
-            EventKind::Login | EventKind::Request => Some(required_str(&object, "user_id")?),
-            EventKind::Logout => optional_str(&object, "user_id")?,
+        let user_id = if kind.requires_user() {
+            Some(required_str(&object, "user_id")?)
+        } else {
+            optional_str(&object, "user_id")?
         }
         .map(UserId::parse)
         .transpose()
@@ -378,6 +397,17 @@ mod tests {
         assert_eq!(e.occurred_at.to_rfc3339(), "2026-11-27T10:00:00+00:00");
         assert_eq!(e.ip.unwrap().to_string(), "2001:db8::1");
         assert_eq!(e.attributes["superuser"], json!(true));
+    }
+
+    #[test]
+    fn logout_others_and_logout_all_need_the_user() {
+        for kind in ["logout_others", "logout_all"] {
+            let mut v = login();
+            v["type"] = json!(kind);
+            assert_eq!(decode(v.clone()).unwrap().kind.as_str(), kind);
+            v.as_object_mut().unwrap().remove("user_id");
+            assert_eq!(error_of(v), "missing field user_id");
+        }
     }
 
     #[test]

@@ -3,5 +3,6 @@
 
 pub mod decision;
 pub mod event;
+pub mod limits;
 pub mod revoke;
 pub mod session;

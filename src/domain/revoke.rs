@@ -26,6 +26,10 @@ pub struct RevokeMessage {
     pub max_sessions: u32,
     /// True when the app kept using a session revoked earlier.
     pub repeat: bool,
+    /// An operator's explanation (`session-guard revoke --reason`); absent
+    /// otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 impl RevokeMessage {
@@ -48,7 +52,14 @@ impl RevokeMessage {
             revoked_at: revoked_at.to_rfc3339_opts(SecondsFormat::Micros, true),
             max_sessions,
             repeat,
+            note: None,
         }
+    }
+
+    /// Adds an operator's explanation.
+    pub fn with_note(mut self, note: Option<String>) -> RevokeMessage {
+        self.note = note;
+        self
     }
 
     /// The routing key apps bind to: `revoke.<app>`.
@@ -86,5 +97,9 @@ mod tests {
         assert_eq!(v["repeat"], false);
         assert_eq!(v["event_id"], m.event_id.to_string());
         assert_eq!(m.routing_key(), "revoke.shop");
+        assert!(
+            v.get("note").is_none(),
+            "absent unless an operator gave one"
+        );
     }
 }

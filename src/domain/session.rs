@@ -9,38 +9,60 @@ use chrono::{DateTime, Utc};
 
 use super::event::{AppName, EventKind, SessionEvent, SessionId, UserId};
 
-/// Why a session ended. Stored as text in `sessions.end_reason`.
+/// Why a session ended. Stored as text in `sessions.end_reason`; the
+/// revocation reasons are also the `reason` of revoke messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EndReason {
     /// The app reported a logout.
     Logout,
-    /// Revoked because the user held more sessions than the limit.
+    /// Revoked: the user held more sessions than the limit.
     SessionLimit,
+    /// Revoked: the limit was reached and the policy is `deny_new`.
+    SessionLimitDenied,
+    /// Revoked: not seen for `idle_timeout` seconds (state "expired").
+    IdleTimeout,
+    /// Revoked by the user's "log out my other devices".
+    LogoutOthers,
+    /// Revoked by the user's "log out everywhere".
+    LogoutAll,
+    /// Revoked by an operator (`session-guard revoke`).
+    Admin,
     /// Only for sessions shown after they passed their `expires_at`.
     Expired,
 }
 
 impl EndReason {
+    const ALL: [EndReason; 8] = [
+        EndReason::Logout,
+        EndReason::SessionLimit,
+        EndReason::SessionLimitDenied,
+        EndReason::IdleTimeout,
+        EndReason::LogoutOthers,
+        EndReason::LogoutAll,
+        EndReason::Admin,
+        EndReason::Expired,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             EndReason::Logout => "logout",
             EndReason::SessionLimit => "session_limit",
+            EndReason::SessionLimitDenied => "session_limit_denied",
+            EndReason::IdleTimeout => "idle_timeout",
+            EndReason::LogoutOthers => "logout_others",
+            EndReason::LogoutAll => "logout_all",
+            EndReason::Admin => "admin",
             EndReason::Expired => "expired",
         }
     }
 
     pub fn parse(s: &str) -> Option<EndReason> {
-        Some(match s {
-            "logout" => EndReason::Logout,
-            "session_limit" => EndReason::SessionLimit,
-            "expired" => EndReason::Expired,
-            _ => return None,
-        })
+        EndReason::ALL.into_iter().find(|r| r.as_str() == s)
     }
 
     /// True for the reasons that come with a revoke message.
     pub fn is_revocation(self) -> bool {
-        matches!(self, EndReason::SessionLimit)
+        !matches!(self, EndReason::Logout | EndReason::Expired)
     }
 }
 
@@ -100,6 +122,9 @@ pub struct SessionRecord {
     pub max_sessions: Option<u32>,
     /// Wall-clock time the latest revoke message for it was written.
     pub last_revoke_at: Option<DateTime<Utc>>,
+    /// The `attributes` of the latest event that had any: what `limits get`
+    /// evaluates hooks with.
+    pub attributes: Option<serde_json::Value>,
 }
 
 impl SessionRecord {
@@ -122,8 +147,8 @@ pub fn state_of(
 ) -> SessionState {
     match end_reason {
         Some(EndReason::Logout) => SessionState::LoggedOut,
-        Some(EndReason::Expired) => SessionState::Expired,
-        Some(EndReason::SessionLimit) => SessionState::Revoked,
+        Some(EndReason::Expired | EndReason::IdleTimeout) => SessionState::Expired,
+        Some(_) => SessionState::Revoked,
         None if expires_at.is_some_and(|e| e <= now) => SessionState::Expired,
         None => SessionState::Active,
     }
@@ -175,6 +200,7 @@ pub fn apply_event(
                 end_reason: ended.then_some(EndReason::Logout),
                 max_sessions: None,
                 last_revoke_at: None,
+                attributes: non_empty(&event.attributes),
             },
             changed: true,
             repeat_revoke: false,
@@ -196,6 +222,9 @@ pub fn apply_event(
         if event.expires_at.is_some() {
             r.expires_at = event.expires_at;
         }
+        if let Some(attributes) = non_empty(&event.attributes) {
+            r.attributes = Some(attributes);
+        }
     }
     let mut repeat_revoke = false;
     match event.kind {
@@ -205,7 +234,7 @@ pub fn apply_event(
             }
             r.login_seen = true;
         }
-        EventKind::Request => {
+        EventKind::Request | EventKind::LogoutOthers | EventKind::LogoutAll => {
             if !r.login_seen && t < r.login_at {
                 r.login_at = t;
             }
@@ -241,6 +270,10 @@ pub fn apply_event(
         record: r,
         repeat_revoke,
     }
+}
+
+fn non_empty(attributes: &serde_json::Map<String, serde_json::Value>) -> Option<serde_json::Value> {
+    (!attributes.is_empty()).then(|| serde_json::Value::Object(attributes.clone()))
 }
 
 #[cfg(test)]

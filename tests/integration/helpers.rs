@@ -218,6 +218,14 @@ impl TestApp {
         self.worker = Some((trigger, handle));
     }
 
+    /// Runs a worker built by the test (e.g. with hooks of its own).
+    pub fn run_worker(&mut self, worker: Worker) {
+        assert!(self.worker.is_none(), "a worker is already running");
+        let (trigger, mut listener) = shutdown::channel();
+        let handle = tokio::spawn(worker.run(async move { listener.wait().await }));
+        self.worker = Some((trigger, handle));
+    }
+
     /// Stops the in-process worker gracefully and waits for it.
     pub async fn stop_worker(&mut self) {
         let (trigger, handle) = self.worker.take().expect("no worker running");
@@ -250,6 +258,14 @@ impl TestApp {
         );
         set("AMQP__DEAD_LETTER_QUEUE", s.amqp.dead_letter_queue.clone());
         set("LIMITS__MAX_SESSIONS", s.limits.max_sessions.to_string());
+        set(
+            "LIMITS__MAX_SESSIONS_GLOBAL",
+            s.limits.max_sessions_global.to_string(),
+        );
+        set("LIMITS__POLICY", s.limits.policy.to_string());
+        set("LIMITS__IDLE_TIMEOUT", s.limits.idle_timeout.to_string());
+        set("LIMITS__ENFORCE", s.limits.enforce.to_string());
+        set("LIMITS__HOOKS", s.limits.hooks.join(","));
         set(
             "LIMITS__REPEAT_REVOKE_AFTER",
             s.limits.repeat_revoke_after.to_string(),
@@ -467,6 +483,7 @@ impl TestApp {
             .map(|(id, reason, expires)| {
                 let state = match reason.as_deref() {
                     Some("logout") => "logged_out",
+                    Some("idle_timeout") => "expired",
                     Some(_) => "revoked",
                     None if expires.is_some_and(|e| e <= Utc::now()) => "expired",
                     None => "active",
