@@ -488,31 +488,35 @@ pub async fn load_overrides(
     conn: &mut PgConnection,
     user: &str,
 ) -> sqlx::Result<Vec<UserOverride>> {
-    let rows: Vec<(
-        String,
-        Option<i32>,
-        Option<i32>,
-        Option<String>,
-        Option<i64>,
-        Option<i32>,
-    )> = sqlx::query_as(
+    let rows: Vec<OverrideRow> = sqlx::query_as(
         "SELECT app, max_sessions, max_sessions_global, policy, idle_timeout, log_limit
-             FROM user_overrides WHERE user_id = $1 ORDER BY app",
+         FROM user_overrides WHERE user_id = $1 ORDER BY app",
     )
     .bind(user)
     .fetch_all(conn)
     .await?;
     Ok(rows
         .into_iter()
-        .map(|(app, max, global, policy, idle, log)| UserOverride {
-            app: (!app.is_empty()).then_some(app),
-            max_sessions: max.map(|n| n.max(0) as u32),
-            max_sessions_global: global.map(|n| n.max(0) as u32),
-            policy: policy.and_then(|p| p.parse().ok()),
-            idle_timeout: idle.map(|n| n.max(0) as u64),
-            log_limit: log.map(|n| n.max(0) as u32),
+        .map(|r| UserOverride {
+            app: (!r.app.is_empty()).then_some(r.app),
+            max_sessions: r.max_sessions.map(|n| n.max(0) as u32),
+            max_sessions_global: r.max_sessions_global.map(|n| n.max(0) as u32),
+            policy: r.policy.and_then(|p| p.parse().ok()),
+            idle_timeout: r.idle_timeout.map(|n| n.max(0) as u64),
+            log_limit: r.log_limit.map(|n| n.max(0) as u32),
         })
         .collect())
+}
+
+/// A row of `user_overrides`; `app` is empty for the all-apps override.
+#[derive(sqlx::FromRow)]
+struct OverrideRow {
+    app: String,
+    max_sessions: Option<i32>,
+    max_sessions_global: Option<i32>,
+    policy: Option<String>,
+    idle_timeout: Option<i64>,
+    log_limit: Option<i32>,
 }
 
 /// A user's live (not ended, not expired at `now`) sessions in every app,

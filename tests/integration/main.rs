@@ -8,3 +8,4 @@ mod enforcement;
 mod lifecycle;
 mod repeat;
 mod retention;
+mod rules;
