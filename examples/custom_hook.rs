@@ -9,8 +9,8 @@
 //! Users whose events carry `"attributes": {"plan": "family"}` may hold four
 //! sessions per app; users with `"plan": "trial"` are limited to one session
 //! across all apps, and a newcomer is refused rather than evicting. The hook
-//! runs where `limits.hooks` names it ("plan" below), so superusers stay
-//! unlimited and operator overrides still win.
+//! runs where `limits.hooks` names it ("plan" below): first, so that rules,
+//! superusers and operator overrides still have the last word.
 
 use session_guard::domain::limits::{EvictionPolicy, HookContext, LimitsEditor, RuleHook};
 use session_guard::{Settings, Worker, shutdown, telemetry};
@@ -39,9 +39,9 @@ impl RuleHook for PlanLimits {
 async fn main() -> anyhow::Result<()> {
     let mut settings = Settings::load(None)?;
     telemetry::init_logging(&settings.log)?;
-    // Our hook first, then the built-ins, so that superusers and operator
-    // overrides have the last word.
-    settings.limits.hooks = ["plan", "superuser_unlimited", "rules", "user_overrides"]
+    // Our hook first, then the built-ins, so that rules, superusers and
+    // operator overrides have the last word.
+    settings.limits.hooks = ["plan", "rules", "superuser_unlimited", "user_overrides"]
         .map(String::from)
         .to_vec();
     Worker::builder(settings)

@@ -8,6 +8,9 @@ ALTER TABLE sessions ADD COLUMN ended_by text;
 ALTER TABLE sessions ADD COLUMN end_note text;
 -- The attributes of the latest event that had any, for `limits get`.
 ALTER TABLE sessions ADD COLUMN attributes jsonb;
+-- Shadow mode (limits.enforce = false): when a check first found that it
+-- would revoke this session, so each is logged and counted once.
+ALTER TABLE sessions ADD COLUMN shadow_flagged_at timestamptz;
 
 -- The limit check now looks at a user's live sessions in every app.
 CREATE INDEX sessions_active_by_user_all_apps ON sessions (user_id) WHERE end_reason IS NULL;

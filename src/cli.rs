@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use crate::configuration::Settings;
 use crate::domain::event::{AppName, SessionId, UserId};
-use crate::domain::limits::{EvictionPolicy, UserOverride};
+use crate::domain::limits::{BUILT_IN_HOOKS, EvictionPolicy, UserOverride};
 use crate::domain::session::{EndReason, SessionState, state_of};
 use crate::store::{self, AdminTarget, Enforcement, LoggedSession};
 use crate::worker::Worker;
@@ -179,6 +179,27 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// The hooks as the command line can run them: the built-in ones. Hooks of
+/// an embedding program are not in this binary; they are skipped, with a
+/// warning, rather than making every command fail.
+fn cli_enforcement(settings: &Settings) -> Enforcement {
+    let mut settings = settings.clone();
+    let (known, unknown): (Vec<String>, Vec<String>) = settings
+        .limits
+        .hooks
+        .iter()
+        .cloned()
+        .partition(|h| BUILT_IN_HOOKS.contains(&h.as_str()));
+    if !unknown.is_empty() {
+        tracing::warn!(
+            skipped = ?unknown,
+            "hooks not built into this binary are skipped; the worker that registers them may decide differently"
+        );
+    }
+    settings.limits.hooks = known;
+    Enforcement::from_settings(&settings, &[]).expect("built-in hooks always build")
+}
+
 /// Who runs the command, for the log: --operator, else $USER.
 fn operator(given: &Option<String>) -> String {
     given
@@ -251,7 +272,7 @@ async fn limits(settings: &Settings, action: LimitsAction) -> anyhow::Result<()>
         }
         LimitsAction::Get(a) => {
             let user = parse_user(&a.user)?;
-            let rules = Enforcement::from_settings(settings, &[])?;
+            let rules = cli_enforcement(settings);
             let given: Option<serde_json::Map<String, serde_json::Value>> = a
                 .attributes
                 .as_deref()
@@ -351,7 +372,7 @@ async fn revoke(settings: &Settings, args: &RevokeArgs) -> anyhow::Result<()> {
         (None, None) => anyhow::bail!("give --session S, or --user U --all"),
     };
     let pool = store::connect_and_migrate(&settings.database).await?;
-    let rules = Enforcement::from_settings(settings, &[])?;
+    let rules = cli_enforcement(settings);
     let revoked = store::admin_revoke(
         &pool,
         &rules,
@@ -469,7 +490,9 @@ async fn sessions(settings: &Settings, args: &SessionsArgs) -> anyhow::Result<()
 
 /// A plain, aligned text table; long user agents are cut to stay readable.
 fn write_table(out: &mut impl Write, sessions: &[SessionOut]) -> std::io::Result<()> {
-    let header = [
+    // Typed with its length so a column added to the rows but not here (or
+    // the other way round) does not compile.
+    let header: [&str; 10] = [
         "APP",
         "SESSION",
         "STATE",
@@ -477,6 +500,7 @@ fn write_table(out: &mut impl Write, sessions: &[SessionOut]) -> std::io::Result
         "LAST SEEN",
         "ENDED",
         "REASON",
+        "ENDED BY",
         "IP",
         "USER AGENT",
     ];

@@ -20,7 +20,7 @@ use sqlx::{PgConnection, PgPool, Postgres};
 use uuid::Uuid;
 
 use crate::configuration::{DatabaseSettings, redact_url};
-use crate::domain::decision::{Candidate, Scope, idle_sessions, sessions_to_revoke};
+use crate::domain::decision::{Candidate, Caps, Scope, idle_sessions, select_victims};
 use crate::domain::event::{AppName, EventKind, SessionEvent, SessionId, UserId};
 use crate::domain::limits::{
     EffectiveLimits, EvictionPolicy, HookChain, HookContext, Limits, SessionSummary, UserOverride,
@@ -190,8 +190,9 @@ pub async fn apply_batch(
 
     let mut outcome = BatchOutcome::default();
     let mut outbox: Vec<RevokeMessage> = Vec::new();
-    // The log_limit that applies to each user, from the last check of them.
-    let mut log_limits: BTreeMap<String, (AppName, Option<u32>)> = BTreeMap::new();
+    // The log_limit that applies to each user: from the last check of them,
+    // or, for a user who only logged out, to be asked of the hooks.
+    let mut log_limits: BTreeMap<String, LogLimit> = BTreeMap::new();
     for (event, user) in events.iter().zip(&event_users) {
         let applied = loop {
             let current = fetch_session(conn, &event.app, &event.session_id).await?;
@@ -237,14 +238,13 @@ pub async fn apply_batch(
         let Some(user) = user else { continue };
         match event.kind {
             EventKind::Login | EventKind::Request => {
-                let check =
-                    check_user(conn, rules, user, &event.app, &event.attributes, now).await?;
+                let check = check_user(conn, rules, user, event, now).await?;
                 outcome.revoked += check.revokes.len();
                 outcome.shadow_revoked += check.shadow_revoked;
                 outbox.extend(check.revokes);
                 log_limits.insert(
                     user.as_str().to_owned(),
-                    (event.app.clone(), check.limits.log_limit),
+                    LogLimit::Known(check.limits.log_limit),
                 );
             }
             EventKind::LogoutOthers | EventKind::LogoutAll => {
@@ -273,24 +273,26 @@ pub async fn apply_batch(
                 outbox.extend(revokes);
                 log_limits.insert(
                     user.as_str().to_owned(),
-                    (event.app.clone(), limits.limits.log_limit),
+                    LogLimit::Known(limits.limits.log_limit),
                 );
             }
             EventKind::Logout => {
                 log_limits
                     .entry(user.as_str().to_owned())
-                    .or_insert_with(|| (event.app.clone(), None));
+                    .or_insert_with(|| LogLimit::Unknown(event.app.clone()));
             }
         }
     }
     write_outbox(conn, &outbox).await?;
-    for (user, (app, known)) in log_limits {
-        let keep = match known {
-            Some(keep) => Some(keep),
-            // A user only logged out in this batch: ask the hooks.
-            None => {
+    for (user, log_limit) in log_limits {
+        let keep = match log_limit {
+            LogLimit::Known(keep) => keep,
+            // Only logged out in this batch: ask the hooks, with the
+            // attributes of the user's latest event in that app.
+            LogLimit::Unknown(app) => {
                 let user = UserId::from_trusted(user.clone());
-                limits_for(conn, rules, &user, &app, &serde_json::Map::new())
+                let attributes = stored_attributes(conn, &user, &app).await?;
+                limits_for(conn, rules, &user, &app, &attributes)
                     .await?
                     .limits
                     .log_limit
@@ -301,6 +303,35 @@ pub async fn apply_batch(
         }
     }
     Ok(outcome)
+}
+
+/// The log_limit of a user touched by a batch.
+enum LogLimit {
+    /// Computed by a check (`None` = keep everything).
+    Known(Option<u32>),
+    /// Not computed yet: the user only logged out, in this app.
+    Unknown(AppName),
+}
+
+/// The attributes of the user's latest event in `app` that had any.
+async fn stored_attributes(
+    conn: &mut PgConnection,
+    user: &UserId,
+    app: &AppName,
+) -> sqlx::Result<serde_json::Map<String, serde_json::Value>> {
+    let value: Option<serde_json::Value> = sqlx::query_scalar(
+        "SELECT attributes FROM sessions
+         WHERE user_id = $1 AND app = $2 AND attributes IS NOT NULL
+         ORDER BY last_seen_at DESC LIMIT 1",
+    )
+    .bind(user.as_str())
+    .bind(app.as_str())
+    .fetch_optional(conn)
+    .await?;
+    Ok(match value {
+        Some(serde_json::Value::Object(map)) => map,
+        _ => serde_json::Map::new(),
+    })
 }
 
 /// The user of a known session, for a logout that did not name one.
@@ -592,10 +623,10 @@ async fn check_user(
     conn: &mut PgConnection,
     rules: &Enforcement,
     user: &UserId,
-    app: &AppName,
-    attributes: &serde_json::Map<String, serde_json::Value>,
+    event: &SessionEvent,
     now: DateTime<Utc>,
 ) -> sqlx::Result<Check> {
+    let app = &event.app;
     let sessions = active_sessions(&mut *conn, user, now).await?;
     let overrides = load_overrides(&mut *conn, user.as_str()).await?;
     let summaries = summaries(&sessions);
@@ -603,25 +634,37 @@ async fn check_user(
         rules.hooks.evaluate(&HookContext {
             app,
             user_id: user,
-            attributes,
+            attributes: &event.attributes,
             sessions: &summaries,
             overrides: &overrides,
         })
     };
-    let effective = evaluate(app);
+    // The limits of every app the user is in: each app's own idle timeout
+    // and cap apply to its sessions; the checked app's policy and global cap
+    // to all.
+    let mut per_app: BTreeMap<AppName, EffectiveLimits> = BTreeMap::new();
+    per_app.insert(app.clone(), evaluate(app));
+    for c in &sessions {
+        if !per_app.contains_key(&c.app) {
+            per_app.insert(c.app.clone(), evaluate(&c.app));
+        }
+    }
+    let effective = per_app[app].clone();
 
-    // Idle sessions count as expired; each app's own idle_timeout applies.
+    // Idle sessions count as expired, judged at event time (a backlog must
+    // not make live sessions look idle), never the session of this event.
     let mut revocations: Vec<(Candidate, Revocation)> = Vec::new();
-    let apps: BTreeSet<&AppName> = sessions.iter().map(|c| &c.app).collect();
-    for a in apps {
-        let limits = if a == app {
-            effective.clone()
-        } else {
-            evaluate(a)
-        };
-        for idle in idle_sessions(&sessions, a, limits.limits.idle_timeout, now) {
+    for (a, limits) in &per_app {
+        let idle = idle_sessions(
+            &sessions,
+            a,
+            limits.limits.idle_timeout,
+            event.occurred_at,
+            Some(&event.session_id).filter(|_| a == app),
+        );
+        for session in idle {
             revocations.push((
-                idle.clone(),
+                session.clone(),
                 Revocation {
                     reason: EndReason::IdleTimeout,
                     ended_by: limits.set_by.idle_timeout.clone(),
@@ -636,17 +679,25 @@ async fn check_user(
         .filter(|c| !revocations.iter().any(|(idle, _)| idle == *c))
         .cloned()
         .collect();
+    let caps = Caps {
+        per_app: per_app
+            .iter()
+            .map(|(a, l)| (a.clone(), l.limits.max_sessions))
+            .collect(),
+        global: effective.limits.max_sessions_global,
+        policy: effective.limits.policy,
+    };
     let reason = if effective.limits.policy == EvictionPolicy::DenyNew {
         EndReason::SessionLimitDenied
     } else {
         EndReason::SessionLimit
     };
-    for victim in sessions_to_revoke(&live, app, &effective.limits) {
+    for victim in select_victims(&live, &caps) {
         let (ended_by, max_sessions) = match victim.scope {
-            Scope::App => (
-                effective.set_by.max_sessions.clone(),
-                effective.limits.max_sessions,
-            ),
+            Scope::App => {
+                let own = &per_app[&victim.session.app];
+                (own.set_by.max_sessions.clone(), own.limits.max_sessions)
+            }
             Scope::Global => (
                 effective.set_by.max_sessions_global.clone(),
                 effective.limits.max_sessions_global,
@@ -664,7 +715,8 @@ async fn check_user(
     }
 
     if !rules.enforce {
-        for (session, revocation) in &revocations {
+        let flagged = flag_shadow(conn, &revocations, now).await?;
+        for (session, revocation) in revocations.iter().filter(|(c, _)| flagged.contains(c)) {
             tracing::info!(
                 user = %user,
                 app = %session.app,
@@ -677,7 +729,7 @@ async fn check_user(
         }
         return Ok(Check {
             revokes: Vec::new(),
-            shadow_revoked: revocations.len(),
+            shadow_revoked: flagged.len(),
             limits: effective.limits,
         });
     }
@@ -687,6 +739,43 @@ async fn check_user(
         shadow_revoked: 0,
         limits: effective.limits,
     })
+}
+
+/// Shadow mode: marks the sessions a check would revoke, and returns those
+/// not marked before, so each is logged and counted once, not at every event.
+async fn flag_shadow(
+    conn: &mut PgConnection,
+    revocations: &[(Candidate, Revocation)],
+    now: DateTime<Utc>,
+) -> sqlx::Result<Vec<Candidate>> {
+    if revocations.is_empty() {
+        return Ok(Vec::new());
+    }
+    let apps: Vec<&str> = revocations.iter().map(|(c, _)| c.app.as_str()).collect();
+    let ids: Vec<&str> = revocations
+        .iter()
+        .map(|(c, _)| c.session_id.as_str())
+        .collect();
+    let flagged: Vec<(String, String)> = sqlx::query_as(
+        "UPDATE sessions s SET shadow_flagged_at = $3
+         FROM unnest($1::text[], $2::text[]) AS v(app, session_id)
+         WHERE s.app = v.app AND s.session_id = v.session_id AND s.shadow_flagged_at IS NULL
+         RETURNING s.app, s.session_id",
+    )
+    .bind(&apps)
+    .bind(&ids)
+    .bind(now)
+    .fetch_all(conn)
+    .await?;
+    Ok(revocations
+        .iter()
+        .filter(|(c, _)| {
+            flagged
+                .iter()
+                .any(|(a, id)| a == c.app.as_str() && id == c.session_id.as_str())
+        })
+        .map(|(c, _)| c.clone())
+        .collect())
 }
 
 /// Why and by whom sessions are being revoked.
@@ -775,6 +864,7 @@ async fn revoke_users_sessions(
     let rows: Vec<ActiveRow> = sqlx::query_as(
         "SELECT app, session_id, login_at, login_seen, last_seen_at FROM sessions
          WHERE user_id = $1 AND app = $2 AND end_reason IS NULL
+           AND (expires_at IS NULL OR expires_at > $5)
            AND (login_at <= $3 OR NOT login_seen)
            AND session_id IS DISTINCT FROM $4
          ORDER BY session_id
@@ -784,6 +874,7 @@ async fn revoke_users_sessions(
     .bind(app.as_str())
     .bind(by_time)
     .bind(keep.map(SessionId::as_str))
+    .bind(now)
     .fetch_all(&mut *conn)
     .await?;
     let revocations = rows
@@ -835,13 +926,24 @@ pub async fn admin_revoke(
     let mut tx = pool.begin().await?;
     let (app, user, keep_only) = match target {
         AdminTarget::Session { app, session_id } => {
-            let user = find_user(&mut tx, app, session_id).await?.ok_or_else(|| {
-                AdminRevokeError::UnknownSession {
-                    app: app.to_string(),
-                    session_id: session_id.to_string(),
+            let row: Option<(Option<String>, Option<String>)> = sqlx::query_as(
+                "SELECT user_id, end_reason FROM sessions WHERE app = $1 AND session_id = $2",
+            )
+            .bind(app.as_str())
+            .bind(session_id.as_str())
+            .fetch_optional(&mut *tx)
+            .await?;
+            match row {
+                None => {
+                    return Err(AdminRevokeError::UnknownSession {
+                        app: app.to_string(),
+                        session_id: session_id.to_string(),
+                    });
                 }
-            })?;
-            (app, user, Some(session_id))
+                // Already ended (a logout-only row has no user): nothing to do.
+                Some((None, _)) | Some((_, Some(_))) => return Ok(Vec::new()),
+                Some((Some(user), None)) => (app, UserId::from_trusted(user), Some(session_id)),
+            }
         }
         AdminTarget::User { app, user_id } => (app, user_id.clone(), None),
     };
@@ -857,10 +959,12 @@ pub async fn admin_revoke(
         Some(session_id) => {
             let rows: Vec<ActiveRow> = sqlx::query_as(
                 "SELECT app, session_id, login_at, login_seen, last_seen_at FROM sessions
-                 WHERE app = $1 AND session_id = $2 AND end_reason IS NULL FOR UPDATE",
+                 WHERE app = $1 AND session_id = $2 AND user_id = $3 AND end_reason IS NULL
+                 FOR UPDATE",
             )
             .bind(app.as_str())
             .bind(session_id.as_str())
+            .bind(user.as_str())
             .fetch_all(&mut *tx)
             .await?;
             let revocations = rows

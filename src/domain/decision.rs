@@ -2,6 +2,7 @@
 //! which sessions to revoke. Pure functions, no I/O, unit- and property-tested.
 
 use std::cmp::Ordering;
+use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 
@@ -59,39 +60,81 @@ fn keep_order(policy: EvictionPolicy, a: &Candidate, b: &Candidate) -> Ordering 
             .last_seen_at
             .cmp(&a.last_seen_at)
             .then_with(|| older_first(b, a)),
-        EvictionPolicy::DenyNew => older_first(a, b),
+        // Keep the earliest by the time each was first seen: a session whose
+        // first request beat its login to the worker must not pass for old
+        // and push out the session that really was there first.
+        EvictionPolicy::DenyNew => a
+            .login_at
+            .cmp(&b.login_at)
+            .then_with(|| a.app.cmp(&b.app))
+            .then_with(|| a.session_id.cmp(&b.session_id)),
+    }
+}
+
+/// The caps one check enforces.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caps {
+    /// Per-app limits; an app not listed, or listed with 0, is unlimited.
+    pub per_app: BTreeMap<AppName, u32>,
+    /// Limit across all apps; 0 = none.
+    pub global: u32,
+    /// Which sessions to keep first.
+    pub policy: EvictionPolicy,
+}
+
+impl Caps {
+    fn app_cap(&self, app: &AppName) -> usize {
+        self.per_app.get(app).copied().unwrap_or(0) as usize
     }
 }
 
 /// Returns the sessions to revoke so that at most `limits.max_sessions` stay
 /// in `app` and at most `limits.max_sessions_global` in all apps together
-/// (0 = no limit for either).
+/// (0 = no limit for either); other apps' own limits are not applied. See
+/// [`select_victims`].
+pub fn sessions_to_revoke(active: &[Candidate], app: &AppName, limits: &Limits) -> Vec<Victim> {
+    select_victims(
+        active,
+        &Caps {
+            per_app: BTreeMap::from([(app.clone(), limits.max_sessions)]),
+            global: limits.max_sessions_global,
+            policy: limits.policy,
+        },
+    )
+}
+
+/// Returns the sessions to revoke so that every app holds at most its cap
+/// and all apps together at most the global cap.
 ///
 /// Sessions are taken in the policy's order of preference and each is kept
-/// if keeping it breaks neither limit. The two limits are nested (the app's
-/// sessions are a subset of all sessions), which makes this greedy choice
-/// optimal: it revokes the fewest sessions that satisfy both, and among
-/// those, the ones the policy likes least. (Revoking for each limit on its
-/// own, as some peers do, can revoke two sessions where one would do.)
+/// if keeping it breaks no cap. The caps are nested (each app's sessions are
+/// a subset of all sessions: a laminar family), which makes this greedy
+/// choice optimal: it revokes the fewest sessions that satisfy every cap,
+/// and among those, the ones the policy likes least. (Revoking for each
+/// limit on its own, as some peers do, can revoke two sessions where one
+/// would do.)
 ///
 /// With `evict_oldest` and logins alone, the outcome does not depend on
 /// arrival order: the sessions a full check keeps are also kept by every
 /// check on a subset that holds them, so no check ever revokes a session
 /// that a later, fuller check would keep.
-pub fn sessions_to_revoke(active: &[Candidate], app: &AppName, limits: &Limits) -> Vec<Victim> {
-    let per_app = limits.max_sessions as usize;
-    let global = limits.max_sessions_global as usize;
-    let in_app = active.iter().filter(|c| &c.app == app).count();
-    if (per_app == 0 || in_app <= per_app) && (global == 0 || active.len() <= global) {
+pub fn select_victims(active: &[Candidate], caps: &Caps) -> Vec<Victim> {
+    let global = caps.global as usize;
+    let over_app = caps.per_app.iter().any(|(app, &cap)| {
+        cap != 0 && active.iter().filter(|c| &c.app == app).count() > cap as usize
+    });
+    if !over_app && (global == 0 || active.len() <= global) {
         return Vec::new();
     }
     let mut ranked: Vec<&Candidate> = active.iter().collect();
-    ranked.sort_by(|a, b| keep_order(limits.policy, a, b));
-    let (mut kept_in_app, mut kept) = (0usize, 0usize);
+    ranked.sort_by(|a, b| keep_order(caps.policy, a, b));
+    let mut kept_per_app: BTreeMap<&AppName, usize> = BTreeMap::new();
+    let mut kept = 0usize;
     let mut victims = Vec::new();
     for c in ranked {
-        let here = &c.app == app;
-        if here && per_app != 0 && kept_in_app >= per_app {
+        let cap = caps.app_cap(&c.app);
+        let kept_here = kept_per_app.entry(&c.app).or_default();
+        if cap != 0 && *kept_here >= cap {
             victims.push(Victim {
                 session: c.clone(),
                 scope: Scope::App,
@@ -103,27 +146,32 @@ pub fn sessions_to_revoke(active: &[Candidate], app: &AppName, limits: &Limits) 
             });
         } else {
             kept += 1;
-            kept_in_app += usize::from(here);
+            *kept_here += 1;
         }
     }
     victims
 }
 
-/// Sessions of `app` not seen for `idle_timeout` seconds at `now`: they count
-/// as expired. 0 disables the timeout.
+/// Sessions of `app` not seen for `idle_timeout` seconds at `at` (event
+/// time: the time of the event being processed, so a backlog in the queue
+/// does not make live sessions look idle); they count as expired. `except`
+/// (the session of that event, which is evidently alive) never is. 0
+/// disables the timeout.
 pub fn idle_sessions<'a>(
     active: &'a [Candidate],
     app: &AppName,
     idle_timeout: u64,
-    now: DateTime<Utc>,
+    at: DateTime<Utc>,
+    except: Option<&SessionId>,
 ) -> Vec<&'a Candidate> {
     if idle_timeout == 0 {
         return Vec::new();
     }
-    let cutoff = now - chrono::Duration::seconds(idle_timeout.min(i64::MAX as u64) as i64);
+    let cutoff = at - chrono::Duration::seconds(idle_timeout.min(i64::MAX as u64) as i64);
     active
         .iter()
         .filter(|c| &c.app == app && c.last_seen_at <= cutoff)
+        .filter(|c| except != Some(&c.session_id))
         .collect()
 }
 
@@ -226,11 +274,12 @@ mod tests {
             ids(&sessions_to_revoke(&s, &shop(), &limits(1))),
             ["legacy"]
         );
+        // deny_new goes by first sight: legacy was first seen after fresh.
         let deny = Limits {
             policy: EvictionPolicy::DenyNew,
             ..limits(1)
         };
-        assert_eq!(ids(&sessions_to_revoke(&s, &shop(), &deny)), ["fresh"]);
+        assert_eq!(ids(&sessions_to_revoke(&s, &shop(), &deny)), ["legacy"]);
     }
 
     #[test]
@@ -279,16 +328,52 @@ mod tests {
     }
 
     #[test]
-    fn idle_sessions_of_the_app_only() {
+    fn idle_sessions_of_the_app_only_never_the_events_own() {
         let s = [
             c_in("shop", "idle", 1, 1),
             c_in("shop", "busy", 1, 25),
             c_in("blog", "other", 1, 1),
+            c_in("shop", "current", 1, 1),
         ];
-        let idle = idle_sessions(&s, &shop(), 600, at(30));
+        let current = SessionId::parse("current").unwrap();
+        let idle = idle_sessions(&s, &shop(), 600, at(30), Some(&current));
         assert_eq!(idle.len(), 1);
         assert_eq!(idle[0].session_id.as_str(), "idle");
-        assert!(idle_sessions(&s, &shop(), 0, at(30)).is_empty());
+        assert!(idle_sessions(&s, &shop(), 0, at(30), None).is_empty());
+    }
+
+    #[test]
+    fn deny_new_ranks_by_first_sight_whatever_the_login_flag() {
+        // B's first request (10:05) beat its login to the worker: B must not
+        // pass for older than A, who logged in at 10:00.
+        let a = c("a", 0);
+        let mut b = c("b", 5);
+        b.login_seen = false;
+        let l = Limits {
+            policy: EvictionPolicy::DenyNew,
+            ..limits(1)
+        };
+        assert_eq!(ids(&sessions_to_revoke(&[a, b], &shop(), &l)), ["b"]);
+    }
+
+    #[test]
+    fn other_apps_caps_count_before_the_global_cap() {
+        // global 3, blog capped at 1: the blog surplus goes first, so the
+        // old shop session need not.
+        let s = [
+            c_in("shop", "s-old", 0, 0),
+            c_in("blog", "b1", 1, 1),
+            c_in("blog", "b2", 2, 2),
+            c_in("blog", "b3", 3, 3),
+        ];
+        let caps = Caps {
+            per_app: BTreeMap::from([(shop(), 1), (AppName::parse("blog").unwrap(), 1)]),
+            global: 3,
+            policy: EvictionPolicy::EvictOldest,
+        };
+        let v = select_victims(&s, &caps);
+        assert_eq!(ids(&v), ["b1", "b2"]);
+        assert!(v.iter().all(|v| v.scope == Scope::App));
     }
 
     /// Replays logins in every order, a check after each, and compares the
@@ -395,6 +480,43 @@ mod tests {
             let mut best = app_cap + others;
             if limits.max_sessions_global != 0 {
                 best = best.min(limits.max_sessions_global as usize);
+            }
+            prop_assert_eq!(kept.len(), best, "revoked more than needed");
+        }
+
+        /// Caps on every app at once: still every cap holds, with the fewest
+        /// revocations.
+        #[test]
+        fn every_cap_holds_with_the_fewest_revocations_across_apps(
+            sessions in prop::collection::vec(arb_session(), 0..25),
+            app_caps in prop::collection::vec(0..4u32, 3),
+            global in 0..8u32,
+            policy in 0..3usize,
+        ) {
+            let sessions = dedup(sessions);
+            let names = ["shop", "blog", "wiki"].map(|a| AppName::parse(a).unwrap());
+            let caps = Caps {
+                per_app: names.iter().cloned().zip(app_caps.iter().copied()).collect(),
+                global,
+                policy: EvictionPolicy::ALL[policy],
+            };
+            let victims = select_victims(&sessions, &caps);
+            let kept: Vec<&Candidate> = sessions
+                .iter()
+                .filter(|s| !victims.iter().any(|v| &v.session == *s))
+                .collect();
+            let mut best = 0;
+            for (name, &cap) in names.iter().zip(&app_caps) {
+                let here = kept.iter().filter(|s| &s.app == name).count();
+                if cap != 0 {
+                    prop_assert!(here <= cap as usize);
+                }
+                let all_here = sessions.iter().filter(|s| &s.app == name).count();
+                best += if cap == 0 { all_here } else { all_here.min(cap as usize) };
+            }
+            if global != 0 {
+                prop_assert!(kept.len() <= global as usize);
+                best = best.min(global as usize);
             }
             prop_assert_eq!(kept.len(), best, "revoked more than needed");
         }

@@ -284,8 +284,8 @@ async fn shadow_mode_decides_but_revokes_nothing() {
     app.expect_revokes(0).await;
     assert_eq!(app.active("sid", "shop").await, ["s0", "s1", "s2"]);
 
-    // The decisions are still made and counted: the next login would revoke
-    // three sessions, and says so.
+    // The decisions are still made and counted, each session once: s0 and
+    // s1 were counted when s1 and s2 arrived; the next login adds s2.
     let rules = session_guard::store::Enforcement::from_settings(&app.settings, &[]).unwrap();
     let next = session_guard::domain::event::SessionEvent::decode(
         login("shop", "s3", "sid", t(3)).to_string().as_bytes(),
@@ -294,8 +294,24 @@ async fn shadow_mode_decides_but_revokes_nothing() {
     let outcome = session_guard::store::process_batch(&app.pool, &rules, &[next], Utc::now())
         .await
         .unwrap();
-    assert_eq!(outcome.shadow_revoked, 3);
+    assert_eq!(outcome.shadow_revoked, 1);
     assert_eq!(outcome.revoked, 0);
+    let flagged: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM sessions WHERE user_id = 'sid' AND shadow_flagged_at IS NOT NULL",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(flagged, 3, "s0, s1 and s2 would be revoked");
+    // Another event of the same user: nothing new to report.
+    let again = session_guard::domain::event::SessionEvent::decode(
+        request("shop", "s3", "sid", t(4)).to_string().as_bytes(),
+    )
+    .unwrap();
+    let outcome = session_guard::store::process_batch(&app.pool, &rules, &[again], Utc::now())
+        .await
+        .unwrap();
+    assert_eq!(outcome.shadow_revoked, 0);
     assert_eq!(app.active("sid", "shop").await.len(), 4);
     assert_eq!(app.outbox_len().await, 0);
 }
@@ -308,10 +324,12 @@ async fn logout_others_and_logout_all() {
             .await;
     }
     app.publish(&login("blog", "pb", "pam", t(3))).await;
+    // A login that happened after the logout_others, arriving before it:
+    // not one of the "other devices" the user meant.
+    app.publish(&login("shop", "p-later", "pam", t(15))).await;
     let mut others = login("shop", "p1", "pam", t(10));
     others["type"] = "logout_others".into();
     app.publish(&others).await;
-    // A login after the logout_others, arriving before: not affected.
     app.settle().await;
     let mut revoked: Vec<(String, String)> = app
         .expect_revokes(2)
@@ -327,7 +345,7 @@ async fn logout_others_and_logout_all() {
             ("p2".into(), "logout_others".into())
         ]
     );
-    assert_eq!(app.active("pam", "shop").await, ["p1"]);
+    assert_eq!(app.active("pam", "shop").await, ["p-later", "p1"]);
     assert_eq!(
         app.active("pam", "blog").await,
         ["pb"],
@@ -341,7 +359,7 @@ async fn logout_others_and_logout_all() {
     app.publish(&all).await;
     app.settle().await;
     let mut revoked: Vec<(String, String)> = app
-        .expect_revokes(2)
+        .expect_revokes(3)
         .await
         .into_iter()
         .map(|r| (r.body.session_id, r.body.reason))
@@ -350,6 +368,7 @@ async fn logout_others_and_logout_all() {
     assert_eq!(
         revoked,
         [
+            ("p-later".into(), "logout_all".into()),
             ("p1".into(), "logout_all".into()),
             ("p3".into(), "logout_all".into())
         ]
