@@ -21,8 +21,10 @@ pub const DELIVERY_COUNT_HEADER: &str = "x-delivery-count";
 /// header values are long strings; keep them readable all the same).
 const MAX_ERROR_HEADER_BYTES: usize = 1024;
 
-/// Opens a connection; `name` shows in the management UI next to it.
-pub async fn connect(settings: &AmqpSettings, name: &str) -> anyhow::Result<Connection> {
+/// Opens a connection; `role` and the events queue name show in the
+/// management UI next to it ("session-guard consumer (session_guard.events)").
+pub async fn connect(settings: &AmqpSettings, role: &str) -> anyhow::Result<Connection> {
+    let name = format!("session-guard {role} ({})", settings.events_queue);
     let properties = ConnectionProperties::default().with_connection_name(name.into());
     Connection::connect(&settings.url, properties)
         .await
@@ -179,6 +181,33 @@ pub async fn dead_letter(
     }
 }
 
+/// With `amqp.require_user_id`, checks that the message's AMQP `user-id`
+/// (validated by RabbitMQ against the publishing connection) may speak for
+/// `app`. Returns the dead-letter reason otherwise.
+pub fn check_app_identity(
+    settings: &AmqpSettings,
+    properties: &BasicProperties,
+    app: &str,
+) -> Result<(), String> {
+    if !settings.require_user_id {
+        return Ok(());
+    }
+    let Some(user) = properties.user_id().as_ref().map(|u| u.as_str()) else {
+        return Err("user-id: missing AMQP user-id property (amqp.require_user_id is on)".into());
+    };
+    let allowed = match settings.app_users.get(user) {
+        Some(apps) => apps.iter().any(|a| a == app),
+        None => user == app,
+    };
+    if allowed {
+        Ok(())
+    } else {
+        Err(format!(
+            "user-id: AMQP user {user:?} may not publish events for app {app:?}"
+        ))
+    }
+}
+
 /// How many times the broker delivered this message before (quorum queues).
 pub fn delivery_count(properties: &BasicProperties) -> u32 {
     let Some(headers) = properties.headers() else {
@@ -191,6 +220,49 @@ pub fn delivery_count(properties: &BasicProperties) -> u32 {
         Some(AMQPValue::ShortInt(n)) => (*n).max(0) as u32,
         Some(AMQPValue::ShortShortInt(n)) => (*n).max(0) as u32,
         _ => 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::configuration::Settings;
+
+    fn amqp(require: bool, map: &[(&str, &[&str])]) -> AmqpSettings {
+        let mut s = Settings::load_from(None, Vec::new()).unwrap().amqp;
+        s.require_user_id = require;
+        s.app_users = map
+            .iter()
+            .map(|(u, apps)| (u.to_string(), apps.iter().map(|a| a.to_string()).collect()))
+            .collect();
+        s
+    }
+
+    fn from(user: Option<&str>) -> BasicProperties {
+        match user {
+            Some(u) => BasicProperties::default().with_user_id(u.into()),
+            None => BasicProperties::default(),
+        }
+    }
+
+    #[test]
+    fn app_identity_is_only_checked_when_required() {
+        assert!(check_app_identity(&amqp(false, &[]), &from(None), "shop").is_ok());
+        let on = amqp(true, &[("publisher", &["shop", "blog"])]);
+        assert!(check_app_identity(&on, &from(None), "shop").unwrap_err().contains("missing"));
+        assert!(check_app_identity(&on, &from(Some("publisher")), "blog").is_ok());
+        assert!(check_app_identity(&on, &from(Some("publisher")), "wiki").is_err());
+        assert!(check_app_identity(&on, &from(Some("wiki")), "wiki").is_ok(), "own name");
+        assert_eq!(
+            check_app_identity(&on, &from(Some("wiki")), "shop").unwrap_err(),
+            "user-id: AMQP user \"wiki\" may not publish events for app \"shop\""
+        );
+    }
+
+    #[test]
+    fn long_errors_are_cut_on_a_character_boundary() {
+        assert_eq!(truncate("ééé", 3), "é");
+        assert_eq!(truncate("abc", 10), "abc");
     }
 }
 

@@ -169,7 +169,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 max_sessions = settings.limits.max_sessions,
                 "starting session-guard"
             );
-            telemetry::init_metrics(&settings.metrics);
+            telemetry::init_metrics();
             let worker = Worker::builder(settings).build().await?;
             worker.run(shutdown::signal()).await
         }

@@ -64,6 +64,13 @@ pub struct AmqpSettings {
     pub prefetch: u16,
     /// Delivery limit of the events queue, after which the broker dead-letters.
     pub max_redeliveries: u32,
+    /// Require the AMQP `user-id` property on events, and that it names an
+    /// AMQP user allowed to speak for the event's app.
+    pub require_user_id: bool,
+    /// AMQP user → apps it may publish events for. A user not listed may
+    /// publish for the app of its own name only.
+    #[serde(default)]
+    pub app_users: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -279,6 +286,8 @@ impl std::fmt::Debug for AmqpSettings {
             .field("dead_letter_queue", &self.dead_letter_queue)
             .field("prefetch", &self.prefetch)
             .field("max_redeliveries", &self.max_redeliveries)
+            .field("require_user_id", &self.require_user_id)
+            .field("app_users", &self.app_users)
             .finish()
     }
 }

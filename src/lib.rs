@@ -7,6 +7,7 @@
 //! - [`broker`]: RabbitMQ topology and confirmed publishing;
 //! - [`worker`]: the consumer loop, batching, acks and shutdown;
 //! - [`relay`]: the outbox relay that publishes revoke events;
+//! - [`health`]: readiness and the HTTP endpoint for it and the metrics;
 //! - [`configuration`], [`telemetry`], [`cli`]: the edges.
 
 pub mod backoff;
@@ -14,6 +15,7 @@ pub mod broker;
 pub mod cli;
 pub mod configuration;
 pub mod domain;
+pub mod health;
 mod relay;
 pub mod shutdown;
 pub mod store;

@@ -69,7 +69,7 @@ pub(crate) async fn run(ctx: Arc<Context>, mut shutdown: Shutdown) {
 }
 
 async fn relay(ctx: &Context, shutdown: &mut Shutdown) -> anyhow::Result<()> {
-    let connection = broker::connect(&ctx.settings.amqp, "session-guard relay").await?;
+    let connection = broker::connect(&ctx.settings.amqp, "relay").await?;
     let setup = connection.create_channel().await?;
     broker::declare_topology(&setup, &ctx.settings.amqp).await?;
     let _ = setup.close(200, "topology declared".into()).await;

@@ -22,12 +22,15 @@ use crate::broker;
 use crate::configuration::Settings;
 use crate::domain::event::SessionEvent;
 use crate::domain::limits::RuleHook;
+use crate::health::Health;
 use crate::relay;
 use crate::shutdown::{self, Shutdown};
 use crate::store::{self, Enforcement};
 
 /// Seconds between two passes of the housekeeping task (tombstone expiry).
 const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(60);
+/// How often housekeeping pings PostgreSQL for readiness.
+const PING_EVERY: Duration = Duration::from_secs(5);
 /// Tombstones deleted per statement, so one pass never holds locks for long.
 const HOUSEKEEPING_CHUNK: i64 = 10_000;
 /// How long, after the consumer was cancelled, to wait for deliveries the
@@ -45,6 +48,8 @@ pub(crate) struct Context {
     pub rules: Enforcement,
     /// Wakes the relay as soon as a batch wrote to the outbox.
     pub relay_wake: Notify,
+    /// What readiness reports.
+    pub health: Arc<Health>,
 }
 
 /// Builds a [`Worker`], with rule hooks of the embedding program's own.
@@ -73,6 +78,7 @@ impl WorkerBuilder {
                 pool,
                 rules,
                 relay_wake: Notify::new(),
+                health: Arc::new(Health::default()),
             }),
         })
     }
@@ -96,6 +102,11 @@ impl Worker {
         &self.context.pool
     }
 
+    /// The worker's health, as `/health/ready` reports it.
+    pub fn health(&self) -> Arc<Health> {
+        self.context.health.clone()
+    }
+
     /// Consumes and relays until `shutdown` resolves, then stops consuming,
     /// finishes and acks the batch in flight, flushes the outbox and returns.
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
@@ -109,9 +120,18 @@ impl Worker {
         let consumer = tokio::spawn(run_consumer(ctx.clone(), consumer_shutdown));
         let relay = tokio::spawn(relay::run(ctx.clone(), relay_shutdown));
         let housekeeping = tokio::spawn(run_housekeeping(ctx.clone(), housekeeping_shutdown));
+        let (stop_serving, serving_shutdown) = shutdown::channel();
+        if !ctx.settings.metrics.listen.is_empty() {
+            tokio::spawn(crate::health::serve(
+                ctx.settings.metrics.listen.clone(),
+                ctx.health.clone(),
+                serving_shutdown,
+            ));
+        }
 
         shutdown.await;
         tracing::info!("stopping: finishing in-flight events");
+        ctx.health.set_stopping();
         stop_consuming.trigger();
         stop_housekeeping.trigger();
         let timeout = ctx.settings.worker.shutdown_timeout();
@@ -144,6 +164,7 @@ impl Worker {
         }
         // Bounded: an aborted task may not have returned its connection.
         let _ = tokio::time::timeout(POOL_CLOSE_WAIT, ctx.pool.close()).await;
+        stop_serving.trigger();
         Ok(())
     }
 }
@@ -153,7 +174,9 @@ async fn run_consumer(ctx: Arc<Context>, mut shutdown: Shutdown) {
     let mut backoff = Backoff::new(ctx.settings.worker.max_backoff());
     while !shutdown.is_triggered() {
         let started = Instant::now();
-        match consume(&ctx, &mut shutdown).await {
+        let result = consume(&ctx, &mut shutdown).await;
+        ctx.health.set_broker(false);
+        match result {
             Ok(()) => return,
             Err(e) => {
                 // A connection that worked for a while starts the backoff
@@ -179,7 +202,7 @@ async fn run_consumer(ctx: Arc<Context>, mut shutdown: Shutdown) {
 /// One connection's worth of consuming. Returns `Ok` on shutdown.
 async fn consume(ctx: &Context, shutdown: &mut Shutdown) -> anyhow::Result<()> {
     let settings = &ctx.settings;
-    let connection = broker::connect(&settings.amqp, "session-guard consumer").await?;
+    let connection = broker::connect(&settings.amqp, "consumer").await?;
     let setup = connection.create_channel().await?;
     broker::declare_topology(&setup, &settings.amqp).await?;
     let _ = setup.close(200, "topology declared".into()).await;
@@ -201,6 +224,7 @@ async fn consume(ctx: &Context, shutdown: &mut Shutdown) -> anyhow::Result<()> {
         .await
         .context("cannot consume the events queue")?;
     tracing::info!(queue = %settings.amqp.events_queue, "consuming");
+    ctx.health.set_broker(true);
 
     loop {
         let first = tokio::select! {
@@ -288,10 +312,17 @@ async fn handle_batch(
     let mut settled = vec![false; batch.len()];
     let mut valid: Vec<(usize, SessionEvent)> = Vec::with_capacity(batch.len());
     for (i, delivery) in batch.iter().enumerate() {
-        match SessionEvent::decode(&delivery.data) {
+        let checked = SessionEvent::decode(&delivery.data)
+            .map_err(|e| (e.to_string(), "invalid"))
+            .and_then(|event| {
+                broker::check_app_identity(amqp, &delivery.properties, event.app.as_str())
+                    .map(|()| event)
+                    .map_err(|e| (e, "forbidden"))
+            });
+        match checked {
             Ok(event) => valid.push((i, event)),
-            Err(error) => {
-                reject(ctx, dead_letters, delivery, &error.to_string(), "invalid").await?;
+            Err((error, kind)) => {
+                reject(ctx, dead_letters, delivery, &error, kind).await?;
                 // Acked at once: if this batch is redelivered later (say the
                 // database is down at shutdown), it is not dead-lettered twice.
                 channel
@@ -419,6 +450,7 @@ async fn apply_with_retry(
     loop {
         match store::process_batch(&ctx.pool, &ctx.rules, events, Utc::now()).await {
             Ok(outcome) => {
+                ctx.health.set_database(true);
                 if outcome.wrote_outbox() {
                     ctx.relay_wake.notify_one();
                 }
@@ -438,6 +470,7 @@ async fn apply_with_retry(
                 return Applied::Committed;
             }
             Err(e) if is_transient(&e) => {
+                ctx.health.set_database(false);
                 let delay = backoff.next_delay();
                 metrics::counter!("session_guard_database_retries_total").increment(1);
                 tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "database error; retrying");
@@ -473,27 +506,38 @@ pub(crate) fn is_transient(error: &sqlx::Error) -> bool {
     }
 }
 
-/// Periodically deletes tombstones past their time to live.
+/// Pings PostgreSQL (so readiness notices an outage while the queue is
+/// idle) and periodically deletes tombstones past their time to live.
 async fn run_housekeeping(ctx: Arc<Context>, mut shutdown: Shutdown) {
     let ttl = Duration::from_secs(ctx.settings.retention.tombstone_ttl);
+    let mut last_sweep: Option<Instant> = None;
     loop {
-        loop {
-            match store::expire_tombstones(&ctx.pool, ttl, HOUSEKEEPING_CHUNK).await {
-                Ok(n) if n as i64 == HOUSEKEEPING_CHUNK => continue,
-                Ok(n) => {
-                    if n > 0 {
-                        tracing::debug!(deleted = n, "expired tombstones");
+        let ping = tokio::time::timeout(
+            PING_EVERY,
+            sqlx::query("SELECT 1").execute(&ctx.pool),
+        )
+        .await;
+        ctx.health.set_database(matches!(ping, Ok(Ok(_))));
+        if last_sweep.is_none_or(|t| t.elapsed() >= HOUSEKEEPING_EVERY) {
+            last_sweep = Some(Instant::now());
+            loop {
+                match store::expire_tombstones(&ctx.pool, ttl, HOUSEKEEPING_CHUNK).await {
+                    Ok(n) if n as i64 == HOUSEKEEPING_CHUNK => continue,
+                    Ok(n) => {
+                        if n > 0 {
+                            tracing::debug!(deleted = n, "expired tombstones");
+                        }
+                        break;
                     }
-                    break;
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "housekeeping failed; will try again");
-                    break;
+                    Err(e) => {
+                        tracing::warn!(error = %e, "housekeeping failed; will try again");
+                        break;
+                    }
                 }
             }
         }
         tokio::select! {
-            () = tokio::time::sleep(HOUSEKEEPING_EVERY) => {}
+            () = tokio::time::sleep(PING_EVERY) => {}
             () = shutdown.wait() => return,
         }
     }

@@ -21,6 +21,17 @@ pub const MAX_ID_CHARS: usize = 256;
 pub const MAX_EVENT_ID_CHARS: usize = 256;
 /// Longest `user_agent`, in characters.
 pub const MAX_USER_AGENT_CHARS: usize = 512;
+/// Largest `attributes` object, serialized, in bytes: hooks read it on every
+/// check and the latest is stored with the session.
+pub const MAX_ATTRIBUTES_BYTES: usize = 4096;
+/// Deepest nesting inside `attributes` (the object itself is depth 1).
+pub const MAX_ATTRIBUTE_DEPTH: usize = 4;
+/// Most keys in `attributes`.
+pub const MAX_ATTRIBUTE_KEYS: usize = 64;
+/// Most entries in `attributes.roles`.
+pub const MAX_ROLES: usize = 64;
+/// Longest role name, in characters.
+pub const MAX_ROLE_CHARS: usize = 128;
 
 /// Why a message was refused; the text is what the dead-letter header carries.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -284,7 +295,10 @@ impl SessionEvent {
             .transpose()?;
         let attributes = match object.remove("attributes") {
             None | Some(Value::Null) => Map::new(),
-            Some(Value::Object(map)) => map,
+            Some(Value::Object(map)) => {
+                check_attributes(&map)?;
+                map
+            }
             Some(other) => {
                 return Err(EventError::invalid(
                     "attributes",
@@ -305,6 +319,83 @@ impl SessionEvent {
             expires_at,
             attributes,
         })
+    }
+}
+
+/// Bounds on `attributes`, and the types of its conventional keys.
+fn check_attributes(map: &Map<String, Value>) -> Result<(), EventError> {
+    if map.len() > MAX_ATTRIBUTE_KEYS {
+        return Err(EventError::invalid(
+            "attributes",
+            format!("more than {MAX_ATTRIBUTE_KEYS} keys ({})", map.len()),
+        ));
+    }
+    let depth = 1 + map.values().map(depth_of).max().unwrap_or(0);
+    if depth > MAX_ATTRIBUTE_DEPTH {
+        return Err(EventError::invalid(
+            "attributes",
+            format!("nested deeper than {MAX_ATTRIBUTE_DEPTH} levels"),
+        ));
+    }
+    let size = serde_json::to_vec(map).map_or(usize::MAX, |v| v.len());
+    if size > MAX_ATTRIBUTES_BYTES {
+        return Err(EventError::invalid(
+            "attributes",
+            format!("larger than {MAX_ATTRIBUTES_BYTES} bytes ({size})"),
+        ));
+    }
+    match map.get("superuser") {
+        None | Some(Value::Null) | Some(Value::Bool(_)) => {}
+        Some(other) => {
+            return Err(EventError::invalid(
+                "attributes.superuser",
+                format!("expected a boolean, got {}", json_type(other)),
+            ));
+        }
+    }
+    match map.get("roles") {
+        None | Some(Value::Null) => {}
+        Some(Value::Array(roles)) => {
+            if roles.len() > MAX_ROLES {
+                return Err(EventError::invalid(
+                    "attributes.roles",
+                    format!("more than {MAX_ROLES} roles ({})", roles.len()),
+                ));
+            }
+            for role in roles {
+                match role {
+                    Value::String(r) if !r.is_empty() && r.chars().count() <= MAX_ROLE_CHARS => {}
+                    Value::String(_) => {
+                        return Err(EventError::invalid(
+                            "attributes.roles",
+                            format!("each role must be 1-{MAX_ROLE_CHARS} characters"),
+                        ));
+                    }
+                    other => {
+                        return Err(EventError::invalid(
+                            "attributes.roles",
+                            format!("expected strings, got {}", json_type(other)),
+                        ));
+                    }
+                }
+            }
+        }
+        Some(other) => {
+            return Err(EventError::invalid(
+                "attributes.roles",
+                format!("expected an array of strings, got {}", json_type(other)),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Nesting depth of a JSON value: scalars are 1.
+fn depth_of(v: &Value) -> usize {
+    match v {
+        Value::Array(items) => 1 + items.iter().map(depth_of).max().unwrap_or(0),
+        Value::Object(map) => 1 + map.values().map(depth_of).max().unwrap_or(0),
+        _ => 1,
     }
 }
 
@@ -478,6 +569,38 @@ mod tests {
             SessionEvent::decode(&body).unwrap_err(),
             EventError::TooLarge(MAX_MESSAGE_BYTES + 1)
         );
+    }
+
+    #[test]
+    fn attributes_are_bounded() {
+        let with = |a: Value| {
+            let mut v = login();
+            v["attributes"] = a;
+            decode(v).map(|_| ()).map_err(|e| e.to_string())
+        };
+        assert!(with(json!({"superuser": true, "roles": ["staff"], "plan": {"seats": [1, 2]}})).is_ok());
+        assert_eq!(
+            with(json!({"a": {"b": {"c": {"d": 1}}}})).unwrap_err(),
+            "attributes: nested deeper than 4 levels"
+        );
+        let many: Map<String, Value> = (0..65).map(|i| (format!("k{i}"), json!(i))).collect();
+        assert!(with(Value::Object(many)).unwrap_err().starts_with("attributes: more than 64 keys"));
+        assert!(with(json!({"blob": "x".repeat(5000)})).unwrap_err().starts_with("attributes: larger than 4096 bytes"));
+        assert_eq!(
+            with(json!({"superuser": "yes"})).unwrap_err(),
+            "attributes.superuser: expected a boolean, got a string"
+        );
+        assert_eq!(
+            with(json!({"roles": "staff"})).unwrap_err(),
+            "attributes.roles: expected an array of strings, got a string"
+        );
+        assert_eq!(
+            with(json!({"roles": [1]})).unwrap_err(),
+            "attributes.roles: expected strings, got a number"
+        );
+        let roles: Vec<String> = (0..65).map(|i| format!("r{i}")).collect();
+        assert!(with(json!({"roles": roles})).unwrap_err().starts_with("attributes.roles: more than 64 roles"));
+        assert!(with(json!({"roles": [""]})).unwrap_err().starts_with("attributes.roles: each role"));
     }
 
     #[test]

@@ -155,3 +155,75 @@ async fn an_event_the_database_keeps_refusing_is_dead_lettered_alone() {
     assert!(app.active("bob", "shop").await.is_empty());
     app.expect_revokes(0).await;
 }
+
+#[tokio::test]
+async fn attributes_out_of_bounds_are_dead_lettered() {
+    let mut app = spawn_app().await;
+    let cases = [
+        (json!({"a": {"b": {"c": {"d": 1}}}}), "attributes: nested deeper than 4 levels"),
+        (json!({"roles": "admin"}), "attributes.roles: expected an array of strings"),
+        (json!({"superuser": 1}), "attributes.superuser: expected a boolean"),
+        (json!({"blob": "x".repeat(5000)}), "attributes: larger than 4096 bytes"),
+    ];
+    for (attributes, _) in &cases {
+        let mut e = login("shop", "s", "u", t(0));
+        e["attributes"] = attributes.clone();
+        app.publish(&e).await;
+    }
+    for (_, reason) in &cases {
+        let error = app.next_dead_letter().await.error.unwrap();
+        assert!(error.starts_with(reason), "expected {reason:?}, got {error:?}");
+    }
+}
+
+/// With `amqp.require_user_id`, an app's credentials only speak for its own
+/// sessions: the AMQP user-id (which RabbitMQ checks against the connection's
+/// user) must match the event's app, or `amqp.app_users`.
+#[tokio::test]
+async fn app_identity_is_enforced_with_require_user_id() {
+    let mut app = spawn_app_with(|s| {
+        s.amqp.require_user_id = true;
+        // The tests connect as "guest": let it speak for "shop" only.
+        s.amqp.app_users.insert("guest".into(), vec!["shop".into()]);
+    })
+    .await;
+    let publish_as = |user: Option<&str>, event: &serde_json::Value| {
+        let mut props = lapin::BasicProperties::default()
+            .with_content_type("application/json".into())
+            .with_delivery_mode(2);
+        if let Some(u) = user {
+            props = props.with_user_id(u.into());
+        }
+        let body = event.to_string().into_bytes();
+        let exchange = app.settings.amqp.events_exchange.clone();
+        let channel = app.publisher.clone();
+        async move {
+            let confirm = channel
+                .basic_publish(
+                    exchange.as_str().into(),
+                    "login.any".into(),
+                    lapin::options::BasicPublishOptions::default(),
+                    &body,
+                    props,
+                )
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+            assert!(confirm.is_ack());
+        }
+    };
+    publish_as(Some("guest"), &login("shop", "ok", "ann", t(0))).await;
+    publish_as(Some("guest"), &login("blog", "other-app", "ann", t(1))).await;
+    publish_as(None, &login("shop", "anonymous", "ann", t(2))).await;
+
+    let first = app.next_dead_letter().await.error.unwrap();
+    assert_eq!(first, "user-id: AMQP user \"guest\" may not publish events for app \"blog\"");
+    let second = app.next_dead_letter().await.error.unwrap();
+    assert!(second.starts_with("user-id: missing AMQP user-id property"), "{second}");
+    app.wait_for("the allowed event", || async {
+        app.active("ann", "shop").await == ["ok"]
+    })
+    .await;
+    assert!(app.active("ann", "blog").await.is_empty());
+}

@@ -38,6 +38,8 @@ pub struct TestApp {
     revokes: Consumer,
     dead: Consumer,
     worker: Option<(ShutdownTrigger, JoinHandle<anyhow::Result<()>>)>,
+    /// Health of the in-process worker, while one runs.
+    pub health: Option<std::sync::Arc<session_guard::health::Health>>,
     processes: Vec<Child>,
     db_name: String,
     /// Counter for the marker sessions `settle` uses.
@@ -122,7 +124,7 @@ pub async fn spawn_app_without_worker(configure: impl FnOnce(&mut Settings)) -> 
         .await
         .expect("test database");
 
-    let connection = broker::connect(&settings.amqp, "session-guard tests")
+    let connection = broker::connect(&settings.amqp, "tests")
         .await
         .expect("RabbitMQ is running on 127.0.0.1:5672");
     let setup = connection.create_channel().await.unwrap();
@@ -182,6 +184,7 @@ pub async fn spawn_app_without_worker(configure: impl FnOnce(&mut Settings)) -> 
         revokes,
         dead,
         worker: None,
+        health: None,
         processes: Vec::new(),
         db_name,
         markers: 0,
@@ -213,6 +216,7 @@ impl TestApp {
             .build()
             .await
             .expect("worker builds");
+        self.health = Some(worker.health());
         let (trigger, mut listener) = shutdown::channel();
         let handle = tokio::spawn(worker.run(async move { listener.wait().await }));
         self.worker = Some((trigger, handle));
@@ -272,6 +276,9 @@ impl TestApp {
         );
         set("WORKER__BATCH_WAIT_MS", s.worker.batch_wait_ms.to_string());
         set("METRICS__LISTEN", String::new());
+        set("AMQP__MAX_REDELIVERIES", s.amqp.max_redeliveries.to_string());
+        set("WORKER__SHUTDOWN_TIMEOUT", s.worker.shutdown_timeout.to_string());
+        set("WORKER__MAX_BACKOFF_MS", s.worker.max_backoff_ms.to_string());
         if let Some(limit) = s.retention.log_limit {
             set("RETENTION__LOG_LIMIT", limit.to_string());
         }
@@ -298,6 +305,118 @@ impl TestApp {
             .expect("session-guard binary starts");
         self.processes.push(child);
         self.processes.len() - 1
+    }
+
+    /// Kills a child process with SIGKILL, as a crash would, and reaps it.
+    pub fn kill_process(&mut self, index: usize) {
+        self.processes[index].kill().expect("SIGKILL");
+        self.processes[index].wait().expect("reaped");
+    }
+
+    /// Closes the RabbitMQ connections of this test's workers (in-process or
+    /// processes), as a network fault would; the test's own stay. Returns
+    /// how many were closed.
+    pub fn close_worker_connections(&self) -> usize {
+        let out = Command::new("rabbitmqctl")
+            .args(["list_connections", "pid", "client_properties", "--no-table-headers", "-q"])
+            .output()
+            .expect("rabbitmqctl runs");
+        let listing = String::from_utf8_lossy(&out.stdout);
+        let queue = &self.settings.amqp.events_queue;
+        let mut closed = 0;
+        for line in listing.lines() {
+            let ours = [
+                format!("session-guard consumer ({queue})"),
+                format!("session-guard relay ({queue})"),
+            ];
+            if !ours.iter().any(|name| line.contains(name.as_str())) {
+                continue;
+            }
+            let pid = line.split('\t').next().unwrap_or_default();
+            let status = Command::new("rabbitmqctl")
+                .args(["close_connection", pid, "injected fault"])
+                .output()
+                .expect("rabbitmqctl runs");
+            if status.status.success() {
+                closed += 1;
+            }
+        }
+        closed
+    }
+
+    /// Cuts this test's database off: its connections are terminated and new
+    /// ones refused until `restore_database`. The test's own pool is cut too.
+    pub async fn cut_database(&self) {
+        let admin = self.admin_pool().await;
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "ALTER DATABASE \"{}\" ALLOW_CONNECTIONS false",
+            self.db_name
+        )))
+        .execute(&admin)
+        .await
+        .unwrap();
+        sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1")
+            .bind(&self.db_name)
+            .execute(&admin)
+            .await
+            .unwrap();
+        admin.close().await;
+    }
+
+    pub async fn restore_database(&self) {
+        let admin = self.admin_pool().await;
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "ALTER DATABASE \"{}\" ALLOW_CONNECTIONS true",
+            self.db_name
+        )))
+        .execute(&admin)
+        .await
+        .unwrap();
+        admin.close().await;
+    }
+
+    async fn admin_pool(&self) -> PgPool {
+        sqlx::postgres::PgPoolOptions::new()
+            .max_connections(1)
+            .connect(&with_database(&self.settings.database.url, "postgres"))
+            .await
+            .expect("admin connection")
+    }
+
+    /// Every revoke that arrives until none has for `quiet`.
+    pub async fn drain_revokes(&mut self, quiet: Duration) -> Vec<Revoke> {
+        let mut got = Vec::new();
+        while let Some(r) = self.next_revoke(quiet).await {
+            got.push(r);
+        }
+        got
+    }
+
+    /// Messages in the dead-letter queue right now (without consuming them).
+    pub async fn dead_letter_count(&self) -> u32 {
+        let ch = self.connection.create_channel().await.unwrap();
+        let q = ch
+            .queue_declare(
+                self.settings.amqp.dead_letter_queue.as_str().into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        let _ = ch.close(200, "done".into()).await;
+        q.message_count()
+    }
+
+    /// Rows in the session log for `app`.
+    pub async fn logged(&self, app: &str) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM sessions WHERE app = $1")
+            .bind(app)
+            .fetch_one(&self.pool)
+            .await
+            .unwrap()
     }
 
     /// Sends SIGTERM to a child process and waits for its exit code.
@@ -537,7 +656,7 @@ impl Drop for TestApp {
                 // Not pool.close(): its connections live on the test's
                 // runtime, which is blocked here; DROP ... WITH (FORCE) ends them.
                 if let Ok(conn) =
-                    broker::connect(&settings.amqp, "session-guard test cleanup").await
+                    broker::connect(&settings.amqp, "test cleanup").await
                 {
                     if let Ok(ch) = conn.create_channel().await {
                         for q in [

@@ -5,6 +5,7 @@ mod helpers;
 
 mod bad_input;
 mod enforcement;
+mod faults;
 mod lifecycle;
 mod repeat;
 mod retention;

@@ -1,0 +1,279 @@
+//! Faults injected against the real services: broker connections dropped,
+//! the database cut off, workers killed mid-stream, shutdown under load, and
+//! three worker processes on one queue.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::helpers::*;
+
+/// A deterministic shuffle (xorshift), so a failure can be replayed.
+fn shuffle<T>(items: &mut [T], mut seed: u64) {
+    for i in (1..items.len()).rev() {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        items.swap(i, (seed % (i as u64 + 1)) as usize);
+    }
+}
+
+/// Checks the revokes received: every session in `expected` got at least
+/// one, nothing else got any, and all copies for one session share their
+/// event_id (a re-send after a fault, never a second revocation).
+fn check_revokes(revokes: &[Revoke], expected: &BTreeSet<String>) -> usize {
+    let mut ids: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for r in revokes {
+        assert!(!r.body.repeat, "no repeat expected here: {r:?}");
+        ids.entry(r.body.session_id.clone())
+            .or_default()
+            .insert(r.body.event_id.to_string());
+    }
+    let got: BTreeSet<String> = ids.keys().cloned().collect();
+    let missing: Vec<_> = expected.difference(&got).collect();
+    let extra: Vec<_> = got.difference(expected).collect();
+    assert!(missing.is_empty(), "sessions revoked without a revoke event: {missing:?}");
+    assert!(extra.is_empty(), "revoke events for sessions that should stay: {extra:?}");
+    for (session, event_ids) in &ids {
+        assert_eq!(event_ids.len(), 1, "{session} was revoked more than once: {event_ids:?}");
+    }
+    revokes.len() - ids.len()
+}
+
+async fn wait_logged(app: &TestApp, shop: &str, n: i64) {
+    app.wait_for(&format!("{n} sessions in the log"), || async move {
+        app.logged(shop).await == n
+    })
+    .await;
+}
+
+async fn wait_outbox_empty(app: &TestApp) {
+    app.wait_for("the outbox to drain", || async move { app.outbox_len().await == 0 })
+        .await;
+}
+
+#[tokio::test]
+async fn dropped_broker_connections_lose_nothing() {
+    let mut app = spawn_app().await;
+    let users = 60;
+    let mut expected = BTreeSet::new();
+    for u in 0..users {
+        app.publish(&login("shop", &format!("u{u}-old"), &format!("u{u}"), t(0))).await;
+        app.publish(&login("shop", &format!("u{u}-new"), &format!("u{u}"), t(1))).await;
+        expected.insert(format!("u{u}-old"));
+        if u % 20 == 10 {
+            // Drop the worker's consumer and relay connections mid-stream.
+            app.wait_for("the worker to be connected", || async {
+                app.close_worker_connections() > 0
+            })
+            .await;
+        }
+    }
+    wait_logged(&app, "shop", users as i64 * 2).await;
+    wait_outbox_empty(&app).await;
+    let revokes = app.drain_revokes(Duration::from_secs(2)).await;
+    let duplicates = check_revokes(&revokes, &expected);
+    assert!(duplicates <= 5, "{duplicates} re-sends for a few dropped connections");
+    for u in 0..users {
+        assert_eq!(app.active(&format!("u{u}"), "shop").await, [format!("u{u}-new")]);
+    }
+    assert!(app.health.as_ref().unwrap().ready().is_ok(), "ready again");
+}
+
+#[tokio::test]
+async fn a_database_outage_stops_acks_and_the_worker_catches_up() {
+    let mut app = spawn_app().await;
+    app.publish(&login("shop", "before", "ann", t(0))).await;
+    app.settle().await;
+    let health = app.health.clone().unwrap();
+    assert!(health.ready().is_ok(), "{:?}", health.ready());
+
+    app.cut_database().await;
+    for u in 0..20 {
+        app.publish(&login("shop", &format!("u{u}-a"), &format!("u{u}"), t(1))).await;
+        app.publish(&login("shop", &format!("u{u}-b"), &format!("u{u}"), t(2))).await;
+    }
+    app.wait_for("readiness to report the outage", || {
+        let health = health.clone();
+        async move {
+            health
+                .ready()
+                .is_err_and(|why| why.contains("database unavailable"))
+        }
+    })
+    .await;
+    // Nothing could be committed, so nothing may have been acked: the
+    // events are all still in the queue, and none was dead-lettered.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(app.dead_letter_count().await, 0);
+
+    app.restore_database().await;
+    app.settle().await;
+    let revokes = app.expect_revokes(20).await;
+    let expected: BTreeSet<String> = (0..20).map(|u| format!("u{u}-a")).collect();
+    check_revokes(&revokes, &expected);
+    assert!(health.ready().is_ok());
+    assert_eq!(app.active("ann", "shop").await, ["before"]);
+}
+
+/// Logins for `users` users, `per_user` each, session `u{u}-s{i}` at t(i).
+fn logins(users: usize, per_user: i64, seed: u64) -> Vec<Value> {
+    let mut events = Vec::new();
+    for u in 0..users {
+        for i in 0..per_user {
+            events.push(login("shop", &format!("u{u}-s{i}"), &format!("u{u}"), t(i)));
+        }
+    }
+    shuffle(&mut events, seed);
+    events
+}
+
+#[tokio::test]
+async fn sigkill_mid_stream_then_restart_ends_as_an_uninterrupted_run() {
+    let mut app = spawn_app_without_worker(|_| {}).await;
+    let (users, per_user) = (150, 6);
+    for e in logins(users, per_user, 7) {
+        app.publish(&e).await;
+    }
+    let first = app.spawn_process();
+    let total = (users as i64) * per_user;
+    app.wait_for("a third of the stream to be processed", || async {
+        app.logged("shop").await >= total / 3
+    })
+    .await;
+    app.kill_process(first);
+    let done_at_kill = app.logged("shop").await;
+    assert!(done_at_kill < total, "killed too late to mean anything");
+
+    app.spawn_process();
+    wait_logged(&app, "shop", total).await;
+    wait_outbox_empty(&app).await;
+    let revokes = app.drain_revokes(Duration::from_secs(2)).await;
+    let expected: BTreeSet<String> = (0..users)
+        .flat_map(|u| (0..per_user - 1).map(move |i| format!("u{u}-s{i}")))
+        .collect();
+    check_revokes(&revokes, &expected);
+    for u in 0..users {
+        assert_eq!(
+            app.active(&format!("u{u}"), "shop").await,
+            [format!("u{u}-s{}", per_user - 1)]
+        );
+    }
+    assert_eq!(app.dead_letter_count().await, 0);
+}
+
+#[tokio::test]
+async fn graceful_shutdown_under_load_is_bounded_and_loses_nothing() {
+    let mut app = spawn_app_without_worker(|s| s.worker.shutdown_timeout = 15).await;
+    let (users, per_user) = (200, 5);
+    for e in logins(users, per_user, 11) {
+        app.publish(&e).await;
+    }
+    let total = (users as i64) * per_user;
+    let worker = app.spawn_process();
+    app.wait_for("the worker to be busy", || async {
+        app.logged("shop").await >= total / 4
+    })
+    .await;
+    let started = Instant::now();
+    assert_eq!(app.terminate_process(worker).await, Some(0));
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(15), "shutdown took {took:?}");
+    // Whatever the first worker acked is committed and its revokes are out.
+    wait_outbox_empty(&app).await;
+
+    app.spawn_process();
+    wait_logged(&app, "shop", total).await;
+    wait_outbox_empty(&app).await;
+    let revokes = app.drain_revokes(Duration::from_secs(2)).await;
+    let expected: BTreeSet<String> = (0..users)
+        .flat_map(|u| (0..per_user - 1).map(move |i| format!("u{u}-s{i}")))
+        .collect();
+    check_revokes(&revokes, &expected);
+}
+
+/// The horizontal-scaling promise: three worker processes on one queue,
+/// conflicting logins for hundreds of users in a shuffled order, then
+/// requests, then logouts; a second round kills one worker mid-stream.
+#[tokio::test]
+async fn three_workers_agree_with_the_rules_even_when_one_is_killed() {
+    for (round, kill) in [(0u64, false), (1, true)] {
+        let mut app = spawn_app_without_worker(|s| s.limits.max_sessions = 2).await;
+        let workers: Vec<usize> = (0..3).map(|_| app.spawn_process()).collect();
+        let (users, per_user) = (200usize, 5i64);
+        let total = users as i64 * per_user;
+
+        // Logins, shuffled; one worker killed and restarted in the middle.
+        let events = logins(users, per_user, 1000 + round);
+        for (n, e) in events.iter().enumerate() {
+            app.publish(e).await;
+            if kill && n == events.len() / 2 {
+                app.kill_process(workers[1]);
+                app.spawn_process();
+            }
+        }
+        wait_logged(&app, "shop", total).await;
+
+        // Requests for every session (revoked ones included: within the
+        // repeat pause, they must not bring anything back).
+        let mut requests = Vec::new();
+        for u in 0..users {
+            for i in 0..per_user {
+                requests.push(request("shop", &format!("u{u}-s{i}"), &format!("u{u}"), t(100 + i)));
+            }
+        }
+        shuffle(&mut requests, 77 + round);
+        for e in &requests {
+            app.publish(e).await;
+        }
+        // Then every fourth user logs out of their newest session.
+        for u in (0..users).step_by(4) {
+            app.publish(&logout("shop", &format!("u{u}-s{}", per_user - 1), t(200))).await;
+        }
+        let logged_out = users.div_ceil(4) as i64;
+        app.wait_for("the logouts", || async {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT count(*) FROM sessions WHERE app = 'shop' AND end_reason = 'logout'",
+            )
+            .fetch_one(&app.pool)
+            .await
+            .unwrap()
+                == logged_out
+        })
+        .await;
+        // Every request processed too: each session's last event is its request.
+        app.wait_for("the requests", || async {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT count(*) FROM sessions WHERE app = 'shop' AND last_seen_at >= $1",
+            )
+            .bind(t(100))
+            .fetch_one(&app.pool)
+            .await
+            .unwrap()
+                == total
+        })
+        .await;
+        wait_outbox_empty(&app).await;
+
+        let revokes = app.drain_revokes(Duration::from_secs(2)).await;
+        let expected: BTreeSet<String> = (0..users)
+            .flat_map(|u| (0..per_user - 2).map(move |i| format!("u{u}-s{i}")))
+            .collect();
+        let resent = check_revokes(&revokes, &expected);
+        for u in 0..users {
+            let mut want: Vec<String> = (per_user - 2..per_user)
+                .map(|i| format!("u{u}-s{i}"))
+                .collect();
+            if u % 4 == 0 {
+                want.pop();
+            }
+            let active = app.active(&format!("u{u}"), "shop").await;
+            assert_eq!(active, want, "round {round}, user u{u}");
+            assert!(active.len() <= 2);
+        }
+        // No deadlock or serialization failure surfaced as a failed event.
+        assert_eq!(app.dead_letter_count().await, 0, "round {round}");
+        eprintln!("round {round}: {} revokes, {resent} re-sent", revokes.len());
+    }
+}
