@@ -249,10 +249,17 @@ mod tests {
     fn app_identity_is_only_checked_when_required() {
         assert!(check_app_identity(&amqp(false, &[]), &from(None), "shop").is_ok());
         let on = amqp(true, &[("publisher", &["shop", "blog"])]);
-        assert!(check_app_identity(&on, &from(None), "shop").unwrap_err().contains("missing"));
+        assert!(
+            check_app_identity(&on, &from(None), "shop")
+                .unwrap_err()
+                .contains("missing")
+        );
         assert!(check_app_identity(&on, &from(Some("publisher")), "blog").is_ok());
         assert!(check_app_identity(&on, &from(Some("publisher")), "wiki").is_err());
-        assert!(check_app_identity(&on, &from(Some("wiki")), "wiki").is_ok(), "own name");
+        assert!(
+            check_app_identity(&on, &from(Some("wiki")), "wiki").is_ok(),
+            "own name"
+        );
         assert_eq!(
             check_app_identity(&on, &from(Some("wiki")), "shop").unwrap_err(),
             "user-id: AMQP user \"wiki\" may not publish events for app \"shop\""

@@ -60,18 +60,45 @@ pub fn render_metrics() -> Option<String> {
 fn describe_metrics() {
     use metrics::{describe_counter, describe_gauge};
     for (name, help) in [
-        ("session_guard_events_processed_total", "Valid events applied and acked."),
-        ("session_guard_events_dead_lettered_total", "Messages sent to the dead-letter queue, by kind."),
-        ("session_guard_sessions_revoked_total", "Sessions revoked by the worker."),
-        ("session_guard_revokes_repeated_total", "Repeat revokes for sessions apps kept using."),
-        ("session_guard_shadow_revocations_total", "Sessions shadow mode would have revoked."),
-        ("session_guard_revokes_published_total", "Revoke messages confirmed by the broker."),
-        ("session_guard_revokes_unroutable_total", "Revokes no app queue was bound for."),
-        ("session_guard_database_retries_total", "Batches retried after a transient database error."),
+        (
+            "session_guard_events_processed_total",
+            "Valid events applied and acked.",
+        ),
+        (
+            "session_guard_events_dead_lettered_total",
+            "Messages sent to the dead-letter queue, by kind.",
+        ),
+        (
+            "session_guard_sessions_revoked_total",
+            "Sessions revoked by the worker.",
+        ),
+        (
+            "session_guard_revokes_repeated_total",
+            "Repeat revokes for sessions apps kept using.",
+        ),
+        (
+            "session_guard_shadow_revocations_total",
+            "Sessions shadow mode would have revoked.",
+        ),
+        (
+            "session_guard_revokes_published_total",
+            "Revoke messages confirmed by the broker.",
+        ),
+        (
+            "session_guard_revokes_unroutable_total",
+            "Revokes no app queue was bound for.",
+        ),
+        (
+            "session_guard_database_retries_total",
+            "Batches retried after a transient database error.",
+        ),
     ] {
         describe_counter!(name, help);
         metrics::counter!(name).increment(0);
     }
     describe_gauge!("session_guard_database_up", "1 while PostgreSQL answers.");
-    describe_gauge!("session_guard_broker_up", "1 while consuming from RabbitMQ.");
+    describe_gauge!(
+        "session_guard_broker_up",
+        "1 while consuming from RabbitMQ."
+    );
 }

@@ -512,11 +512,8 @@ async fn run_housekeeping(ctx: Arc<Context>, mut shutdown: Shutdown) {
     let ttl = Duration::from_secs(ctx.settings.retention.tombstone_ttl);
     let mut last_sweep: Option<Instant> = None;
     loop {
-        let ping = tokio::time::timeout(
-            PING_EVERY,
-            sqlx::query("SELECT 1").execute(&ctx.pool),
-        )
-        .await;
+        let ping =
+            tokio::time::timeout(PING_EVERY, sqlx::query("SELECT 1").execute(&ctx.pool)).await;
         ctx.health.set_database(matches!(ping, Ok(Ok(_))));
         if last_sweep.is_none_or(|t| t.elapsed() >= HOUSEKEEPING_EVERY) {
             last_sweep = Some(Instant::now());

@@ -578,14 +578,24 @@ mod tests {
             v["attributes"] = a;
             decode(v).map(|_| ()).map_err(|e| e.to_string())
         };
-        assert!(with(json!({"superuser": true, "roles": ["staff"], "plan": {"seats": [1, 2]}})).is_ok());
+        assert!(
+            with(json!({"superuser": true, "roles": ["staff"], "plan": {"seats": [1, 2]}})).is_ok()
+        );
         assert_eq!(
             with(json!({"a": {"b": {"c": {"d": 1}}}})).unwrap_err(),
             "attributes: nested deeper than 4 levels"
         );
         let many: Map<String, Value> = (0..65).map(|i| (format!("k{i}"), json!(i))).collect();
-        assert!(with(Value::Object(many)).unwrap_err().starts_with("attributes: more than 64 keys"));
-        assert!(with(json!({"blob": "x".repeat(5000)})).unwrap_err().starts_with("attributes: larger than 4096 bytes"));
+        assert!(
+            with(Value::Object(many))
+                .unwrap_err()
+                .starts_with("attributes: more than 64 keys")
+        );
+        assert!(
+            with(json!({"blob": "x".repeat(5000)}))
+                .unwrap_err()
+                .starts_with("attributes: larger than 4096 bytes")
+        );
         assert_eq!(
             with(json!({"superuser": "yes"})).unwrap_err(),
             "attributes.superuser: expected a boolean, got a string"
@@ -599,8 +609,16 @@ mod tests {
             "attributes.roles: expected strings, got a number"
         );
         let roles: Vec<String> = (0..65).map(|i| format!("r{i}")).collect();
-        assert!(with(json!({"roles": roles})).unwrap_err().starts_with("attributes.roles: more than 64 roles"));
-        assert!(with(json!({"roles": [""]})).unwrap_err().starts_with("attributes.roles: each role"));
+        assert!(
+            with(json!({"roles": roles}))
+                .unwrap_err()
+                .starts_with("attributes.roles: more than 64 roles")
+        );
+        assert!(
+            with(json!({"roles": [""]}))
+                .unwrap_err()
+                .starts_with("attributes.roles: each role")
+        );
     }
 
     #[test]

@@ -160,10 +160,22 @@ async fn an_event_the_database_keeps_refusing_is_dead_lettered_alone() {
 async fn attributes_out_of_bounds_are_dead_lettered() {
     let mut app = spawn_app().await;
     let cases = [
-        (json!({"a": {"b": {"c": {"d": 1}}}}), "attributes: nested deeper than 4 levels"),
-        (json!({"roles": "admin"}), "attributes.roles: expected an array of strings"),
-        (json!({"superuser": 1}), "attributes.superuser: expected a boolean"),
-        (json!({"blob": "x".repeat(5000)}), "attributes: larger than 4096 bytes"),
+        (
+            json!({"a": {"b": {"c": {"d": 1}}}}),
+            "attributes: nested deeper than 4 levels",
+        ),
+        (
+            json!({"roles": "admin"}),
+            "attributes.roles: expected an array of strings",
+        ),
+        (
+            json!({"superuser": 1}),
+            "attributes.superuser: expected a boolean",
+        ),
+        (
+            json!({"blob": "x".repeat(5000)}),
+            "attributes: larger than 4096 bytes",
+        ),
     ];
     for (attributes, _) in &cases {
         let mut e = login("shop", "s", "u", t(0));
@@ -172,7 +184,10 @@ async fn attributes_out_of_bounds_are_dead_lettered() {
     }
     for (_, reason) in &cases {
         let error = app.next_dead_letter().await.error.unwrap();
-        assert!(error.starts_with(reason), "expected {reason:?}, got {error:?}");
+        assert!(
+            error.starts_with(reason),
+            "expected {reason:?}, got {error:?}"
+        );
     }
 }
 
@@ -218,9 +233,15 @@ async fn app_identity_is_enforced_with_require_user_id() {
     publish_as(None, &login("shop", "anonymous", "ann", t(2))).await;
 
     let first = app.next_dead_letter().await.error.unwrap();
-    assert_eq!(first, "user-id: AMQP user \"guest\" may not publish events for app \"blog\"");
+    assert_eq!(
+        first,
+        "user-id: AMQP user \"guest\" may not publish events for app \"blog\""
+    );
     let second = app.next_dead_letter().await.error.unwrap();
-    assert!(second.starts_with("user-id: missing AMQP user-id property"), "{second}");
+    assert!(
+        second.starts_with("user-id: missing AMQP user-id property"),
+        "{second}"
+    );
     app.wait_for("the allowed event", || async {
         app.active("ann", "shop").await == ["ok"]
     })

@@ -33,10 +33,20 @@ fn check_revokes(revokes: &[Revoke], expected: &BTreeSet<String>) -> usize {
     let got: BTreeSet<String> = ids.keys().cloned().collect();
     let missing: Vec<_> = expected.difference(&got).collect();
     let extra: Vec<_> = got.difference(expected).collect();
-    assert!(missing.is_empty(), "sessions revoked without a revoke event: {missing:?}");
-    assert!(extra.is_empty(), "revoke events for sessions that should stay: {extra:?}");
+    assert!(
+        missing.is_empty(),
+        "sessions revoked without a revoke event: {missing:?}"
+    );
+    assert!(
+        extra.is_empty(),
+        "revoke events for sessions that should stay: {extra:?}"
+    );
     for (session, event_ids) in &ids {
-        assert_eq!(event_ids.len(), 1, "{session} was revoked more than once: {event_ids:?}");
+        assert_eq!(
+            event_ids.len(),
+            1,
+            "{session} was revoked more than once: {event_ids:?}"
+        );
     }
     revokes.len() - ids.len()
 }
@@ -49,8 +59,10 @@ async fn wait_logged(app: &TestApp, shop: &str, n: i64) {
 }
 
 async fn wait_outbox_empty(app: &TestApp) {
-    app.wait_for("the outbox to drain", || async move { app.outbox_len().await == 0 })
-        .await;
+    app.wait_for("the outbox to drain", || async move {
+        app.outbox_len().await == 0
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -59,8 +71,10 @@ async fn dropped_broker_connections_lose_nothing() {
     let users = 60;
     let mut expected = BTreeSet::new();
     for u in 0..users {
-        app.publish(&login("shop", &format!("u{u}-old"), &format!("u{u}"), t(0))).await;
-        app.publish(&login("shop", &format!("u{u}-new"), &format!("u{u}"), t(1))).await;
+        app.publish(&login("shop", &format!("u{u}-old"), &format!("u{u}"), t(0)))
+            .await;
+        app.publish(&login("shop", &format!("u{u}-new"), &format!("u{u}"), t(1)))
+            .await;
         expected.insert(format!("u{u}-old"));
         if u % 20 == 10 {
             // Drop the worker's consumer and relay connections mid-stream.
@@ -74,9 +88,15 @@ async fn dropped_broker_connections_lose_nothing() {
     wait_outbox_empty(&app).await;
     let revokes = app.drain_revokes(Duration::from_secs(2)).await;
     let duplicates = check_revokes(&revokes, &expected);
-    assert!(duplicates <= 5, "{duplicates} re-sends for a few dropped connections");
+    assert!(
+        duplicates <= 5,
+        "{duplicates} re-sends for a few dropped connections"
+    );
     for u in 0..users {
-        assert_eq!(app.active(&format!("u{u}"), "shop").await, [format!("u{u}-new")]);
+        assert_eq!(
+            app.active(&format!("u{u}"), "shop").await,
+            [format!("u{u}-new")]
+        );
     }
     assert!(app.health.as_ref().unwrap().ready().is_ok(), "ready again");
 }
@@ -91,8 +111,10 @@ async fn a_database_outage_stops_acks_and_the_worker_catches_up() {
 
     app.cut_database().await;
     for u in 0..20 {
-        app.publish(&login("shop", &format!("u{u}-a"), &format!("u{u}"), t(1))).await;
-        app.publish(&login("shop", &format!("u{u}-b"), &format!("u{u}"), t(2))).await;
+        app.publish(&login("shop", &format!("u{u}-a"), &format!("u{u}"), t(1)))
+            .await;
+        app.publish(&login("shop", &format!("u{u}-b"), &format!("u{u}"), t(2)))
+            .await;
     }
     app.wait_for("readiness to report the outage", || {
         let health = health.clone();
@@ -220,7 +242,12 @@ async fn three_workers_agree_with_the_rules_even_when_one_is_killed() {
         let mut requests = Vec::new();
         for u in 0..users {
             for i in 0..per_user {
-                requests.push(request("shop", &format!("u{u}-s{i}"), &format!("u{u}"), t(100 + i)));
+                requests.push(request(
+                    "shop",
+                    &format!("u{u}-s{i}"),
+                    &format!("u{u}"),
+                    t(100 + i),
+                ));
             }
         }
         shuffle(&mut requests, 77 + round);
@@ -229,7 +256,8 @@ async fn three_workers_agree_with_the_rules_even_when_one_is_killed() {
         }
         // Then every fourth user logs out of their newest session.
         for u in (0..users).step_by(4) {
-            app.publish(&logout("shop", &format!("u{u}-s{}", per_user - 1), t(200))).await;
+            app.publish(&logout("shop", &format!("u{u}-s{}", per_user - 1), t(200)))
+                .await;
         }
         let logged_out = users.div_ceil(4) as i64;
         app.wait_for("the logouts", || async {
@@ -275,5 +303,47 @@ async fn three_workers_agree_with_the_rules_even_when_one_is_killed() {
         // No deadlock or serialization failure surfaced as a failed event.
         assert_eq!(app.dead_letter_count().await, 0, "round {round}");
         eprintln!("round {round}: {} revokes, {resent} re-sent", revokes.len());
+    }
+}
+
+/// A full RabbitMQ stop and start, not only dropped connections. It stops the
+/// broker every test on this machine shares, so it is ignored by default; run
+/// it alone (docs/RELIABILITY.md):
+/// `cargo test --test integration -- --ignored --test-threads=1`
+#[tokio::test]
+#[ignore = "restarts the shared RabbitMQ; run alone with --ignored --test-threads=1"]
+async fn a_broker_restart_loses_nothing() {
+    let mut app = spawn_app_without_worker(|_| {}).await;
+    let (users, per_user) = (100, 4);
+    for e in logins(users, per_user, 5) {
+        app.publish(&e).await;
+    }
+    app.spawn_process();
+    let total = users as i64 * per_user;
+    app.wait_for("some progress", || async {
+        app.logged("shop").await >= total / 4
+    })
+    .await;
+    let rabbitmqctl = |arg: &str| {
+        let ok = std::process::Command::new("rabbitmqctl")
+            .arg(arg)
+            .status()
+            .expect("rabbitmqctl runs")
+            .success();
+        assert!(ok, "rabbitmqctl {arg}");
+    };
+    rabbitmqctl("stop_app");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    rabbitmqctl("start_app");
+    rabbitmqctl("await_startup");
+    // The test's own listener died with the broker: judge by the log and the
+    // outbox, which the worker empties only with publisher confirms.
+    wait_logged(&app, "shop", total).await;
+    wait_outbox_empty(&app).await;
+    for u in 0..users {
+        assert_eq!(
+            app.active(&format!("u{u}"), "shop").await,
+            [format!("u{u}-s{}", per_user - 1)]
+        );
     }
 }

@@ -276,9 +276,18 @@ impl TestApp {
         );
         set("WORKER__BATCH_WAIT_MS", s.worker.batch_wait_ms.to_string());
         set("METRICS__LISTEN", String::new());
-        set("AMQP__MAX_REDELIVERIES", s.amqp.max_redeliveries.to_string());
-        set("WORKER__SHUTDOWN_TIMEOUT", s.worker.shutdown_timeout.to_string());
-        set("WORKER__MAX_BACKOFF_MS", s.worker.max_backoff_ms.to_string());
+        set(
+            "AMQP__MAX_REDELIVERIES",
+            s.amqp.max_redeliveries.to_string(),
+        );
+        set(
+            "WORKER__SHUTDOWN_TIMEOUT",
+            s.worker.shutdown_timeout.to_string(),
+        );
+        set(
+            "WORKER__MAX_BACKOFF_MS",
+            s.worker.max_backoff_ms.to_string(),
+        );
         if let Some(limit) = s.retention.log_limit {
             set("RETENTION__LOG_LIMIT", limit.to_string());
         }
@@ -318,7 +327,13 @@ impl TestApp {
     /// how many were closed.
     pub fn close_worker_connections(&self) -> usize {
         let out = Command::new("rabbitmqctl")
-            .args(["list_connections", "pid", "client_properties", "--no-table-headers", "-q"])
+            .args([
+                "list_connections",
+                "pid",
+                "client_properties",
+                "--no-table-headers",
+                "-q",
+            ])
             .output()
             .expect("rabbitmqctl runs");
         let listing = String::from_utf8_lossy(&out.stdout);
@@ -655,9 +670,7 @@ impl Drop for TestApp {
             rt.block_on(async move {
                 // Not pool.close(): its connections live on the test's
                 // runtime, which is blocked here; DROP ... WITH (FORCE) ends them.
-                if let Ok(conn) =
-                    broker::connect(&settings.amqp, "test cleanup").await
-                {
+                if let Ok(conn) = broker::connect(&settings.amqp, "test cleanup").await {
                     if let Ok(ch) = conn.create_channel().await {
                         for q in [
                             &settings.amqp.events_queue,

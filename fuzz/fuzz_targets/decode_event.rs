@@ -1,0 +1,40 @@
+//! Arbitrary bytes into the event decoder and validator: it must never panic,
+//! must be deterministic, and whatever it accepts must satisfy every bound
+//! the wire contract documents.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use session_guard::domain::event::{
+    AppName, MAX_ATTRIBUTES_BYTES, MAX_EVENT_ID_CHARS, MAX_MESSAGE_BYTES, MAX_USER_AGENT_CHARS,
+    SessionEvent, SessionId, UserId,
+};
+
+fuzz_target!(|data: &[u8]| {
+    let first = SessionEvent::decode(data);
+    assert_eq!(first, SessionEvent::decode(data), "decoding is deterministic");
+    match first {
+        Ok(event) => {
+            assert!(data.len() <= MAX_MESSAGE_BYTES);
+            assert!(AppName::parse(event.app.as_str()).is_ok());
+            assert!(SessionId::parse(event.session_id.as_str()).is_ok());
+            if let Some(user) = &event.user_id {
+                assert!(UserId::parse(user.as_str()).is_ok());
+            } else {
+                assert_eq!(event.kind.as_str(), "logout", "only a logout may omit user_id");
+            }
+            if let Some(agent) = &event.user_agent {
+                assert!(agent.chars().count() <= MAX_USER_AGENT_CHARS && !agent.contains('\0'));
+            }
+            if let Some(id) = &event.event_id {
+                assert!(!id.is_empty() && id.chars().count() <= MAX_EVENT_ID_CHARS);
+            }
+            assert_eq!(event.occurred_at.timestamp_subsec_nanos() % 1000, 0, "microseconds");
+            let attributes = serde_json::to_vec(&event.attributes).unwrap();
+            assert!(attributes.len() <= MAX_ATTRIBUTES_BYTES);
+        }
+        Err(error) => {
+            // Every refusal has a reason to put in the dead-letter header.
+            assert!(!error.to_string().is_empty());
+        }
+    }
+});
