@@ -41,6 +41,15 @@ impl Health {
         }
     }
 
+    /// Publishes the gauges with their current values (at start, so they
+    /// exist before the first change).
+    pub fn publish_gauges(&self) {
+        let db = self.database.load(Ordering::Relaxed);
+        let broker = self.broker.load(Ordering::Relaxed);
+        metrics::gauge!("session_guard_database_up").set(f64::from(u8::from(db)));
+        metrics::gauge!("session_guard_broker_up").set(f64::from(u8::from(broker)));
+    }
+
     pub fn set_stopping(&self) {
         self.stopping.store(true, Ordering::Relaxed);
     }
@@ -100,7 +109,8 @@ pub async fn serve(listen: String, health: Arc<Health>, mut shutdown: Shutdown) 
                 _ => return,
             };
             let request = String::from_utf8_lossy(&buf[..n]);
-            let path = request.split_whitespace().nth(1).unwrap_or("/");
+            let target = request.split_whitespace().nth(1).unwrap_or("/");
+            let path = target.split('?').next().unwrap_or(target);
             let (status, content_type, body) = respond(path, &health);
             let response = format!(
                 "HTTP/1.1 {status}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",

@@ -159,11 +159,63 @@ pub async fn process_batch(
     rules: &Enforcement,
     events: &[SessionEvent],
     now: DateTime<Utc>,
-) -> sqlx::Result<BatchOutcome> {
-    let mut tx = pool.begin().await?;
+) -> Result<BatchOutcome, BatchError> {
+    let mut tx = pool.begin().await.map_err(BatchError::Connect)?;
     let outcome = apply_batch(&mut tx, rules, events, now).await?;
     tx.commit().await?;
     Ok(outcome)
+}
+
+/// Why a batch was not committed.
+#[derive(Debug, thiserror::Error)]
+pub enum BatchError {
+    /// No connection or transaction could be had: never the events' fault.
+    #[error("cannot start a transaction: {0}")]
+    Connect(#[source] sqlx::Error),
+    /// A statement (or the commit) failed.
+    #[error(transparent)]
+    Statement(#[from] sqlx::Error),
+}
+
+impl BatchError {
+    /// Whether retrying the same events later can succeed: everything but
+    /// errors that point at the events' own data.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            BatchError::Connect(_) => true,
+            BatchError::Statement(e) => is_transient(e),
+        }
+    }
+}
+
+/// Errors that say "try again later" rather than "these events are wrong".
+///
+/// Only errors about the data are permanent: SQLSTATE classes 22 (data
+/// exception), 23 (integrity constraint), P0 (raised by a PL/pgSQL
+/// function), 42 (syntax or undefined object: a bug, same every time; but not
+/// 42501, a missing privilege an operator can grant), and decoding errors.
+/// Everything else (connection loss, a database that refuses connections,
+/// deadlocks, serialization failures, shutdowns, resource limits) is retried
+/// with backoff for as long as it takes, and nothing is acked meanwhile.
+pub fn is_transient(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Database(db) => match db.code() {
+            Some(code) => {
+                let permanent = ["22", "23", "P0", "42"].iter().any(|c| code.starts_with(c));
+                !permanent || code == "42501"
+            }
+            None => true,
+        },
+        sqlx::Error::ColumnDecode { .. }
+        | sqlx::Error::Decode(_)
+        | sqlx::Error::Encode(_)
+        | sqlx::Error::TypeNotFound { .. }
+        | sqlx::Error::ColumnNotFound(_)
+        | sqlx::Error::ColumnIndexOutOfBounds { .. }
+        | sqlx::Error::RowNotFound
+        | sqlx::Error::InvalidArgument(_) => false,
+        _ => true,
+    }
 }
 
 /// The body of [`process_batch`], on a connection inside a transaction.
@@ -1210,6 +1262,16 @@ pub async fn effective_limits(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_data_errors_are_permanent() {
+        assert!(is_transient(&sqlx::Error::PoolTimedOut));
+        assert!(is_transient(&sqlx::Error::Io(std::io::Error::other(
+            "reset"
+        ))));
+        assert!(!is_transient(&sqlx::Error::RowNotFound));
+        assert!(BatchError::Connect(sqlx::Error::RowNotFound).is_transient());
+    }
 
     #[test]
     fn lock_keys_are_stable() {

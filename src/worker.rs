@@ -29,6 +29,9 @@ use crate::store::{self, Enforcement};
 
 /// Seconds between two passes of the housekeeping task (tombstone expiry).
 const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(60);
+/// Pause before requeueing an event the database refused, times its
+/// delivery count.
+const REQUEUE_PAUSE: Duration = Duration::from_millis(100);
 /// How often housekeeping pings PostgreSQL for readiness.
 const PING_EVERY: Duration = Duration::from_secs(5);
 /// Tombstones deleted per statement, so one pass never holds locks for long.
@@ -72,13 +75,15 @@ impl WorkerBuilder {
         let rules = Enforcement::from_settings(&self.settings, &self.hooks)?;
         tracing::info!(hooks = ?rules.hooks.names(), enforce = rules.enforce, "rule hooks");
         let pool = store::connect_and_migrate(&self.settings.database).await?;
+        let health = Arc::new(Health::default());
+        health.set_database(true);
         Ok(Worker {
             context: Arc::new(Context {
                 settings: self.settings,
                 pool,
                 rules,
                 relay_wake: Notify::new(),
-                health: Arc::new(Health::default()),
+                health,
             }),
         })
     }
@@ -117,6 +122,7 @@ impl Worker {
         let (stop_relaying, relay_shutdown) = shutdown::channel();
         let (stop_housekeeping, housekeeping_shutdown) = shutdown::channel();
 
+        ctx.health.publish_gauges();
         let consumer = tokio::spawn(run_consumer(ctx.clone(), consumer_shutdown));
         let relay = tokio::spawn(relay::run(ctx.clone(), relay_shutdown));
         let housekeeping = tokio::spawn(run_housekeeping(ctx.clone(), housekeeping_shutdown));
@@ -367,6 +373,8 @@ async fn handle_batch(
                                 .context("cannot ack")?;
                         } else {
                             tracing::warn!(error = %text, delivery_count = count, "event failed; requeued");
+                            // Not straight back into a hot loop.
+                            tokio::time::sleep(REQUEUE_PAUSE * (count + 1)).await;
                             channel
                                 .basic_nack(
                                     delivery.delivery_tag,
@@ -431,7 +439,7 @@ async fn reject(
 enum Applied {
     Committed,
     /// PostgreSQL refused the batch for a reason retrying will not fix.
-    Rejected(sqlx::Error),
+    Rejected(store::BatchError),
     ShuttingDown,
 }
 
@@ -469,7 +477,7 @@ async fn apply_with_retry(
                 }
                 return Applied::Committed;
             }
-            Err(e) if is_transient(&e) => {
+            Err(e) if e.is_transient() => {
                 ctx.health.set_database(false);
                 let delay = backoff.next_delay();
                 metrics::counter!("session_guard_database_retries_total").increment(1);
@@ -481,28 +489,6 @@ async fn apply_with_retry(
             }
             Err(e) => return Applied::Rejected(e),
         }
-    }
-}
-
-/// Errors that say "try again later" rather than "this event is wrong".
-pub(crate) fn is_transient(error: &sqlx::Error) -> bool {
-    match error {
-        sqlx::Error::Io(_)
-        | sqlx::Error::Tls(_)
-        | sqlx::Error::Protocol(_)
-        | sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
-        | sqlx::Error::WorkerCrashed => true,
-        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
-            // 40: serialization failure / deadlock; 08: connection; 53:
-            // insufficient resources; 57: operator intervention (shutdown);
-            // 55P03: lock not available; 58: system error.
-            ["40", "08", "53", "57", "58"]
-                .iter()
-                .any(|c| code.starts_with(c))
-                || code == "55P03"
-        }),
-        _ => false,
     }
 }
 

@@ -4,10 +4,20 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use serde_json::Value;
 use session_guard::domain::event::{
-    AppName, MAX_ATTRIBUTES_BYTES, MAX_EVENT_ID_CHARS, MAX_MESSAGE_BYTES, MAX_USER_AGENT_CHARS,
-    SessionEvent, SessionId, UserId,
+    AppName, MAX_ATTRIBUTE_DEPTH, MAX_ATTRIBUTE_KEYS, MAX_ATTRIBUTES_BYTES, MAX_EVENT_ID_CHARS,
+    MAX_MESSAGE_BYTES, MAX_ROLE_CHARS, MAX_ROLES, MAX_USER_AGENT_CHARS, SessionEvent, SessionId,
+    UserId,
 };
+
+fn depth(v: &Value) -> usize {
+    match v {
+        Value::Array(items) => 1 + items.iter().map(depth).max().unwrap_or(0),
+        Value::Object(map) => 1 + map.values().map(depth).max().unwrap_or(0),
+        _ => 1,
+    }
+}
 
 fuzz_target!(|data: &[u8]| {
     let first = SessionEvent::decode(data);
@@ -31,6 +41,23 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(event.occurred_at.timestamp_subsec_nanos() % 1000, 0, "microseconds");
             let attributes = serde_json::to_vec(&event.attributes).unwrap();
             assert!(attributes.len() <= MAX_ATTRIBUTES_BYTES);
+            assert!(event.attributes.len() <= MAX_ATTRIBUTE_KEYS);
+            assert!(depth(&Value::Object(event.attributes.clone())) <= MAX_ATTRIBUTE_DEPTH);
+            match event.attributes.get("superuser") {
+                None | Some(Value::Null) | Some(Value::Bool(_)) => {}
+                Some(other) => panic!("superuser accepted as {other}"),
+            }
+            match event.attributes.get("roles") {
+                None | Some(Value::Null) => {}
+                Some(Value::Array(roles)) => {
+                    assert!(roles.len() <= MAX_ROLES);
+                    for role in roles {
+                        let role = role.as_str().expect("roles are strings");
+                        assert!(!role.is_empty() && role.chars().count() <= MAX_ROLE_CHARS);
+                    }
+                }
+                Some(other) => panic!("roles accepted as {other}"),
+            }
         }
         Err(error) => {
             // Every refusal has a reason to put in the dead-letter header.

@@ -78,10 +78,15 @@ async fn dropped_broker_connections_lose_nothing() {
         expected.insert(format!("u{u}-old"));
         if u % 20 == 10 {
             // Drop the worker's consumer and relay connections mid-stream.
-            app.wait_for("the worker to be connected", || async {
-                app.close_worker_connections() > 0
-            })
-            .await;
+            let (mut consumers, mut relays) = (0, 0);
+            let deadline = Instant::now() + PATIENCE;
+            while consumers == 0 || relays == 0 {
+                assert!(Instant::now() < deadline, "the worker never reconnected");
+                let (c, r) = app.close_worker_connections().await;
+                consumers += c;
+                relays += r;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
         }
     }
     wait_logged(&app, "shop", users as i64 * 2).await;
@@ -126,9 +131,20 @@ async fn a_database_outage_stops_acks_and_the_worker_catches_up() {
     })
     .await;
     // Nothing could be committed, so nothing may have been acked: the
-    // events are all still in the queue, and none was dead-lettered.
+    // events are all still in the queue (ready, or held unacked by the
+    // worker), and none was dead-lettered.
+    // (RabbitMQ refreshes queue statistics every few seconds: poll.)
+    app.wait_for("the 40 events to show in the queue", || async {
+        app.events_in_queue().await == 40
+    })
+    .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    assert_eq!(app.dead_letter_count().await, 0);
+    assert_eq!(
+        app.events_in_queue().await,
+        40,
+        "an event was acked without a commit"
+    );
+    app.assert_no_dead_letters(Duration::from_millis(500)).await;
 
     app.restore_database().await;
     app.settle().await;
@@ -182,7 +198,7 @@ async fn sigkill_mid_stream_then_restart_ends_as_an_uninterrupted_run() {
             [format!("u{u}-s{}", per_user - 1)]
         );
     }
-    assert_eq!(app.dead_letter_count().await, 0);
+    app.assert_no_dead_letters(Duration::from_millis(500)).await;
 }
 
 #[tokio::test]
@@ -223,17 +239,27 @@ async fn three_workers_agree_with_the_rules_even_when_one_is_killed() {
     for (round, kill) in [(0u64, false), (1, true)] {
         let mut app = spawn_app_without_worker(|s| s.limits.max_sessions = 2).await;
         let workers: Vec<usize> = (0..3).map(|_| app.spawn_process()).collect();
+        // Let all three start consuming before the stream, so they share it.
+        tokio::time::sleep(Duration::from_secs(2)).await;
         let (users, per_user) = (200usize, 5i64);
         let total = users as i64 * per_user;
 
-        // Logins, shuffled; one worker killed and restarted in the middle.
-        let events = logins(users, per_user, 1000 + round);
-        for (n, e) in events.iter().enumerate() {
-            app.publish(e).await;
-            if kill && n == events.len() / 2 {
-                app.kill_process(workers[1]);
-                app.spawn_process();
-            }
+        // Logins, shuffled; one worker killed (busy, holding deliveries)
+        // and restarted in the middle.
+        for e in logins(users, per_user, 1000 + round) {
+            app.publish(&e).await;
+        }
+        if kill {
+            app.wait_for("a third of the logins", || async {
+                app.logged("shop").await >= total / 3
+            })
+            .await;
+            app.kill_process(workers[1]);
+            assert!(
+                app.logged("shop").await < total,
+                "killed too late to mean anything"
+            );
+            app.spawn_process();
         }
         wait_logged(&app, "shop", total).await;
 
@@ -301,9 +327,117 @@ async fn three_workers_agree_with_the_rules_even_when_one_is_killed() {
             assert!(active.len() <= 2);
         }
         // No deadlock or serialization failure surfaced as a failed event.
-        assert_eq!(app.dead_letter_count().await, 0, "round {round}");
+        app.assert_no_dead_letters(Duration::from_millis(500)).await;
         eprintln!("round {round}: {} revokes, {resent} re-sent", revokes.len());
     }
+}
+
+/// A message that keeps killing workers (here: delivered and returned to the
+/// queue, as a crash would) is dead-lettered by the broker after
+/// `amqp.max_redeliveries`, thanks to the queue's `x-delivery-limit`.
+#[tokio::test]
+async fn the_queue_dead_letters_a_message_that_keeps_coming_back() {
+    let mut app = spawn_app_without_worker(|s| s.amqp.max_redeliveries = 2).await;
+    let event = login("shop", "crasher", "cy", t(0));
+    app.publish(&event).await;
+    let channel = app.publisher.clone();
+    let queue = app.settings.amqp.events_queue.clone();
+    let mut deliveries = 0;
+    loop {
+        let got = channel
+            .basic_get(
+                queue.as_str().into(),
+                lapin::options::BasicGetOptions::default(),
+            )
+            .await
+            .unwrap();
+        let Some(message) = got else {
+            break;
+        };
+        deliveries += 1;
+        assert!(deliveries <= 10, "the delivery limit did not apply");
+        message
+            .delivery
+            .nack(lapin::options::BasicNackOptions {
+                requeue: true,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        deliveries, 3,
+        "delivered once, then redelivered max_redeliveries times"
+    );
+    let dead = app.next_dead_letter().await;
+    assert_eq!(dead.body, event.to_string().into_bytes());
+}
+
+/// The health endpoint of a real worker process: ready, metrics, and not
+/// ready once the database is cut off.
+#[tokio::test]
+async fn the_health_endpoint_reports_readiness_and_metrics() {
+    let mut app = spawn_app_without_worker(|_| {}).await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut cmd = app.command(&["run"]);
+    cmd.env("SESSION_GUARD__METRICS__LISTEN", &listen)
+        .stdout(std::process::Stdio::null());
+    app.adopt_process(cmd.spawn().unwrap());
+    let get = |path: &'static str| {
+        let listen = listen.clone();
+        async move {
+            let mut stream = tokio::net::TcpStream::connect(&listen).await.ok()?;
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            stream
+                .write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes())
+                .await
+                .ok()?;
+            let mut response = String::new();
+            stream.read_to_string(&mut response).await.ok()?;
+            Some(response)
+        }
+    };
+    app.wait_for("the worker to be ready", || async {
+        get("/health/ready")
+            .await
+            .is_some_and(|r| r.starts_with("HTTP/1.1 200"))
+    })
+    .await;
+    app.publish(&login("shop", "m1", "mo", t(0))).await;
+    app.publish(&login("shop", "m2", "mo", t(1))).await;
+    app.wait_for("the revocation to be counted", || async {
+        get("/metrics")
+            .await
+            .is_some_and(|m| m.contains("session_guard_sessions_revoked_total 1"))
+    })
+    .await;
+    assert!(
+        get("/health/live")
+            .await
+            .unwrap()
+            .starts_with("HTTP/1.1 200")
+    );
+
+    app.cut_database().await;
+    app.wait_for("readiness to report the outage", || async {
+        get("/health/ready")
+            .await
+            .is_some_and(|r| r.starts_with("HTTP/1.1 503") && r.contains("database unavailable"))
+    })
+    .await;
+    app.restore_database().await;
+    app.wait_for("the worker to be ready again", || async {
+        get("/health/ready")
+            .await
+            .is_some_and(|r| r.starts_with("HTTP/1.1 200"))
+    })
+    .await;
 }
 
 /// A full RabbitMQ stop and start, not only dropped connections. It stops the

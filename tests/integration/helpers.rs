@@ -316,6 +316,12 @@ impl TestApp {
         self.processes.len() - 1
     }
 
+    /// Takes charge of a process the test started itself (killed on drop).
+    pub fn adopt_process(&mut self, child: Child) -> usize {
+        self.processes.push(child);
+        self.processes.len() - 1
+    }
+
     /// Kills a child process with SIGKILL, as a crash would, and reaps it.
     pub fn kill_process(&mut self, index: usize) {
         self.processes[index].kill().expect("SIGKILL");
@@ -324,9 +330,11 @@ impl TestApp {
 
     /// Closes the RabbitMQ connections of this test's workers (in-process or
     /// processes), as a network fault would; the test's own stay. Returns
-    /// how many were closed.
-    pub fn close_worker_connections(&self) -> usize {
-        let out = Command::new("rabbitmqctl")
+    /// how many consumer and relay connections were closed.
+    pub async fn close_worker_connections(&self) -> (usize, usize) {
+        // tokio's Command: a blocking wait would freeze the in-process worker
+        // that shares this test's runtime.
+        let out = tokio::process::Command::new("rabbitmqctl")
             .args([
                 "list_connections",
                 "pid",
@@ -335,28 +343,65 @@ impl TestApp {
                 "-q",
             ])
             .output()
+            .await
             .expect("rabbitmqctl runs");
         let listing = String::from_utf8_lossy(&out.stdout);
         let queue = &self.settings.amqp.events_queue;
-        let mut closed = 0;
+        let consumer = format!("session-guard consumer ({queue})");
+        let relay = format!("session-guard relay ({queue})");
+        let (mut consumers, mut relays) = (0, 0);
         for line in listing.lines() {
-            let ours = [
-                format!("session-guard consumer ({queue})"),
-                format!("session-guard relay ({queue})"),
-            ];
-            if !ours.iter().any(|name| line.contains(name.as_str())) {
+            let is_consumer = line.contains(consumer.as_str());
+            if !is_consumer && !line.contains(relay.as_str()) {
                 continue;
             }
             let pid = line.split('\t').next().unwrap_or_default();
-            let status = Command::new("rabbitmqctl")
+            let status = tokio::process::Command::new("rabbitmqctl")
                 .args(["close_connection", pid, "injected fault"])
                 .output()
+                .await
                 .expect("rabbitmqctl runs");
             if status.status.success() {
-                closed += 1;
+                if is_consumer {
+                    consumers += 1;
+                } else {
+                    relays += 1;
+                }
             }
         }
-        closed
+        (consumers, relays)
+    }
+
+    /// Messages in the events queue, ready or delivered and not yet acked.
+    pub async fn events_in_queue(&self) -> u64 {
+        let out = tokio::process::Command::new("rabbitmqctl")
+            .args([
+                "list_queues",
+                "name",
+                "messages",
+                "--no-table-headers",
+                "-q",
+            ])
+            .output()
+            .await
+            .expect("rabbitmqctl runs");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.split_once('\t'))
+            .find(|(name, _)| *name == self.settings.amqp.events_queue)
+            .and_then(|(_, n)| n.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Fails if a dead letter arrives within `wait`.
+    pub async fn assert_no_dead_letters(&mut self, wait: Duration) {
+        if let Ok(Some(Ok(d))) = tokio::time::timeout(wait, self.dead.next()).await {
+            panic!(
+                "unexpected dead letter: {:?} {:?}",
+                String::from_utf8_lossy(&d.data),
+                d.properties.headers()
+            );
+        }
     }
 
     /// Cuts this test's database off: its connections are terminated and new
@@ -405,24 +450,6 @@ impl TestApp {
             got.push(r);
         }
         got
-    }
-
-    /// Messages in the dead-letter queue right now (without consuming them).
-    pub async fn dead_letter_count(&self) -> u32 {
-        let ch = self.connection.create_channel().await.unwrap();
-        let q = ch
-            .queue_declare(
-                self.settings.amqp.dead_letter_queue.as_str().into(),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
-        let _ = ch.close(200, "done".into()).await;
-        q.message_count()
     }
 
     /// Rows in the session log for `app`.
