@@ -47,6 +47,9 @@ pub enum Command {
     /// Revoke sessions as an operator (reason "admin"); running workers
     /// publish the revoke events.
     Revoke(RevokeArgs),
+    /// Measure throughput, latency and memory against the local services,
+    /// next to a baseline consumer; writes BENCHMARKS.md.
+    Bench(crate::bench::BenchArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -176,6 +179,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Sessions(args) => sessions(&settings, &args).await,
         Command::Limits { action } => limits(&settings, action).await,
         Command::Revoke(args) => revoke(&settings, &args).await,
+        Command::Bench(args) => crate::bench::run(&settings, &args).await,
     }
 }
 

@@ -11,6 +11,7 @@
 //! - [`configuration`], [`telemetry`], [`cli`]: the edges.
 
 pub mod backoff;
+pub mod bench;
 pub mod broker;
 pub mod cli;
 pub mod configuration;
