@@ -414,7 +414,7 @@ async fn drain_baseline(
     while count < n {
         let delivery = consumer.next().await.context("consumer ended")??;
         count += 1;
-        if count % 500 == 0 || count == n {
+        if count.is_multiple_of(500) || count == n {
             delivery.ack(BasicAckOptions { multiple: true }).await?;
         }
     }
