@@ -11,6 +11,7 @@
 //! - [`configuration`], [`telemetry`], [`cli`]: the edges.
 
 pub mod backoff;
+mod batch;
 pub mod bench;
 pub mod broker;
 pub mod cli;

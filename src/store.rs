@@ -8,7 +8,7 @@
 //! after the commit, so a crash anywhere before it replays the batch, and
 //! replaying changes nothing because every step is idempotent.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::time::Duration;
 
@@ -20,13 +20,13 @@ use sqlx::{PgConnection, PgPool, Postgres};
 use uuid::Uuid;
 
 use crate::configuration::{DatabaseSettings, redact_url};
-use crate::domain::decision::{Candidate, Caps, Scope, idle_sessions, select_victims};
-use crate::domain::event::{AppName, EventKind, SessionEvent, SessionId, UserId};
+use crate::domain::decision::Candidate;
+use crate::domain::event::{AppName, SessionEvent, SessionId, UserId};
 use crate::domain::limits::{
-    EffectiveLimits, EvictionPolicy, HookChain, HookContext, Limits, SessionSummary, UserOverride,
+    EffectiveLimits, EvictionPolicy, HookChain, HookContext, SessionSummary, UserOverride,
 };
 use crate::domain::revoke::RevokeMessage;
-use crate::domain::session::{EndReason, SessionRecord, apply_event};
+use crate::domain::session::EndReason;
 
 /// Migrations in ./migrations, embedded so the binary can apply them itself.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -138,7 +138,10 @@ pub fn user_lock_key(user_id: &str) -> i64 {
 }
 
 /// Takes the transaction-scoped locks of `users`, in ascending key order.
-async fn lock_users(conn: &mut PgConnection, users: &BTreeSet<String>) -> sqlx::Result<()> {
+pub(crate) async fn lock_users(
+    conn: &mut PgConnection,
+    users: &BTreeSet<String>,
+) -> sqlx::Result<()> {
     let mut keys: Vec<i64> = users.iter().map(|u| user_lock_key(u)).collect();
     keys.sort_unstable();
     keys.dedup();
@@ -218,345 +221,18 @@ pub fn is_transient(error: &sqlx::Error) -> bool {
     }
 }
 
-/// The body of [`process_batch`], on a connection inside a transaction.
+/// The body of [`process_batch`], on a connection inside a transaction: the
+/// set-based batch engine of [`crate::batch`].
 pub async fn apply_batch(
     conn: &mut PgConnection,
     rules: &Enforcement,
     events: &[SessionEvent],
     now: DateTime<Utc>,
 ) -> sqlx::Result<BatchOutcome> {
-    // Who the batch touches: a logout may leave its user out, so look it up.
-    let mut users: BTreeSet<String> = BTreeSet::new();
-    let mut event_users: Vec<Option<UserId>> = Vec::with_capacity(events.len());
-    for event in events {
-        let user = match &event.user_id {
-            Some(u) => Some(u.clone()),
-            None => find_user(conn, &event.app, &event.session_id).await?,
-        };
-        if let Some(u) = &user {
-            users.insert(u.as_str().to_owned());
-        }
-        event_users.push(user);
-    }
-    lock_users(conn, &users).await?;
-
-    let mut outcome = BatchOutcome::default();
-    let mut outbox: Vec<RevokeMessage> = Vec::new();
-    // The log_limit that applies to each user: from the last check of them,
-    // or, for a user who only logged out, to be asked of the hooks.
-    let mut log_limits: BTreeMap<String, LogLimit> = BTreeMap::new();
-    for (event, user) in events.iter().zip(&event_users) {
-        let applied = loop {
-            let current = fetch_session(conn, &event.app, &event.session_id).await?;
-            let from_tombstone = matches!(current, Some((_, true)));
-            let existed = current.is_some();
-            let applied = apply_event(
-                current.map(|(r, _)| r),
-                event,
-                now,
-                rules.repeat_revoke_after,
-            );
-            if !applied.changed {
-                break applied;
-            }
-            if from_tombstone {
-                update_tombstone(conn, &applied.record).await?;
-            } else if existed {
-                update_session(conn, &applied.record).await?;
-            } else if !insert_session(conn, &applied.record).await? {
-                // Another transaction created the row meanwhile: start over
-                // from its version.
-                continue;
-            }
-            break applied;
-        };
-        if applied.repeat_revoke {
-            let r = &applied.record;
-            if let (Some(user_id), Some(reason), Some(revoked_at)) =
-                (&r.user_id, r.end_reason, r.ended_at)
-            {
-                outbox.push(RevokeMessage::new(
-                    &r.app,
-                    r.session_id.as_str(),
-                    user_id.as_str(),
-                    reason,
-                    revoked_at,
-                    r.max_sessions.unwrap_or(rules.hooks.base().max_sessions),
-                    true,
-                ));
-                outcome.repeated += 1;
-            }
-        }
-        let Some(user) = user else { continue };
-        match event.kind {
-            EventKind::Login | EventKind::Request => {
-                let check = check_user(conn, rules, user, event, now).await?;
-                outcome.revoked += check.revokes.len();
-                outcome.shadow_revoked += check.shadow_revoked;
-                outbox.extend(check.revokes);
-                log_limits.insert(
-                    user.as_str().to_owned(),
-                    LogLimit::Known(check.limits.log_limit),
-                );
-            }
-            EventKind::LogoutOthers | EventKind::LogoutAll => {
-                let (keep, reason) = if event.kind == EventKind::LogoutOthers {
-                    (Some(&event.session_id), EndReason::LogoutOthers)
-                } else {
-                    (None, EndReason::LogoutAll)
-                };
-                let limits = limits_for(conn, rules, user, &event.app, &event.attributes).await?;
-                let revokes = revoke_users_sessions(
-                    conn,
-                    user,
-                    &event.app,
-                    keep,
-                    event.occurred_at,
-                    Revocation {
-                        reason,
-                        ended_by: "user".to_owned(),
-                        note: None,
-                        max_sessions: limits.limits.max_sessions,
-                    },
-                    now,
-                )
-                .await?;
-                outcome.revoked += revokes.len();
-                outbox.extend(revokes);
-                log_limits.insert(
-                    user.as_str().to_owned(),
-                    LogLimit::Known(limits.limits.log_limit),
-                );
-            }
-            EventKind::Logout => {
-                log_limits
-                    .entry(user.as_str().to_owned())
-                    .or_insert_with(|| LogLimit::Unknown(event.app.clone()));
-            }
-        }
-    }
-    write_outbox(conn, &outbox).await?;
-    for (user, log_limit) in log_limits {
-        let keep = match log_limit {
-            LogLimit::Known(keep) => keep,
-            // Only logged out in this batch: ask the hooks, with the
-            // attributes of the user's latest event in that app.
-            LogLimit::Unknown(app) => {
-                let user = UserId::from_trusted(user.clone());
-                let attributes = stored_attributes(conn, &user, &app).await?;
-                limits_for(conn, rules, &user, &app, &attributes)
-                    .await?
-                    .limits
-                    .log_limit
-            }
-        };
-        if let Some(keep) = keep {
-            outcome.pruned += prune_log(conn, &user, keep, now).await?;
-        }
-    }
-    Ok(outcome)
+    crate::batch::apply(conn, rules, events, now).await
 }
 
-/// The log_limit of a user touched by a batch.
-enum LogLimit {
-    /// Computed by a check (`None` = keep everything).
-    Known(Option<u32>),
-    /// Not computed yet: the user only logged out, in this app.
-    Unknown(AppName),
-}
-
-/// The attributes of the user's latest event in `app` that had any.
-async fn stored_attributes(
-    conn: &mut PgConnection,
-    user: &UserId,
-    app: &AppName,
-) -> sqlx::Result<serde_json::Map<String, serde_json::Value>> {
-    let value: Option<serde_json::Value> = sqlx::query_scalar(
-        "SELECT attributes FROM sessions
-         WHERE user_id = $1 AND app = $2 AND attributes IS NOT NULL
-         ORDER BY last_seen_at DESC LIMIT 1",
-    )
-    .bind(user.as_str())
-    .bind(app.as_str())
-    .fetch_optional(conn)
-    .await?;
-    Ok(match value {
-        Some(serde_json::Value::Object(map)) => map,
-        _ => serde_json::Map::new(),
-    })
-}
-
-/// The user of a known session, for a logout that did not name one.
-async fn find_user(
-    conn: &mut PgConnection,
-    app: &AppName,
-    session_id: &SessionId,
-) -> sqlx::Result<Option<UserId>> {
-    let user: Option<Option<String>> = sqlx::query_scalar(
-        "SELECT user_id FROM sessions WHERE app = $1 AND session_id = $2
-         UNION ALL
-         SELECT user_id FROM session_tombstones WHERE app = $1 AND session_id = $2
-         LIMIT 1",
-    )
-    .bind(app.as_str())
-    .bind(session_id.as_str())
-    .fetch_optional(conn)
-    .await?;
-    Ok(user.flatten().map(UserId::from_trusted))
-}
-
-/// A session row as stored.
-#[derive(sqlx::FromRow)]
-struct SessionRow {
-    app: String,
-    session_id: String,
-    user_id: Option<String>,
-    login_at: DateTime<Utc>,
-    login_seen: bool,
-    last_seen_at: DateTime<Utc>,
-    ip: Option<IpAddr>,
-    user_agent: Option<String>,
-    expires_at: Option<DateTime<Utc>>,
-    ended_at: Option<DateTime<Utc>>,
-    end_reason: Option<String>,
-    max_sessions: Option<i32>,
-    last_revoke_at: Option<DateTime<Utc>>,
-    attributes: Option<serde_json::Value>,
-}
-
-impl From<SessionRow> for SessionRecord {
-    fn from(row: SessionRow) -> SessionRecord {
-        SessionRecord {
-            app: AppName::from_trusted(row.app),
-            session_id: SessionId::from_trusted(row.session_id),
-            user_id: row.user_id.map(UserId::from_trusted),
-            login_at: row.login_at,
-            login_seen: row.login_seen,
-            last_seen_at: row.last_seen_at,
-            ip: row.ip,
-            user_agent: row.user_agent,
-            expires_at: row.expires_at,
-            ended_at: row.ended_at,
-            end_reason: row.end_reason.as_deref().and_then(EndReason::parse),
-            max_sessions: row.max_sessions.map(|n| n.max(0) as u32),
-            last_revoke_at: row.last_revoke_at,
-            attributes: row.attributes,
-        }
-    }
-}
-
-/// The session's record, locked for this transaction; `true` when it comes
-/// from the tombstones (its log row was pruned).
-async fn fetch_session(
-    conn: &mut PgConnection,
-    app: &AppName,
-    session_id: &SessionId,
-) -> sqlx::Result<Option<(SessionRecord, bool)>> {
-    let row: Option<SessionRow> = sqlx::query_as(
-        "SELECT app, session_id, user_id, login_at, login_seen, last_seen_at, ip, user_agent,
-                expires_at, ended_at, end_reason, max_sessions, last_revoke_at, attributes
-         FROM sessions WHERE app = $1 AND session_id = $2 FOR UPDATE",
-    )
-    .bind(app.as_str())
-    .bind(session_id.as_str())
-    .fetch_optional(&mut *conn)
-    .await?;
-    if let Some(row) = row {
-        return Ok(Some((row.into(), false)));
-    }
-    let row: Option<SessionRow> = sqlx::query_as(
-        "SELECT app, session_id, user_id, login_at, true AS login_seen, last_seen_at,
-                NULL::inet AS ip, NULL::text AS user_agent, expires_at, ended_at, end_reason,
-                max_sessions, last_revoke_at, NULL::jsonb AS attributes
-         FROM session_tombstones WHERE app = $1 AND session_id = $2 FOR UPDATE",
-    )
-    .bind(app.as_str())
-    .bind(session_id.as_str())
-    .fetch_optional(conn)
-    .await?;
-    Ok(row.map(|r| (r.into(), true)))
-}
-
-/// Inserts a new row; `false` if a concurrent transaction inserted it first.
-async fn insert_session(conn: &mut PgConnection, r: &SessionRecord) -> sqlx::Result<bool> {
-    let done = sqlx::query(
-        "INSERT INTO sessions (app, session_id, user_id, login_at, login_seen, last_seen_at, ip,
-                               user_agent, expires_at, ended_at, end_reason, max_sessions,
-                               last_revoke_at, attributes)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
-         ON CONFLICT (app, session_id) DO NOTHING",
-    )
-    .bind(r.app.as_str())
-    .bind(r.session_id.as_str())
-    .bind(r.user_id.as_ref().map(UserId::as_str))
-    .bind(r.login_at)
-    .bind(r.login_seen)
-    .bind(r.last_seen_at)
-    .bind(r.ip)
-    .bind(r.user_agent.as_deref())
-    .bind(r.expires_at)
-    .bind(r.ended_at)
-    .bind(r.end_reason.map(EndReason::as_str))
-    .bind(r.max_sessions.map(|n| n as i32))
-    .bind(r.last_revoke_at)
-    .bind(&r.attributes)
-    .execute(conn)
-    .await?;
-    Ok(done.rows_affected() == 1)
-}
-
-async fn update_session(conn: &mut PgConnection, r: &SessionRecord) -> sqlx::Result<()> {
-    sqlx::query(
-        "UPDATE sessions SET user_id = $3, login_at = $4, login_seen = $5, last_seen_at = $6,
-                ip = $7, user_agent = $8, expires_at = $9, ended_at = $10, end_reason = $11,
-                max_sessions = $12, last_revoke_at = $13, attributes = $14
-         WHERE app = $1 AND session_id = $2",
-    )
-    .bind(r.app.as_str())
-    .bind(r.session_id.as_str())
-    .bind(r.user_id.as_ref().map(UserId::as_str))
-    .bind(r.login_at)
-    .bind(r.login_seen)
-    .bind(r.last_seen_at)
-    .bind(r.ip)
-    .bind(r.user_agent.as_deref())
-    .bind(r.expires_at)
-    .bind(r.ended_at)
-    .bind(r.end_reason.map(EndReason::as_str))
-    .bind(r.max_sessions.map(|n| n as i32))
-    .bind(r.last_revoke_at)
-    .bind(&r.attributes)
-    .execute(conn)
-    .await?;
-    Ok(())
-}
-
-/// A pruned session only tracks what the repeat-revoke rule needs.
-async fn update_tombstone(conn: &mut PgConnection, r: &SessionRecord) -> sqlx::Result<()> {
-    sqlx::query(
-        "UPDATE session_tombstones SET user_id = $3, login_at = $4, last_seen_at = $5,
-                last_revoke_at = $6
-         WHERE app = $1 AND session_id = $2",
-    )
-    .bind(r.app.as_str())
-    .bind(r.session_id.as_str())
-    .bind(r.user_id.as_ref().map(UserId::as_str))
-    .bind(r.login_at)
-    .bind(r.last_seen_at)
-    .bind(r.last_revoke_at)
-    .execute(conn)
-    .await?;
-    Ok(())
-}
-
-/// What a check decided.
-struct Check {
-    revokes: Vec<RevokeMessage>,
-    shadow_revoked: usize,
-    limits: Limits,
-}
-
-/// An active session row, for the check.
+/// An active session row, for operator revocations.
 #[derive(sqlx::FromRow)]
 struct ActiveRow {
     app: String,
@@ -564,6 +240,70 @@ struct ActiveRow {
     login_at: DateTime<Utc>,
     login_seen: bool,
     last_seen_at: DateTime<Utc>,
+}
+
+/// The limits operators stored for each of `users`.
+pub(crate) async fn load_overrides_of(
+    conn: &mut PgConnection,
+    users: &[&str],
+) -> sqlx::Result<std::collections::HashMap<String, Vec<UserOverride>>> {
+    let rows: Vec<(String, OverrideRow)> = if users.is_empty() {
+        Vec::new()
+    } else {
+        let rows: Vec<UserOverrideRow> = sqlx::query_as(
+            "SELECT user_id, app, max_sessions, max_sessions_global, policy, idle_timeout,
+                    log_limit
+             FROM user_overrides WHERE user_id = ANY($1) ORDER BY user_id, app",
+        )
+        .bind(users)
+        .fetch_all(conn)
+        .await?;
+        rows.into_iter()
+            .map(|r| {
+                (
+                    r.user_id,
+                    OverrideRow {
+                        app: r.app,
+                        max_sessions: r.max_sessions,
+                        max_sessions_global: r.max_sessions_global,
+                        policy: r.policy,
+                        idle_timeout: r.idle_timeout,
+                        log_limit: r.log_limit,
+                    },
+                )
+            })
+            .collect()
+    };
+    let mut out: std::collections::HashMap<String, Vec<UserOverride>> = Default::default();
+    for (user, row) in rows {
+        out.entry(user).or_default().push(row.into());
+    }
+    Ok(out)
+}
+
+/// A row of `user_overrides` with its user.
+#[derive(sqlx::FromRow)]
+struct UserOverrideRow {
+    user_id: String,
+    app: String,
+    max_sessions: Option<i32>,
+    max_sessions_global: Option<i32>,
+    policy: Option<String>,
+    idle_timeout: Option<i64>,
+    log_limit: Option<i32>,
+}
+
+impl From<OverrideRow> for UserOverride {
+    fn from(r: OverrideRow) -> UserOverride {
+        UserOverride {
+            app: (!r.app.is_empty()).then_some(r.app),
+            max_sessions: r.max_sessions.map(|n| n.max(0) as u32),
+            max_sessions_global: r.max_sessions_global.map(|n| n.max(0) as u32),
+            policy: r.policy.and_then(|p| p.parse().ok()),
+            idle_timeout: r.idle_timeout.map(|n| n.max(0) as u64),
+            log_limit: r.log_limit.map(|n| n.max(0) as u32),
+        }
+    }
 }
 
 /// The limits operators stored for a user.
@@ -578,17 +318,7 @@ pub async fn load_overrides(
     .bind(user)
     .fetch_all(conn)
     .await?;
-    Ok(rows
-        .into_iter()
-        .map(|r| UserOverride {
-            app: (!r.app.is_empty()).then_some(r.app),
-            max_sessions: r.max_sessions.map(|n| n.max(0) as u32),
-            max_sessions_global: r.max_sessions_global.map(|n| n.max(0) as u32),
-            policy: r.policy.and_then(|p| p.parse().ok()),
-            idle_timeout: r.idle_timeout.map(|n| n.max(0) as u64),
-            log_limit: r.log_limit.map(|n| n.max(0) as u32),
-        })
-        .collect())
+    Ok(rows.into_iter().map(UserOverride::from).collect())
 }
 
 /// A row of `user_overrides`; `app` is empty for the all-apps override.
@@ -663,171 +393,6 @@ pub async fn limits_for(
         sessions: &summaries,
         overrides: &overrides,
     }))
-}
-
-/// Checks one user, as of an event in `app`: runs the hooks, expires idle
-/// sessions, applies the per-app and global limits with the policy, and
-/// revokes what does not fit (or, in shadow mode, only logs and counts it).
-/// Sessions are ranked by event time; expiry is judged at `now`, the worker's
-/// clock, so a session that has expired by the time a late event is
-/// processed never costs a live session its place.
-async fn check_user(
-    conn: &mut PgConnection,
-    rules: &Enforcement,
-    user: &UserId,
-    event: &SessionEvent,
-    now: DateTime<Utc>,
-) -> sqlx::Result<Check> {
-    let app = &event.app;
-    let sessions = active_sessions(&mut *conn, user, now).await?;
-    let overrides = load_overrides(&mut *conn, user.as_str()).await?;
-    let summaries = summaries(&sessions);
-    let evaluate = |app: &AppName| {
-        rules.hooks.evaluate(&HookContext {
-            app,
-            user_id: user,
-            attributes: &event.attributes,
-            sessions: &summaries,
-            overrides: &overrides,
-        })
-    };
-    // The limits of every app the user is in: each app's own idle timeout
-    // and cap apply to its sessions; the checked app's policy and global cap
-    // to all.
-    let mut per_app: BTreeMap<AppName, EffectiveLimits> = BTreeMap::new();
-    per_app.insert(app.clone(), evaluate(app));
-    for c in &sessions {
-        if !per_app.contains_key(&c.app) {
-            per_app.insert(c.app.clone(), evaluate(&c.app));
-        }
-    }
-    let effective = per_app[app].clone();
-
-    // Idle sessions count as expired, judged at event time (a backlog must
-    // not make live sessions look idle), never the session of this event.
-    let mut revocations: Vec<(Candidate, Revocation)> = Vec::new();
-    for (a, limits) in &per_app {
-        let idle = idle_sessions(
-            &sessions,
-            a,
-            limits.limits.idle_timeout,
-            event.occurred_at,
-            Some(&event.session_id).filter(|_| a == app),
-        );
-        for session in idle {
-            revocations.push((
-                session.clone(),
-                Revocation {
-                    reason: EndReason::IdleTimeout,
-                    ended_by: limits.set_by.idle_timeout.clone(),
-                    note: None,
-                    max_sessions: limits.limits.max_sessions,
-                },
-            ));
-        }
-    }
-    let live: Vec<Candidate> = sessions
-        .iter()
-        .filter(|c| !revocations.iter().any(|(idle, _)| idle == *c))
-        .cloned()
-        .collect();
-    let caps = Caps {
-        per_app: per_app
-            .iter()
-            .map(|(a, l)| (a.clone(), l.limits.max_sessions))
-            .collect(),
-        global: effective.limits.max_sessions_global,
-        policy: effective.limits.policy,
-    };
-    let reason = if effective.limits.policy == EvictionPolicy::DenyNew {
-        EndReason::SessionLimitDenied
-    } else {
-        EndReason::SessionLimit
-    };
-    for victim in select_victims(&live, &caps) {
-        let (ended_by, max_sessions) = match victim.scope {
-            Scope::App => {
-                let own = &per_app[&victim.session.app];
-                (own.set_by.max_sessions.clone(), own.limits.max_sessions)
-            }
-            Scope::Global => (
-                effective.set_by.max_sessions_global.clone(),
-                effective.limits.max_sessions_global,
-            ),
-        };
-        revocations.push((
-            victim.session,
-            Revocation {
-                reason,
-                ended_by,
-                note: None,
-                max_sessions,
-            },
-        ));
-    }
-
-    if !rules.enforce {
-        let flagged = flag_shadow(conn, &revocations, now).await?;
-        for (session, revocation) in revocations.iter().filter(|(c, _)| flagged.contains(c)) {
-            tracing::info!(
-                user = %user,
-                app = %session.app,
-                session_id = %session.session_id,
-                reason = %revocation.reason,
-                set_by = %revocation.ended_by,
-                max_sessions = revocation.max_sessions,
-                "shadow mode: would revoke"
-            );
-        }
-        return Ok(Check {
-            revokes: Vec::new(),
-            shadow_revoked: flagged.len(),
-            limits: effective.limits,
-        });
-    }
-    let revokes = revoke_sessions(conn, user, revocations, now).await?;
-    Ok(Check {
-        revokes,
-        shadow_revoked: 0,
-        limits: effective.limits,
-    })
-}
-
-/// Shadow mode: marks the sessions a check would revoke, and returns those
-/// not marked before, so each is logged and counted once, not at every event.
-async fn flag_shadow(
-    conn: &mut PgConnection,
-    revocations: &[(Candidate, Revocation)],
-    now: DateTime<Utc>,
-) -> sqlx::Result<Vec<Candidate>> {
-    if revocations.is_empty() {
-        return Ok(Vec::new());
-    }
-    let apps: Vec<&str> = revocations.iter().map(|(c, _)| c.app.as_str()).collect();
-    let ids: Vec<&str> = revocations
-        .iter()
-        .map(|(c, _)| c.session_id.as_str())
-        .collect();
-    let flagged: Vec<(String, String)> = sqlx::query_as(
-        "UPDATE sessions s SET shadow_flagged_at = $3
-         FROM unnest($1::text[], $2::text[]) AS v(app, session_id)
-         WHERE s.app = v.app AND s.session_id = v.session_id AND s.shadow_flagged_at IS NULL
-         RETURNING s.app, s.session_id",
-    )
-    .bind(&apps)
-    .bind(&ids)
-    .bind(now)
-    .fetch_all(conn)
-    .await?;
-    Ok(revocations
-        .iter()
-        .filter(|(c, _)| {
-            flagged
-                .iter()
-                .any(|(a, id)| a == c.app.as_str() && id == c.session_id.as_str())
-        })
-        .map(|(c, _)| c.clone())
-        .collect())
 }
 
 /// Why and by whom sessions are being revoked.
@@ -1076,7 +641,7 @@ pub async fn write_outbox(conn: &mut PgConnection, messages: &[RevokeMessage]) -
 /// the older ended ones to the tombstones. Only this user's rows are touched.
 /// A session that merely expired counts as ended only [`EXPIRED_GRACE`]
 /// after its expiry: a request still in the queue may extend it.
-async fn prune_log(
+pub(crate) async fn prune_log(
     conn: &mut PgConnection,
     user: &str,
     keep: u32,

@@ -4,6 +4,7 @@
 mod helpers;
 
 mod bad_input;
+mod batching;
 mod enforcement;
 mod faults;
 mod lifecycle;

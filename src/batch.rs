@@ -1,0 +1,764 @@
+//! The batch engine: applies a batch of events in one transaction with a
+//! handful of set-based statements, whatever the batch size.
+//!
+//! 1. lock the batch's users (sorted advisory locks);
+//! 2. load, in one statement each, the sessions the events name, the
+//!    tombstones of those not in the log, every live session of the batch's
+//!    users, and their operator overrides;
+//! 3. apply the events one by one, in arrival order, to that state in memory
+//!    (the pure rules of `domain`), collecting revocations and revoke
+//!    messages: the result is exactly that of event-by-event processing;
+//! 4. write back what changed with one UNNEST upsert, one tombstone update,
+//!    one shadow-flag update and one outbox insert; prune the log per user if
+//!    retention is on.
+//!
+//! A request for a known live session, the common case, costs no statement
+//! of its own: it changes a row in memory that the single upsert writes.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::IpAddr;
+
+use chrono::{DateTime, Utc};
+use sqlx::PgConnection;
+
+use crate::domain::decision::{Candidate, Caps, Scope, idle_sessions, select_victims};
+use crate::domain::event::{AppName, EventKind, SessionEvent, SessionId, UserId};
+use crate::domain::limits::{
+    EffectiveLimits, EvictionPolicy, HookContext, SessionSummary, UserOverride,
+};
+use crate::domain::revoke::RevokeMessage;
+use crate::domain::session::{EndReason, SessionRecord, apply_event};
+use crate::store::{
+    BatchOutcome, Enforcement, Revocation, load_overrides_of, lock_users, write_outbox,
+};
+
+/// A session's key: (app, session_id).
+type Key = (String, String);
+
+/// Where a session's state lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Origin {
+    /// A row of `sessions`.
+    Log,
+    /// A row of `session_tombstones` (pruned from the log).
+    Tombstone,
+    /// Not stored yet: created by this batch.
+    New,
+}
+
+/// One session, in memory for the batch.
+#[derive(Debug, Clone)]
+struct Slot {
+    record: SessionRecord,
+    origin: Origin,
+    ended_by: Option<String>,
+    end_note: Option<String>,
+    shadow_flagged: bool,
+    /// Must be written back.
+    dirty: bool,
+    /// Newly flagged by shadow mode in this batch.
+    flag: bool,
+}
+
+/// The batch's view of the database.
+struct State {
+    slots: HashMap<Key, Slot>,
+    /// Keys of each user's sessions (live ones, and those the events named).
+    by_user: HashMap<String, BTreeSet<Key>>,
+    overrides: HashMap<String, Vec<UserOverride>>,
+}
+
+impl State {
+    fn index(&mut self, key: &Key) {
+        if let Some(user) = self.slots.get(key).and_then(|s| s.record.user_id.clone()) {
+            self.by_user
+                .entry(user.into_inner())
+                .or_default()
+                .insert(key.clone());
+        }
+    }
+
+    /// The user's sessions that count at `now`: not ended, not expired.
+    fn live(&self, user: &UserId, now: DateTime<Utc>) -> Vec<Candidate> {
+        let Some(keys) = self.by_user.get(user.as_str()) else {
+            return Vec::new();
+        };
+        keys.iter()
+            .filter_map(|k| self.slots.get(k))
+            .filter(|s| s.origin != Origin::Tombstone)
+            .filter(|s| s.record.user_id.as_ref() == Some(user) && s.record.is_active_at(now))
+            .map(|s| Candidate {
+                app: s.record.app.clone(),
+                session_id: s.record.session_id.clone(),
+                login_at: s.record.login_at,
+                login_seen: s.record.login_seen,
+                last_seen_at: s.record.last_seen_at,
+            })
+            .collect()
+    }
+
+    /// The attributes of the user's latest event in `app` that had any.
+    fn latest_attributes(
+        &self,
+        user: &UserId,
+        app: &AppName,
+    ) -> serde_json::Map<String, serde_json::Value> {
+        self.by_user
+            .get(user.as_str())
+            .into_iter()
+            .flatten()
+            .filter_map(|k| self.slots.get(k))
+            .filter(|s| &s.record.app == app && s.record.attributes.is_some())
+            .max_by_key(|s| s.record.last_seen_at)
+            .and_then(|s| match &s.record.attributes {
+                Some(serde_json::Value::Object(map)) => Some(map.clone()),
+                _ => None,
+            })
+            .unwrap_or_default()
+    }
+}
+
+/// A stored row, as loaded.
+#[derive(sqlx::FromRow)]
+struct Row {
+    app: String,
+    session_id: String,
+    user_id: Option<String>,
+    login_at: DateTime<Utc>,
+    login_seen: bool,
+    last_seen_at: DateTime<Utc>,
+    ip: Option<IpAddr>,
+    user_agent: Option<String>,
+    expires_at: Option<DateTime<Utc>>,
+    ended_at: Option<DateTime<Utc>>,
+    end_reason: Option<String>,
+    max_sessions: Option<i32>,
+    last_revoke_at: Option<DateTime<Utc>>,
+    attributes: Option<serde_json::Value>,
+    ended_by: Option<String>,
+    end_note: Option<String>,
+    shadow_flagged: bool,
+}
+
+impl Row {
+    fn into_slot(self, origin: Origin) -> (Key, Slot) {
+        let key = (self.app.clone(), self.session_id.clone());
+        let record = SessionRecord {
+            app: AppName::from_trusted(self.app),
+            session_id: SessionId::from_trusted(self.session_id),
+            user_id: self.user_id.map(UserId::from_trusted),
+            login_at: self.login_at,
+            login_seen: self.login_seen,
+            last_seen_at: self.last_seen_at,
+            ip: self.ip,
+            user_agent: self.user_agent,
+            expires_at: self.expires_at,
+            ended_at: self.ended_at,
+            end_reason: self.end_reason.as_deref().and_then(EndReason::parse),
+            max_sessions: self.max_sessions.map(|n| n.max(0) as u32),
+            last_revoke_at: self.last_revoke_at,
+            attributes: self.attributes,
+        };
+        let slot = Slot {
+            record,
+            origin,
+            ended_by: self.ended_by,
+            end_note: self.end_note,
+            shadow_flagged: self.shadow_flagged,
+            dirty: false,
+            flag: false,
+        };
+        (key, slot)
+    }
+}
+
+const LOG_COLUMNS: &str = "app, session_id, user_id, login_at, login_seen, last_seen_at, ip,
+    user_agent, expires_at, ended_at, end_reason, max_sessions, last_revoke_at, attributes,
+    ended_by, end_note, shadow_flagged_at IS NOT NULL AS shadow_flagged";
+
+/// Applies `events` inside the caller's transaction. See the module docs.
+pub async fn apply(
+    conn: &mut PgConnection,
+    rules: &Enforcement,
+    events: &[SessionEvent],
+    now: DateTime<Utc>,
+) -> sqlx::Result<BatchOutcome> {
+    let keys: Vec<Key> = {
+        let set: BTreeSet<Key> = events
+            .iter()
+            .map(|e| (e.app.to_string(), e.session_id.to_string()))
+            .collect();
+        set.into_iter().collect()
+    };
+    let (apps, ids): (Vec<&str>, Vec<&str>) =
+        keys.iter().map(|(a, s)| (a.as_str(), s.as_str())).unzip();
+
+    // The users: named by the events, or (logouts) by the stored session.
+    let named: Vec<(String, String, Option<String>)> = sqlx::query_as(
+        "SELECT s.app, s.session_id, s.user_id FROM sessions s
+         JOIN unnest($1::text[], $2::text[]) AS k(app, session_id)
+           ON s.app = k.app AND s.session_id = k.session_id
+         UNION ALL
+         SELECT t.app, t.session_id, t.user_id FROM session_tombstones t
+         JOIN unnest($1::text[], $2::text[]) AS k(app, session_id)
+           ON t.app = k.app AND t.session_id = k.session_id",
+    )
+    .bind(&apps)
+    .bind(&ids)
+    .fetch_all(&mut *conn)
+    .await?;
+    let stored_users: HashMap<Key, String> = named
+        .into_iter()
+        .filter_map(|(a, s, u)| u.map(|u| ((a, s), u)))
+        .collect();
+    let mut users: BTreeSet<String> = BTreeSet::new();
+    for e in events {
+        if let Some(u) = &e.user_id {
+            users.insert(u.to_string());
+        } else if let Some(u) = stored_users.get(&(e.app.to_string(), e.session_id.to_string())) {
+            users.insert(u.clone());
+        }
+    }
+    lock_users(&mut *conn, &users).await?;
+    let user_list: Vec<&str> = users.iter().map(String::as_str).collect();
+
+    // Load: the named sessions and every live session of the users, locked
+    // (two statements, so each uses its index).
+    let by_key = format!(
+        "SELECT {LOG_COLUMNS} FROM sessions
+         WHERE (app, session_id) IN (SELECT * FROM unnest($1::text[], $2::text[]))
+         FOR UPDATE"
+    );
+    let mut rows: Vec<Row> = sqlx::query_as(sqlx::AssertSqlSafe(by_key))
+        .bind(&apps)
+        .bind(&ids)
+        .fetch_all(&mut *conn)
+        .await?;
+    let by_user = format!(
+        "SELECT {LOG_COLUMNS} FROM sessions
+         WHERE user_id = ANY($1) AND end_reason IS NULL
+         FOR UPDATE"
+    );
+    let live_rows: Vec<Row> = sqlx::query_as(sqlx::AssertSqlSafe(by_user))
+        .bind(&user_list)
+        .fetch_all(&mut *conn)
+        .await?;
+    rows.extend(live_rows);
+    let mut state = State {
+        slots: HashMap::with_capacity(rows.len() + keys.len()),
+        by_user: HashMap::new(),
+        overrides: load_overrides_of(&mut *conn, &user_list).await?,
+    };
+    for row in rows {
+        let (key, slot) = row.into_slot(Origin::Log);
+        if !state.slots.contains_key(&key) {
+            state.slots.insert(key.clone(), slot);
+            state.index(&key);
+        }
+    }
+    let missing: Vec<&Key> = keys
+        .iter()
+        .filter(|k| !state.slots.contains_key(*k))
+        .collect();
+    if !missing.is_empty() {
+        let (apps, ids): (Vec<&str>, Vec<&str>) = missing
+            .iter()
+            .map(|(a, s)| (a.as_str(), s.as_str()))
+            .unzip();
+        let rows: Vec<Row> = sqlx::query_as(
+            "SELECT app, session_id, user_id, login_at, true AS login_seen, last_seen_at,
+                    NULL::inet AS ip, NULL::text AS user_agent, expires_at, ended_at, end_reason,
+                    max_sessions, last_revoke_at, NULL::jsonb AS attributes,
+                    NULL::text AS ended_by, NULL::text AS end_note, false AS shadow_flagged
+             FROM session_tombstones
+             WHERE (app, session_id) IN (SELECT * FROM unnest($1::text[], $2::text[]))
+             FOR UPDATE",
+        )
+        .bind(&apps)
+        .bind(&ids)
+        .fetch_all(&mut *conn)
+        .await?;
+        for row in rows {
+            let (key, slot) = row.into_slot(Origin::Tombstone);
+            state.slots.insert(key, slot);
+        }
+    }
+
+    // Apply, in arrival order.
+    let mut outcome = BatchOutcome::default();
+    let mut outbox: Vec<RevokeMessage> = Vec::new();
+    let mut log_limits: BTreeMap<String, Option<Option<u32>>> = BTreeMap::new();
+    for event in events {
+        let key = (event.app.to_string(), event.session_id.to_string());
+        let current = state.slots.get(&key).map(|s| s.record.clone());
+        let applied = apply_event(current, event, now, rules.repeat_revoke_after);
+        if applied.changed {
+            match state.slots.get_mut(&key) {
+                Some(slot) => {
+                    slot.record = applied.record.clone();
+                    slot.dirty = true;
+                }
+                None => {
+                    state.slots.insert(
+                        key.clone(),
+                        Slot {
+                            record: applied.record.clone(),
+                            origin: Origin::New,
+                            ended_by: None,
+                            end_note: None,
+                            shadow_flagged: false,
+                            dirty: true,
+                            flag: false,
+                        },
+                    );
+                }
+            }
+            state.index(&key);
+        }
+        if applied.repeat_revoke {
+            let r = &applied.record;
+            if let (Some(user_id), Some(reason), Some(revoked_at)) =
+                (&r.user_id, r.end_reason, r.ended_at)
+            {
+                let note = state.slots.get(&key).and_then(|s| s.end_note.clone());
+                outbox.push(
+                    RevokeMessage::new(
+                        &r.app,
+                        r.session_id.as_str(),
+                        user_id.as_str(),
+                        reason,
+                        revoked_at,
+                        r.max_sessions.unwrap_or(rules.hooks.base().max_sessions),
+                        true,
+                    )
+                    .with_note(note),
+                );
+                outcome.repeated += 1;
+            }
+        }
+        let user = match &event.user_id {
+            Some(u) => u.clone(),
+            None => match applied.record.user_id.clone() {
+                Some(u) => u,
+                None => continue,
+            },
+        };
+        match event.kind {
+            EventKind::Login | EventKind::Request => {
+                let (revocations, effective) = check(&state, rules, &user, event, now);
+                let limit = effective.limits.log_limit;
+                log_limits.insert(user.to_string(), Some(limit));
+                if rules.enforce {
+                    outbox.extend(revoke(&mut state, &user, revocations, now, &mut outcome));
+                } else {
+                    for (candidate, revocation) in revocations {
+                        let key = (candidate.app.to_string(), candidate.session_id.to_string());
+                        if let Some(slot) = state.slots.get_mut(&key)
+                            && !slot.shadow_flagged
+                        {
+                            slot.shadow_flagged = true;
+                            slot.flag = true;
+                            outcome.shadow_revoked += 1;
+                            tracing::info!(
+                                user = %user,
+                                app = %candidate.app,
+                                session_id = %candidate.session_id,
+                                reason = %revocation.reason,
+                                set_by = %revocation.ended_by,
+                                max_sessions = revocation.max_sessions,
+                                "shadow mode: would revoke"
+                            );
+                        }
+                    }
+                }
+            }
+            EventKind::LogoutOthers | EventKind::LogoutAll => {
+                let effective = evaluate(&state, rules, &user, &event.app, &event.attributes, now);
+                log_limits.insert(user.to_string(), Some(effective.limits.log_limit));
+                let (keep, reason) = if event.kind == EventKind::LogoutOthers {
+                    (Some(&event.session_id), EndReason::LogoutOthers)
+                } else {
+                    (None, EndReason::LogoutAll)
+                };
+                let revocation = Revocation {
+                    reason,
+                    ended_by: "user".to_owned(),
+                    note: None,
+                    max_sessions: effective.limits.max_sessions,
+                };
+                let victims: Vec<(Candidate, Revocation)> = state
+                    .live(&user, now)
+                    .into_iter()
+                    .filter(|c| c.app == event.app)
+                    .filter(|c| Some(&c.session_id) != keep)
+                    .filter(|c| c.login_at <= event.occurred_at || !c.login_seen)
+                    .map(|c| (c, revocation.clone()))
+                    .collect();
+                outbox.extend(revoke(&mut state, &user, victims, now, &mut outcome));
+            }
+            EventKind::Logout => {
+                log_limits.entry(user.to_string()).or_insert(None);
+            }
+        }
+    }
+
+    write(&mut *conn, &state, now).await?;
+    write_outbox(&mut *conn, &outbox).await?;
+    for (user, limit) in log_limits {
+        let keep = match limit {
+            Some(limit) => limit,
+            // Only logged out in this batch: ask the hooks, with the user's
+            // latest attributes in the app of one of their events.
+            None => {
+                let user_id = UserId::from_trusted(user.clone());
+                let app = events
+                    .iter()
+                    .find(|e| {
+                        e.user_id.as_ref() == Some(&user_id)
+                            || stored_users
+                                .get(&(e.app.to_string(), e.session_id.to_string()))
+                                .is_some_and(|u| u == &user)
+                    })
+                    .map(|e| e.app.clone());
+                match app {
+                    Some(app) => {
+                        let attributes = state.latest_attributes(&user_id, &app);
+                        evaluate(&state, rules, &user_id, &app, &attributes, now)
+                            .limits
+                            .log_limit
+                    }
+                    None => rules.hooks.base().log_limit,
+                }
+            }
+        };
+        if let Some(keep) = keep {
+            outcome.pruned += crate::store::prune_log(&mut *conn, &user, keep, now).await?;
+        }
+    }
+    Ok(outcome)
+}
+
+/// The hooks' limits for a user in an app, from the batch's state.
+fn evaluate(
+    state: &State,
+    rules: &Enforcement,
+    user: &UserId,
+    app: &AppName,
+    attributes: &serde_json::Map<String, serde_json::Value>,
+    now: DateTime<Utc>,
+) -> EffectiveLimits {
+    let sessions = summaries(&state.live(user, now));
+    let overrides = state
+        .overrides
+        .get(user.as_str())
+        .map_or(&[][..], Vec::as_slice);
+    rules.hooks.evaluate(&HookContext {
+        app,
+        user_id: user,
+        attributes,
+        sessions: &sessions,
+        overrides,
+    })
+}
+
+fn summaries(sessions: &[Candidate]) -> Vec<SessionSummary> {
+    sessions
+        .iter()
+        .map(|c| SessionSummary {
+            app: c.app.clone(),
+            session_id: c.session_id.to_string(),
+            login_at: c.login_at,
+            last_seen_at: c.last_seen_at,
+        })
+        .collect()
+}
+
+/// The check of one user after an event in `event.app`: idle expiry, then
+/// every app's cap and the global cap with the checked app's policy.
+fn check(
+    state: &State,
+    rules: &Enforcement,
+    user: &UserId,
+    event: &SessionEvent,
+    now: DateTime<Utc>,
+) -> (Vec<(Candidate, Revocation)>, EffectiveLimits) {
+    let app = &event.app;
+    let sessions = state.live(user, now);
+    let summaries = summaries(&sessions);
+    let overrides = state
+        .overrides
+        .get(user.as_str())
+        .map_or(&[][..], Vec::as_slice);
+    let evaluate = |a: &AppName| {
+        rules.hooks.evaluate(&HookContext {
+            app: a,
+            user_id: user,
+            attributes: &event.attributes,
+            sessions: &summaries,
+            overrides,
+        })
+    };
+    let mut per_app: BTreeMap<AppName, EffectiveLimits> = BTreeMap::new();
+    per_app.insert(app.clone(), evaluate(app));
+    for c in &sessions {
+        if !per_app.contains_key(&c.app) {
+            per_app.insert(c.app.clone(), evaluate(&c.app));
+        }
+    }
+    let effective = per_app[app].clone();
+
+    // Idle sessions count as expired, judged at event time, never the
+    // session of this event.
+    let mut revocations: Vec<(Candidate, Revocation)> = Vec::new();
+    for (a, limits) in &per_app {
+        let except = Some(&event.session_id).filter(|_| a == app);
+        for idle in idle_sessions(
+            &sessions,
+            a,
+            limits.limits.idle_timeout,
+            event.occurred_at,
+            except,
+        ) {
+            revocations.push((
+                idle.clone(),
+                Revocation {
+                    reason: EndReason::IdleTimeout,
+                    ended_by: limits.set_by.idle_timeout.clone(),
+                    note: None,
+                    max_sessions: limits.limits.max_sessions,
+                },
+            ));
+        }
+    }
+    let live: Vec<Candidate> = sessions
+        .iter()
+        .filter(|c| !revocations.iter().any(|(idle, _)| idle == *c))
+        .cloned()
+        .collect();
+    let caps = Caps {
+        per_app: per_app
+            .iter()
+            .map(|(a, l)| (a.clone(), l.limits.max_sessions))
+            .collect(),
+        global: effective.limits.max_sessions_global,
+        policy: effective.limits.policy,
+    };
+    let reason = if effective.limits.policy == EvictionPolicy::DenyNew {
+        EndReason::SessionLimitDenied
+    } else {
+        EndReason::SessionLimit
+    };
+    for victim in select_victims(&live, &caps) {
+        let (ended_by, max_sessions) = match victim.scope {
+            Scope::App => {
+                let own = &per_app[&victim.session.app];
+                (own.set_by.max_sessions.clone(), own.limits.max_sessions)
+            }
+            Scope::Global => (
+                effective.set_by.max_sessions_global.clone(),
+                effective.limits.max_sessions_global,
+            ),
+        };
+        revocations.push((
+            victim.session,
+            Revocation {
+                reason,
+                ended_by,
+                note: None,
+                max_sessions,
+            },
+        ));
+    }
+    (revocations, effective)
+}
+
+/// Ends sessions in memory and returns their revoke messages.
+fn revoke(
+    state: &mut State,
+    user: &UserId,
+    revocations: Vec<(Candidate, Revocation)>,
+    now: DateTime<Utc>,
+    outcome: &mut BatchOutcome,
+) -> Vec<RevokeMessage> {
+    let mut messages = Vec::new();
+    for (candidate, r) in revocations {
+        let key = (candidate.app.to_string(), candidate.session_id.to_string());
+        let Some(slot) = state.slots.get_mut(&key) else {
+            continue;
+        };
+        if slot.record.end_reason.is_some() {
+            continue;
+        }
+        slot.record.ended_at = Some(now);
+        slot.record.end_reason = Some(r.reason);
+        slot.record.max_sessions = Some(r.max_sessions);
+        slot.record.last_revoke_at = Some(now);
+        slot.ended_by = Some(r.ended_by);
+        slot.end_note = r.note.clone();
+        slot.dirty = true;
+        outcome.revoked += 1;
+        messages.push(
+            RevokeMessage::new(
+                &candidate.app,
+                candidate.session_id.as_str(),
+                user.as_str(),
+                r.reason,
+                now,
+                r.max_sessions,
+                false,
+            )
+            .with_note(r.note),
+        );
+    }
+    messages
+}
+
+/// Writes back every changed session with one upsert, tombstones with one
+/// update, and shadow flags with another.
+async fn write(conn: &mut PgConnection, state: &State, now: DateTime<Utc>) -> sqlx::Result<()> {
+    // Sorted, so that concurrent batches lock rows in the same order.
+    let mut dirty: Vec<(&Key, &Slot)> = state.slots.iter().filter(|(_, s)| s.dirty).collect();
+    dirty.sort_by(|a, b| a.0.cmp(b.0));
+    let (rows, tombstones): (Vec<_>, Vec<_>) = dirty
+        .into_iter()
+        .partition(|(_, s)| s.origin != Origin::Tombstone);
+    if !rows.is_empty() {
+        let mut c = Columns::default();
+        for (_, slot) in &rows {
+            c.push(slot);
+        }
+        sqlx::query(
+            "INSERT INTO sessions AS s (app, session_id, user_id, login_at, login_seen,
+                 last_seen_at, ip, user_agent, expires_at, ended_at, end_reason, max_sessions,
+                 last_revoke_at, attributes, ended_by, end_note)
+             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[],
+                 $5::bool[], $6::timestamptz[], $7::inet[], $8::text[], $9::timestamptz[],
+                 $10::timestamptz[], $11::text[], $12::int4[], $13::timestamptz[],
+                 $14::jsonb[], $15::text[], $16::text[])
+             ON CONFLICT (app, session_id) DO UPDATE SET
+                 user_id = coalesce(s.user_id, EXCLUDED.user_id),
+                 login_at = EXCLUDED.login_at,
+                 login_seen = EXCLUDED.login_seen,
+                 last_seen_at = greatest(s.last_seen_at, EXCLUDED.last_seen_at),
+                 ip = EXCLUDED.ip,
+                 user_agent = EXCLUDED.user_agent,
+                 expires_at = EXCLUDED.expires_at,
+                 -- An end written by someone else meanwhile (a logout that did
+                 -- not know its user, so took no user lock) is never undone.
+                 ended_at = coalesce(s.ended_at, EXCLUDED.ended_at),
+                 end_reason = coalesce(s.end_reason, EXCLUDED.end_reason),
+                 max_sessions = coalesce(s.max_sessions, EXCLUDED.max_sessions),
+                 last_revoke_at = EXCLUDED.last_revoke_at,
+                 attributes = EXCLUDED.attributes,
+                 ended_by = coalesce(s.ended_by, EXCLUDED.ended_by),
+                 end_note = coalesce(s.end_note, EXCLUDED.end_note)",
+        )
+        .bind(&c.app)
+        .bind(&c.session_id)
+        .bind(&c.user_id)
+        .bind(&c.login_at)
+        .bind(&c.login_seen)
+        .bind(&c.last_seen_at)
+        .bind(&c.ip)
+        .bind(&c.user_agent)
+        .bind(&c.expires_at)
+        .bind(&c.ended_at)
+        .bind(&c.end_reason)
+        .bind(&c.max_sessions)
+        .bind(&c.last_revoke_at)
+        .bind(&c.attributes)
+        .bind(&c.ended_by)
+        .bind(&c.end_note)
+        .execute(&mut *conn)
+        .await?;
+    }
+    if !tombstones.is_empty() {
+        let mut c = Columns::default();
+        for (_, slot) in &tombstones {
+            c.push(slot);
+        }
+        sqlx::query(
+            "UPDATE session_tombstones t
+             SET user_id = coalesce(t.user_id, v.user_id), last_seen_at = v.last_seen_at,
+                 last_revoke_at = v.last_revoke_at
+             FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[],
+                         $5::timestamptz[]) AS v(app, session_id, user_id, last_seen_at,
+                                                 last_revoke_at)
+             WHERE t.app = v.app AND t.session_id = v.session_id",
+        )
+        .bind(&c.app)
+        .bind(&c.session_id)
+        .bind(&c.user_id)
+        .bind(&c.last_seen_at)
+        .bind(&c.last_revoke_at)
+        .execute(&mut *conn)
+        .await?;
+    }
+    let flags: Vec<&Key> = state
+        .slots
+        .iter()
+        .filter(|(_, s)| s.flag)
+        .map(|(k, _)| k)
+        .collect();
+    if !flags.is_empty() {
+        let (apps, ids): (Vec<&str>, Vec<&str>) =
+            flags.iter().map(|(a, s)| (a.as_str(), s.as_str())).unzip();
+        sqlx::query(
+            "UPDATE sessions s SET shadow_flagged_at = $3
+             FROM unnest($1::text[], $2::text[]) AS v(app, session_id)
+             WHERE s.app = v.app AND s.session_id = v.session_id",
+        )
+        .bind(&apps)
+        .bind(&ids)
+        .bind(now)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
+
+/// Column arrays for the UNNEST statements.
+#[derive(Default)]
+struct Columns {
+    app: Vec<String>,
+    session_id: Vec<String>,
+    user_id: Vec<Option<String>>,
+    login_at: Vec<DateTime<Utc>>,
+    login_seen: Vec<bool>,
+    last_seen_at: Vec<DateTime<Utc>>,
+    ip: Vec<Option<IpAddr>>,
+    user_agent: Vec<Option<String>>,
+    expires_at: Vec<Option<DateTime<Utc>>>,
+    ended_at: Vec<Option<DateTime<Utc>>>,
+    end_reason: Vec<Option<String>>,
+    max_sessions: Vec<Option<i32>>,
+    last_revoke_at: Vec<Option<DateTime<Utc>>>,
+    attributes: Vec<Option<serde_json::Value>>,
+    ended_by: Vec<Option<String>>,
+    end_note: Vec<Option<String>>,
+}
+
+impl Columns {
+    fn push(&mut self, slot: &Slot) {
+        let r = &slot.record;
+        self.app.push(r.app.to_string());
+        self.session_id.push(r.session_id.to_string());
+        self.user_id
+            .push(r.user_id.as_ref().map(ToString::to_string));
+        self.login_at.push(r.login_at);
+        self.login_seen.push(r.login_seen);
+        self.last_seen_at.push(r.last_seen_at);
+        self.ip.push(r.ip);
+        self.user_agent.push(r.user_agent.clone());
+        self.expires_at.push(r.expires_at);
+        self.ended_at.push(r.ended_at);
+        self.end_reason
+            .push(r.end_reason.map(|e| e.as_str().to_owned()));
+        self.max_sessions
+            .push(r.max_sessions.map(|n| n.min(i32::MAX as u32) as i32));
+        self.last_revoke_at.push(r.last_revoke_at);
+        self.attributes.push(r.attributes.clone());
+        self.ended_by.push(slot.ended_by.clone());
+        self.end_note.push(slot.end_note.clone());
+    }
+}

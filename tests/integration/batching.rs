@@ -1,0 +1,108 @@
+//! The batched path gives exactly the result of event-by-event processing.
+
+use chrono::{TimeZone, Utc};
+use serde_json::{Value, json};
+use session_guard::domain::event::SessionEvent;
+use session_guard::store::{self, Enforcement};
+
+use crate::helpers::*;
+
+/// A mixed, shuffled stream: logins (some over the limit, some late),
+/// requests (some first sightings, some on revoked sessions), logouts (some
+/// before their login), logout_others, for a few dozen users in two apps.
+fn stream() -> Vec<Value> {
+    let mut seed: u64 = 0x0bad_cafe;
+    let mut next = move |n: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % n
+    };
+    let mut events = Vec::new();
+    for i in 0..1500u64 {
+        let user = format!("u{}", next(40));
+        let app = ["shop", "blog"][next(2) as usize];
+        let session = format!("{user}-{app}-s{}", next(6));
+        let at = t(next(600) as i64);
+        let event = match next(20) {
+            0..=5 => login(app, &session, &user, at),
+            6..=15 => request(app, &session, &user, at),
+            16..=17 => logout(app, &session, at),
+            18 => {
+                let mut e = login(app, &session, &user, at);
+                e["type"] = "logout_others".into();
+                e
+            }
+            _ => {
+                let mut e = login(app, &session, &user, at);
+                e["attributes"] = json!({"roles": ["staff"]});
+                e["event_id"] = format!("e{i}").into();
+                e
+            }
+        };
+        events.push(event);
+    }
+    events
+}
+
+async fn run(app: &TestApp, batch: usize) -> (Vec<Value>, Vec<Value>) {
+    let rules = Enforcement::from_settings(&app.settings, &[]).unwrap();
+    let now = Utc.with_ymd_and_hms(2026, 11, 27, 12, 0, 0).unwrap();
+    let events: Vec<SessionEvent> = stream()
+        .iter()
+        .map(|e| SessionEvent::decode(e.to_string().as_bytes()).unwrap())
+        .collect();
+    for chunk in events.chunks(batch) {
+        store::process_batch(&app.pool, &rules, chunk, now)
+            .await
+            .unwrap();
+    }
+    let sessions: Vec<Value> = sqlx::query_scalar(
+        "SELECT to_jsonb(s) - 'created_at' FROM sessions s ORDER BY app, session_id",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    // Revoke messages without their random event_id.
+    let outbox: Vec<Value> = sqlx::query_scalar(
+        "SELECT (payload::jsonb - 'event_id') || jsonb_build_object('key', routing_key)
+         FROM outbox ORDER BY payload::jsonb ->> 'session_id', payload::jsonb ->> 'repeat'",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    (sessions, outbox)
+}
+
+#[tokio::test]
+async fn batches_give_the_same_result_as_one_event_at_a_time() {
+    let configure = |s: &mut session_guard::Settings| {
+        s.limits.max_sessions = 2;
+        s.limits.max_sessions_global = 3;
+        s.limits.repeat_revoke_after = 0;
+        s.limits.rules = vec![
+            serde_json::from_value(
+                json!({"name": "staff", "when": {"role": "staff"}, "max_sessions": 3}),
+            )
+            .unwrap(),
+        ];
+    };
+    let one_by_one = spawn_app_without_worker(configure).await;
+    let batched = spawn_app_without_worker(configure).await;
+    let (sessions_a, outbox_a) = run(&one_by_one, 1).await;
+    let (sessions_b, outbox_b) = run(&batched, 500).await;
+    assert!(sessions_a.len() > 100, "the stream makes many sessions");
+    assert!(
+        sessions_a
+            .iter()
+            .filter(|s| s["end_reason"] == "session_limit")
+            .count()
+            > 20,
+        "and revokes many"
+    );
+    assert_eq!(sessions_a.len(), sessions_b.len());
+    for (a, b) in sessions_a.iter().zip(&sessions_b) {
+        assert_eq!(a, b);
+    }
+    assert_eq!(outbox_a, outbox_b);
+}
