@@ -1,7 +1,7 @@
 //! The batch engine: applies a batch of events in one transaction with a
 //! handful of set-based statements, whatever the batch size.
 //!
-//! 1. lock the batch's users (sorted advisory locks);
+//! 1. lock the batch's users (their `session_users` rows, in user order);
 //! 2. load, in one statement each, the sessions the events name, the
 //!    tombstones of those not in the log, every live session of the batch's
 //!    users, and their operator overrides;

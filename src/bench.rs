@@ -497,6 +497,10 @@ fn worker_command(settings: &Settings, listen: &str) -> anyhow::Result<Command> 
         .env_remove("RUST_LOG")
         .stdin(Stdio::null())
         .stdout(Stdio::null());
+    // To look inside a worker during a run: SESSION_GUARD_BENCH_WORKER_LOG=debug
+    if let Ok(filter) = std::env::var("SESSION_GUARD_BENCH_WORKER_LOG") {
+        cmd.env("RUST_LOG", filter);
+    }
     Ok(cmd)
 }
 

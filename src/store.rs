@@ -125,31 +125,28 @@ impl BatchOutcome {
     }
 }
 
-/// The advisory-lock key of a user: FNV-1a, stable across processes and
-/// versions so that every worker takes the same lock for the same user.
-/// Collisions only make two users wait for each other, never break anything.
-pub fn user_lock_key(user_id: &str) -> i64 {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in user_id.as_bytes() {
-        hash ^= u64::from(*byte);
-        hash = hash.wrapping_mul(0x0100_0000_01b3);
-    }
-    hash as i64
-}
-
-/// Takes the transaction-scoped locks of `users`, in ascending key order.
+/// Takes the transaction-scoped locks of `users`: their rows in
+/// `session_users` (created if missing), locked in `user_id` order so that
+/// two batches never wait on each other in a cycle. Two statements whatever
+/// the number of users.
 pub(crate) async fn lock_users(
     conn: &mut PgConnection,
     users: &BTreeSet<String>,
 ) -> sqlx::Result<()> {
-    let mut keys: Vec<i64> = users.iter().map(|u| user_lock_key(u)).collect();
-    keys.sort_unstable();
-    keys.dedup();
-    if keys.is_empty() {
+    if users.is_empty() {
         return Ok(());
     }
-    sqlx::query("SELECT pg_advisory_xact_lock(k) FROM unnest($1::int8[]) WITH ORDINALITY AS t(k, n) ORDER BY n")
-        .bind(&keys)
+    let users: Vec<&str> = users.iter().map(String::as_str).collect();
+    sqlx::query(
+        "INSERT INTO session_users (user_id)
+         SELECT u FROM unnest($1::text[]) AS u ORDER BY u
+         ON CONFLICT (user_id) DO NOTHING",
+    )
+    .bind(&users)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query("SELECT 1 FROM session_users WHERE user_id = ANY($1) ORDER BY user_id FOR UPDATE")
+        .bind(&users)
         .execute(conn)
         .await?;
     Ok(())
@@ -836,14 +833,5 @@ mod tests {
         ))));
         assert!(!is_transient(&sqlx::Error::RowNotFound));
         assert!(BatchError::Connect(sqlx::Error::RowNotFound).is_transient());
-    }
-
-    #[test]
-    fn lock_keys_are_stable() {
-        // FNV-1a test vectors: the key must never change between versions,
-        // or two versions running side by side would not exclude each other.
-        assert_eq!(user_lock_key(""), 0xcbf29ce484222325_u64 as i64);
-        assert_eq!(user_lock_key("a"), 0xaf63dc4c8601ec8c_u64 as i64);
-        assert_ne!(user_lock_key("u1"), user_lock_key("u2"));
     }
 }

@@ -341,6 +341,7 @@ async fn handle_batch(
     }
 
     let events: Vec<SessionEvent> = valid.iter().map(|(_, e)| e.clone()).collect();
+    let started = Instant::now();
     match apply_with_retry(ctx, &events, shutdown).await {
         Applied::Committed => {}
         Applied::ShuttingDown => {
@@ -407,6 +408,11 @@ async fn handle_batch(
             .context("cannot ack")?;
     }
     metrics::counter!("session_guard_events_processed_total").increment(valid.len() as u64);
+    tracing::trace!(
+        size = batch.len(),
+        elapsed_us = started.elapsed().as_micros() as u64,
+        "batch done"
+    );
     Ok(())
 }
 
