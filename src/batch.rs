@@ -96,26 +96,28 @@ impl State {
             })
             .collect()
     }
+}
 
-    /// The attributes of the user's latest event in `app` that had any.
-    fn latest_attributes(
-        &self,
-        user: &UserId,
-        app: &AppName,
-    ) -> serde_json::Map<String, serde_json::Value> {
-        self.by_user
-            .get(user.as_str())
-            .into_iter()
-            .flatten()
-            .filter_map(|k| self.slots.get(k))
-            .filter(|s| &s.record.app == app && s.record.attributes.is_some())
-            .max_by_key(|s| s.record.last_seen_at)
-            .and_then(|s| match &s.record.attributes {
-                Some(serde_json::Value::Object(map)) => Some(map.clone()),
-                _ => None,
-            })
-            .unwrap_or_default()
-    }
+/// The attributes of the user's latest event in `app` that had any, ended
+/// sessions included (only asked for users who merely logged out).
+async fn stored_attributes(
+    conn: &mut PgConnection,
+    user: &UserId,
+    app: &AppName,
+) -> sqlx::Result<serde_json::Map<String, serde_json::Value>> {
+    let value: Option<serde_json::Value> = sqlx::query_scalar(
+        "SELECT attributes FROM sessions
+         WHERE user_id = $1 AND app = $2 AND attributes IS NOT NULL
+         ORDER BY last_seen_at DESC LIMIT 1",
+    )
+    .bind(user.as_str())
+    .bind(app.as_str())
+    .fetch_optional(conn)
+    .await?;
+    Ok(match value {
+        Some(serde_json::Value::Object(map)) => map,
+        _ => serde_json::Map::new(),
+    })
 }
 
 /// A stored row, as loaded.
@@ -338,9 +340,12 @@ pub async fn apply(
         }
         let user = match &event.user_id {
             Some(u) => u.clone(),
+            // A logout's user counts only if this batch locked it (it was
+            // known before the lock); one that appeared meanwhile, written
+            // by another worker, is that worker's to check.
             None => match applied.record.user_id.clone() {
-                Some(u) => u,
-                None => continue,
+                Some(u) if users.contains(u.as_str()) => u,
+                _ => continue,
             },
         };
         match event.kind {
@@ -422,7 +427,7 @@ pub async fn apply(
                     .map(|e| e.app.clone());
                 match app {
                     Some(app) => {
-                        let attributes = state.latest_attributes(&user_id, &app);
+                        let attributes = stored_attributes(&mut *conn, &user_id, &app).await?;
                         evaluate(&state, rules, &user_id, &app, &attributes, now)
                             .limits
                             .log_limit
@@ -680,10 +685,10 @@ async fn write(conn: &mut PgConnection, state: &State, now: DateTime<Utc>) -> sq
         sqlx::query(
             "UPDATE session_tombstones t
              SET user_id = coalesce(t.user_id, v.user_id), last_seen_at = v.last_seen_at,
-                 last_revoke_at = v.last_revoke_at
+                 last_revoke_at = v.last_revoke_at, login_at = v.login_at
              FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[],
-                         $5::timestamptz[]) AS v(app, session_id, user_id, last_seen_at,
-                                                 last_revoke_at)
+                         $5::timestamptz[], $6::timestamptz[])
+                  AS v(app, session_id, user_id, last_seen_at, last_revoke_at, login_at)
              WHERE t.app = v.app AND t.session_id = v.session_id",
         )
         .bind(&c.app)
@@ -691,6 +696,7 @@ async fn write(conn: &mut PgConnection, state: &State, now: DateTime<Utc>) -> sq
         .bind(&c.user_id)
         .bind(&c.last_seen_at)
         .bind(&c.last_revoke_at)
+        .bind(&c.login_at)
         .execute(&mut *conn)
         .await?;
     }
