@@ -23,11 +23,10 @@ use sqlx::PgConnection;
 
 use crate::domain::decision::{Candidate, Caps, Scope, idle_sessions, select_victims};
 use crate::domain::event::{AppName, EventKind, SessionEvent, SessionId, UserId};
-use crate::domain::limits::{
-    EffectiveLimits, EvictionPolicy, HookContext, SessionSummary, UserOverride,
-};
+use crate::domain::limits::{EffectiveLimits, EvictionPolicy, HookContext, UserOverride};
 use crate::domain::revoke::RevokeMessage;
 use crate::domain::session::{EndReason, SessionRecord, apply_event};
+use crate::store::summaries;
 use crate::store::{
     BatchOutcome, Enforcement, Revocation, load_overrides_of, lock_users, write_outbox,
 };
@@ -292,31 +291,14 @@ pub async fn apply(
     let mut log_limits: BTreeMap<String, Option<Option<u32>>> = BTreeMap::new();
     for event in events {
         let key = (event.app.to_string(), event.session_id.to_string());
-        let current = state.slots.get(&key).map(|s| s.record.clone());
-        let applied = apply_event(current, event, now, rules.repeat_revoke_after);
-        if applied.changed {
-            match state.slots.get_mut(&key) {
-                Some(slot) => {
-                    slot.record = applied.record.clone();
-                    slot.dirty = true;
-                }
-                None => {
-                    state.slots.insert(
-                        key.clone(),
-                        Slot {
-                            record: applied.record.clone(),
-                            origin: Origin::New,
-                            ended_by: None,
-                            end_note: None,
-                            shadow_flagged: false,
-                            dirty: true,
-                            flag: false,
-                        },
-                    );
-                }
-            }
-            state.index(&key);
-        }
+        // The record is cloned once, inside apply_event, and moved into
+        // its slot after the repeat and the user are read from it.
+        let applied = apply_event(
+            state.slots.get(&key).map(|s| &s.record),
+            event,
+            now,
+            rules.repeat_revoke_after,
+        );
         if applied.repeat_revoke {
             let r = &applied.record;
             if let (Some(user_id), Some(reason), Some(revoked_at)) =
@@ -338,12 +320,36 @@ pub async fn apply(
                 outcome.repeated += 1;
             }
         }
+        let record_user = applied.record.user_id.clone();
+        if applied.changed {
+            match state.slots.get_mut(&key) {
+                Some(slot) => {
+                    slot.record = applied.record;
+                    slot.dirty = true;
+                }
+                None => {
+                    state.slots.insert(
+                        key.clone(),
+                        Slot {
+                            record: applied.record,
+                            origin: Origin::New,
+                            ended_by: None,
+                            end_note: None,
+                            shadow_flagged: false,
+                            dirty: true,
+                            flag: false,
+                        },
+                    );
+                }
+            }
+            state.index(&key);
+        }
         let user = match &event.user_id {
             Some(u) => u.clone(),
             // A logout's user counts only if this batch locked it (it was
             // known before the lock); one that appeared meanwhile, written
             // by another worker, is that worker's to check.
-            None => match applied.record.user_id.clone() {
+            None => match record_user {
                 Some(u) if users.contains(u.as_str()) => u,
                 _ => continue,
             },
@@ -464,18 +470,6 @@ fn evaluate(
         sessions: &sessions,
         overrides,
     })
-}
-
-fn summaries(sessions: &[Candidate]) -> Vec<SessionSummary> {
-    sessions
-        .iter()
-        .map(|c| SessionSummary {
-            app: c.app.clone(),
-            session_id: c.session_id.to_string(),
-            login_at: c.login_at,
-            last_seen_at: c.last_seen_at,
-        })
-        .collect()
 }
 
 /// The check of one user after an event in `event.app`: idle expiry, then

@@ -24,7 +24,7 @@ use lapin::{BasicProperties, Channel};
 use serde_json::json;
 
 use crate::broker;
-use crate::configuration::Settings;
+use crate::configuration::{Settings, with_database};
 use crate::store;
 
 /// What to run; every figure of the benchmark has a knob here.
@@ -229,26 +229,7 @@ async fn bench(settings: &Settings, args: &BenchArgs) -> anyhow::Result<Vec<Row>
     let publisher = broker::confirm_channel(&connection).await?;
     // A queue bound like an app's, so revokes are routed (and not logged as
     // unroutable); gone with the bench's connection.
-    let sink = setup
-        .queue_declare(
-            "".into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                auto_delete: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
-    setup
-        .queue_bind(
-            sink.name().clone(),
-            settings.amqp.revocations_exchange.as_str().into(),
-            "revoke.#".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
+    revoke_listener(&setup, settings).await?;
     let mut rows = Vec::new();
 
     // The traffic, generated once and replayed for each drain run.
@@ -529,29 +510,10 @@ async fn latency(
     args: &BenchArgs,
 ) -> anyhow::Result<(f64, f64, f64, usize)> {
     let listen_channel = connection.create_channel().await?;
-    let q = listen_channel
-        .queue_declare(
-            "".into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                auto_delete: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
-    listen_channel
-        .queue_bind(
-            q.name().clone(),
-            settings.amqp.revocations_exchange.as_str().into(),
-            "revoke.#".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
+    let queue = revoke_listener(&listen_channel, settings).await?;
     let mut revokes = listen_channel
         .basic_consume(
-            q.name().clone(),
+            queue,
             "".into(),
             BasicConsumeOptions {
                 no_ack: true,
@@ -651,6 +613,35 @@ async fn latency(
     ))
 }
 
+/// An exclusive queue, gone with the connection, bound to every app's
+/// revokes; returns its name.
+async fn revoke_listener(
+    channel: &Channel,
+    settings: &Settings,
+) -> anyhow::Result<lapin::types::ShortString> {
+    let queue = channel
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    channel
+        .queue_bind(
+            queue.name().clone(),
+            settings.amqp.revocations_exchange.as_str().into(),
+            "revoke.#".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    Ok(queue.name().clone())
+}
+
 /// Peak resident set (VmHWM) of a process, in KiB.
 fn peak_rss(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -691,24 +682,6 @@ fn command_version(cmd: &str, args: &[&str]) -> Option<String> {
             text
         }
     })
-}
-
-/// `url` with its database name replaced by `db`.
-fn with_database(url: &str, db: &str) -> String {
-    let (base, query) = match url.split_once('?') {
-        Some((b, q)) => (b, Some(q)),
-        None => (url, None),
-    };
-    let scheme_end = base.find("://").map_or(0, |i| i + 3);
-    let path_start = base[scheme_end..]
-        .find('/')
-        .map_or(base.len(), |i| scheme_end + i);
-    let mut out = format!("{}/{}", &base[..path_start], db);
-    if let Some(q) = query {
-        out.push('?');
-        out.push_str(q);
-    }
-    out
 }
 
 /// Deletes the bench's database, exchanges and queues.

@@ -292,6 +292,25 @@ impl std::fmt::Debug for AmqpSettings {
     }
 }
 
+/// `url` with its database name replaced by `db` (the query string kept):
+/// how tests and the benchmark make databases of their own.
+pub fn with_database(url: &str, db: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let scheme_end = base.find("://").map_or(0, |i| i + 3);
+    let path_start = base[scheme_end..]
+        .find('/')
+        .map_or(base.len(), |i| scheme_end + i);
+    let mut out = format!("{}/{}", &base[..path_start], db);
+    if let Some(q) = query {
+        out.push('?');
+        out.push_str(q);
+    }
+    out
+}
+
 /// Replaces the password of a URL (`scheme://user:password@host/...`) with `***`,
 /// and any `password=` query parameter too, so URLs can be logged.
 pub fn redact_url(url: &str) -> String {

@@ -239,6 +239,18 @@ struct ActiveRow {
     last_seen_at: DateTime<Utc>,
 }
 
+impl From<ActiveRow> for Candidate {
+    fn from(r: ActiveRow) -> Candidate {
+        Candidate {
+            app: AppName::from_trusted(r.app),
+            session_id: SessionId::from_trusted(r.session_id),
+            login_at: r.login_at,
+            login_seen: r.login_seen,
+            last_seen_at: r.last_seen_at,
+        }
+    }
+}
+
 /// The limits operators stored for each of `users`.
 pub(crate) async fn load_overrides_of(
     conn: &mut PgConnection,
@@ -348,19 +360,11 @@ async fn active_sessions(
     .bind(now)
     .fetch_all(conn)
     .await?;
-    Ok(rows
-        .into_iter()
-        .map(|r| Candidate {
-            app: AppName::from_trusted(r.app),
-            session_id: SessionId::from_trusted(r.session_id),
-            login_at: r.login_at,
-            login_seen: r.login_seen,
-            last_seen_at: r.last_seen_at,
-        })
-        .collect())
+    Ok(rows.into_iter().map(Candidate::from).collect())
 }
 
-fn summaries(sessions: &[Candidate]) -> Vec<SessionSummary> {
+/// What hooks see of the sessions.
+pub(crate) fn summaries(sessions: &[Candidate]) -> Vec<SessionSummary> {
     sessions
         .iter()
         .map(|c| SessionSummary {
@@ -493,18 +497,7 @@ async fn revoke_users_sessions(
     .await?;
     let revocations = rows
         .into_iter()
-        .map(|r| {
-            (
-                Candidate {
-                    app: AppName::from_trusted(r.app),
-                    session_id: SessionId::from_trusted(r.session_id),
-                    login_at: r.login_at,
-                    login_seen: r.login_seen,
-                    last_seen_at: r.last_seen_at,
-                },
-                revocation.clone(),
-            )
-        })
+        .map(|r| (Candidate::from(r), revocation.clone()))
         .collect();
     revoke_sessions(conn, user, revocations, now).await
 }
@@ -583,18 +576,7 @@ pub async fn admin_revoke(
             .await?;
             let revocations = rows
                 .into_iter()
-                .map(|r| {
-                    (
-                        Candidate {
-                            app: AppName::from_trusted(r.app),
-                            session_id: SessionId::from_trusted(r.session_id),
-                            login_at: r.login_at,
-                            login_seen: r.login_seen,
-                            last_seen_at: r.last_seen_at,
-                        },
-                        revocation.clone(),
-                    )
-                })
+                .map(|r| (Candidate::from(r), revocation.clone()))
                 .collect();
             revoke_sessions(&mut tx, &user, revocations, Utc::now()).await?
         }

@@ -316,7 +316,9 @@ async fn handle_batch(
     // nacked): the closing multiple-ack must not name one of them, or the
     // broker closes the channel for an unknown delivery tag.
     let mut settled = vec![false; batch.len()];
-    let mut valid: Vec<(usize, SessionEvent)> = Vec::with_capacity(batch.len());
+    // Valid events, and where each sits in the batch.
+    let mut events: Vec<SessionEvent> = Vec::with_capacity(batch.len());
+    let mut positions: Vec<usize> = Vec::with_capacity(batch.len());
     for (i, delivery) in batch.iter().enumerate() {
         let checked = SessionEvent::decode(&delivery.data)
             .map_err(|e| (e.to_string(), "invalid"))
@@ -326,7 +328,10 @@ async fn handle_batch(
                     .map_err(|e| (e, "forbidden"))
             });
         match checked {
-            Ok(event) => valid.push((i, event)),
+            Ok(event) => {
+                events.push(event);
+                positions.push(i);
+            }
             Err((error, kind)) => {
                 reject(ctx, dead_letters, delivery, &error, kind).await?;
                 // Acked at once: if this batch is redelivered later (say the
@@ -340,7 +345,6 @@ async fn handle_batch(
         }
     }
 
-    let events: Vec<SessionEvent> = valid.iter().map(|(_, e)| e.clone()).collect();
     let started = Instant::now();
     match apply_with_retry(ctx, &events, shutdown).await {
         Applied::Committed => {}
@@ -353,7 +357,7 @@ async fn handle_batch(
             // Something in the batch makes PostgreSQL refuse it every time:
             // apply the events one by one so only the culprit is set aside.
             tracing::warn!(error = %error, size = events.len(), "batch refused; applying its events one by one");
-            for (i, event) in &valid {
+            for (i, event) in positions.iter().zip(&events) {
                 let delivery = &batch[*i];
                 match apply_with_retry(ctx, std::slice::from_ref(event), shutdown).await {
                     Applied::Committed => {}
@@ -407,7 +411,7 @@ async fn handle_batch(
             .await
             .context("cannot ack")?;
     }
-    metrics::counter!("session_guard_events_processed_total").increment(valid.len() as u64);
+    metrics::counter!("session_guard_events_processed_total").increment(events.len() as u64);
     tracing::trace!(
         size = batch.len(),
         elapsed_us = started.elapsed().as_micros() as u64,

@@ -177,7 +177,7 @@ pub struct Applied {
 /// - a logout ends the session at its event time, even one never seen before,
 ///   so that its login arriving late cannot make it active.
 pub fn apply_event(
-    current: Option<SessionRecord>,
+    current: Option<&SessionRecord>,
     event: &SessionEvent,
     now: DateTime<Utc>,
     repeat_revoke_after: Duration,
@@ -266,7 +266,7 @@ pub fn apply_event(
         }
     }
     Applied {
-        changed: r != before,
+        changed: r != *before,
         record: r,
         repeat_revoke,
     }
@@ -323,7 +323,7 @@ mod tests {
     fn a_first_request_creates_a_session_and_a_late_login_fixes_login_at() {
         let a = apply_event(None, &event(EventKind::Request, 5), at(5), PAUSE);
         assert!(!a.record.login_seen);
-        let b = apply_event(Some(a.record), &event(EventKind::Login, 2), at(6), PAUSE);
+        let b = apply_event(Some(&a.record), &event(EventKind::Login, 2), at(6), PAUSE);
         assert_eq!(b.record.login_at, at(2));
         assert_eq!(b.record.last_seen_at, at(5), "the login is older");
     }
@@ -335,8 +335,8 @@ mod tests {
         let mut older = event(EventKind::Request, 8);
         older.ip = Some("10.0.0.8".parse().unwrap());
         let login = apply_event(None, &event(EventKind::Login, 1), at(1), PAUSE).record;
-        let r = apply_event(Some(login), &newer, at(10), PAUSE).record;
-        let r2 = apply_event(Some(r.clone()), &older, at(10), PAUSE);
+        let r = apply_event(Some(&login), &newer, at(10), PAUSE).record;
+        let r2 = apply_event(Some(&r), &older, at(10), PAUSE);
         assert!(!r2.changed);
         assert_eq!(r2.record.ip, newer.ip);
         assert_eq!(r2.record.last_seen_at, at(9));
@@ -346,7 +346,7 @@ mod tests {
     fn redelivery_changes_nothing() {
         let login = event(EventKind::Login, 1);
         let r = apply_event(None, &login, at(1), PAUSE).record;
-        let again = apply_event(Some(r.clone()), &login, at(2), PAUSE);
+        let again = apply_event(Some(&r), &login, at(2), PAUSE);
         assert!(!again.changed);
         assert_eq!(again.record, r);
     }
@@ -355,7 +355,7 @@ mod tests {
     fn logout_ends_and_a_late_login_does_not_revive() {
         let out = apply_event(None, &event(EventKind::Logout, 5), at(5), PAUSE).record;
         assert_eq!(out.state_at(at(6)), SessionState::LoggedOut);
-        let late = apply_event(Some(out), &event(EventKind::Login, 1), at(6), PAUSE).record;
+        let late = apply_event(Some(&out), &event(EventKind::Login, 1), at(6), PAUSE).record;
         assert_eq!(late.state_at(at(6)), SessionState::LoggedOut);
         assert_eq!(late.login_at, at(1));
         assert!(late.login_seen);
@@ -365,7 +365,7 @@ mod tests {
     fn a_revoked_session_stays_revoked() {
         let r = revoked(3);
         for kind in [EventKind::Login, EventKind::Request, EventKind::Logout] {
-            let a = apply_event(Some(r.clone()), &event(kind, 4), at(4), PAUSE);
+            let a = apply_event(Some(&r), &event(kind, 4), at(4), PAUSE);
             assert_eq!(a.record.state_at(at(5)), SessionState::Revoked, "{kind}");
         }
     }
@@ -374,38 +374,33 @@ mod tests {
     fn a_newer_request_on_a_revoked_session_repeats_the_revoke_once_per_pause() {
         let r = revoked(3);
         let now = at(10);
-        let a = apply_event(Some(r), &event(EventKind::Request, 9), now, PAUSE);
+        let a = apply_event(Some(&r), &event(EventKind::Request, 9), now, PAUSE);
         assert!(a.repeat_revoke);
         assert_eq!(a.record.last_revoke_at, Some(now));
         // another request a second later: paused
         let mut next = event(EventKind::Request, 9);
         next.occurred_at += chrono::Duration::seconds(1);
         let now2 = now + chrono::Duration::seconds(1);
-        let b = apply_event(Some(a.record.clone()), &next, now2, PAUSE);
+        let b = apply_event(Some(&a.record), &next, now2, PAUSE);
         assert!(!b.repeat_revoke);
         // without a pause it repeats
-        let c = apply_event(Some(a.record), &next, now2, Duration::ZERO);
+        let c = apply_event(Some(&a.record), &next, now2, Duration::ZERO);
         assert!(c.repeat_revoke);
     }
 
     #[test]
     fn old_or_redelivered_requests_do_not_repeat() {
         let r = revoked(3);
-        let before = apply_event(
-            Some(r.clone()),
-            &event(EventKind::Request, 2),
-            at(10),
-            PAUSE,
-        );
+        let before = apply_event(Some(&r), &event(EventKind::Request, 2), at(10), PAUSE);
         assert!(!before.repeat_revoke, "occurred before the revocation");
         let first = apply_event(
-            Some(r),
+            Some(&r),
             &event(EventKind::Request, 9),
             at(10),
             Duration::ZERO,
         );
         let again = apply_event(
-            Some(first.record),
+            Some(&first.record),
             &event(EventKind::Request, 9),
             at(11),
             Duration::ZERO,

@@ -17,6 +17,7 @@ use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, Consumer};
 use serde_json::{Value, json};
 use session_guard::broker;
+use session_guard::configuration::with_database;
 use session_guard::domain::revoke::RevokeMessage;
 use session_guard::shutdown::{self, ShutdownTrigger};
 use session_guard::{Settings, Worker};
@@ -49,24 +50,6 @@ pub struct TestApp {
 /// A unique suffix for this test's names.
 fn unique() -> String {
     uuid::Uuid::new_v4().simple().to_string()[..12].to_owned()
-}
-
-/// `url` with its database name replaced by `db`.
-fn with_database(url: &str, db: &str) -> String {
-    let (base, query) = match url.split_once('?') {
-        Some((b, q)) => (b, Some(q)),
-        None => (url, None),
-    };
-    let scheme_end = base.find("://").map_or(0, |i| i + 3);
-    let path_start = base[scheme_end..]
-        .find('/')
-        .map_or(base.len(), |i| scheme_end + i);
-    let mut out = format!("{}/{}", &base[..path_start], db);
-    if let Some(q) = query {
-        out.push('?');
-        out.push_str(q);
-    }
-    out
 }
 
 /// Settings for one test: the defaults (and the environment, so CI can point
