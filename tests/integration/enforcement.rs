@@ -274,4 +274,7 @@ async fn any_arrival_order_across_two_consumers_ends_the_same() {
     }
     trigger.trigger();
     second.await.unwrap().unwrap();
+    // Stop the first worker too before the queues are deleted: on this
+    // multi-threaded runtime it would otherwise reconnect and re-declare them.
+    app.stop_worker().await;
 }
