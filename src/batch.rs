@@ -17,6 +17,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
@@ -50,6 +51,8 @@ enum Origin {
 struct Slot {
     record: SessionRecord,
     origin: Origin,
+    /// The record as read from the log, to tell what the batch changed.
+    loaded: Option<SessionRecord>,
     ended_by: Option<String>,
     end_note: Option<String>,
     shadow_flagged: bool,
@@ -97,26 +100,38 @@ impl State {
     }
 }
 
-/// The attributes of the user's latest event in `app` that had any, ended
-/// sessions included (only asked for users who merely logged out).
+/// For each (user, app): the attributes of the user's latest event in that
+/// app that had any, ended sessions included (asked for users who merely
+/// logged out, whose limits the hooks still decide).
 async fn stored_attributes(
     conn: &mut PgConnection,
-    user: &UserId,
-    app: &AppName,
-) -> sqlx::Result<serde_json::Map<String, serde_json::Value>> {
-    let value: Option<serde_json::Value> = sqlx::query_scalar(
-        "SELECT attributes FROM sessions
-         WHERE user_id = $1 AND app = $2 AND attributes IS NOT NULL
-         ORDER BY last_seen_at DESC LIMIT 1",
+    wanted: &[(String, AppName)],
+) -> sqlx::Result<HashMap<String, serde_json::Map<String, serde_json::Value>>> {
+    if wanted.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let (users, apps): (Vec<&str>, Vec<&str>) = wanted
+        .iter()
+        .map(|(u, a)| (u.as_str(), a.as_str()))
+        .unzip();
+    let rows: Vec<(String, serde_json::Value)> = sqlx::query_as(
+        "SELECT DISTINCT ON (t.user_id, t.app) t.user_id, s.attributes
+         FROM unnest($1::text[], $2::text[]) AS t(user_id, app)
+         JOIN sessions s ON s.user_id = t.user_id AND s.app = t.app
+         WHERE s.attributes IS NOT NULL
+         ORDER BY t.user_id, t.app, s.last_seen_at DESC",
     )
-    .bind(user.as_str())
-    .bind(app.as_str())
-    .fetch_optional(conn)
+    .bind(&users)
+    .bind(&apps)
+    .fetch_all(conn)
     .await?;
-    Ok(match value {
-        Some(serde_json::Value::Object(map)) => map,
-        _ => serde_json::Map::new(),
-    })
+    Ok(rows
+        .into_iter()
+        .filter_map(|(user, value)| match value {
+            serde_json::Value::Object(map) => Some((user, map)),
+            _ => None,
+        })
+        .collect())
 }
 
 /// A stored row, as loaded.
@@ -161,6 +176,7 @@ impl Row {
             attributes: self.attributes,
         };
         let slot = Slot {
+            loaded: (origin == Origin::Log).then(|| record.clone()),
             record,
             origin,
             ended_by: self.ended_by,
@@ -177,13 +193,71 @@ const LOG_COLUMNS: &str = "app, session_id, user_id, login_at, login_seen, last_
     user_agent, expires_at, ended_at, end_reason, max_sessions, last_revoke_at, attributes,
     ended_by, end_note, shadow_flagged_at IS NOT NULL AS shadow_flagged";
 
-/// Applies `events` inside the caller's transaction. See the module docs.
-pub async fn apply(
+/// Reads the sessions named by `(apps, ids)`: rows of the log and, for
+/// keys pruned from it, their tombstones.
+async fn load_named(
+    conn: &mut PgConnection,
+    apps: &[&str],
+    ids: &[&str],
+) -> sqlx::Result<Vec<(Key, Slot)>> {
+    let query = format!(
+        "SELECT {LOG_COLUMNS}, false AS tombstone FROM sessions
+         WHERE (app, session_id) IN (SELECT * FROM unnest($1::text[], $2::text[]))
+         UNION ALL
+         SELECT app, session_id, user_id, login_at, true, last_seen_at, NULL::inet, NULL::text,
+                expires_at, ended_at, end_reason, max_sessions, last_revoke_at, NULL::jsonb,
+                NULL::text, NULL::text, false, true
+         FROM session_tombstones
+         WHERE (app, session_id) IN (SELECT * FROM unnest($1::text[], $2::text[]))"
+    );
+    let rows: Vec<(Row, bool)> = sqlx::query_as(sqlx::AssertSqlSafe(query))
+        .bind(apps)
+        .bind(ids)
+        .fetch_all(conn)
+        .await?
+        .into_iter()
+        .map(|r: TaggedRow| (r.row, r.tombstone))
+        .collect();
+    let mut slots: HashMap<Key, Slot> = HashMap::with_capacity(rows.len());
+    for (row, tombstone) in rows {
+        let origin = if tombstone { Origin::Tombstone } else { Origin::Log };
+        let (key, slot) = row.into_slot(origin);
+        // A key both in the log and among tombstones should not exist; if
+        // it does, the log row wins.
+        if origin == Origin::Log || !slots.contains_key(&key) {
+            slots.insert(key, slot);
+        }
+    }
+    Ok(slots.into_iter().collect())
+}
+
+/// A [`Row`] and whether it came from `session_tombstones`.
+#[derive(sqlx::FromRow)]
+struct TaggedRow {
+    #[sqlx(flatten)]
+    row: Row,
+    tombstone: bool,
+}
+
+/// How a pass over a batch ended.
+pub(crate) enum Pass {
+    /// Applied: commit.
+    Done(BatchOutcome),
+    /// The check of a user this pass did not lock found something to change
+    /// beyond a touch (rare: a lowered limit, an idle session, a concurrent
+    /// login). Roll back and run the batch again with these users locked too.
+    NeedsLocks(BTreeSet<String>),
+}
+
+/// Applies `events` inside the caller's transaction (see the module docs),
+/// locking the users that need it plus `also_lock`.
+pub(crate) async fn apply(
     conn: &mut PgConnection,
     rules: &Enforcement,
     events: &[SessionEvent],
     now: DateTime<Utc>,
-) -> sqlx::Result<BatchOutcome> {
+    also_lock: &BTreeSet<String>,
+) -> sqlx::Result<Pass> {
     let keys: Vec<Key> = {
         let set: BTreeSet<Key> = events
             .iter()
@@ -194,103 +268,130 @@ pub async fn apply(
     let (apps, ids): (Vec<&str>, Vec<&str>) =
         keys.iter().map(|(a, s)| (a.as_str(), s.as_str())).unzip();
 
-    // The users: named by the events, or (logouts) by the stored session.
-    let named: Vec<(String, String, Option<String>)> = sqlx::query_as(
-        "SELECT s.app, s.session_id, s.user_id FROM sessions s
-         JOIN unnest($1::text[], $2::text[]) AS k(app, session_id)
-           ON s.app = k.app AND s.session_id = k.session_id
-         UNION ALL
-         SELECT t.app, t.session_id, t.user_id FROM session_tombstones t
-         JOIN unnest($1::text[], $2::text[]) AS k(app, session_id)
-           ON t.app = k.app AND t.session_id = k.session_id",
-    )
-    .bind(&apps)
-    .bind(&ids)
-    .fetch_all(&mut *conn)
-    .await?;
-    let stored_users: HashMap<Key, String> = named
-        .into_iter()
-        .filter_map(|(a, s, u)| u.map(|u| ((a, s), u)))
-        .collect();
+    // The named sessions (log rows and tombstones), read before any lock:
+    // who they belong to tells which users the batch may change beyond a
+    // touch. Those users' rows are read again once they are locked.
+    let mut state = State {
+        slots: HashMap::with_capacity(keys.len() * 2),
+        by_user: HashMap::new(),
+        overrides: HashMap::new(),
+    };
+    for (key, slot) in load_named(&mut *conn, &apps, &ids).await? {
+        state.slots.insert(key, slot);
+    }
+    let stored_user = |key: &Key| -> Option<String> {
+        state
+            .slots
+            .get(key)
+            .and_then(|s| s.record.user_id.as_ref())
+            .map(|u| u.to_string())
+    };
+
+    // Every user of the batch, and those to lock: a user whose events can
+    // add, end or revoke a session. A request for a live session of its own
+    // user, the common case, only touches its row and needs no lock.
     let mut users: BTreeSet<String> = BTreeSet::new();
+    let mut locked: BTreeSet<String> = also_lock.clone();
+    let mut stored_users: HashMap<Key, String> = HashMap::new();
+    let mut key_users: HashMap<Key, Vec<String>> = HashMap::new();
     for e in events {
+        let key = (e.app.to_string(), e.session_id.to_string());
         if let Some(u) = &e.user_id {
-            users.insert(u.to_string());
-        } else if let Some(u) = stored_users.get(&(e.app.to_string(), e.session_id.to_string())) {
-            users.insert(u.clone());
+            key_users.entry(key.clone()).or_default().push(u.to_string());
+        }
+        let stored = stored_user(&key);
+        if let Some(u) = &stored {
+            stored_users.insert(key.clone(), u.clone());
+        }
+        let Some(user) = e.user_id.as_ref().map(UserId::as_str).or(stored.as_deref()) else {
+            continue;
+        };
+        users.insert(user.to_owned());
+        let user_id = UserId::from_trusted(user.to_owned());
+        if !(e.kind == EventKind::Request && is_touch(state.slots.get(&key), &user_id, now)) {
+            locked.insert(user.to_owned());
+            locked.extend(stored);
         }
     }
-    lock_users(&mut *conn, &users).await?;
+    users.extend(locked.iter().cloned());
+    lock_users(&mut *conn, &locked).await?;
     let user_list: Vec<&str> = users.iter().map(String::as_str).collect();
 
-    // Load: the named sessions and every live session of the users, locked
-    // (two statements, so each uses its index).
-    let by_key = format!(
-        "SELECT {LOG_COLUMNS} FROM sessions
-         WHERE (app, session_id) IN (SELECT * FROM unnest($1::text[], $2::text[]))
-         FOR UPDATE"
-    );
-    let mut rows: Vec<Row> = sqlx::query_as(sqlx::AssertSqlSafe(by_key))
-        .bind(&apps)
-        .bind(&ids)
-        .fetch_all(&mut *conn)
-        .await?;
+    // Once locked, read the locked users' rows again: the named ones and
+    // every live one (two statements, so each uses its index); the live
+    // rows of the others come along, their check needs them. No row locks:
+    // every writer that can end or add a user's session holds that user's
+    // lock, and the rows of users not locked are only touched.
+    let reload: Vec<&Key> = keys
+        .iter()
+        .filter(|k| {
+            let stored = stored_users.get(*k);
+            stored.is_none_or(|u| locked.contains(u))
+                || key_users
+                    .get(*k)
+                    .is_some_and(|us| us.iter().any(|u| locked.contains(u)))
+        })
+        .collect();
+    if !reload.is_empty() {
+        let (apps, ids): (Vec<&str>, Vec<&str>) = reload
+            .iter()
+            .map(|(a, s)| (a.as_str(), s.as_str()))
+            .unzip();
+        // A row gone meanwhile (pruned) must not be written back from the
+        // first read.
+        for key in &reload {
+            state.slots.remove(*key);
+        }
+        for (key, slot) in load_named(&mut *conn, &apps, &ids).await? {
+            state.slots.insert(key, slot);
+        }
+    }
     let by_user = format!(
         "SELECT {LOG_COLUMNS} FROM sessions
-         WHERE user_id = ANY($1) AND end_reason IS NULL
-         FOR UPDATE"
+         WHERE user_id = ANY($1) AND end_reason IS NULL"
     );
     let live_rows: Vec<Row> = sqlx::query_as(sqlx::AssertSqlSafe(by_user))
         .bind(&user_list)
         .fetch_all(&mut *conn)
         .await?;
-    rows.extend(live_rows);
-    let mut state = State {
-        slots: HashMap::with_capacity(rows.len() + keys.len()),
-        by_user: HashMap::new(),
-        overrides: load_overrides_of(&mut *conn, &user_list).await?,
-    };
-    for row in rows {
+    for row in live_rows {
         let (key, slot) = row.into_slot(Origin::Log);
-        if !state.slots.contains_key(&key) {
-            state.slots.insert(key.clone(), slot);
-            state.index(&key);
-        }
-    }
-    let missing: Vec<&Key> = keys
-        .iter()
-        .filter(|k| !state.slots.contains_key(*k))
-        .collect();
-    if !missing.is_empty() {
-        let (apps, ids): (Vec<&str>, Vec<&str>) = missing
-            .iter()
-            .map(|(a, s)| (a.as_str(), s.as_str()))
-            .unzip();
-        let rows: Vec<Row> = sqlx::query_as(
-            "SELECT app, session_id, user_id, login_at, true AS login_seen, last_seen_at,
-                    NULL::inet AS ip, NULL::text AS user_agent, expires_at, ended_at, end_reason,
-                    max_sessions, last_revoke_at, NULL::jsonb AS attributes,
-                    NULL::text AS ended_by, NULL::text AS end_note, false AS shadow_flagged
-             FROM session_tombstones
-             WHERE (app, session_id) IN (SELECT * FROM unnest($1::text[], $2::text[]))
-             FOR UPDATE",
-        )
-        .bind(&apps)
-        .bind(&ids)
-        .fetch_all(&mut *conn)
-        .await?;
-        for row in rows {
-            let (key, slot) = row.into_slot(Origin::Tombstone);
+        let fresh = slot
+            .record
+            .user_id
+            .as_ref()
+            .is_some_and(|u| locked.contains(u.as_str()));
+        if fresh || !state.slots.contains_key(&key) {
             state.slots.insert(key, slot);
         }
     }
+    let keys_now: Vec<Key> = state.slots.keys().cloned().collect();
+    for key in &keys_now {
+        state.index(key);
+    }
+    state.overrides = load_overrides_of(&mut *conn, &user_list).await?;
 
-    // Apply, in arrival order.
-    let mut outcome = BatchOutcome::default();
+    // Apply, in arrival order. Events of a user not locked must stay
+    // touches; any that would do more sends the batch round again.
+    let mut late: BTreeSet<String> = BTreeSet::new();
+    let mut outcome = BatchOutcome {
+        locked_users: locked.len(),
+        ..BatchOutcome::default()
+    };
     let mut outbox: Vec<RevokeMessage> = Vec::new();
     let mut log_limits: BTreeMap<String, Option<Option<u32>>> = BTreeMap::new();
     for event in events {
         let key = (event.app.to_string(), event.session_id.to_string());
+        let unlocked = event
+            .user_id
+            .as_ref()
+            .filter(|u| !locked.contains(u.as_str()));
+        if let Some(user) = unlocked
+            && !is_touch(state.slots.get(&key), user, now)
+        {
+            late.insert(user.to_string());
+            continue;
+        }
         // The record is cloned once, inside apply_event, and moved into
         // its slot after the repeat and the user are read from it.
         let applied = apply_event(
@@ -333,6 +434,7 @@ pub async fn apply(
                         Slot {
                             record: applied.record,
                             origin: Origin::New,
+                            loaded: None,
                             ended_by: None,
                             end_note: None,
                             shadow_flagged: false,
@@ -350,13 +452,21 @@ pub async fn apply(
             // known before the lock); one that appeared meanwhile, written
             // by another worker, is that worker's to check.
             None => match record_user {
-                Some(u) if users.contains(u.as_str()) => u,
+                Some(u) if locked.contains(u.as_str()) => u,
                 _ => continue,
             },
         };
         match event.kind {
             EventKind::Login | EventKind::Request => {
                 let (revocations, effective) = check(&state, rules, &user, event, now);
+                if unlocked.is_some() {
+                    // A touch: nothing to revoke, nothing new in the log to
+                    // prune; any revocation needs the user's lock first.
+                    if !revocations.is_empty() {
+                        late.insert(user.to_string());
+                    }
+                    continue;
+                }
                 let limit = effective.limits.log_limit;
                 log_limits.insert(user.to_string(), Some(limit));
                 if rules.enforce {
@@ -412,41 +522,65 @@ pub async fn apply(
             }
         }
     }
+    if !late.is_empty() {
+        return Ok(Pass::NeedsLocks(late));
+    }
 
-    write(&mut *conn, &state, now).await?;
+    write(&mut *conn, &state, &locked, rules.last_seen_resolution, now, &mut outcome).await?;
     write_outbox(&mut *conn, &outbox).await?;
+    // Retention, for the users the batch locked. Those who only logged out
+    // get their limit from the hooks, with their latest attributes in the
+    // app of one of their events (one statement for all of them).
+    let logged_out: Vec<(String, AppName)> = log_limits
+        .iter()
+        .filter(|(_, limit)| limit.is_none())
+        .filter_map(|(user, _)| {
+            events
+                .iter()
+                .find(|e| {
+                    e.user_id.as_ref().is_some_and(|u| u.as_str() == user)
+                        || stored_users
+                            .get(&(e.app.to_string(), e.session_id.to_string()))
+                            .is_some_and(|u| u == user)
+                })
+                .map(|e| (user.clone(), e.app.clone()))
+        })
+        .collect();
+    let attributes = stored_attributes(&mut *conn, &logged_out).await?;
+    let mut keep: Vec<(String, u32)> = Vec::new();
     for (user, limit) in log_limits {
-        let keep = match limit {
+        let limit = match limit {
             Some(limit) => limit,
-            // Only logged out in this batch: ask the hooks, with the user's
-            // latest attributes in the app of one of their events.
-            None => {
-                let user_id = UserId::from_trusted(user.clone());
-                let app = events
-                    .iter()
-                    .find(|e| {
-                        e.user_id.as_ref() == Some(&user_id)
-                            || stored_users
-                                .get(&(e.app.to_string(), e.session_id.to_string()))
-                                .is_some_and(|u| u == &user)
-                    })
-                    .map(|e| e.app.clone());
-                match app {
-                    Some(app) => {
-                        let attributes = stored_attributes(&mut *conn, &user_id, &app).await?;
-                        evaluate(&state, rules, &user_id, &app, &attributes, now)
-                            .limits
-                            .log_limit
-                    }
-                    None => rules.hooks.base().log_limit,
+            None => match logged_out.iter().find(|(u, _)| *u == user) {
+                Some((_, app)) => {
+                    let user_id = UserId::from_trusted(user.clone());
+                    let empty = serde_json::Map::new();
+                    let attributes = attributes.get(&user).unwrap_or(&empty);
+                    evaluate(&state, rules, &user_id, app, attributes, now)
+                        .limits
+                        .log_limit
                 }
-            }
+                None => rules.hooks.base().log_limit,
+            },
         };
-        if let Some(keep) = keep {
-            outcome.pruned += crate::store::prune_log(&mut *conn, &user, keep, now).await?;
+        if let Some(limit) = limit {
+            keep.push((user, limit));
         }
     }
-    Ok(outcome)
+    outcome.pruned += crate::store::prune_logs(&mut *conn, &keep, now).await?;
+    Ok(Pass::Done(outcome))
+}
+
+/// Whether an event of `user`, not locked, on the session in `slot` can
+/// only touch it: a request (checked by the caller's kind test through
+/// `apply`'s classification) for a live row of the log that belongs to the
+/// same user.
+fn is_touch(slot: Option<&Slot>, user: &UserId, now: DateTime<Utc>) -> bool {
+    slot.is_some_and(|s| {
+        s.origin == Origin::Log
+            && s.record.user_id.as_ref() == Some(user)
+            && s.record.is_active_at(now)
+    })
 }
 
 /// The hooks' limits for a user in an app, from the batch's state.
@@ -612,18 +746,79 @@ fn revoke(
     messages
 }
 
-/// Writes back every changed session with one upsert, tombstones with one
-/// update, and shadow flags with another.
-async fn write(conn: &mut PgConnection, state: &State, now: DateTime<Utc>) -> sqlx::Result<()> {
+/// Writes back every changed session: one upsert for the rows of locked
+/// users and new rows, one monotonic touch update for the rows of users
+/// not locked, one update for tombstones and one for shadow flags. A row
+/// whose only change is a `last_seen_at` moved by less than `resolution`
+/// is not written at all (its next event that moves it further is).
+async fn write(
+    conn: &mut PgConnection,
+    state: &State,
+    locked: &BTreeSet<String>,
+    resolution: Duration,
+    now: DateTime<Utc>,
+    outcome: &mut BatchOutcome,
+) -> sqlx::Result<()> {
     // Sorted, so that concurrent batches lock rows in the same order.
-    let mut dirty: Vec<(&Key, &Slot)> = state.slots.iter().filter(|(_, s)| s.dirty).collect();
+    let mut dirty: Vec<(&Key, &Slot)> = Vec::new();
+    for (key, slot) in &state.slots {
+        if !slot.dirty {
+            continue;
+        }
+        let within = slot.loaded.as_ref().is_some_and(|loaded| {
+            !slot.flag && loaded.only_seen_later_within(&slot.record, resolution)
+        });
+        if within {
+            outcome.coalesced += 1;
+        } else {
+            dirty.push((key, slot));
+        }
+    }
     dirty.sort_by(|a, b| a.0.cmp(b.0));
-    let (rows, tombstones): (Vec<_>, Vec<_>) = dirty
+    let mut rows = Vec::new();
+    let mut touches = Vec::new();
+    let mut tombstones = Vec::new();
+    for (key, slot) in dirty {
+        let user_locked = slot
+            .record
+            .user_id
+            .as_ref()
+            .is_none_or(|u| locked.contains(u.as_str()));
+        match (slot.origin, &slot.loaded) {
+            (Origin::Tombstone, _) => tombstones.push(slot),
+            (Origin::Log, Some(loaded)) if !user_locked => touches.push((key, slot, loaded)),
+            _ => rows.push(slot),
+        }
+    }
+    outcome.touched += touches.len();
+
+    // Lock every stored row about to be written, in key order, in one
+    // statement: the upsert and the touch update then wait for nothing, and
+    // two batches that share rows (a user locked by one, only touched by
+    // the other) always take them in the same order, so never deadlock.
+    let stored: Vec<(&str, &str)> = rows
+        .iter()
+        .filter(|s| s.origin == Origin::Log)
+        .map(|s| (s.record.app.as_str(), s.record.session_id.as_str()))
+        .chain(touches.iter().map(|(k, _, _)| (k.0.as_str(), k.1.as_str())))
+        .collect::<BTreeSet<_>>()
         .into_iter()
-        .partition(|(_, s)| s.origin != Origin::Tombstone);
+        .collect();
+    if !stored.is_empty() {
+        let (apps, ids): (Vec<&str>, Vec<&str>) = stored.into_iter().unzip();
+        sqlx::query(
+            "SELECT 1 FROM sessions
+             WHERE (app, session_id) IN (SELECT * FROM unnest($1::text[], $2::text[]))
+             ORDER BY app, session_id FOR UPDATE",
+        )
+        .bind(&apps)
+        .bind(&ids)
+        .execute(&mut *conn)
+        .await?;
+    }
     if !rows.is_empty() {
         let mut c = Columns::default();
-        for (_, slot) in &rows {
+        for slot in &rows {
             c.push(slot);
         }
         sqlx::query(
@@ -671,9 +866,50 @@ async fn write(conn: &mut PgConnection, state: &State, now: DateTime<Utc>) -> sq
         .execute(&mut *conn)
         .await?;
     }
+    if !touches.is_empty() {
+        // Another batch may touch the same rows at the same time (the user
+        // is not locked), so every column moves one way only: the newest
+        // event wins, whatever the commit order. Columns the batch did not
+        // change are sent as NULL and kept.
+        let mut t = Touches::default();
+        for (key, slot, loaded) in &touches {
+            t.push(key, &slot.record, loaded);
+        }
+        sqlx::query(
+            "UPDATE sessions s SET
+                 last_seen_at = greatest(s.last_seen_at, v.last_seen_at),
+                 ip = CASE WHEN v.last_seen_at > s.last_seen_at
+                      THEN coalesce(v.ip, s.ip) ELSE s.ip END,
+                 user_agent = CASE WHEN v.last_seen_at > s.last_seen_at
+                      THEN coalesce(v.user_agent, s.user_agent) ELSE s.user_agent END,
+                 expires_at = CASE WHEN v.last_seen_at > s.last_seen_at
+                      THEN coalesce(v.expires_at, s.expires_at) ELSE s.expires_at END,
+                 attributes = CASE WHEN v.last_seen_at > s.last_seen_at
+                      THEN coalesce(v.attributes, s.attributes) ELSE s.attributes END,
+                 login_at = CASE WHEN NOT s.login_seen AND v.login_at < s.login_at
+                      THEN v.login_at ELSE s.login_at END
+             FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::inet[], $5::text[],
+                         $6::timestamptz[], $7::jsonb[], $8::timestamptz[])
+                  AS v(app, session_id, last_seen_at, ip, user_agent, expires_at, attributes,
+                       login_at)
+             WHERE s.app = v.app AND s.session_id = v.session_id
+               AND (v.last_seen_at > s.last_seen_at
+                    OR (NOT s.login_seen AND v.login_at < s.login_at))",
+        )
+        .bind(&t.app)
+        .bind(&t.session_id)
+        .bind(&t.last_seen_at)
+        .bind(&t.ip)
+        .bind(&t.user_agent)
+        .bind(&t.expires_at)
+        .bind(&t.attributes)
+        .bind(&t.login_at)
+        .execute(&mut *conn)
+        .await?;
+    }
     if !tombstones.is_empty() {
         let mut c = Columns::default();
-        for (_, slot) in &tombstones {
+        for slot in &tombstones {
             c.push(slot);
         }
         sqlx::query(
@@ -715,6 +951,36 @@ async fn write(conn: &mut PgConnection, state: &State, now: DateTime<Utc>) -> sq
         .await?;
     }
     Ok(())
+}
+
+/// Column arrays for the touch update: NULL where the batch kept the
+/// stored value.
+#[derive(Default)]
+struct Touches {
+    app: Vec<String>,
+    session_id: Vec<String>,
+    last_seen_at: Vec<DateTime<Utc>>,
+    ip: Vec<Option<IpAddr>>,
+    user_agent: Vec<Option<String>>,
+    expires_at: Vec<Option<DateTime<Utc>>>,
+    attributes: Vec<Option<serde_json::Value>>,
+    login_at: Vec<DateTime<Utc>>,
+}
+
+impl Touches {
+    fn push(&mut self, key: &Key, r: &SessionRecord, loaded: &SessionRecord) {
+        fn changed<T: PartialEq + Clone>(now: &Option<T>, then: &Option<T>) -> Option<T> {
+            if now == then { None } else { now.clone() }
+        }
+        self.app.push(key.0.clone());
+        self.session_id.push(key.1.clone());
+        self.last_seen_at.push(r.last_seen_at);
+        self.ip.push(changed(&r.ip, &loaded.ip));
+        self.user_agent.push(changed(&r.user_agent, &loaded.user_agent));
+        self.expires_at.push(changed(&r.expires_at, &loaded.expires_at));
+        self.attributes.push(changed(&r.attributes, &loaded.attributes));
+        self.login_at.push(r.login_at);
+    }
 }
 
 /// Column arrays for the UNNEST statements.

@@ -83,6 +83,12 @@ pub struct WorkerSettings {
     pub max_backoff_ms: u64,
     /// Seconds a graceful shutdown may take before `run` gives up waiting.
     pub shutdown_timeout: u64,
+    /// Batches in the database at once per worker (each on its own
+    /// connection): while one commits, the next is being read and applied.
+    pub pipeline: usize,
+    /// Milliseconds by which `last_seen_at` may lag in the log: a request
+    /// that moves it by less is not written (0 = write every one).
+    pub last_seen_resolution_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -180,6 +186,9 @@ impl Settings {
         if self.worker.batch_size == 0 {
             anyhow::bail!("worker.batch_size must be at least 1");
         }
+        if self.worker.pipeline == 0 {
+            anyhow::bail!("worker.pipeline must be at least 1");
+        }
         if self.amqp.prefetch == 0 {
             anyhow::bail!("amqp.prefetch must be at least 1 (0 would mean unlimited)");
         }
@@ -263,6 +272,9 @@ impl WorkerSettings {
     }
     pub fn shutdown_timeout(&self) -> Duration {
         Duration::from_secs(self.shutdown_timeout)
+    }
+    pub fn last_seen_resolution(&self) -> Duration {
+        Duration::from_millis(self.last_seen_resolution_ms)
     }
 }
 

@@ -89,6 +89,9 @@ pub struct Enforcement {
     pub repeat_revoke_after: Duration,
     /// `false` = shadow mode: decide, log and count, revoke nothing.
     pub enforce: bool,
+    /// A `last_seen_at` that moved by less than this is not written back:
+    /// requests in a burst cost one write, not one each.
+    pub last_seen_resolution: Duration,
 }
 
 impl Enforcement {
@@ -101,6 +104,7 @@ impl Enforcement {
             hooks: settings.hook_chain(custom)?,
             repeat_revoke_after: Duration::from_secs(settings.limits.repeat_revoke_after),
             enforce: settings.limits.enforce,
+            last_seen_resolution: settings.worker.last_seen_resolution(),
         })
     }
 }
@@ -116,6 +120,15 @@ pub struct BatchOutcome {
     pub repeated: usize,
     /// Rows moved out of the log by retention.
     pub pruned: u64,
+    /// Users locked (those whose sessions the batch could add, end or revoke).
+    pub locked_users: usize,
+    /// Rows of users not locked, updated by the monotonic touch statement.
+    pub touched: usize,
+    /// Rows whose only change, a `last_seen_at` moved by less than the
+    /// resolution, was not written.
+    pub coalesced: usize,
+    /// Passes run again with more users locked (see `batch::Pass`).
+    pub relocks: usize,
 }
 
 impl BatchOutcome {
@@ -154,16 +167,33 @@ pub(crate) async fn lock_users(
 
 /// Applies `events` in one transaction and commits. On error nothing is
 /// written: the caller retries or nacks.
+///
+/// A pass locks only the users whose sessions the batch may add, end or
+/// revoke. In the rare case where the check of another user finds
+/// something to revoke, the pass is rolled back and run again with that
+/// user locked too, so locks are always taken in one sorted go.
 pub async fn process_batch(
     pool: &PgPool,
     rules: &Enforcement,
     events: &[SessionEvent],
     now: DateTime<Utc>,
 ) -> Result<BatchOutcome, BatchError> {
-    let mut tx = pool.begin().await.map_err(BatchError::Connect)?;
-    let outcome = apply_batch(&mut tx, rules, events, now).await?;
-    tx.commit().await?;
-    Ok(outcome)
+    let mut also_lock = BTreeSet::new();
+    for relocks in 0.. {
+        let mut tx = pool.begin().await.map_err(BatchError::Connect)?;
+        match crate::batch::apply(&mut tx, rules, events, now, &also_lock).await? {
+            crate::batch::Pass::Done(mut outcome) => {
+                tx.commit().await?;
+                outcome.relocks = relocks;
+                return Ok(outcome);
+            }
+            crate::batch::Pass::NeedsLocks(users) => {
+                tx.rollback().await?;
+                also_lock.extend(users);
+            }
+        }
+    }
+    unreachable!("the loop returns")
 }
 
 /// Why a batch was not committed.
@@ -216,17 +246,6 @@ pub fn is_transient(error: &sqlx::Error) -> bool {
         | sqlx::Error::InvalidArgument(_) => false,
         _ => true,
     }
-}
-
-/// The body of [`process_batch`], on a connection inside a transaction: the
-/// set-based batch engine of [`crate::batch`].
-pub async fn apply_batch(
-    conn: &mut PgConnection,
-    rules: &Enforcement,
-    events: &[SessionEvent],
-    now: DateTime<Utc>,
-) -> sqlx::Result<BatchOutcome> {
-    crate::batch::apply(conn, rules, events, now).await
 }
 
 /// An active session row, for operator revocations.
@@ -616,25 +635,41 @@ pub async fn write_outbox(conn: &mut PgConnection, messages: &[RevokeMessage]) -
     Ok(())
 }
 
-/// Keeps the `keep` most recently ended rows of one user (any app) and moves
-/// the older ended ones to the tombstones. Only this user's rows are touched.
+/// Keeps the `keep` most recently ended rows of each user (any app) and
+/// moves their older ended ones to the tombstones. Only these users' rows
+/// are touched.
 /// A session that merely expired counts as ended only [`EXPIRED_GRACE`]
 /// after its expiry: a request still in the queue may extend it.
-pub(crate) async fn prune_log(
+///
+/// For many users at once, each with its own `keep`, in one statement.
+pub(crate) async fn prune_logs(
     conn: &mut PgConnection,
-    user: &str,
-    keep: u32,
+    keep: &[(String, u32)],
     now: DateTime<Utc>,
 ) -> sqlx::Result<u64> {
+    if keep.is_empty() {
+        return Ok(0);
+    }
+    let (users, limits): (Vec<&str>, Vec<i64>) = keep
+        .iter()
+        .map(|(u, k)| (u.as_str(), i64::from(*k)))
+        .unzip();
     let moved = sqlx::query(
-        "WITH doomed AS (
-             SELECT app, session_id FROM sessions
-             WHERE user_id = $1 AND (end_reason IS NOT NULL OR expires_at <= $2 - $4::interval)
-             ORDER BY coalesce(ended_at, expires_at) DESC, app DESC, session_id DESC
-             OFFSET $3
+        "WITH target AS (
+             SELECT * FROM unnest($1::text[], $2::int8[]) AS t(user_id, keep)
+         ), ranked AS (
+             SELECT s.app, s.session_id, s.user_id, t.keep,
+                    row_number() OVER (
+                        PARTITION BY s.user_id
+                        ORDER BY coalesce(s.ended_at, s.expires_at) DESC, s.app DESC,
+                                 s.session_id DESC
+                    ) AS n
+             FROM sessions s JOIN target t ON s.user_id = t.user_id
+             WHERE s.end_reason IS NOT NULL OR s.expires_at <= $3 - $4::interval
          ), moved AS (
-             DELETE FROM sessions s USING doomed d
-             WHERE s.user_id = $1 AND s.app = d.app AND s.session_id = d.session_id
+             DELETE FROM sessions s USING ranked d
+             WHERE d.n > d.keep AND s.user_id = d.user_id
+               AND s.app = d.app AND s.session_id = d.session_id
              RETURNING s.*
          )
          INSERT INTO session_tombstones (app, session_id, user_id, login_at, last_seen_at,
@@ -646,9 +681,9 @@ pub(crate) async fn prune_log(
          FROM moved
          ON CONFLICT (app, session_id) DO NOTHING",
     )
-    .bind(user)
+    .bind(&users)
+    .bind(&limits)
     .bind(now)
-    .bind(i64::from(keep))
     .bind(format!("{} seconds", EXPIRED_GRACE.as_secs()))
     .execute(conn)
     .await?;

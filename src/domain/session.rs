@@ -133,6 +133,44 @@ impl SessionRecord {
         self.end_reason.is_none() && self.expires_at.is_none_or(|e| e > at)
     }
 
+    /// Whether `later` differs from this record only by a `last_seen_at`
+    /// moved forward by less than `resolution`: a write the log can skip.
+    pub fn only_seen_later_within(&self, later: &SessionRecord, resolution: Duration) -> bool {
+        // Destructured, so that a new field cannot be forgotten here.
+        let SessionRecord {
+            app,
+            session_id,
+            user_id,
+            login_at,
+            login_seen,
+            last_seen_at,
+            ip,
+            user_agent,
+            expires_at,
+            ended_at,
+            end_reason,
+            max_sessions,
+            last_revoke_at,
+            attributes,
+        } = later;
+        let moved = last_seen_at.signed_duration_since(self.last_seen_at);
+        moved >= chrono::TimeDelta::zero()
+            && moved.to_std().is_ok_and(|m| m < resolution)
+            && *app == self.app
+            && *session_id == self.session_id
+            && *user_id == self.user_id
+            && *login_at == self.login_at
+            && *login_seen == self.login_seen
+            && *ip == self.ip
+            && *user_agent == self.user_agent
+            && *expires_at == self.expires_at
+            && *ended_at == self.ended_at
+            && *end_reason == self.end_reason
+            && *max_sessions == self.max_sessions
+            && *last_revoke_at == self.last_revoke_at
+            && *attributes == self.attributes
+    }
+
     /// The state shown to operators at `now`.
     pub fn state_at(&self, now: DateTime<Utc>) -> SessionState {
         state_of(self.end_reason, self.expires_at, now)
