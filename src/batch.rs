@@ -193,16 +193,19 @@ const LOG_COLUMNS: &str = "app, session_id, user_id, login_at, login_seen, last_
     user_agent, expires_at, ended_at, end_reason, max_sessions, last_revoke_at, attributes,
     ended_by, end_note, shadow_flagged_at IS NOT NULL AS shadow_flagged";
 
-/// Reads the sessions named by `(apps, ids)`: rows of the log and, for
-/// keys pruned from it, their tombstones.
-async fn load_named(
+/// Reads, in one statement, the sessions named by `(apps, ids)` (rows of
+/// the log and, for keys pruned from it, their tombstones) and every live
+/// session of `users`. A row both named and live is read once.
+async fn load(
     conn: &mut PgConnection,
     apps: &[&str],
     ids: &[&str],
+    users: &[&str],
 ) -> sqlx::Result<Vec<(Key, Slot)>> {
     let query = format!(
         "SELECT {LOG_COLUMNS}, false AS tombstone FROM sessions
          WHERE (app, session_id) IN (SELECT * FROM unnest($1::text[], $2::text[]))
+            OR (user_id = ANY($3) AND end_reason IS NULL)
          UNION ALL
          SELECT app, session_id, user_id, login_at, true, last_seen_at, NULL::inet, NULL::text,
                 expires_at, ended_at, end_reason, max_sessions, last_revoke_at, NULL::jsonb,
@@ -210,16 +213,14 @@ async fn load_named(
          FROM session_tombstones
          WHERE (app, session_id) IN (SELECT * FROM unnest($1::text[], $2::text[]))"
     );
-    let rows: Vec<(Row, bool)> = sqlx::query_as(sqlx::AssertSqlSafe(query))
+    let rows: Vec<TaggedRow> = sqlx::query_as(sqlx::AssertSqlSafe(query))
         .bind(apps)
         .bind(ids)
+        .bind(users)
         .fetch_all(conn)
-        .await?
-        .into_iter()
-        .map(|r: TaggedRow| (r.row, r.tombstone))
-        .collect();
+        .await?;
     let mut slots: HashMap<Key, Slot> = HashMap::with_capacity(rows.len());
-    for (row, tombstone) in rows {
+    for TaggedRow { row, tombstone } in rows {
         let origin = if tombstone { Origin::Tombstone } else { Origin::Log };
         let (key, slot) = row.into_slot(origin);
         // A key both in the log and among tombstones should not exist; if
@@ -268,15 +269,22 @@ pub(crate) async fn apply(
     let (apps, ids): (Vec<&str>, Vec<&str>) =
         keys.iter().map(|(a, s)| (a.as_str(), s.as_str())).unzip();
 
-    // The named sessions (log rows and tombstones), read before any lock:
-    // who they belong to tells which users the batch may change beyond a
-    // touch. Those users' rows are read again once they are locked.
+    // The named sessions and the live sessions of the events' users, read
+    // before any lock: who the sessions belong to tells which users the
+    // batch may change beyond a touch. Those users' rows are read again once
+    // they are locked.
+    let event_users: Vec<&str> = events
+        .iter()
+        .filter_map(|e| e.user_id.as_ref().map(UserId::as_str))
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
     let mut state = State {
         slots: HashMap::with_capacity(keys.len() * 2),
         by_user: HashMap::new(),
         overrides: HashMap::new(),
     };
-    for (key, slot) in load_named(&mut *conn, &apps, &ids).await? {
+    for (key, slot) in load(&mut *conn, &apps, &ids, &event_users).await? {
         state.slots.insert(key, slot);
     }
     let stored_user = |key: &Key| -> Option<String> {
@@ -318,10 +326,9 @@ pub(crate) async fn apply(
     let user_list: Vec<&str> = users.iter().map(String::as_str).collect();
 
     // Once locked, read the locked users' rows again: the named ones and
-    // every live one (two statements, so each uses its index); the live
-    // rows of the others come along, their check needs them. No row locks:
-    // every writer that can end or add a user's session holds that user's
-    // lock, and the rows of users not locked are only touched.
+    // every live one. No row locks: every writer that can end or add a
+    // user's session holds that user's lock, and the rows of users not
+    // locked are only touched.
     let reload: Vec<&Key> = keys
         .iter()
         .filter(|k| {
@@ -342,26 +349,14 @@ pub(crate) async fn apply(
         for key in &reload {
             state.slots.remove(*key);
         }
-        for (key, slot) in load_named(&mut *conn, &apps, &ids).await? {
-            state.slots.insert(key, slot);
-        }
-    }
-    let by_user = format!(
-        "SELECT {LOG_COLUMNS} FROM sessions
-         WHERE user_id = ANY($1) AND end_reason IS NULL"
-    );
-    let live_rows: Vec<Row> = sqlx::query_as(sqlx::AssertSqlSafe(by_user))
-        .bind(&user_list)
-        .fetch_all(&mut *conn)
-        .await?;
-    for row in live_rows {
-        let (key, slot) = row.into_slot(Origin::Log);
-        let fresh = slot
-            .record
-            .user_id
-            .as_ref()
-            .is_some_and(|u| locked.contains(u.as_str()));
-        if fresh || !state.slots.contains_key(&key) {
+        state.slots.retain(|_, s| {
+            s.record
+                .user_id
+                .as_ref()
+                .is_none_or(|u| !locked.contains(u.as_str()))
+        });
+        let locked_list: Vec<&str> = locked.iter().map(String::as_str).collect();
+        for (key, slot) in load(&mut *conn, &apps, &ids, &locked_list).await? {
             state.slots.insert(key, slot);
         }
     }

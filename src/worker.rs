@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use chrono::Utc;
 use futures::StreamExt;
+use futures::stream::FuturesOrdered;
 use lapin::message::Delivery;
 use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
@@ -232,21 +233,46 @@ async fn consume(ctx: &Context, shutdown: &mut Shutdown) -> anyhow::Result<()> {
     tracing::info!(queue = %settings.amqp.events_queue, "consuming");
     ctx.health.set_broker(true);
 
+    // Up to `worker.pipeline` batches in the database at once, each on its
+    // own connection; they finish in any order but are acked in delivery
+    // order (FuturesOrdered), so a multiple-ack never covers a delivery of a
+    // batch that has not committed yet.
+    let depth = settings.worker.pipeline.max(1);
+    let mut in_flight = FuturesOrdered::new();
+    let mut ended: Option<anyhow::Error> = None;
     loop {
-        let first = tokio::select! {
-            () = shutdown.wait() => break,
-            next = consumer.next() => next,
-        };
-        let first = match first {
-            Some(Ok(delivery)) => delivery,
-            Some(Err(e)) => return Err(e).context("consumer failed"),
-            None => anyhow::bail!("the broker cancelled the consumer"),
-        };
-        let (batch, ended) = fill_batch(ctx, &mut consumer, first).await;
-        handle_batch(ctx, &channel, &dead_letters, batch, shutdown).await?;
-        if let Some(error) = ended {
+        if in_flight.is_empty()
+            && let Some(error) = ended.take()
+        {
             return Err(error);
         }
+        tokio::select! {
+            biased;
+            done = in_flight.next(), if !in_flight.is_empty() => {
+                let done: anyhow::Result<Option<u64>> = done.expect("in_flight is not empty");
+                ack_through(&channel, done?).await?;
+            }
+            () = shutdown.wait() => break,
+            next = consumer.next(), if in_flight.len() < depth && ended.is_none() => {
+                let first = match next {
+                    Some(Ok(delivery)) => delivery,
+                    Some(Err(e)) => return Err(e).context("consumer failed"),
+                    None => anyhow::bail!("the broker cancelled the consumer"),
+                };
+                let (batch, end) = fill_batch(ctx, &mut consumer, first).await;
+                let mut listener = shutdown.clone();
+                let (channel, dead_letters) = (&channel, &dead_letters);
+                in_flight.push_back(async move {
+                    handle_batch(ctx, channel, dead_letters, batch, &mut listener).await
+                });
+                ended = end;
+            }
+        }
+    }
+    // Batches already in the database finish (or give up if the database
+    // is unavailable) and are acked in order.
+    while let Some(done) = in_flight.next().await {
+        ack_through(&channel, done?).await?;
     }
 
     // Stop the flow, then handle what the broker had already pushed to us, so
@@ -262,7 +288,8 @@ async fn consume(ctx: &Context, shutdown: &mut Shutdown) -> anyhow::Result<()> {
         // Do not give up on this batch because the shutdown already fired
         // (the trigger must stay alive: a dropped trigger counts as fired).
         let (_keep, mut no_shutdown) = shutdown::channel();
-        handle_batch(ctx, &channel, &dead_letters, batch, &mut no_shutdown).await?;
+        let last = handle_batch(ctx, &channel, &dead_letters, batch, &mut no_shutdown).await?;
+        ack_through(&channel, last).await?;
         if ended.is_some() {
             break;
         }
@@ -301,16 +328,18 @@ async fn fill_batch(
     (batch, None)
 }
 
-/// Decodes a batch, dead-letters what is invalid, applies the rest in one
-/// transaction, and acks. Errors returned here are broker errors: the caller
-/// reconnects and the unacked deliveries come back.
+/// Decodes a batch, dead-letters what is invalid (acking those at once) and
+/// applies the rest in one transaction. Returns the delivery tag the caller
+/// acks through (with a multiple-ack) once earlier batches are acked.
+/// Errors returned here are broker errors: the caller reconnects and the
+/// unacked deliveries come back.
 async fn handle_batch(
     ctx: &Context,
     channel: &Channel,
     dead_letters: &Channel,
     batch: Vec<Delivery>,
     shutdown: &mut Shutdown,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Option<u64>> {
     let amqp = &ctx.settings.amqp;
     // Deliveries already settled one by one (acked after dead-lettering, or
     // nacked): the closing multiple-ack must not name one of them, or the
@@ -397,26 +426,32 @@ async fn handle_batch(
             }
         }
     }
-    // One ack for the rest of the batch: a multiple-ack of the highest tag
-    // still open settles every open tag up to it on this channel.
+    // One ack for the rest of the batch, sent by the caller once every
+    // earlier batch is acked: a multiple-ack of the highest tag still open
+    // settles every open tag up to it on this channel.
     let last_open = batch
         .iter()
         .zip(&settled)
         .filter(|(_, done)| !**done)
         .map(|(d, _)| d.delivery_tag)
         .max();
-    if let Some(tag) = last_open {
-        channel
-            .basic_ack(tag, BasicAckOptions { multiple: true })
-            .await
-            .context("cannot ack")?;
-    }
     metrics::counter!("session_guard_events_processed_total").increment(events.len() as u64);
     tracing::trace!(
         size = batch.len(),
         elapsed_us = started.elapsed().as_micros() as u64,
         "batch done"
     );
+    Ok(last_open)
+}
+
+/// Acks every open delivery up to `tag` with one multiple-ack.
+async fn ack_through(channel: &Channel, tag: Option<u64>) -> anyhow::Result<()> {
+    if let Some(tag) = tag {
+        channel
+            .basic_ack(tag, BasicAckOptions { multiple: true })
+            .await
+            .context("cannot ack")?;
+    }
     Ok(())
 }
 
@@ -478,6 +513,14 @@ async fn apply_with_retry(
                     .increment(outcome.repeated as u64);
                 metrics::counter!("session_guard_shadow_revocations_total")
                     .increment(outcome.shadow_revoked as u64);
+                metrics::counter!("session_guard_rows_touched_total")
+                    .increment(outcome.touched as u64);
+                metrics::counter!("session_guard_last_seen_writes_skipped_total")
+                    .increment(outcome.coalesced as u64);
+                metrics::counter!("session_guard_batch_relocks_total")
+                    .increment(outcome.relocks as u64);
+                metrics::histogram!("session_guard_batch_locked_users")
+                    .record(outcome.locked_users as f64);
                 if outcome.revoked > 0 || outcome.repeated > 0 {
                     tracing::debug!(
                         revoked = outcome.revoked,
