@@ -195,7 +195,7 @@ const LOG_COLUMNS: &str = "app, session_id, user_id, login_at, login_seen, last_
 
 /// Reads, in one statement, the sessions named by `(apps, ids)` (rows of
 /// the log and, for keys pruned from it, their tombstones) and every live
-/// session of `users`. A row both named and live is read once.
+/// session of `users` (three parts, each on its index).
 async fn load(
     conn: &mut PgConnection,
     apps: &[&str],
@@ -205,7 +205,10 @@ async fn load(
     let query = format!(
         "SELECT {LOG_COLUMNS}, false AS tombstone FROM sessions
          WHERE (app, session_id) IN (SELECT * FROM unnest($1::text[], $2::text[]))
-            OR (user_id = ANY($3) AND end_reason IS NULL)
+         UNION ALL
+         SELECT {LOG_COLUMNS}, false FROM sessions
+         WHERE user_id = ANY($3) AND end_reason IS NULL
+           AND (app, session_id) NOT IN (SELECT * FROM unnest($1::text[], $2::text[]))
          UNION ALL
          SELECT app, session_id, user_id, login_at, true, last_seen_at, NULL::inet, NULL::text,
                 expires_at, ended_at, end_reason, max_sessions, last_revoke_at, NULL::jsonb,
@@ -521,7 +524,7 @@ pub(crate) async fn apply(
         return Ok(Pass::NeedsLocks(late));
     }
 
-    write(&mut *conn, &state, &locked, rules.last_seen_resolution, now, &mut outcome).await?;
+    let touches = write(&mut *conn, &state, &locked, rules.last_seen_resolution, now, &mut outcome).await?;
     write_outbox(&mut *conn, &outbox).await?;
     // Retention, for the users the batch locked. Those who only logged out
     // get their limit from the hooks, with their latest attributes in the
@@ -563,6 +566,16 @@ pub(crate) async fn apply(
         }
     }
     outcome.pruned += crate::store::prune_logs(&mut *conn, &keep, now).await?;
+    // Last, so that nothing this transaction does after it can wait.
+    let skipped = touch(&mut *conn, &touches).await?;
+    if !skipped.is_empty() {
+        let users: BTreeSet<String> = skipped
+            .iter()
+            .filter_map(|k| state.slots.get(k))
+            .filter_map(|s| s.record.user_id.as_ref().map(|u| u.to_string()))
+            .collect();
+        return Ok(Pass::NeedsLocks(users));
+    }
     Ok(Pass::Done(outcome))
 }
 
@@ -742,8 +755,8 @@ fn revoke(
 }
 
 /// Writes back every changed session: one upsert for the rows of locked
-/// users and new rows, one monotonic touch update for the rows of users
-/// not locked, one update for tombstones and one for shadow flags. A row
+/// users and new rows, one update for tombstones and one for shadow flags.
+/// Returns the rows of users not locked, for [`touch`] to write last. A row
 /// whose only change is a `last_seen_at` moved by less than `resolution`
 /// is not written at all (its next event that moves it further is).
 async fn write(
@@ -753,7 +766,7 @@ async fn write(
     resolution: Duration,
     now: DateTime<Utc>,
     outcome: &mut BatchOutcome,
-) -> sqlx::Result<()> {
+) -> sqlx::Result<Touches> {
     // Sorted, so that concurrent batches lock rows in the same order.
     let mut dirty: Vec<(&Key, &Slot)> = Vec::new();
     for (key, slot) in &state.slots {
@@ -786,31 +799,11 @@ async fn write(
         }
     }
     outcome.touched += touches.len();
-
-    // Lock every stored row about to be written, in key order, in one
-    // statement: the upsert and the touch update then wait for nothing, and
-    // two batches that share rows (a user locked by one, only touched by
-    // the other) always take them in the same order, so never deadlock.
-    let stored: Vec<(&str, &str)> = rows
-        .iter()
-        .filter(|s| s.origin == Origin::Log)
-        .map(|s| (s.record.app.as_str(), s.record.session_id.as_str()))
-        .chain(touches.iter().map(|(k, _, _)| (k.0.as_str(), k.1.as_str())))
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .collect();
-    if !stored.is_empty() {
-        let (apps, ids): (Vec<&str>, Vec<&str>) = stored.into_iter().unzip();
-        sqlx::query(
-            "SELECT 1 FROM sessions
-             WHERE (app, session_id) IN (SELECT * FROM unnest($1::text[], $2::text[]))
-             ORDER BY app, session_id FOR UPDATE",
-        )
-        .bind(&apps)
-        .bind(&ids)
-        .execute(&mut *conn)
-        .await?;
+    let mut t = Touches::default();
+    for (key, slot, loaded) in &touches {
+        t.push(key, &slot.record, loaded);
     }
+
     if !rows.is_empty() {
         let mut c = Columns::default();
         for slot in &rows {
@@ -861,47 +854,6 @@ async fn write(
         .execute(&mut *conn)
         .await?;
     }
-    if !touches.is_empty() {
-        // Another batch may touch the same rows at the same time (the user
-        // is not locked), so every column moves one way only: the newest
-        // event wins, whatever the commit order. Columns the batch did not
-        // change are sent as NULL and kept.
-        let mut t = Touches::default();
-        for (key, slot, loaded) in &touches {
-            t.push(key, &slot.record, loaded);
-        }
-        sqlx::query(
-            "UPDATE sessions s SET
-                 last_seen_at = greatest(s.last_seen_at, v.last_seen_at),
-                 ip = CASE WHEN v.last_seen_at > s.last_seen_at
-                      THEN coalesce(v.ip, s.ip) ELSE s.ip END,
-                 user_agent = CASE WHEN v.last_seen_at > s.last_seen_at
-                      THEN coalesce(v.user_agent, s.user_agent) ELSE s.user_agent END,
-                 expires_at = CASE WHEN v.last_seen_at > s.last_seen_at
-                      THEN coalesce(v.expires_at, s.expires_at) ELSE s.expires_at END,
-                 attributes = CASE WHEN v.last_seen_at > s.last_seen_at
-                      THEN coalesce(v.attributes, s.attributes) ELSE s.attributes END,
-                 login_at = CASE WHEN NOT s.login_seen AND v.login_at < s.login_at
-                      THEN v.login_at ELSE s.login_at END
-             FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::inet[], $5::text[],
-                         $6::timestamptz[], $7::jsonb[], $8::timestamptz[])
-                  AS v(app, session_id, last_seen_at, ip, user_agent, expires_at, attributes,
-                       login_at)
-             WHERE s.app = v.app AND s.session_id = v.session_id
-               AND (v.last_seen_at > s.last_seen_at
-                    OR (NOT s.login_seen AND v.login_at < s.login_at))",
-        )
-        .bind(&t.app)
-        .bind(&t.session_id)
-        .bind(&t.last_seen_at)
-        .bind(&t.ip)
-        .bind(&t.user_agent)
-        .bind(&t.expires_at)
-        .bind(&t.attributes)
-        .bind(&t.login_at)
-        .execute(&mut *conn)
-        .await?;
-    }
     if !tombstones.is_empty() {
         let mut c = Columns::default();
         for slot in &tombstones {
@@ -945,7 +897,72 @@ async fn write(
         .execute(&mut *conn)
         .await?;
     }
-    Ok(())
+    Ok(t)
+}
+
+/// Writes the rows of users not locked, as the batch's last statement, and
+/// returns the keys it could not lock.
+///
+/// Another batch may write the same rows at the same time (these users are
+/// not locked), so every column moves one way only: the newest event wins,
+/// whatever the commit order; columns the batch did not change are sent as
+/// NULL and kept. Rows another transaction holds are skipped, never waited
+/// for (SKIP LOCKED): a touch therefore never waits, so no deadlock can pass
+/// through one, and a transaction waiting for a touched row waits only for
+/// a commit that is already under way. The caller runs the batch again
+/// with the skipped rows' users locked, which writes them with the upsert.
+async fn touch(conn: &mut PgConnection, t: &Touches) -> sqlx::Result<Vec<Key>> {
+    if t.app.is_empty() {
+        return Ok(Vec::new());
+    }
+    let locked: Vec<(String, String)> = sqlx::query_as(
+        "WITH v AS (
+             SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::inet[],
+                                  $5::text[], $6::timestamptz[], $7::jsonb[], $8::timestamptz[])
+                 AS v(app, session_id, last_seen_at, ip, user_agent, expires_at, attributes,
+                      login_at)
+         ), mine AS (
+             SELECT s.app, s.session_id FROM sessions s
+             JOIN v ON s.app = v.app AND s.session_id = v.session_id
+             FOR UPDATE OF s SKIP LOCKED
+         ), touched AS (
+             UPDATE sessions s SET
+                 last_seen_at = greatest(s.last_seen_at, v.last_seen_at),
+                 ip = CASE WHEN v.last_seen_at > s.last_seen_at
+                      THEN coalesce(v.ip, s.ip) ELSE s.ip END,
+                 user_agent = CASE WHEN v.last_seen_at > s.last_seen_at
+                      THEN coalesce(v.user_agent, s.user_agent) ELSE s.user_agent END,
+                 expires_at = CASE WHEN v.last_seen_at > s.last_seen_at
+                      THEN coalesce(v.expires_at, s.expires_at) ELSE s.expires_at END,
+                 attributes = CASE WHEN v.last_seen_at > s.last_seen_at
+                      THEN coalesce(v.attributes, s.attributes) ELSE s.attributes END,
+                 login_at = CASE WHEN NOT s.login_seen AND v.login_at < s.login_at
+                      THEN v.login_at ELSE s.login_at END
+             FROM v JOIN mine m ON m.app = v.app AND m.session_id = v.session_id
+             WHERE s.app = v.app AND s.session_id = v.session_id
+               AND (v.last_seen_at > s.last_seen_at
+                    OR (NOT s.login_seen AND v.login_at < s.login_at))
+             RETURNING 1
+         )
+         SELECT app, session_id FROM mine",
+    )
+    .bind(&t.app)
+    .bind(&t.session_id)
+    .bind(&t.last_seen_at)
+    .bind(&t.ip)
+    .bind(&t.user_agent)
+    .bind(&t.expires_at)
+    .bind(&t.attributes)
+    .bind(&t.login_at)
+    .fetch_all(conn)
+    .await?;
+    let locked: BTreeSet<(String, String)> = locked.into_iter().collect();
+    Ok(t.app
+        .iter()
+        .zip(&t.session_id)
+        .map(|(a, s)| (a.clone(), s.clone()))
+        .filter(|k| !locked.contains(k))
+        .collect())
 }
 
 /// Column arrays for the touch update: NULL where the batch kept the
