@@ -29,7 +29,8 @@ use crate::domain::revoke::RevokeMessage;
 use crate::domain::session::{EndReason, SessionRecord, apply_event};
 use crate::store::summaries;
 use crate::store::{
-    BatchOutcome, Enforcement, Revocation, load_overrides_of, lock_users, write_outbox,
+    BatchOutcome, Enforcement, LockTurn, Revocation, UserHints, load_overrides_of, lock_users,
+    write_outbox,
 };
 
 /// A session's key: (app, session_id).
@@ -115,11 +116,13 @@ async fn stored_attributes(
         .map(|(u, a)| (u.as_str(), a.as_str()))
         .unzip();
     let rows: Vec<(String, serde_json::Value)> = sqlx::query_as(
-        "SELECT DISTINCT ON (t.user_id, t.app) t.user_id, s.attributes
+        "SELECT t.user_id, a.attributes
          FROM unnest($1::text[], $2::text[]) AS t(user_id, app)
-         JOIN sessions s ON s.user_id = t.user_id AND s.app = t.app
-         WHERE s.attributes IS NOT NULL
-         ORDER BY t.user_id, t.app, s.last_seen_at DESC",
+         CROSS JOIN LATERAL (
+             SELECT s.attributes FROM sessions s
+             WHERE s.user_id = t.user_id AND s.app = t.app AND s.attributes IS NOT NULL
+             ORDER BY s.last_seen_at DESC LIMIT 1
+         ) a",
     )
     .bind(&users)
     .bind(&apps)
@@ -261,6 +264,8 @@ pub(crate) async fn apply(
     events: &[SessionEvent],
     now: DateTime<Utc>,
     also_lock: &BTreeSet<String>,
+    turn: &mut LockTurn,
+    hints: &UserHints,
 ) -> sqlx::Result<Pass> {
     let keys: Vec<Key> = {
         let set: BTreeSet<Key> = events
@@ -314,7 +319,9 @@ pub(crate) async fn apply(
         if let Some(u) = &stored {
             stored_users.insert(key.clone(), u.clone());
         }
-        let Some(user) = e.user_id.as_ref().map(UserId::as_str).or(stored.as_deref()) else {
+        let hint = || hints.get(&key).map(String::as_str);
+        let Some(user) = e.user_id.as_ref().map(UserId::as_str).or(stored.as_deref()).or_else(hint)
+        else {
             continue;
         };
         users.insert(user.to_owned());
@@ -325,7 +332,9 @@ pub(crate) async fn apply(
         }
     }
     users.extend(locked.iter().cloned());
+    turn.wait().await;
     lock_users(&mut *conn, &locked).await?;
+    turn.pass();
     let user_list: Vec<&str> = users.iter().map(String::as_str).collect();
 
     // Once locked, read the locked users' rows again: the named ones and
@@ -532,6 +541,10 @@ pub(crate) async fn apply(
     let logged_out: Vec<(String, AppName)> = log_limits
         .iter()
         .filter(|(_, limit)| limit.is_none())
+        .filter(|(user, _)| {
+            let overrides = state.overrides.get(user.as_str()).map_or(&[][..], Vec::as_slice);
+            rules.hooks.may_set_log_limit(overrides)
+        })
         .filter_map(|(user, _)| {
             events
                 .iter()

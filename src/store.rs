@@ -8,7 +8,7 @@
 //! after the commit, so a crash anywhere before it replays the batch, and
 //! replaying changes nothing because every step is idempotent.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::time::Duration;
 
@@ -178,22 +178,91 @@ pub async fn process_batch(
     events: &[SessionEvent],
     now: DateTime<Utc>,
 ) -> Result<BatchOutcome, BatchError> {
-    let mut also_lock = BTreeSet::new();
-    for relocks in 0.. {
-        let mut tx = pool.begin().await.map_err(BatchError::Connect)?;
-        match crate::batch::apply(&mut tx, rules, events, now, &also_lock).await? {
-            crate::batch::Pass::Done(mut outcome) => {
-                tx.commit().await?;
-                outcome.relocks = relocks;
-                return Ok(outcome);
-            }
-            crate::batch::Pass::NeedsLocks(users) => {
-                tx.rollback().await?;
-                also_lock.extend(users);
-            }
+    process_batch_in_turn(pool, rules, events, now, &mut LockTurn::default(), &UserHints::new())
+        .await
+}
+
+/// Users of sessions named by batches still in flight on this worker:
+/// `(app, session_id)` → `user_id`. A logout without `user_id` for a session
+/// whose login is one batch ahead learns its user here, so it waits for that
+/// user's lock instead of racing the login.
+pub type UserHints = HashMap<(String, String), String>;
+
+/// Orders the lock phases of one worker's pipelined batches: a batch takes
+/// its user locks only after the batch before it took its own. Then a user's
+/// events that one worker has in flight are applied in delivery order, as
+/// without the pipeline, while the rest of each batch overlaps.
+#[derive(Debug, Default)]
+pub struct LockTurn {
+    /// Fires when the previous batch holds its locks (or gave up).
+    previous: Option<tokio::sync::oneshot::Receiver<()>>,
+    /// Fired once this batch holds its locks (dropped = gave up).
+    mine: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl LockTurn {
+    /// The turn of a batch that follows the one whose turn gave `previous`,
+    /// and the receiver the next batch waits on.
+    pub fn after(
+        previous: Option<tokio::sync::oneshot::Receiver<()>>,
+    ) -> (LockTurn, tokio::sync::oneshot::Receiver<()>) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        (
+            LockTurn {
+                previous,
+                mine: Some(tx),
+            },
+            rx,
+        )
+    }
+
+    /// Waits until the previous batch holds its locks (once only).
+    pub(crate) async fn wait(&mut self) {
+        if let Some(previous) = self.previous.take() {
+            let _ = previous.await;
         }
     }
-    unreachable!("the loop returns")
+
+    /// Lets the next batch take its locks.
+    pub(crate) fn pass(&mut self) {
+        if let Some(mine) = self.mine.take() {
+            let _ = mine.send(());
+        }
+    }
+}
+
+/// [`process_batch`] for one of a worker's pipelined batches.
+pub async fn process_batch_in_turn(
+    pool: &PgPool,
+    rules: &Enforcement,
+    events: &[SessionEvent],
+    now: DateTime<Utc>,
+    turn: &mut LockTurn,
+    hints: &UserHints,
+) -> Result<BatchOutcome, BatchError> {
+    let mut also_lock = BTreeSet::new();
+    let result = async {
+        for relocks in 0.. {
+            let mut tx = pool.begin().await.map_err(BatchError::Connect)?;
+            let pass = crate::batch::apply(&mut tx, rules, events, now, &also_lock, turn, hints);
+            match pass.await? {
+                crate::batch::Pass::Done(mut outcome) => {
+                    tx.commit().await?;
+                    outcome.relocks = relocks;
+                    return Ok(outcome);
+                }
+                crate::batch::Pass::NeedsLocks(users) => {
+                    tx.rollback().await?;
+                    also_lock.extend(users);
+                }
+            }
+        }
+        unreachable!("the loop returns")
+    }
+    .await;
+    // Whatever happened, the next batch need not wait any longer.
+    turn.pass();
+    result
 }
 
 /// Why a batch was not committed.

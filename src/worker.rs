@@ -26,7 +26,7 @@ use crate::domain::limits::RuleHook;
 use crate::health::Health;
 use crate::relay;
 use crate::shutdown::{self, Shutdown};
-use crate::store::{self, Enforcement};
+use crate::store::{self, Enforcement, LockTurn, UserHints};
 
 /// Seconds between two passes of the housekeeping task (tombstone expiry).
 const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(60);
@@ -239,6 +239,10 @@ async fn consume(ctx: &Context, shutdown: &mut Shutdown) -> anyhow::Result<()> {
     // batch that has not committed yet.
     let depth = settings.worker.pipeline.max(1);
     let mut in_flight = FuturesOrdered::new();
+    // The users each batch in flight names, oldest first (popped as they
+    // complete, in the same order).
+    let mut ahead: std::collections::VecDeque<UserHints> = std::collections::VecDeque::new();
+    let mut last_turn: Option<tokio::sync::oneshot::Receiver<()>> = None;
     let mut ended: Option<anyhow::Error> = None;
     loop {
         if in_flight.is_empty()
@@ -250,6 +254,7 @@ async fn consume(ctx: &Context, shutdown: &mut Shutdown) -> anyhow::Result<()> {
             biased;
             done = in_flight.next(), if !in_flight.is_empty() => {
                 let done: anyhow::Result<Option<u64>> = done.expect("in_flight is not empty");
+                ahead.pop_front();
                 ack_through(&channel, done?).await?;
             }
             () = shutdown.wait() => break,
@@ -260,10 +265,19 @@ async fn consume(ctx: &Context, shutdown: &mut Shutdown) -> anyhow::Result<()> {
                     None => anyhow::bail!("the broker cancelled the consumer"),
                 };
                 let (batch, end) = fill_batch(ctx, &mut consumer, first).await;
+                let decoded = decode(ctx, &batch);
+                let (turn, next_turn) = LockTurn::after(last_turn.take());
+                last_turn = Some(next_turn);
+                let order = Order {
+                    turn,
+                    hints: hints_for(&decoded.events, &ahead),
+                };
+                ahead.push_back(users_of(&decoded.events));
                 let mut listener = shutdown.clone();
                 let (channel, dead_letters) = (&channel, &dead_letters);
                 in_flight.push_back(async move {
-                    handle_batch(ctx, channel, dead_letters, batch, &mut listener).await
+                    handle_batch(ctx, channel, dead_letters, batch, decoded, order, &mut listener)
+                        .await
                 });
                 ended = end;
             }
@@ -288,7 +302,18 @@ async fn consume(ctx: &Context, shutdown: &mut Shutdown) -> anyhow::Result<()> {
         // Do not give up on this batch because the shutdown already fired
         // (the trigger must stay alive: a dropped trigger counts as fired).
         let (_keep, mut no_shutdown) = shutdown::channel();
-        let last = handle_batch(ctx, &channel, &dead_letters, batch, &mut no_shutdown).await?;
+        let decoded = decode(ctx, &batch);
+        let order = Order::default();
+        let last = handle_batch(
+            ctx,
+            &channel,
+            &dead_letters,
+            batch,
+            decoded,
+            order,
+            &mut no_shutdown,
+        )
+        .await?;
         ack_through(&channel, last).await?;
         if ended.is_some() {
             break;
@@ -328,26 +353,25 @@ async fn fill_batch(
     (batch, None)
 }
 
-/// Decodes a batch, dead-letters what is invalid (acking those at once) and
-/// applies the rest in one transaction. Returns the delivery tag the caller
-/// acks through (with a multiple-ack) once earlier batches are acked.
-/// Errors returned here are broker errors: the caller reconnects and the
-/// unacked deliveries come back.
-async fn handle_batch(
-    ctx: &Context,
-    channel: &Channel,
-    dead_letters: &Channel,
-    batch: Vec<Delivery>,
-    shutdown: &mut Shutdown,
-) -> anyhow::Result<Option<u64>> {
+/// A batch's deliveries, decoded and checked.
+struct Decoded {
+    /// Valid events, in delivery order.
+    events: Vec<SessionEvent>,
+    /// Where each valid event sits in the batch.
+    positions: Vec<usize>,
+    /// Deliveries to dead-letter: position, reason, kind.
+    invalid: Vec<(usize, String, &'static str)>,
+}
+
+/// Decodes and checks every delivery (no I/O: the consumer does it before
+/// the batch goes in flight, so the next batch knows this one's users).
+fn decode(ctx: &Context, batch: &[Delivery]) -> Decoded {
     let amqp = &ctx.settings.amqp;
-    // Deliveries already settled one by one (acked after dead-lettering, or
-    // nacked): the closing multiple-ack must not name one of them, or the
-    // broker closes the channel for an unknown delivery tag.
-    let mut settled = vec![false; batch.len()];
-    // Valid events, and where each sits in the batch.
-    let mut events: Vec<SessionEvent> = Vec::with_capacity(batch.len());
-    let mut positions: Vec<usize> = Vec::with_capacity(batch.len());
+    let mut decoded = Decoded {
+        events: Vec::with_capacity(batch.len()),
+        positions: Vec::with_capacity(batch.len()),
+        invalid: Vec::new(),
+    };
     for (i, delivery) in batch.iter().enumerate() {
         let checked = SessionEvent::decode(&delivery.data)
             .map_err(|e| (e.to_string(), "invalid"))
@@ -358,24 +382,86 @@ async fn handle_batch(
             });
         match checked {
             Ok(event) => {
-                events.push(event);
-                positions.push(i);
+                decoded.events.push(event);
+                decoded.positions.push(i);
             }
-            Err((error, kind)) => {
-                reject(ctx, dead_letters, delivery, &error, kind).await?;
-                // Acked at once: if this batch is redelivered later (say the
-                // database is down at shutdown), it is not dead-lettered twice.
-                channel
-                    .basic_ack(delivery.delivery_tag, BasicAckOptions { multiple: false })
-                    .await
-                    .context("cannot ack")?;
-                settled[i] = true;
-            }
+            Err((error, kind)) => decoded.invalid.push((i, error, kind)),
         }
+    }
+    decoded
+}
+
+/// Where a batch stands among the worker's pipelined batches.
+#[derive(Debug, Default)]
+struct Order {
+    /// When it may take its user locks.
+    turn: LockTurn,
+    /// Users of sessions named by the batches ahead of it.
+    hints: UserHints,
+}
+
+/// The users of the sessions a batch names, for the batches behind it.
+fn users_of(events: &[SessionEvent]) -> UserHints {
+    events
+        .iter()
+        .filter_map(|e| {
+            let user = e.user_id.as_ref()?;
+            Some(((e.app.to_string(), e.session_id.to_string()), user.to_string()))
+        })
+        .collect()
+}
+
+/// What the batches ahead know of the users of this batch's logouts that
+/// carry no `user_id` (the newest batch ahead wins).
+fn hints_for(events: &[SessionEvent], ahead: &std::collections::VecDeque<UserHints>) -> UserHints {
+    let mut hints = UserHints::new();
+    for e in events.iter().filter(|e| e.user_id.is_none()) {
+        let key = (e.app.to_string(), e.session_id.to_string());
+        if let Some(user) = ahead.iter().rev().find_map(|h| h.get(&key)) {
+            hints.insert(key, user.clone());
+        }
+    }
+    hints
+}
+
+/// Dead-letters what is invalid in a decoded batch (acking those at once) and
+/// applies the rest in one transaction. Returns the delivery tag the caller
+/// acks through (with a multiple-ack) once earlier batches are acked.
+/// Errors returned here are broker errors: the caller reconnects and the
+/// unacked deliveries come back.
+async fn handle_batch(
+    ctx: &Context,
+    channel: &Channel,
+    dead_letters: &Channel,
+    batch: Vec<Delivery>,
+    decoded: Decoded,
+    mut order: Order,
+    shutdown: &mut Shutdown,
+) -> anyhow::Result<Option<u64>> {
+    let amqp = &ctx.settings.amqp;
+    let Decoded {
+        events,
+        positions,
+        invalid,
+    } = decoded;
+    // Deliveries already settled one by one (acked after dead-lettering, or
+    // nacked): the closing multiple-ack must not name one of them, or the
+    // broker closes the channel for an unknown delivery tag.
+    let mut settled = vec![false; batch.len()];
+    for (i, error, kind) in invalid {
+        let delivery = &batch[i];
+        reject(ctx, dead_letters, delivery, &error, kind).await?;
+        // Acked at once: if this batch is redelivered later (say the
+        // database is down at shutdown), it is not dead-lettered twice.
+        channel
+            .basic_ack(delivery.delivery_tag, BasicAckOptions { multiple: false })
+            .await
+            .context("cannot ack")?;
+        settled[i] = true;
     }
 
     let started = Instant::now();
-    match apply_with_retry(ctx, &events, shutdown).await {
+    match apply_with_retry(ctx, &events, &mut order, shutdown).await {
         Applied::Committed => {}
         Applied::ShuttingDown => {
             // Nothing was committed: leave the valid deliveries unacked; the
@@ -388,7 +474,13 @@ async fn handle_batch(
             tracing::warn!(error = %error, size = events.len(), "batch refused; applying its events one by one");
             for (i, event) in positions.iter().zip(&events) {
                 let delivery = &batch[*i];
-                match apply_with_retry(ctx, std::slice::from_ref(event), shutdown).await {
+                let mut alone = Order {
+                    turn: LockTurn::default(),
+                    hints: order.hints.clone(),
+                };
+                match apply_with_retry(ctx, std::slice::from_ref(event), &mut alone, shutdown)
+                    .await
+                {
                     Applied::Committed => {}
                     Applied::ShuttingDown => {
                         anyhow::bail!("shutdown while the database was unavailable")
@@ -494,6 +586,7 @@ enum Applied {
 async fn apply_with_retry(
     ctx: &Context,
     events: &[SessionEvent],
+    order: &mut Order,
     shutdown: &mut Shutdown,
 ) -> Applied {
     if events.is_empty() {
@@ -501,7 +594,15 @@ async fn apply_with_retry(
     }
     let mut backoff = Backoff::new(ctx.settings.worker.max_backoff());
     loop {
-        match store::process_batch(&ctx.pool, &ctx.rules, events, Utc::now()).await {
+        let attempt = store::process_batch_in_turn(
+            &ctx.pool,
+            &ctx.rules,
+            events,
+            Utc::now(),
+            &mut order.turn,
+            &order.hints,
+        );
+        match attempt.await {
             Ok(outcome) => {
                 ctx.health.set_database(true);
                 if outcome.wrote_outbox() {

@@ -195,6 +195,14 @@ pub trait RuleHook: Send + Sync + 'static {
     fn name(&self) -> &str;
     /// Adjusts `limits` for the user and app in `ctx`.
     fn apply(&self, ctx: &HookContext<'_>, limits: &mut LimitsEditor<'_>);
+    /// Whether this hook may set a `log_limit` for a user with these
+    /// operator overrides. The worker skips looking up the attributes of a
+    /// user who only logged out when no hook can prune their log. Answer
+    /// `true` (the default) unless you are sure.
+    fn may_set_log_limit(&self, overrides: &[UserOverride]) -> bool {
+        let _ = overrides;
+        true
+    }
 }
 
 /// The configured chain of hooks and the base limits they start from.
@@ -233,6 +241,12 @@ impl HookChain {
         self.hooks.iter().map(|h| h.name()).collect()
     }
 
+    /// Whether the chain can give a user with these overrides a `log_limit`,
+    /// whatever their attributes.
+    pub fn may_set_log_limit(&self, overrides: &[UserOverride]) -> bool {
+        self.base.log_limit.is_some() || self.hooks.iter().any(|h| h.may_set_log_limit(overrides))
+    }
+
     /// Runs every hook in order and returns the limits that apply.
     pub fn evaluate(&self, ctx: &HookContext<'_>) -> EffectiveLimits {
         let mut limits = self.base;
@@ -265,6 +279,9 @@ impl RuleHook for SuperuserUnlimited {
             limits.set_max_sessions(0);
             limits.set_max_sessions_global(0);
         }
+    }
+    fn may_set_log_limit(&self, _: &[UserOverride]) -> bool {
+        false
     }
 }
 
@@ -355,6 +372,9 @@ impl RuleHook for Rules {
     fn name(&self) -> &str {
         "rules"
     }
+    fn may_set_log_limit(&self, _: &[UserOverride]) -> bool {
+        self.rules.iter().any(|r| r.log_limit.is_some())
+    }
     fn apply(&self, ctx: &HookContext<'_>, limits: &mut LimitsEditor<'_>) {
         for (i, rule) in self.rules.iter().enumerate() {
             if !rule.when.matches(ctx) {
@@ -392,6 +412,9 @@ pub struct UserOverrides;
 impl RuleHook for UserOverrides {
     fn name(&self) -> &str {
         "user_overrides"
+    }
+    fn may_set_log_limit(&self, overrides: &[UserOverride]) -> bool {
+        overrides.iter().any(|o| o.log_limit.is_some())
     }
     fn apply(&self, ctx: &HookContext<'_>, limits: &mut LimitsEditor<'_>) {
         let all_apps = ctx.overrides.iter().filter(|o| o.app.is_none());
