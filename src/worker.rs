@@ -244,6 +244,10 @@ async fn consume(ctx: &Context, shutdown: &mut Shutdown) -> anyhow::Result<()> {
     let mut ahead: std::collections::VecDeque<UserHints> = std::collections::VecDeque::new();
     let mut last_turn: Option<tokio::sync::oneshot::Receiver<()>> = None;
     let mut ended: Option<anyhow::Error> = None;
+    // Whether the last batch was full. A worker that keeps up gains nothing
+    // from overlapping batches and would pay for it in latency (the next
+    // batch waits on the one ahead), so it runs one at a time.
+    let mut behind = false;
     loop {
         if in_flight.is_empty()
             && let Some(error) = ended.take()
@@ -258,13 +262,18 @@ async fn consume(ctx: &Context, shutdown: &mut Shutdown) -> anyhow::Result<()> {
                 ack_through(&channel, done?).await?;
             }
             () = shutdown.wait() => break,
-            next = consumer.next(), if in_flight.len() < depth && ended.is_none() => {
+            next = consumer.next(), if in_flight.len() < depth.min(if behind { depth } else { 1 })
+                && ended.is_none() =>
+            {
                 let first = match next {
                     Some(Ok(delivery)) => delivery,
                     Some(Err(e)) => return Err(e).context("consumer failed"),
                     None => anyhow::bail!("the broker cancelled the consumer"),
                 };
                 let (batch, end) = fill_batch(ctx, &mut consumer, first).await;
+                // Only a full batch says the worker is behind; then the next
+                // one may start while this one is in the database.
+                behind = batch.len() >= settings.worker.batch_size;
                 let decoded = decode(ctx, &batch);
                 let (turn, next_turn) = LockTurn::after(last_turn.take());
                 last_turn = Some(next_turn);
