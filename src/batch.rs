@@ -111,10 +111,8 @@ async fn stored_attributes(
     if wanted.is_empty() {
         return Ok(HashMap::new());
     }
-    let (users, apps): (Vec<&str>, Vec<&str>) = wanted
-        .iter()
-        .map(|(u, a)| (u.as_str(), a.as_str()))
-        .unzip();
+    let (users, apps): (Vec<&str>, Vec<&str>) =
+        wanted.iter().map(|(u, a)| (u.as_str(), a.as_str())).unzip();
     let rows: Vec<(String, serde_json::Value)> = sqlx::query_as(
         "SELECT t.user_id, a.attributes
          FROM unnest($1::text[], $2::text[]) AS t(user_id, app)
@@ -227,7 +225,11 @@ async fn load(
         .await?;
     let mut slots: HashMap<Key, Slot> = HashMap::with_capacity(rows.len());
     for TaggedRow { row, tombstone } in rows {
-        let origin = if tombstone { Origin::Tombstone } else { Origin::Log };
+        let origin = if tombstone {
+            Origin::Tombstone
+        } else {
+            Origin::Log
+        };
         let (key, slot) = row.into_slot(origin);
         // A key both in the log and among tombstones should not exist; if
         // it does, the log row wins.
@@ -313,14 +315,22 @@ pub(crate) async fn apply(
     for e in events {
         let key = (e.app.to_string(), e.session_id.to_string());
         if let Some(u) = &e.user_id {
-            key_users.entry(key.clone()).or_default().push(u.to_string());
+            key_users
+                .entry(key.clone())
+                .or_default()
+                .push(u.to_string());
         }
         let stored = stored_user(&key);
         if let Some(u) = &stored {
             stored_users.insert(key.clone(), u.clone());
         }
         let hint = || hints.get(&key).map(String::as_str);
-        let Some(user) = e.user_id.as_ref().map(UserId::as_str).or(stored.as_deref()).or_else(hint)
+        let Some(user) = e
+            .user_id
+            .as_ref()
+            .map(UserId::as_str)
+            .or(stored.as_deref())
+            .or_else(hint)
         else {
             continue;
         };
@@ -352,10 +362,8 @@ pub(crate) async fn apply(
         })
         .collect();
     if !reload.is_empty() {
-        let (apps, ids): (Vec<&str>, Vec<&str>) = reload
-            .iter()
-            .map(|(a, s)| (a.as_str(), s.as_str()))
-            .unzip();
+        let (apps, ids): (Vec<&str>, Vec<&str>) =
+            reload.iter().map(|(a, s)| (a.as_str(), s.as_str())).unzip();
         // A row gone meanwhile (pruned) must not be written back from the
         // first read.
         for key in &reload {
@@ -533,7 +541,15 @@ pub(crate) async fn apply(
         return Ok(Pass::NeedsLocks(late));
     }
 
-    let touches = write(&mut *conn, &state, &locked, rules.last_seen_resolution, now, &mut outcome).await?;
+    let touches = write(
+        &mut *conn,
+        &state,
+        &locked,
+        rules.last_seen_resolution,
+        now,
+        &mut outcome,
+    )
+    .await?;
     write_outbox(&mut *conn, &outbox).await?;
     // Retention, for the users the batch locked. Those who only logged out
     // get their limit from the hooks, with their latest attributes in the
@@ -542,7 +558,10 @@ pub(crate) async fn apply(
         .iter()
         .filter(|(_, limit)| limit.is_none())
         .filter(|(user, _)| {
-            let overrides = state.overrides.get(user.as_str()).map_or(&[][..], Vec::as_slice);
+            let overrides = state
+                .overrides
+                .get(user.as_str())
+                .map_or(&[][..], Vec::as_slice);
             rules.hooks.may_set_log_limit(overrides)
         })
         .filter_map(|(user, _)| {
@@ -1001,9 +1020,12 @@ impl Touches {
         self.session_id.push(key.1.clone());
         self.last_seen_at.push(r.last_seen_at);
         self.ip.push(changed(&r.ip, &loaded.ip));
-        self.user_agent.push(changed(&r.user_agent, &loaded.user_agent));
-        self.expires_at.push(changed(&r.expires_at, &loaded.expires_at));
-        self.attributes.push(changed(&r.attributes, &loaded.attributes));
+        self.user_agent
+            .push(changed(&r.user_agent, &loaded.user_agent));
+        self.expires_at
+            .push(changed(&r.expires_at, &loaded.expires_at));
+        self.attributes
+            .push(changed(&r.attributes, &loaded.attributes));
         self.login_at.push(r.login_at);
     }
 }

@@ -48,6 +48,10 @@ pub struct BenchArgs {
     /// Where to write the report (empty = do not write).
     #[arg(long, default_value = "BENCHMARKS.md")]
     pub output: String,
+    /// Times each drain is repeated; the report gives medians, and ratios
+    /// are taken within a repetition (worker and baseline back to back).
+    #[arg(long, default_value_t = 3)]
+    pub runs: usize,
 }
 
 /// A deterministic xorshift64* generator: reproducible traffic, no crate.
@@ -165,6 +169,10 @@ impl Traffic {
     }
 }
 
+/// In the report file, everything from this line on is kept when the
+/// figures above it are written again.
+const KEEP_MARKER: &str = "<!-- kept by session-guard bench -->";
+
 /// One line of the report.
 struct Row {
     what: String,
@@ -198,7 +206,7 @@ pub async fn run(base: &Settings, args: &BenchArgs) -> anyhow::Result<()> {
     if !args.output.is_empty() {
         let report = format!(
             "# Benchmarks\n\nMeasured by `session-guard bench --events {} --users {} --rate {} \
-             --seconds {} --log-rows {}` on {} (UTC).\n\nMachine: {}; {} cores. Versions: \
+             --seconds {} --log-rows {} --runs {}` on {} (UTC).\n\nMachine: {}; {} cores. Versions: \
              session-guard {}, {}, {}. Broker, database, worker and load generator share the \
              machine. Figures vary by +-20% between runs on these shared machines: compare \
              ratios to the baseline of the same run.\n\n{table}\n",
@@ -207,6 +215,7 @@ pub async fn run(base: &Settings, args: &BenchArgs) -> anyhow::Result<()> {
             args.rate,
             args.seconds,
             args.log_rows,
+            args.runs,
             Utc::now().format("%Y-%m-%d %H:%M"),
             machine(),
             std::thread::available_parallelism().map_or(0, |n| n.get()),
@@ -214,7 +223,12 @@ pub async fn run(base: &Settings, args: &BenchArgs) -> anyhow::Result<()> {
             command_version("rabbitmqctl", &["version"]).unwrap_or_else(|| "RabbitMQ ?".into()),
             command_version("psql", &["--version"]).unwrap_or_else(|| "PostgreSQL ?".into()),
         );
-        std::fs::write(&args.output, report)
+        // Hand-written analysis below the marker survives a new run.
+        let kept = std::fs::read_to_string(&args.output)
+            .ok()
+            .and_then(|old| old.find(KEEP_MARKER).map(|at| old[at..].to_owned()))
+            .unwrap_or_default();
+        std::fs::write(&args.output, format!("{report}\n{kept}"))
             .with_context(|| format!("cannot write {}", args.output))?;
         println!("written to {}", args.output);
     }
@@ -248,36 +262,63 @@ async fn bench(settings: &Settings, args: &BenchArgs) -> anyhow::Result<Vec<Row>
         traffic.conflicts
     );
 
-    // 1. Baseline: drain with a consumer that only acks.
-    let publish_rate = fill(&publisher, settings, &events).await?;
+    // 1 and 2. Baseline (a consumer that only acks), then the same events
+    // through 1 worker and through 2, back to back, `runs` times.
+    let runs = args.runs.max(1);
+    let mut publish = Vec::new();
+    let mut baseline = Vec::new();
+    let mut rates: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+    let mut ratios: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+    let mut peak_rss = 0;
+    for run in 1..=runs {
+        publish.push(fill(&publisher, settings, &events).await?);
+        let base = drain_baseline(&connection, settings, events.len()).await?;
+        baseline.push(base);
+        println!("run {run}/{runs}: baseline {base:.0} events/s");
+        for (i, workers) in [1usize, 2].into_iter().enumerate() {
+            reset_log(&pool).await?;
+            fill(&publisher, settings, &events).await?;
+            let (rate, rss) = drain_workers(settings, workers, events.len()).await?;
+            peak_rss = peak_rss.max(rss);
+            println!(
+                "run {run}/{runs}: {workers} worker(s) {rate:.0} events/s ({:.2} of the baseline)",
+                rate / base
+            );
+            rates[i].push(rate);
+            ratios[i].push(rate / base);
+        }
+    }
     rows.push(Row {
         what: "publish with confirms (pre-fill)".into(),
-        figure: format!("{publish_rate:.0} events/s"),
-        note: "1,000 in flight".into(),
+        figure: format!("{:.0} events/s", median(&publish)),
+        note: format!("1,000 in flight; {}", spread(&publish)),
     });
-    let baseline = drain_baseline(&connection, settings, events.len()).await?;
     rows.push(Row {
         what: "baseline: consumer that only acks".into(),
-        figure: format!("{baseline:.0} events/s"),
-        note: format!("prefetch {}, multiple-ack per 500", settings.amqp.prefetch),
+        figure: format!("{:.0} events/s", median(&baseline)),
+        note: format!(
+            "prefetch {}, multiple-ack per 500; {}",
+            settings.amqp.prefetch,
+            spread(&baseline)
+        ),
     });
-    println!("baseline: {baseline:.0} events/s");
-
-    // 2. The same events through 1 worker, then 2.
-    let mut peak_rss = 0;
-    for workers in [1usize, 2] {
-        reset_log(&pool).await?;
-        fill(&publisher, settings, &events).await?;
-        let (rate, rss) = drain_workers(settings, workers, events.len()).await?;
-        peak_rss = peak_rss.max(rss);
-        println!("{workers} worker(s): {rate:.0} events/s");
+    for (i, workers) in [1usize, 2].into_iter().enumerate() {
         rows.push(Row {
             what: format!(
                 "{workers} worker{} draining the same events",
                 if workers > 1 { "s" } else { "" }
             ),
-            figure: format!("{rate:.0} events/s"),
-            note: format!("{:.2} of the baseline", rate / baseline),
+            figure: format!("{:.0} events/s", median(&rates[i])),
+            note: format!(
+                "{:.2} of the baseline (median of the runs' ratios: {}); {}",
+                median(&ratios[i]),
+                ratios[i]
+                    .iter()
+                    .map(|r| format!("{r:.2}"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                spread(&rates[i])
+            ),
         });
     }
 
@@ -313,23 +354,34 @@ async fn bench(settings: &Settings, args: &BenchArgs) -> anyhow::Result<Vec<Row>
         .bind(args.log_rows as i64)
         .execute(&pool)
         .await?;
-        sqlx::query("ANALYZE sessions").execute(&pool).await?;
+        // A log that grew over months has been vacuumed along the way; one
+        // filled in a second has not, and autovacuum would then scan all of
+        // it during the drain. Measure the steady state.
+        sqlx::query("VACUUM ANALYZE sessions")
+            .execute(&pool)
+            .await?;
         println!(
-            "log filled with {} rows in {:?}",
+            "log filled with {} rows and vacuumed in {:?}",
             args.log_rows,
             filled.elapsed()
         );
-        fill(&publisher, settings, &events).await?;
-        let (rate, _) = drain_workers(settings, 1, events.len()).await?;
-        let empty = rows
-            .iter()
-            .find(|r| r.what.starts_with("1 worker"))
-            .and_then(|r| r.figure.split(' ').next()?.parse::<f64>().ok())
-            .unwrap_or(rate);
+        let mut large = Vec::new();
+        for run in 1..=runs {
+            forget_bench_sessions(&pool).await?;
+            fill(&publisher, settings, &events).await?;
+            let (rate, _) = drain_workers(settings, 1, events.len()).await?;
+            println!("run {run}/{runs}: 1 worker, large log, {rate:.0} events/s");
+            large.push(rate);
+        }
+        let empty = median(&rates[0]);
         rows.push(Row {
             what: format!("1 worker with {} rows in the log", args.log_rows),
-            figure: format!("{rate:.0} events/s"),
-            note: format!("{:.2} of the rate with an empty log", rate / empty),
+            figure: format!("{:.0} events/s", median(&large)),
+            note: format!(
+                "{:.2} of the rate with an empty log; {}",
+                median(&large) / empty,
+                spread(&large)
+            ),
         });
     }
     pool.close().await;
@@ -339,10 +391,40 @@ async fn bench(settings: &Settings, args: &BenchArgs) -> anyhow::Result<Vec<Row>
 
 /// Empties the session log between runs, so each starts from the same state.
 async fn reset_log(pool: &sqlx::PgPool) -> anyhow::Result<()> {
-    sqlx::query("TRUNCATE sessions, session_tombstones, outbox, user_overrides")
+    sqlx::query("TRUNCATE sessions, session_tombstones, outbox, user_overrides, session_users")
         .execute(pool)
         .await?;
     Ok(())
+}
+
+/// Removes what a drain run wrote, keeping the large history around it.
+async fn forget_bench_sessions(pool: &sqlx::PgPool) -> anyhow::Result<()> {
+    sqlx::query("DELETE FROM sessions WHERE app <> 'bench-history'")
+        .execute(pool)
+        .await?;
+    sqlx::query("TRUNCATE session_tombstones, outbox, session_users")
+        .execute(pool)
+        .await?;
+    sqlx::query("VACUUM ANALYZE sessions").execute(pool).await?;
+    Ok(())
+}
+
+/// The median of some figures (0 if none).
+fn median(figures: &[f64]) -> f64 {
+    let mut sorted = figures.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    match sorted.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => sorted[n / 2],
+        n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
+    }
+}
+
+/// "runs: a-b" for a report's note.
+fn spread(figures: &[f64]) -> String {
+    let min = figures.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = figures.iter().copied().fold(0.0, f64::max);
+    format!("{} runs: {min:.0}-{max:.0}", figures.len())
 }
 
 /// Publishes every event with confirms, 1,000 in flight; returns events/s.

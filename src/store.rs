@@ -140,7 +140,7 @@ impl BatchOutcome {
 
 /// Takes the transaction-scoped locks of `users`: their rows in
 /// `session_users` (created if missing), locked in `user_id` order so that
-/// two batches never wait on each other in a cycle. Two statements whatever
+/// two batches never wait on each other in a cycle. One statement whatever
 /// the number of users.
 pub(crate) async fn lock_users(
     conn: &mut PgConnection,
@@ -150,18 +150,17 @@ pub(crate) async fn lock_users(
         return Ok(());
     }
     let users: Vec<&str> = users.iter().map(String::as_str).collect();
+    // One statement creates the missing rows and locks the others, in user
+    // order: ON CONFLICT DO UPDATE locks every conflicting row even when its
+    // WHERE lets none be updated (so nothing is written for them).
     sqlx::query(
-        "INSERT INTO session_users (user_id)
+        "INSERT INTO session_users AS s (user_id)
          SELECT u FROM unnest($1::text[]) AS u ORDER BY u
-         ON CONFLICT (user_id) DO NOTHING",
+         ON CONFLICT (user_id) DO UPDATE SET user_id = EXCLUDED.user_id WHERE false",
     )
     .bind(&users)
-    .execute(&mut *conn)
+    .execute(conn)
     .await?;
-    sqlx::query("SELECT 1 FROM session_users WHERE user_id = ANY($1) ORDER BY user_id FOR UPDATE")
-        .bind(&users)
-        .execute(conn)
-        .await?;
     Ok(())
 }
 
@@ -178,8 +177,15 @@ pub async fn process_batch(
     events: &[SessionEvent],
     now: DateTime<Utc>,
 ) -> Result<BatchOutcome, BatchError> {
-    process_batch_in_turn(pool, rules, events, now, &mut LockTurn::default(), &UserHints::new())
-        .await
+    process_batch_in_turn(
+        pool,
+        rules,
+        events,
+        now,
+        &mut LockTurn::default(),
+        &UserHints::new(),
+    )
+    .await
 }
 
 /// Users of sessions named by batches still in flight on this worker:

@@ -415,7 +415,10 @@ fn users_of(events: &[SessionEvent]) -> UserHints {
         .iter()
         .filter_map(|e| {
             let user = e.user_id.as_ref()?;
-            Some(((e.app.to_string(), e.session_id.to_string()), user.to_string()))
+            Some((
+                (e.app.to_string(), e.session_id.to_string()),
+                user.to_string(),
+            ))
         })
         .collect()
 }
@@ -487,8 +490,7 @@ async fn handle_batch(
                     turn: LockTurn::default(),
                     hints: order.hints.clone(),
                 };
-                match apply_with_retry(ctx, std::slice::from_ref(event), &mut alone, shutdown)
-                    .await
+                match apply_with_retry(ctx, std::slice::from_ref(event), &mut alone, shutdown).await
                 {
                     Applied::Committed => {}
                     Applied::ShuttingDown => {

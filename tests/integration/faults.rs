@@ -205,7 +205,10 @@ async fn sigkill_mid_stream_then_restart_ends_as_an_uninterrupted_run() {
 
 #[tokio::test]
 async fn graceful_shutdown_under_load_is_bounded_and_loses_nothing() {
-    let mut app = spawn_app_without_worker(|s| s.worker.shutdown_timeout = 15).await;
+    // The bound is generous: CI runs every test at once on two cores, and a
+    // debug build finishing up to `prefetch` in-flight events there can be
+    // slow. What matters is that it is bounded and that it finishes.
+    let mut app = spawn_app_without_worker(|s| s.worker.shutdown_timeout = 60).await;
     let (users, per_user) = (500, 5);
     for e in logins(users, per_user, 11) {
         app.publish(&e).await;
@@ -219,9 +222,14 @@ async fn graceful_shutdown_under_load_is_bounded_and_loses_nothing() {
     let started = Instant::now();
     assert_eq!(app.terminate_process(worker).await, Some(0));
     let took = started.elapsed();
-    assert!(took < Duration::from_secs(15), "shutdown took {took:?}");
-    // Whatever the first worker acked is committed and its revokes are out.
-    wait_outbox_empty(&app).await;
+    assert!(took < Duration::from_secs(60), "shutdown took {took:?}");
+    // It finished gracefully: whatever it committed has its revokes out (no
+    // worker runs now, so the outbox must already be empty).
+    assert_eq!(
+        app.outbox_len().await,
+        0,
+        "revokes left in the outbox after a graceful shutdown that took {took:?}"
+    );
 
     app.spawn_process();
     wait_logged(&app, "shop", total).await;
