@@ -1,19 +1,24 @@
 //! The batch engine: applies a batch of events in one transaction with a
 //! handful of set-based statements, whatever the batch size.
 //!
-//! 1. lock the batch's users (their `session_users` rows, in user order);
-//! 2. load, in one statement each, the sessions the events name, the
-//!    tombstones of those not in the log, every live session of the batch's
-//!    users, and their operator overrides;
+//! 1. read, without locks, the sessions the events name (log rows, and
+//!    tombstones of pruned ones) and the live sessions of the events' users;
+//! 2. lock the users whose sessions the batch may add, end or revoke (their
+//!    `session_users` rows, in user order, one statement), and read their
+//!    sessions again; a request for a live session of its own user, the
+//!    common case, needs no lock;
 //! 3. apply the events one by one, in arrival order, to that state in memory
 //!    (the pure rules of `domain`), collecting revocations and revoke
-//!    messages: the result is exactly that of event-by-event processing;
-//! 4. write back what changed with one UNNEST upsert, one tombstone update,
-//!    one shadow-flag update and one outbox insert; prune the log per user if
-//!    retention is on.
-//!
-//! A request for a known live session, the common case, costs no statement
-//! of its own: it changes a row in memory that the single upsert writes.
+//!    messages: the result is exactly that of event-by-event processing. If
+//!    the check of a user not locked finds something to revoke, the pass
+//!    ends with [`Pass::NeedsLocks`] and the caller runs it again with that
+//!    user locked;
+//! 4. write back what changed: one UNNEST upsert for locked users' rows, one
+//!    tombstone update, one shadow-flag update, one outbox insert, one
+//!    retention statement, and last one monotonic touch update for the rows
+//!    of users not locked (see [`touch`]). A row whose only change is a
+//!    `last_seen_at` moved by less than the configured resolution is not
+//!    written at all.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
@@ -437,6 +442,20 @@ pub(crate) async fn apply(
             }
         }
         let record_user = applied.record.user_id.clone();
+        // A row of a user this pass did not lock may only have its activity
+        // moved forward (a logout that did not name its user can land on
+        // such a row when the login committed meanwhile): anything more
+        // needs the lock.
+        if applied.changed
+            && let Some(owner) = &record_user
+            && !locked.contains(owner.as_str())
+        {
+            let before = state.slots.get(&key).filter(|s| s.origin == Origin::Log);
+            if !before.is_some_and(|s| s.record.only_activity_moved(&applied.record)) {
+                late.insert(owner.to_string());
+                continue;
+            }
+        }
         if applied.changed {
             match state.slots.get_mut(&key) {
                 Some(slot) => {
@@ -476,8 +495,16 @@ pub(crate) async fn apply(
                 let (revocations, effective) = check(&state, rules, &user, event, now);
                 if unlocked.is_some() {
                     // A touch: nothing to revoke, nothing new in the log to
-                    // prune; any revocation needs the user's lock first.
-                    if !revocations.is_empty() {
+                    // prune; any revocation needs the user's lock first (in
+                    // shadow mode, any session not flagged yet).
+                    let act = revocations.iter().any(|(c, _)| {
+                        rules.enforce
+                            || state
+                                .slots
+                                .get(&(c.app.to_string(), c.session_id.to_string()))
+                                .is_some_and(|s| !s.shadow_flagged)
+                    });
+                    if act {
                         late.insert(user.to_string());
                     }
                     continue;
@@ -547,6 +574,7 @@ pub(crate) async fn apply(
         &locked,
         rules.last_seen_resolution,
         now,
+        events,
         &mut outcome,
     )
     .await?;
@@ -569,9 +597,11 @@ pub(crate) async fn apply(
                 .iter()
                 .find(|e| {
                     e.user_id.as_ref().is_some_and(|u| u.as_str() == user)
-                        || stored_users
+                        || state
+                            .slots
                             .get(&(e.app.to_string(), e.session_id.to_string()))
-                            .is_some_and(|u| u == user)
+                            .and_then(|s| s.record.user_id.as_ref())
+                            .is_some_and(|u| u.as_str() == user)
                 })
                 .map(|e| (user.clone(), e.app.clone()))
         })
@@ -797,6 +827,7 @@ async fn write(
     locked: &BTreeSet<String>,
     resolution: Duration,
     now: DateTime<Utc>,
+    events: &[SessionEvent],
     outcome: &mut BatchOutcome,
 ) -> sqlx::Result<Touches> {
     // Sorted, so that concurrent batches lock rows in the same order.
@@ -805,8 +836,12 @@ async fn write(
         if !slot.dirty {
             continue;
         }
+        // Ended rows are always written: their last_seen_at decides whether
+        // a later request repeats the revoke.
         let within = slot.loaded.as_ref().is_some_and(|loaded| {
-            !slot.flag && loaded.only_seen_later_within(&slot.record, resolution)
+            !slot.flag
+                && slot.record.end_reason.is_none()
+                && loaded.only_seen_later_within(&slot.record, resolution)
         });
         if within {
             outcome.coalesced += 1;
@@ -832,8 +867,18 @@ async fn write(
     }
     outcome.touched += touches.len();
     let mut t = Touches::default();
-    for (key, slot, loaded) in &touches {
-        t.push(key, &slot.record, loaded);
+    if !touches.is_empty() {
+        let mut by_key: HashMap<Key, Vec<&SessionEvent>> = HashMap::new();
+        for e in events {
+            by_key
+                .entry((e.app.to_string(), e.session_id.to_string()))
+                .or_default()
+                .push(e);
+        }
+        for (key, slot, loaded) in &touches {
+            let events = by_key.get(*key).map_or(&[][..], Vec::as_slice);
+            t.push(key, &slot.record, loaded, events);
+        }
     }
 
     if !rows.is_empty() {
@@ -851,19 +896,30 @@ async fn write(
                  $14::jsonb[], $15::text[], $16::text[])
              ON CONFLICT (app, session_id) DO UPDATE SET
                  user_id = coalesce(s.user_id, EXCLUDED.user_id),
-                 login_at = EXCLUDED.login_at,
-                 login_seen = EXCLUDED.login_seen,
+                 -- The activity columns may have moved since this batch read
+                 -- the row (a touch by a batch that did not lock the user):
+                 -- they only move forward, as in the touch update.
+                 login_at = CASE
+                     WHEN EXCLUDED.login_seen = s.login_seen
+                         THEN least(s.login_at, EXCLUDED.login_at)
+                     WHEN EXCLUDED.login_seen THEN EXCLUDED.login_at
+                     ELSE s.login_at END,
+                 login_seen = s.login_seen OR EXCLUDED.login_seen,
                  last_seen_at = greatest(s.last_seen_at, EXCLUDED.last_seen_at),
-                 ip = EXCLUDED.ip,
-                 user_agent = EXCLUDED.user_agent,
-                 expires_at = EXCLUDED.expires_at,
+                 ip = CASE WHEN EXCLUDED.last_seen_at >= s.last_seen_at
+                      THEN EXCLUDED.ip ELSE s.ip END,
+                 user_agent = CASE WHEN EXCLUDED.last_seen_at >= s.last_seen_at
+                      THEN EXCLUDED.user_agent ELSE s.user_agent END,
+                 expires_at = CASE WHEN EXCLUDED.last_seen_at >= s.last_seen_at
+                      THEN EXCLUDED.expires_at ELSE s.expires_at END,
                  -- An end written by someone else meanwhile (a logout that did
                  -- not know its user, so took no user lock) is never undone.
                  ended_at = coalesce(s.ended_at, EXCLUDED.ended_at),
                  end_reason = coalesce(s.end_reason, EXCLUDED.end_reason),
                  max_sessions = coalesce(s.max_sessions, EXCLUDED.max_sessions),
                  last_revoke_at = EXCLUDED.last_revoke_at,
-                 attributes = EXCLUDED.attributes,
+                 attributes = CASE WHEN EXCLUDED.last_seen_at >= s.last_seen_at
+                      THEN EXCLUDED.attributes ELSE s.attributes END,
                  ended_by = coalesce(s.ended_by, EXCLUDED.ended_by),
                  end_note = coalesce(s.end_note, EXCLUDED.end_note)",
         )
@@ -950,9 +1006,11 @@ async fn touch(conn: &mut PgConnection, t: &Touches) -> sqlx::Result<Vec<Key>> {
     let locked: Vec<(String, String)> = sqlx::query_as(
         "WITH v AS (
              SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::inet[],
-                                  $5::text[], $6::timestamptz[], $7::jsonb[], $8::timestamptz[])
-                 AS v(app, session_id, last_seen_at, ip, user_agent, expires_at, attributes,
-                      login_at)
+                                  $5::timestamptz[], $6::text[], $7::timestamptz[],
+                                  $8::timestamptz[], $9::timestamptz[], $10::jsonb[],
+                                  $11::timestamptz[], $12::timestamptz[])
+                 AS v(app, session_id, last_seen_at, ip, ip_at, user_agent, user_agent_at,
+                      expires_at, expires_at_at, attributes, attributes_at, login_at)
          ), mine AS (
              SELECT s.app, s.session_id FROM sessions s
              JOIN v ON s.app = v.app AND s.session_id = v.session_id
@@ -960,14 +1018,13 @@ async fn touch(conn: &mut PgConnection, t: &Touches) -> sqlx::Result<Vec<Key>> {
          ), touched AS (
              UPDATE sessions s SET
                  last_seen_at = greatest(s.last_seen_at, v.last_seen_at),
-                 ip = CASE WHEN v.last_seen_at > s.last_seen_at
-                      THEN coalesce(v.ip, s.ip) ELSE s.ip END,
-                 user_agent = CASE WHEN v.last_seen_at > s.last_seen_at
-                      THEN coalesce(v.user_agent, s.user_agent) ELSE s.user_agent END,
-                 expires_at = CASE WHEN v.last_seen_at > s.last_seen_at
-                      THEN coalesce(v.expires_at, s.expires_at) ELSE s.expires_at END,
-                 attributes = CASE WHEN v.last_seen_at > s.last_seen_at
-                      THEN coalesce(v.attributes, s.attributes) ELSE s.attributes END,
+                 ip = CASE WHEN v.ip_at > s.last_seen_at THEN v.ip ELSE s.ip END,
+                 user_agent = CASE WHEN v.user_agent_at > s.last_seen_at
+                      THEN v.user_agent ELSE s.user_agent END,
+                 expires_at = CASE WHEN v.expires_at_at > s.last_seen_at
+                      THEN v.expires_at ELSE s.expires_at END,
+                 attributes = CASE WHEN v.attributes_at > s.last_seen_at
+                      THEN v.attributes ELSE s.attributes END,
                  login_at = CASE WHEN NOT s.login_seen AND v.login_at < s.login_at
                       THEN v.login_at ELSE s.login_at END
              FROM v JOIN mine m ON m.app = v.app AND m.session_id = v.session_id
@@ -982,9 +1039,13 @@ async fn touch(conn: &mut PgConnection, t: &Touches) -> sqlx::Result<Vec<Key>> {
     .bind(&t.session_id)
     .bind(&t.last_seen_at)
     .bind(&t.ip)
+    .bind(&t.ip_at)
     .bind(&t.user_agent)
+    .bind(&t.user_agent_at)
     .bind(&t.expires_at)
+    .bind(&t.expires_at_at)
     .bind(&t.attributes)
+    .bind(&t.attributes_at)
     .bind(&t.login_at)
     .fetch_all(conn)
     .await?;
@@ -997,35 +1058,76 @@ async fn touch(conn: &mut PgConnection, t: &Touches) -> sqlx::Result<Vec<Key>> {
         .collect())
 }
 
-/// Column arrays for the touch update: NULL where the batch kept the
-/// stored value.
+/// Column arrays for the touch update. Each activity column comes with the
+/// event time that set it in this batch (NULL: the batch did not set it),
+/// so a value older than what another batch committed meanwhile is kept out.
 #[derive(Default)]
 struct Touches {
     app: Vec<String>,
     session_id: Vec<String>,
     last_seen_at: Vec<DateTime<Utc>>,
     ip: Vec<Option<IpAddr>>,
+    ip_at: Vec<Option<DateTime<Utc>>>,
     user_agent: Vec<Option<String>>,
+    user_agent_at: Vec<Option<DateTime<Utc>>>,
     expires_at: Vec<Option<DateTime<Utc>>>,
+    expires_at_at: Vec<Option<DateTime<Utc>>>,
     attributes: Vec<Option<serde_json::Value>>,
+    attributes_at: Vec<Option<DateTime<Utc>>>,
     login_at: Vec<DateTime<Utc>>,
 }
 
 impl Touches {
-    fn push(&mut self, key: &Key, r: &SessionRecord, loaded: &SessionRecord) {
-        fn changed<T: PartialEq + Clone>(now: &Option<T>, then: &Option<T>) -> Option<T> {
-            if now == then { None } else { now.clone() }
+    /// One row: replays the batch's events on it (in arrival order, as
+    /// `apply_event` does) to learn when each column was set.
+    fn push(
+        &mut self,
+        key: &Key,
+        r: &SessionRecord,
+        loaded: &SessionRecord,
+        events: &[&SessionEvent],
+    ) {
+        let mut seen = loaded.last_seen_at;
+        let (mut ip, mut user_agent, mut expires_at, mut attributes) = (None, None, None, None);
+        for e in events {
+            if e.occurred_at <= seen {
+                continue;
+            }
+            seen = e.occurred_at;
+            if e.ip.is_some() {
+                ip = Some((e.ip, seen));
+            }
+            if e.user_agent.is_some() {
+                user_agent = Some((e.user_agent.clone(), seen));
+            }
+            if e.expires_at.is_some() {
+                expires_at = Some((e.expires_at, seen));
+            }
+            if !e.attributes.is_empty() {
+                attributes = Some((Some(serde_json::Value::Object(e.attributes.clone())), seen));
+            }
+        }
+        fn split<T>(set: Option<(Option<T>, DateTime<Utc>)>) -> (Option<T>, Option<DateTime<Utc>>) {
+            match set {
+                Some((value, at)) => (value, Some(at)),
+                None => (None, None),
+            }
         }
         self.app.push(key.0.clone());
         self.session_id.push(key.1.clone());
         self.last_seen_at.push(r.last_seen_at);
-        self.ip.push(changed(&r.ip, &loaded.ip));
-        self.user_agent
-            .push(changed(&r.user_agent, &loaded.user_agent));
-        self.expires_at
-            .push(changed(&r.expires_at, &loaded.expires_at));
-        self.attributes
-            .push(changed(&r.attributes, &loaded.attributes));
+        let (v, at) = split(ip);
+        self.ip.push(v);
+        self.ip_at.push(at);
+        let (v, at) = split(user_agent);
+        self.user_agent.push(v);
+        self.user_agent_at.push(at);
+        let (v, at) = split(expires_at);
+        self.expires_at.push(v);
+        self.expires_at_at.push(at);
+        let (v, at) = split(attributes);
+        self.attributes.push(v);
+        self.attributes_at.push(at);
         self.login_at.push(r.login_at);
     }
 }

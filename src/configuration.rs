@@ -189,6 +189,14 @@ impl Settings {
         if self.worker.pipeline == 0 {
             anyhow::bail!("worker.pipeline must be at least 1");
         }
+        if (self.database.max_connections as usize) < self.worker.pipeline + 2 {
+            anyhow::bail!(
+                "database.max_connections ({}) must be at least worker.pipeline + 2 ({}): one \
+                 connection per batch in flight, one for the outbox relay, one for housekeeping",
+                self.database.max_connections,
+                self.worker.pipeline + 2
+            );
+        }
         if self.amqp.prefetch == 0 {
             anyhow::bail!("amqp.prefetch must be at least 1 (0 would mean unlimited)");
         }
@@ -496,6 +504,34 @@ policy = "evict_idle"
         )
         .unwrap_err();
         assert!(format!("{err:#}").contains("max_sessions"), "{err:#}");
+    }
+
+    #[test]
+    fn the_pool_must_fit_the_pipeline() {
+        let err = Settings::load_from(
+            None,
+            env(&[
+                ("SESSION_GUARD__WORKER__PIPELINE", "4"),
+                ("SESSION_GUARD__DATABASE__MAX_CONNECTIONS", "5"),
+            ]),
+        )
+        .unwrap_err();
+        assert!(
+            format!("{err:#}").contains("at least worker.pipeline + 2 (6)"),
+            "{err:#}"
+        );
+        let s = Settings::load_from(
+            None,
+            env(&[
+                ("SESSION_GUARD__WORKER__PIPELINE", "4"),
+                ("SESSION_GUARD__DATABASE__MAX_CONNECTIONS", "6"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.worker.pipeline, 4);
+        assert!(
+            Settings::load_from(None, env(&[("SESSION_GUARD__WORKER__PIPELINE", "0")])).is_err()
+        );
     }
 
     #[test]

@@ -207,7 +207,7 @@ async fn run_consumer(ctx: Arc<Context>, mut shutdown: Shutdown) {
 }
 
 /// One connection's worth of consuming. Returns `Ok` on shutdown.
-async fn consume(ctx: &Context, shutdown: &mut Shutdown) -> anyhow::Result<()> {
+async fn consume(ctx: &Arc<Context>, shutdown: &mut Shutdown) -> anyhow::Result<()> {
     let settings = &ctx.settings;
     let connection = broker::connect(&settings.amqp, "consumer").await?;
     let setup = connection.create_channel().await?;
@@ -283,11 +283,13 @@ async fn consume(ctx: &Context, shutdown: &mut Shutdown) -> anyhow::Result<()> {
                 };
                 ahead.push_back(users_of(&decoded.events));
                 let mut listener = shutdown.clone();
-                let (channel, dead_letters) = (&channel, &dead_letters);
-                in_flight.push_back(async move {
-                    handle_batch(ctx, channel, dead_letters, batch, decoded, order, &mut listener)
+                let (ctx, channel, dead_letters) = (ctx.clone(), channel.clone(), dead_letters.clone());
+                // A task of its own, so the batch keeps talking to the
+                // database while this loop fills the next one.
+                in_flight.push_back(BatchTask(tokio::spawn(async move {
+                    handle_batch(&ctx, &channel, &dead_letters, batch, decoded, order, &mut listener)
                         .await
-                });
+                })));
                 ended = end;
             }
         }
@@ -360,6 +362,29 @@ async fn fill_batch(
         }
     }
     (batch, None)
+}
+
+/// A batch being handled by its own task; aborted if the consumer drops it
+/// (it gave up on the connection: the batch's deliveries come back anyway).
+struct BatchTask(tokio::task::JoinHandle<anyhow::Result<Option<u64>>>);
+
+impl Drop for BatchTask {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl std::future::Future for BatchTask {
+    type Output = anyhow::Result<Option<u64>>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0)
+            .poll(cx)
+            .map(|joined| joined.unwrap_or_else(|e| Err(anyhow::anyhow!("batch task failed: {e}"))))
+    }
 }
 
 /// A batch's deliveries, decoded and checked.

@@ -171,6 +171,42 @@ impl SessionRecord {
             && *attributes == self.attributes
     }
 
+    /// Whether `later` differs from this record only in what a request on a
+    /// live session changes: the activity columns (`last_seen_at`, `ip`,
+    /// `user_agent`, `expires_at`, `attributes`) and an inferred `login_at`
+    /// moved earlier. Such a change needs no user lock.
+    pub fn only_activity_moved(&self, later: &SessionRecord) -> bool {
+        // Destructured, so that a new field cannot be forgotten here.
+        let SessionRecord {
+            app,
+            session_id,
+            user_id,
+            login_at,
+            login_seen,
+            last_seen_at,
+            ip: _,
+            user_agent: _,
+            expires_at: _,
+            ended_at,
+            end_reason,
+            max_sessions,
+            last_revoke_at,
+            attributes: _,
+        } = later;
+        let login_ok = *login_at == self.login_at
+            || (!self.login_seen && !*login_seen && *login_at < self.login_at);
+        *last_seen_at >= self.last_seen_at
+            && login_ok
+            && *app == self.app
+            && *session_id == self.session_id
+            && *user_id == self.user_id
+            && *login_seen == self.login_seen
+            && *ended_at == self.ended_at
+            && *end_reason == self.end_reason
+            && *max_sessions == self.max_sessions
+            && *last_revoke_at == self.last_revoke_at
+    }
+
     /// The state shown to operators at `now`.
     pub fn state_at(&self, now: DateTime<Utc>) -> SessionState {
         state_of(self.end_reason, self.expires_at, now)
@@ -424,6 +460,45 @@ mod tests {
         // without a pause it repeats
         let c = apply_event(Some(&a.record), &next, now2, Duration::ZERO);
         assert!(c.repeat_revoke);
+    }
+
+    #[test]
+    fn what_a_request_changes_is_activity_only() {
+        let login = event(EventKind::Login, 1);
+        let live = apply_event(None, &login, at(2), Duration::ZERO).record;
+        let mut request = event(EventKind::Request, 5);
+        request.ip = Some("192.0.2.9".parse().unwrap());
+        let touched = apply_event(Some(&live), &request, at(6), Duration::ZERO).record;
+        assert!(live.only_activity_moved(&touched));
+        assert!(
+            !live.only_seen_later_within(&touched, Duration::from_secs(600)),
+            "the ip changed"
+        );
+        let logout = apply_event(
+            Some(&live),
+            &event(EventKind::Logout, 5),
+            at(6),
+            Duration::ZERO,
+        );
+        assert!(
+            !live.only_activity_moved(&logout.record),
+            "an end is more than activity"
+        );
+    }
+
+    #[test]
+    fn a_small_move_of_last_seen_alone_can_be_skipped() {
+        let live = apply_event(None, &event(EventKind::Login, 1), at(2), Duration::ZERO).record;
+        let later = apply_event(
+            Some(&live),
+            &event(EventKind::Request, 3),
+            at(4),
+            Duration::ZERO,
+        )
+        .record;
+        assert!(live.only_seen_later_within(&later, Duration::from_secs(300)));
+        assert!(!live.only_seen_later_within(&later, Duration::from_secs(120)));
+        assert!(!live.only_seen_later_within(&later, Duration::ZERO));
     }
 
     #[test]

@@ -106,3 +106,67 @@ async fn batches_give_the_same_result_as_one_event_at_a_time() {
     }
     assert_eq!(outbox_a, outbox_b);
 }
+
+/// Requests on a live session take no lock, and a `last_seen_at` that moved
+/// by less than the resolution is not written; anything else is.
+#[tokio::test]
+async fn requests_touch_without_locks_and_small_moves_are_not_written() {
+    let app = spawn_app_without_worker(|_| {}).await;
+    let rules = Enforcement::from_settings(&app.settings, &[]).unwrap();
+    assert_eq!(
+        rules.last_seen_resolution,
+        std::time::Duration::from_secs(1)
+    );
+    let ms = |n: i64| t(0) + chrono::Duration::milliseconds(n);
+    let apply = |e: Value| {
+        let rules = &rules;
+        let pool = &app.pool;
+        async move {
+            let event = SessionEvent::decode(e.to_string().as_bytes()).unwrap();
+            store::process_batch(pool, rules, &[event], Utc::now())
+                .await
+                .unwrap()
+        }
+    };
+    let last_seen = || async {
+        sqlx::query_as::<_, (chrono::DateTime<Utc>, Option<String>)>(
+            "SELECT last_seen_at, host(ip) FROM sessions WHERE session_id = 's1'",
+        )
+        .fetch_one(&app.pool)
+        .await
+        .unwrap()
+    };
+
+    let outcome = apply(login("shop", "s1", "u1", ms(0))).await;
+    assert_eq!(outcome.locked_users, 1, "a login locks its user");
+    let outcome = apply(request("shop", "s1", "u1", ms(200))).await;
+    assert_eq!(
+        (outcome.locked_users, outcome.coalesced, outcome.touched),
+        (0, 1, 0)
+    );
+    assert_eq!(last_seen().await.0, ms(0), "a 200 ms move is not written");
+
+    let outcome = apply(request("shop", "s1", "u1", ms(1500))).await;
+    assert_eq!(
+        (outcome.locked_users, outcome.coalesced, outcome.touched),
+        (0, 0, 1)
+    );
+    assert_eq!(last_seen().await.0, ms(1500));
+
+    let mut moved = request("shop", "s1", "u1", ms(1600));
+    moved["ip"] = "198.51.100.7".into();
+    let outcome = apply(moved).await;
+    assert_eq!(
+        outcome.touched, 1,
+        "a new ip is written however small the move"
+    );
+    assert_eq!(
+        last_seen().await,
+        (ms(1600), Some("198.51.100.7".to_owned()))
+    );
+
+    // An older request arriving late changes nothing.
+    let outcome = apply(request("shop", "s1", "u1", ms(100))).await;
+    assert_eq!(outcome.touched + outcome.coalesced, 0);
+    assert_eq!(last_seen().await.0, ms(1600));
+}
