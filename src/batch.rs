@@ -201,7 +201,8 @@ const LOG_COLUMNS: &str = "app, session_id, user_id, login_at, login_seen, last_
 
 /// Reads, in one statement, the sessions named by `(apps, ids)` (rows of
 /// the log and, for keys pruned from it, their tombstones) and every live
-/// session of `users` (three parts, each on its index).
+/// session of `users` (three parts, each an index probe per key or user:
+/// LATERAL keeps the planner from a seq scan however stale its statistics).
 async fn load(
     conn: &mut PgConnection,
     apps: &[&str],
@@ -209,18 +210,27 @@ async fn load(
     users: &[&str],
 ) -> sqlx::Result<Vec<(Key, Slot)>> {
     let query = format!(
-        "SELECT {LOG_COLUMNS}, false AS tombstone FROM sessions
-         WHERE (app, session_id) IN (SELECT * FROM unnest($1::text[], $2::text[]))
+        "SELECT s.* FROM unnest($1::text[], $2::text[]) AS k(app, session_id)
+         CROSS JOIN LATERAL (
+             SELECT {LOG_COLUMNS}, false AS tombstone FROM sessions
+             WHERE app = k.app AND session_id = k.session_id
+         ) s
          UNION ALL
-         SELECT {LOG_COLUMNS}, false FROM sessions
-         WHERE user_id = ANY($3) AND end_reason IS NULL
-           AND (app, session_id) NOT IN (SELECT * FROM unnest($1::text[], $2::text[]))
+         SELECT s.* FROM unnest($3::text[]) AS u(user_id)
+         CROSS JOIN LATERAL (
+             SELECT {LOG_COLUMNS}, false AS tombstone FROM sessions
+             WHERE user_id = u.user_id AND end_reason IS NULL
+         ) s
+         WHERE (s.app, s.session_id) NOT IN (SELECT * FROM unnest($1::text[], $2::text[]))
          UNION ALL
-         SELECT app, session_id, user_id, login_at, true, last_seen_at, NULL::inet, NULL::text,
-                expires_at, ended_at, end_reason, max_sessions, last_revoke_at, NULL::jsonb,
-                NULL::text, NULL::text, false, true
-         FROM session_tombstones
-         WHERE (app, session_id) IN (SELECT * FROM unnest($1::text[], $2::text[]))"
+         SELECT t.* FROM unnest($1::text[], $2::text[]) AS k(app, session_id)
+         CROSS JOIN LATERAL (
+             SELECT app, session_id, user_id, login_at, true, last_seen_at, NULL::inet,
+                    NULL::text, expires_at, ended_at, end_reason, max_sessions,
+                    last_revoke_at, NULL::jsonb, NULL::text, NULL::text, false, true
+             FROM session_tombstones
+             WHERE app = k.app AND session_id = k.session_id
+         ) t"
     );
     let rows: Vec<TaggedRow> = sqlx::query_as(sqlx::AssertSqlSafe(query))
         .bind(apps)
@@ -1012,9 +1022,15 @@ async fn touch(conn: &mut PgConnection, t: &Touches) -> sqlx::Result<Vec<Key>> {
                  AS v(app, session_id, last_seen_at, ip, ip_at, user_agent, user_agent_at,
                       expires_at, expires_at_at, attributes, attributes_at, login_at)
          ), mine AS (
-             SELECT s.app, s.session_id FROM sessions s
-             JOIN v ON s.app = v.app AND s.session_id = v.session_id
-             FOR UPDATE OF s SKIP LOCKED
+             -- LATERAL: one index probe per key, whatever the planner
+             -- believes of the table's size (a hash join over a seq scan of
+             -- a log that grew since the last ANALYZE is ruinous here).
+             SELECT l.app, l.session_id FROM v
+             CROSS JOIN LATERAL (
+                 SELECT s.app, s.session_id FROM sessions s
+                 WHERE s.app = v.app AND s.session_id = v.session_id
+                 FOR UPDATE SKIP LOCKED
+             ) l
          ), touched AS (
              UPDATE sessions s SET
                  last_seen_at = greatest(s.last_seen_at, v.last_seen_at),

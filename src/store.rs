@@ -57,6 +57,12 @@ pub async fn connect(settings: &DatabaseSettings) -> anyhow::Result<PgPool> {
         .url
         .parse()
         .with_context(|| format!("invalid database URL {}", redact_url(&settings.url)))?;
+    // Plan every execution with its actual arrays. A prepared statement
+    // otherwise switches to a generic plan after five runs, chosen for the
+    // table as it was then (tiny, on a new deployment), and keeps it for the
+    // connection's life: seq scans and hash joins on a log that has since
+    // grown. Planning these statements costs a fraction of a millisecond.
+    let options = options.options([("plan_cache_mode", "force_custom_plan")]);
     PgPoolOptions::new()
         .max_connections(settings.max_connections.max(2))
         .acquire_timeout(Duration::from_secs(10))
