@@ -41,6 +41,11 @@ use crate::store::{
 /// A session's key: (app, session_id).
 type Key = (String, String);
 
+/// The session key an event names.
+fn key_of(event: &SessionEvent) -> Key {
+    (event.app.to_string(), event.session_id.to_string())
+}
+
 /// Where a session's state lives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Origin {
@@ -284,13 +289,13 @@ pub(crate) async fn apply(
     turn: &mut LockTurn,
     hints: &UserHints,
 ) -> sqlx::Result<Pass> {
-    let keys: Vec<Key> = {
-        let set: BTreeSet<Key> = events
-            .iter()
-            .map(|e| (e.app.to_string(), e.session_id.to_string()))
-            .collect();
-        set.into_iter().collect()
-    };
+    // Each event's session key, built once and reused by every step below.
+    let event_keys: Vec<Key> = events.iter().map(key_of).collect();
+    let keys: Vec<&Key> = event_keys
+        .iter()
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
     let (apps, ids): (Vec<&str>, Vec<&str>) =
         keys.iter().map(|(a, s)| (a.as_str(), s.as_str())).unzip();
 
@@ -312,12 +317,12 @@ pub(crate) async fn apply(
     for (key, slot) in load(&mut *conn, &apps, &ids, &event_users).await? {
         state.slots.insert(key, slot);
     }
-    let stored_user = |key: &Key| -> Option<String> {
+    let stored_user = |key: &Key| {
         state
             .slots
             .get(key)
             .and_then(|s| s.record.user_id.as_ref())
-            .map(|u| u.to_string())
+            .map(UserId::as_str)
     };
 
     // Every user of the batch, and those to lock: a user whose events can
@@ -325,35 +330,21 @@ pub(crate) async fn apply(
     // user, the common case, only touches its row and needs no lock.
     let mut users: BTreeSet<String> = BTreeSet::new();
     let mut locked: BTreeSet<String> = also_lock.clone();
-    let mut stored_users: HashMap<Key, String> = HashMap::new();
-    let mut key_users: HashMap<Key, Vec<String>> = HashMap::new();
-    for e in events {
-        let key = (e.app.to_string(), e.session_id.to_string());
-        if let Some(u) = &e.user_id {
-            key_users
-                .entry(key.clone())
-                .or_default()
-                .push(u.to_string());
-        }
-        let stored = stored_user(&key);
-        if let Some(u) = &stored {
-            stored_users.insert(key.clone(), u.clone());
-        }
-        let hint = || hints.get(&key).map(String::as_str);
+    for (e, key) in events.iter().zip(&event_keys) {
+        let stored = stored_user(key);
         let Some(user) = e
             .user_id
             .as_ref()
             .map(UserId::as_str)
-            .or(stored.as_deref())
-            .or_else(hint)
+            .or(stored)
+            .or_else(|| hints.get(key).map(String::as_str))
         else {
             continue;
         };
         users.insert(user.to_owned());
-        let user_id = UserId::from_trusted(user.to_owned());
-        if !(e.kind == EventKind::Request && is_touch(state.slots.get(&key), &user_id, now)) {
+        if !(e.kind == EventKind::Request && is_touch(state.slots.get(key), user, now)) {
             locked.insert(user.to_owned());
-            locked.extend(stored);
+            locked.extend(stored.map(str::to_owned));
         }
     }
     users.extend(locked.iter().cloned());
@@ -362,20 +353,27 @@ pub(crate) async fn apply(
     turn.pass();
     let user_list: Vec<&str> = users.iter().map(String::as_str).collect();
 
-    // Once locked, read the locked users' rows again: the named ones and
+    // Once locked, read the locked users' rows again: the named ones (those
+    // of a locked user, or not stored under any user before the lock) and
     // every live one. No row locks: every writer that can end or add a
     // user's session holds that user's lock, and the rows of users not
     // locked are only touched.
-    let reload: Vec<&Key> = keys
+    let mut reload: BTreeSet<&Key> = keys
         .iter()
-        .filter(|k| {
-            let stored = stored_users.get(*k);
-            stored.is_none_or(|u| locked.contains(u))
-                || key_users
-                    .get(*k)
-                    .is_some_and(|us| us.iter().any(|u| locked.contains(u)))
-        })
+        .copied()
+        .filter(|k| stored_user(k).is_none_or(|u| locked.contains(u)))
         .collect();
+    reload.extend(
+        events
+            .iter()
+            .zip(&event_keys)
+            .filter(|(e, _)| {
+                e.user_id
+                    .as_ref()
+                    .is_some_and(|u| locked.contains(u.as_str()))
+            })
+            .map(|(_, k)| k),
+    );
     if !reload.is_empty() {
         let (apps, ids): (Vec<&str>, Vec<&str>) =
             reload.iter().map(|(a, s)| (a.as_str(), s.as_str())).unzip();
@@ -395,9 +393,14 @@ pub(crate) async fn apply(
             state.slots.insert(key, slot);
         }
     }
-    let keys_now: Vec<Key> = state.slots.keys().cloned().collect();
-    for key in &keys_now {
-        state.index(key);
+    for (key, slot) in &state.slots {
+        if let Some(user) = &slot.record.user_id {
+            state
+                .by_user
+                .entry(user.to_string())
+                .or_default()
+                .insert(key.clone());
+        }
     }
     state.overrides = load_overrides_of(&mut *conn, &user_list).await?;
 
@@ -410,14 +413,13 @@ pub(crate) async fn apply(
     };
     let mut outbox: Vec<RevokeMessage> = Vec::new();
     let mut log_limits: BTreeMap<String, Option<Option<u32>>> = BTreeMap::new();
-    for event in events {
-        let key = (event.app.to_string(), event.session_id.to_string());
+    for (event, key) in events.iter().zip(&event_keys) {
         let unlocked = event
             .user_id
             .as_ref()
             .filter(|u| !locked.contains(u.as_str()));
         if let Some(user) = unlocked
-            && !is_touch(state.slots.get(&key), user, now)
+            && !is_touch(state.slots.get(key), user.as_str(), now)
         {
             late.insert(user.to_string());
             continue;
@@ -425,7 +427,7 @@ pub(crate) async fn apply(
         // The record is cloned once, inside apply_event, and moved into
         // its slot after the repeat and the user are read from it.
         let applied = apply_event(
-            state.slots.get(&key).map(|s| &s.record),
+            state.slots.get(key).map(|s| &s.record),
             event,
             now,
             rules.repeat_revoke_after,
@@ -435,7 +437,7 @@ pub(crate) async fn apply(
             if let (Some(user_id), Some(reason), Some(revoked_at)) =
                 (&r.user_id, r.end_reason, r.ended_at)
             {
-                let note = state.slots.get(&key).and_then(|s| s.end_note.clone());
+                let note = state.slots.get(key).and_then(|s| s.end_note.clone());
                 outbox.push(
                     RevokeMessage::new(
                         &r.app,
@@ -460,14 +462,14 @@ pub(crate) async fn apply(
             && let Some(owner) = &record_user
             && !locked.contains(owner.as_str())
         {
-            let before = state.slots.get(&key).filter(|s| s.origin == Origin::Log);
+            let before = state.slots.get(key).filter(|s| s.origin == Origin::Log);
             if !before.is_some_and(|s| s.record.only_activity_moved(&applied.record)) {
                 late.insert(owner.to_string());
                 continue;
             }
         }
         if applied.changed {
-            match state.slots.get_mut(&key) {
+            match state.slots.get_mut(key) {
                 Some(slot) => {
                     slot.record = applied.record;
                     slot.dirty = true;
@@ -488,7 +490,7 @@ pub(crate) async fn apply(
                     );
                 }
             }
-            state.index(&key);
+            state.index(key);
         }
         let user = match &event.user_id {
             Some(u) => u.clone(),
@@ -584,7 +586,7 @@ pub(crate) async fn apply(
         &locked,
         rules.last_seen_resolution,
         now,
-        events,
+        (events, &event_keys),
         &mut outcome,
     )
     .await?;
@@ -605,15 +607,16 @@ pub(crate) async fn apply(
         .filter_map(|(user, _)| {
             events
                 .iter()
-                .find(|e| {
+                .zip(&event_keys)
+                .find(|(e, key)| {
                     e.user_id.as_ref().is_some_and(|u| u.as_str() == user)
                         || state
                             .slots
-                            .get(&(e.app.to_string(), e.session_id.to_string()))
+                            .get(*key)
                             .and_then(|s| s.record.user_id.as_ref())
                             .is_some_and(|u| u.as_str() == user)
                 })
-                .map(|e| (user.clone(), e.app.clone()))
+                .map(|(e, _)| (user.clone(), e.app.clone()))
         })
         .collect();
     let attributes = stored_attributes(&mut *conn, &logged_out).await?;
@@ -655,10 +658,13 @@ pub(crate) async fn apply(
 /// only touch it: a request (checked by the caller's kind test through
 /// `apply`'s classification) for a live row of the log that belongs to the
 /// same user.
-fn is_touch(slot: Option<&Slot>, user: &UserId, now: DateTime<Utc>) -> bool {
+fn is_touch(slot: Option<&Slot>, user: &str, now: DateTime<Utc>) -> bool {
     slot.is_some_and(|s| {
         s.origin == Origin::Log
-            && s.record.user_id.as_ref() == Some(user)
+            && s.record
+                .user_id
+                .as_ref()
+                .is_some_and(|u| u.as_str() == user)
             && s.record.is_active_at(now)
     })
 }
@@ -837,7 +843,7 @@ async fn write(
     locked: &BTreeSet<String>,
     resolution: Duration,
     now: DateTime<Utc>,
-    events: &[SessionEvent],
+    (events, event_keys): (&[SessionEvent], &[Key]),
     outcome: &mut BatchOutcome,
 ) -> sqlx::Result<Touches> {
     // Sorted, so that concurrent batches lock rows in the same order.
@@ -878,12 +884,9 @@ async fn write(
     outcome.touched += touches.len();
     let mut t = Touches::default();
     if !touches.is_empty() {
-        let mut by_key: HashMap<Key, Vec<&SessionEvent>> = HashMap::new();
-        for e in events {
-            by_key
-                .entry((e.app.to_string(), e.session_id.to_string()))
-                .or_default()
-                .push(e);
+        let mut by_key: HashMap<&Key, Vec<&SessionEvent>> = HashMap::new();
+        for (e, key) in events.iter().zip(event_keys) {
+            by_key.entry(key).or_default().push(e);
         }
         for (key, slot, loaded) in &touches {
             let events = by_key.get(*key).map_or(&[][..], Vec::as_slice);

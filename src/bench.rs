@@ -16,8 +16,8 @@ use anyhow::Context as _;
 use chrono::{DateTime, SecondsFormat, Utc};
 use futures::StreamExt;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
-    ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, QueueBindOptions,
+    QueueDeclareOptions,
 };
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel};
@@ -193,7 +193,7 @@ pub async fn run(base: &Settings, args: &BenchArgs) -> anyhow::Result<()> {
     settings.limits.max_sessions = 1;
 
     let result = bench(&settings, args).await;
-    cleanup(&settings, &id).await;
+    cleanup(&settings).await;
     let rows = result?;
 
     let mut table = String::new();
@@ -461,17 +461,8 @@ async fn drain_baseline(
     n: usize,
 ) -> anyhow::Result<f64> {
     let channel = connection.create_channel().await?;
-    channel
-        .basic_qos(settings.amqp.prefetch, BasicQosOptions { global: false })
-        .await?;
-    let mut consumer = channel
-        .basic_consume(
-            settings.amqp.events_queue.as_str().into(),
-            "".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
+    // The workers' own consumer setup: same queue, same prefetch.
+    let mut consumer = broker::consume_events(&channel, &settings.amqp).await?;
     let started = Instant::now();
     let mut count = 0usize;
     while count < n {
@@ -767,39 +758,15 @@ fn command_version(cmd: &str, args: &[&str]) -> Option<String> {
 }
 
 /// Deletes the bench's database, exchanges and queues.
-async fn cleanup(settings: &Settings, id: &str) {
-    if let Ok(conn) = broker::connect(&settings.amqp, "bench cleanup").await
-        && let Ok(ch) = conn.create_channel().await
-    {
-        for q in [
-            &settings.amqp.events_queue,
-            &settings.amqp.dead_letter_queue,
-        ] {
-            let _ = ch
-                .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
-                .await;
-        }
-        for x in [
-            &settings.amqp.events_exchange,
-            &settings.amqp.revocations_exchange,
-            &settings.amqp.dead_letter_exchange,
-        ] {
-            let _ = ch
-                .exchange_delete(x.as_str().into(), ExchangeDeleteOptions::default())
-                .await;
+async fn cleanup(settings: &Settings) {
+    if let Ok(conn) = broker::connect(&settings.amqp, "bench cleanup").await {
+        if let Ok(ch) = conn.create_channel().await {
+            broker::delete_topology(&ch, &settings.amqp).await;
         }
         let _ = conn.close(200, "done".into()).await;
     }
-    if let Ok(admin) =
-        sqlx::PgPool::connect(&with_database(&settings.database.url, "postgres")).await
-    {
-        let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "DROP DATABASE IF EXISTS \"sg_bench_{id}\" WITH (FORCE)"
-        )))
-        .execute(&admin)
-        .await;
-        admin.close().await;
-    }
+    use sqlx::migrate::MigrateDatabase as _;
+    let _ = sqlx::Postgres::force_drop_database(&settings.database.url).await;
 }
 
 #[cfg(test)]

@@ -3,8 +3,9 @@
 
 use anyhow::Context;
 use lapin::options::{
-    BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
-    QueueDeclareOptions,
+    BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
+    ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions,
+    QueueDeleteOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{
@@ -128,6 +129,48 @@ fn quorum_arguments() -> FieldTable {
         AMQPValue::LongString("quorum".into()),
     );
     args
+}
+
+/// Deletes what [`declare_topology`] declares: both queues, then the three
+/// exchanges. Best effort (for throwaway topologies: tests, the benchmark);
+/// what is already gone is skipped.
+pub async fn delete_topology(channel: &Channel, settings: &AmqpSettings) {
+    for queue in [&settings.events_queue, &settings.dead_letter_queue] {
+        let _ = channel
+            .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+            .await;
+    }
+    for exchange in [
+        &settings.events_exchange,
+        &settings.revocations_exchange,
+        &settings.dead_letter_exchange,
+    ] {
+        let _ = channel
+            .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
+            .await;
+    }
+}
+
+/// Starts consuming the events queue on `channel`, with `settings.prefetch`
+/// unacked deliveries at most.
+pub async fn consume_events(
+    channel: &Channel,
+    settings: &AmqpSettings,
+) -> anyhow::Result<lapin::Consumer> {
+    // Per-consumer prefetch (global: false): RabbitMQ 3.10 refuses global QoS
+    // on quorum queues with an error that closes the whole connection.
+    channel
+        .basic_qos(settings.prefetch, BasicQosOptions { global: false })
+        .await?;
+    channel
+        .basic_consume(
+            settings.events_queue.as_str().into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .context("cannot consume the events queue")
 }
 
 /// A channel in confirm mode, for publishing that must not lose messages.

@@ -9,10 +9,7 @@ use chrono::Utc;
 use futures::StreamExt;
 use futures::stream::FuturesOrdered;
 use lapin::message::Delivery;
-use lapin::options::{
-    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
-};
-use lapin::types::FieldTable;
+use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicNackOptions};
 use lapin::{Channel, Consumer};
 use sqlx::PgPool;
 use tokio::sync::Notify;
@@ -215,21 +212,8 @@ async fn consume(ctx: &Arc<Context>, shutdown: &mut Shutdown) -> anyhow::Result<
     let _ = setup.close(200, "topology declared".into()).await;
 
     let channel = connection.create_channel().await?;
-    // Per-consumer prefetch (global: false): RabbitMQ 3.10 refuses global QoS
-    // on quorum queues with an error that closes the whole connection.
-    channel
-        .basic_qos(settings.amqp.prefetch, BasicQosOptions { global: false })
-        .await?;
     let dead_letters = broker::confirm_channel(&connection).await?;
-    let mut consumer = channel
-        .basic_consume(
-            settings.amqp.events_queue.as_str().into(),
-            "".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .context("cannot consume the events queue")?;
+    let mut consumer = broker::consume_events(&channel, &settings.amqp).await?;
     tracing::info!(queue = %settings.amqp.events_queue, "consuming");
     ctx.health.set_broker(true);
 
@@ -241,7 +225,8 @@ async fn consume(ctx: &Arc<Context>, shutdown: &mut Shutdown) -> anyhow::Result<
     let mut in_flight = FuturesOrdered::new();
     // The users each batch in flight names, oldest first (popped as they
     // complete, in the same order).
-    let mut ahead: std::collections::VecDeque<UserHints> = std::collections::VecDeque::new();
+    let mut ahead: std::collections::VecDeque<Arc<[SessionEvent]>> =
+        std::collections::VecDeque::new();
     let mut last_turn: Option<tokio::sync::oneshot::Receiver<()>> = None;
     let mut ended: Option<anyhow::Error> = None;
     // Whether the last batch was full. A worker that keeps up gains nothing
@@ -281,7 +266,7 @@ async fn consume(ctx: &Arc<Context>, shutdown: &mut Shutdown) -> anyhow::Result<
                     turn,
                     hints: hints_for(&decoded.events, &ahead),
                 };
-                ahead.push_back(users_of(&decoded.events));
+                ahead.push_back(decoded.events.clone());
                 let mut listener = shutdown.clone();
                 let (ctx, channel, dead_letters) = (ctx.clone(), channel.clone(), dead_letters.clone());
                 // A task of its own, so the batch keeps talking to the
@@ -389,8 +374,9 @@ impl std::future::Future for BatchTask {
 
 /// A batch's deliveries, decoded and checked.
 struct Decoded {
-    /// Valid events, in delivery order.
-    events: Vec<SessionEvent>,
+    /// Valid events, in delivery order; shared with the batches behind this
+    /// one while it is in flight (see [`hints_for`]).
+    events: Arc<[SessionEvent]>,
     /// Where each valid event sits in the batch.
     positions: Vec<usize>,
     /// Deliveries to dead-letter: position, reason, kind.
@@ -401,11 +387,9 @@ struct Decoded {
 /// the batch goes in flight, so the next batch knows this one's users).
 fn decode(ctx: &Context, batch: &[Delivery]) -> Decoded {
     let amqp = &ctx.settings.amqp;
-    let mut decoded = Decoded {
-        events: Vec::with_capacity(batch.len()),
-        positions: Vec::with_capacity(batch.len()),
-        invalid: Vec::new(),
-    };
+    let mut events = Vec::with_capacity(batch.len());
+    let mut positions = Vec::with_capacity(batch.len());
+    let mut invalid = Vec::new();
     for (i, delivery) in batch.iter().enumerate() {
         let checked = SessionEvent::decode(&delivery.data)
             .map_err(|e| (e.to_string(), "invalid"))
@@ -416,13 +400,17 @@ fn decode(ctx: &Context, batch: &[Delivery]) -> Decoded {
             });
         match checked {
             Ok(event) => {
-                decoded.events.push(event);
-                decoded.positions.push(i);
+                events.push(event);
+                positions.push(i);
             }
-            Err((error, kind)) => decoded.invalid.push((i, error, kind)),
+            Err((error, kind)) => invalid.push((i, error, kind)),
         }
     }
-    decoded
+    Decoded {
+        events: events.into(),
+        positions,
+        invalid,
+    }
 }
 
 /// Where a batch stands among the worker's pipelined batches.
@@ -434,28 +422,29 @@ struct Order {
     hints: UserHints,
 }
 
-/// The users of the sessions a batch names, for the batches behind it.
-fn users_of(events: &[SessionEvent]) -> UserHints {
-    events
-        .iter()
-        .filter_map(|e| {
-            let user = e.user_id.as_ref()?;
-            Some((
-                (e.app.to_string(), e.session_id.to_string()),
-                user.to_string(),
-            ))
-        })
-        .collect()
-}
-
-/// What the batches ahead know of the users of this batch's logouts that
-/// carry no `user_id` (the newest batch ahead wins).
-fn hints_for(events: &[SessionEvent], ahead: &std::collections::VecDeque<UserHints>) -> UserHints {
+/// What the batches ahead (oldest first) know of the users of this batch's
+/// logouts that carry no `user_id`: the newest event ahead that names the
+/// same session with a user wins. Only those few logouts are looked up.
+fn hints_for(
+    events: &[SessionEvent],
+    ahead: &std::collections::VecDeque<Arc<[SessionEvent]>>,
+) -> UserHints {
     let mut hints = UserHints::new();
     for e in events.iter().filter(|e| e.user_id.is_none()) {
-        let key = (e.app.to_string(), e.session_id.to_string());
-        if let Some(user) = ahead.iter().rev().find_map(|h| h.get(&key)) {
-            hints.insert(key, user.clone());
+        let named = ahead
+            .iter()
+            .rev()
+            .flat_map(|batch| batch.iter().rev())
+            .find_map(|a| {
+                (a.app == e.app && a.session_id == e.session_id)
+                    .then_some(a.user_id.as_ref())
+                    .flatten()
+            });
+        if let Some(user) = named {
+            hints.insert(
+                (e.app.to_string(), e.session_id.to_string()),
+                user.to_string(),
+            );
         }
     }
     hints
@@ -481,6 +470,7 @@ async fn handle_batch(
         positions,
         invalid,
     } = decoded;
+    let events: &[SessionEvent] = &events;
     // Deliveries already settled one by one (acked after dead-lettering, or
     // nacked): the closing multiple-ack must not name one of them, or the
     // broker closes the channel for an unknown delivery tag.
@@ -498,7 +488,7 @@ async fn handle_batch(
     }
 
     let started = Instant::now();
-    match apply_with_retry(ctx, &events, &mut order, shutdown).await {
+    match apply_with_retry(ctx, events, &mut order, shutdown).await {
         Applied::Committed => {}
         Applied::ShuttingDown => {
             // Nothing was committed: leave the valid deliveries unacked; the
@@ -509,7 +499,7 @@ async fn handle_batch(
             // Something in the batch makes PostgreSQL refuse it every time:
             // apply the events one by one so only the culprit is set aside.
             tracing::warn!(error = %error, size = events.len(), "batch refused; applying its events one by one");
-            for (i, event) in positions.iter().zip(&events) {
+            for (i, event) in positions.iter().zip(events) {
                 let delivery = &batch[*i];
                 let mut alone = Order {
                     turn: LockTurn::default(),

@@ -136,39 +136,15 @@ impl SessionRecord {
     /// Whether `later` differs from this record only by a `last_seen_at`
     /// moved forward by less than `resolution`: a write the log can skip.
     pub fn only_seen_later_within(&self, later: &SessionRecord, resolution: Duration) -> bool {
-        // Destructured, so that a new field cannot be forgotten here.
-        let SessionRecord {
-            app,
-            session_id,
-            user_id,
-            login_at,
-            login_seen,
-            last_seen_at,
-            ip,
-            user_agent,
-            expires_at,
-            ended_at,
-            end_reason,
-            max_sessions,
-            last_revoke_at,
-            attributes,
-        } = later;
-        let moved = last_seen_at.signed_duration_since(self.last_seen_at);
-        moved >= chrono::TimeDelta::zero()
-            && moved.to_std().is_ok_and(|m| m < resolution)
-            && *app == self.app
-            && *session_id == self.session_id
-            && *user_id == self.user_id
-            && *login_at == self.login_at
-            && *login_seen == self.login_seen
-            && *ip == self.ip
-            && *user_agent == self.user_agent
-            && *expires_at == self.expires_at
-            && *ended_at == self.ended_at
-            && *end_reason == self.end_reason
-            && *max_sessions == self.max_sessions
-            && *last_revoke_at == self.last_revoke_at
-            && *attributes == self.attributes
+        let moved = later.last_seen_at.signed_duration_since(self.last_seen_at);
+        // A negative move has no std Duration: it fails here.
+        moved.to_std().is_ok_and(|m| m < resolution)
+            && self.only_activity_moved(later)
+            && later.login_at == self.login_at
+            && later.ip == self.ip
+            && later.user_agent == self.user_agent
+            && later.expires_at == self.expires_at
+            && later.attributes == self.attributes
     }
 
     /// Whether `later` differs from this record only in what a request on a
@@ -176,7 +152,8 @@ impl SessionRecord {
     /// `user_agent`, `expires_at`, `attributes`) and an inferred `login_at`
     /// moved earlier. Such a change needs no user lock.
     pub fn only_activity_moved(&self, later: &SessionRecord) -> bool {
-        // Destructured, so that a new field cannot be forgotten here.
+        // Destructured, so that a new field cannot be forgotten here (nor
+        // in `only_seen_later_within`, which builds on this).
         let SessionRecord {
             app,
             session_id,

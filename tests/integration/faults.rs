@@ -65,6 +65,20 @@ async fn wait_outbox_empty(app: &TestApp) {
     .await;
 }
 
+/// Starts a fresh worker process, lets it finish the stream of
+/// `logins(users, per_user, _)`, and checks that exactly every login but
+/// each user's newest was revoked, once each.
+async fn restart_and_check_revokes(app: &mut TestApp, users: usize, per_user: i64) {
+    app.spawn_process();
+    wait_logged(app, "shop", users as i64 * per_user).await;
+    wait_outbox_empty(app).await;
+    let revokes = app.drain_revokes(Duration::from_secs(2)).await;
+    let expected: BTreeSet<String> = (0..users)
+        .flat_map(|u| (0..per_user - 1).map(move |i| format!("u{u}-s{i}")))
+        .collect();
+    check_revokes(&revokes, &expected);
+}
+
 #[tokio::test]
 async fn dropped_broker_connections_lose_nothing() {
     let mut app = spawn_app().await;
@@ -186,14 +200,7 @@ async fn sigkill_mid_stream_then_restart_ends_as_an_uninterrupted_run() {
     let done_at_kill = app.logged("shop").await;
     assert!(done_at_kill < total, "killed too late to mean anything");
 
-    app.spawn_process();
-    wait_logged(&app, "shop", total).await;
-    wait_outbox_empty(&app).await;
-    let revokes = app.drain_revokes(Duration::from_secs(2)).await;
-    let expected: BTreeSet<String> = (0..users)
-        .flat_map(|u| (0..per_user - 1).map(move |i| format!("u{u}-s{i}")))
-        .collect();
-    check_revokes(&revokes, &expected);
+    restart_and_check_revokes(&mut app, users, per_user).await;
     for u in 0..users {
         assert_eq!(
             app.active(&format!("u{u}"), "shop").await,
@@ -213,7 +220,6 @@ async fn graceful_shutdown_under_load_is_bounded_and_loses_nothing() {
     for e in logins(users, per_user, 11) {
         app.publish(&e).await;
     }
-    let total = (users as i64) * per_user;
     let worker = app.spawn_process();
     app.wait_for("the worker to be busy", || async {
         app.logged("shop").await > 0
@@ -231,14 +237,7 @@ async fn graceful_shutdown_under_load_is_bounded_and_loses_nothing() {
         "revokes left in the outbox after a graceful shutdown that took {took:?}"
     );
 
-    app.spawn_process();
-    wait_logged(&app, "shop", total).await;
-    wait_outbox_empty(&app).await;
-    let revokes = app.drain_revokes(Duration::from_secs(2)).await;
-    let expected: BTreeSet<String> = (0..users)
-        .flat_map(|u| (0..per_user - 1).map(move |i| format!("u{u}-s{i}")))
-        .collect();
-    check_revokes(&revokes, &expected);
+    restart_and_check_revokes(&mut app, users, per_user).await;
 }
 
 /// The horizontal-scaling promise: three worker processes on one queue,

@@ -10,8 +10,8 @@ use std::time::Duration;
 use chrono::{DateTime, SubsecRound as _, Utc};
 use futures::StreamExt;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, ExchangeDeleteOptions,
-    QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, QueueBindOptions,
+    QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, Consumer};
@@ -669,7 +669,6 @@ impl Drop for TestApp {
             handle.abort();
         }
         let settings = self.settings.clone();
-        let db_name = self.db_name.clone();
         // A thread with its own runtime: Drop cannot await, and the test's
         // runtime is blocked here while we clean up.
         std::thread::spawn(move || {
@@ -678,42 +677,16 @@ impl Drop for TestApp {
                 .build()
                 .unwrap();
             rt.block_on(async move {
-                // Not pool.close(): its connections live on the test's
-                // runtime, which is blocked here; DROP ... WITH (FORCE) ends them.
                 if let Ok(conn) = broker::connect(&settings.amqp, "test cleanup").await {
                     if let Ok(ch) = conn.create_channel().await {
-                        for q in [
-                            &settings.amqp.events_queue,
-                            &settings.amqp.dead_letter_queue,
-                        ] {
-                            let _ = ch
-                                .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
-                                .await;
-                        }
-                        for x in [
-                            &settings.amqp.events_exchange,
-                            &settings.amqp.revocations_exchange,
-                            &settings.amqp.dead_letter_exchange,
-                        ] {
-                            let _ = ch
-                                .exchange_delete(
-                                    x.as_str().into(),
-                                    ExchangeDeleteOptions::default(),
-                                )
-                                .await;
-                        }
+                        broker::delete_topology(&ch, &settings.amqp).await;
                     }
                     let _ = conn.close(200, "done".into()).await;
                 }
-                let admin_url = with_database(&settings.database.url, "postgres");
-                if let Ok(admin) = sqlx::PgPool::connect(&admin_url).await {
-                    let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
-                        "DROP DATABASE IF EXISTS \"{db_name}\" WITH (FORCE)"
-                    )))
-                    .execute(&admin)
-                    .await;
-                    admin.close().await;
-                }
+                // Ends the test pool's connections too (they live on the
+                // test's runtime, which is blocked here).
+                use sqlx::migrate::MigrateDatabase as _;
+                let _ = sqlx::Postgres::force_drop_database(&settings.database.url).await;
             });
         })
         .join()
