@@ -18,6 +18,7 @@ pub mod cli;
 pub mod configuration;
 pub mod domain;
 pub mod health;
+mod nodelay;
 mod relay;
 pub mod shutdown;
 pub mod store;
