@@ -207,7 +207,9 @@ const LOG_COLUMNS: &str = "app, session_id, user_id, login_at, login_seen, last_
 /// Reads, in one statement, the sessions named by `(apps, ids)` (rows of
 /// the log and, for keys pruned from it, their tombstones) and every live
 /// session of `users` (three parts, each an index probe per key or user:
-/// LATERAL keeps the planner from a seq scan however stale its statistics).
+/// `OFFSET 0` keeps the planner from flattening a LATERAL subquery into a
+/// hash join over a seq scan of the log, which it does on stale statistics
+/// and which cost 16 ms instead of 5 for 450 keys on a 100,000-row log).
 async fn load(
     conn: &mut PgConnection,
     apps: &[&str],
@@ -218,13 +220,13 @@ async fn load(
         "SELECT s.* FROM unnest($1::text[], $2::text[]) AS k(app, session_id)
          CROSS JOIN LATERAL (
              SELECT {LOG_COLUMNS}, false AS tombstone FROM sessions
-             WHERE app = k.app AND session_id = k.session_id
+             WHERE app = k.app AND session_id = k.session_id OFFSET 0
          ) s
          UNION ALL
          SELECT s.* FROM unnest($3::text[]) AS u(user_id)
          CROSS JOIN LATERAL (
              SELECT {LOG_COLUMNS}, false AS tombstone FROM sessions
-             WHERE user_id = u.user_id AND end_reason IS NULL
+             WHERE user_id = u.user_id AND end_reason IS NULL OFFSET 0
          ) s
          WHERE (s.app, s.session_id) NOT IN (SELECT * FROM unnest($1::text[], $2::text[]))
          UNION ALL
@@ -234,7 +236,7 @@ async fn load(
                     NULL::text, expires_at, ended_at, end_reason, max_sessions,
                     last_revoke_at, NULL::jsonb, NULL::text, NULL::text, false, true
              FROM session_tombstones
-             WHERE app = k.app AND session_id = k.session_id
+             WHERE app = k.app AND session_id = k.session_id OFFSET 0
          ) t"
     );
     let rows: Vec<TaggedRow> = sqlx::query_as(sqlx::AssertSqlSafe(query))
