@@ -204,12 +204,17 @@ const LOG_COLUMNS: &str = "app, session_id, user_id, login_at, login_seen, last_
     user_agent, expires_at, ended_at, end_reason, max_sessions, last_revoke_at, attributes,
     ended_by, end_note, shadow_flagged_at IS NOT NULL AS shadow_flagged";
 
-/// Reads, in one statement, the sessions named by `(apps, ids)` (rows of
-/// the log and, for keys pruned from it, their tombstones) and every live
-/// session of `users` (three parts, each an index probe per key or user:
+/// Reads, in one statement, every live session of `users` and the sessions
+/// named by `(apps, ids)`: rows of the log and, for keys pruned from it,
+/// their tombstones. Each part is an index probe per user or key, and a key
+/// is probed only if it is not among the users' live sessions (most events
+/// are requests for a live session of their own user), and among the
+/// tombstones only if it is not in the log: about a third of the probes of
+/// probing every key in both tables.
+///
 /// `OFFSET 0` keeps the planner from flattening a LATERAL subquery into a
 /// hash join over a seq scan of the log, which it does on stale statistics
-/// and which cost 16 ms instead of 5 for 450 keys on a 100,000-row log).
+/// and which cost 16 ms instead of 5 for 450 keys on a 100,000-row log.
 async fn load(
     conn: &mut PgConnection,
     apps: &[&str],
@@ -217,27 +222,39 @@ async fn load(
     users: &[&str],
 ) -> sqlx::Result<Vec<(Key, Slot)>> {
     let query = format!(
-        "SELECT s.* FROM unnest($1::text[], $2::text[]) AS k(app, session_id)
-         CROSS JOIN LATERAL (
-             SELECT {LOG_COLUMNS}, false AS tombstone FROM sessions
+        "WITH live AS MATERIALIZED (
+             SELECT s.* FROM unnest($3::text[]) AS u(user_id)
+             CROSS JOIN LATERAL (
+                 SELECT {LOG_COLUMNS}, false AS tombstone FROM sessions
+                 WHERE user_id = u.user_id AND end_reason IS NULL OFFSET 0
+             ) s
+         ), named AS MATERIALIZED (
+             SELECT k.app, k.session_id FROM unnest($1::text[], $2::text[]) AS k(app, session_id)
+             WHERE NOT EXISTS (
+                 SELECT FROM live l WHERE l.app = k.app AND l.session_id = k.session_id
+             )
+         )
+         SELECT * FROM live
+         UNION ALL
+         SELECT k.app, k.session_id, coalesce(s.user_id, t.user_id),
+                coalesce(s.login_at, t.login_at), coalesce(s.login_seen, true),
+                coalesce(s.last_seen_at, t.last_seen_at), s.ip, s.user_agent,
+                coalesce(s.expires_at, t.expires_at), coalesce(s.ended_at, t.ended_at),
+                coalesce(s.end_reason, t.end_reason), coalesce(s.max_sessions, t.max_sessions),
+                coalesce(s.last_revoke_at, t.last_revoke_at), s.attributes, s.ended_by,
+                s.end_note, coalesce(s.shadow_flagged, false), s.app IS NULL
+         FROM named k
+         LEFT JOIN LATERAL (
+             SELECT {LOG_COLUMNS} FROM sessions
              WHERE app = k.app AND session_id = k.session_id OFFSET 0
-         ) s
-         UNION ALL
-         SELECT s.* FROM unnest($3::text[]) AS u(user_id)
-         CROSS JOIN LATERAL (
-             SELECT {LOG_COLUMNS}, false AS tombstone FROM sessions
-             WHERE user_id = u.user_id AND end_reason IS NULL OFFSET 0
-         ) s
-         WHERE (s.app, s.session_id) NOT IN (SELECT * FROM unnest($1::text[], $2::text[]))
-         UNION ALL
-         SELECT t.* FROM unnest($1::text[], $2::text[]) AS k(app, session_id)
-         CROSS JOIN LATERAL (
-             SELECT app, session_id, user_id, login_at, true, last_seen_at, NULL::inet,
-                    NULL::text, expires_at, ended_at, end_reason, max_sessions,
-                    last_revoke_at, NULL::jsonb, NULL::text, NULL::text, false, true
+         ) s ON true
+         LEFT JOIN LATERAL (
+             SELECT user_id, login_at, last_seen_at, expires_at, ended_at, end_reason,
+                    max_sessions, last_revoke_at
              FROM session_tombstones
-             WHERE app = k.app AND session_id = k.session_id OFFSET 0
-         ) t"
+             WHERE s.app IS NULL AND app = k.app AND session_id = k.session_id OFFSET 0
+         ) t ON true
+         WHERE s.app IS NOT NULL OR t.login_at IS NOT NULL"
     );
     let rows: Vec<TaggedRow> = sqlx::query_as(sqlx::AssertSqlSafe(query))
         .bind(apps)
