@@ -35,7 +35,7 @@ use crate::domain::session::{EndReason, SessionRecord, apply_event};
 use crate::store::summaries;
 use crate::store::{
     BatchOutcome, Enforcement, LockTurn, Revocation, UserHints, load_overrides_of, lock_users,
-    write_outbox,
+    try_lock_users, write_outbox,
 };
 
 /// A session's key: (app, session_id).
@@ -336,82 +336,50 @@ pub(crate) async fn apply(
     for (key, slot) in load(&mut *conn, &apps, &ids, &event_users).await? {
         state.slots.insert(key, slot);
     }
-    let stored_user = |key: &Key| {
-        state
-            .slots
-            .get(key)
-            .and_then(|s| s.record.user_id.as_ref())
-            .map(UserId::as_str)
-    };
-
     // Every user of the batch, and those to lock: a user whose events can
-    // add, end or revoke a session. A request for a live session of its own
-    // user, the common case, only touches its row and needs no lock.
-    let mut users: BTreeSet<String> = BTreeSet::new();
-    let mut locked: BTreeSet<String> = also_lock.clone();
-    for (e, key) in events.iter().zip(&event_keys) {
-        let stored = stored_user(key);
-        let Some(user) = e
-            .user_id
-            .as_ref()
-            .map(UserId::as_str)
-            .or(stored)
-            .or_else(|| hints.get(key).map(String::as_str))
-        else {
-            continue;
-        };
-        users.insert(user.to_owned());
-        if !(e.kind == EventKind::Request && is_touch(state.slots.get(key), user, now)) {
-            locked.insert(user.to_owned());
-            locked.extend(stored.map(str::to_owned));
-        }
-    }
+    // add, end or revoke a session.
+    let (mut users, mut locked) = involved_users(events, &event_keys, &state.slots, hints, now);
+    locked.extend(also_lock.iter().cloned());
     users.extend(locked.iter().cloned());
     turn.wait().await;
     lock_users(&mut *conn, &locked).await?;
     turn.pass();
+    reload(
+        &mut *conn,
+        &mut state,
+        &keys,
+        (events, &event_keys),
+        &locked,
+        true,
+    )
+    .await?;
+
+    // The rows read again may name a user not locked: a logout without
+    // user_id whose session's login committed meanwhile, on another worker.
+    // Lock such users now without waiting (so without deadlocks, whatever
+    // the order) and read their rows; if one is busy, the batch runs again
+    // with it locked in the sorted go.
+    let (more_users, needed) = involved_users(events, &event_keys, &state.slots, hints, now);
+    let extra: BTreeSet<String> = needed.difference(&locked).cloned().collect();
+    if !extra.is_empty() {
+        if !try_lock_users(&mut *conn, &extra).await? {
+            return Ok(Pass::NeedsLocks(extra));
+        }
+        reload(
+            &mut *conn,
+            &mut state,
+            &keys,
+            (events, &event_keys),
+            &extra,
+            false,
+        )
+        .await?;
+        locked.extend(extra);
+    }
+    users.extend(more_users);
+    users.extend(locked.iter().cloned());
     let user_list: Vec<&str> = users.iter().map(String::as_str).collect();
 
-    // Once locked, read the locked users' rows again: the named ones (those
-    // of a locked user, or not stored under any user before the lock) and
-    // every live one. No row locks: every writer that can end or add a
-    // user's session holds that user's lock, and the rows of users not
-    // locked are only touched.
-    let mut reload: BTreeSet<&Key> = keys
-        .iter()
-        .copied()
-        .filter(|k| stored_user(k).is_none_or(|u| locked.contains(u)))
-        .collect();
-    reload.extend(
-        events
-            .iter()
-            .zip(&event_keys)
-            .filter(|(e, _)| {
-                e.user_id
-                    .as_ref()
-                    .is_some_and(|u| locked.contains(u.as_str()))
-            })
-            .map(|(_, k)| k),
-    );
-    if !reload.is_empty() {
-        let (apps, ids): (Vec<&str>, Vec<&str>) =
-            reload.iter().map(|(a, s)| (a.as_str(), s.as_str())).unzip();
-        // A row gone meanwhile (pruned) must not be written back from the
-        // first read.
-        for key in &reload {
-            state.slots.remove(*key);
-        }
-        state.slots.retain(|_, s| {
-            s.record
-                .user_id
-                .as_ref()
-                .is_none_or(|u| !locked.contains(u.as_str()))
-        });
-        let locked_list: Vec<&str> = locked.iter().map(String::as_str).collect();
-        for (key, slot) in load(&mut *conn, &apps, &ids, &locked_list).await? {
-            state.slots.insert(key, slot);
-        }
-    }
     for (key, slot) in &state.slots {
         if let Some(user) = &slot.record.user_id {
             state
@@ -671,6 +639,105 @@ pub(crate) async fn apply(
         return Ok(Pass::NeedsLocks(users));
     }
     Ok(Pass::Done(outcome))
+}
+
+/// Every user the events involve, and those among them to lock: a user
+/// whose events can add, end or revoke a session. A request for a live
+/// session of its own user, the common case, only touches its row and needs
+/// no lock, unless a batch ahead on this worker may change that user's
+/// sessions (see [`UserHints::busy`]).
+fn involved_users(
+    events: &[SessionEvent],
+    event_keys: &[Key],
+    slots: &HashMap<Key, Slot>,
+    hints: &UserHints,
+    now: DateTime<Utc>,
+) -> (BTreeSet<String>, BTreeSet<String>) {
+    let mut users = BTreeSet::new();
+    let mut locked = BTreeSet::new();
+    for (e, key) in events.iter().zip(event_keys) {
+        let stored = slots
+            .get(key)
+            .and_then(|s| s.record.user_id.as_ref())
+            .map(UserId::as_str);
+        let Some(user) = e
+            .user_id
+            .as_ref()
+            .map(UserId::as_str)
+            .or(stored)
+            .or_else(|| hints.owners.get(key).map(String::as_str))
+        else {
+            continue;
+        };
+        if !users.contains(user) {
+            users.insert(user.to_owned());
+        }
+        let touch = e.kind == EventKind::Request
+            && is_touch(slots.get(key), user, now)
+            && !hints.busy.contains(user);
+        if !touch {
+            locked.insert(user.to_owned());
+            locked.extend(stored.map(str::to_owned));
+        }
+    }
+    (users, locked)
+}
+
+/// Reads again, once `users` are locked, their rows: every live one and
+/// those of the named sessions (`keys`) stored under them or, with
+/// `unowned`, under no user at the first read. No row locks: every writer
+/// that can end or add a user's session holds that user's lock, and the
+/// rows of users not locked are only touched.
+async fn reload(
+    conn: &mut PgConnection,
+    state: &mut State,
+    keys: &[&Key],
+    (events, event_keys): (&[SessionEvent], &[Key]),
+    users: &BTreeSet<String>,
+    unowned: bool,
+) -> sqlx::Result<()> {
+    let mut again: BTreeSet<&Key> = keys
+        .iter()
+        .copied()
+        .filter(
+            |k| match state.slots.get(*k).and_then(|s| s.record.user_id.as_ref()) {
+                Some(u) => users.contains(u.as_str()),
+                None => unowned,
+            },
+        )
+        .collect();
+    again.extend(
+        events
+            .iter()
+            .zip(event_keys)
+            .filter(|(e, _)| {
+                e.user_id
+                    .as_ref()
+                    .is_some_and(|u| users.contains(u.as_str()))
+            })
+            .map(|(_, k)| k),
+    );
+    if again.is_empty() && users.is_empty() {
+        return Ok(());
+    }
+    let (apps, ids): (Vec<&str>, Vec<&str>) =
+        again.iter().map(|(a, s)| (a.as_str(), s.as_str())).unzip();
+    // A row gone meanwhile (pruned) must not be written back from the first
+    // read.
+    for key in &again {
+        state.slots.remove(*key);
+    }
+    state.slots.retain(|_, s| {
+        s.record
+            .user_id
+            .as_ref()
+            .is_none_or(|u| !users.contains(u.as_str()))
+    });
+    let user_list: Vec<&str> = users.iter().map(String::as_str).collect();
+    for (key, slot) in load(conn, &apps, &ids, &user_list).await? {
+        state.slots.insert(key, slot);
+    }
+    Ok(())
 }
 
 /// Whether an event of `user`, not locked, on the session in `slot` can

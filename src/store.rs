@@ -199,6 +199,25 @@ pub(crate) async fn lock_users(
     Ok(())
 }
 
+/// Locks `users` if none of them is locked by another transaction, without
+/// waiting (so in any order without risk of deadlock). Returns whether all
+/// of them are now locked; a user without a `session_users` row counts as
+/// not locked (only [`lock_users`] creates rows).
+pub(crate) async fn try_lock_users(
+    conn: &mut PgConnection,
+    users: &BTreeSet<String>,
+) -> sqlx::Result<bool> {
+    let wanted: Vec<&str> = users.iter().map(String::as_str).collect();
+    let got: Vec<String> = sqlx::query_scalar(
+        "SELECT user_id FROM session_users WHERE user_id = ANY($1)
+         ORDER BY user_id FOR UPDATE SKIP LOCKED",
+    )
+    .bind(&wanted)
+    .fetch_all(conn)
+    .await?;
+    Ok(got.len() == wanted.len())
+}
+
 /// Applies `events` in one transaction and commits. On error nothing is
 /// written: the caller retries or nacks.
 ///
@@ -218,16 +237,27 @@ pub async fn process_batch(
         events,
         now,
         &mut LockTurn::default(),
-        &UserHints::new(),
+        &UserHints::default(),
     )
     .await
 }
 
-/// Users of sessions named by batches still in flight on this worker:
-/// `(app, session_id)` → `user_id`. A logout without `user_id` for a session
-/// whose login is one batch ahead learns its user here, so it waits for that
-/// user's lock instead of racing the login.
-pub type UserHints = HashMap<(String, String), String>;
+/// What a worker knows of the batches it still has in flight ahead of this
+/// one (see `worker::hints_for`).
+#[derive(Debug, Default, Clone)]
+pub struct UserHints {
+    /// Users of sessions named by the batches ahead: `(app, session_id)` →
+    /// `user_id`. A logout without `user_id` for a session whose login is
+    /// one batch ahead learns its user here, so it waits for that user's
+    /// lock instead of racing the login.
+    pub owners: HashMap<(String, String), String>,
+    /// Users whose sessions the batches ahead may add, end or revoke (the
+    /// users of their logins and logouts). A request of theirs is applied
+    /// under their lock, after those batches commit: as a lock-free touch it
+    /// would read their sessions before that commit, and often find its row
+    /// locked by it at the end, which sends the whole batch round again.
+    pub busy: std::collections::HashSet<String>,
+}
 
 /// Orders the lock phases of one worker's pipelined batches: a batch takes
 /// its user locks only after the batch before it took its own. Then a user's

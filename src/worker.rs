@@ -1,6 +1,7 @@
 //! The worker: consumes events in batches, applies each batch in one
 //! transaction, acks after the commit, and runs the outbox relay beside it.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,7 +19,7 @@ use tokio::time::Instant;
 use crate::backoff::Backoff;
 use crate::broker;
 use crate::configuration::Settings;
-use crate::domain::event::SessionEvent;
+use crate::domain::event::{EventKind, SessionEvent};
 use crate::domain::limits::RuleHook;
 use crate::health::Health;
 use crate::relay;
@@ -418,18 +419,22 @@ fn decode(ctx: &Context, batch: &[Delivery]) -> Decoded {
 struct Order {
     /// When it may take its user locks.
     turn: LockTurn,
-    /// Users of sessions named by the batches ahead of it.
+    /// What the batches ahead of it tell of its users.
     hints: UserHints,
 }
 
-/// What the batches ahead (oldest first) know of the users of this batch's
-/// logouts that carry no `user_id`: the newest event ahead that names the
-/// same session with a user wins. Only those few logouts are looked up.
+/// What the batches ahead (oldest first) tell of this batch's users:
+/// - the owners of the sessions of this batch's logouts that carry no
+///   `user_id`: the newest event ahead that names the same session with a
+///   user wins;
+/// - the users of this batch's requests whose sessions a batch ahead may
+///   add, end or revoke: a login or logout of theirs is ahead, or a logout
+///   without `user_id` of the very session requested.
 fn hints_for(
     events: &[SessionEvent],
     ahead: &std::collections::VecDeque<Arc<[SessionEvent]>>,
 ) -> UserHints {
-    let mut hints = UserHints::new();
+    let mut hints = UserHints::default();
     for e in events.iter().filter(|e| e.user_id.is_none()) {
         let named = ahead
             .iter()
@@ -441,10 +446,32 @@ fn hints_for(
                     .flatten()
             });
         if let Some(user) = named {
-            hints.insert(
+            hints.owners.insert(
                 (e.app.to_string(), e.session_id.to_string()),
                 user.to_string(),
             );
+        }
+    }
+    if ahead.is_empty() {
+        return hints;
+    }
+    let mut changing_users = HashSet::new();
+    let mut ending_sessions = HashSet::new();
+    for a in ahead.iter().flat_map(|batch| batch.iter()) {
+        if a.kind == EventKind::Request {
+            continue;
+        }
+        match &a.user_id {
+            Some(user) => changing_users.insert(user.as_str()),
+            None => ending_sessions.insert((a.app.as_str(), a.session_id.as_str())),
+        };
+    }
+    for e in events.iter().filter(|e| e.kind == EventKind::Request) {
+        if let Some(user) = &e.user_id
+            && (changing_users.contains(user.as_str())
+                || ending_sessions.contains(&(e.app.as_str(), e.session_id.as_str())))
+        {
+            hints.busy.insert(user.to_string());
         }
     }
     hints
@@ -703,5 +730,50 @@ async fn run_housekeeping(ctx: Arc<Context>, mut shutdown: Shutdown) {
             () = tokio::time::sleep(PING_EVERY) => {}
             () = shutdown.wait() => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::VecDeque;
+
+    fn event(kind: &str, session: &str, user: Option<&str>) -> SessionEvent {
+        let mut json = serde_json::json!({
+            "type": kind, "app": "shop", "session_id": session,
+            "occurred_at": "2026-11-27T10:00:00Z",
+        });
+        if let Some(user) = user {
+            json["user_id"] = user.into();
+        }
+        SessionEvent::decode(json.to_string().as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn hints_name_owners_of_anonymous_logouts_and_users_changed_ahead() {
+        let ahead: VecDeque<Arc<[SessionEvent]>> = VecDeque::from([Arc::from(vec![
+            event("login", "a1", Some("ann")),
+            event("request", "b1", Some("bob")),
+            event("logout", "c1", None),
+        ])]);
+        let batch = [
+            event("logout", "a1", None),          // owner known from the login ahead
+            event("logout", "z9", None),          // nobody ahead names it
+            event("request", "a2", Some("ann")),  // ann's login is ahead: busy
+            event("request", "b1", Some("bob")),  // only a request ahead: not busy
+            event("request", "c1", Some("carl")), // its session's logout is ahead
+        ];
+        let hints = hints_for(&batch, &ahead);
+        let owners: Vec<_> = hints.owners.iter().collect();
+        assert_eq!(
+            owners,
+            [(&("shop".to_owned(), "a1".to_owned()), &"ann".to_owned())]
+        );
+        let mut busy: Vec<_> = hints.busy.iter().map(String::as_str).collect();
+        busy.sort();
+        assert_eq!(busy, ["ann", "carl"]);
+
+        let nothing_ahead = hints_for(&batch, &VecDeque::new());
+        assert!(nothing_ahead.owners.is_empty() && nothing_ahead.busy.is_empty());
     }
 }
