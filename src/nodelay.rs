@@ -81,4 +81,44 @@ mod tests {
         assert_eq!(set_on_connections_to(port).unwrap(), 0, "already set");
         assert!(!set_if_peer(listener.as_raw_fd(), port), "not connected");
     }
+
+    /// Whether this process's TCP socket with local port `local` has
+    /// TCP_NODELAY (None: no such socket).
+    fn nodelay_of_local_port(local: u16) -> Option<bool> {
+        std::fs::read_dir("/proc/self/fd")
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<RawFd>().ok())
+            .find_map(|fd| {
+                // SAFETY: as in `set_if_peer`; only getters are called.
+                let s = ManuallyDrop::new(unsafe { TcpStream::from_raw_fd(fd) });
+                (s.local_addr().ok()?.port() == local).then(|| s.nodelay().ok())?
+            })
+    }
+
+    /// The pool the worker uses really has Nagle off on its connections, as
+    /// the server sees them (the local PostgreSQL, over TCP).
+    #[tokio::test]
+    async fn pooled_database_connections_have_nodelay() {
+        let settings = crate::Settings::load(None).unwrap();
+        let database = crate::configuration::DatabaseSettings {
+            url: crate::configuration::with_database(&settings.database.url, "postgres"),
+            max_connections: 2,
+        };
+        let pool = crate::store::connect(&database).await.unwrap();
+        let mut held = Vec::new();
+        for _ in 0..2 {
+            let mut conn = pool.acquire().await.unwrap();
+            let port: Option<i32> = sqlx::query_scalar("SELECT inet_client_port()")
+                .fetch_one(&mut *conn)
+                .await
+                .unwrap();
+            // NULL over a Unix socket, where there is no Nagle to turn off.
+            if let Some(port) = port {
+                assert_eq!(nodelay_of_local_port(port as u16), Some(true));
+            }
+            held.push(conn);
+        }
+        drop(held);
+        pool.close().await;
+    }
 }
