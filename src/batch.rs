@@ -343,7 +343,6 @@ pub(crate) async fn apply(
     users.extend(locked.iter().cloned());
     turn.wait().await;
     lock_users(&mut *conn, &locked).await?;
-    turn.pass();
     reload(
         &mut *conn,
         &mut state,
@@ -358,7 +357,9 @@ pub(crate) async fn apply(
     // user_id whose session's login committed meanwhile, on another worker.
     // Lock such users now without waiting (so without deadlocks, whatever
     // the order) and read their rows; if one is busy, the batch runs again
-    // with it locked in the sorted go.
+    // with it locked in the sorted go. The next batch of this worker takes
+    // its locks only after this step (or after the rerun's locks), so it
+    // cannot get ahead of this one on such a user.
     let (more_users, needed) = involved_users(events, &event_keys, &state.slots, hints, now);
     let extra: BTreeSet<String> = needed.difference(&locked).cloned().collect();
     if !extra.is_empty() {
@@ -376,6 +377,7 @@ pub(crate) async fn apply(
         .await?;
         locked.extend(extra);
     }
+    turn.pass();
     users.extend(more_users);
     users.extend(locked.iter().cloned());
     let user_list: Vec<&str> = users.iter().map(String::as_str).collect();

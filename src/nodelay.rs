@@ -24,7 +24,8 @@ use std::os::fd::{FromRawFd, RawFd};
 const FD_DIRS: [&str; 2] = ["/proc/self/fd", "/dev/fd"];
 
 /// Sets TCP_NODELAY on every TCP socket of this process whose peer port is
-/// `port` and that does not have it yet. Returns how many it changed.
+/// `port` and that does not have it yet. Returns how many such sockets have
+/// it now (set by this call or before: 0 means none was found).
 pub fn set_on_connections_to(port: u16) -> std::io::Result<usize> {
     let mut last_error = None;
     for dir in FD_DIRS {
@@ -33,7 +34,10 @@ pub fn set_on_connections_to(port: u16) -> std::io::Result<usize> {
                 let fds: Vec<RawFd> = entries
                     .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
                     .collect();
-                return Ok(fds.into_iter().filter(|fd| set_if_peer(*fd, port)).count());
+                return Ok(fds
+                    .into_iter()
+                    .filter(|fd| set_if_peer(*fd, port) == Some(true))
+                    .count());
             }
             Err(e) => last_error = Some(e),
         }
@@ -42,7 +46,8 @@ pub fn set_on_connections_to(port: u16) -> std::io::Result<usize> {
 }
 
 /// Sets TCP_NODELAY on `fd` if it is a TCP socket connected to `port`.
-fn set_if_peer(fd: RawFd, port: u16) -> bool {
+/// Returns whether it has the option now (None: not such a socket).
+fn set_if_peer(fd: RawFd, port: u16) -> Option<bool> {
     // SAFETY: the stream only borrows the descriptor (ManuallyDrop: it is
     // never closed here) for two getters and one setsockopt. If another
     // thread closes it meanwhile, these calls fail with EBADF or apply to
@@ -50,10 +55,10 @@ fn set_if_peer(fd: RawFd, port: u16) -> bool {
     // the database port first; nothing here reads or writes its data.
     let stream = ManuallyDrop::new(unsafe { TcpStream::from_raw_fd(fd) });
     // Not a socket, not an inet socket, or not connected: an error here.
-    let Ok(peer) = stream.peer_addr() else {
-        return false;
-    };
-    peer.port() == port && stream.nodelay().is_ok_and(|on| !on) && stream.set_nodelay(true).is_ok()
+    if stream.peer_addr().ok()?.port() != port {
+        return None;
+    }
+    Some(stream.nodelay().ok()? || stream.set_nodelay(true).is_ok())
 }
 
 #[cfg(test)]
@@ -63,7 +68,7 @@ mod tests {
     use std::os::fd::AsRawFd;
 
     #[test]
-    fn finds_the_connection_by_peer_port_and_sets_nodelay_once() {
+    fn finds_the_connection_by_peer_port_and_sets_nodelay() {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let client = TcpStream::connect(("127.0.0.1", port)).unwrap();
@@ -78,8 +83,12 @@ mod tests {
             !accepted.nodelay().unwrap(),
             "the listener's side is not ours"
         );
-        assert_eq!(set_on_connections_to(port).unwrap(), 0, "already set");
-        assert!(!set_if_peer(listener.as_raw_fd(), port), "not connected");
+        assert_eq!(set_on_connections_to(port).unwrap(), 1, "already set");
+        assert_eq!(
+            set_if_peer(listener.as_raw_fd(), port),
+            None,
+            "not connected"
+        );
     }
 
     /// Whether this process's TCP socket with local port `local` has

@@ -89,14 +89,25 @@ pub async fn connect(settings: &DatabaseSettings) -> anyhow::Result<PgPool> {
 /// statement still works, large ones may wait up to 40 ms).
 fn set_nodelay(port: u16) {
     static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-    match crate::nodelay::set_on_connections_to(port) {
-        Ok(n) => tracing::debug!(sockets = n, "TCP_NODELAY set on database connections"),
-        Err(e) if !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) => tracing::warn!(
-            error = %e,
-            "cannot list this process's sockets to set TCP_NODELAY: large statements may \
+    // The new connection's socket is among them: finding none means the
+    // descriptors could not be listed in full (a BSD without fdescfs shows
+    // only 0-2 in /dev/fd).
+    let trouble = match crate::nodelay::set_on_connections_to(port) {
+        Ok(0) => Some("no socket to the database port among them".to_owned()),
+        Ok(n) => {
+            tracing::debug!(sockets = n, "TCP_NODELAY set on database connections");
+            None
+        }
+        Err(e) => Some(e.to_string()),
+    };
+    if let Some(why) = trouble
+        && !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed)
+    {
+        tracing::warn!(
+            why,
+            "cannot set TCP_NODELAY through this process's descriptors: large statements may \
              wait up to 40 ms on Nagle's algorithm"
-        ),
-        Err(_) => {}
+        );
     }
 }
 
