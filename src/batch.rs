@@ -343,6 +343,20 @@ pub(crate) async fn apply(
     users.extend(locked.iter().cloned());
     turn.wait().await;
     lock_users(&mut *conn, &locked).await?;
+    // Only an event without user_id whose session had no known owner can
+    // name, once read again, a user not locked yet (see below). Without one,
+    // the next batch of this worker may take its locks now.
+    let may_find_more = events.iter().zip(&event_keys).any(|(e, key)| {
+        e.user_id.is_none()
+            && !hints.owners.contains_key(key)
+            && state
+                .slots
+                .get(key)
+                .is_none_or(|s| s.record.user_id.is_none())
+    });
+    if !may_find_more {
+        turn.pass();
+    }
     reload(
         &mut *conn,
         &mut state,
@@ -357,9 +371,9 @@ pub(crate) async fn apply(
     // user_id whose session's login committed meanwhile, on another worker.
     // Lock such users now without waiting (so without deadlocks, whatever
     // the order) and read their rows; if one is busy, the batch runs again
-    // with it locked in the sorted go. The next batch of this worker takes
-    // its locks only after this step (or after the rerun's locks), so it
-    // cannot get ahead of this one on such a user.
+    // with it locked in the sorted go. When this can happen, the next batch
+    // of this worker takes its locks only after this step (or after the
+    // rerun's locks), so it cannot get ahead of this one on such a user.
     let (more_users, needed) = involved_users(events, &event_keys, &state.slots, hints, now);
     let extra: BTreeSet<String> = needed.difference(&locked).cloned().collect();
     if !extra.is_empty() {
