@@ -75,8 +75,14 @@ async fn relay(ctx: &Context, shutdown: &mut Shutdown) -> anyhow::Result<()> {
     let _ = setup.close(200, "topology declared".into()).await;
     let channel = broker::confirm_channel(&connection).await?;
     loop {
+        // Read before flushing: the trigger comes once the consumer has
+        // committed its last batch, so a flush that starts after seeing it
+        // sees every revoke. (Checked after the flush instead, a flush that
+        // claimed its rows just before the last batch committed ended the
+        // relay with that batch's revokes left in the outbox.)
+        let stopping = shutdown.is_triggered();
         flush(ctx, &channel).await?;
-        if shutdown.is_triggered() {
+        if stopping {
             break;
         }
         tokio::select! {
