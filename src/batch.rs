@@ -338,23 +338,19 @@ pub(crate) async fn apply(
     }
     // Every user of the batch, and those to lock: a user whose events can
     // add, end or revoke a session.
-    let (mut users, mut locked) = involved_users(events, &event_keys, &state.slots, hints, now);
+    let Involved {
+        mut users,
+        lock: mut locked,
+        unresolved,
+    } = involved_users(events, &event_keys, &state.slots, hints, now);
     locked.extend(also_lock.iter().cloned());
     users.extend(locked.iter().cloned());
     turn.wait().await;
     lock_users(&mut *conn, &locked).await?;
-    // Only an event without user_id whose session had no known owner can
-    // name, once read again, a user not locked yet (see below). Without one,
-    // the next batch of this worker may take its locks now.
-    let may_find_more = events.iter().zip(&event_keys).any(|(e, key)| {
-        e.user_id.is_none()
-            && !hints.owners.contains_key(key)
-            && state
-                .slots
-                .get(key)
-                .is_none_or(|s| s.record.user_id.is_none())
-    });
-    if !may_find_more {
+    // Only an event of no known user can name, once read again, a user not
+    // locked yet (see below). Without one, the next batch of this worker may
+    // take its locks now.
+    if !unresolved {
         turn.pass();
     }
     reload(
@@ -374,8 +370,8 @@ pub(crate) async fn apply(
     // with it locked in the sorted go. When this can happen, the next batch
     // of this worker takes its locks only after this step (or after the
     // rerun's locks), so it cannot get ahead of this one on such a user.
-    let (more_users, needed) = involved_users(events, &event_keys, &state.slots, hints, now);
-    let extra: BTreeSet<String> = needed.difference(&locked).cloned().collect();
+    let again = involved_users(events, &event_keys, &state.slots, hints, now);
+    let extra: BTreeSet<String> = again.lock.difference(&locked).cloned().collect();
     if !extra.is_empty() {
         if !try_lock_users(&mut *conn, &extra).await? {
             return Ok(Pass::NeedsLocks(extra));
@@ -392,7 +388,7 @@ pub(crate) async fn apply(
         locked.extend(extra);
     }
     turn.pass();
-    users.extend(more_users);
+    users.extend(again.users);
     users.extend(locked.iter().cloned());
     let user_list: Vec<&str> = users.iter().map(String::as_str).collect();
 
@@ -657,10 +653,21 @@ pub(crate) async fn apply(
     Ok(Pass::Done(outcome))
 }
 
-/// Every user the events involve, and those among them to lock: a user
-/// whose events can add, end or revoke a session. A request for a live
-/// session of its own user, the common case, only touches its row and needs
-/// no lock, unless a batch ahead on this worker may change that user's
+/// The users a batch's events involve, as far as the rows read so far tell.
+struct Involved {
+    /// Every user of the batch.
+    users: BTreeSet<String>,
+    /// Those to lock: users whose events can add, end or revoke a session.
+    lock: BTreeSet<String>,
+    /// Some event has no known user (a logout without `user_id` of a
+    /// session stored under no user and named by no batch ahead): a read
+    /// after the locks may find one.
+    unresolved: bool,
+}
+
+/// Who the events involve, and who to lock. A request for a live session
+/// of its own user, the common case, only touches its row and needs no
+/// lock, unless a batch ahead on this worker may change that user's
 /// sessions (see [`UserHints::busy`]).
 fn involved_users(
     events: &[SessionEvent],
@@ -668,9 +675,12 @@ fn involved_users(
     slots: &HashMap<Key, Slot>,
     hints: &UserHints,
     now: DateTime<Utc>,
-) -> (BTreeSet<String>, BTreeSet<String>) {
-    let mut users = BTreeSet::new();
-    let mut locked = BTreeSet::new();
+) -> Involved {
+    let mut involved = Involved {
+        users: BTreeSet::new(),
+        lock: BTreeSet::new(),
+        unresolved: false,
+    };
     for (e, key) in events.iter().zip(event_keys) {
         let stored = slots
             .get(key)
@@ -683,20 +693,21 @@ fn involved_users(
             .or(stored)
             .or_else(|| hints.owners.get(key).map(String::as_str))
         else {
+            involved.unresolved = true;
             continue;
         };
-        if !users.contains(user) {
-            users.insert(user.to_owned());
+        if !involved.users.contains(user) {
+            involved.users.insert(user.to_owned());
         }
         let touch = e.kind == EventKind::Request
             && is_touch(slots.get(key), user, now)
             && !hints.busy.contains(user);
         if !touch {
-            locked.insert(user.to_owned());
-            locked.extend(stored.map(str::to_owned));
+            involved.lock.insert(user.to_owned());
+            involved.lock.extend(stored.map(str::to_owned));
         }
     }
-    (users, locked)
+    involved
 }
 
 /// Reads again, once `users` are locked, their rows: every live one and
@@ -1208,49 +1219,64 @@ impl Touches {
         loaded: &SessionRecord,
         events: &[&SessionEvent],
     ) {
+        // The last event (that moved last_seen_at) to set each column;
+        // borrowed while replaying, copied once below.
         let mut seen = loaded.last_seen_at;
         let (mut ip, mut user_agent, mut expires_at, mut attributes) = (None, None, None, None);
-        for e in events {
+        for &e in events {
             if e.occurred_at <= seen {
                 continue;
             }
             seen = e.occurred_at;
             if e.ip.is_some() {
-                ip = Some((e.ip, seen));
+                ip = Some(e);
             }
             if e.user_agent.is_some() {
-                user_agent = Some((e.user_agent.clone(), seen));
+                user_agent = Some(e);
             }
             if e.expires_at.is_some() {
-                expires_at = Some((e.expires_at, seen));
+                expires_at = Some(e);
             }
             if !e.attributes.is_empty() {
-                attributes = Some((Some(serde_json::Value::Object(e.attributes.clone())), seen));
-            }
-        }
-        fn split<T>(set: Option<(Option<T>, DateTime<Utc>)>) -> (Option<T>, Option<DateTime<Utc>>) {
-            match set {
-                Some((value, at)) => (value, Some(at)),
-                None => (None, None),
+                attributes = Some(e);
             }
         }
         self.app.push(key.0.clone());
         self.session_id.push(key.1.clone());
         self.last_seen_at.push(r.last_seen_at);
-        let (v, at) = split(ip);
-        self.ip.push(v);
-        self.ip_at.push(at);
-        let (v, at) = split(user_agent);
-        self.user_agent.push(v);
-        self.user_agent_at.push(at);
-        let (v, at) = split(expires_at);
-        self.expires_at.push(v);
-        self.expires_at_at.push(at);
-        let (v, at) = split(attributes);
-        self.attributes.push(v);
-        self.attributes_at.push(at);
+        push_set(&mut self.ip, &mut self.ip_at, ip, |e| e.ip);
+        push_set(
+            &mut self.user_agent,
+            &mut self.user_agent_at,
+            user_agent,
+            |e| e.user_agent.clone(),
+        );
+        push_set(
+            &mut self.expires_at,
+            &mut self.expires_at_at,
+            expires_at,
+            |e| e.expires_at,
+        );
+        push_set(
+            &mut self.attributes,
+            &mut self.attributes_at,
+            attributes,
+            |e| Some(serde_json::Value::Object(e.attributes.clone())),
+        );
         self.login_at.push(r.login_at);
     }
+}
+
+/// Pushes one column of a touch: the value `by` set and when (its event
+/// time), or NULL and NULL if no event of the batch set it.
+fn push_set<T>(
+    values: &mut Vec<Option<T>>,
+    times: &mut Vec<Option<DateTime<Utc>>>,
+    by: Option<&SessionEvent>,
+    value: impl FnOnce(&SessionEvent) -> Option<T>,
+) {
+    values.push(by.and_then(value));
+    times.push(by.map(|e| e.occurred_at));
 }
 
 /// Column arrays for the UNNEST statements.

@@ -774,12 +774,7 @@ fn command_version(cmd: &str, args: &[&str]) -> Option<String> {
 
 /// Deletes the bench's database, exchanges and queues.
 async fn cleanup(settings: &Settings) {
-    if let Ok(conn) = broker::connect(&settings.amqp, "bench cleanup").await {
-        if let Ok(ch) = conn.create_channel().await {
-            broker::delete_topology(&ch, &settings.amqp).await;
-        }
-        let _ = conn.close(200, "done".into()).await;
-    }
+    broker::delete_topology(&settings.amqp, "bench cleanup").await;
     use sqlx::migrate::MigrateDatabase as _;
     let _ = sqlx::Postgres::force_drop_database(&settings.database.url).await;
 }

@@ -132,23 +132,30 @@ fn quorum_arguments() -> FieldTable {
 }
 
 /// Deletes what [`declare_topology`] declares: both queues, then the three
-/// exchanges. Best effort (for throwaway topologies: tests, the benchmark);
-/// what is already gone is skipped.
-pub async fn delete_topology(channel: &Channel, settings: &AmqpSettings) {
-    for queue in [&settings.events_queue, &settings.dead_letter_queue] {
-        let _ = channel
-            .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
-            .await;
+/// exchanges, over a connection of its own (named after `role`). Best effort
+/// (for throwaway topologies: tests, the benchmark); what is already gone,
+/// or a broker out of reach, is skipped.
+pub async fn delete_topology(settings: &AmqpSettings, role: &str) {
+    let Ok(connection) = connect(settings, role).await else {
+        return;
+    };
+    if let Ok(channel) = connection.create_channel().await {
+        for queue in [&settings.events_queue, &settings.dead_letter_queue] {
+            let _ = channel
+                .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+                .await;
+        }
+        for exchange in [
+            &settings.events_exchange,
+            &settings.revocations_exchange,
+            &settings.dead_letter_exchange,
+        ] {
+            let _ = channel
+                .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
+                .await;
+        }
     }
-    for exchange in [
-        &settings.events_exchange,
-        &settings.revocations_exchange,
-        &settings.dead_letter_exchange,
-    ] {
-        let _ = channel
-            .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
-            .await;
-    }
+    let _ = connection.close(200, "done".into()).await;
 }
 
 /// Starts consuming the events queue on `channel`, with `settings.prefetch`

@@ -1,7 +1,7 @@
 //! The worker: consumes events in batches, applies each batch in one
 //! transaction, acks after the commit, and runs the outbox relay beside it.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -435,43 +435,45 @@ fn hints_for(
     ahead: &std::collections::VecDeque<Arc<[SessionEvent]>>,
 ) -> UserHints {
     let mut hints = UserHints::default();
-    for e in events.iter().filter(|e| e.user_id.is_none()) {
-        let named = ahead
-            .iter()
-            .rev()
-            .flat_map(|batch| batch.iter().rev())
-            .find_map(|a| {
-                (a.app == e.app && a.session_id == e.session_id)
-                    .then_some(a.user_id.as_ref())
-                    .flatten()
-            });
-        if let Some(user) = named {
-            hints.owners.insert(
-                (e.app.to_string(), e.session_id.to_string()),
-                user.to_string(),
-            );
-        }
-    }
     if ahead.is_empty() {
         return hints;
     }
+    // One pass over the batches ahead, oldest first (so the newest owner of
+    // a session wins).
+    let mut owners = HashMap::new();
     let mut changing_users = HashSet::new();
     let mut ending_sessions = HashSet::new();
     for a in ahead.iter().flat_map(|batch| batch.iter()) {
-        if a.kind == EventKind::Request {
-            continue;
+        let session = (a.app.as_str(), a.session_id.as_str());
+        if let Some(user) = &a.user_id {
+            owners.insert(session, user);
         }
-        match &a.user_id {
-            Some(user) => changing_users.insert(user.as_str()),
-            None => ending_sessions.insert((a.app.as_str(), a.session_id.as_str())),
-        };
+        if a.kind != EventKind::Request {
+            match &a.user_id {
+                Some(user) => changing_users.insert(user.as_str()),
+                None => ending_sessions.insert(session),
+            };
+        }
     }
-    for e in events.iter().filter(|e| e.kind == EventKind::Request) {
-        if let Some(user) = &e.user_id
-            && (changing_users.contains(user.as_str())
-                || ending_sessions.contains(&(e.app.as_str(), e.session_id.as_str())))
-        {
-            hints.busy.insert(user.to_string());
+    for e in events {
+        let session = (e.app.as_str(), e.session_id.as_str());
+        match &e.user_id {
+            None => {
+                if let Some(user) = owners.get(&session) {
+                    hints.owners.insert(
+                        (session.0.to_owned(), session.1.to_owned()),
+                        user.to_string(),
+                    );
+                }
+            }
+            Some(user)
+                if e.kind == EventKind::Request
+                    && (changing_users.contains(user.as_str())
+                        || ending_sessions.contains(&session)) =>
+            {
+                hints.busy.insert(user.to_string());
+            }
+            Some(_) => {}
         }
     }
     hints

@@ -677,12 +677,7 @@ impl Drop for TestApp {
                 .build()
                 .unwrap();
             rt.block_on(async move {
-                if let Ok(conn) = broker::connect(&settings.amqp, "test cleanup").await {
-                    if let Ok(ch) = conn.create_channel().await {
-                        broker::delete_topology(&ch, &settings.amqp).await;
-                    }
-                    let _ = conn.close(200, "done".into()).await;
-                }
+                broker::delete_topology(&settings.amqp, "test cleanup").await;
                 // Ends the test pool's connections too (they live on the
                 // test's runtime, which is blocked here).
                 use sqlx::migrate::MigrateDatabase as _;
