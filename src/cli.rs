@@ -13,6 +13,7 @@ use crate::domain::event::{AppName, SessionId, UserId};
 use crate::domain::limits::{BUILT_IN_HOOKS, EvictionPolicy, UserOverride};
 use crate::domain::session::{EndReason, SessionState, state_of};
 use crate::store::{self, AdminTarget, Enforcement, LoggedSession};
+use crate::terminal::{escape, escape_json};
 use crate::worker::Worker;
 use crate::{shutdown, telemetry};
 
@@ -70,23 +71,29 @@ pub struct LimitsSetArgs {
     #[arg(long)]
     pub app: Option<String>,
     /// Active sessions allowed in the app (0 = unlimited).
-    #[arg(long = "max")]
+    #[arg(long = "max", value_parser = int4())]
     pub max_sessions: Option<u32>,
     /// Active sessions allowed across all apps (0 = no such limit).
-    #[arg(long = "max-global")]
+    #[arg(long = "max-global", value_parser = int4())]
     pub max_sessions_global: Option<u32>,
     /// evict_oldest, evict_idle or deny_new.
     #[arg(long)]
     pub policy: Option<EvictionPolicy>,
     /// Seconds without an event after which a session counts as expired (0 = off).
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u64).range(0..=i64::MAX as u64))]
     pub idle_timeout: Option<u64>,
     /// Ended sessions kept in this user's log.
-    #[arg(long)]
+    #[arg(long, value_parser = int4())]
     pub log_limit: Option<u32>,
     /// Recorded as who made the change (default: $USER).
     #[arg(long)]
     pub operator: Option<String>,
+}
+
+/// A count the database stores as `integer`: 0 to 2147483647, refused by
+/// the parser beyond that rather than stored as something else.
+fn int4() -> clap::builder::RangedI64ValueParser<u32> {
+    clap::value_parser!(u32).range(0..=i64::from(i32::MAX))
 }
 
 #[derive(Debug, Args)]
@@ -195,9 +202,10 @@ fn cli_enforcement(settings: &Settings) -> Enforcement {
         .cloned()
         .partition(|h| BUILT_IN_HOOKS.contains(&h.as_str()));
     if !unknown.is_empty() {
-        tracing::warn!(
-            skipped = ?unknown,
-            "hooks not built into this binary are skipped; the worker that registers them may decide differently"
+        eprintln!(
+            "warning: hooks not built into this binary are skipped ({}); the worker that \
+             registers them may decide differently",
+            escape(&unknown.join(", "))
         );
     }
     settings.limits.hooks = known;
@@ -221,15 +229,30 @@ fn parse_user(user: &str) -> anyhow::Result<UserId> {
     UserId::parse(user).map_err(|e| anyhow::anyhow!("--user: {e}"))
 }
 
+/// Checks `--user` and `--app` as the worker checks events, before anything
+/// is read or written.
+fn parse_user_and_app(user: &str, app: Option<&str>) -> anyhow::Result<()> {
+    parse_user(user)?;
+    app.map(parse_app).transpose()?;
+    Ok(())
+}
+
+/// "every app", or "app NAME", escaped for the terminal.
+fn scope(app: Option<&str>) -> String {
+    app.map_or("every app".to_owned(), |app| format!("app {}", escape(app)))
+}
+
 async fn limits(settings: &Settings, action: LimitsAction) -> anyhow::Result<()> {
-    let pool = store::connect_and_migrate(&settings.database).await?;
+    let (user, app) = match &action {
+        LimitsAction::Set(a) => (&a.user, &a.app),
+        LimitsAction::Get(a) => (&a.user, &a.app),
+        LimitsAction::Clear(a) => (&a.user, &a.app),
+    };
+    parse_user_and_app(user, app.as_deref())?;
+    let pool = store::connect_checked(&settings.database).await?;
     let mut out = std::io::stdout().lock();
     match action {
         LimitsAction::Set(a) => {
-            parse_user(&a.user)?;
-            if let Some(app) = &a.app {
-                parse_app(app)?;
-            }
             let o = UserOverride {
                 app: a.app.clone(),
                 max_sessions: a.max_sessions,
@@ -252,26 +275,18 @@ async fn limits(settings: &Settings, action: LimitsAction) -> anyhow::Result<()>
             writeln!(
                 out,
                 "stored limits for user {} in {}; they apply from the user's next event",
-                a.user,
-                a.app
-                    .as_deref()
-                    .map_or("every app".to_owned(), |app| format!("app {app}"))
+                escape(&a.user),
+                scope(a.app.as_deref())
             )?;
         }
         LimitsAction::Clear(a) => {
             let removed = store::clear_override(&pool, &a.user, a.app.as_deref()).await?;
-            let scope = a
-                .app
-                .as_deref()
-                .map_or("every app".to_owned(), |app| format!("app {app}"));
+            let scope = scope(a.app.as_deref());
+            let user = escape(&a.user);
             if removed {
-                writeln!(
-                    out,
-                    "cleared the limits stored for user {} in {scope}",
-                    a.user
-                )?;
+                writeln!(out, "cleared the limits stored for user {user} in {scope}")?;
             } else {
-                writeln!(out, "no limits were stored for user {} in {scope}", a.user)?;
+                writeln!(out, "no limits were stored for user {user} in {scope}")?;
             }
         }
         LimitsAction::Get(a) => {
@@ -286,11 +301,10 @@ async fn limits(settings: &Settings, action: LimitsAction) -> anyhow::Result<()>
                 })
                 .transpose()?;
             let mut targets = store::latest_attributes(&pool, &a.user, a.app.as_deref()).await?;
-            if let Some(app) = &a.app {
-                parse_app(app)?;
-                if targets.is_empty() {
-                    targets.push((app.clone(), None));
-                }
+            if let Some(app) = &a.app
+                && targets.is_empty()
+            {
+                targets.push((app.clone(), None));
             }
             if targets.is_empty() {
                 anyhow::bail!(
@@ -320,12 +334,14 @@ async fn limits(settings: &Settings, action: LimitsAction) -> anyhow::Result<()>
                 if !a.json {
                     let l = &effective.limits;
                     let by = &effective.set_by;
-                    writeln!(out, "user {} in app {}", a.user, app)?;
                     writeln!(
                         out,
-                        "  attributes: {}",
-                        serde_json::Value::Object(attributes)
+                        "user {} in app {}",
+                        escape(&a.user),
+                        escape(app.as_str())
                     )?;
+                    let attributes = serde_json::Value::Object(attributes).to_string();
+                    writeln!(out, "  attributes: {}", escape(&attributes))?;
                     let rows = [
                         ("max_sessions", l.max_sessions.to_string(), &by.max_sessions),
                         (
@@ -342,6 +358,7 @@ async fn limits(settings: &Settings, action: LimitsAction) -> anyhow::Result<()>
                         ),
                     ];
                     for (key, value, source) in rows {
+                        let source = escape(source);
                         writeln!(out, "  {key:<20} {value:<13} set by {source}")?;
                     }
                     if !rules.enforce {
@@ -353,8 +370,8 @@ async fn limits(settings: &Settings, action: LimitsAction) -> anyhow::Result<()>
                 }
             }
             if a.json {
-                serde_json::to_writer_pretty(&mut out, &report)?;
-                writeln!(out)?;
+                let json = serde_json::to_string_pretty(&report)?;
+                writeln!(out, "{}", escape_json(&json))?;
             }
         }
     }
@@ -375,7 +392,7 @@ async fn revoke(settings: &Settings, args: &RevokeArgs) -> anyhow::Result<()> {
         },
         (None, None) => anyhow::bail!("give --session S, or --user U --all"),
     };
-    let pool = store::connect_and_migrate(&settings.database).await?;
+    let pool = store::connect_checked(&settings.database).await?;
     let rules = cli_enforcement(settings);
     let revoked = store::admin_revoke(
         &pool,
@@ -394,7 +411,9 @@ async fn revoke(settings: &Settings, args: &RevokeArgs) -> anyhow::Result<()> {
             writeln!(
                 out,
                 "revoked {} / {} (user {})",
-                r.app, r.session_id, r.user_id
+                escape(&r.app),
+                escape(&r.session_id),
+                escape(&r.user_id)
             )?;
         }
         writeln!(
@@ -460,7 +479,8 @@ impl SessionOut {
 }
 
 async fn sessions(settings: &Settings, args: &SessionsArgs) -> anyhow::Result<()> {
-    let pool = store::connect(&settings.database).await?;
+    parse_user_and_app(&args.user, args.app.as_deref())?;
+    let pool = store::connect_checked(&settings.database).await?;
     let rows = store::user_sessions(&pool, &args.user, args.app.as_deref())
         .await
         .context("cannot read the session log")?;
@@ -473,17 +493,17 @@ async fn sessions(settings: &Settings, args: &SessionsArgs) -> anyhow::Result<()
         .collect();
     let mut out = std::io::stdout().lock();
     if args.json {
-        serde_json::to_writer_pretty(&mut out, &sessions)?;
-        writeln!(out)?;
+        let json = serde_json::to_string_pretty(&sessions)?;
+        writeln!(out, "{}", escape_json(&json))?;
     } else if sessions.is_empty() {
         writeln!(
             out,
             "no {}sessions for user {}{}",
             if args.all { "" } else { "active " },
-            args.user,
+            escape(&args.user),
             args.app
                 .as_deref()
-                .map(|a| format!(" in app {a}"))
+                .map(|a| format!(" in app {}", escape(a)))
                 .unwrap_or_default()
         )?;
     } else {
@@ -493,6 +513,8 @@ async fn sessions(settings: &Settings, args: &SessionsArgs) -> anyhow::Result<()
 }
 
 /// A plain, aligned text table; long user agents are cut to stay readable.
+/// Every cell is escaped: apps send the user agent, and operators' names
+/// end up in "ended by".
 fn write_table(out: &mut impl Write, sessions: &[SessionOut]) -> std::io::Result<()> {
     // Typed with its length so a column added to the rows but not here (or
     // the other way round) does not compile.
@@ -527,6 +549,7 @@ fn write_table(out: &mut impl Write, sessions: &[SessionOut]) -> std::io::Result
                     .map(|ua| ua.chars().take(40).collect())
                     .unwrap_or_else(dash),
             ]
+            .map(|cell| escape(&cell).into_owned())
         })
         .collect();
     let mut widths = header.map(|h| h.chars().count());
@@ -578,5 +601,19 @@ mod tests {
             Cli::try_parse_from(["session-guard", "sessions"]).is_err(),
             "--user is required"
         );
+    }
+
+    #[test]
+    fn limits_beyond_the_database_columns_are_refused_by_the_parser() {
+        let set = |flag: &str, value: &str| {
+            Cli::try_parse_from(["session-guard", "limits", "set", "--user", "u", flag, value])
+        };
+        for flag in ["--max", "--max-global", "--log-limit"] {
+            assert!(set(flag, "2147483647").is_ok(), "{flag}");
+            let err = set(flag, "2147483648").unwrap_err().to_string();
+            assert!(err.contains("2147483648 is not in 0..=2147483647"), "{err}");
+        }
+        assert!(set("--idle-timeout", "9223372036854775807").is_ok());
+        assert!(set("--idle-timeout", "9223372036854775808").is_err());
     }
 }

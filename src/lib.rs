@@ -8,7 +8,7 @@
 //! - [`worker`]: the consumer loop, batching, acks and shutdown;
 //! - [`relay`]: the outbox relay that publishes revoke events;
 //! - [`health`]: readiness and the HTTP endpoint for it and the metrics;
-//! - [`configuration`], [`telemetry`], [`cli`]: the edges.
+//! - [`configuration`], [`telemetry`], [`terminal`], [`cli`]: the edges.
 
 pub mod backoff;
 mod batch;
@@ -23,6 +23,7 @@ mod relay;
 pub mod shutdown;
 pub mod store;
 pub mod telemetry;
+pub mod terminal;
 pub mod worker;
 
 pub use configuration::Settings;

@@ -1,14 +1,23 @@
 use clap::Parser;
+use session_guard::cli::{Cli, Command};
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    let cli = session_guard::cli::Cli::parse();
+    let cli = Cli::parse();
+    // The daemon reports to its log, where collectors look; one-off commands
+    // report to the operator. Either way once.
+    let daemon = matches!(cli.command, Command::Run);
     match session_guard::cli::run(cli).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            // The subscriber may not be installed yet (bad config): print too.
-            tracing::error!(error = format!("{e:#}"), "session-guard failed");
-            eprintln!("error: {e:#}");
+            let message = format!("{e:#}");
+            // Without a subscriber (the configuration did not load) a log
+            // line would go nowhere.
+            if daemon && tracing::dispatcher::has_been_set() {
+                tracing::error!(error = message, "session-guard failed");
+            } else {
+                eprintln!("error: {}", session_guard::terminal::escape(&message));
+            }
             std::process::ExitCode::FAILURE
         }
     }

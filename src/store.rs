@@ -122,6 +122,140 @@ pub async fn connect_and_migrate(settings: &DatabaseSettings) -> anyhow::Result<
     Ok(pool)
 }
 
+/// Why the database cannot serve a command that does not change the schema.
+#[derive(Debug, thiserror::Error)]
+pub enum SchemaError {
+    /// The database named in the URL does not exist (its name).
+    #[error("database \"{0}\" does not exist: run `session-guard migrate` first")]
+    NoDatabase(String),
+    /// No migration was ever applied.
+    #[error("the database has no session-guard schema: run `session-guard migrate` first")]
+    NoSchema,
+    /// A migration of this binary is not applied yet.
+    #[error(
+        "the database schema is older than this binary (migration {version} \"{description}\" \
+         is not applied): run `session-guard migrate`"
+    )]
+    Older {
+        /// The first migration of this binary that the database lacks.
+        version: i64,
+        /// Its description.
+        description: String,
+    },
+    /// The database has a migration this binary does not know.
+    #[error(
+        "the database schema is newer than this binary (migration {version} \"{description}\" \
+         is unknown to it): use the session-guard version that migrated it, or a newer one"
+    )]
+    Newer {
+        /// A migration recorded in the database that this binary lacks.
+        version: i64,
+        /// Its description, as recorded.
+        description: String,
+    },
+    /// A migration (its version) is recorded as failed.
+    #[error(
+        "migration {0} failed part-way and is marked failed in the database: repair the schema, \
+         then run `session-guard migrate`"
+    )]
+    Failed(i64),
+    /// A migration (its version) was applied with other content.
+    #[error(
+        "migration {0} in the database differs from this binary's (checksum mismatch): the \
+         binary and the schema do not belong together"
+    )]
+    Changed(i64),
+    /// The database could not be reached or read.
+    #[error(transparent)]
+    Other(#[from] anyhow::Error),
+}
+
+/// Connects to an existing database whose schema is exactly the one this
+/// binary's migrations make, changing nothing: for the commands other than
+/// `migrate` and `run`.
+pub async fn connect_checked(settings: &DatabaseSettings) -> Result<PgPool, SchemaError> {
+    let pool = match connect(settings).await {
+        Ok(pool) => pool,
+        Err(e) => {
+            let missing = e
+                .downcast_ref::<sqlx::Error>()
+                .and_then(sqlx::Error::as_database_error)
+                .and_then(|d| d.code())
+                .is_some_and(|code| code == "3D000");
+            if missing {
+                let name = settings
+                    .url
+                    .parse::<PgConnectOptions>()
+                    .ok()
+                    .and_then(|o| o.get_database().map(str::to_owned))
+                    .unwrap_or_default();
+                return Err(SchemaError::NoDatabase(name));
+            }
+            return Err(e.into());
+        }
+    };
+    match check_schema(&pool).await {
+        Ok(()) => Ok(pool),
+        Err(e) => {
+            pool.close().await;
+            Err(e)
+        }
+    }
+}
+
+/// Compares the migrations recorded in the database with [`MIGRATOR`]'s.
+async fn check_schema(pool: &PgPool) -> Result<(), SchemaError> {
+    let table = MIGRATOR.table_name.as_ref();
+    let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
+        .bind(table)
+        .fetch_one(pool)
+        .await
+        .context("cannot read the schema version")?;
+    if !exists {
+        return Err(SchemaError::NoSchema);
+    }
+    let applied: Vec<(i64, String, bool, Vec<u8>)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT version, description, success, checksum FROM {table} ORDER BY version"
+    )))
+    .fetch_all(pool)
+    .await
+    .context("cannot read the schema version")?;
+    let known: HashMap<i64, &sqlx::migrate::Migration> = MIGRATOR
+        .iter()
+        .filter(|m| !m.migration_type.is_down_migration())
+        .map(|m| (m.version, m))
+        .collect();
+    if applied.is_empty() {
+        return Err(SchemaError::NoSchema);
+    }
+    for (version, description, success, checksum) in &applied {
+        let Some(mine) = known.get(version) else {
+            return Err(SchemaError::Newer {
+                version: *version,
+                description: description.clone(),
+            });
+        };
+        if !success {
+            return Err(SchemaError::Failed(*version));
+        }
+        if mine.checksum.as_ref() != checksum.as_slice() {
+            return Err(SchemaError::Changed(*version));
+        }
+    }
+    // In version order: the first one the database lacks.
+    let missing = MIGRATOR
+        .iter()
+        .filter(|m| !m.migration_type.is_down_migration())
+        .find(|m| !applied.iter().any(|(v, ..)| *v == m.version));
+    match missing {
+        Some(m) => Err(SchemaError::Older {
+            version: m.version,
+            description: m.description.to_string(),
+        }),
+        None => Ok(()),
+    }
+}
+
 /// How long after its `expires_at` a session that did not end otherwise may
 /// be pruned by retention (a queued request could still extend it).
 pub const EXPIRED_GRACE: Duration = Duration::from_secs(24 * 3600);
@@ -722,7 +856,21 @@ pub async fn admin_revoke(
                 Some((Some(user), None)) => (app, UserId::from_trusted(user), Some(session_id)),
             }
         }
-        AdminTarget::User { app, user_id } => (app, user_id.clone(), None),
+        AdminTarget::User { app, user_id } => {
+            // A user without a row has never had a session: nothing to revoke,
+            // and `lock_users` would create the row. An existing row is locked
+            // here as `lock_users` would.
+            let known: Option<String> = sqlx::query_scalar(
+                "SELECT user_id FROM session_users WHERE user_id = $1 FOR UPDATE",
+            )
+            .bind(user_id.as_str())
+            .fetch_optional(&mut *tx)
+            .await?;
+            if known.is_none() {
+                return Ok(Vec::new());
+            }
+            (app, user_id.clone(), None)
+        }
     };
     lock_users(&mut tx, &BTreeSet::from([user.as_str().to_owned()])).await?;
     let limits = limits_for(&mut tx, rules, &user, app, &serde_json::Map::new()).await?;
@@ -934,15 +1082,25 @@ pub async fn set_override(
     )
     .bind(user)
     .bind(app.unwrap_or(""))
-    .bind(o.max_sessions.map(|n| n.min(i32::MAX as u32) as i32))
-    .bind(o.max_sessions_global.map(|n| n.min(i32::MAX as u32) as i32))
+    .bind(o.max_sessions.map(int4).transpose()?)
+    .bind(o.max_sessions_global.map(int4).transpose()?)
     .bind(o.policy.map(EvictionPolicy::as_str))
-    .bind(o.idle_timeout.map(|n| n.min(i64::MAX as u64) as i64))
-    .bind(o.log_limit.map(|n| n.min(i32::MAX as u32) as i32))
+    .bind(o.idle_timeout.map(int8).transpose()?)
+    .bind(o.log_limit.map(int4).transpose()?)
     .bind(by)
     .execute(pool)
     .await?;
     Ok(())
+}
+
+/// A value for an `integer` column; out of range is refused, never clamped.
+fn int4(n: u32) -> sqlx::Result<i32> {
+    i32::try_from(n).map_err(|e| sqlx::Error::Encode(Box::new(e)))
+}
+
+/// A value for a `bigint` column; out of range is refused, never clamped.
+fn int8(n: u64) -> sqlx::Result<i64> {
+    i64::try_from(n).map_err(|e| sqlx::Error::Encode(Box::new(e)))
 }
 
 /// Deletes an operator's override; returns whether there was one.

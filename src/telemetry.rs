@@ -9,7 +9,8 @@ use crate::configuration::{LogFormat, LogSettings};
 
 /// Installs the global tracing subscriber. `RUST_LOG`, when set, wins over
 /// `log.level`. Logs go to stderr so that command output (`sessions --json`)
-/// stays clean on stdout.
+/// stays clean on stdout; colours only when stderr is a terminal and
+/// `NO_COLOR` is not set.
 pub fn init_logging(settings: &LogSettings) -> anyhow::Result<()> {
     let filter = match std::env::var("RUST_LOG") {
         Ok(directives) if !directives.is_empty() => EnvFilter::try_new(directives),
@@ -19,7 +20,11 @@ pub fn init_logging(settings: &LogSettings) -> anyhow::Result<()> {
     let registry = tracing_subscriber::registry().with(filter);
     match settings.format {
         LogFormat::Pretty => registry
-            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_ansi(crate::terminal::stderr_colours())
+                    .with_writer(std::io::stderr),
+            )
             .try_init(),
         LogFormat::Json => registry
             .with(

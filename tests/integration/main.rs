@@ -8,6 +8,7 @@ mod batching;
 mod enforcement;
 mod faults;
 mod lifecycle;
+mod operator_commands;
 mod repeat;
 mod retention;
 mod rules;
