@@ -10,4 +10,5 @@ mod faults;
 mod lifecycle;
 mod repeat;
 mod retention;
+mod roundtrip;
 mod rules;
