@@ -105,6 +105,9 @@ pub struct LimitSettings {
     pub enforce: bool,
     /// Seconds between two revoke messages for one session; 0 = no pause.
     pub repeat_revoke_after: u64,
+    /// Seconds an event's `occurred_at` may be ahead of the worker's clock
+    /// before it is dead-lettered; 0 = no bound.
+    pub max_clock_skew: u64,
     /// Rule hooks by name, in the order they run.
     pub hooks: Vec<String>,
     /// Declarative rules for the `rules` hook, applied in file order.
@@ -271,6 +274,14 @@ impl Settings {
     }
 }
 
+impl LimitSettings {
+    /// How far ahead of the worker's clock an event may be; `None` when
+    /// `max_clock_skew` is 0 (no bound).
+    pub fn max_clock_skew(&self) -> Option<Duration> {
+        (self.max_clock_skew > 0).then(|| Duration::from_secs(self.max_clock_skew))
+    }
+}
+
 impl WorkerSettings {
     pub fn batch_wait(&self) -> Duration {
         Duration::from_millis(self.batch_wait_ms)
@@ -386,6 +397,7 @@ mod tests {
         assert_eq!(s.amqp.events_exchange, "session_guard.events");
         assert_eq!(s.limits.max_sessions, 1);
         assert_eq!(s.limits.repeat_revoke_after, 30);
+        assert_eq!(s.limits.max_clock_skew(), Some(Duration::from_secs(300)));
         assert_eq!(s.limits.policy, EvictionPolicy::EvictOldest);
         assert!(s.limits.enforce);
         assert_eq!(
@@ -412,6 +424,13 @@ mod tests {
         assert_eq!(s.retention.log_limit, Some(0));
         assert_eq!(s.amqp.events_queue, "q.custom");
         assert_eq!(s.database.url, "postgres://u:p@db/x");
+    }
+
+    #[test]
+    fn a_max_clock_skew_of_zero_means_no_bound() {
+        let s = Settings::load_from(None, env(&[("SESSION_GUARD__LIMITS__MAX_CLOCK_SKEW", "0")]))
+            .unwrap();
+        assert_eq!(s.limits.max_clock_skew(), None);
     }
 
     #[test]

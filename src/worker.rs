@@ -388,6 +388,8 @@ struct Decoded {
 /// the batch goes in flight, so the next batch knows this one's users).
 fn decode(ctx: &Context, batch: &[Delivery]) -> Decoded {
     let amqp = &ctx.settings.amqp;
+    let max_skew = ctx.settings.limits.max_clock_skew();
+    let now = Utc::now();
     let mut events = Vec::with_capacity(batch.len());
     let mut positions = Vec::with_capacity(batch.len());
     let mut invalid = Vec::new();
@@ -398,6 +400,13 @@ fn decode(ctx: &Context, batch: &[Delivery]) -> Decoded {
                 broker::check_app_identity(amqp, &delivery.properties, event.app.as_str())
                     .map(|()| event)
                     .map_err(|e| (e, "forbidden"))
+            })
+            .and_then(|event| match max_skew {
+                Some(skew) => event
+                    .check_clock(now, skew)
+                    .map(|()| event)
+                    .map_err(|e| (e.to_string(), "clock_skew")),
+                None => Ok(event),
             });
         match checked {
             Ok(event) => {

@@ -1,14 +1,16 @@
 //! Arbitrary bytes into the event decoder and validator: it must never panic,
 //! must be deterministic, and whatever it accepts must satisfy every bound
-//! the wire contract documents.
+//! the wire contract documents (and so be storable: no NUL in any text or
+//! attribute, times within years 0001-9999 in UTC, no leap-second instants).
 #![no_main]
 
+use chrono::{DateTime, Datelike as _, Timelike as _, Utc};
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
 use session_guard::domain::event::{
     AppName, MAX_ATTRIBUTE_DEPTH, MAX_ATTRIBUTE_KEYS, MAX_ATTRIBUTES_BYTES, MAX_EVENT_ID_CHARS,
-    MAX_MESSAGE_BYTES, MAX_ROLE_CHARS, MAX_ROLES, MAX_USER_AGENT_CHARS, SessionEvent, SessionId,
-    UserId,
+    MAX_MESSAGE_BYTES, MAX_ROLE_CHARS, MAX_ROLES, MAX_USER_AGENT_CHARS, MAX_YEAR, MIN_YEAR,
+    SessionEvent, SessionId, UserId,
 };
 
 fn depth(v: &Value) -> usize {
@@ -17,6 +19,23 @@ fn depth(v: &Value) -> usize {
         Value::Object(map) => 1 + map.values().map(depth).max().unwrap_or(0),
         _ => 1,
     }
+}
+
+/// Whether any key or string under `v` holds a NUL.
+fn has_nul(v: &Value) -> bool {
+    match v {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(items) => items.iter().any(has_nul),
+        Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
+        _ => false,
+    }
+}
+
+/// A time PostgreSQL stores and gives back unchanged.
+fn storable(t: DateTime<Utc>) -> bool {
+    (MIN_YEAR..=MAX_YEAR).contains(&t.year())
+        && t.nanosecond() % 1000 == 0
+        && t.nanosecond() < 1_000_000_000
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -37,8 +56,12 @@ fuzz_target!(|data: &[u8]| {
             }
             if let Some(id) = &event.event_id {
                 assert!(!id.is_empty() && id.chars().count() <= MAX_EVENT_ID_CHARS);
+                assert!(!id.contains('\0'));
             }
-            assert_eq!(event.occurred_at.timestamp_subsec_nanos() % 1000, 0, "microseconds");
+            assert!(storable(event.occurred_at), "occurred_at {}", event.occurred_at);
+            assert!(event.expires_at.is_none_or(storable), "expires_at {:?}", event.expires_at);
+            let nul = has_nul(&Value::Object(event.attributes.clone()));
+            assert!(!nul, "NUL in attributes");
             let attributes = serde_json::to_vec(&event.attributes).unwrap();
             assert!(attributes.len() <= MAX_ATTRIBUTES_BYTES);
             assert!(event.attributes.len() <= MAX_ATTRIBUTE_KEYS);

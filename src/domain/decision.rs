@@ -167,7 +167,15 @@ pub fn idle_sessions<'a>(
     if idle_timeout == 0 {
         return Vec::new();
     }
-    let cutoff = at - chrono::Duration::seconds(idle_timeout.min(i64::MAX as u64) as i64);
+    // A timeout reaching back past the earliest time chrono can hold makes
+    // no session idle (and must not panic the batch).
+    let Some(cutoff) = i64::try_from(idle_timeout)
+        .ok()
+        .and_then(chrono::TimeDelta::try_seconds)
+        .and_then(|timeout| at.checked_sub_signed(timeout))
+    else {
+        return Vec::new();
+    };
     active
         .iter()
         .filter(|c| &c.app == app && c.last_seen_at <= cutoff)
@@ -340,6 +348,12 @@ mod tests {
         assert_eq!(idle.len(), 1);
         assert_eq!(idle[0].session_id.as_str(), "idle");
         assert!(idle_sessions(&s, &shop(), 0, at(30), None).is_empty());
+        // A timeout longer than chrono's time line: nothing is idle, no panic.
+        let early = Utc.with_ymd_and_hms(1, 1, 1, 0, 0, 0).unwrap();
+        for timeout in [u64::MAX, i64::MAX as u64, 10_000_000_000_000] {
+            assert!(idle_sessions(&s, &shop(), timeout, at(30), None).is_empty());
+            assert!(idle_sessions(&s, &shop(), timeout, early, None).is_empty());
+        }
     }
 
     #[test]

@@ -7,8 +7,9 @@
 
 use std::fmt;
 use std::net::IpAddr;
+use std::time::Duration;
 
-use chrono::{DateTime, SubsecRound as _, Utc};
+use chrono::{DateTime, Datelike as _, SecondsFormat, Utc};
 use serde_json::{Map, Value};
 
 /// Largest message body accepted, in bytes (64 KiB).
@@ -32,6 +33,15 @@ pub const MAX_ATTRIBUTE_KEYS: usize = 64;
 pub const MAX_ROLES: usize = 64;
 /// Longest role name, in characters.
 pub const MAX_ROLE_CHARS: usize = 128;
+/// Earliest year of a time, in UTC: RFC 3339 has four-digit years, and a
+/// time outside them cannot be written back in the format it came in.
+pub const MIN_YEAR: i32 = 1;
+/// Latest year of a time, in UTC (see [`MIN_YEAR`]).
+pub const MAX_YEAR: i32 = 9999;
+
+/// The refusal of text PostgreSQL cannot store (its `text` and `jsonb` have
+/// no NUL character).
+const NO_NUL: &str = "must not contain NUL (U+0000)";
 
 /// Why a message was refused; the text is what the dead-letter header carries.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -51,6 +61,15 @@ pub enum EventError {
     #[error("{field}: {problem}")]
     Invalid {
         field: &'static str,
+        problem: String,
+    },
+    /// Something inside `attributes`, at `path` (e.g. `attributes.plan.name`,
+    /// `attributes.roles[2]`).
+    #[error("{path}: {problem}")]
+    InvalidAttribute {
+        /// Where, from `attributes` down.
+        path: String,
+        /// What is wrong there.
         problem: String,
     },
 }
@@ -263,7 +282,7 @@ impl SessionEvent {
                         format!("must be 1-{MAX_EVENT_ID_CHARS} characters, got {n}"),
                     ))
                 } else if s.contains('\0') {
-                    Err(EventError::invalid("event_id", "must not contain NUL"))
+                    Err(EventError::invalid("event_id", NO_NUL))
                 } else {
                     Ok(s.to_owned())
                 }
@@ -284,7 +303,7 @@ impl SessionEvent {
                         format!("longer than {MAX_USER_AGENT_CHARS} characters ({n})"),
                     ))
                 } else if s.contains('\0') {
-                    Err(EventError::invalid("user_agent", "must not contain NUL"))
+                    Err(EventError::invalid("user_agent", NO_NUL))
                 } else {
                     Ok(s.to_owned())
                 }
@@ -322,6 +341,73 @@ impl SessionEvent {
     }
 }
 
+/// An event that claims to have happened further ahead of the worker's clock
+/// than `limits.max_clock_skew` allows. Sessions are ranked by event time,
+/// so one such event would hold its user's slot, or freeze its session's
+/// last-seen time, until that date.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ClockSkewError {
+    /// The event's `occurred_at`.
+    pub occurred_at: DateTime<Utc>,
+    /// The worker's clock when it checked the event.
+    pub now: DateTime<Utc>,
+    /// The most an event may be ahead of `now`.
+    pub allowed: Duration,
+}
+
+impl fmt::Display for ClockSkewError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ahead = self.occurred_at.signed_duration_since(self.now);
+        // Rounded up, so an event refused for a fraction of a second over
+        // the limit does not read as being within it.
+        let ahead = ahead.num_seconds() + i64::from(ahead.subsec_nanos() > 0);
+        write!(
+            f,
+            "occurred_at: {} is {} s ahead of this worker's clock ({}); \
+             limits.max_clock_skew allows {} s",
+            self.occurred_at
+                .to_rfc3339_opts(SecondsFormat::AutoSi, true),
+            thousands(ahead.unsigned_abs()),
+            self.now.to_rfc3339_opts(SecondsFormat::Secs, true),
+            thousands(self.allowed.as_secs()),
+        )
+    }
+}
+
+/// `1234567` as `1,234,567`.
+fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, d) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(d);
+    }
+    out
+}
+
+impl SessionEvent {
+    /// Refuses the event if it occurred more than `max_skew` after `now`
+    /// (the worker's clock). Kept apart from [`SessionEvent::decode`], which
+    /// depends on the message alone.
+    pub fn check_clock(
+        &self,
+        now: DateTime<Utc>,
+        max_skew: Duration,
+    ) -> Result<(), ClockSkewError> {
+        let allowed = chrono::TimeDelta::from_std(max_skew).unwrap_or(chrono::TimeDelta::MAX);
+        if self.occurred_at.signed_duration_since(now) <= allowed {
+            return Ok(());
+        }
+        Err(ClockSkewError {
+            occurred_at: self.occurred_at,
+            now,
+            allowed: max_skew,
+        })
+    }
+}
+
 /// Bounds on `attributes`, and the types of its conventional keys.
 fn check_attributes(map: &Map<String, Value>) -> Result<(), EventError> {
     if map.len() > MAX_ATTRIBUTE_KEYS {
@@ -344,6 +430,8 @@ fn check_attributes(map: &Map<String, Value>) -> Result<(), EventError> {
             format!("larger than {MAX_ATTRIBUTES_BYTES} bytes ({size})"),
         ));
     }
+    let mut path = String::from("attributes");
+    check_no_nul(&mut path, map)?;
     match map.get("superuser") {
         None | Some(Value::Null) | Some(Value::Bool(_)) => {}
         Some(other) => {
@@ -388,6 +476,63 @@ fn check_attributes(map: &Map<String, Value>) -> Result<(), EventError> {
         }
     }
     Ok(())
+}
+
+/// Refuses a NUL in any key or string under `map`, naming where it is:
+/// PostgreSQL's jsonb refuses `\u0000`, and the event would only fail at
+/// commit time, after a batch and every redelivery were spent on it.
+/// `path` names `map` and is left as it was.
+fn check_no_nul(path: &mut String, map: &Map<String, Value>) -> Result<(), EventError> {
+    for (key, value) in map {
+        let len = path.len();
+        push_key(path, key);
+        if key.contains('\0') {
+            return Err(EventError::InvalidAttribute {
+                path: path.clone(),
+                problem: format!("key {}", NO_NUL),
+            });
+        }
+        check_value_no_nul(path, value)?;
+        path.truncate(len);
+    }
+    Ok(())
+}
+
+fn check_value_no_nul(path: &mut String, value: &Value) -> Result<(), EventError> {
+    match value {
+        Value::String(s) if s.contains('\0') => Err(EventError::InvalidAttribute {
+            path: path.clone(),
+            problem: NO_NUL.to_owned(),
+        }),
+        Value::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                let len = path.len();
+                path.push_str(&format!("[{i}]"));
+                check_value_no_nul(path, item)?;
+                path.truncate(len);
+            }
+            Ok(())
+        }
+        Value::Object(map) => check_no_nul(path, map),
+        _ => Ok(()),
+    }
+}
+
+/// Appends `.key`, or `["key"]` (JSON-quoted, so a NUL or a dot in the key
+/// is shown escaped and unambiguous) unless the key is a plain name.
+fn push_key(path: &mut String, key: &str) {
+    let plain = !key.is_empty()
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    if plain {
+        path.push('.');
+        path.push_str(key);
+    } else {
+        path.push('[');
+        path.push_str(&Value::String(key.to_owned()).to_string());
+        path.push(']');
+    }
 }
 
 /// Nesting depth of a JSON value: scalars are 1.
@@ -445,11 +590,25 @@ fn optional_str<'a>(
 
 /// Parses an RFC 3339 time, cut to microseconds: PostgreSQL stores no more,
 /// and a time must compare equal to itself after a round trip through the log
-/// (or a redelivered event would look newer than the one stored).
+/// (or a redelivered event would look newer than the one stored). A leap
+/// second (`23:59:60.5`) becomes the instant PostgreSQL stores for it
+/// (`00:00:00.5` of the next minute) for the same reason.
+///
+/// The time must fall within years [`MIN_YEAR`]-[`MAX_YEAR`] once converted
+/// to UTC: an offset can carry `9999-12-31T23:59:00-23:59` into year 10000,
+/// which no RFC 3339 text can show again.
 fn parse_time(field: &'static str, s: &str) -> Result<DateTime<Utc>, EventError> {
-    DateTime::parse_from_rfc3339(s)
-        .map(|t| t.with_timezone(&Utc).trunc_subsecs(6))
-        .map_err(|e| EventError::invalid(field, format!("invalid RFC 3339 time {s:?} ({e})")))
+    let parsed = DateTime::parse_from_rfc3339(s)
+        .map_err(|e| EventError::invalid(field, format!("invalid RFC 3339 time {s:?} ({e})")))?;
+    let t = DateTime::from_timestamp_micros(parsed.timestamp_micros())
+        .filter(|t| (MIN_YEAR..=MAX_YEAR).contains(&t.year()))
+        .ok_or_else(|| {
+            EventError::invalid(
+                field,
+                format!("{s:?} is outside years {MIN_YEAR:04}-{MAX_YEAR} once converted to UTC"),
+            )
+        })?;
+    Ok(t)
 }
 
 #[cfg(test)]
@@ -630,6 +789,142 @@ mod tests {
             e.occurred_at.to_rfc3339(),
             "2026-11-27T08:00:00.123456+00:00"
         );
+    }
+
+    #[test]
+    fn nul_is_refused_wherever_it_is_and_the_reason_says_where() {
+        let with = |a: Value| {
+            let mut v = login();
+            v["attributes"] = a;
+            error_of(v)
+        };
+        assert_eq!(
+            with(json!({"plan": {"name": "team\u{0}"}})),
+            "attributes.plan.name: must not contain NUL (U+0000)"
+        );
+        assert_eq!(
+            with(json!({"plan": {"seats": [1, "x\u{0}"]}})),
+            "attributes.plan.seats[1]: must not contain NUL (U+0000)"
+        );
+        assert_eq!(
+            with(json!({"roles": ["staff", "ad\u{0}min"]})),
+            "attributes.roles[1]: must not contain NUL (U+0000)"
+        );
+        assert_eq!(
+            with(json!({"plan": {"na\u{0}me": "team"}})),
+            r#"attributes.plan["na\u0000me"]: key must not contain NUL (U+0000)"#
+        );
+        assert_eq!(
+            with(json!({"\u{0}": true})),
+            r#"attributes["\u0000"]: key must not contain NUL (U+0000)"#
+        );
+        assert_eq!(
+            with(json!({"a.b": {"c": "\u{0}"}})),
+            r#"attributes["a.b"].c: must not contain NUL (U+0000)"#
+        );
+        // The same text in the JSON escape apps actually send.
+        let body = br#"{"type": "login", "app": "shop", "session_id": "s1", "user_id": "u1",
+            "occurred_at": "2026-11-27T10:00:00Z", "attributes": {"plan": {"name": "a\u0000"}}}"#;
+        assert_eq!(
+            SessionEvent::decode(body).unwrap_err().to_string(),
+            "attributes.plan.name: must not contain NUL (U+0000)"
+        );
+        // Other control characters are text PostgreSQL stores.
+        assert!(
+            decode({
+                let mut v = login();
+                v["attributes"] = json!({"note": "tab\there\u{1b}[31m", "k\u{7}": 1});
+                v
+            })
+            .is_ok()
+        );
+        for field in ["user_agent", "event_id"] {
+            let mut v = login();
+            v[field] = json!("a\u{0}b");
+            assert_eq!(
+                error_of(v),
+                format!("{field}: must not contain NUL (U+0000)")
+            );
+        }
+    }
+
+    #[test]
+    fn times_must_fall_within_years_1_to_9999_in_utc() {
+        for field in ["occurred_at", "expires_at"] {
+            let with = |t: &str| {
+                let mut v = login();
+                v[field] = json!(t);
+                decode(v).map_err(|e| e.to_string())
+            };
+            for ok in [
+                "0001-01-01T00:00:00Z",
+                "9999-12-31T23:59:59.999999Z",
+                "9999-12-31T23:59:00+23:59",
+                "0001-01-01T00:00:00-23:59",
+            ] {
+                assert!(with(ok).is_ok(), "{field} {ok}");
+            }
+            for bad in [
+                "9999-12-31T23:59:00-23:59",
+                "0001-01-01T00:00:00+00:01",
+                "0000-06-01T00:00:00Z",
+            ] {
+                assert_eq!(
+                    with(bad).unwrap_err(),
+                    format!("{field}: \"{bad}\" is outside years 0001-9999 once converted to UTC")
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_leap_second_is_the_instant_postgresql_stores() {
+        let mut v = login();
+        v["occurred_at"] = json!("2016-12-31T23:59:60.5Z");
+        assert_eq!(
+            decode(v).unwrap().occurred_at.to_rfc3339(),
+            "2017-01-01T00:00:00.500+00:00"
+        );
+    }
+
+    #[test]
+    fn events_too_far_ahead_of_the_clock_are_refused_with_both_times() {
+        let now: DateTime<Utc> = "2026-11-29T19:30:00Z".parse().unwrap();
+        let at = |t: &str| {
+            let mut v = login();
+            v["occurred_at"] = json!(t);
+            decode(v).unwrap()
+        };
+        let skew = Duration::from_secs(300);
+        assert_eq!(
+            at("9999-12-31T00:00:00Z")
+                .check_clock(now, skew)
+                .unwrap_err()
+                .to_string(),
+            "occurred_at: 9999-12-31T00:00:00Z is 251,606,233,800 s ahead of this worker's clock \
+             (2026-11-29T19:30:00Z); limits.max_clock_skew allows 300 s"
+        );
+        // A fraction over the limit is not shown as within it.
+        assert_eq!(
+            at("2026-11-29T19:35:00.25+00:00")
+                .check_clock(now, skew)
+                .unwrap_err()
+                .to_string(),
+            "occurred_at: 2026-11-29T19:35:00.250Z is 301 s ahead of this worker's clock \
+             (2026-11-29T19:30:00Z); limits.max_clock_skew allows 300 s"
+        );
+        // Up to the limit ahead, and any time in the past, are fine.
+        for ok in [
+            "2026-11-29T19:35:00Z",
+            "2026-11-29T19:30:07Z",
+            "0001-01-01T00:00:00Z",
+        ] {
+            assert_eq!(at(ok).check_clock(now, skew), Ok(()), "{ok}");
+        }
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(1000), "1,000");
+        assert_eq!(thousands(1_234_567), "1,234,567");
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Bad input is dead-lettered with its reason, and never blocks what follows.
 
+use chrono::SubsecRound as _;
 use serde_json::json;
 
 use crate::helpers::*;
@@ -48,6 +49,15 @@ async fn each_kind_of_bad_input_is_dead_lettered_with_its_reason() {
         (
             with("expires_at", json!("soon")),
             "expires_at: invalid RFC 3339 time",
+        ),
+        (
+            with("occurred_at", json!("9999-12-31T23:59:00-23:59")),
+            "occurred_at: \"9999-12-31T23:59:00-23:59\" is outside years 0001-9999 once \
+             converted to UTC",
+        ),
+        (
+            with("user_agent", json!("agent\u{0}")),
+            "user_agent: must not contain NUL (U+0000)",
         ),
         (
             with("user_agent", json!("x".repeat(600))),
@@ -247,4 +257,111 @@ async fn app_identity_is_enforced_with_require_user_id() {
     })
     .await;
     assert!(app.active("ann", "blog").await.is_empty());
+}
+
+/// PostgreSQL's jsonb has no NUL: such an event is refused by the decoder on
+/// its first delivery, not after a batch, a one-by-one retry and every
+/// redelivery were spent on it.
+#[tokio::test]
+async fn nul_in_attributes_is_dead_lettered_at_once_and_what_follows_is_applied() {
+    let mut app = spawn_app_with(|s| s.amqp.max_redeliveries = 2).await;
+    let mut poison = login("shop", "nul", "bob", t(0));
+    poison["attributes"] = json!({"plan": {"name": "team\u{0}"}, "roles": ["staff"]});
+    app.publish(&poison).await;
+    app.publish(&login("shop", "after", "bob", t(1))).await;
+
+    let dead = app.next_dead_letter().await;
+    assert_eq!(dead.body, poison.to_string().into_bytes());
+    assert_eq!(
+        dead.error.as_deref(),
+        Some("attributes.plan.name: must not contain NUL (U+0000)")
+    );
+    assert_eq!(
+        dead.delivery_count, 0,
+        "dead-lettered on its first delivery"
+    );
+    app.settle().await;
+    app.assert_no_dead_letters(QUIET).await;
+    assert_eq!(app.active("bob", "shop").await, ["after"]);
+    assert_eq!(
+        app.states("bob", "shop").await.len(),
+        1,
+        "no row for the refused event"
+    );
+    app.expect_revokes(0).await;
+}
+
+/// The worker's clock text in a clock-skew reason, checked against the
+/// test's own clock.
+fn assert_clock_reason(error: &str, occurred_at: &str) {
+    let prefix = format!("occurred_at: {occurred_at} is ");
+    let suffix = "); limits.max_clock_skew allows 300 s";
+    assert!(
+        error.starts_with(&prefix) && error.ends_with(suffix),
+        "{error}"
+    );
+    let (_, clock) = error
+        .strip_suffix(suffix)
+        .unwrap()
+        .split_once(" s ahead of this worker's clock (")
+        .unwrap_or_else(|| panic!("{error}"));
+    let clock: chrono::DateTime<chrono::Utc> = clock.parse().unwrap();
+    assert!(
+        (chrono::Utc::now() - clock).num_seconds().abs() < 60,
+        "{error}"
+    );
+}
+
+/// Sessions are ranked by event time: a login dated 9999 would hold the
+/// user's slot for good, and every real login after it would be revoked.
+#[tokio::test]
+async fn a_login_far_ahead_of_the_clock_is_dead_lettered_and_holds_no_slot() {
+    let mut app = spawn_app().await;
+    let mut future = login("shop", "from-9999", "carl", t(0));
+    future["occurred_at"] = json!("9999-12-31T00:00:00Z");
+    app.publish(&future).await;
+    app.publish(&login("shop", "real-1", "carl", t(10))).await;
+    app.publish(&login("shop", "real-2", "carl", t(20))).await;
+
+    let dead = app.next_dead_letter().await;
+    assert_eq!(dead.body, future.to_string().into_bytes());
+    assert_clock_reason(&dead.error.unwrap(), "9999-12-31T00:00:00Z");
+    app.settle().await;
+    let revokes = app.expect_revokes(1).await;
+    assert_eq!(revokes[0].body.session_id, "real-1");
+    let states = app.states("carl", "shop").await;
+    assert_eq!(states.len(), 2, "no row for the refused login: {states:?}");
+    assert_eq!(states["real-1"], "revoked");
+    assert_eq!(states["real-2"], "active");
+}
+
+/// A request dated far ahead would become the session's latest event for
+/// good: its last-seen time and address would never move again. Ordinary
+/// skew (seconds ahead) is applied.
+#[tokio::test]
+async fn a_request_far_ahead_leaves_the_row_alone_and_a_few_seconds_ahead_is_fine() {
+    let mut app = spawn_app().await;
+    app.publish(&login("shop", "s1", "dora", t(0))).await;
+    let mut future = request("shop", "s1", "dora", t(0));
+    future["occurred_at"] = json!("3000-01-01T00:00:00Z");
+    future["ip"] = json!("198.51.100.66");
+    app.publish(&future).await;
+    let soon = (chrono::Utc::now() + chrono::Duration::seconds(10)).trunc_subsecs(6);
+    let mut ahead = request("shop", "s1", "dora", soon);
+    ahead["ip"] = json!("203.0.113.9");
+    app.publish(&ahead).await;
+
+    let dead = app.next_dead_letter().await;
+    assert_eq!(dead.body, future.to_string().into_bytes());
+    assert_clock_reason(&dead.error.unwrap(), "3000-01-01T00:00:00Z");
+    app.settle().await;
+    app.assert_no_dead_letters(QUIET).await;
+    let (last_seen, ip): (chrono::DateTime<chrono::Utc>, Option<String>) =
+        sqlx::query_as("SELECT last_seen_at, host(ip) FROM sessions WHERE session_id = 's1'")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(last_seen, soon);
+    assert_eq!(ip.as_deref(), Some("203.0.113.9"));
+    assert_eq!(app.active("dora", "shop").await, ["s1"]);
 }

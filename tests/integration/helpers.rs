@@ -189,6 +189,9 @@ pub struct Revoke {
 pub struct DeadLetter {
     pub body: Vec<u8>,
     pub error: Option<String>,
+    /// The events queue's `x-delivery-count` when it was dead-lettered: 0
+    /// for a first delivery.
+    pub delivery_count: u32,
 }
 
 impl TestApp {
@@ -256,6 +259,10 @@ impl TestApp {
         set(
             "LIMITS__REPEAT_REVOKE_AFTER",
             s.limits.repeat_revoke_after.to_string(),
+        );
+        set(
+            "LIMITS__MAX_CLOCK_SKEW",
+            s.limits.max_clock_skew.to_string(),
         );
         set("WORKER__BATCH_WAIT_MS", s.worker.batch_wait_ms.to_string());
         set("METRICS__LISTEN", String::new());
@@ -608,6 +615,7 @@ impl TestApp {
                 _ => None,
             });
         DeadLetter {
+            delivery_count: broker::delivery_count(&delivery.properties),
             body: delivery.data,
             error,
         }
@@ -687,6 +695,42 @@ impl Drop for TestApp {
         .join()
         .ok();
         let _ = &self.connection;
+    }
+}
+
+/// A fresh, migrated database of its own, without a broker or a worker, for
+/// tests that call the store directly; dropped with the value.
+pub struct TestDatabase {
+    pub settings: Settings,
+    pub pool: PgPool,
+}
+
+impl TestDatabase {
+    pub async fn new() -> TestDatabase {
+        let settings = test_settings();
+        let pool = session_guard::store::connect_and_migrate(&settings.database)
+            .await
+            .expect("test database");
+        TestDatabase { settings, pool }
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        let url = self.settings.database.url.clone();
+        // As in TestApp's drop: a runtime of its own, the test's is blocked.
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                use sqlx::migrate::MigrateDatabase as _;
+                let _ = sqlx::Postgres::force_drop_database(&url).await;
+            });
+        })
+        .join()
+        .ok();
     }
 }
 

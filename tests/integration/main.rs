@@ -11,4 +11,5 @@ mod lifecycle;
 mod operator_commands;
 mod repeat;
 mod retention;
+mod roundtrip;
 mod rules;
