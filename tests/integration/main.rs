@@ -8,6 +8,7 @@ mod batching;
 mod enforcement;
 mod faults;
 mod lifecycle;
+mod operations;
 mod repeat;
 mod retention;
 mod rules;
