@@ -929,6 +929,7 @@ fn revoke(
         slot.end_note = r.note.clone();
         slot.dirty = true;
         outcome.revoked += 1;
+        *outcome.revoked_by.entry(r.reason.as_str()).or_default() += 1;
         messages.push(
             RevokeMessage::new(
                 &candidate.app,

@@ -573,7 +573,7 @@ fn worker_command(settings: &Settings, listen: &str) -> anyhow::Result<Command> 
     Ok(cmd)
 }
 
-/// `session_guard_events_processed_total` of a worker, from its endpoint.
+/// [`crate::metric::EVENTS_PROCESSED`] of a worker, from its endpoint.
 async fn processed(listen: &str) -> Option<u64> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(listen).await.ok()?;
@@ -583,8 +583,9 @@ async fn processed(listen: &str) -> Option<u64> {
         .ok()?;
     let mut text = String::new();
     stream.read_to_string(&mut text).await.ok()?;
+    let series = format!("{} ", crate::metric::EVENTS_PROCESSED.name);
     text.lines()
-        .find(|l| l.starts_with("session_guard_events_processed_total "))
+        .find(|l| l.starts_with(&series))
         .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
         .map(|v| v as u64)
 }

@@ -122,6 +122,39 @@ pub struct RetentionSettings {
     pub log_limit: Option<u32>,
     /// Seconds a pruned session's key is remembered after its last sign of life; 0 = forever.
     pub tombstone_ttl: u64,
+    /// Ended rows whose end is older than this are swept out of the log by
+    /// housekeeping; `None` keeps them.
+    #[serde(default, deserialize_with = "human_duration::optional")]
+    pub max_age: Option<Duration>,
+    /// How often housekeeping expires tombstones and, with `max_age`, sweeps.
+    #[serde(deserialize_with = "human_duration::required")]
+    pub sweep_interval: Duration,
+}
+
+/// Durations written for people: "90d", "12h", "1m 30s" (humantime's syntax).
+mod human_duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    fn parse<E: serde::de::Error>(text: &str) -> Result<Duration, E> {
+        humantime::parse_duration(text).map_err(|e| {
+            E::custom(format!(
+                "{text:?} is not a duration (write a number and a unit, such as \"90d\", \"12h\" \
+                 or \"30s\"): {e}"
+            ))
+        })
+    }
+
+    pub fn required<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        parse(&String::deserialize(d)?)
+    }
+
+    pub fn optional<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        Option::<String>::deserialize(d)?
+            .map(|text| parse(&text))
+            .transpose()
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -199,6 +232,9 @@ impl Settings {
                 self.database.max_connections,
                 self.worker.pipeline + 2
             );
+        }
+        if self.retention.sweep_interval.is_zero() {
+            anyhow::bail!("retention.sweep_interval must be longer than 0");
         }
         if self.amqp.prefetch == 0 {
             anyhow::bail!("amqp.prefetch must be at least 1 (0 would mean unlimited)");
@@ -405,6 +441,40 @@ mod tests {
             ["rules", "superuser_unlimited", "user_overrides"]
         );
         assert_eq!(s.retention.log_limit, None);
+        assert_eq!(s.retention.max_age, None);
+        assert_eq!(s.retention.sweep_interval, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn retention_durations_are_written_for_people() {
+        let s = Settings::load_from(
+            None,
+            env(&[
+                ("SESSION_GUARD__RETENTION__MAX_AGE", "90d"),
+                ("SESSION_GUARD__RETENTION__SWEEP_INTERVAL", "250ms"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.retention.max_age, Some(Duration::from_secs(90 * 86_400)));
+        assert_eq!(s.retention.sweep_interval, Duration::from_millis(250));
+
+        for (value, expected) in [
+            ("90", "\"90\" is not a duration"),
+            ("soon", "\"soon\" is not a duration"),
+        ] {
+            let e = Settings::load_from(None, env(&[("SESSION_GUARD__RETENTION__MAX_AGE", value)]))
+                .unwrap_err();
+            assert!(format!("{e:#}").contains(expected), "{e:#}");
+        }
+        let e = Settings::load_from(
+            None,
+            env(&[("SESSION_GUARD__RETENTION__SWEEP_INTERVAL", "0s")]),
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "retention.sweep_interval must be longer than 0"
+        );
     }
 
     #[test]

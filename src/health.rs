@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
+use crate::metric;
 use crate::shutdown::Shutdown;
 use crate::telemetry;
 
@@ -30,14 +31,14 @@ impl Health {
     pub fn set_database(&self, up: bool) {
         let was = self.database.swap(up, Ordering::Relaxed);
         if was != up {
-            metrics::gauge!("session_guard_database_up").set(f64::from(u8::from(up)));
+            metrics::gauge!(metric::DATABASE_UP.name).set(f64::from(u8::from(up)));
         }
     }
 
     pub fn set_broker(&self, up: bool) {
         let was = self.broker.swap(up, Ordering::Relaxed);
         if was != up {
-            metrics::gauge!("session_guard_broker_up").set(f64::from(u8::from(up)));
+            metrics::gauge!(metric::BROKER_UP.name).set(f64::from(u8::from(up)));
         }
     }
 
@@ -46,8 +47,8 @@ impl Health {
     pub fn publish_gauges(&self) {
         let db = self.database.load(Ordering::Relaxed);
         let broker = self.broker.load(Ordering::Relaxed);
-        metrics::gauge!("session_guard_database_up").set(f64::from(u8::from(db)));
-        metrics::gauge!("session_guard_broker_up").set(f64::from(u8::from(broker)));
+        metrics::gauge!(metric::DATABASE_UP.name).set(f64::from(u8::from(db)));
+        metrics::gauge!(metric::BROKER_UP.name).set(f64::from(u8::from(broker)));
     }
 
     pub fn set_stopping(&self) {

@@ -8,6 +8,8 @@
 //! - [`worker`]: the consumer loop, batching, acks and shutdown;
 //! - [`relay`]: the outbox relay that publishes revoke events;
 //! - [`health`]: readiness and the HTTP endpoint for it and the metrics;
+//! - [`metric`]: every exported metric, defined once;
+//! - [`sweep`]: retention by age (`retention.max_age`);
 //! - [`configuration`], [`telemetry`], [`terminal`], [`cli`]: the edges.
 
 pub mod backoff;
@@ -18,10 +20,12 @@ pub mod cli;
 pub mod configuration;
 pub mod domain;
 pub mod health;
+pub mod metric;
 mod nodelay;
 mod relay;
 pub mod shutdown;
 pub mod store;
+pub mod sweep;
 pub mod telemetry;
 pub mod terminal;
 pub mod worker;

@@ -17,6 +17,8 @@ use lapin::{BasicProperties, Channel, Confirmation};
 
 use crate::backoff::Backoff;
 use crate::broker;
+use crate::domain::session::EndReason;
+use crate::metric;
 use crate::shutdown::Shutdown;
 use crate::store::OutboxRow;
 use crate::worker::{Context, STABLE_AFTER};
@@ -150,12 +152,13 @@ async fn publish_chunk(ctx: &Context, channel: &Channel) -> anyhow::Result<usize
         pending.push(confirm);
     }
     let mut confirmed = Vec::with_capacity(rows.len());
+    let mut confirmed_reasons = Vec::with_capacity(rows.len());
     let mut refused = 0usize;
     for (row, confirm) in rows.iter().zip(pending) {
         match confirm.await.context("no confirm for a revoke")? {
             Confirmation::Ack(returned) => {
                 if returned.is_some() {
-                    metrics::counter!("session_guard_revokes_unroutable_total").increment(1);
+                    metrics::counter!(metric::REVOKES_UNROUTABLE.name).increment(1);
                     tracing::warn!(
                         routing_key = %row.routing_key,
                         event_id = %row.event_id,
@@ -163,21 +166,81 @@ async fn publish_chunk(ctx: &Context, channel: &Channel) -> anyhow::Result<usize
                     );
                 }
                 confirmed.push(row.id);
+                confirmed_reasons.push(reason_of(&row.payload));
             }
-            Confirmation::NotRequested => confirmed.push(row.id),
+            Confirmation::NotRequested => {
+                confirmed.push(row.id);
+                confirmed_reasons.push(reason_of(&row.payload));
+            }
             Confirmation::Nack(_) => refused += 1,
         }
     }
-    sqlx::query("DELETE FROM outbox WHERE id = ANY($1)")
-        .bind(&confirmed)
-        .execute(&mut *tx)
-        .await
-        .context("cannot delete published revokes")?;
+    // Each row's age on the database's clock, the one that dated it.
+    let ages: Vec<f64> = sqlx::query_scalar(
+        "DELETE FROM outbox WHERE id = ANY($1)
+         RETURNING extract(epoch FROM clock_timestamp() - created_at)::float8",
+    )
+    .bind(&confirmed)
+    .fetch_all(&mut *tx)
+    .await
+    .context("cannot delete published revokes")?;
     tx.commit().await.context("cannot commit the outbox")?;
-    metrics::counter!("session_guard_revokes_published_total").increment(confirmed.len() as u64);
+    record_published(&confirmed_reasons, &ages);
     tracing::debug!(published = confirmed.len(), "revokes published");
     if refused > 0 {
         anyhow::bail!("the broker refused {refused} revoke(s); they stay in the outbox");
     }
     Ok(rows.len())
+}
+
+/// The reason a revoke message gives, as a metric label: one of the
+/// revocation reasons, or "unknown" for a payload that does not say.
+fn reason_of(payload: &str) -> &'static str {
+    #[derive(serde::Deserialize)]
+    struct Reason<'a> {
+        #[serde(borrow)]
+        reason: std::borrow::Cow<'a, str>,
+    }
+    serde_json::from_str::<Reason>(payload)
+        .ok()
+        .and_then(|r| EndReason::parse(&r.reason))
+        .map_or("unknown", EndReason::as_str)
+}
+
+/// Counts confirmed revokes by reason, and how long each waited from its
+/// outbox insert to its deletion after the confirm.
+fn record_published(reasons: &[&'static str], ages: &[f64]) {
+    let mut by_reason: std::collections::BTreeMap<&str, u64> = Default::default();
+    for reason in reasons {
+        *by_reason.entry(reason).or_default() += 1;
+    }
+    for (reason, n) in by_reason {
+        metrics::counter!(metric::REVOKES_PUBLISHED.name, "reason" => reason).increment(n);
+    }
+    let delivery = metrics::histogram!(metric::REVOKE_DELIVERY.name);
+    for age in ages {
+        delivery.record(age.max(0.0));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_reason_label_comes_from_the_payload() {
+        let message = crate::domain::revoke::RevokeMessage::new(
+            &crate::domain::event::AppName::from_trusted("shop".to_owned()),
+            "s1",
+            "ann",
+            EndReason::IdleTimeout,
+            chrono::Utc::now(),
+            1,
+            false,
+        );
+        let payload = serde_json::to_string(&message).unwrap();
+        assert_eq!(reason_of(&payload), "idle_timeout");
+        assert_eq!(reason_of(r#"{"reason":"made_up"}"#), "unknown");
+        assert_eq!(reason_of("not json"), "unknown");
+    }
 }

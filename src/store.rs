@@ -294,6 +294,8 @@ impl Enforcement {
 pub struct BatchOutcome {
     /// Sessions revoked (limits, idle timeout, logout_others, logout_all).
     pub revoked: usize,
+    /// `revoked`, by reason (`EndReason::as_str`).
+    pub revoked_by: std::collections::BTreeMap<&'static str, usize>,
     /// Sessions shadow mode would have revoked.
     pub shadow_revoked: usize,
     /// Revoke messages repeated for sessions an app kept using.
@@ -1010,6 +1012,18 @@ pub async fn expire_tombstones(pool: &PgPool, ttl: Duration, limit: i64) -> sqlx
     .execute(pool)
     .await?;
     Ok(done.rows_affected())
+}
+
+/// The outbox's backlog: how many rows wait, and the age in seconds of the
+/// oldest (0 when empty), on the database's clock.
+pub async fn outbox_stats(pool: &PgPool) -> sqlx::Result<(i64, f64)> {
+    sqlx::query_as(
+        "SELECT count(*),
+                coalesce(extract(epoch FROM clock_timestamp() - min(created_at)), 0)::float8
+         FROM outbox",
+    )
+    .fetch_one(pool)
+    .await
 }
 
 /// A row of the outbox, ready to publish.

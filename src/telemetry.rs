@@ -6,6 +6,7 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::configuration::{LogFormat, LogSettings};
+use crate::metric::{self, Kind};
 
 /// Installs the global tracing subscriber. `RUST_LOG`, when set, wins over
 /// `log.level`. Logs go to stderr so that command output (`sessions --json`)
@@ -37,73 +38,110 @@ pub fn init_logging(settings: &LogSettings) -> anyhow::Result<()> {
     .context("cannot install the log subscriber")
 }
 
-/// The Prometheus recorder's handle, once installed.
-static METRICS: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> =
+/// The Prometheus recorder's handle: set by the first [`init_metrics`],
+/// `None` if the recorder could not be installed.
+static METRICS: std::sync::OnceLock<Option<metrics_exporter_prometheus::PrometheusHandle>> =
     std::sync::OnceLock::new();
 
 /// Installs the global Prometheus recorder (once per process); the worker's
-/// health server renders it on `/metrics`. Metrics are described here so they
-/// show, at zero, before anything happened.
+/// health server renders it on `/metrics`. Every metric of [`metric::ALL`]
+/// is described here and created at zero, so it shows before anything
+/// happened, and every histogram gets its buckets (without them the
+/// exporter renders a summary).
 pub fn init_metrics() {
-    if METRICS.get().is_some() {
-        return;
-    }
-    match metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder() {
+    METRICS.get_or_init(|| match install_recorder() {
         Ok(handle) => {
-            let _ = METRICS.set(handle);
             describe_metrics();
+            Some(handle)
         }
-        Err(e) => tracing::warn!(error = %e, "cannot install the metrics recorder"),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot install the metrics recorder");
+            None
+        }
+    });
+}
+
+fn install_recorder()
+-> Result<metrics_exporter_prometheus::PrometheusHandle, metrics_exporter_prometheus::BuildError> {
+    let mut builder = metrics_exporter_prometheus::PrometheusBuilder::new();
+    for m in metric::ALL {
+        if let Kind::Histogram(buckets) = m.kind {
+            builder = builder.set_buckets_for_metric(
+                metrics_exporter_prometheus::Matcher::Full(m.name.to_owned()),
+                buckets,
+            )?;
+        }
     }
+    builder.install_recorder()
 }
 
 /// The metrics in Prometheus' text format, if a recorder is installed.
 pub fn render_metrics() -> Option<String> {
-    METRICS.get().map(|h| h.render())
+    METRICS.get()?.as_ref().map(|h| h.render())
+}
+
+/// Folds the histogram samples recorded since the last call into their
+/// buckets. Rendering does it too; without either, samples pile up in
+/// memory, so housekeeping calls this every few seconds.
+pub fn run_metrics_upkeep() {
+    if let Some(Some(handle)) = METRICS.get() {
+        handle.run_upkeep();
+    }
 }
 
 fn describe_metrics() {
-    use metrics::{describe_counter, describe_gauge};
-    for (name, help) in [
-        (
-            "session_guard_events_processed_total",
-            "Valid events applied and acked.",
-        ),
-        (
-            "session_guard_events_dead_lettered_total",
-            "Messages sent to the dead-letter queue, by kind.",
-        ),
-        (
-            "session_guard_sessions_revoked_total",
-            "Sessions revoked by the worker.",
-        ),
-        (
-            "session_guard_revokes_repeated_total",
-            "Repeat revokes for sessions apps kept using.",
-        ),
-        (
-            "session_guard_shadow_revocations_total",
-            "Sessions shadow mode would have revoked.",
-        ),
-        (
-            "session_guard_revokes_published_total",
-            "Revoke messages confirmed by the broker.",
-        ),
-        (
-            "session_guard_revokes_unroutable_total",
-            "Revokes no app queue was bound for.",
-        ),
-        (
-            "session_guard_database_retries_total",
-            "Batches retried after a transient database error.",
-        ),
-    ] {
-        describe_counter!(name, help);
-        metrics::counter!(name).increment(0);
+    for m in metric::ALL {
+        match m.kind {
+            Kind::Counter => {
+                metrics::describe_counter!(m.name, m.help);
+                if m.labels.is_empty() {
+                    metrics::counter!(m.name).increment(0);
+                }
+                for labels in m.initial {
+                    metrics::counter!(m.name, *labels).increment(0);
+                }
+            }
+            Kind::Gauge => {
+                metrics::describe_gauge!(m.name, m.help);
+                // Registered, it renders (at 0 until set).
+                let _ = metrics::gauge!(m.name);
+            }
+            Kind::Histogram(_) => {
+                metrics::describe_histogram!(m.name, m.help);
+                // Registered, it renders with empty buckets.
+                let _ = metrics::histogram!(m.name);
+            }
+        }
     }
-    describe_gauge!("session_guard_database_up", "1 while PostgreSQL answers.");
-    describe_gauge!(
-        "session_guard_broker_up",
-        "1 while consuming from RabbitMQ."
-    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_metric_is_described_and_rendered_with_its_type() {
+        init_metrics();
+        let text = render_metrics().expect("the recorder is installed");
+        for m in metric::ALL {
+            let help = format!("# HELP {} {}", m.name, m.help);
+            assert!(text.contains(&help), "{} is not described:\n{text}", m.name);
+            let kind = format!("# TYPE {} {}", m.name, m.kind.prometheus_type());
+            assert!(
+                text.contains(&kind),
+                "{} is not a {}:\n{text}",
+                m.name,
+                m.kind.prometheus_type()
+            );
+            if let Kind::Histogram(buckets) = m.kind {
+                let first = format!("{}_bucket{{le=\"{}\"}}", m.name, buckets[0]);
+                assert!(text.contains(&first), "{first} missing:\n{text}");
+            }
+            for labels in m.initial {
+                let set: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+                let series = format!("{}{{{}}} 0", m.name, set.join(","));
+                assert!(text.contains(&series), "{series} missing:\n{text}");
+            }
+        }
+    }
 }

@@ -22,12 +22,13 @@ use crate::configuration::Settings;
 use crate::domain::event::{EventKind, SessionEvent};
 use crate::domain::limits::RuleHook;
 use crate::health::Health;
+use crate::metric;
 use crate::relay;
 use crate::shutdown::{self, Shutdown};
-use crate::store::{self, Enforcement, LockTurn, UserHints};
+use crate::store::{self, BatchOutcome, Enforcement, LockTurn, UserHints};
+use crate::sweep::Sweep;
+use crate::telemetry;
 
-/// Seconds between two passes of the housekeeping task (tombstone expiry).
-const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(60);
 /// Pause before requeueing an event the database refused, times its
 /// delivery count.
 const REQUEUE_PAUSE: Duration = Duration::from_millis(100);
@@ -563,6 +564,7 @@ async fn handle_batch(
                                 .context("cannot ack")?;
                         } else {
                             tracing::warn!(error = %text, delivery_count = count, "event failed; requeued");
+                            count_events(event.kind.as_str(), "requeued", 1);
                             // Not straight back into a hot loop.
                             tokio::time::sleep(REQUEUE_PAUSE * (count + 1)).await;
                             channel
@@ -591,7 +593,7 @@ async fn handle_batch(
         .filter(|(_, done)| !**done)
         .map(|(d, _)| d.delivery_tag)
         .max();
-    metrics::counter!("session_guard_events_processed_total").increment(events.len() as u64);
+    metrics::counter!(metric::EVENTS_PROCESSED.name).increment(events.len() as u64);
     tracing::trace!(
         size = batch.len(),
         elapsed_us = started.elapsed().as_micros() as u64,
@@ -625,7 +627,8 @@ async fn reject(
         bytes = delivery.data.len(),
         "event dead-lettered"
     );
-    metrics::counter!("session_guard_events_dead_lettered_total", "kind" => kind).increment(1);
+    metrics::counter!(metric::EVENTS_DEAD_LETTERED.name, "kind" => kind).increment(1);
+    count_events(kind_of(&delivery.data), kind, 1);
     broker::dead_letter(
         dead_letters,
         &ctx.settings.amqp.dead_letter_exchange,
@@ -658,6 +661,7 @@ async fn apply_with_retry(
     }
     let mut backoff = Backoff::new(ctx.settings.worker.max_backoff());
     loop {
+        let started = Instant::now();
         let attempt = store::process_batch_in_turn(
             &ctx.pool,
             &ctx.rules,
@@ -672,20 +676,7 @@ async fn apply_with_retry(
                 if outcome.wrote_outbox() {
                     ctx.relay_wake.notify_one();
                 }
-                metrics::counter!("session_guard_sessions_revoked_total")
-                    .increment(outcome.revoked as u64);
-                metrics::counter!("session_guard_revokes_repeated_total")
-                    .increment(outcome.repeated as u64);
-                metrics::counter!("session_guard_shadow_revocations_total")
-                    .increment(outcome.shadow_revoked as u64);
-                metrics::counter!("session_guard_rows_touched_total")
-                    .increment(outcome.touched as u64);
-                metrics::counter!("session_guard_last_seen_writes_skipped_total")
-                    .increment(outcome.coalesced as u64);
-                metrics::counter!("session_guard_batch_relocks_total")
-                    .increment(outcome.relocks as u64);
-                metrics::histogram!("session_guard_batch_locked_users")
-                    .record(outcome.locked_users as f64);
+                record_commit(events, &outcome, started.elapsed());
                 if outcome.revoked > 0 || outcome.repeated > 0 {
                     tracing::debug!(
                         revoked = outcome.revoked,
@@ -698,7 +689,7 @@ async fn apply_with_retry(
             Err(e) if e.is_transient() => {
                 ctx.health.set_database(false);
                 let delay = backoff.next_delay();
-                metrics::counter!("session_guard_database_retries_total").increment(1);
+                metrics::counter!(metric::DATABASE_RETRIES.name).increment(1);
                 tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "database error; retrying");
                 tokio::select! {
                     () = tokio::time::sleep(delay) => {}
@@ -711,16 +702,26 @@ async fn apply_with_retry(
 }
 
 /// Pings PostgreSQL (so readiness notices an outage while the queue is
-/// idle) and periodically deletes tombstones past their time to live.
+/// idle), refreshes the outbox gauges, folds histogram samples into their
+/// buckets, and every `retention.sweep_interval` sweeps rows past
+/// `retention.max_age` (if set) and deletes tombstones past their time to
+/// live.
 async fn run_housekeeping(ctx: Arc<Context>, mut shutdown: Shutdown) {
     let ttl = Duration::from_secs(ctx.settings.retention.tombstone_ttl);
+    let every = ctx.settings.retention.sweep_interval;
+    let mut sweep = Sweep::default();
     let mut last_sweep: Option<Instant> = None;
     loop {
         let ping =
             tokio::time::timeout(PING_EVERY, sqlx::query("SELECT 1").execute(&ctx.pool)).await;
         ctx.health.set_database(matches!(ping, Ok(Ok(_))));
-        if last_sweep.is_none_or(|t| t.elapsed() >= HOUSEKEEPING_EVERY) {
+        refresh_outbox_gauges(&ctx.pool).await;
+        telemetry::run_metrics_upkeep();
+        if last_sweep.is_none_or(|t| t.elapsed() >= every) {
             last_sweep = Some(Instant::now());
+            if let Some(max_age) = ctx.settings.retention.max_age {
+                sweep_old_rows(&ctx.pool, &mut sweep, max_age).await;
+            }
             loop {
                 match store::expire_tombstones(&ctx.pool, ttl, HOUSEKEEPING_CHUNK).await {
                     Ok(n) if n as i64 == HOUSEKEEPING_CHUNK => continue,
@@ -738,10 +739,98 @@ async fn run_housekeeping(ctx: Arc<Context>, mut shutdown: Shutdown) {
             }
         }
         tokio::select! {
-            () = tokio::time::sleep(PING_EVERY) => {}
+            () = tokio::time::sleep(PING_EVERY.min(every)) => {}
             () = shutdown.wait() => return,
         }
     }
+}
+
+/// One pass of retention by age (see [`crate::sweep`]); a failure is
+/// logged and the next pass tries again.
+async fn sweep_old_rows(pool: &PgPool, sweep: &mut Sweep, max_age: Duration) {
+    match sweep.pass(pool, max_age, Utc::now()).await {
+        Ok(report) => {
+            metrics::counter!(metric::SESSIONS_PRUNED.name, "by" => "max_age")
+                .increment(report.moved);
+            if report.moved > 0 || !report.busy.is_empty() {
+                tracing::debug!(
+                    moved = report.moved,
+                    busy_users = report.busy.len(),
+                    "swept ended sessions past retention.max_age"
+                );
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "retention sweep failed; will try again"),
+    }
+}
+
+/// Sets the outbox gauges from the table (every worker's revokes).
+async fn refresh_outbox_gauges(pool: &PgPool) {
+    match tokio::time::timeout(PING_EVERY, store::outbox_stats(pool)).await {
+        Ok(Ok((backlog, oldest))) => {
+            metrics::gauge!(metric::OUTBOX_BACKLOG.name).set(backlog as f64);
+            metrics::gauge!(metric::OUTBOX_OLDEST_AGE.name).set(oldest.max(0.0));
+        }
+        Ok(Err(e)) => tracing::debug!(error = %e, "cannot measure the outbox"),
+        Err(_) => tracing::debug!("measuring the outbox timed out"),
+    }
+}
+
+/// Every kind of event, to name the one a message claims.
+const EVENT_KINDS: [EventKind; 5] = [
+    EventKind::Login,
+    EventKind::Request,
+    EventKind::Logout,
+    EventKind::LogoutOthers,
+    EventKind::LogoutAll,
+];
+
+/// The `type` a message claims, as a metric label: an event kind's name,
+/// or "unknown" when the message does not decode that far.
+fn kind_of(body: &[u8]) -> &'static str {
+    #[derive(serde::Deserialize)]
+    struct Type<'a> {
+        #[serde(rename = "type", borrow)]
+        kind: std::borrow::Cow<'a, str>,
+    }
+    serde_json::from_slice::<Type>(body)
+        .ok()
+        .and_then(|t| EVENT_KINDS.into_iter().find(|k| k.as_str() == t.kind))
+        .map_or("unknown", EventKind::as_str)
+}
+
+/// Adds `n` events of type `kind` with `outcome` to [`metric::EVENTS`].
+fn count_events(kind: &'static str, outcome: &'static str, n: u64) {
+    metrics::counter!(metric::EVENTS.name, "type" => kind, "outcome" => outcome).increment(n);
+}
+
+/// The metrics of a committed batch: its events by type and how long after
+/// their event time they committed, what it revoked and pruned, how long
+/// its transaction took.
+fn record_commit(events: &[SessionEvent], outcome: &BatchOutcome, took: Duration) {
+    let committed = Utc::now();
+    let lag = metrics::histogram!(metric::EVENT_LAG.name);
+    let mut by_kind: HashMap<EventKind, u64> = HashMap::new();
+    for e in events {
+        // Events dated ahead of this clock count as no lag at all.
+        let behind = (committed - e.occurred_at).to_std().unwrap_or_default();
+        lag.record(behind.as_secs_f64());
+        *by_kind.entry(e.kind).or_default() += 1;
+    }
+    for (kind, n) in by_kind {
+        count_events(kind.as_str(), "applied", n);
+    }
+    metrics::histogram!(metric::BATCH_DURATION.name).record(took.as_secs_f64());
+    for (reason, n) in &outcome.revoked_by {
+        metrics::counter!(metric::SESSIONS_REVOKED.name, "reason" => *reason).increment(*n as u64);
+    }
+    metrics::counter!(metric::SESSIONS_PRUNED.name, "by" => "log_limit").increment(outcome.pruned);
+    metrics::counter!(metric::REVOKES_REPEATED.name).increment(outcome.repeated as u64);
+    metrics::counter!(metric::SHADOW_REVOCATIONS.name).increment(outcome.shadow_revoked as u64);
+    metrics::counter!(metric::ROWS_TOUCHED.name).increment(outcome.touched as u64);
+    metrics::counter!(metric::LAST_SEEN_WRITES_SKIPPED.name).increment(outcome.coalesced as u64);
+    metrics::counter!(metric::BATCH_RELOCKS.name).increment(outcome.relocks as u64);
+    metrics::histogram!(metric::BATCH_LOCKED_USERS.name).record(outcome.locked_users as f64);
 }
 
 #[cfg(test)]

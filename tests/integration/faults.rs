@@ -413,10 +413,12 @@ async fn the_health_endpoint_reports_readiness_and_metrics() {
     .await;
     app.publish(&login("shop", "m1", "mo", t(0))).await;
     app.publish(&login("shop", "m2", "mo", t(1))).await;
+    let revoked = format!(
+        "{}{{reason=\"session_limit\"}} 1",
+        session_guard::metric::SESSIONS_REVOKED.name
+    );
     app.wait_for("the revocation to be counted", || async {
-        get("/metrics")
-            .await
-            .is_some_and(|m| m.contains("session_guard_sessions_revoked_total 1"))
+        get("/metrics").await.is_some_and(|m| m.contains(&revoked))
     })
     .await;
     assert!(

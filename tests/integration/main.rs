@@ -8,6 +8,7 @@ mod batching;
 mod enforcement;
 mod faults;
 mod lifecycle;
+mod operations;
 mod operator_commands;
 mod repeat;
 mod retention;
