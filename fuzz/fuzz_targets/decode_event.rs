@@ -39,15 +39,16 @@ fuzz_target!(|data: &[u8]| {
                 assert!(!id.is_empty() && id.chars().count() <= MAX_EVENT_ID_CHARS);
             }
             assert_eq!(event.occurred_at.timestamp_subsec_nanos() % 1000, 0, "microseconds");
-            let attributes = serde_json::to_vec(&event.attributes).unwrap();
+            let claimed = event.attributes.unwrap_or_default();
+            let attributes = serde_json::to_vec(&claimed).unwrap();
             assert!(attributes.len() <= MAX_ATTRIBUTES_BYTES);
-            assert!(event.attributes.len() <= MAX_ATTRIBUTE_KEYS);
-            assert!(depth(&Value::Object(event.attributes.clone())) <= MAX_ATTRIBUTE_DEPTH);
-            match event.attributes.get("superuser") {
+            assert!(claimed.len() <= MAX_ATTRIBUTE_KEYS);
+            assert!(depth(&Value::Object(claimed.clone())) <= MAX_ATTRIBUTE_DEPTH);
+            match claimed.get("superuser") {
                 None | Some(Value::Null) | Some(Value::Bool(_)) => {}
                 Some(other) => panic!("superuser accepted as {other}"),
             }
-            match event.attributes.get("roles") {
+            match claimed.get("roles") {
                 None | Some(Value::Null) => {}
                 Some(Value::Array(roles)) => {
                     assert!(roles.len() <= MAX_ROLES);
