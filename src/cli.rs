@@ -103,8 +103,8 @@ pub struct LimitsGetArgs {
     /// The app to evaluate for (default: every app in the user's log).
     #[arg(long)]
     pub app: Option<String>,
-    /// Evaluate with these attributes (a JSON object) instead of those of
-    /// the user's latest event.
+    /// Evaluate with these attributes (a JSON object) instead of those the
+    /// app claims for the user.
     #[arg(long)]
     pub attributes: Option<String>,
     /// Print JSON.

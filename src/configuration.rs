@@ -436,10 +436,7 @@ mod tests {
         assert_eq!(s.limits.max_clock_skew(), Some(Duration::from_secs(300)));
         assert_eq!(s.limits.policy, EvictionPolicy::EvictOldest);
         assert!(s.limits.enforce);
-        assert_eq!(
-            s.limits.hooks,
-            ["rules", "superuser_unlimited", "user_overrides"]
-        );
+        assert_eq!(s.limits.hooks, ["rules", "user_overrides"]);
         assert_eq!(s.retention.log_limit, None);
         assert_eq!(s.retention.max_age, None);
         assert_eq!(s.retention.sweep_interval, Duration::from_secs(60));
@@ -549,7 +546,7 @@ policy = "evict_idle"
         .unwrap();
         let s = Settings::load_from(
             Some(&file),
-            env(&[("SESSION_GUARD__LIMITS__HOOKS", "rules,user_overrides")]),
+            env(&[("SESSION_GUARD__LIMITS__HOOKS", "rules,superuser_unlimited")]),
         )
         .unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
@@ -561,10 +558,10 @@ policy = "evict_idle"
             s.limits.rules[1].when.attribute.as_ref().unwrap()["mfa"],
             serde_json::json!(true)
         );
-        assert_eq!(s.limits.hooks, ["rules", "user_overrides"]);
+        assert_eq!(s.limits.hooks, ["rules", "superuser_unlimited"]);
         assert_eq!(
             s.hook_chain(&[]).unwrap().names(),
-            ["rules", "user_overrides"]
+            ["rules", "superuser_unlimited"]
         );
     }
 

@@ -875,7 +875,9 @@ pub async fn admin_revoke(
         }
     };
     lock_users(&mut tx, &BTreeSet::from([user.as_str().to_owned()])).await?;
-    let limits = limits_for(&mut tx, rules, &user, app, &serde_json::Map::new()).await?;
+    // The limit in force, recorded with the revocation.
+    let attributes = claimed_attributes(&mut tx, &user, app).await?;
+    let limits = limits_for(&mut tx, rules, &user, app, &attributes).await?;
     let revocation = Revocation {
         reason: EndReason::Admin,
         ended_by: format!("operator:{operator}"),
@@ -1127,22 +1129,46 @@ pub async fn clear_override(pool: &PgPool, user: &str, app: Option<&str>) -> sql
     Ok(done.rows_affected() > 0)
 }
 
-/// For each app a user has sessions in (or just `app`), the attributes of
-/// the user's most recent event there that had any.
+/// For each app a user has sessions or claims in (or just `app`), what the
+/// app claims for the user (`None`: it never sent attributes).
 pub async fn latest_attributes(
     pool: &PgPool,
     user: &str,
     app: Option<&str>,
 ) -> sqlx::Result<Vec<(String, Option<serde_json::Value>)>> {
     sqlx::query_as(
-        "SELECT DISTINCT ON (app) app, attributes FROM sessions
-         WHERE user_id = $1 AND ($2::text IS NULL OR app = $2)
-         ORDER BY app, (attributes IS NULL), last_seen_at DESC",
+        "SELECT a.app, c.attributes FROM (
+             SELECT app FROM sessions WHERE user_id = $1 AND ($2::text IS NULL OR app = $2)
+             UNION
+             SELECT app FROM user_attributes
+             WHERE user_id = $1 AND ($2::text IS NULL OR app = $2)
+         ) a
+         LEFT JOIN user_attributes c ON c.user_id = $1 AND c.app = a.app
+         ORDER BY a.app",
     )
     .bind(user)
     .bind(app)
     .fetch_all(pool)
     .await
+}
+
+/// What `app` claims for `user` (empty if it never sent attributes).
+async fn claimed_attributes(
+    conn: &mut PgConnection,
+    user: &UserId,
+    app: &AppName,
+) -> sqlx::Result<serde_json::Map<String, serde_json::Value>> {
+    let claimed: Option<serde_json::Value> = sqlx::query_scalar(
+        "SELECT attributes FROM user_attributes WHERE user_id = $1 AND app = $2",
+    )
+    .bind(user.as_str())
+    .bind(app.as_str())
+    .fetch_optional(conn)
+    .await?;
+    Ok(match claimed {
+        Some(serde_json::Value::Object(map)) => map,
+        _ => serde_json::Map::new(),
+    })
 }
 
 /// The effective limits of `user` in `app` with the given attributes, as

@@ -60,17 +60,18 @@ fuzz_target!(|data: &[u8]| {
             }
             assert!(storable(event.occurred_at), "occurred_at {}", event.occurred_at);
             assert!(event.expires_at.is_none_or(storable), "expires_at {:?}", event.expires_at);
-            let nul = has_nul(&Value::Object(event.attributes.clone()));
+            let claimed = event.attributes.unwrap_or_default();
+            let nul = has_nul(&Value::Object(claimed.clone()));
             assert!(!nul, "NUL in attributes");
-            let attributes = serde_json::to_vec(&event.attributes).unwrap();
+            let attributes = serde_json::to_vec(&claimed).unwrap();
             assert!(attributes.len() <= MAX_ATTRIBUTES_BYTES);
-            assert!(event.attributes.len() <= MAX_ATTRIBUTE_KEYS);
-            assert!(depth(&Value::Object(event.attributes.clone())) <= MAX_ATTRIBUTE_DEPTH);
-            match event.attributes.get("superuser") {
+            assert!(claimed.len() <= MAX_ATTRIBUTE_KEYS);
+            assert!(depth(&Value::Object(claimed.clone())) <= MAX_ATTRIBUTE_DEPTH);
+            match claimed.get("superuser") {
                 None | Some(Value::Null) | Some(Value::Bool(_)) => {}
                 Some(other) => panic!("superuser accepted as {other}"),
             }
-            match event.attributes.get("roles") {
+            match claimed.get("roles") {
                 None | Some(Value::Null) => {}
                 Some(Value::Array(roles)) => {
                     assert!(roles.len() <= MAX_ROLES);

@@ -225,8 +225,10 @@ pub struct SessionEvent {
     pub user_agent: Option<String>,
     /// When the app's session expires by itself.
     pub expires_at: Option<DateTime<Utc>>,
-    /// Free-form facts about the user, for rule hooks.
-    pub attributes: Map<String, Value>,
+    /// Free-form facts the app claims about the user, for rule hooks.
+    /// `None` (no `attributes` key, or `null`): the app's latest claim for
+    /// the user stands; `Some`, even empty, replaces it.
+    pub attributes: Option<Map<String, Value>>,
 }
 
 impl SessionEvent {
@@ -313,10 +315,10 @@ impl SessionEvent {
             .map(|s| parse_time("expires_at", s))
             .transpose()?;
         let attributes = match object.remove("attributes") {
-            None | Some(Value::Null) => Map::new(),
+            None | Some(Value::Null) => None,
             Some(Value::Object(map)) => {
                 check_attributes(&map)?;
-                map
+                Some(map)
             }
             Some(other) => {
                 return Err(EventError::invalid(
@@ -646,7 +648,17 @@ mod tests {
         assert_eq!(e.user_id.unwrap().as_str(), "42");
         assert_eq!(e.occurred_at.to_rfc3339(), "2026-11-27T10:00:00+00:00");
         assert_eq!(e.ip.unwrap().to_string(), "2001:db8::1");
-        assert_eq!(e.attributes["superuser"], json!(true));
+        assert_eq!(e.attributes.unwrap()["superuser"], json!(true));
+    }
+
+    #[test]
+    fn no_attributes_or_null_claim_nothing_new_and_an_empty_object_is_a_claim() {
+        assert_eq!(decode(login()).unwrap().attributes, None);
+        let mut v = login();
+        v["attributes"] = Value::Null;
+        assert_eq!(decode(v.clone()).unwrap().attributes, None);
+        v["attributes"] = json!({});
+        assert_eq!(decode(v).unwrap().attributes, Some(Map::new()));
     }
 
     #[test]

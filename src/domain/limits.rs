@@ -129,7 +129,9 @@ pub struct UserOverride {
 pub struct HookContext<'a> {
     pub app: &'a AppName,
     pub user_id: &'a UserId,
-    /// The `attributes` of the event being processed.
+    /// What the app `app` claims about the user: the `attributes` of the
+    /// user's latest event in that app that carried any (by event time),
+    /// empty if none did. Another app's claims never show here.
     pub attributes: &'a Map<String, Value>,
     /// The user's active sessions, in every app.
     pub sessions: &'a [SessionSummary],
@@ -203,6 +205,13 @@ pub trait RuleHook: Send + Sync + 'static {
         let _ = overrides;
         true
     }
+    /// Whether this hook looks at `ctx.attributes`. When no hook in the
+    /// chain does, the worker does not read the remembered attributes for
+    /// events that carry none. Answer `true` (the default) unless you are
+    /// sure.
+    fn reads_attributes(&self) -> bool {
+        true
+    }
 }
 
 /// The configured chain of hooks and the base limits they start from.
@@ -247,6 +256,11 @@ impl HookChain {
         self.base.log_limit.is_some() || self.hooks.iter().any(|h| h.may_set_log_limit(overrides))
     }
 
+    /// Whether some hook of the chain looks at the attributes.
+    pub fn reads_attributes(&self) -> bool {
+        self.hooks.iter().any(|h| h.reads_attributes())
+    }
+
     /// Runs every hook in order and returns the limits that apply.
     pub fn evaluate(&self, ctx: &HookContext<'_>) -> EffectiveLimits {
         let mut limits = self.base;
@@ -267,6 +281,8 @@ impl HookChain {
 }
 
 /// `superuser_unlimited`: `attributes.superuser == true` lifts every limit.
+/// Not in the default chain: it trusts every app that can publish for an
+/// app name to speak for its users' privileges (see docs/SECURITY.md).
 #[derive(Debug, Default)]
 pub struct SuperuserUnlimited;
 
@@ -375,6 +391,11 @@ impl RuleHook for Rules {
     fn may_set_log_limit(&self, _: &[UserOverride]) -> bool {
         self.rules.iter().any(|r| r.log_limit.is_some())
     }
+    fn reads_attributes(&self) -> bool {
+        self.rules
+            .iter()
+            .any(|r| r.when.role.is_some() || r.when.attribute.is_some())
+    }
     fn apply(&self, ctx: &HookContext<'_>, limits: &mut LimitsEditor<'_>) {
         for (i, rule) in self.rules.iter().enumerate() {
             if !rule.when.matches(ctx) {
@@ -415,6 +436,9 @@ impl RuleHook for UserOverrides {
     }
     fn may_set_log_limit(&self, overrides: &[UserOverride]) -> bool {
         overrides.iter().any(|o| o.log_limit.is_some())
+    }
+    fn reads_attributes(&self) -> bool {
+        false
     }
     fn apply(&self, ctx: &HookContext<'_>, limits: &mut LimitsEditor<'_>) {
         let all_apps = ctx.overrides.iter().filter(|o| o.app.is_none());
@@ -527,6 +551,20 @@ mod tests {
         assert_eq!(e.limits.max_sessions, 1, "every pair must hold");
         let e = eval(&chain, "shop", json!({"roles": "staff"}), &[]);
         assert_eq!(e.limits.max_sessions, 1, "roles must be an array");
+    }
+
+    #[test]
+    fn the_chain_knows_whether_it_reads_attributes() {
+        let by_app = Rules::new(vec![rule(
+            json!({"when": {"app": "kiosk"}, "max_sessions": 0}),
+        )]);
+        let by_role = Rules::new(vec![rule(
+            json!({"when": {"role": "staff"}, "max_sessions": 3}),
+        )]);
+        let plain = HookChain::new(base(), vec![Arc::new(by_app), Arc::new(UserOverrides)]);
+        assert!(!plain.reads_attributes());
+        assert!(HookChain::new(base(), vec![Arc::new(by_role)]).reads_attributes());
+        assert!(HookChain::new(base(), vec![Arc::new(SuperuserUnlimited)]).reads_attributes());
     }
 
     #[test]

@@ -122,8 +122,10 @@ pub struct SessionRecord {
     pub max_sessions: Option<u32>,
     /// Wall-clock time the latest revoke message for it was written.
     pub last_revoke_at: Option<DateTime<Utc>>,
-    /// The `attributes` of the latest event that had any: what `limits get`
-    /// evaluates hooks with.
+    /// The non-empty `attributes` of this session's latest event that had
+    /// any. Limits use what the app claims for the user (`user_attributes`,
+    /// see [`crate::domain::claims`]), not this; it is still written for
+    /// workers of the previous version during a rolling upgrade.
     pub attributes: Option<serde_json::Value>,
 }
 
@@ -251,7 +253,7 @@ pub fn apply_event(
                 end_reason: ended.then_some(EndReason::Logout),
                 max_sessions: None,
                 last_revoke_at: None,
-                attributes: non_empty(&event.attributes),
+                attributes: event.attributes.as_ref().and_then(non_empty),
             },
             changed: true,
             repeat_revoke: false,
@@ -273,7 +275,7 @@ pub fn apply_event(
         if event.expires_at.is_some() {
             r.expires_at = event.expires_at;
         }
-        if let Some(attributes) = non_empty(&event.attributes) {
+        if let Some(attributes) = event.attributes.as_ref().and_then(non_empty) {
             r.attributes = Some(attributes);
         }
     }
@@ -331,7 +333,6 @@ fn non_empty(attributes: &serde_json::Map<String, serde_json::Value>) -> Option<
 mod tests {
     use super::*;
     use chrono::TimeZone;
-    use serde_json::Map;
 
     const PAUSE: Duration = Duration::from_secs(30);
 
@@ -350,7 +351,7 @@ mod tests {
             ip: None,
             user_agent: None,
             expires_at: None,
-            attributes: Map::new(),
+            attributes: None,
         }
     }
 

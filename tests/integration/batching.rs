@@ -7,9 +7,10 @@ use session_guard::store::{self, Enforcement};
 
 use crate::helpers::*;
 
-/// A mixed, shuffled stream: logins (some over the limit, some late),
-/// requests (some first sightings, some on revoked sessions), logouts (some
-/// before their login), logout_others, for a few dozen users in two apps.
+/// A mixed, shuffled stream: logins (some over the limit, some late, some
+/// claiming the staff role), requests (some first sightings, some on revoked
+/// sessions, some claiming the staff role or nothing), logouts (some before
+/// their login), logout_others, for a few dozen users in two apps.
 fn stream() -> Vec<Value> {
     let mut seed: u64 = 0x0bad_cafe;
     let mut next = move |n: u64| {
@@ -26,7 +27,16 @@ fn stream() -> Vec<Value> {
         let at = t(next(600) as i64);
         let event = match next(20) {
             0..=5 => login(app, &session, &user, at),
-            6..=15 => request(app, &session, &user, at),
+            6..=15 => {
+                // Some requests claim attributes again, or claim none.
+                let mut e = request(app, &session, &user, at);
+                match next(8) {
+                    0 => e["attributes"] = json!({"roles": ["staff"]}),
+                    1 => e["attributes"] = json!({}),
+                    _ => {}
+                }
+                e
+            }
             16..=17 => logout(app, &session, at),
             18 => {
                 let mut e = login(app, &session, &user, at);

@@ -5,6 +5,7 @@ mod helpers;
 
 mod bad_input;
 mod batching;
+mod claims;
 mod enforcement;
 mod faults;
 mod lifecycle;
