@@ -998,10 +998,9 @@ pub(crate) async fn prune_logs(
 /// at most `limit` at a time. A `ttl` of zero keeps them forever. Returns
 /// how many went.
 pub async fn expire_tombstones(pool: &PgPool, ttl: Duration, limit: i64) -> sqlx::Result<u64> {
-    if ttl.is_zero() {
+    let Some(cutoff) = tombstone_cutoff(Utc::now(), ttl) else {
         return Ok(0);
-    }
-    let cutoff = Utc::now() - chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::MAX);
+    };
     let done = sqlx::query(
         "DELETE FROM session_tombstones WHERE (app, session_id) IN (
              SELECT app, session_id FROM session_tombstones
@@ -1014,6 +1013,18 @@ pub async fn expire_tombstones(pool: &PgPool, ttl: Duration, limit: i64) -> sqlx
     .execute(pool)
     .await?;
     Ok(done.rows_affected())
+}
+
+/// The time before which a tombstone not heard of has lived out `ttl`;
+/// `None` when none can have: a zero `ttl` (keep forever), or one reaching
+/// back before the calendar chrono represents.
+fn tombstone_cutoff(now: DateTime<Utc>, ttl: Duration) -> Option<DateTime<Utc>> {
+    if ttl.is_zero() {
+        return None;
+    }
+    chrono::Duration::from_std(ttl)
+        .ok()
+        .and_then(|ttl| now.checked_sub_signed(ttl))
 }
 
 /// The outbox's backlog: how many rows wait, and the age in seconds of the
@@ -1190,6 +1201,21 @@ pub async fn effective_limits(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_huge_tombstone_ttl_expires_nothing_instead_of_panicking() {
+        let now = Utc::now();
+        assert_eq!(tombstone_cutoff(now, Duration::ZERO), None);
+        assert_eq!(
+            tombstone_cutoff(now, Duration::from_secs(60)),
+            Some(now - chrono::Duration::seconds(60))
+        );
+        assert_eq!(tombstone_cutoff(now, Duration::from_secs(u64::MAX)), None);
+        assert_eq!(
+            tombstone_cutoff(now, Duration::from_secs(400_000 * 365 * 86_400)),
+            None
+        );
+    }
 
     #[test]
     fn only_data_errors_are_permanent() {
