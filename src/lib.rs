@@ -19,6 +19,7 @@ pub mod configuration;
 pub mod domain;
 pub mod health;
 mod nodelay;
+pub mod refusal;
 mod relay;
 pub mod shutdown;
 pub mod store;

@@ -5,9 +5,11 @@ mod helpers;
 
 mod bad_input;
 mod batching;
+mod check_config;
 mod enforcement;
 mod faults;
 mod lifecycle;
+mod refusals;
 mod repeat;
 mod retention;
 mod rules;
