@@ -1,34 +1,62 @@
-//! Exponential backoff between retries after a failure.
+//! The pause between retries after a failure: exponential with jitter
+//! (backon), so that workers that failed together (a broker restart) do not
+//! come back at the same instants, and cut short by a shutdown.
 
 use std::time::Duration;
 
-/// First pause after a failure.
+use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
+
+use crate::shutdown::Shutdown;
+
+/// First pause after a failure, before jitter.
 const INITIAL: Duration = Duration::from_millis(100);
 
-/// Doubles from 100 ms up to `max`; `reset` after a success.
-#[derive(Debug, Clone)]
+/// Pauses that double from about 100 ms and never exceed `max`; `reset`
+/// after a success.
+#[derive(Debug)]
 pub struct Backoff {
-    current: Duration,
-    max: Duration,
+    /// The policy, kept to start over on `reset`.
+    builder: ExponentialBuilder,
+    /// Where the current run of failures stands.
+    delays: ExponentialBackoff,
 }
 
 impl Backoff {
     pub fn new(max: Duration) -> Backoff {
+        // backon's jitter adds up to 100% of each step: steps capped at half
+        // of `max` keep every pause within `max`, each step drawn between
+        // the step and twice it.
+        let cap = (max / 2).max(Duration::from_millis(1));
+        let builder = ExponentialBuilder::new()
+            .with_min_delay(INITIAL.min(cap))
+            .with_max_delay(cap)
+            .with_factor(2.0)
+            .with_jitter()
+            .without_max_times();
         Backoff {
-            current: INITIAL,
-            max: max.max(INITIAL),
+            builder,
+            delays: builder.build(),
         }
     }
 
-    /// The pause to take now; the next one will be twice as long.
+    /// The pause to take now; the next one will be about twice as long.
     pub fn next_delay(&mut self) -> Duration {
-        let delay = self.current;
-        self.current = (self.current * 2).min(self.max);
-        delay
+        // Without a limit on attempts the iterator never ends; the fallback
+        // only keeps the type honest.
+        self.delays.next().unwrap_or(INITIAL)
     }
 
     pub fn reset(&mut self) {
-        self.current = INITIAL;
+        self.delays = self.builder.build();
+    }
+}
+
+/// Sleeps for `delay` unless `shutdown` fires first. Returns `false` if it
+/// did: the caller stops retrying at once.
+pub async fn pause(delay: Duration, shutdown: &mut Shutdown) -> bool {
+    tokio::select! {
+        () = tokio::time::sleep(delay) => true,
+        () = shutdown.wait() => false,
     }
 }
 
@@ -37,11 +65,55 @@ mod tests {
     use super::*;
 
     #[test]
-    fn doubles_up_to_the_cap_and_resets() {
-        let mut b = Backoff::new(Duration::from_millis(500));
-        let delays: Vec<u128> = (0..5).map(|_| b.next_delay().as_millis()).collect();
-        assert_eq!(delays, [100, 200, 400, 500, 500]);
+    fn delays_grow_are_jittered_and_never_exceed_the_cap() {
+        let max = Duration::from_millis(1000);
+        let runs: Vec<Vec<Duration>> = (0..20)
+            .map(|_| {
+                let mut b = Backoff::new(max);
+                (0..12).map(|_| b.next_delay()).collect()
+            })
+            .collect();
+        for run in &runs {
+            assert!(run.iter().all(|d| *d <= max), "{run:?}");
+            assert!(
+                run[0] >= INITIAL && run[0] < INITIAL * 2,
+                "first pause: {:?}",
+                run[0]
+            );
+            // Once capped, pauses stay between half the cap and the cap.
+            assert!(run[8..].iter().all(|d| *d >= max / 2), "{run:?}");
+        }
+        // Two workers failing together do not retry at the same instants.
+        for attempt in 0..12 {
+            let first = runs[0][attempt];
+            assert!(
+                runs.iter().any(|run| run[attempt] != first),
+                "attempt {attempt}: every run paused {first:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn reset_starts_over_and_a_small_cap_is_kept() {
+        let mut b = Backoff::new(Duration::from_millis(10_000));
+        for _ in 0..10 {
+            b.next_delay();
+        }
+        assert!(b.next_delay() >= Duration::from_millis(5_000));
         b.reset();
-        assert_eq!(b.next_delay().as_millis(), 100);
+        assert!(b.next_delay() < INITIAL * 2);
+        let mut small = Backoff::new(Duration::from_millis(100));
+        assert!((0..10).all(|_| small.next_delay() <= Duration::from_millis(100)));
+    }
+
+    #[tokio::test]
+    async fn a_shutdown_cuts_a_pause_short() {
+        let (trigger, mut listener) = crate::shutdown::channel();
+        let started = std::time::Instant::now();
+        let paused =
+            tokio::spawn(async move { pause(Duration::from_secs(60), &mut listener).await });
+        trigger.trigger();
+        assert!(!paused.await.unwrap());
+        assert!(started.elapsed() < Duration::from_secs(5));
     }
 }

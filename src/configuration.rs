@@ -1,13 +1,19 @@
 //! Layered settings: the embedded `config/default.toml`, then an optional file,
 //! then `SESSION_GUARD__<SECTION>__<KEY>` environment variables.
+//!
+//! Loading is strict. Each layer is read on its own over the defaults (the
+//! file, then the environment), so that every unknown key and every bad value
+//! is reported with where it came from: the file's path or the variable's
+//! name. The keys known are those of the [`Settings`] types, never a list
+//! kept by hand.
 
-use std::path::Path;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use std::sync::Arc;
 
-use anyhow::Context;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::domain::limits::{
     BUILT_IN_HOOKS, EvictionPolicy, HookChain, Limits, Rule, RuleHook, Rules, SuperuserUnlimited,
@@ -20,8 +26,22 @@ const DEFAULT_CONFIG: &str = include_str!("../config/default.toml");
 /// Prefix of the environment variables that override settings.
 pub const ENV_PREFIX: &str = "SESSION_GUARD";
 
+/// Largest value of a setting that ends up in a PostgreSQL `integer` column
+/// (a session's `max_sessions`) or an AMQP signed 32-bit argument.
+pub const MAX_INT4: u32 = i32::MAX as u32;
+
+/// Largest duration, in seconds, a setting may hold: 100 years, far beyond
+/// any use, and small enough that "now minus this" is still a timestamp.
+pub const MAX_SECONDS: u64 = 100 * 365 * 24 * 3600;
+
 /// Everything session-guard can be told; one section per subsystem.
-#[derive(Debug, Clone, Deserialize)]
+///
+/// Every settings struct denies unknown fields, so that a misspelt key is an
+/// error wherever the settings are read from; [`Settings::load`] also
+/// watches for keys ignored anyway (serde_ignored), should a struct without
+/// that attribute be added.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Settings {
     pub database: DatabaseSettings,
     pub amqp: AmqpSettings,
@@ -32,23 +52,30 @@ pub struct Settings {
     pub metrics: MetricsSettings,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct MetricsSettings {
     /// Where `run` serves Prometheus metrics; empty turns the endpoint off.
     pub listen: String,
 }
 
-#[derive(Clone, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct DatabaseSettings {
-    /// PostgreSQL URL; may hold a password, so it is only ever logged redacted.
+    /// PostgreSQL URL; may hold a password, so it is only ever logged (and
+    /// serialized) redacted.
+    #[serde(serialize_with = "serialize_redacted")]
     pub url: String,
     /// Pool size: one connection per batch in flight plus the relay and housekeeping.
     pub max_connections: u32,
 }
 
-#[derive(Clone, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct AmqpSettings {
-    /// RabbitMQ URL; may hold a password, so it is only ever logged redacted.
+    /// RabbitMQ URL; may hold a password, so it is only ever logged (and
+    /// serialized) redacted.
+    #[serde(serialize_with = "serialize_redacted")]
     pub url: String,
     /// Topic exchange apps publish events to.
     pub events_exchange: String,
@@ -73,7 +100,8 @@ pub struct AmqpSettings {
     pub app_users: std::collections::BTreeMap<String, Vec<String>>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct WorkerSettings {
     /// Most deliveries handled in one transaction.
     pub batch_size: usize,
@@ -91,7 +119,8 @@ pub struct WorkerSettings {
     pub last_seen_resolution_ms: u64,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct LimitSettings {
     /// Active sessions per user and app; 0 means unlimited.
     pub max_sessions: u32,
@@ -115,7 +144,8 @@ pub struct LimitSettings {
     pub rules: Vec<Rule>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RetentionSettings {
     /// Ended rows kept per user; `None` keeps everything.
     #[serde(default)]
@@ -124,10 +154,17 @@ pub struct RetentionSettings {
     pub tombstone_ttl: u64,
     /// Ended rows whose end is older than this are swept out of the log by
     /// housekeeping; `None` keeps them.
-    #[serde(default, deserialize_with = "human_duration::optional")]
+    #[serde(
+        default,
+        deserialize_with = "human_duration::optional",
+        serialize_with = "human_duration::serialize_optional"
+    )]
     pub max_age: Option<Duration>,
     /// How often housekeeping expires tombstones and, with `max_age`, sweeps.
-    #[serde(deserialize_with = "human_duration::required")]
+    #[serde(
+        deserialize_with = "human_duration::required",
+        serialize_with = "human_duration::serialize"
+    )]
     pub sweep_interval: Duration,
 }
 
@@ -135,7 +172,7 @@ pub struct RetentionSettings {
 mod human_duration {
     use std::time::Duration;
 
-    use serde::{Deserialize, Deserializer};
+    use serde::{Deserialize, Deserializer, Serializer};
 
     fn parse<E: serde::de::Error>(text: &str) -> Result<Duration, E> {
         humantime::parse_duration(text).map_err(|e| {
@@ -150,6 +187,36 @@ mod human_duration {
         parse(&String::deserialize(d)?)
     }
 
+    /// Written back the way people write it (`check-config` prints it), in
+    /// the largest unit that divides it exactly: humantime's own formatting
+    /// turns "90d" into months of 30.44 days.
+    pub fn serialize<S: Serializer>(value: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format(*value))
+    }
+
+    fn format(value: Duration) -> String {
+        if value.subsec_nanos() != 0 || value.is_zero() {
+            return humantime::format_duration(value).to_string();
+        }
+        let secs = value.as_secs();
+        for (unit, size) in [("d", 86_400), ("h", 3_600), ("m", 60)] {
+            if secs % size == 0 {
+                return format!("{}{unit}", secs / size);
+            }
+        }
+        format!("{secs}s")
+    }
+
+    pub fn serialize_optional<S: Serializer>(
+        value: &Option<Duration>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        match value {
+            Some(d) => serialize(d, s),
+            None => s.serialize_none(),
+        }
+    }
+
     pub fn optional<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
         Option::<String>::deserialize(d)?
             .map(|text| parse(&text))
@@ -157,7 +224,8 @@ mod human_duration {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct LogSettings {
     /// tracing EnvFilter directive, e.g. "info" or "session_guard=debug,info".
     pub level: String,
@@ -165,8 +233,10 @@ pub struct LogSettings {
     pub format: LogFormat,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
+// Deserialized through `TryFrom<String>`, so that a wrong value is answered
+// with the allowed ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", try_from = "String")]
 pub enum LogFormat {
     /// Human-readable, for a terminal.
     Pretty,
@@ -174,9 +244,544 @@ pub enum LogFormat {
     Json,
 }
 
+impl LogFormat {
+    /// Every format, as spelt in the configuration.
+    pub const ALL: [(&str, LogFormat); 2] =
+        [("pretty", LogFormat::Pretty), ("json", LogFormat::Json)];
+}
+
+impl TryFrom<String> for LogFormat {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        LogFormat::ALL
+            .into_iter()
+            .find(|(name, _)| *name == s)
+            .map(|(_, format)| format)
+            .ok_or_else(|| {
+                let allowed: Vec<&str> = LogFormat::ALL.iter().map(|(name, _)| *name).collect();
+                format!("unknown value {s:?} (allowed: {})", allowed.join(", "))
+            })
+    }
+}
+
+/// Why the configuration could not be loaded. Each message is one line.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    /// `--config` names nothing.
+    #[error("config file {} not found", .0.display())]
+    FileNotFound(PathBuf),
+    /// `--config` names a directory.
+    #[error("config file {} is a directory, not a file", .0.display())]
+    FileIsDirectory(PathBuf),
+    /// The file exists but cannot be read (permissions, not UTF-8...).
+    // Not a `source`: the message already says it, and a chain would say
+    // it twice.
+    #[error("config file {} cannot be read: {reason}", .path.display())]
+    FileUnreadable {
+        /// The file given.
+        path: PathBuf,
+        /// What the operating system said.
+        reason: std::io::Error,
+    },
+    /// The file is not valid TOML.
+    #[error("config file {}: {message}", .path.display())]
+    FileSyntax {
+        /// The file given.
+        path: PathBuf,
+        /// Where and what: "line 3, column 7: invalid string".
+        message: String,
+    },
+    /// Unknown keys and bad values, every one found.
+    #[error("{}", display_problems(.0))]
+    Invalid(Vec<Problem>),
+}
+
+/// One unknown key or bad value, and where it came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// "config file PATH", "environment variable NAME" or "built-in
+    /// defaults"; `None` for checks across keys of several layers.
+    pub origin: Option<String>,
+    /// The key, dotted as in the docs: `limits.max_sessions`, `limits.rules[0].policy`.
+    pub key: String,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if let Some(origin) = &self.origin {
+            write!(f, "{origin}: ")?;
+        }
+        write!(f, "{}: {}", self.key, self.message)
+    }
+}
+
+fn display_problems(problems: &[Problem]) -> String {
+    problems
+        .iter()
+        .map(Problem::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// One step of a key's path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Segment {
+    /// A key of a table.
+    Key(String),
+    /// An element of an array (`[[limits.rules]]`).
+    Index(usize),
+}
+
+/// `limits.rules[0].policy`.
+fn dotted(path: &[Segment]) -> String {
+    let mut out = String::new();
+    for segment in path {
+        match segment {
+            Segment::Key(key) => {
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                out.push_str(key);
+            }
+            Segment::Index(i) => out.push_str(&format!("[{i}]")),
+        }
+    }
+    out
+}
+
+/// A layer over the defaults: where its values come from, and the values.
+enum Layer<'a> {
+    /// The built-in defaults alone.
+    Defaults,
+    /// The `--config` file, parsed.
+    File(&'a Path, toml::Table),
+    /// Variables by their key path as the config crate maps them
+    /// (lowercased, `__` = `.`): `limits.policy` → (name, value).
+    Environment(BTreeMap<String, (String, String)>),
+}
+
+impl Layer<'_> {
+    /// The config sources of this layer, over the defaults.
+    fn sources(&self) -> Vec<Box<dyn config::Source + Send + Sync>> {
+        let mut sources: Vec<Box<dyn config::Source + Send + Sync>> = vec![Box::new(defaults())];
+        match self {
+            Layer::Defaults => {}
+            Layer::File(_, table) => sources.push(Box::new(config::File::from_str(
+                &toml::to_string(table).unwrap_or_default(),
+                config::FileFormat::Toml,
+            ))),
+            Layer::Environment(vars) => {
+                sources.push(Box::new(environment(vars.values().cloned().collect())))
+            }
+        }
+        sources
+    }
+
+    /// Where the value at `path` came from.
+    fn origin(&self, path: &[Segment]) -> String {
+        match self {
+            Layer::Defaults => "built-in defaults".to_owned(),
+            Layer::File(file, _) => format!("config file {}", file.display()),
+            Layer::Environment(vars) => {
+                let names: Vec<&str> = setting(vars, path)
+                    .iter()
+                    .map(|k| vars[k].0.as_str())
+                    .collect();
+                match names.len() {
+                    0 => "environment".to_owned(),
+                    1 => format!("environment variable {}", names[0]),
+                    _ => format!("environment variables {}", names.join(", ")),
+                }
+            }
+        }
+    }
+
+    /// Whether this layer sets a table (a section) at `path`.
+    fn is_table(&self, path: &[Segment]) -> bool {
+        match self {
+            Layer::Defaults => false,
+            Layer::File(_, table) => {
+                let mut value = None::<&toml::Value>;
+                let mut table: Option<&toml::Table> = Some(table);
+                for segment in path {
+                    value = match (segment, value, table) {
+                        (Segment::Key(k), _, Some(t)) => t.get(k),
+                        (Segment::Index(i), Some(toml::Value::Array(a)), _) => a.get(*i),
+                        _ => None,
+                    };
+                    table = value.and_then(toml::Value::as_table);
+                }
+                table.is_some()
+            }
+            Layer::Environment(vars) => {
+                let key = dotted(path);
+                vars.keys().any(|k| k.starts_with(&format!("{key}.")))
+            }
+        }
+    }
+
+    /// Drops what this layer sets at `path` (or the closest key above it),
+    /// so that it can be read again for the problems after that one.
+    /// Returns whether anything was dropped.
+    fn drop_key(&mut self, path: &[Segment]) -> bool {
+        match self {
+            Layer::Defaults => false,
+            Layer::File(_, table) => drop_from_table(table, path),
+            Layer::Environment(vars) => {
+                let doomed = setting(vars, path);
+                for key in &doomed {
+                    vars.remove(key);
+                }
+                !doomed.is_empty()
+            }
+        }
+    }
+
+    /// The problem of an unknown key at `path`, with "did you mean ...?"
+    /// when one of the `known` keys beside it is close.
+    fn unknown(&self, path: &[Segment], known: &[&str]) -> Problem {
+        let what = if self.is_table(path) {
+            "unknown section"
+        } else {
+            "unknown key"
+        };
+        let message = match self.suggestion(path, known) {
+            Some(s) => format!("{what} (did you mean {s}?)"),
+            None => what.to_owned(),
+        };
+        Problem {
+            origin: Some(self.origin(path)),
+            key: dotted(path),
+            message,
+        }
+    }
+
+    /// The key (in a file) or the variable (in the environment) that an
+    /// unknown key at `path` was probably meant to be.
+    fn suggestion(&self, path: &[Segment], known: &[&str]) -> Option<String> {
+        let (Segment::Key(unknown), parent) = path.split_last()? else {
+            return None;
+        };
+        let best = closest(unknown, known.iter().copied())?;
+        match self {
+            Layer::Environment(vars) => {
+                // The variable as it should have been spelt: the same path
+                // with the misspelt step corrected.
+                let key = dotted(path);
+                let var_key = vars
+                    .keys()
+                    .find(|k| **k == key || k.starts_with(&format!("{key}.")))?;
+                let mut fixed = dotted(parent);
+                if !fixed.is_empty() {
+                    fixed.push('.');
+                }
+                fixed.push_str(best);
+                fixed.push_str(&var_key[key.len()..]);
+                Some(env_name(&fixed))
+            }
+            _ => Some(best.to_owned()),
+        }
+    }
+}
+
+/// The keys beside `path` in the defaults' key tree.
+fn siblings<'k>(known: &'k serde_json::Value, path: &[Segment]) -> Vec<&'k str> {
+    let mut here = known;
+    for segment in path.split_last().map_or(&[][..], |(_, parent)| parent) {
+        here = match (segment, here) {
+            (Segment::Key(k), serde_json::Value::Object(map)) => match map.get(k) {
+                Some(v) => v,
+                None => return Vec::new(),
+            },
+            (Segment::Index(_), serde_json::Value::Array(items)) => match items.first() {
+                Some(v) => v,
+                None => return Vec::new(),
+            },
+            _ => return Vec::new(),
+        };
+    }
+    match here {
+        serde_json::Value::Object(map) => map.keys().map(String::as_str).collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// The keys of the variables that set `path`: the one for it or for a key
+/// above it; failing that, those for keys under it.
+fn setting(vars: &BTreeMap<String, (String, String)>, path: &[Segment]) -> Vec<String> {
+    let key = dotted(path);
+    let above = |k: &str| {
+        key == k || key.starts_with(&format!("{k}.")) || key.starts_with(&format!("{k}["))
+    };
+    let mut keys: Vec<String> = vars.keys().filter(|k| above(k)).cloned().collect();
+    if keys.is_empty() {
+        keys = vars
+            .keys()
+            .filter(|k| k.starts_with(&format!("{key}.")))
+            .cloned()
+            .collect();
+    }
+    keys
+}
+
+/// Removes the value at `path` from `table`, or the deepest key above it
+/// that exists. Returns whether anything was removed.
+fn drop_from_table(table: &mut toml::Table, path: &[Segment]) -> bool {
+    let Some((Segment::Key(first), rest)) = path.split_first() else {
+        return false;
+    };
+    let Some(value) = table.get_mut(first) else {
+        return false;
+    };
+    if rest.is_empty() || !drop_from_value(value, rest) {
+        table.remove(first);
+    }
+    true
+}
+
+/// [`drop_from_table`] below a value; `false` if nothing under it matched
+/// (the caller then drops the value itself).
+fn drop_from_value(value: &mut toml::Value, path: &[Segment]) -> bool {
+    match (value, path.split_first()) {
+        (toml::Value::Table(t), Some((Segment::Key(k), _))) if t.contains_key(k) => {
+            drop_from_table(t, path)
+        }
+        (toml::Value::Array(items), Some((Segment::Index(i), rest))) if *i < items.len() => {
+            if rest.is_empty() || !drop_from_value(&mut items[*i], rest) {
+                items.remove(*i);
+            }
+            true
+        }
+        _ => false,
+    }
+}
+
+/// The candidate closest to a misspelt `word`, if one is close enough.
+fn closest<'c>(word: &str, candidates: impl Iterator<Item = &'c str>) -> Option<&'c str> {
+    candidates
+        .map(|c| (strsim::jaro_winkler(word, c), c))
+        .filter(|(score, _)| *score >= 0.8)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, c)| c)
+}
+
+/// The environment variable for a dotted key.
+fn env_name(key: &str) -> String {
+    format!(
+        "{ENV_PREFIX}__{}",
+        key.replace('.', "__").to_ascii_uppercase()
+    )
+}
+
+/// A path as serde_ignored reports it, as segments.
+fn ignored_path(path: &serde_ignored::Path<'_>, out: &mut Vec<Segment>) {
+    match path {
+        serde_ignored::Path::Root => {}
+        serde_ignored::Path::Seq { parent, index } => {
+            ignored_path(parent, out);
+            out.push(Segment::Index(*index));
+        }
+        serde_ignored::Path::Map { parent, key } => {
+            ignored_path(parent, out);
+            out.push(Segment::Key(key.clone()));
+        }
+        serde_ignored::Path::Some { parent }
+        | serde_ignored::Path::NewtypeStruct { parent }
+        | serde_ignored::Path::NewtypeVariant { parent } => ignored_path(parent, out),
+    }
+}
+
+/// A path as serde_path_to_error reports it, as segments.
+fn error_path(path: &serde_path_to_error::Path) -> Vec<Segment> {
+    path.iter()
+        .filter_map(|segment| match segment {
+            serde_path_to_error::Segment::Seq { index } => Some(Segment::Index(*index)),
+            serde_path_to_error::Segment::Map { key } => Some(Segment::Key(key.clone())),
+            serde_path_to_error::Segment::Enum { variant } => Some(Segment::Key(variant.clone())),
+            serde_path_to_error::Segment::Unknown => None,
+        })
+        .collect()
+}
+
+/// The message of a deserialization error, without the key and origin the
+/// config crate may have added (the caller names both).
+fn bare_message(error: &config::ConfigError) -> String {
+    match error {
+        config::ConfigError::At { error, .. } => bare_message(error),
+        config::ConfigError::Type {
+            unexpected,
+            expected,
+            ..
+        } => format!("expected {expected}, found {unexpected}"),
+        config::ConfigError::NotFound(key) => format!("missing key {key}"),
+        other => other.to_string(),
+    }
+}
+
+/// The keys a table takes, from serde's "unknown field `x`, expected one
+/// of `a`, `b`" (the error of `deny_unknown_fields`); `None` for any other
+/// message.
+fn unknown_field(message: &str) -> Option<Vec<&str>> {
+    let rest = message.strip_prefix("unknown field `")?;
+    let (_, expected) = rest.split_once('`')?;
+    Some(expected.split('`').skip(1).step_by(2).collect())
+}
+
+/// What one reading of a layer found.
+struct Reading {
+    /// The settings, if every value could be read.
+    settings: Option<Settings>,
+    /// Unknown keys, and the bad value that stopped the reading if one did.
+    problems: Vec<Problem>,
+    /// Where a bad value stopped the reading.
+    stopped_at: Option<Vec<Segment>>,
+}
+
+/// Reads a layer (over the defaults) once. `known` is the defaults' key
+/// tree, for suggestions.
+fn read_layer(layer: &Layer<'_>, known: &serde_json::Value) -> Reading {
+    let config = match config::Config::builder()
+        .add_source(layer.sources())
+        .build()
+    {
+        Ok(config) => config,
+        Err(e) => {
+            return Reading {
+                settings: None,
+                problems: vec![Problem {
+                    origin: Some(layer.origin(&[])),
+                    key: "(all)".to_owned(),
+                    message: bare_message(&e),
+                }],
+                stopped_at: None,
+            };
+        }
+    };
+    let mut unknown = Vec::new();
+    let mut ignored = |path: serde_ignored::Path<'_>| {
+        let mut segments = Vec::new();
+        ignored_path(&path, &mut segments);
+        unknown.push(segments);
+    };
+    let result: Result<Settings, _> =
+        serde_path_to_error::deserialize(serde_ignored::Deserializer::new(config, &mut ignored));
+    let mut problems: Vec<Problem> = unknown
+        .iter()
+        .map(|path| layer.unknown(path, &siblings(known, path)))
+        .collect();
+    match result {
+        Ok(settings) => Reading {
+            settings: Some(settings),
+            problems,
+            stopped_at: None,
+        },
+        Err(e) => {
+            let path = error_path(e.path());
+            let message = bare_message(e.inner());
+            problems.push(match unknown_field(&message) {
+                Some(known) => layer.unknown(&path, &known),
+                None => Problem {
+                    origin: Some(layer.origin(&path)),
+                    key: dotted(&path),
+                    message,
+                },
+            });
+            Reading {
+                settings: None,
+                problems,
+                stopped_at: Some(path),
+            }
+        }
+    }
+}
+
+/// The settings a layer (over the defaults) gives, or every problem in it:
+/// a bad value stops serde at the first one, so its key is dropped and the
+/// layer read again, until nothing stops it.
+fn check_layer(mut layer: Layer<'_>, known: &serde_json::Value) -> Result<Settings, Vec<Problem>> {
+    let mut problems: Vec<Problem> = Vec::new();
+    loop {
+        let reading = read_layer(&layer, known);
+        for p in reading.problems {
+            if !problems.iter().any(|seen| seen.key == p.key) {
+                problems.push(p);
+            }
+        }
+        match (reading.settings, reading.stopped_at) {
+            (Some(settings), _) => {
+                for (key, message) in settings.field_problems() {
+                    let path: Vec<Segment> =
+                        key.split('.').map(|k| Segment::Key(k.to_owned())).collect();
+                    problems.push(Problem {
+                        origin: Some(layer.origin(&path)),
+                        key,
+                        message,
+                    });
+                }
+                return if problems.is_empty() {
+                    Ok(settings)
+                } else {
+                    Err(problems)
+                };
+            }
+            (None, Some(path)) if layer.drop_key(&path) => continue,
+            (None, _) => return Err(problems),
+        }
+    }
+}
+
+/// Reads the file `--config` names, telling apart a missing file, a
+/// directory and one that cannot be read.
+fn read_file(path: &Path) -> Result<String, SettingsError> {
+    match std::fs::metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(SettingsError::FileNotFound(path.to_owned()));
+        }
+        Ok(meta) if meta.is_dir() => return Err(SettingsError::FileIsDirectory(path.to_owned())),
+        _ => {}
+    }
+    std::fs::read_to_string(path).map_err(|reason| SettingsError::FileUnreadable {
+        path: path.to_owned(),
+        reason,
+    })
+}
+
+/// "line 3, column 7: ..." for a TOML syntax error, on one line.
+fn syntax_error(text: &str, error: &toml::de::Error) -> String {
+    let message = error.message().trim().replace('\n', " ");
+    match error.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.rsplit('\n').next().unwrap_or("").chars().count() + 1;
+            format!("line {line}, column {column}: {message}")
+        }
+        None => message,
+    }
+}
+
+/// A config source for the built-in defaults.
+fn defaults() -> config::File<config::FileSourceString, config::FileFormat> {
+    config::File::from_str(DEFAULT_CONFIG, config::FileFormat::Toml)
+}
+
+/// A config source for environment variables (name → value, prefix
+/// already checked).
+fn environment(vars: config::Map<String, String>) -> config::Environment {
+    config::Environment::with_prefix(ENV_PREFIX)
+        .separator("__")
+        .try_parsing(true)
+        // SESSION_GUARD__LIMITS__HOOKS=superuser_unlimited,rules
+        .list_separator(",")
+        .with_list_parse_key("limits.hooks")
+        .source(Some(vars))
+}
+
 impl Settings {
     /// Loads the defaults, then `file` if given, then the environment.
-    pub fn load(file: Option<&Path>) -> anyhow::Result<Settings> {
+    pub fn load(file: Option<&Path>) -> Result<Settings, SettingsError> {
         Self::load_from(file, std::env::vars())
     }
 
@@ -184,60 +789,148 @@ impl Settings {
     pub fn load_from(
         file: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,
-    ) -> anyhow::Result<Settings> {
-        let mut builder = config::Config::builder().add_source(config::File::from_str(
-            DEFAULT_CONFIG,
-            config::FileFormat::Toml,
-        ));
-        if let Some(path) = file {
-            if !path.exists() {
-                anyhow::bail!("config file {} does not exist", path.display());
-            }
-            builder = builder.add_source(config::File::from(path).required(true));
-        }
-        let env: config::Map<String, String> = env
+    ) -> Result<Settings, SettingsError> {
+        let prefix = format!("{ENV_PREFIX}__");
+        let vars: BTreeMap<String, (String, String)> = env
             .into_iter()
-            .filter(|(key, _)| key.starts_with(&format!("{ENV_PREFIX}__")))
+            .filter(|(name, _)| name.starts_with(&prefix))
+            .map(|(name, value)| {
+                let key = name[prefix.len()..].to_lowercase().replace("__", ".");
+                (key, (name, value))
+            })
             .collect();
-        builder = builder.add_source(
-            config::Environment::with_prefix(ENV_PREFIX)
-                .separator("__")
-                .try_parsing(true)
-                // SESSION_GUARD__LIMITS__HOOKS=superuser_unlimited,rules
-                .list_separator(",")
-                .with_list_parse_key("limits.hooks")
-                .source(Some(env)),
-        );
-        let settings: Settings = builder
+        let file = match file {
+            Some(path) => {
+                let text = read_file(path)?;
+                let table: toml::Table =
+                    toml::from_str(&text).map_err(|e| SettingsError::FileSyntax {
+                        path: path.to_owned(),
+                        message: syntax_error(&text, &e),
+                    })?;
+                Some((path, table))
+            }
+            None => None,
+        };
+
+        // The defaults alone: they must be valid, and they are the tree of
+        // known keys the suggestions come from.
+        let base = check_layer(Layer::Defaults, &serde_json::Value::Null)
+            .map_err(SettingsError::Invalid)?;
+        let known = serde_json::to_value(&base).unwrap_or_default();
+
+        let mut problems = Vec::new();
+        if let Some((path, table)) = &file
+            && let Err(p) = check_layer(Layer::File(path, table.clone()), &known)
+        {
+            problems.extend(p);
+        }
+        if !vars.is_empty()
+            && let Err(p) = check_layer(Layer::Environment(vars.clone()), &known)
+        {
+            problems.extend(p);
+        }
+        if !problems.is_empty() {
+            return Err(SettingsError::Invalid(problems));
+        }
+
+        // Each layer was valid on its own; what is left are the checks
+        // across keys (which may come from different layers).
+        let mut builder = config::Config::builder().add_source(defaults());
+        if let Some((_, table)) = &file {
+            builder = builder.add_source(config::File::from_str(
+                &toml::to_string(table).unwrap_or_default(),
+                config::FileFormat::Toml,
+            ));
+        }
+        let all = builder
+            .add_source(environment(vars.into_values().collect()))
             .build()
-            .context("failed to read the configuration")?
-            .try_deserialize()
-            .context("invalid configuration")?;
-        settings.validate()?;
-        Ok(settings)
+            .and_then(|c| c.try_deserialize::<Settings>())
+            .map_err(|e| {
+                SettingsError::Invalid(vec![Problem {
+                    origin: None,
+                    key: "(all)".to_owned(),
+                    message: bare_message(&e),
+                }])
+            })?;
+        all.validate().map_err(SettingsError::Invalid)?;
+        Ok(all)
     }
 
-    /// Rejects combinations that would misbehave at run time.
-    fn validate(&self) -> anyhow::Result<()> {
-        if self.worker.batch_size == 0 {
-            anyhow::bail!("worker.batch_size must be at least 1");
+    /// Values out of range, key by key: `(key, what is wrong)`. Checked on
+    /// each layer, so each is reported with where it came from.
+    fn field_problems(&self) -> Vec<(String, String)> {
+        let mut problems = Vec::new();
+        let mut at_most = |key: String, value: u64, max: u64, why: &str| {
+            if value > max {
+                problems.push((
+                    key,
+                    format!("{value} is out of range: at most {max} ({why})"),
+                ));
+            }
+        };
+        const INT4: &str = "it is stored as a PostgreSQL integer";
+        const SECONDS: &str = "100 years";
+        let max4 = u64::from(MAX_INT4);
+        at_most(
+            "amqp.max_redeliveries".into(),
+            self.amqp.max_redeliveries.into(),
+            max4,
+            "RabbitMQ's x-delivery-limit is a signed 32-bit integer",
+        );
+        at_most(
+            "limits.max_sessions".into(),
+            self.limits.max_sessions.into(),
+            max4,
+            INT4,
+        );
+        at_most(
+            "limits.max_sessions_global".into(),
+            self.limits.max_sessions_global.into(),
+            max4,
+            INT4,
+        );
+        at_most(
+            "limits.idle_timeout".into(),
+            self.limits.idle_timeout,
+            MAX_SECONDS,
+            SECONDS,
+        );
+        at_most(
+            "retention.tombstone_ttl".into(),
+            self.retention.tombstone_ttl,
+            MAX_SECONDS,
+            SECONDS,
+        );
+        for (i, rule) in self.limits.rules.iter().enumerate() {
+            let key = |field: &str| format!("limits.rules[{i}].{field}");
+            if let Some(n) = rule.max_sessions {
+                at_most(key("max_sessions"), n.into(), max4, INT4);
+            }
+            if let Some(n) = rule.max_sessions_global {
+                at_most(key("max_sessions_global"), n.into(), max4, INT4);
+            }
+            if let Some(n) = rule.idle_timeout {
+                at_most(key("idle_timeout"), n, MAX_SECONDS, SECONDS);
+            }
         }
-        if self.worker.pipeline == 0 {
-            anyhow::bail!("worker.pipeline must be at least 1");
-        }
-        if (self.database.max_connections as usize) < self.worker.pipeline + 2 {
-            anyhow::bail!(
-                "database.max_connections ({}) must be at least worker.pipeline + 2 ({}): one \
-                 connection per batch in flight, one for the outbox relay, one for housekeeping",
-                self.database.max_connections,
-                self.worker.pipeline + 2
-            );
-        }
+        let mut at_least_1 = |key: &str, value: u64, why: &str| {
+            if value == 0 {
+                problems.push((key.to_owned(), format!("must be at least 1{why}")));
+            }
+        };
+        at_least_1("worker.batch_size", self.worker.batch_size as u64, "");
+        at_least_1("worker.pipeline", self.worker.pipeline as u64, "");
+        at_least_1(
+            "amqp.prefetch",
+            self.amqp.prefetch.into(),
+            " (0 would mean unlimited)",
+        );
         if self.retention.sweep_interval.is_zero() {
-            anyhow::bail!("retention.sweep_interval must be longer than 0");
-        }
-        if self.amqp.prefetch == 0 {
-            anyhow::bail!("amqp.prefetch must be at least 1 (0 would mean unlimited)");
+            problems.push((
+                "retention.sweep_interval".to_owned(),
+                "must be longer than 0".to_owned(),
+            ));
         }
         for (key, name) in [
             ("amqp.events_exchange", &self.amqp.events_exchange),
@@ -247,11 +940,82 @@ impl Settings {
             ("amqp.dead_letter_queue", &self.amqp.dead_letter_queue),
         ] {
             if name.is_empty() || name.len() > 255 {
-                anyhow::bail!("{key} must be 1-255 bytes long");
+                problems.push((key.to_owned(), "must be 1-255 bytes long".to_owned()));
             }
+        }
+        let url = &self.database.url;
+        let scheme_ok = url.starts_with("postgres://") || url.starts_with("postgresql://");
+        match url.parse::<sqlx::postgres::PgConnectOptions>() {
+            Err(e) => problems.push((
+                "database.url".to_owned(),
+                format!("not a PostgreSQL URL: {e}").replace(url, &redact_url(url)),
+            )),
+            Ok(_) if !scheme_ok => problems.push((
+                "database.url".to_owned(),
+                "not a PostgreSQL URL: it must start with postgres:// or postgresql://".to_owned(),
+            )),
+            Ok(_) => {}
+        }
+        if let Err(e) = self.amqp.url.parse::<lapin::uri::AMQPUri>() {
+            problems.push((
+                "amqp.url".to_owned(),
+                format!("not an AMQP URL: {e}")
+                    .replace(&self.amqp.url, &redact_url(&self.amqp.url)),
+            ));
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+            problems.push(("log.level".to_owned(), format!("not a log filter: {e}")));
+        }
+        problems
+    }
+
+    /// Rejects combinations of keys that would misbehave at run time.
+    fn validate(&self) -> Result<(), Vec<Problem>> {
+        if (self.database.max_connections as usize) < self.worker.pipeline + 2 {
+            return Err(vec![Problem {
+                origin: None,
+                key: "database.max_connections".to_owned(),
+                message: format!(
+                    "{} is too small: it must be at least worker.pipeline + 2 ({}): one \
+                     connection per batch in flight, one for the outbox relay, one for \
+                     housekeeping",
+                    self.database.max_connections,
+                    self.worker.pipeline + 2
+                ),
+            }]);
         }
         Ok(())
     }
+
+    /// The effective settings as TOML, passwords masked; keys left unset
+    /// are listed as comments so that every key shows.
+    pub fn to_toml(&self) -> String {
+        let text = toml::to_string(self).unwrap_or_else(|e| format!("# cannot show: {e}\n"));
+        let Ok(serde_json::Value::Object(sections)) = serde_json::to_value(self) else {
+            return text;
+        };
+        let mut out = String::with_capacity(text.len() + 64);
+        for line in text.lines() {
+            out.push_str(line);
+            out.push('\n');
+            let Some(section) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) else {
+                continue;
+            };
+            if let Some(serde_json::Value::Object(keys)) = sections.get(section) {
+                for (key, value) in keys {
+                    if value.is_null() {
+                        out.push_str(&format!("# {key}: unset\n"));
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Serializes a URL with its password masked.
+fn serialize_redacted<S: serde::Serializer>(url: &str, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(&redact_url(url))
 }
 
 impl Settings {
@@ -470,8 +1234,20 @@ mod tests {
         .unwrap_err();
         assert_eq!(
             e.to_string(),
-            "retention.sweep_interval must be longer than 0"
+            "environment variable SESSION_GUARD__RETENTION__SWEEP_INTERVAL: \
+             retention.sweep_interval: must be longer than 0"
         );
+        let shown = Settings::load_from(
+            None,
+            env(&[
+                ("SESSION_GUARD__RETENTION__MAX_AGE", "90d"),
+                ("SESSION_GUARD__RETENTION__SWEEP_INTERVAL", "90s"),
+            ]),
+        )
+        .unwrap()
+        .to_toml();
+        assert!(shown.contains("max_age = \"90d\"\n"), "{shown}");
+        assert!(shown.contains("sweep_interval = \"90s\"\n"), "{shown}");
     }
 
     #[test]
@@ -590,6 +1366,275 @@ policy = "evict_idle"
         )
         .unwrap_err();
         assert!(format!("{err:#}").contains("max_sessions"), "{err:#}");
+    }
+
+    /// A file in a directory of its own; removed with the guard.
+    struct TempFile {
+        dir: std::path::PathBuf,
+        path: std::path::PathBuf,
+    }
+
+    impl TempFile {
+        fn new(text: &str) -> TempFile {
+            let dir = std::env::temp_dir().join(format!("sg-config-{}", uuid::Uuid::new_v4()));
+            std::fs::create_dir_all(&dir).unwrap();
+            let path = dir.join("session-guard.toml");
+            std::fs::write(&path, text).unwrap();
+            TempFile { dir, path }
+        }
+    }
+
+    impl Drop for TempFile {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    fn file_error(text: &str) -> (String, String) {
+        let file = TempFile::new(text);
+        let err = Settings::load_from(Some(&file.path), env(&[])).unwrap_err();
+        (err.to_string(), file.path.display().to_string())
+    }
+
+    fn env_error(pairs: &[(&str, &str)]) -> String {
+        Settings::load_from(None, env(pairs))
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn unknown_keys_and_sections_of_a_file_are_refused_with_the_file_named() {
+        let (err, path) = file_error("[limits]\nmax_sesions = 3\n\n[limitz]\nmax_sessions = 2\n");
+        assert_eq!(
+            err,
+            format!(
+                "config file {path}: limits.max_sesions: unknown key (did you mean max_sessions?); \
+                 config file {path}: limitz: unknown section (did you mean limits?)"
+            )
+        );
+        let (err, path) = file_error("[amqp]\nheartbeat = 10\n");
+        assert_eq!(
+            err,
+            format!("config file {path}: amqp.heartbeat: unknown key")
+        );
+        // A rule's own fields are checked too.
+        let (err, path) = file_error("[[limits.rules]]\nmax_sesions = 3\n");
+        assert_eq!(
+            err,
+            format!(
+                "config file {path}: limits.rules[0].max_sesions: unknown key (did you mean \
+                 max_sessions?)"
+            )
+        );
+    }
+
+    #[test]
+    fn unknown_environment_variables_are_refused_with_the_variable_named() {
+        assert_eq!(
+            env_error(&[("SESSION_GUARD__LIMITS__MAX_SESIONS", "3")]),
+            "environment variable SESSION_GUARD__LIMITS__MAX_SESIONS: limits.max_sesions: \
+             unknown key (did you mean SESSION_GUARD__LIMITS__MAX_SESSIONS?)"
+        );
+        assert_eq!(
+            env_error(&[("SESSION_GUARD__LIMITZ__MAX_SESSIONS", "3")]),
+            "environment variable SESSION_GUARD__LIMITZ__MAX_SESSIONS: limitz: \
+             unknown section (did you mean SESSION_GUARD__LIMITS__MAX_SESSIONS?)"
+        );
+        assert_eq!(
+            env_error(&[("SESSION_GUARD__NOTHING_LIKE_IT", "x")]),
+            "environment variable SESSION_GUARD__NOTHING_LIKE_IT: nothing_like_it: unknown key"
+        );
+    }
+
+    #[test]
+    fn bad_values_name_their_source_key_and_the_allowed_values() {
+        assert_eq!(
+            env_error(&[("SESSION_GUARD__LIMITS__POLICY", "evict_newest")]),
+            "environment variable SESSION_GUARD__LIMITS__POLICY: limits.policy: unknown value \
+             \"evict_newest\" (allowed: evict_oldest, evict_idle, deny_new)"
+        );
+        assert_eq!(
+            env_error(&[("SESSION_GUARD__LOG__FORMAT", "xml")]),
+            "environment variable SESSION_GUARD__LOG__FORMAT: log.format: unknown value \"xml\" \
+             (allowed: pretty, json)"
+        );
+        let (err, path) = file_error("[limits]\npolicy = \"evict_newest\"\n");
+        assert_eq!(
+            err,
+            format!(
+                "config file {path}: limits.policy: unknown value \"evict_newest\" \
+                 (allowed: evict_oldest, evict_idle, deny_new)"
+            )
+        );
+        let (err, path) = file_error("[[limits.rules]]\npolicy = \"lru\"\n");
+        assert_eq!(
+            err,
+            format!(
+                "config file {path}: limits.rules[0].policy: unknown value \"lru\" \
+                 (allowed: evict_oldest, evict_idle, deny_new)"
+            )
+        );
+        assert_eq!(
+            env_error(&[("SESSION_GUARD__LIMITS__MAX_SESSIONS", "many")]),
+            "environment variable SESSION_GUARD__LIMITS__MAX_SESSIONS: limits.max_sessions: \
+             expected an integer, found string \"many\""
+        );
+    }
+
+    #[test]
+    fn numbers_out_of_range_are_refused() {
+        assert_eq!(
+            env_error(&[("SESSION_GUARD__LIMITS__MAX_SESSIONS", "3000000000")]),
+            "environment variable SESSION_GUARD__LIMITS__MAX_SESSIONS: limits.max_sessions: \
+             3000000000 is out of range: at most 2147483647 (it is stored as a PostgreSQL integer)"
+        );
+        let (err, path) = file_error(
+            "[limits]\nidle_timeout = 10000000000000000\n\n[[limits.rules]]\nmax_sessions = 2147483648\n",
+        );
+        assert_eq!(
+            err,
+            format!(
+                "config file {path}: limits.idle_timeout: 10000000000000000 is out of range: at \
+                 most 3153600000 (100 years); config file {path}: limits.rules[0].max_sessions: \
+                 2147483648 is out of range: at most 2147483647 (it is stored as a PostgreSQL \
+                 integer)"
+            )
+        );
+        assert!(
+            env_error(&[("SESSION_GUARD__WORKER__BATCH_SIZE", "0")]).contains(
+                "SESSION_GUARD__WORKER__BATCH_SIZE: worker.batch_size: must be at least 1"
+            )
+        );
+        let (err, _) = file_error("[database]\nurl = \"mysql://u:secret@h/db\"\n");
+        assert!(err.contains("database.url: not a PostgreSQL URL"), "{err}");
+        assert!(!err.contains("secret"), "{err}");
+        let (err, _) = file_error("[log]\nlevel = \"session_guard=loud\"\n");
+        assert!(err.contains("log.level: not a log filter"), "{err}");
+    }
+
+    #[test]
+    fn problems_of_the_file_and_the_environment_are_all_reported() {
+        let file = TempFile::new("[limits]\nmax_sesions = 3\n");
+        let err = Settings::load_from(
+            Some(&file.path),
+            env(&[("SESSION_GUARD__LIMITS__POLICY", "nope")]),
+        )
+        .unwrap_err();
+        let SettingsError::Invalid(problems) = &err else {
+            panic!("{err}")
+        };
+        let origins: Vec<_> = problems.iter().map(|p| p.origin.clone().unwrap()).collect();
+        assert_eq!(
+            origins,
+            [
+                format!("config file {}", file.path.display()),
+                "environment variable SESSION_GUARD__LIMITS__POLICY".to_owned()
+            ]
+        );
+    }
+
+    #[test]
+    fn a_bad_value_does_not_hide_the_problems_after_it() {
+        // serde stops at the first bad value; every problem is reported all
+        // the same, in the order they are met, the out-of-range ones last.
+        let (err, path) = file_error(
+            "[amqp]\nprefetch = -1\n\n[log]\nformat = \"xml\"\n\n[limitz]\nx = 1\n\n             [[limits.rules]]\npolicy = \"lru\"\nmax_sessions = 3000000000\n",
+        );
+        let problems: Vec<&str> = err.split("; ").collect();
+        let f = format!("config file {path}");
+        assert_eq!(
+            problems,
+            [
+                format!(
+                    "{f}: amqp.prefetch: expected an unsigned 64 bit or less integer, found \
+                     64-bit integer `-1`"
+                ),
+                format!(
+                    "{f}: limits.rules[0].policy: unknown value \"lru\" (allowed: evict_oldest, \
+                     evict_idle, deny_new)"
+                ),
+                format!("{f}: log.format: unknown value \"xml\" (allowed: pretty, json)"),
+                format!("{f}: limitz: unknown section (did you mean limits?)"),
+                format!(
+                    "{f}: limits.rules[0].max_sessions: 3000000000 is out of range: at most \
+                     2147483647 (it is stored as a PostgreSQL integer)"
+                ),
+            ],
+            "{err}"
+        );
+        let err = env_error(&[
+            ("SESSION_GUARD__LIMITS__POLICY", "lru"),
+            ("SESSION_GUARD__WORKER__PIPELINE", "many"),
+            ("SESSION_GUARD__LIMITS__MAX_SESIONS", "3"),
+        ]);
+        assert_eq!(err.split("; ").count(), 3, "{err}");
+    }
+
+    #[test]
+    fn optional_keys_free_maps_and_rules_are_known() {
+        let file = TempFile::new(
+            "[amqp.app_users]\nshop-publisher = [\"shop\"]\n\n[retention]\nlog_limit = 5\n\n\
+             [[limits.rules]]\nname = \"staff\"\nwhen = { role = \"staff\", attribute = { mfa = true } }\n\
+             max_sessions = 3\nidle_timeout = 60\n",
+        );
+        let s = Settings::load_from(Some(&file.path), env(&[])).unwrap();
+        assert_eq!(s.amqp.app_users["shop-publisher"], ["shop"]);
+        assert_eq!(s.retention.log_limit, Some(5));
+        assert_eq!(s.limits.rules[0].max_sessions, Some(3));
+    }
+
+    #[test]
+    fn every_key_the_settings_print_is_accepted_back() {
+        // The effective settings, as check-config prints them, read back as
+        // a file: every key of the Settings types is known, with no list
+        // kept by hand.
+        let mut s = Settings::load_from(None, env(&[])).unwrap();
+        s.retention.log_limit = Some(7);
+        s.limits.rules.push(Rule {
+            name: Some("staff".into()),
+            max_sessions: Some(3),
+            ..Rule::default()
+        });
+        s.amqp.app_users.insert("pub".into(), vec!["shop".into()]);
+        let text = s.to_toml();
+        let file = TempFile::new(&text);
+        let back = Settings::load_from(Some(&file.path), env(&[])).unwrap();
+        assert_eq!(back.to_toml(), text);
+        // Unset keys still show.
+        let defaults = Settings::load_from(None, env(&[])).unwrap().to_toml();
+        assert!(
+            defaults.contains("[retention]\n# log_limit: unset\n"),
+            "{defaults}"
+        );
+    }
+
+    #[test]
+    fn the_config_file_must_be_a_readable_toml_file() {
+        let err =
+            Settings::load_from(Some(Path::new("/nonexistent/x.toml")), env(&[])).unwrap_err();
+        assert_eq!(err.to_string(), "config file /nonexistent/x.toml not found");
+        let dir = std::env::temp_dir();
+        let err = Settings::load_from(Some(&dir), env(&[])).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!("config file {} is a directory, not a file", dir.display())
+        );
+        let (err, path) = file_error("[limits]\nmax_sessions = 3\npolicy = \"deny_new\n");
+        assert!(
+            err.starts_with(&format!("config file {path}: line 3, column ")),
+            "{err}"
+        );
+        assert!(!err.contains('\n'), "{err}");
+        let file = TempFile::new("[limits]\n");
+        std::fs::write(&file.path, [0xff, 0xfe]).unwrap();
+        let err = Settings::load_from(Some(&file.path), env(&[])).unwrap_err();
+        assert!(
+            err.to_string().starts_with(&format!(
+                "config file {} cannot be read: ",
+                file.path.display()
+            )),
+            "{err}"
+        );
     }
 
     #[test]

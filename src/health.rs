@@ -6,13 +6,15 @@
 //! from RabbitMQ, not shutting down) and 503 with the reason otherwise;
 //! `GET /metrics` serves the metrics in Prometheus' text format.
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 use crate::metric;
+use crate::refusal::{Refusal, Service};
 use crate::shutdown::Shutdown;
 use crate::telemetry;
 
@@ -25,6 +27,9 @@ pub struct Health {
     broker: AtomicBool,
     /// A shutdown was requested.
     stopping: AtomicBool,
+    /// Refusals (credentials, permissions) met by each task ("consumer",
+    /// "relay"...) on its last attempt; a task clears its own on success.
+    refusals: Mutex<BTreeMap<&'static str, Refusal>>,
 }
 
 impl Health {
@@ -51,22 +56,45 @@ impl Health {
         metrics::gauge!(metric::BROKER_UP.name).set(f64::from(u8::from(broker)));
     }
 
+    /// Records what refused `task`'s last attempt, or (`None`) that it got
+    /// through.
+    pub fn set_refusal(&self, task: &'static str, refusal: Option<Refusal>) {
+        let mut refusals = self.refusals.lock().unwrap_or_else(|e| e.into_inner());
+        match refusal {
+            Some(r) => refusals.insert(task, r),
+            None => refusals.remove(task),
+        };
+    }
+
     pub fn set_stopping(&self) {
         self.stopping.store(true, Ordering::Relaxed);
     }
 
     /// `Ok` when ready; otherwise why not.
     pub fn ready(&self) -> Result<(), String> {
+        let refusals: Vec<Refusal> = {
+            let by_task = self.refusals.lock().unwrap_or_else(|e| e.into_inner());
+            let mut unique: Vec<Refusal> = Vec::new();
+            for r in by_task.values() {
+                if !unique.contains(r) {
+                    unique.push(r.clone());
+                }
+            }
+            unique
+        };
+        let refused = |service| refusals.iter().any(|r| r.service == service);
         let mut problems = Vec::new();
         if self.stopping.load(Ordering::Relaxed) {
-            problems.push("shutting down");
+            problems.push("shutting down".to_owned());
         }
-        if !self.database.load(Ordering::Relaxed) {
-            problems.push("database unavailable");
+        // A refusal says more than "unavailable": it replaces it.
+        if !self.database.load(Ordering::Relaxed) && !refused(Service::Database) {
+            problems.push("database unavailable".to_owned());
         }
-        if !self.broker.load(Ordering::Relaxed) {
-            problems.push("not consuming from RabbitMQ");
+        if !self.broker.load(Ordering::Relaxed) && !refused(Service::Broker) {
+            problems.push("not consuming from RabbitMQ".to_owned());
         }
+        problems.extend(refusals.iter().map(Refusal::to_string));
         if problems.is_empty() {
             Ok(())
         } else {
@@ -168,5 +196,48 @@ mod tests {
         assert_eq!(h.ready().unwrap_err(), "shutting down");
         assert_eq!(respond("/health/live", &h).0, "200 OK");
         assert_eq!(respond("/nope", &h).0, "404 Not Found");
+    }
+
+    #[test]
+    fn readiness_says_which_service_refused_until_the_task_gets_through() {
+        use crate::refusal::Refused;
+        let h = Health::default();
+        h.set_database(true);
+        h.set_broker(true);
+        let broker = Refusal {
+            service: Service::Broker,
+            refused: Refused::Credentials,
+            reason: "ACCESS_REFUSED - Login was refused".into(),
+        };
+        h.set_broker(false);
+        h.set_refusal("consumer", Some(broker.clone()));
+        // The relay meets the same refusal: said once.
+        h.set_refusal("relay", Some(broker));
+        assert_eq!(
+            h.ready().unwrap_err(),
+            "RabbitMQ refused the credentials: ACCESS_REFUSED - Login was refused"
+        );
+        h.set_database(false);
+        h.set_refusal(
+            "batches",
+            Some(Refusal {
+                service: Service::Database,
+                refused: Refused::Access,
+                reason: "permission denied for table sessions (SQLSTATE 42501)".into(),
+            }),
+        );
+        assert_eq!(
+            respond("/health/ready", &h).2,
+            "not ready: PostgreSQL refused access: permission denied for table sessions \
+             (SQLSTATE 42501), RabbitMQ refused the credentials: ACCESS_REFUSED - Login was \
+             refused\n"
+        );
+        h.set_refusal("batches", None);
+        h.set_database(true);
+        h.set_refusal("consumer", None);
+        h.set_broker(true);
+        assert!(h.ready().is_err(), "the relay is still refused");
+        h.set_refusal("relay", None);
+        assert!(h.ready().is_ok());
     }
 }

@@ -22,6 +22,7 @@ pub mod domain;
 pub mod health;
 pub mod metric;
 mod nodelay;
+pub mod refusal;
 mod relay;
 pub mod shutdown;
 pub mod store;

@@ -15,10 +15,11 @@ use lapin::options::BasicPublishOptions;
 use lapin::types::ShortString;
 use lapin::{BasicProperties, Channel, Confirmation};
 
-use crate::backoff::Backoff;
+use crate::backoff::{Backoff, pause};
 use crate::broker;
 use crate::domain::session::EndReason;
 use crate::metric;
+use crate::refusal::Refusal;
 use crate::shutdown::Shutdown;
 use crate::store::OutboxRow;
 use crate::worker::{Context, STABLE_AFTER};
@@ -31,13 +32,15 @@ const CHUNK: i64 = 500;
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 /// Keeps the relay running: reconnects with backoff after any error, and on
-/// shutdown flushes the outbox one last time.
+/// shutdown flushes the outbox one last time. A refusal by RabbitMQ before
+/// the relay ever connected ends `run`; later ones are retried.
 pub(crate) async fn run(ctx: Arc<Context>, mut shutdown: Shutdown) {
     let mut backoff = Backoff::new(ctx.settings.worker.max_backoff());
+    let mut connected = false;
     let mut last_try = false;
     loop {
         let started = Instant::now();
-        match relay(&ctx, &mut shutdown).await {
+        match relay(&ctx, &mut shutdown, &mut connected).await {
             Ok(()) => return,
             Err(e) => {
                 // A connection that worked for a while starts the backoff
@@ -45,37 +48,59 @@ pub(crate) async fn run(ctx: Arc<Context>, mut shutdown: Shutdown) {
                 if started.elapsed() > STABLE_AFTER {
                     backoff.reset();
                 }
+                let refusal = Refusal::find(&e);
+                if let Some(refusal) = &refusal
+                    && !connected
+                    && !shutdown.is_triggered()
+                {
+                    let _ = ctx
+                        .fatal
+                        .send(anyhow::anyhow!(refusal.explain(&ctx.settings)));
+                    return;
+                }
                 let delay = backoff.next_delay();
-                tracing::error!(
-                    error = format!("{e:#}"),
-                    retry_in_ms = delay.as_millis() as u64,
-                    "outbox relay stopped"
-                );
+                match &refusal {
+                    Some(refusal) => tracing::error!(
+                        %refusal,
+                        retry_in_ms = delay.as_millis() as u64,
+                        "outbox relay refused: retrying, in case the credentials are being rotated"
+                    ),
+                    None => tracing::error!(
+                        error = format!("{e:#}"),
+                        retry_in_ms = delay.as_millis() as u64,
+                        "outbox relay stopped"
+                    ),
+                }
+                ctx.health.set_refusal("relay", refusal);
                 if shutdown.is_triggered() {
-                    // One more attempt to flush what the last batches wrote;
-                    // whatever is left waits for the next worker's sweep.
+                    // One more attempt, at once, to flush what the last
+                    // batches wrote; whatever is left waits for the next
+                    // worker's sweep.
                     if last_try {
                         return;
                     }
                     last_try = true;
-                    tokio::time::sleep(delay).await;
                     continue;
                 }
-                tokio::select! {
-                    () = tokio::time::sleep(delay) => {}
-                    () = shutdown.wait() => {}
-                }
+                // Cut short by the shutdown: straight to that last attempt.
+                pause(delay, &mut shutdown).await;
             }
         }
     }
 }
 
-async fn relay(ctx: &Context, shutdown: &mut Shutdown) -> anyhow::Result<()> {
+/// One connection's worth of relaying; sets `connected` once it has its
+/// channel. Returns `Ok` after the flush that follows the shutdown.
+async fn relay(ctx: &Context, shutdown: &mut Shutdown, connected: &mut bool) -> anyhow::Result<()> {
     let connection = broker::connect(&ctx.settings.amqp, "relay").await?;
     let setup = connection.create_channel().await?;
     broker::declare_topology(&setup, &ctx.settings.amqp).await?;
     let _ = setup.close(200, "topology declared".into()).await;
     let channel = broker::confirm_channel(&connection).await?;
+    *connected = true;
+    // Cleared after the first flush that went through, not before: a
+    // refusal may come from the database too.
+    let mut cleared = false;
     loop {
         // Read before flushing: the trigger comes once the consumer has
         // committed its last batch, so a flush that starts after seeing it
@@ -84,6 +109,10 @@ async fn relay(ctx: &Context, shutdown: &mut Shutdown) -> anyhow::Result<()> {
         // relay with that batch's revokes left in the outbox.)
         let stopping = shutdown.is_triggered();
         flush(ctx, &channel).await?;
+        if !cleared {
+            ctx.health.set_refusal("relay", None);
+            cleared = true;
+        }
         if stopping {
             break;
         }

@@ -16,13 +16,14 @@ use sqlx::PgPool;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use crate::backoff::Backoff;
+use crate::backoff::{Backoff, pause};
 use crate::broker;
 use crate::configuration::Settings;
 use crate::domain::event::{EventKind, SessionEvent};
 use crate::domain::limits::RuleHook;
 use crate::health::Health;
 use crate::metric;
+use crate::refusal::Refusal;
 use crate::relay;
 use crate::shutdown::{self, Shutdown};
 use crate::store::{self, BatchOutcome, Enforcement, LockTurn, UserHints};
@@ -53,6 +54,9 @@ pub(crate) struct Context {
     pub relay_wake: Notify,
     /// What readiness reports.
     pub health: Arc<Health>,
+    /// Where a task sends the error that must end `run`: PostgreSQL or
+    /// RabbitMQ refused the worker before it ever got through.
+    pub fatal: tokio::sync::mpsc::UnboundedSender<anyhow::Error>,
 }
 
 /// Builds a [`Worker`], with rule hooks of the embedding program's own.
@@ -70,13 +74,21 @@ impl WorkerBuilder {
     }
 
     /// Checks the hook configuration, connects to PostgreSQL (creating the
-    /// database if needed) and migrates.
+    /// database if needed) and migrates. A refusal (credentials,
+    /// permissions) is one line naming the setting.
     pub async fn build(self) -> anyhow::Result<Worker> {
         let rules = Enforcement::from_settings(&self.settings, &self.hooks)?;
         tracing::info!(hooks = ?rules.hooks.names(), enforce = rules.enforce, "rule hooks");
-        let pool = store::connect_and_migrate(&self.settings.database).await?;
+        let pool = match store::connect_and_migrate(&self.settings.database).await {
+            Ok(pool) => pool,
+            Err(e) => match Refusal::find(&e) {
+                Some(refusal) => anyhow::bail!(refusal.explain(&self.settings)),
+                None => return Err(e),
+            },
+        };
         let health = Arc::new(Health::default());
         health.set_database(true);
+        let (fatal, fatal_errors) = tokio::sync::mpsc::unbounded_channel();
         Ok(Worker {
             context: Arc::new(Context {
                 settings: self.settings,
@@ -84,7 +96,9 @@ impl WorkerBuilder {
                 rules,
                 relay_wake: Notify::new(),
                 health,
+                fatal,
             }),
+            fatal_errors,
         })
     }
 }
@@ -92,6 +106,8 @@ impl WorkerBuilder {
 /// A session-guard worker, ready to run.
 pub struct Worker {
     context: Arc<Context>,
+    /// Errors that end `run` (see [`Context::fatal`]).
+    fatal_errors: tokio::sync::mpsc::UnboundedReceiver<anyhow::Error>,
 }
 
 impl Worker {
@@ -114,8 +130,13 @@ impl Worker {
 
     /// Consumes and relays until `shutdown` resolves, then stops consuming,
     /// finishes and acks the batch in flight, flushes the outbox and returns.
+    /// Returns an error, after the same stop, if RabbitMQ refused the
+    /// worker's credentials or permissions before it ever got through.
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
-        let ctx = self.context;
+        let Worker {
+            context: ctx,
+            mut fatal_errors,
+        } = self;
         let (stop_consuming, consumer_shutdown) = shutdown::channel();
         // The relay stops only after the consumer, so that revokes written by
         // the last batch are still published.
@@ -135,7 +156,10 @@ impl Worker {
             ));
         }
 
-        shutdown.await;
+        let fatal = tokio::select! {
+            () = shutdown => None,
+            Some(error) = fatal_errors.recv() => Some(error),
+        };
         tracing::info!("stopping: finishing in-flight events");
         ctx.health.set_stopping();
         stop_consuming.trigger();
@@ -171,16 +195,22 @@ impl Worker {
         // Bounded: an aborted task may not have returned its connection.
         let _ = tokio::time::timeout(POOL_CLOSE_WAIT, ctx.pool.close()).await;
         stop_serving.trigger();
-        Ok(())
+        match fatal {
+            Some(error) => Err(error),
+            None => Ok(()),
+        }
     }
 }
 
 /// Keeps a consumer running: reconnects with backoff after any broker error.
+/// A refusal before the first successful start ends `run`; after it, it is
+/// retried like any error (credentials may be rotating), but said to be one.
 async fn run_consumer(ctx: Arc<Context>, mut shutdown: Shutdown) {
     let mut backoff = Backoff::new(ctx.settings.worker.max_backoff());
+    let mut consumed = false;
     while !shutdown.is_triggered() {
         let started = Instant::now();
-        let result = consume(&ctx, &mut shutdown).await;
+        let result = consume(&ctx, &mut shutdown, &mut consumed).await;
         ctx.health.set_broker(false);
         match result {
             Ok(()) => return,
@@ -190,25 +220,50 @@ async fn run_consumer(ctx: Arc<Context>, mut shutdown: Shutdown) {
                 if started.elapsed() > STABLE_AFTER {
                     backoff.reset();
                 }
+                let refusal = Refusal::find(&e);
+                if let Some(refusal) = &refusal
+                    && !consumed
+                {
+                    let _ = ctx
+                        .fatal
+                        .send(anyhow::anyhow!(refusal.explain(&ctx.settings)));
+                    return;
+                }
                 let delay = backoff.next_delay();
-                tracing::error!(
-                    error = format!("{e:#}"),
-                    retry_in_ms = delay.as_millis() as u64,
-                    "consumer stopped"
-                );
-                tokio::select! {
-                    () = tokio::time::sleep(delay) => {}
-                    () = shutdown.wait() => return,
+                match &refusal {
+                    Some(refusal) => tracing::error!(
+                        %refusal,
+                        retry_in_ms = delay.as_millis() as u64,
+                        "consumer refused: retrying, in case the credentials are being rotated"
+                    ),
+                    None => tracing::error!(
+                        error = format!("{e:#}"),
+                        retry_in_ms = delay.as_millis() as u64,
+                        "consumer stopped"
+                    ),
+                }
+                ctx.health.set_refusal("consumer", refusal);
+                if !pause(delay, &mut shutdown).await {
+                    return;
                 }
             }
         }
     }
 }
 
-/// One connection's worth of consuming. Returns `Ok` on shutdown.
-async fn consume(ctx: &Arc<Context>, shutdown: &mut Shutdown) -> anyhow::Result<()> {
+/// One connection's worth of consuming. Returns `Ok` on shutdown. Sets
+/// `consumed` once the consumer is started.
+async fn consume(
+    ctx: &Arc<Context>,
+    shutdown: &mut Shutdown,
+    consumed: &mut bool,
+) -> anyhow::Result<()> {
     let settings = &ctx.settings;
-    let connection = broker::connect(&settings.amqp, "consumer").await?;
+    // A broker out of reach may take a while to say so: a shutdown need not wait.
+    let connection = tokio::select! {
+        connection = broker::connect(&settings.amqp, "consumer") => connection?,
+        () = shutdown.wait() => return Ok(()),
+    };
     let setup = connection.create_channel().await?;
     broker::declare_topology(&setup, &settings.amqp).await?;
     let _ = setup.close(200, "topology declared".into()).await;
@@ -218,6 +273,8 @@ async fn consume(ctx: &Arc<Context>, shutdown: &mut Shutdown) -> anyhow::Result<
     let mut consumer = broker::consume_events(&channel, &settings.amqp).await?;
     tracing::info!(queue = %settings.amqp.events_queue, "consuming");
     ctx.health.set_broker(true);
+    ctx.health.set_refusal("consumer", None);
+    *consumed = true;
 
     // Up to `worker.pipeline` batches in the database at once, each on its
     // own connection; they finish in any order but are acked in delivery
@@ -565,8 +622,9 @@ async fn handle_batch(
                         } else {
                             tracing::warn!(error = %text, delivery_count = count, "event failed; requeued");
                             count_events(event.kind.as_str(), "requeued", 1);
-                            // Not straight back into a hot loop.
-                            tokio::time::sleep(REQUEUE_PAUSE * (count + 1)).await;
+                            // Not straight back into a hot loop; a shutdown
+                            // cuts the pause short (the nack still goes out).
+                            pause(REQUEUE_PAUSE * (count + 1), shutdown).await;
                             channel
                                 .basic_nack(
                                     delivery.delivery_tag,
@@ -660,6 +718,8 @@ async fn apply_with_retry(
         return Applied::Committed;
     }
     let mut backoff = Backoff::new(ctx.settings.worker.max_backoff());
+    // Whether this batch recorded a refusal for readiness, to clear on commit.
+    let mut refused = false;
     loop {
         let started = Instant::now();
         let attempt = store::process_batch_in_turn(
@@ -673,6 +733,9 @@ async fn apply_with_retry(
         match attempt.await {
             Ok(outcome) => {
                 ctx.health.set_database(true);
+                if refused {
+                    ctx.health.set_refusal("batches", None);
+                }
                 if outcome.wrote_outbox() {
                     ctx.relay_wake.notify_one();
                 }
@@ -690,10 +753,18 @@ async fn apply_with_retry(
                 ctx.health.set_database(false);
                 let delay = backoff.next_delay();
                 metrics::counter!(metric::DATABASE_RETRIES.name).increment(1);
-                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "database error; retrying");
-                tokio::select! {
-                    () = tokio::time::sleep(delay) => {}
-                    () = shutdown.wait() => return Applied::ShuttingDown,
+                match Refusal::of_batch(&e) {
+                    Some(refusal) => {
+                        tracing::error!(%refusal, retry_in_ms = delay.as_millis() as u64, "database refused the worker: retrying, in case the credentials are being rotated");
+                        ctx.health.set_refusal("batches", Some(refusal));
+                        refused = true;
+                    }
+                    None => {
+                        tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "database error; retrying")
+                    }
+                }
+                if !pause(delay, shutdown).await {
+                    return Applied::ShuttingDown;
                 }
             }
             Err(e) => return Applied::Rejected(e),
@@ -717,6 +788,11 @@ async fn run_housekeeping(ctx: Arc<Context>, mut shutdown: Shutdown) {
         ctx.health.set_database(matches!(ping, Ok(Ok(_))));
         refresh_outbox_gauges(&ctx.pool).await;
         telemetry::run_metrics_upkeep();
+        let refusal = match &ping {
+            Ok(Err(e)) => Refusal::of_database(e),
+            _ => None,
+        };
+        ctx.health.set_refusal("housekeeping", refusal);
         if last_sweep.is_none_or(|t| t.elapsed() >= every) {
             last_sweep = Some(Instant::now());
             if let Some(max_age) = ctx.settings.retention.max_age {

@@ -13,8 +13,10 @@ use serde_json::{Map, Value};
 use super::event::{AppName, UserId};
 
 /// Which sessions stay when a user holds too many.
+// Deserialized through `TryFrom<String>`, so that a wrong value is answered
+// with the allowed ones, whatever the format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[serde(rename_all = "snake_case", try_from = "String")]
 pub enum EvictionPolicy {
     /// Keep the most recently logged-in sessions (the default).
     EvictOldest,
@@ -43,6 +45,19 @@ impl EvictionPolicy {
 impl fmt::Display for EvictionPolicy {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+impl TryFrom<String> for EvictionPolicy {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        EvictionPolicy::ALL
+            .into_iter()
+            .find(|p| p.as_str() == s)
+            .ok_or_else(|| {
+                let allowed: Vec<&str> = EvictionPolicy::ALL.iter().map(|p| p.as_str()).collect();
+                format!("unknown value {s:?} (allowed: {})", allowed.join(", "))
+            })
     }
 }
 
@@ -302,7 +317,7 @@ impl RuleHook for SuperuserUnlimited {
 }
 
 /// When a declarative rule applies; every condition given must hold.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RuleCondition {
     /// The app being checked.
@@ -317,7 +332,7 @@ pub struct RuleCondition {
 }
 
 /// One `[[limits.rules]]` table.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Rule {
     /// Shown as `rules:<name>` by `limits get` and in revoke rows; defaults

@@ -5,12 +5,14 @@ mod helpers;
 
 mod bad_input;
 mod batching;
+mod check_config;
 mod claims;
 mod enforcement;
 mod faults;
 mod lifecycle;
 mod operations;
 mod operator_commands;
+mod refusals;
 mod repeat;
 mod retention;
 mod roundtrip;

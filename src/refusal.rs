@@ -1,0 +1,228 @@
+//! Refusals: PostgreSQL or RabbitMQ answering "no" to the worker's
+//! credentials or permissions, as opposed to being out of reach or failing.
+//!
+//! At start-up a refusal ends `run` with a one-line reason: retrying cannot
+//! fix a wrong password, and would only hide it. Once the worker runs, a
+//! refusal is retried (credentials may be rotating), logged as an error that
+//! says it is a refusal, and reported by readiness.
+
+use std::fmt;
+
+use lapin::protocol::{AMQPErrorKind, AMQPHardError, AMQPSoftError};
+
+use crate::configuration::{Settings, redact_url};
+use crate::store::BatchError;
+
+/// The service that refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Service {
+    /// PostgreSQL.
+    Database,
+    /// RabbitMQ.
+    Broker,
+}
+
+/// What the service refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// The user name or password (RabbitMQ's "Login was refused", SQLSTATE class 28).
+    Credentials,
+    /// Access to something the user may not use: a vhost, an exchange, a
+    /// database (RabbitMQ's ACCESS_REFUSED or NOT_ALLOWED, SQLSTATE 42501).
+    Access,
+}
+
+/// A refusal, with the service's own words.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct Refusal {
+    /// Who refused.
+    pub service: Service,
+    /// What was refused.
+    pub refused: Refused,
+    /// The service's message (and SQLSTATE for PostgreSQL).
+    pub reason: String,
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let service = match self.service {
+            Service::Database => "PostgreSQL",
+            Service::Broker => "RabbitMQ",
+        };
+        let what = match self.refused {
+            Refused::Credentials => "the credentials",
+            Refused::Access => "access",
+        };
+        write!(f, "{service} refused {what}: {}", self.reason)
+    }
+}
+
+/// SQLSTATEs that are PostgreSQL refusing the role: class 28 (invalid
+/// authorization: wrong password, unknown role, pg_hba.conf) and 42501
+/// (insufficient privilege, e.g. no CONNECT on the database).
+fn database_refusal(code: &str, message: &str) -> Option<Refusal> {
+    let refused = if code.starts_with("28") {
+        Refused::Credentials
+    } else if code == "42501" {
+        Refused::Access
+    } else {
+        return None;
+    };
+    Some(Refusal {
+        service: Service::Database,
+        refused,
+        reason: format!("{message} (SQLSTATE {code})"),
+    })
+}
+
+impl Refusal {
+    /// The refusal a lapin error reports, if it is one: ACCESS_REFUSED
+    /// (a failed login, or an exchange or queue the user may not use) or
+    /// NOT_ALLOWED (a vhost the user may not open, or that does not exist).
+    pub fn of_broker(error: &lapin::Error) -> Option<Refusal> {
+        match error.kind() {
+            lapin::ErrorKind::ProtocolError(amqp) => {
+                let reason = amqp.get_message().to_string();
+                let refused = match amqp.kind() {
+                    AMQPErrorKind::Soft(AMQPSoftError::ACCESSREFUSED)
+                        if reason.contains("Login was refused") =>
+                    {
+                        Refused::Credentials
+                    }
+                    AMQPErrorKind::Soft(AMQPSoftError::ACCESSREFUSED)
+                    | AMQPErrorKind::Hard(AMQPHardError::NOTALLOWED) => Refused::Access,
+                    _ => return None,
+                };
+                Some(Refusal {
+                    service: Service::Broker,
+                    refused,
+                    reason,
+                })
+            }
+            lapin::ErrorKind::AuthProviderError(reason) => Some(Refusal {
+                service: Service::Broker,
+                refused: Refused::Credentials,
+                reason: reason.clone(),
+            }),
+            _ => None,
+        }
+    }
+
+    /// The refusal an sqlx error reports, if it is one.
+    pub fn of_database(error: &sqlx::Error) -> Option<Refusal> {
+        let db = error.as_database_error()?;
+        database_refusal(db.code()?.as_ref(), db.message())
+    }
+
+    /// The refusal behind a batch that could not be committed, if any.
+    pub fn of_batch(error: &BatchError) -> Option<Refusal> {
+        match error {
+            BatchError::Connect(e) | BatchError::Statement(e) => Refusal::of_database(e),
+        }
+    }
+
+    /// The first refusal in an error's chain of causes.
+    pub fn find(error: &anyhow::Error) -> Option<Refusal> {
+        error.chain().find_map(|cause| {
+            if let Some(e) = cause.downcast_ref::<lapin::Error>() {
+                Refusal::of_broker(e)
+            } else if let Some(e) = cause.downcast_ref::<sqlx::Error>() {
+                Refusal::of_database(e)
+            } else if let Some(e) = cause.downcast_ref::<BatchError>() {
+                Refusal::of_batch(e)
+            } else if let Some(e) = cause.downcast_ref::<sqlx::postgres::PgDatabaseError>() {
+                database_refusal(e.code(), e.message())
+            } else {
+                cause.downcast_ref::<Refusal>().cloned()
+            }
+        })
+    }
+
+    /// The refusal with the setting it concerns, for the one line `run`
+    /// and `check-config` end with: "RabbitMQ refused the credentials of
+    /// amqp.url (amqp://guest:***@host:5672/%2f): ACCESS_REFUSED - ...".
+    pub fn explain(&self, settings: &Settings) -> String {
+        let (service, key, url) = match self.service {
+            Service::Database => ("PostgreSQL", "database.url", &settings.database.url),
+            Service::Broker => ("RabbitMQ", "amqp.url", &settings.amqp.url),
+        };
+        let what = match self.refused {
+            Refused::Credentials => "the credentials of",
+            Refused::Access => "access for",
+        };
+        format!(
+            "{service} refused {what} {key} ({}): {}",
+            redact_url(url),
+            self.reason
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lapin::protocol::AMQPError;
+
+    fn broker_error(kind: AMQPErrorKind, message: &str) -> lapin::Error {
+        lapin::ErrorKind::ProtocolError(AMQPError::new(kind, message.into())).into()
+    }
+
+    #[test]
+    fn broker_refusals_are_told_from_other_errors() {
+        let login = broker_error(
+            AMQPErrorKind::Soft(AMQPSoftError::ACCESSREFUSED),
+            "ACCESS_REFUSED - Login was refused using authentication mechanism PLAIN.",
+        );
+        let refusal = Refusal::of_broker(&login).unwrap();
+        assert_eq!(refusal.refused, Refused::Credentials);
+        assert_eq!(
+            refusal.to_string(),
+            "RabbitMQ refused the credentials: ACCESS_REFUSED - Login was refused using \
+             authentication mechanism PLAIN."
+        );
+        let vhost = broker_error(
+            AMQPErrorKind::Hard(AMQPHardError::NOTALLOWED),
+            "NOT_ALLOWED - vhost nope not found",
+        );
+        assert_eq!(Refusal::of_broker(&vhost).unwrap().refused, Refused::Access);
+        // Wrapped in context, as the worker's errors are.
+        let wrapped = anyhow::Error::new(vhost).context("cannot connect to RabbitMQ");
+        let settings = Settings::load_from(None, Vec::new()).unwrap();
+        assert_eq!(
+            Refusal::find(&wrapped).unwrap().explain(&settings),
+            "RabbitMQ refused access for amqp.url (amqp://guest:***@127.0.0.1:5672/%2f): \
+             NOT_ALLOWED - vhost nope not found"
+        );
+
+        let precondition = broker_error(
+            AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED),
+            "PRECONDITION_FAILED - inequivalent arg",
+        );
+        assert_eq!(Refusal::of_broker(&precondition), None);
+        let io: lapin::Error = std::io::Error::from(std::io::ErrorKind::ConnectionRefused).into();
+        assert_eq!(Refusal::of_broker(&io), None);
+        assert_eq!(Refusal::find(&anyhow::anyhow!("something else")), None);
+    }
+
+    #[test]
+    fn database_refusals_are_class_28_and_42501() {
+        let r = database_refusal("28P01", "password authentication failed for user \"x\"").unwrap();
+        assert_eq!(r.refused, Refused::Credentials);
+        assert_eq!(
+            r.to_string(),
+            "PostgreSQL refused the credentials: password authentication failed for user \"x\" \
+             (SQLSTATE 28P01)"
+        );
+        assert_eq!(
+            database_refusal("42501", "permission denied for database x")
+                .unwrap()
+                .refused,
+            Refused::Access
+        );
+        assert_eq!(database_refusal("57P01", "terminating connection"), None);
+        assert_eq!(
+            database_refusal("3D000", "database \"x\" does not exist"),
+            None
+        );
+    }
+}

@@ -1,0 +1,285 @@
+//! Refusals by PostgreSQL or RabbitMQ (credentials, permissions): fatal at
+//! start-up, retried and reported while running. And a shutdown that never
+//! waits out a backoff.
+
+use std::io::BufRead as _;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::helpers::*;
+
+/// Runs `cmd` until it exits or `limit` passes (then it is killed).
+/// Returns its exit code (`None` if it had to be killed) and its stderr.
+async fn run_for(cmd: std::process::Command, limit: Duration) -> (Option<i32>, String) {
+    let mut cmd = tokio::process::Command::from(cmd);
+    cmd.stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    match tokio::time::timeout(limit, cmd.output()).await {
+        Ok(out) => {
+            let out = out.expect("session-guard runs");
+            (
+                out.status.code(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            )
+        }
+        Err(_) => (None, String::new()),
+    }
+}
+
+/// The lines a child writes to stderr, collected as they come.
+#[derive(Clone, Default)]
+struct Lines(Arc<Mutex<Vec<String>>>);
+
+impl Lines {
+    fn capture(stderr: std::process::ChildStderr) -> Lines {
+        let lines = Lines::default();
+        let sink = lines.0.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                sink.lock().unwrap().push(line);
+            }
+        });
+        lines
+    }
+
+    /// The JSON log records (log.format = "json") whose fields match `pick`.
+    fn records(&self, pick: impl Fn(&Value) -> bool) -> Vec<Value> {
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|r| pick(r))
+            .collect()
+    }
+}
+
+/// A RabbitMQ user of the test's own, deleted on drop (even after a failed
+/// assertion). The shared `guest` user is never touched: other tests use it.
+struct BrokerUser {
+    name: String,
+}
+
+fn rabbitmqctl(args: &[&str]) {
+    let out = std::process::Command::new("rabbitmqctl")
+        .args(args)
+        .output()
+        .expect("rabbitmqctl runs");
+    assert!(
+        out.status.success(),
+        "rabbitmqctl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl BrokerUser {
+    fn create(password: &str) -> BrokerUser {
+        let name = format!("sg_test_{}", uuid::Uuid::new_v4().simple());
+        rabbitmqctl(&["add_user", &name, password]);
+        let user = BrokerUser { name };
+        rabbitmqctl(&["set_permissions", "-p", "/", &user.name, ".*", ".*", ".*"]);
+        user
+    }
+
+    fn change_password(&self, password: &str) {
+        rabbitmqctl(&["change_password", &self.name, password]);
+    }
+
+    fn url(&self, password: &str) -> String {
+        format!("amqp://{}:{password}@127.0.0.1:5672/%2f", self.name)
+    }
+}
+
+impl Drop for BrokerUser {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("rabbitmqctl")
+            .args(["delete_user", &self.name])
+            .output();
+    }
+}
+
+/// A free local port for a worker's health endpoint.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// GET `path` on a worker's health endpoint: the whole response.
+async fn get(listen: &str, path: &str) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(listen).await.ok()?;
+    stream
+        .write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes())
+        .await
+        .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.ok()?;
+    Some(response)
+}
+
+#[tokio::test]
+async fn run_exits_at_once_when_rabbitmq_refuses_the_credentials() {
+    let app = spawn_app_without_worker(|_| {}).await;
+    let mut cmd = app.command(&["run"]);
+    cmd.env(
+        "SESSION_GUARD__AMQP__URL",
+        "amqp://guest:not-the-password@127.0.0.1:5672/%2f",
+    );
+    let started = Instant::now();
+    let (code, stderr) = run_for(cmd, Duration::from_secs(15)).await;
+    assert!(code.is_some(), "run kept retrying a refused login for 15 s");
+    assert_ne!(code, Some(0), "{stderr}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with("error: "))
+        .unwrap_or_else(|| panic!("no error line: {stderr}"));
+    assert_eq!(
+        line,
+        "error: RabbitMQ refused the credentials of amqp.url \
+         (amqp://guest:***@127.0.0.1:5672/%2f): ACCESS_REFUSED - Login was refused using \
+         authentication mechanism PLAIN. For details see the broker logfile."
+    );
+    assert!(!stderr.contains("not-the-password"), "{stderr}");
+}
+
+#[tokio::test]
+async fn run_exits_at_once_when_postgresql_refuses_the_role() {
+    let app = spawn_app_without_worker(|_| {}).await;
+    let role = format!("sg_no_such_role_{}", uuid::Uuid::new_v4().simple());
+    let url = app.settings.database.url.replacen(
+        "postgres://postgres@",
+        &format!("postgres://{role}@"),
+        1,
+    );
+    assert_ne!(
+        url, app.settings.database.url,
+        "the test expects user postgres"
+    );
+    let mut cmd = app.command(&["run"]);
+    cmd.env("SESSION_GUARD__DATABASE__URL", &url);
+    let (code, stderr) = run_for(cmd, Duration::from_secs(15)).await;
+    assert!(code.is_some_and(|c| c != 0), "{code:?} {stderr}");
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with("error: "))
+        .unwrap_or_else(|| panic!("no error line: {stderr}"));
+    assert_eq!(
+        line,
+        format!(
+            "error: PostgreSQL refused the credentials of database.url ({url}): role \
+             \"{role}\" does not exist (SQLSTATE 28000)"
+        )
+    );
+}
+
+/// A worker whose RabbitMQ password changes under it (its connections are
+/// then dropped, as a broker would on a restart) keeps running, says it is
+/// refused (log and readiness) and comes back once the password is right.
+#[tokio::test]
+async fn a_refusal_while_running_is_retried_logged_and_reported_by_readiness() {
+    let user = BrokerUser::create("first-password");
+    let mut app = spawn_app_without_worker(|_| {}).await;
+    let listen = format!("127.0.0.1:{}", free_port());
+    let mut cmd = app.command(&["run"]);
+    cmd.env("SESSION_GUARD__AMQP__URL", user.url("first-password"))
+        .env("SESSION_GUARD__METRICS__LISTEN", &listen)
+        .env("SESSION_GUARD__LOG__FORMAT", "json")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("session-guard starts");
+    let log = Lines::capture(child.stderr.take().unwrap());
+    let worker = app.adopt_process(child);
+    app.wait_for("the worker to be ready", || async {
+        get(&listen, "/health/ready")
+            .await
+            .is_some_and(|r| r.starts_with("HTTP/1.1 200"))
+    })
+    .await;
+    app.publish(&login("shop", "r1", "rita", t(0))).await;
+    app.settle().await;
+
+    user.change_password("second-password");
+    let (consumers, _) = app.close_worker_connections().await;
+    assert_eq!(consumers, 1);
+    app.wait_for("readiness to report the refusal", || async {
+        get(&listen, "/health/ready").await.is_some_and(|r| {
+            r.starts_with("HTTP/1.1 503")
+                && r.contains("not ready: RabbitMQ refused the credentials: ACCESS_REFUSED")
+        })
+    })
+    .await;
+    app.wait_for("the refusal to be logged as an error", || async {
+        !log.records(|r| {
+            r["level"] == "ERROR"
+                && r["fields"]["message"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with("consumer refused"))
+                && r["fields"]["refusal"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with("RabbitMQ refused the credentials"))
+        })
+        .is_empty()
+    })
+    .await;
+
+    user.change_password("first-password");
+    app.wait_for("the worker to be ready again", || async {
+        get(&listen, "/health/ready")
+            .await
+            .is_some_and(|r| r.starts_with("HTTP/1.1 200"))
+    })
+    .await;
+    app.publish(&login("shop", "r2", "rita", t(10))).await;
+    app.settle().await;
+    let revokes = app.expect_revokes(1).await;
+    assert_eq!(revokes[0].body.session_id, "r1");
+    assert_eq!(app.terminate_process(worker).await, Some(0));
+}
+
+/// SIGTERM while the worker waits between two attempts to reach a broker
+/// that is not there: it stops at once, whatever the backoff had reached.
+#[tokio::test]
+async fn sigterm_during_a_backoff_stops_the_worker_at_once() {
+    let mut app = spawn_app_without_worker(|_| {}).await;
+    // Nothing listens on port 1.
+    let mut cmd = app.command(&["run"]);
+    cmd.env(
+        "SESSION_GUARD__AMQP__URL",
+        "amqp://guest:guest@127.0.0.1:1/%2f",
+    )
+    .env("SESSION_GUARD__WORKER__MAX_BACKOFF_MS", "60000")
+    .env("SESSION_GUARD__LOG__FORMAT", "json")
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("session-guard starts");
+    let log = Lines::capture(child.stderr.take().unwrap());
+    let worker = app.adopt_process(child);
+    // Both the consumer and the relay are into pauses of seconds.
+    app.wait_for("pauses of seconds", || async {
+        ["consumer stopped", "outbox relay stopped"]
+            .iter()
+            .all(|what| {
+                !log.records(|r| {
+                    r["fields"]["message"] == *what
+                        && r["fields"]["retry_in_ms"]
+                            .as_u64()
+                            .is_some_and(|ms| ms >= 3000)
+                })
+                .is_empty()
+            })
+    })
+    .await;
+    let started = Instant::now();
+    assert_eq!(app.terminate_process(worker).await, Some(0));
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(2), "SIGTERM took {took:?}");
+}
