@@ -200,7 +200,7 @@ mod human_duration {
         }
         let secs = value.as_secs();
         for (unit, size) in [("d", 86_400), ("h", 3_600), ("m", 60)] {
-            if secs % size == 0 {
+            if secs.is_multiple_of(size) {
                 return format!("{}{unit}", secs / size);
             }
         }

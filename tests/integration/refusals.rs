@@ -138,13 +138,9 @@ async fn run_exits_at_once_when_rabbitmq_refuses_the_credentials() {
     assert!(code.is_some(), "run kept retrying a refused login for 15 s");
     assert_ne!(code, Some(0), "{stderr}");
     assert!(started.elapsed() < Duration::from_secs(10));
-    let line = stderr
-        .lines()
-        .find(|l| l.starts_with("error: "))
-        .unwrap_or_else(|| panic!("no error line: {stderr}"));
     assert_eq!(
-        line,
-        "error: RabbitMQ refused the credentials of amqp.url \
+        failure_line(&stderr),
+        "RabbitMQ refused the credentials of amqp.url \
          (amqp://guest:***@127.0.0.1:5672/%2f): ACCESS_REFUSED - Login was refused using \
          authentication mechanism PLAIN. For details see the broker logfile."
     );
@@ -168,17 +164,32 @@ async fn run_exits_at_once_when_postgresql_refuses_the_role() {
     cmd.env("SESSION_GUARD__DATABASE__URL", &url);
     let (code, stderr) = run_for(cmd, Duration::from_secs(15)).await;
     assert!(code.is_some_and(|c| c != 0), "{code:?} {stderr}");
-    let line = stderr
-        .lines()
-        .find(|l| l.starts_with("error: "))
-        .unwrap_or_else(|| panic!("no error line: {stderr}"));
     assert_eq!(
-        line,
+        failure_line(&stderr),
         format!(
-            "error: PostgreSQL refused the credentials of database.url ({url}): role \
-             \"{role}\" does not exist (SQLSTATE 28000)"
+            "PostgreSQL refused the credentials of database.url ({url}): role \
+             \\\"{role}\\\" does not exist (SQLSTATE 28000)"
         )
     );
+}
+
+/// The reason `run` gave for failing: `run` reports through its log (one
+/// ERROR line, `session-guard failed error="..."`), and exactly once.
+fn failure_line(stderr: &str) -> &str {
+    let failures: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("session-guard failed"))
+        .collect();
+    assert_eq!(failures.len(), 1, "{stderr}");
+    assert!(
+        !stderr.lines().any(|l| l.starts_with("error: ")),
+        "reported twice: {stderr}"
+    );
+    let line = failures[0];
+    let start = line.find("error=\"").expect("an error field") + "error=\"".len();
+    line[start..]
+        .strip_suffix('"')
+        .expect("the field ends the line")
 }
 
 /// A worker whose RabbitMQ password changes under it (its connections are
