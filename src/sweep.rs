@@ -81,6 +81,9 @@ pub struct SweepReport {
     /// Users skipped because another transaction held their lock (or their
     /// due rows); their rows wait for a later pass.
     pub busy: BTreeSet<String>,
+    /// Claims (`user_attributes` rows) removed with their user's last rows
+    /// in an app.
+    pub claims_forgotten: u64,
 }
 
 /// The sweep's state between passes: where the walk for expired sessions
@@ -248,8 +251,24 @@ async fn move_users_rows(
         .bind(due.expired_before)
         .fetch_all(&mut *tx)
         .await?;
+    // What an app claimed about a user (`user_attributes`) goes with the
+    // user's last row in that app, once the claim is as old as the rows
+    // retention removes: it is data about the user like the log is, and
+    // under the same lock.
+    let forgotten = sqlx::query(
+        "DELETE FROM user_attributes a
+         WHERE a.user_id = ANY($1) AND a.occurred_at < $2
+           AND NOT EXISTS (
+               SELECT FROM sessions s WHERE s.user_id = a.user_id AND s.app = a.app
+           )",
+    )
+    .bind(&locked)
+    .bind(due.ended_before)
+    .execute(&mut *tx)
+    .await?;
     tx.commit().await?;
     report.moved += owners.len() as u64;
+    report.claims_forgotten += forgotten.rows_affected();
     Ok(owners.into_iter().flatten().collect())
 }
 

@@ -279,6 +279,49 @@ async fn max_age_moves_old_ended_rows_to_tombstones_and_keeps_the_rest() {
 }
 
 #[tokio::test]
+async fn max_age_forgets_claims_with_the_users_last_rows_in_the_app() {
+    let app = spawn_app_with(|s| {
+        s.retention.max_age = Some(Duration::from_secs(30 * 86_400));
+        s.retention.sweep_interval = Duration::from_millis(100);
+    })
+    .await;
+    let long_ago = Utc::now() - days(60);
+    let staff = serde_json::json!({"roles": ["staff"]});
+    for (session, user) in [("gone-1", "gone"), ("kept-1", "kept")] {
+        let mut event = login("shop", session, user, long_ago);
+        event["attributes"] = staff.clone();
+        app.publish(&event).await;
+    }
+    app.publish(&logout(
+        "shop",
+        "gone-1",
+        long_ago + chrono::Duration::seconds(1),
+    ))
+    .await;
+    let claims = |user: &'static str| {
+        let pool = app.pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>("SELECT count(*) FROM user_attributes WHERE user_id = $1")
+                .bind(user)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+    };
+    app.wait_for("gone's last row to be swept", || async {
+        !in_log(&app, "gone-1").await && tombstoned(&app, "gone-1").await
+    })
+    .await;
+    app.wait_for("gone's claim to be forgotten", || async {
+        claims("gone").await == 0
+    })
+    .await;
+    // kept still has a live session in the app: its claim stands, however old.
+    assert_eq!(claims("kept").await, 1);
+    assert!(in_log(&app, "kept-1").await);
+}
+
+#[tokio::test]
 async fn the_sweep_skips_users_and_rows_other_transactions_hold() {
     // No max_age: the worker does not sweep; the test runs passes itself.
     let mut app = spawn_app().await;
