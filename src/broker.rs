@@ -14,13 +14,10 @@ use lapin::{
 
 use crate::configuration::{AmqpSettings, redact_url};
 
-/// Header of a dead-lettered message that says what was wrong with it.
-pub const ERROR_HEADER: &str = "x-session-guard-error";
+pub use session_guard_protocol::names::{ERROR_HEADER, ERROR_KIND_HEADER, MAX_ERROR_HEADER_BYTES};
+
 /// Header RabbitMQ sets on quorum-queue redeliveries: how many came before.
 pub const DELIVERY_COUNT_HEADER: &str = "x-delivery-count";
-/// Longest error text put in a header (AMQP short strings are 255 bytes, but
-/// header values are long strings; keep them readable all the same).
-const MAX_ERROR_HEADER_BYTES: usize = 1024;
 
 /// Opens a connection; `role` and the events queue name show in the
 /// management UI next to it ("session-guard consumer (session_guard.events)").
@@ -203,11 +200,16 @@ pub async fn dead_letter(
     body: &[u8],
     properties: &BasicProperties,
     error: &str,
+    kind: &str,
 ) -> anyhow::Result<()> {
     let mut headers = properties.headers().clone().unwrap_or_default();
     headers.insert(
         ERROR_HEADER.into(),
         AMQPValue::LongString(LongString::from(truncate(error, MAX_ERROR_HEADER_BYTES))),
+    );
+    headers.insert(
+        ERROR_KIND_HEADER.into(),
+        AMQPValue::LongString(LongString::from(kind)),
     );
     let properties = properties
         .clone()

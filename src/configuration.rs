@@ -1194,7 +1194,13 @@ mod tests {
             "postgres://postgres@127.0.0.1:5432/session_guard"
         );
         assert_eq!(s.amqp.url, "amqp://guest:guest@127.0.0.1:5672/%2f");
-        assert_eq!(s.amqp.events_exchange, "session_guard.events");
+        // The names apps and the client crate assume, from the protocol crate.
+        use session_guard_protocol::names;
+        assert_eq!(s.amqp.events_exchange, names::EVENTS_EXCHANGE);
+        assert_eq!(s.amqp.events_queue, names::EVENTS_QUEUE);
+        assert_eq!(s.amqp.revocations_exchange, names::REVOCATIONS_EXCHANGE);
+        assert_eq!(s.amqp.dead_letter_exchange, names::DEAD_LETTER_EXCHANGE);
+        assert_eq!(s.amqp.dead_letter_queue, names::DEAD_LETTER_QUEUE);
         assert_eq!(s.limits.max_sessions, 1);
         assert_eq!(s.limits.repeat_revoke_after, 30);
         assert_eq!(s.limits.max_clock_skew(), Some(Duration::from_secs(300)));

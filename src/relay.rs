@@ -262,7 +262,7 @@ mod tests {
             &crate::domain::event::AppName::from_trusted("shop".to_owned()),
             "s1",
             "ann",
-            EndReason::IdleTimeout,
+            EndReason::IdleTimeout.into(),
             chrono::Utc::now(),
             1,
             false,

@@ -764,7 +764,9 @@ async fn revoke_sessions(
                 &AppName::from_trusted(app),
                 &session_id,
                 user.as_str(),
-                EndReason::parse(&reason).unwrap_or(EndReason::SessionLimit),
+                EndReason::parse(&reason)
+                    .unwrap_or(EndReason::SessionLimit)
+                    .into(),
                 now,
                 max.max(0) as u32,
                 false,

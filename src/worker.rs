@@ -694,6 +694,7 @@ async fn reject(
         &delivery.data,
         &delivery.properties,
         reason,
+        kind,
     )
     .await
 }

@@ -3,7 +3,8 @@
 
 pub mod claims;
 pub mod decision;
-pub mod event;
 pub mod limits;
-pub mod revoke;
 pub mod session;
+
+/// The wire contract, from the protocol crate (its one definition).
+pub use session_guard_protocol::{event, revoke};

@@ -8,6 +8,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use super::event::{AppName, EventKind, SessionEvent, SessionId, UserId};
+use super::revoke::RevokeReason;
 
 /// Why a session ended. Stored as text in `sessions.end_reason`; the
 /// revocation reasons are also the `reason` of revoke messages.
@@ -29,6 +30,22 @@ pub enum EndReason {
     Admin,
     /// Only for sessions shown after they passed their `expires_at`.
     Expired,
+}
+
+/// The reason a revoke message carries for a session ended this way.
+/// `logout` and `expired` are never revokes; they map to `Other`.
+impl From<EndReason> for RevokeReason {
+    fn from(reason: EndReason) -> RevokeReason {
+        match reason {
+            EndReason::SessionLimit => RevokeReason::SessionLimit,
+            EndReason::SessionLimitDenied => RevokeReason::SessionLimitDenied,
+            EndReason::IdleTimeout => RevokeReason::IdleTimeout,
+            EndReason::LogoutOthers => RevokeReason::LogoutOthers,
+            EndReason::LogoutAll => RevokeReason::LogoutAll,
+            EndReason::Admin => RevokeReason::Admin,
+            EndReason::Logout | EndReason::Expired => RevokeReason::Other,
+        }
+    }
 }
 
 impl EndReason {

@@ -26,7 +26,7 @@ async fn a_restart_loses_nothing() {
         &session_guard::domain::event::AppName::parse("shop").unwrap(),
         "orphan",
         "zoe",
-        session_guard::domain::session::EndReason::SessionLimit,
+        session_guard::domain::session::EndReason::SessionLimit.into(),
         chrono::Utc::now(),
         1,
         false,

@@ -4,8 +4,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::event::AppName;
-use super::session::EndReason;
+use crate::event::AppName;
 
 /// The body of a revoke event (wire contract v1).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -18,7 +17,9 @@ pub struct RevokeMessage {
     pub app: String,
     pub session_id: String,
     pub user_id: String,
-    /// Why: "session_limit".
+    /// Why, one of [`RevokeReason`]'s names (`session_limit`...); kept as
+    /// text so that an app built against this version reads reasons added
+    /// later ([`RevokeMessage::reason`] gives the typed value).
     pub reason: String,
     /// When the session was revoked (RFC 3339, UTC).
     pub revoked_at: String,
@@ -37,7 +38,7 @@ impl RevokeMessage {
         app: &AppName,
         session_id: &str,
         user_id: &str,
-        reason: EndReason,
+        reason: RevokeReason,
         revoked_at: DateTime<Utc>,
         max_sessions: u32,
         repeat: bool,
@@ -64,13 +65,73 @@ impl RevokeMessage {
 
     /// The routing key apps bind to: `revoke.<app>`.
     pub fn routing_key(&self) -> String {
-        routing_key_for(&self.app)
+        crate::names::revoke_routing_key(&self.app)
+    }
+
+    /// Why, typed; [`RevokeReason::Other`] for a reason this version does
+    /// not know.
+    pub fn reason(&self) -> RevokeReason {
+        RevokeReason::parse(&self.reason)
     }
 }
 
-/// `revoke.<app>`: app names are restricted to characters that are safe here.
-pub fn routing_key_for(app: &str) -> String {
-    format!("revoke.{app}")
+/// Why a session was revoked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RevokeReason {
+    /// The user held more sessions than the limit (this one was the oldest,
+    /// or the least recently seen, by the policy in force).
+    SessionLimit,
+    /// The limit was reached and the policy is `deny_new`: the newcomer goes.
+    SessionLimitDenied,
+    /// No event for the session within the idle timeout.
+    IdleTimeout,
+    /// The user asked to log out their other devices.
+    LogoutOthers,
+    /// The user asked to log out everywhere.
+    LogoutAll,
+    /// An operator revoked it (`session-guard revoke`); see `note`.
+    Admin,
+    /// A reason newer than this version of the protocol crate.
+    Other,
+}
+
+impl RevokeReason {
+    /// Every reason this version sends.
+    pub const ALL: [RevokeReason; 6] = [
+        RevokeReason::SessionLimit,
+        RevokeReason::SessionLimitDenied,
+        RevokeReason::IdleTimeout,
+        RevokeReason::LogoutOthers,
+        RevokeReason::LogoutAll,
+        RevokeReason::Admin,
+    ];
+
+    /// The name on the wire; `other` for [`RevokeReason::Other`].
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RevokeReason::SessionLimit => "session_limit",
+            RevokeReason::SessionLimitDenied => "session_limit_denied",
+            RevokeReason::IdleTimeout => "idle_timeout",
+            RevokeReason::LogoutOthers => "logout_others",
+            RevokeReason::LogoutAll => "logout_all",
+            RevokeReason::Admin => "admin",
+            RevokeReason::Other => "other",
+        }
+    }
+
+    /// The reason named `s`, or [`RevokeReason::Other`].
+    pub fn parse(s: &str) -> RevokeReason {
+        RevokeReason::ALL
+            .into_iter()
+            .find(|r| r.as_str() == s)
+            .unwrap_or(RevokeReason::Other)
+    }
+}
+
+impl std::fmt::Display for RevokeReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 #[cfg(test)]
@@ -84,7 +145,7 @@ mod tests {
             &AppName::parse("shop").unwrap(),
             "s1",
             "u1",
-            EndReason::SessionLimit,
+            RevokeReason::SessionLimit,
             Utc.with_ymd_and_hms(2026, 11, 27, 10, 0, 0).unwrap(),
             1,
             false,

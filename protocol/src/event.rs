@@ -84,7 +84,8 @@ impl EventError {
 }
 
 /// What happened to a session, as told by its app.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum EventKind {
     /// The user authenticated and the session began.
     Login,
@@ -136,8 +137,10 @@ macro_rules! string_newtype {
             pub fn into_inner(self) -> String {
                 self.0
             }
-            /// Wraps a value that was validated before it was stored.
-            pub(crate) fn from_trusted(s: String) -> Self {
+            /// Wraps a value validated before it was stored (the worker's
+            /// own log), without checking it again. Anything from outside
+            /// goes through `parse`.
+            pub fn from_trusted(s: String) -> Self {
                 $name(s)
             }
         }
@@ -211,6 +214,83 @@ impl UserId {
 }
 
 /// A validated event from an app.
+/// An event as an app publishes it: the JSON body, field for field, before
+/// any check. Build one, then [`EventBody::to_json`] and publish it with
+/// routing key [`EventBody::routing_key`]; [`EventBody::validate`] runs the
+/// worker's own checks first, so a mistake shows in the app, not in the
+/// dead-letter queue.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct EventBody {
+    /// What happened.
+    #[serde(rename = "type")]
+    pub kind: EventKind,
+    /// The publishing app (1-64 characters of `A-Z a-z 0-9 _ . -`).
+    pub app: String,
+    /// The app's session key.
+    pub session_id: String,
+    /// The authenticated user; required for all but `logout`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<String>,
+    /// When the app saw it (sent as RFC 3339, UTC).
+    pub occurred_at: DateTime<Utc>,
+    /// The app's own id for the event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_id: Option<String>,
+    /// The client's address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip: Option<IpAddr>,
+    /// The client's user agent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_agent: Option<String>,
+    /// When the app's session expires by itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<DateTime<Utc>>,
+    /// What the app claims about the user; `None` leaves the app's last
+    /// claim standing, `Some` (even empty) replaces it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attributes: Option<Map<String, Value>>,
+}
+
+impl EventBody {
+    /// An event of `kind` for `session_id` of `app` at `occurred_at`, with
+    /// nothing else set.
+    pub fn new(
+        kind: EventKind,
+        app: &AppName,
+        session_id: impl Into<String>,
+        occurred_at: DateTime<Utc>,
+    ) -> EventBody {
+        EventBody {
+            kind,
+            app: app.as_str().to_owned(),
+            session_id: session_id.into(),
+            user_id: None,
+            occurred_at,
+            event_id: None,
+            ip: None,
+            user_agent: None,
+            expires_at: None,
+            attributes: None,
+        }
+    }
+
+    /// The message body: compact JSON.
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("an event body always serializes")
+    }
+
+    /// `<type>.<app>`, the routing key to publish it with.
+    pub fn routing_key(&self) -> String {
+        format!("{}.{}", self.kind.as_str(), self.app)
+    }
+
+    /// The worker's checks (all but the clock, which is the worker's):
+    /// `Ok` means the worker accepts it.
+    pub fn validate(&self) -> Result<SessionEvent, EventError> {
+        SessionEvent::decode(&self.to_json())
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct SessionEvent {
     pub kind: EventKind,
@@ -944,5 +1024,39 @@ mod tests {
         let mut v = login();
         v["session_id"] = json!("é".repeat(256));
         assert!(decode(v).is_ok());
+    }
+
+    #[test]
+    fn an_event_body_is_what_the_decoder_reads() {
+        let shop = AppName::parse("shop").unwrap();
+        let at = DateTime::parse_from_rfc3339("2026-11-27T10:15:00.123456Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let mut body = EventBody::new(EventKind::LogoutOthers, &shop, "s1", at);
+        body.user_id = Some("42".into());
+        body.ip = Some("203.0.113.7".parse().unwrap());
+        body.attributes = Some(Map::new());
+        let json: Value = serde_json::from_slice(&body.to_json()).unwrap();
+        assert_eq!(
+            json,
+            json!({
+                "type": "logout_others", "app": "shop", "session_id": "s1", "user_id": "42",
+                "occurred_at": "2026-11-27T10:15:00.123456Z", "ip": "203.0.113.7",
+                "attributes": {}
+            })
+        );
+        assert_eq!(body.routing_key(), "logout_others.shop");
+        let event = body.validate().unwrap();
+        assert_eq!(event.kind, EventKind::LogoutOthers);
+        assert_eq!(event.occurred_at, at);
+        assert_eq!(event.attributes, Some(Map::new()));
+        let back: EventBody = serde_json::from_value(json).unwrap();
+        assert_eq!(back, body);
+
+        body.user_id = None;
+        assert_eq!(
+            body.validate().unwrap_err().to_string(),
+            "missing field user_id"
+        );
     }
 }

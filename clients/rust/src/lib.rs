@@ -1,0 +1,15 @@
+//! The app side of session-guard.
+//!
+//! - [`EventPublisher`]: tells session-guard that a user logged in, made a
+//!   request or logged out. Handing an event over never waits on the network;
+//!   a background task publishes with publisher confirms and retries.
+//! - [`RevocationListener`]: receives the revokes session-guard publishes for
+//!   your app, once per app however many instances run, and acks each after
+//!   your handler ended the session.
+//!
+//! The wire types come from [`session_guard_protocol`], re-exported as
+//! [`protocol`].
+
+#![warn(missing_docs)]
+
+pub use session_guard_protocol as protocol;

@@ -1,0 +1,12 @@
+//! The wire contract of session-guard, defined once: what apps publish
+//! (session events), what they receive (revoke events), what the worker adds
+//! to a message it cannot accept (dead-letter headers), and the default
+//! names of the exchanges and queues.
+//!
+//! The worker decodes events with [`event::SessionEvent::decode`]; apps build
+//! them with [`event::EventBody`] (or the `session-guard-client` crate). No
+//! I/O here: no AMQP, no database, no runtime.
+
+pub mod event;
+pub mod names;
+pub mod revoke;

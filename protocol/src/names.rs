@@ -1,0 +1,67 @@
+//! Default names on the broker, and how routing keys and an app's own
+//! queues are named. The worker's settings start from these
+//! (`config/default.toml`), and so do the clients'.
+
+use crate::event::{AppName, EventKind};
+
+/// Topic exchange apps publish their events to.
+pub const EVENTS_EXCHANGE: &str = "session_guard.events";
+/// Quorum queue the workers share, bound to [`EVENTS_EXCHANGE`] with `#`.
+pub const EVENTS_QUEUE: &str = "session_guard.events";
+/// Topic exchange the worker publishes revoke events to.
+pub const REVOCATIONS_EXCHANGE: &str = "session_guard.revocations";
+/// Fanout exchange the worker sends messages it cannot accept to.
+pub const DEAD_LETTER_EXCHANGE: &str = "session_guard.dead";
+/// Durable queue bound to [`DEAD_LETTER_EXCHANGE`].
+pub const DEAD_LETTER_QUEUE: &str = "session_guard.dead";
+
+/// Header the worker adds to a dead-lettered message: why it was refused.
+pub const ERROR_HEADER: &str = "x-session-guard-error";
+/// Header the worker adds to a dead-lettered message: the kind of refusal
+/// (`invalid`, `forbidden`, `clock_skew`, `failed`), for sorting and alerts.
+pub const ERROR_KIND_HEADER: &str = "x-session-guard-error-kind";
+/// Longest [`ERROR_HEADER`] value, in bytes: longer reasons are cut at a
+/// character boundary.
+pub const MAX_ERROR_HEADER_BYTES: usize = 1024;
+
+/// The routing key of an event: `<type>.<app>`, e.g. `login.shop`.
+pub fn event_routing_key(kind: EventKind, app: &AppName) -> String {
+    format!("{}.{}", kind.as_str(), app.as_str())
+}
+
+/// The routing key of an app's revoke events: `revoke.<app>`. App names
+/// hold only characters that are safe in a routing key.
+pub fn revoke_routing_key(app: &str) -> String {
+    format!("revoke.{app}")
+}
+
+/// The durable queue an app's instances share to receive its revokes once
+/// per app: `<app>.revocations` (the name docs/SECURITY.md's permissions
+/// expect).
+pub fn revoke_queue(app: &AppName) -> String {
+    format!("{}.revocations", app.as_str())
+}
+
+/// Where an app's revokes go when its handler keeps failing on them:
+/// `<app>.revocations.dead`.
+pub fn revoke_dead_letter_queue(app: &AppName) -> String {
+    format!("{}.revocations.dead", app.as_str())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routing_keys_and_queues() {
+        let shop = AppName::parse("shop").unwrap();
+        assert_eq!(event_routing_key(EventKind::Login, &shop), "login.shop");
+        assert_eq!(
+            event_routing_key(EventKind::LogoutOthers, &shop),
+            "logout_others.shop"
+        );
+        assert_eq!(revoke_routing_key("shop"), "revoke.shop");
+        assert_eq!(revoke_queue(&shop), "shop.revocations");
+        assert_eq!(revoke_dead_letter_queue(&shop), "shop.revocations.dead");
+    }
+}
