@@ -16,6 +16,8 @@ use crate::configuration::{AmqpSettings, redact_url};
 
 pub use session_guard_protocol::names::{ERROR_HEADER, ERROR_KIND_HEADER, MAX_ERROR_HEADER_BYTES};
 
+use crate::domain::dead_letter::ErrorKind;
+
 /// Header RabbitMQ sets on quorum-queue redeliveries: how many came before.
 pub const DELIVERY_COUNT_HEADER: &str = "x-delivery-count";
 
@@ -191,8 +193,9 @@ pub async fn confirm_channel(connection: &Connection) -> anyhow::Result<Channel>
 }
 
 /// Publishes a copy of a rejected message to the dead-letter exchange, body
-/// and properties unchanged but for the error header, and waits for the
-/// broker's confirm.
+/// and properties unchanged but for the two error headers ([`ERROR_HEADER`]:
+/// `error`, cut to [`MAX_ERROR_HEADER_BYTES`]; [`ERROR_KIND_HEADER`]:
+/// `kind`), and waits for the broker's confirm.
 pub async fn dead_letter(
     channel: &Channel,
     exchange: &str,
@@ -200,7 +203,7 @@ pub async fn dead_letter(
     body: &[u8],
     properties: &BasicProperties,
     error: &str,
-    kind: &str,
+    kind: ErrorKind,
 ) -> anyhow::Result<()> {
     let mut headers = properties.headers().clone().unwrap_or_default();
     headers.insert(
@@ -209,7 +212,7 @@ pub async fn dead_letter(
     );
     headers.insert(
         ERROR_KIND_HEADER.into(),
-        AMQPValue::LongString(LongString::from(kind)),
+        AMQPValue::LongString(LongString::from(kind.as_str())),
     );
     let properties = properties
         .clone()

@@ -308,6 +308,17 @@ mod tests {
     }
 
     #[test]
+    fn dead_letters_start_at_zero_for_every_kind_of_the_contract() {
+        let kinds: Vec<&str> = EVENTS_DEAD_LETTERED
+            .initial
+            .iter()
+            .map(|set| set[0].1)
+            .collect();
+        let contract = crate::domain::dead_letter::ErrorKind::ALL.map(|k| k.as_str());
+        assert_eq!(kinds, contract);
+    }
+
+    #[test]
     fn initial_series_use_declared_labels_and_names_follow_conventions() {
         for m in ALL {
             assert!(m.name.starts_with("session_guard_"), "{}", m.name);

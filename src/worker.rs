@@ -19,6 +19,7 @@ use tokio::time::Instant;
 use crate::backoff::{Backoff, pause};
 use crate::broker;
 use crate::configuration::Settings;
+use crate::domain::dead_letter::ErrorKind;
 use crate::domain::event::{EventKind, SessionEvent};
 use crate::domain::limits::RuleHook;
 use crate::health::Health;
@@ -439,7 +440,7 @@ struct Decoded {
     /// Where each valid event sits in the batch.
     positions: Vec<usize>,
     /// Deliveries to dead-letter: position, reason, kind.
-    invalid: Vec<(usize, String, &'static str)>,
+    invalid: Vec<(usize, String, ErrorKind)>,
 }
 
 /// Decodes and checks every delivery (no I/O: the consumer does it before
@@ -453,17 +454,17 @@ fn decode(ctx: &Context, batch: &[Delivery]) -> Decoded {
     let mut invalid = Vec::new();
     for (i, delivery) in batch.iter().enumerate() {
         let checked = SessionEvent::decode(&delivery.data)
-            .map_err(|e| (e.to_string(), "invalid"))
+            .map_err(|e| (e.to_string(), ErrorKind::Invalid))
             .and_then(|event| {
                 broker::check_app_identity(amqp, &delivery.properties, event.app.as_str())
                     .map(|()| event)
-                    .map_err(|e| (e, "forbidden"))
+                    .map_err(|e| (e, ErrorKind::Forbidden))
             })
             .and_then(|event| match max_skew {
                 Some(skew) => event
                     .check_clock(now, skew)
                     .map(|()| event)
-                    .map_err(|e| (e.to_string(), "clock_skew")),
+                    .map_err(|e| (e.to_string(), ErrorKind::ClockSkew)),
                 None => Ok(event),
             });
         match checked {
@@ -611,7 +612,7 @@ async fn handle_batch(
                         let count = broker::delivery_count(&delivery.properties);
                         let text = format!("database refused the event: {error}");
                         if count >= amqp.max_redeliveries {
-                            reject(ctx, dead_letters, delivery, &text, "failed").await?;
+                            reject(ctx, dead_letters, delivery, &text, ErrorKind::Failed).await?;
                             channel
                                 .basic_ack(
                                     delivery.delivery_tag,
@@ -677,7 +678,7 @@ async fn reject(
     dead_letters: &Channel,
     delivery: &Delivery,
     reason: &str,
-    kind: &'static str,
+    kind: ErrorKind,
 ) -> anyhow::Result<()> {
     tracing::warn!(
         error = reason,
@@ -685,8 +686,8 @@ async fn reject(
         bytes = delivery.data.len(),
         "event dead-lettered"
     );
-    metrics::counter!(metric::EVENTS_DEAD_LETTERED.name, "kind" => kind).increment(1);
-    count_events(kind_of(&delivery.data), kind, 1);
+    metrics::counter!(metric::EVENTS_DEAD_LETTERED.name, "kind" => kind.as_str()).increment(1);
+    count_events(kind_of(&delivery.data), kind.as_str(), 1);
     broker::dead_letter(
         dead_letters,
         &ctx.settings.amqp.dead_letter_exchange,

@@ -84,7 +84,17 @@ impl EventError {
 }
 
 /// What happened to a session, as told by its app.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    serde::Serialize,
+    serde::Deserialize,
+    schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum EventKind {
     /// The user authenticated and the session began.
@@ -102,6 +112,15 @@ pub enum EventKind {
 }
 
 impl EventKind {
+    /// Every kind, in the order the protocol lists them.
+    pub const ALL: [EventKind; 5] = [
+        EventKind::Login,
+        EventKind::Request,
+        EventKind::Logout,
+        EventKind::LogoutOthers,
+        EventKind::LogoutAll,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             EventKind::Login => "login",
@@ -213,42 +232,176 @@ impl UserId {
     }
 }
 
-/// A validated event from an app.
 /// An event as an app publishes it: the JSON body, field for field, before
 /// any check. Build one, then [`EventBody::to_json`] and publish it with
 /// routing key [`EventBody::routing_key`]; [`EventBody::validate`] runs the
 /// worker's own checks first, so a mistake shows in the app, not in the
 /// dead-letter queue.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+///
+/// Its JSON Schema (`schema/event.schema.json`) is generated from this type:
+/// the field docs are its descriptions, and the `schemars` attributes carry
+/// the decoder's bounds, as far as a schema can express them.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+#[schemars(
+    rename = "SessionEvent",
+    description = event_body_description(),
+    transform = user_id_unless_logout
+)]
 pub struct EventBody {
     /// What happened.
     #[serde(rename = "type")]
     pub kind: EventKind,
-    /// The publishing app (1-64 characters of `A-Z a-z 0-9 _ . -`).
+    /// The publishing app: 1-64 characters of `A-Z a-z 0-9 _ . -`; also the
+    /// suffix of the routing keys of its events and of its revokes.
+    #[schemars(length(min = 1, max = MAX_APP_CHARS), pattern(APP_NAME_PATTERN))]
     pub app: String,
-    /// The app's session key.
+    /// The app's session key: 1-256 characters, no control characters.
+    #[schemars(length(min = 1, max = MAX_ID_CHARS), pattern(NO_CONTROL_PATTERN))]
     pub session_id: String,
-    /// The authenticated user; required for all but `logout`.
+    /// The authenticated user: 1-256 characters, no control characters.
+    /// Required for all types but `logout`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = MAX_ID_CHARS), pattern(NO_CONTROL_PATTERN))]
     pub user_id: Option<String>,
-    /// When the app saw it (sent as RFC 3339, UTC).
+    /// When the app saw it: an RFC 3339 time (UTC or with an offset), kept
+    /// to the microsecond. The only clock used to rank sessions.
     pub occurred_at: DateTime<Utc>,
-    /// The app's own id for the event.
+    /// The app's own id for the event (logged, never required): 1-256
+    /// characters, no NUL.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = MAX_EVENT_ID_CHARS), pattern(NO_NUL_PATTERN))]
     pub event_id: Option<String>,
-    /// The client's address.
+    /// The client's address, IPv4 or IPv6.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "ip_schema")]
     pub ip: Option<IpAddr>,
-    /// The client's user agent.
+    /// The client's user agent: at most 512 characters, no NUL.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = MAX_USER_AGENT_CHARS), pattern(NO_NUL_PATTERN))]
     pub user_agent: Option<String>,
-    /// When the app's session expires by itself.
+    /// When the app's session expires by itself: an RFC 3339 time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<DateTime<Utc>>,
     /// What the app claims about the user; `None` leaves the app's last
     /// claim standing, `Some` (even empty) replaces it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "attributes_schema", description = attributes_description())]
     pub attributes: Option<Map<String, Value>>,
+}
+
+/// [`AppName`]'s rule as a regular expression (ECMA-262, as JSON Schema
+/// uses), for the schemas.
+pub const APP_NAME_PATTERN: &str = "^[A-Za-z0-9_.-]+$";
+/// Text without control characters (Unicode category Cc, what
+/// [`char::is_control`] tests), as `session_id` and `user_id` must be.
+pub const NO_CONTROL_PATTERN: &str = "^[^\\u0000-\\u001F\\u007F-\\u009F]*$";
+/// Text without NUL (U+0000), which PostgreSQL cannot store.
+pub const NO_NUL_PATTERN: &str = "^[^\\u0000]*$";
+
+/// The schema's description of an event, with what only the worker checks.
+fn event_body_description() -> String {
+    format!(
+        "A session event, as an app publishes it to the events exchange with routing key \
+         `<type>.<app>` (session-guard wire protocol v1). Unknown fields are ignored; a field \
+         set to null counts as absent. Checked by the worker but not expressible here: the \
+         whole body is at most {} KiB; `attributes` is at most {MAX_ATTRIBUTES_BYTES} bytes \
+         once serialized; times fall within years {MIN_YEAR:04}-{MAX_YEAR} once converted to \
+         UTC; `occurred_at` is at most `limits.max_clock_skew` (300 s by default) ahead of the \
+         worker's clock.",
+        MAX_MESSAGE_BYTES / 1024
+    )
+}
+
+/// `user_id` is required, and may not be null, for every type but `logout`.
+fn user_id_unless_logout(schema: &mut schemars::Schema) {
+    let others: Vec<&str> = EventKind::ALL
+        .into_iter()
+        .filter(|k| k.requires_user())
+        .map(EventKind::as_str)
+        .collect();
+    schema.insert(
+        "if".into(),
+        serde_json::json!({
+            "properties": {"type": {"enum": others}},
+            "required": ["type"]
+        }),
+    );
+    schema.insert(
+        "then".into(),
+        serde_json::json!({
+            "properties": {"user_id": {"type": "string"}},
+            "required": ["user_id"]
+        }),
+    );
+}
+
+/// An IP address in either family (the standard formats have no "either").
+fn ip_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": ["string", "null"],
+        "anyOf": [{"format": "ipv4"}, {"format": "ipv6"}]
+    })
+}
+
+/// The schema's description of `attributes`, for apps.
+fn attributes_description() -> String {
+    format!(
+        "What the app claims about the user, for rule hooks; remembered per user and app. \
+         Absent or null: the app's latest claim stands; an object, even empty, replaces it. At \
+         most {MAX_ATTRIBUTE_KEYS} keys, {MAX_ATTRIBUTE_DEPTH} levels deep (the object itself is \
+         the first), {MAX_ATTRIBUTES_BYTES} bytes serialized, no NUL in any key or string."
+    )
+}
+
+/// The bounds of `attributes`: keys, depth, NUL, and the conventional keys'
+/// types; its size in bytes is out of a schema's reach (the description says
+/// it).
+fn attributes_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    let all = ["null", "boolean", "number", "string", "array", "object"];
+    // A value nested `n` levels deep at most, with no NUL in any string or
+    // key; type-specific keywords apply to their type only. One level deep:
+    // a scalar, or an empty array or object.
+    let mut value = serde_json::json!({
+        "type": all,
+        "pattern": NO_NUL_PATTERN,
+        "maxItems": 0,
+        "maxProperties": 0,
+    });
+    for _ in 1..MAX_ATTRIBUTE_DEPTH - 1 {
+        value = serde_json::json!({
+            "type": all,
+            "pattern": NO_NUL_PATTERN,
+            "items": value,
+            "propertyNames": {"pattern": NO_NUL_PATTERN},
+            "additionalProperties": value,
+        });
+    }
+    schemars::json_schema!({
+        "type": ["object", "null"],
+        "maxProperties": MAX_ATTRIBUTE_KEYS,
+        "propertyNames": {"pattern": NO_NUL_PATTERN},
+        "properties": {
+            "superuser": {
+                "description": "Conventional: the user is a superuser (the `superuser_unlimited` hook lifts the limits).",
+                "type": ["boolean", "null"]
+            },
+            "roles": {
+                "description": format!(
+                    "Conventional: the user's roles (rules match them with `when.role`): at most \
+                     {MAX_ROLES} names of 1-{MAX_ROLE_CHARS} characters."
+                ),
+                "type": ["array", "null"],
+                "maxItems": MAX_ROLES,
+                "items": {
+                    "type": "string",
+                    "minLength": 1,
+                    "maxLength": MAX_ROLE_CHARS,
+                    "pattern": NO_NUL_PATTERN
+                }
+            }
+        },
+        "additionalProperties": value,
+    })
 }
 
 impl EventBody {
@@ -291,6 +444,7 @@ impl EventBody {
     }
 }
 
+/// A validated event from an app.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SessionEvent {
     pub kind: EventKind,

@@ -6,7 +6,13 @@
 //! The worker decodes events with [`event::SessionEvent::decode`]; apps build
 //! them with [`event::EventBody`] (or the `session-guard-client` crate). No
 //! I/O here: no AMQP, no database, no runtime.
+//!
+//! The same contract, for apps in any language: JSON Schemas generated from
+//! these types ([`schema`], checked in as `schema/*.schema.json`) and the
+//! AsyncAPI document `docs/asyncapi.yaml` that ties them to the exchanges.
 
+pub mod dead_letter;
 pub mod event;
 pub mod names;
 pub mod revoke;
+pub mod schema;

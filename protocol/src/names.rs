@@ -18,7 +18,8 @@ pub const DEAD_LETTER_QUEUE: &str = "session_guard.dead";
 /// Header the worker adds to a dead-lettered message: why it was refused.
 pub const ERROR_HEADER: &str = "x-session-guard-error";
 /// Header the worker adds to a dead-lettered message: the kind of refusal
-/// (`invalid`, `forbidden`, `clock_skew`, `failed`), for sorting and alerts.
+/// ([`ErrorKind`](crate::dead_letter::ErrorKind): `invalid`, `forbidden`,
+/// `clock_skew`, `failed`), for sorting and alerts.
 pub const ERROR_KIND_HEADER: &str = "x-session-guard-error-kind";
 /// Longest [`ERROR_HEADER`] value, in bytes: longer reasons are cut at a
 /// character boundary.

@@ -4,26 +4,52 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::event::AppName;
+use crate::event::{APP_NAME_PATTERN, AppName, MAX_APP_CHARS, MAX_ID_CHARS, NO_CONTROL_PATTERN};
 
 /// The body of a revoke event (wire contract v1).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// Its JSON Schema (`schema/revoke.schema.json`) is generated from this type.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[schemars(
+    description = "A revoke event, as session-guard publishes it to the revocations \
+                          exchange with routing key `revoke.<app>` (wire protocol v1): end the \
+                          session it names. Fields may be added in later versions: ignore \
+                          those you do not know. Delivery is at least once: a re-sent revoke \
+                          keeps its `event_id`."
+)]
 pub struct RevokeMessage {
     /// Always "revoke".
     #[serde(rename = "type")]
+    #[schemars(extend("const" = "revoke"))]
     pub kind: String,
     /// Id of this message; re-sends after a crash keep it, repeats get a new one.
+    /// Also the AMQP `message_id`.
+    #[schemars(pattern(UUID_PATTERN))]
     pub event_id: Uuid,
+    /// The app that owns the session (the `app` of its events).
+    #[schemars(length(min = 1, max = MAX_APP_CHARS), pattern(APP_NAME_PATTERN))]
     pub app: String,
+    /// The session to end (the `session_id` of its events).
+    #[schemars(length(min = 1, max = MAX_ID_CHARS), pattern(NO_CONTROL_PATTERN))]
     pub session_id: String,
+    /// The session's user.
+    #[schemars(length(min = 1, max = MAX_ID_CHARS), pattern(NO_CONTROL_PATTERN))]
     pub user_id: String,
     /// Why, one of [`RevokeReason`]'s names (`session_limit`...); kept as
     /// text so that an app built against this version reads reasons added
     /// later ([`RevokeMessage::reason`] gives the typed value).
+    #[schemars(
+        schema_with = "reason_schema",
+        description = "Why the session was revoked: one of the known reasons below, or one \
+                       added in a later version, which an app must not refuse: end the \
+                       session whatever the reason."
+    )]
     pub reason: String,
-    /// When the session was revoked (RFC 3339, UTC).
+    /// When the session was revoked (RFC 3339, UTC, microseconds).
+    #[schemars(extend("format" = "date-time"))]
     pub revoked_at: String,
-    /// The limit in force when it was revoked.
+    /// The limit in force when it was revoked: the per-app limit, or the
+    /// cross-app one when that is the one the session broke.
     pub max_sessions: u32,
     /// True when the app kept using a session revoked earlier.
     pub repeat: bool,
@@ -31,6 +57,28 @@ pub struct RevokeMessage {
     /// otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+}
+
+/// A UUID in its hyphenated form, as the worker writes it (draft-07
+/// validators do not know the `uuid` format).
+const UUID_PATTERN: &str =
+    "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$";
+
+/// A known reason, or one added after this version: an app validating
+/// revokes with the schema must not refuse a newer worker's.
+fn reason_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    let known = generator.subschema_for::<RevokeReason>();
+    schemars::json_schema!({
+        "type": "string",
+        "minLength": 1,
+        "anyOf": [
+            known,
+            {
+                "description": "A reason added after this version of the contract.",
+                "type": "string"
+            }
+        ]
+    })
 }
 
 impl RevokeMessage {
@@ -76,7 +124,8 @@ impl RevokeMessage {
 }
 
 /// Why a session was revoked.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, schemars::JsonSchema)]
+#[schemars(rename_all = "snake_case")]
 pub enum RevokeReason {
     /// The user held more sessions than the limit (this one was the oldest,
     /// or the least recently seen, by the policy in force).
@@ -92,6 +141,7 @@ pub enum RevokeReason {
     /// An operator revoked it (`session-guard revoke`); see `note`.
     Admin,
     /// A reason newer than this version of the protocol crate.
+    #[schemars(skip)]
     Other,
 }
 

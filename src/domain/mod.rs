@@ -7,4 +7,4 @@ pub mod limits;
 pub mod session;
 
 /// The wire contract, from the protocol crate (its one definition).
-pub use session_guard_protocol::{event, revoke};
+pub use session_guard_protocol::{dead_letter, event, revoke};

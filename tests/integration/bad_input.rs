@@ -82,6 +82,7 @@ async fn each_kind_of_bad_input_is_dead_lettered_with_its_reason() {
     for (body, reason) in &cases {
         let dead = app.next_dead_letter().await;
         assert_eq!(&dead.body, body, "body must be unchanged");
+        assert_eq!(dead.kind.as_deref(), Some("invalid"), "{reason}");
         let error = dead.error.expect("x-session-guard-error header");
         assert!(
             error.starts_with(reason),
@@ -155,6 +156,7 @@ async fn an_event_the_database_keeps_refusing_is_dead_lettered_alone() {
 
     let dead = app.next_dead_letter().await;
     assert_eq!(dead.body, poison.to_string().into_bytes());
+    assert_eq!(dead.kind.as_deref(), Some("failed"));
     let error = dead.error.expect("x-session-guard-error header");
     assert!(error.starts_with("database refused the event:"), "{error}");
     assert!(error.contains("poison session refused"), "{error}");

@@ -178,6 +178,12 @@ pub async fn spawn_app_without_worker(configure: impl FnOnce(&mut Settings)) -> 
 #[derive(Debug, Clone)]
 pub struct Revoke {
     pub body: RevokeMessage,
+    /// The body as it came, as JSON (for the contract's schema).
+    pub json: Value,
+    /// The AMQP `type` property.
+    pub message_type: Option<String>,
+    /// The AMQP `app_id` property.
+    pub app_id: Option<String>,
     pub routing_key: String,
     pub message_id: Option<String>,
     pub content_type: Option<String>,
@@ -188,7 +194,12 @@ pub struct Revoke {
 #[derive(Debug, Clone)]
 pub struct DeadLetter {
     pub body: Vec<u8>,
+    /// The `x-session-guard-error` header.
     pub error: Option<String>,
+    /// The `x-session-guard-error-kind` header.
+    pub kind: Option<String>,
+    /// Every AMQP header, as a JSON object (for the contract's schema).
+    pub headers: Value,
     /// The events queue's `x-delivery-count` when it was dead-lettered: 0
     /// for a first delivery.
     pub delivery_count: u32,
@@ -563,8 +574,12 @@ impl TestApp {
             Err(_) => return None,
         };
         delivery.ack(BasicAckOptions::default()).await.unwrap();
+        let property = |p: &Option<lapin::types::ShortString>| p.as_ref().map(|s| s.to_string());
         Some(Revoke {
             body: serde_json::from_slice(&delivery.data).expect("revoke body is JSON of v1"),
+            json: serde_json::from_slice(&delivery.data).expect("revoke body is JSON"),
+            message_type: property(delivery.properties.kind()),
+            app_id: property(delivery.properties.app_id()),
             routing_key: delivery.routing_key.to_string(),
             message_id: delivery
                 .properties
@@ -603,21 +618,17 @@ impl TestApp {
             other => panic!("no dead letter: {other:?}"),
         };
         delivery.ack(BasicAckOptions::default()).await.unwrap();
-        let error = delivery
-            .properties
-            .headers()
-            .as_ref()
-            .and_then(|h| h.inner().get(broker::ERROR_HEADER).cloned())
-            .and_then(|v| match v {
-                AMQPValue::LongString(s) => {
-                    Some(String::from_utf8_lossy(s.as_bytes()).into_owned())
-                }
-                _ => None,
-            });
+        let headers = delivery.properties.headers().as_ref().map_or_else(
+            || json!({}),
+            |h| amqp_to_json(&AMQPValue::FieldTable(h.clone())),
+        );
+        let text = |name: &str| headers.get(name).and_then(Value::as_str).map(str::to_owned);
         DeadLetter {
             delivery_count: broker::delivery_count(&delivery.properties),
             body: delivery.data,
-            error,
+            error: text(broker::ERROR_HEADER),
+            kind: text(broker::ERROR_KIND_HEADER),
+            headers,
         }
     }
 
@@ -731,6 +742,37 @@ impl Drop for TestDatabase {
         })
         .join()
         .ok();
+    }
+}
+
+/// An AMQP header value as JSON: strings (long strings read as UTF-8, as
+/// an app would), numbers, booleans, tables as objects, arrays as arrays.
+pub fn amqp_to_json(value: &AMQPValue) -> Value {
+    match value {
+        AMQPValue::Boolean(b) => json!(b),
+        AMQPValue::ShortShortInt(n) => json!(n),
+        AMQPValue::ShortShortUInt(n) => json!(n),
+        AMQPValue::ShortInt(n) => json!(n),
+        AMQPValue::ShortUInt(n) => json!(n),
+        AMQPValue::LongInt(n) => json!(n),
+        AMQPValue::LongUInt(n) => json!(n),
+        AMQPValue::LongLongInt(n) => json!(n),
+        AMQPValue::Timestamp(n) => json!(n),
+        AMQPValue::Float(f) => json!(f),
+        AMQPValue::Double(f) => json!(f),
+        AMQPValue::ShortString(s) => json!(s.as_str()),
+        AMQPValue::LongString(s) => json!(String::from_utf8_lossy(s.as_bytes())),
+        AMQPValue::FieldArray(items) => {
+            Value::Array(items.as_slice().iter().map(amqp_to_json).collect())
+        }
+        AMQPValue::FieldTable(table) => Value::Object(
+            table
+                .inner()
+                .iter()
+                .map(|(k, v)| (k.to_string(), amqp_to_json(v)))
+                .collect(),
+        ),
+        other => json!(format!("{other:?}")),
     }
 }
 
