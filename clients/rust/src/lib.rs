@@ -13,3 +13,8 @@
 #![warn(missing_docs)]
 
 pub use session_guard_protocol as protocol;
+
+pub mod publisher;
+pub use publisher::{
+    EventBuilder, EventPublisher, PublisherConfig, PublisherError, PublisherStats, SendError,
+};
