@@ -7,6 +7,7 @@ mod bad_input;
 mod batching;
 mod check_config;
 mod claims;
+mod client_listener;
 mod enforcement;
 mod faults;
 mod lifecycle;

@@ -13,3 +13,6 @@
 #![warn(missing_docs)]
 
 pub use session_guard_protocol as protocol;
+
+pub mod listener;
+pub use listener::{ListenerConfig, ListenerError, RevocationListener, Revoke};
