@@ -52,6 +52,14 @@ pub struct BenchArgs {
     /// are taken within a repetition (worker and baseline back to back).
     #[arg(long, default_value_t = 3)]
     pub runs: usize,
+    /// Events published through the client crate's EventPublisher (and,
+    /// back to back, with raw publisher confirms) to measure the app side.
+    #[arg(long, default_value_t = 100_000)]
+    pub client_events: usize,
+    /// Measure only the app side (publishing through the client crate next
+    /// to raw confirms); prints the table and writes no report.
+    #[arg(long)]
+    pub client_only: bool,
 }
 
 /// A deterministic xorshift64* generator: reproducible traffic, no crate.
@@ -192,7 +200,11 @@ pub async fn run(base: &Settings, args: &BenchArgs) -> anyhow::Result<()> {
     settings.amqp.dead_letter_queue = format!("sg_bench.{id}.dead");
     settings.limits.max_sessions = 1;
 
-    let result = bench(&settings, args).await;
+    let result = if args.client_only {
+        client_only(&settings, args).await.map(|rows| (rows, false))
+    } else {
+        bench(&settings, args).await
+    };
     cleanup(&settings).await;
     let (rows, tls) = result?;
     // TLS costs CPU on both ends of every statement (about 13% of the drain
@@ -210,10 +222,10 @@ pub async fn run(base: &Settings, args: &BenchArgs) -> anyhow::Result<()> {
         writeln!(table, "| {} | {} | {} |", r.what, r.figure, r.note)?;
     }
     println!("\n{table}");
-    if !args.output.is_empty() {
+    if !args.output.is_empty() && !args.client_only {
         let report = format!(
             "# Benchmarks\n\nMeasured by `session-guard bench --events {} --users {} --rate {} \
-             --seconds {} --log-rows {} --runs {}` on {} (UTC).\n\nMachine: {}; {} cores. Versions: \
+             --seconds {} --log-rows {} --runs {} --client-events {}` on {} (UTC).\n\nMachine: {}; {} cores. Versions: \
              session-guard {}, {}, {}; {transport}, broker connection without TLS. Broker, \
              database, worker and load generator share the machine. Figures vary by +-20% between runs on these shared machines: compare \
              ratios to the baseline of the same run.\n\n{table}\n",
@@ -223,6 +235,7 @@ pub async fn run(base: &Settings, args: &BenchArgs) -> anyhow::Result<()> {
             args.seconds,
             args.log_rows,
             args.runs,
+            args.client_events,
             Utc::now().format("%Y-%m-%d %H:%M"),
             machine(),
             std::thread::available_parallelism().map_or(0, |n| n.get()),
@@ -259,7 +272,7 @@ async fn bench(settings: &Settings, args: &BenchArgs) -> anyhow::Result<(Vec<Row
     // A queue bound like an app's, so revokes are routed (and not logged as
     // unroutable); gone with the bench's connection.
     revoke_listener(&setup, settings).await?;
-    let mut rows = Vec::new();
+    let mut rows = client_rows(&setup, &publisher, settings, args.client_events).await?;
 
     // The traffic, generated once and replayed for each drain run.
     let mut traffic = Traffic::new(args.users, 0x5eed);
@@ -402,6 +415,131 @@ async fn bench(settings: &Settings, args: &BenchArgs) -> anyhow::Result<(Vec<Row
     pool.close().await;
     let _ = connection.close(200, "done".into()).await;
     Ok((rows, tls))
+}
+
+/// Only the app side: the broker, no database and no worker.
+async fn client_only(settings: &Settings, args: &BenchArgs) -> anyhow::Result<Vec<Row>> {
+    let connection = broker::connect(&settings.amqp, "bench").await?;
+    let setup = connection.create_channel().await?;
+    broker::declare_topology(&setup, &settings.amqp).await?;
+    let publisher = broker::confirm_channel(&connection).await?;
+    let rows = client_rows(&setup, &publisher, settings, args.client_events).await;
+    let _ = connection.close(200, "done".into()).await;
+    rows
+}
+
+/// Publishing as an app does, through the client crate's EventPublisher,
+/// next to raw publisher confirms with the same events, back to back; the
+/// events queue is emptied after each.
+async fn client_rows(
+    setup: &Channel,
+    publisher: &Channel,
+    settings: &Settings,
+    n: usize,
+) -> anyhow::Result<Vec<Row>> {
+    use session_guard_client::protocol::event::{AppName, EventBody, EventKind};
+    use session_guard_client::{EventPublisher, PublisherConfig};
+
+    let n = n.max(1);
+    let mut traffic = Traffic::new(n.clamp(1, 50_000), 0xc11e);
+    let values: Vec<serde_json::Value> = (0..n).map(|_| traffic.next_event()).collect();
+    let raw: Vec<Vec<u8>> = values.iter().map(|v| v.to_string().into_bytes()).collect();
+    let bodies = values
+        .into_iter()
+        .map(serde_json::from_value::<EventBody>)
+        .collect::<Result<Vec<_>, _>>()?;
+    let purge = || async {
+        setup
+            .queue_purge(
+                settings.amqp.events_queue.as_str().into(),
+                lapin::options::QueuePurgeOptions::default(),
+            )
+            .await
+            .context("cannot purge the events queue")
+    };
+
+    let raw_rate = fill(publisher, settings, &raw).await?;
+    purge().await?;
+    println!("raw publisher confirms: {raw_rate:.0} events/s");
+
+    let mut config = PublisherConfig::new(
+        settings.amqp.url.clone(),
+        AppName::parse("bench").expect("a valid app name"),
+    );
+    config.exchange = settings.amqp.events_exchange.clone();
+    // Room for every event: the rate measured is the publisher's, not the
+    // drop policy's.
+    config.capacity = n;
+    config.max_in_flight = 1_000;
+    let client = EventPublisher::connect(config).await?;
+    // An app's request thread: sends one event after another, timed one by
+    // one, building included.
+    let sender = client.clone();
+    let (started, mut times) = tokio::task::spawn_blocking(move || {
+        let mut times = Vec::with_capacity(bodies.len());
+        let started = Instant::now();
+        for body in bodies {
+            let before = Instant::now();
+            let session = body.session_id.as_str();
+            let user = body.user_id.as_deref().unwrap_or_default();
+            let mut event = match body.kind {
+                EventKind::Login => sender.login(session, user),
+                EventKind::Request => sender.request(session, user),
+                EventKind::Logout => sender.logout(session),
+                EventKind::LogoutOthers => sender.logout_others(session, user),
+                EventKind::LogoutAll => sender.logout_all(session, user),
+            }
+            .occurred_at(body.occurred_at);
+            if let Some(ip) = body.ip {
+                event = event.ip(ip);
+            }
+            if let Some(agent) = &body.user_agent {
+                event = event.user_agent(agent);
+            }
+            let sent = event.send();
+            times.push(before.elapsed().as_secs_f64() * 1e6);
+            sent?;
+        }
+        Ok::<_, session_guard_client::SendError>((started, times))
+    })
+    .await??;
+    client.flush().await?;
+    let client_rate = n as f64 / started.elapsed().as_secs_f64();
+    let stats = client.stats();
+    client.close().await?;
+    purge().await?;
+    anyhow::ensure!(
+        stats.published == n as u64,
+        "EventPublisher confirmed {} of {n} events",
+        stats.published
+    );
+    times.sort_by(f64::total_cmp);
+    let pick = |q: f64| times[((times.len() - 1) as f64 * q).round() as usize];
+    let (p50, p99, max) = (pick(0.5), pick(0.99), times[times.len() - 1]);
+    println!("EventPublisher: {client_rate:.0} events/s; send() p50 {p50:.2} µs, p99 {p99:.2} µs");
+    Ok(vec![
+        Row {
+            what: format!("publish with confirms, raw lapin ({n} events)"),
+            figure: format!("{raw_rate:.0} events/s"),
+            note: "1,000 in flight; the baseline of the next two rows, same run".into(),
+        },
+        Row {
+            what: "publish through EventPublisher (session-guard-client)".into(),
+            figure: format!("{client_rate:.0} events/s"),
+            note: format!(
+                "{:.2} of raw confirms; first send to last confirm, 1,000 in flight",
+                client_rate / raw_rate
+            ),
+        },
+        Row {
+            what: "caller's time per EventPublisher send()".into(),
+            figure: format!("p50 {p50:.2} µs, p99 {p99:.2} µs, max {max:.0} µs"),
+            note: format!(
+                "{n} sends from one thread, building and validating the event included; \
+                 target under 5 µs"
+            ),
+        },
+    ])
 }
 
 /// Empties the session log between runs, so each starts from the same state.

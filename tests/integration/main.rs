@@ -13,6 +13,7 @@ mod faults;
 mod lifecycle;
 mod operations;
 mod operator_commands;
+mod publisher;
 mod refusals;
 mod repeat;
 mod retention;
