@@ -8,6 +8,7 @@ mod batching;
 mod check_config;
 mod claims;
 mod client_listener;
+mod demo;
 mod enforcement;
 mod faults;
 mod lifecycle;
