@@ -3,6 +3,8 @@ FROM rust:1.95-slim-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
+COPY protocol ./protocol
+COPY clients ./clients
 COPY config ./config
 COPY migrations ./migrations
 RUN cargo build --release --locked --bin session-guard

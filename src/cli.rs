@@ -56,6 +56,11 @@ pub enum Command {
     /// Measure throughput, latency and memory against the local services,
     /// next to a baseline consumer; writes BENCHMARKS.md.
     Bench(crate::bench::BenchArgs),
+    /// See the whole flow in a few seconds: a fake app logs a user in from
+    /// two browsers, a worker in this process revokes the older session,
+    /// the app ends it. Uses a database and queues of its own, removed at
+    /// the end.
+    Demo(crate::demo::DemoArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -167,7 +172,13 @@ pub struct SessionsArgs {
 
 /// Runs the parsed command line. `main` only builds the runtime around it.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
-    let settings = Settings::load(cli.config.as_deref())?;
+    let mut settings = Settings::load(cli.config.as_deref())?;
+    if matches!(cli.command, Command::Demo(_)) {
+        // The demo tells its own story on stdout; RUST_LOG still wins.
+        // Dropping a database can pass sqlx's slow-statement threshold: not
+        // worth a warning here.
+        settings.log.level = "warn,sqlx::query=error".to_owned();
+    }
     telemetry::init_logging(&settings.log)?;
     match cli.command {
         Command::Migrate => {
@@ -193,6 +204,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Revoke(args) => revoke(&settings, &args).await,
         Command::CheckConfig => check_config(&settings).await,
         Command::Bench(args) => crate::bench::run(&settings, &args).await,
+        Command::Demo(args) => crate::demo::run(&settings, &args).await,
     }
 }
 
@@ -623,7 +635,7 @@ impl SessionOut {
     }
 }
 
-async fn sessions(settings: &Settings, args: &SessionsArgs) -> anyhow::Result<()> {
+pub(crate) async fn sessions(settings: &Settings, args: &SessionsArgs) -> anyhow::Result<()> {
     parse_user_and_app(&args.user, args.app.as_deref())?;
     let pool = store::connect_checked(&settings.database).await?;
     let rows = store::user_sessions(&pool, &args.user, args.app.as_deref())

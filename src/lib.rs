@@ -18,6 +18,7 @@ pub mod bench;
 pub mod broker;
 pub mod cli;
 pub mod configuration;
+pub mod demo;
 pub mod domain;
 pub mod health;
 pub mod metric;

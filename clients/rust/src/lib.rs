@@ -14,6 +14,8 @@
 
 pub use session_guard_protocol as protocol;
 
+pub mod listener;
+pub use listener::{ListenerConfig, ListenerError, RevocationListener, Revoke};
 pub mod publisher;
 pub use publisher::{
     EventBuilder, EventPublisher, PublisherConfig, PublisherError, PublisherStats, SendError,

@@ -1,0 +1,1030 @@
+//! Receiving revokes: [`RevocationListener`] consumes the app's revoke queue,
+//! hands each revoke to your handler, and acks it once the handler ended the
+//! session.
+//!
+//! On the broker, for an app `shop` with the default names:
+//!
+//! - `shop.revocations`: a durable quorum queue bound to the topic exchange
+//!   `session_guard.revocations` with `revoke.shop`. Every instance of the
+//!   app consumes this one queue, so each revoke is handled by one instance.
+//!   Its `x-delivery-limit` is `max_attempts - 1` (a delivery and at most
+//!   that many redeliveries) and its dead-letter exchange is
+//!   `shop.revocations.dead`;
+//! - `shop.revocations.dead`: a durable fanout exchange of the app's own and
+//!   a durable quorum queue of the same name bound to it, where revokes the
+//!   handler kept failing on, and bodies that are not revokes, end up.
+//!
+//! Every declaration is idempotent: each instance makes them at start and
+//! after every reconnect, in any order.
+
+use std::fmt::Display;
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
+use futures::future::{Fuse, FusedFuture};
+use futures::{FutureExt, StreamExt};
+use lapin::message::Delivery;
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions,
+    BasicPublishOptions, BasicQosOptions, BasicRejectOptions, ConfirmSelectOptions,
+    ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind};
+use session_guard_protocol::event::AppName;
+use session_guard_protocol::names;
+use session_guard_protocol::revoke::RevokeMessage;
+use tokio::time::Instant;
+
+/// Header RabbitMQ sets on a quorum queue's redeliveries: how many
+/// deliveries came before.
+const DELIVERY_COUNT_HEADER: &str = "x-delivery-count";
+/// Pause before a failed revoke goes back to the queue, times its attempt
+/// number: a handler failing on a passing outage gets some time to recover
+/// before its attempts run out.
+const RETRY_PAUSE: Duration = Duration::from_millis(100);
+/// How long, once the consumer is cancelled, to wait for revokes the
+/// broker had already sent.
+const DRAIN_WAIT: Duration = Duration::from_millis(500);
+/// How long one connection attempt may take before it counts as failed: a
+/// broker behind a dropped route would otherwise hold it for the operating
+/// system's TCP timeout.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long closing a connection may take.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// First pause before reconnecting, before jitter.
+const INITIAL_BACKOFF: Duration = Duration::from_millis(100);
+/// A connection that lived this long before failing starts the backoff over.
+const STABLE_AFTER: Duration = Duration::from_secs(30);
+
+/// Where and how a [`RevocationListener`] listens. [`ListenerConfig::new`]
+/// gives the defaults; change fields before connecting.
+#[derive(Clone)]
+pub struct ListenerConfig {
+    /// The broker, e.g. `amqp://shop:secret@mq.internal:5672/%2f`
+    /// (`amqps://` for TLS; `?heartbeat=10` sets the heartbeat).
+    pub url: String,
+    /// The app whose revokes to receive: the queue is bound with
+    /// `revoke.<app>`.
+    pub app: AppName,
+    /// The topic exchange session-guard publishes revokes to (default
+    /// `session_guard.revocations`, the worker's `amqp.revocations_exchange`).
+    /// session-guard declares it; the listener only binds to it.
+    pub exchange: String,
+    /// The queue the app's instances share (default `<app>.revocations`).
+    /// Dead letters go to `<queue>.dead` ([`ListenerConfig::dead_letter_queue`]).
+    pub queue: String,
+    /// Revokes the broker sends ahead, unacked, to this listener (default 100).
+    pub prefetch: u16,
+    /// Deliveries of one revoke before it is dead-lettered: with the default
+    /// 5, a handler that keeps failing sees it 5 times. At least 1. Part of
+    /// the queue's arguments: changing it for an existing queue needs the
+    /// queue deleted (see the crate's README).
+    pub max_attempts: u32,
+    /// Longest pause between reconnection attempts (default 10 s).
+    pub max_backoff: Duration,
+}
+
+impl std::fmt::Debug for ListenerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The URL usually carries a password: never print it.
+        f.debug_struct("ListenerConfig")
+            .field("url", &redact_url(&self.url))
+            .field("app", &self.app)
+            .field("exchange", &self.exchange)
+            .field("queue", &self.queue)
+            .field("prefetch", &self.prefetch)
+            .field("max_attempts", &self.max_attempts)
+            .field("max_backoff", &self.max_backoff)
+            .finish()
+    }
+}
+
+impl ListenerConfig {
+    /// The defaults for `app` on the broker at `url`: the default exchange
+    /// and queue names, prefetch 100, 5 attempts, backoff up to 10 s.
+    pub fn new(url: impl Into<String>, app: AppName) -> Self {
+        ListenerConfig {
+            url: url.into(),
+            exchange: names::REVOCATIONS_EXCHANGE.to_owned(),
+            queue: names::revoke_queue(&app),
+            app,
+            prefetch: 100,
+            max_attempts: 5,
+            max_backoff: Duration::from_secs(10),
+        }
+    }
+
+    /// The dead-letter exchange and queue (one name for both):
+    /// `<queue>.dead`, e.g. `shop.revocations.dead`.
+    pub fn dead_letter_queue(&self) -> String {
+        format!("{}.dead", self.queue)
+    }
+
+    /// Refuses values the broker would refuse, or that make no sense.
+    fn check(&self) -> Result<(), ListenerError> {
+        let invalid = |why: String| Err(ListenerError::Config(why));
+        if self.queue.is_empty() || self.queue.len() > 250 {
+            return invalid(format!(
+                "queue: {:?} must be 1 to 250 bytes long (`.dead` is added for the dead-letter queue)",
+                self.queue
+            ));
+        }
+        if self.exchange.is_empty() {
+            return invalid("exchange: must not be empty".to_owned());
+        }
+        if self.prefetch == 0 {
+            return invalid("prefetch: must be at least 1".to_owned());
+        }
+        if self.max_attempts == 0 || self.max_attempts > i32::MAX as u32 {
+            return invalid(format!(
+                "max_attempts: {} is not between 1 and {}",
+                self.max_attempts,
+                i32::MAX
+            ));
+        }
+        Ok(())
+    }
+
+    /// The name the connection shows in RabbitMQ's management UI and
+    /// `rabbitmqctl list_connections`.
+    fn connection_name(&self) -> String {
+        format!("session-guard-client listener ({})", self.queue)
+    }
+}
+
+/// One revoke for the app: end the session `message.session_id` names.
+#[derive(Debug, Clone)]
+pub struct Revoke {
+    /// What session-guard sent: the session, the user, why
+    /// ([`RevokeMessage::reason`]), when.
+    pub message: RevokeMessage,
+    /// Deliveries of this revoke before this one: 0 the first time, 1 after
+    /// the handler failed once... A connection lost while the revoke was
+    /// delivered and not yet acked counts too.
+    pub delivery_count: u32,
+}
+
+/// Why the listener could not start, or stopped.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ListenerError {
+    /// A [`ListenerConfig`] value that cannot work; the text names the field.
+    #[error("invalid listener configuration: {0}")]
+    Config(String),
+    /// The broker could not be reached, or refused the credentials or the
+    /// vhost.
+    #[error("cannot connect to RabbitMQ at {url}: {cause}")]
+    Connect {
+        /// The URL, its password replaced by `***`.
+        url: String,
+        /// What lapin reported.
+        cause: Box<lapin::Error>,
+    },
+    /// The broker did not complete the connection in time (TCP, TLS and
+    /// the AMQP handshake).
+    #[error("cannot connect to RabbitMQ at {url}: no answer within {} s", after.as_secs())]
+    ConnectTimeout {
+        /// The URL, its password replaced by `***`.
+        url: String,
+        /// How long the listener waited.
+        after: Duration,
+    },
+    /// The revocations exchange does not exist: session-guard declares it
+    /// when it starts.
+    #[error(
+        "exchange {exchange} does not exist: start session-guard first (it declares it), or set \
+         the listener's exchange to the worker's amqp.revocations_exchange"
+    )]
+    NoExchange {
+        /// The exchange named in the configuration.
+        exchange: String,
+    },
+    /// The queue exists with other arguments (another `max_attempts`, or
+    /// declared by hand without a delivery limit): RabbitMQ cannot change a
+    /// queue's arguments.
+    #[error(
+        "queue {queue} already exists with other arguments (x-delivery-limit {limit}, \
+         x-dead-letter-exchange {dead_letter}, quorum): delete it, or set max_attempts as it was \
+         ({cause})"
+    )]
+    QueueMismatch {
+        /// The queue.
+        queue: String,
+        /// The delivery limit this listener asked for (`max_attempts - 1`).
+        limit: u32,
+        /// The dead-letter exchange this listener asked for.
+        dead_letter: String,
+        /// What RabbitMQ answered.
+        cause: Box<lapin::Error>,
+    },
+    /// RabbitMQ's permissions refuse this user an operation.
+    #[error(
+        "RabbitMQ refused to {action}: {cause} (the app's user needs the permissions listed in \
+         the session-guard-client README)"
+    )]
+    Refused {
+        /// What the listener tried.
+        action: String,
+        /// What RabbitMQ answered.
+        cause: Box<lapin::Error>,
+    },
+    /// Any other broker error while setting up.
+    #[error("cannot {action}: {cause}")]
+    Broker {
+        /// What the listener tried.
+        action: String,
+        /// What lapin reported.
+        cause: Box<lapin::Error>,
+    },
+}
+
+/// Receives the revokes session-guard publishes for one app.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), session_guard_client::ListenerError> {
+/// use session_guard_client::{ListenerConfig, RevocationListener, Revoke};
+/// use session_guard_client::protocol::event::AppName;
+///
+/// let app = AppName::parse("shop").expect("a valid app name");
+/// let config = ListenerConfig::new("amqp://guest:guest@127.0.0.1:5672/%2f", app);
+/// let listener = RevocationListener::connect(config).await?;
+/// listener
+///     .run(
+///         |revoke: Revoke| async move {
+///             // Delete the session from your session store; an Err retries.
+///             println!("ending {} ({})", revoke.message.session_id, revoke.message.reason);
+///             Ok::<(), std::io::Error>(())
+///         },
+///         async { tokio::signal::ctrl_c().await.ok(); },
+///     )
+///     .await
+/// # }
+/// ```
+pub struct RevocationListener {
+    /// What to listen to, and how.
+    config: ListenerConfig,
+    /// The connection `connect` opened and declared on, used by `run` first.
+    connection: Connection,
+}
+
+impl std::fmt::Debug for RevocationListener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RevocationListener")
+            .field("queue", &self.config.queue)
+            .field("url", &redact_url(&self.config.url))
+            .finish_non_exhaustive()
+    }
+}
+
+impl RevocationListener {
+    /// Connects and declares (idempotently) the durable quorum queue bound
+    /// to `revoke.<app>`, with `x-delivery-limit` and the dead-letter
+    /// exchange and queue. An unreachable broker, refused credentials or
+    /// permissions, a missing revocations exchange or a queue declared with
+    /// other arguments are errors here, before any revoke is consumed.
+    pub async fn connect(config: ListenerConfig) -> Result<RevocationListener, ListenerError> {
+        config.check()?;
+        let connection = open(&config).await?;
+        Ok(RevocationListener { config, connection })
+    }
+
+    /// The configuration in use.
+    pub fn config(&self) -> &ListenerConfig {
+        &self.config
+    }
+
+    /// Calls `handler` for each revoke, one at a time, until `shutdown`
+    /// resolves. Then it takes no new revokes, lets the handler in progress
+    /// finish, hands the handler the revokes the broker had already sent
+    /// (at most `prefetch`; given back, each would count as a delivery), and
+    /// returns.
+    ///
+    /// - `Ok` from the handler acks the revoke.
+    /// - `Err` logs it and puts the revoke back in the queue after a short
+    ///   pause (100 ms times the attempt number): the broker delivers it
+    ///   again, to this instance or another, with a higher
+    ///   [`Revoke::delivery_count`]. When the last of `max_attempts` fails,
+    ///   the revoke goes to the dead-letter queue with the handler's error
+    ///   in the `x-session-guard-error` header.
+    /// - A body that is not a revoke is logged and dead-lettered at once.
+    /// - A lost connection is re-established with jittered backoff (up to
+    ///   `max_backoff`); the revokes that were not acked yet come back from
+    ///   the broker (each with its delivery count one higher).
+    ///
+    /// Returns an error only for what retrying cannot fix: the queue was
+    /// re-declared with other arguments meanwhile.
+    pub async fn run<F, Fut, E>(
+        self,
+        mut handler: F,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), ListenerError>
+    where
+        F: FnMut(Revoke) -> Fut,
+        Fut: Future<Output = Result<(), E>>,
+        E: Display,
+    {
+        let RevocationListener { config, connection } = self;
+        let mut shutdown = std::pin::pin!(shutdown.fuse());
+        let mut connection = Some(connection);
+        let mut backoff = Backoff::new(config.max_backoff);
+        loop {
+            let current = match connection.take() {
+                Some(c) => c,
+                None => {
+                    let opened = tokio::select! {
+                        opened = open(&config) => opened,
+                        () = &mut shutdown => return Ok(()),
+                    };
+                    match opened {
+                        Ok(c) => c,
+                        Err(e @ ListenerError::QueueMismatch { .. }) => return Err(e),
+                        Err(e) => {
+                            let delay = backoff.next_delay();
+                            tracing::error!(
+                                queue = %config.queue,
+                                error = %e,
+                                retry_in_ms = delay.as_millis() as u64,
+                                "cannot reconnect the revocation listener"
+                            );
+                            if !pause(delay, &mut shutdown).await {
+                                return Ok(());
+                            }
+                            continue;
+                        }
+                    }
+                }
+            };
+            let started = Instant::now();
+            let result = consume(&config, &current, &mut handler, &mut shutdown).await;
+            close(&current).await;
+            match result {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    if started.elapsed() > STABLE_AFTER {
+                        backoff.reset();
+                    }
+                    let delay = backoff.next_delay();
+                    tracing::warn!(
+                        queue = %config.queue,
+                        error = %e,
+                        retry_in_ms = delay.as_millis() as u64,
+                        "revocation listener lost its connection; reconnecting"
+                    );
+                    if !pause(delay, &mut shutdown).await {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The shutdown future, pinned and fused so that every wait can poll it.
+type ShutdownFuture<'a, S> = Pin<&'a mut Fuse<S>>;
+
+/// Connects and declares the listener's queues.
+async fn open(config: &ListenerConfig) -> Result<Connection, ListenerError> {
+    let properties =
+        ConnectionProperties::default().with_connection_name(config.connection_name().into());
+    let connection = match tokio::time::timeout(
+        CONNECT_TIMEOUT,
+        Connection::connect(&config.url, properties),
+    )
+    .await
+    {
+        Ok(connected) => connected.map_err(|cause| ListenerError::Connect {
+            url: redact_url(&config.url),
+            cause: Box::new(cause),
+        })?,
+        Err(_) => {
+            return Err(ListenerError::ConnectTimeout {
+                url: redact_url(&config.url),
+                after: CONNECT_TIMEOUT,
+            });
+        }
+    };
+    let channel = connection
+        .create_channel()
+        .await
+        .map_err(|cause| broker_error("open a channel", cause))?;
+    let declared = declare(&channel, config).await;
+    let _ = channel.close(200, "declared".into()).await;
+    if let Err(e) = declared {
+        close(&connection).await;
+        return Err(e);
+    }
+    Ok(connection)
+}
+
+/// Closes a connection we are done with, without waiting long: a broker out
+/// of reach would never answer.
+async fn close(connection: &Connection) {
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, connection.close(200, "done".into())).await;
+}
+
+/// Declares the dead-letter exchange and queue, then the revoke queue and
+/// its binding. Each failure is a channel error, so the next step would
+/// fail too: the first one is returned.
+async fn declare(channel: &Channel, config: &ListenerConfig) -> Result<(), ListenerError> {
+    let dead = config.dead_letter_queue();
+    let durable_exchange = ExchangeDeclareOptions {
+        durable: true,
+        ..ExchangeDeclareOptions::default()
+    };
+    let durable_queue = QueueDeclareOptions {
+        durable: true,
+        ..QueueDeclareOptions::default()
+    };
+    // An exchange of the app's own rather than the default exchange: writing
+    // to the default exchange would let the app's user publish to any queue
+    // of the vhost.
+    channel
+        .exchange_declare(
+            dead.as_str().into(),
+            ExchangeKind::Fanout,
+            durable_exchange,
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|cause| broker_error(&format!("declare exchange {dead}"), cause))?;
+    channel
+        .queue_declare(dead.as_str().into(), durable_queue, quorum_arguments())
+        .await
+        .map_err(|cause| broker_error(&format!("declare queue {dead}"), cause))?;
+    channel
+        .queue_bind(
+            dead.as_str().into(),
+            dead.as_str().into(),
+            "".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|cause| broker_error(&format!("bind queue {dead} to exchange {dead}"), cause))?;
+
+    let limit = config.max_attempts - 1;
+    let mut args = quorum_arguments();
+    args.insert(
+        "x-dead-letter-exchange".into(),
+        AMQPValue::LongString(dead.as_str().into()),
+    );
+    // RabbitMQ 3.x quorum queues have no delivery limit by default: a revoke
+    // the handler always fails on would come back forever.
+    args.insert("x-delivery-limit".into(), AMQPValue::LongInt(limit as i32));
+    // At-least-once dead-lettering: the queue keeps a dead letter until the
+    // dead-letter queue has it (at-most-once would drop it if that queue were
+    // gone). It requires the reject-publish overflow mode, which changes
+    // nothing without a length limit.
+    args.insert(
+        "x-dead-letter-strategy".into(),
+        AMQPValue::LongString("at-least-once".into()),
+    );
+    args.insert(
+        "x-overflow".into(),
+        AMQPValue::LongString("reject-publish".into()),
+    );
+    channel
+        .queue_declare(config.queue.as_str().into(), durable_queue, args)
+        .await
+        .map_err(|cause| {
+            if soft_error(&cause) == Some(AMQPSoftError::PRECONDITIONFAILED) {
+                ListenerError::QueueMismatch {
+                    queue: config.queue.clone(),
+                    limit,
+                    dead_letter: dead.clone(),
+                    cause: Box::new(cause),
+                }
+            } else {
+                broker_error(&format!("declare queue {}", config.queue), cause)
+            }
+        })?;
+    let key = names::revoke_routing_key(config.app.as_str());
+    channel
+        .queue_bind(
+            config.queue.as_str().into(),
+            config.exchange.as_str().into(),
+            key.as_str().into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|cause| {
+            if soft_error(&cause) == Some(AMQPSoftError::NOTFOUND) {
+                ListenerError::NoExchange {
+                    exchange: config.exchange.clone(),
+                }
+            } else {
+                broker_error(
+                    &format!(
+                        "bind queue {} to exchange {} with {key}",
+                        config.queue, config.exchange
+                    ),
+                    cause,
+                )
+            }
+        })?;
+    Ok(())
+}
+
+/// Quorum queues: replicated, durable, with delivery counts and limits.
+fn quorum_arguments() -> FieldTable {
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("quorum".into()),
+    );
+    args
+}
+
+/// The AMQP soft error (a channel error) behind `e`, if it is one.
+fn soft_error(e: &lapin::Error) -> Option<AMQPSoftError> {
+    match e.kind() {
+        lapin::ErrorKind::ProtocolError(amqp) => match amqp.kind() {
+            AMQPErrorKind::Soft(soft) => Some(soft.clone()),
+            AMQPErrorKind::Hard(_) => None,
+        },
+        _ => None,
+    }
+}
+
+/// A refusal by the permissions, or another broker error, while doing `action`.
+fn broker_error(action: &str, cause: lapin::Error) -> ListenerError {
+    let action = action.to_owned();
+    let refused = soft_error(&cause) == Some(AMQPSoftError::ACCESSREFUSED);
+    let cause = Box::new(cause);
+    if refused {
+        ListenerError::Refused { action, cause }
+    } else {
+        ListenerError::Broker { action, cause }
+    }
+}
+
+/// Why one connection's consuming ended: the connection or channel failed.
+#[derive(Debug, thiserror::Error)]
+#[error("{action}: {cause}")]
+struct ConnectionLost {
+    /// What the listener was doing.
+    action: &'static str,
+    /// What lapin reported, or what happened.
+    cause: String,
+}
+
+impl ConnectionLost {
+    fn new(action: &'static str, cause: impl Display) -> ConnectionLost {
+        ConnectionLost {
+            action,
+            cause: cause.to_string(),
+        }
+    }
+}
+
+/// Consumes on `connection` until `shutdown` (`Ok`) or a broker error.
+async fn consume<F, Fut, E, S>(
+    config: &ListenerConfig,
+    connection: &Connection,
+    handler: &mut F,
+    shutdown: &mut ShutdownFuture<'_, S>,
+) -> Result<(), ConnectionLost>
+where
+    F: FnMut(Revoke) -> Fut,
+    Fut: Future<Output = Result<(), E>>,
+    E: Display,
+    S: Future<Output = ()>,
+{
+    let channel = connection
+        .create_channel()
+        .await
+        .map_err(|e| ConnectionLost::new("cannot open a channel", e))?;
+    // Per-consumer prefetch (global: false): RabbitMQ 3.x refuses global QoS
+    // on quorum queues with an error that closes the whole connection.
+    channel
+        .basic_qos(config.prefetch, BasicQosOptions { global: false })
+        .await
+        .map_err(|e| ConnectionLost::new("cannot set the prefetch", e))?;
+    let dead_letters = connection
+        .create_channel()
+        .await
+        .map_err(|e| ConnectionLost::new("cannot open a channel", e))?;
+    dead_letters
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .map_err(|e| ConnectionLost::new("cannot enable publisher confirms", e))?;
+    let mut consumer = channel
+        .basic_consume(
+            config.queue.as_str().into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|e| ConnectionLost::new("cannot consume", e))?;
+    tracing::info!(queue = %config.queue, "listening for revokes");
+    let dead = DeadLetters {
+        channel: &dead_letters,
+        exchange: config.dead_letter_queue(),
+    };
+    loop {
+        let next = tokio::select! {
+            biased;
+            () = &mut *shutdown => break,
+            next = consumer.next() => next,
+        };
+        let delivery = match next {
+            Some(Ok(delivery)) => delivery,
+            Some(Err(e)) => return Err(ConnectionLost::new("the consumer failed", e)),
+            None => {
+                return Err(ConnectionLost::new(
+                    "the consumer ended",
+                    "cancelled by the broker (was the queue deleted?)",
+                ));
+            }
+        };
+        handle(config, &dead, delivery, handler, shutdown).await?;
+    }
+    // A revoke given back to the queue counts as a delivery on RabbitMQ 3.x:
+    // enough restarts would dead-letter it unhandled. So stop the flow, and
+    // hand the revokes the broker had already sent to the handler.
+    let cancel = channel.basic_cancel(consumer.tag(), BasicCancelOptions::default());
+    match tokio::time::timeout(CLOSE_TIMEOUT, cancel).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Err(ConnectionLost::new("cannot cancel the consumer", e)),
+        Err(_) => {
+            return Err(ConnectionLost::new(
+                "cannot cancel the consumer",
+                "no answer from the broker",
+            ));
+        }
+    }
+    while let Ok(Some(Ok(delivery))) = tokio::time::timeout(DRAIN_WAIT, consumer.next()).await {
+        handle(config, &dead, delivery, handler, shutdown).await?;
+    }
+    for channel in [&channel, &dead_letters] {
+        let closing = channel.close(200, "shutting down".into());
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, closing).await;
+    }
+    Ok(())
+}
+
+/// Where a listener sends what it gives up on.
+struct DeadLetters<'a> {
+    /// A channel in confirm mode.
+    channel: &'a Channel,
+    /// The app's dead-letter exchange.
+    exchange: String,
+}
+
+impl DeadLetters<'_> {
+    /// Publishes a copy of `delivery` with the reason in the error headers,
+    /// and waits for the broker's confirm.
+    async fn send(&self, delivery: &Delivery, error: &str, kind: &str) -> Result<(), String> {
+        let mut headers = delivery.properties.headers().clone().unwrap_or_default();
+        headers.insert(
+            names::ERROR_HEADER.into(),
+            AMQPValue::LongString(LongString::from(truncate(
+                error,
+                names::MAX_ERROR_HEADER_BYTES,
+            ))),
+        );
+        headers.insert(
+            names::ERROR_KIND_HEADER.into(),
+            AMQPValue::LongString(LongString::from(kind)),
+        );
+        let properties = delivery
+            .properties
+            .clone()
+            .with_headers(headers)
+            .with_delivery_mode(2);
+        let confirm = self
+            .channel
+            .basic_publish(
+                self.exchange.as_str().into(),
+                ShortString::from(delivery.routing_key.as_str()),
+                BasicPublishOptions::default(),
+                &delivery.data,
+                properties,
+            )
+            .await
+            .map_err(|e| e.to_string())?
+            .await
+            .map_err(|e| e.to_string())?;
+        match confirm {
+            Confirmation::Ack(_) | Confirmation::NotRequested => Ok(()),
+            Confirmation::Nack(_) => Err("the broker refused the dead letter".to_owned()),
+        }
+    }
+}
+
+/// One delivery: parse it, call the handler, settle it.
+async fn handle<F, Fut, E, S>(
+    config: &ListenerConfig,
+    dead: &DeadLetters<'_>,
+    delivery: Delivery,
+    handler: &mut F,
+    shutdown: &mut ShutdownFuture<'_, S>,
+) -> Result<(), ConnectionLost>
+where
+    F: FnMut(Revoke) -> Fut,
+    Fut: Future<Output = Result<(), E>>,
+    E: Display,
+    S: Future<Output = ()>,
+{
+    let delivery_count = delivery_count(&delivery);
+    let message = match parse(&delivery.data) {
+        Ok(message) => message,
+        Err(why) => {
+            tracing::warn!(
+                queue = %config.queue,
+                error = %why,
+                "a message in the revoke queue is not a revoke: dead-lettered"
+            );
+            return give_up(dead, &delivery, &why, "invalid").await;
+        }
+    };
+    let (event_id, session_id) = (message.event_id, message.session_id.clone());
+    let revoke = Revoke {
+        message,
+        delivery_count,
+    };
+    match handler(revoke).await {
+        Ok(()) => settled(
+            delivery.ack(BasicAckOptions::default()).await,
+            "cannot ack a revoke",
+        ),
+        Err(e) => {
+            let error = e.to_string();
+            let attempt = delivery_count.saturating_add(1);
+            if attempt >= config.max_attempts {
+                tracing::error!(
+                    queue = %config.queue,
+                    %event_id,
+                    %session_id,
+                    attempt,
+                    error = %error,
+                    "the revoke handler failed on the last attempt: revoke dead-lettered"
+                );
+                return give_up(dead, &delivery, &error, "failed").await;
+            }
+            tracing::warn!(
+                queue = %config.queue,
+                %event_id,
+                %session_id,
+                attempt,
+                max_attempts = config.max_attempts,
+                error = %error,
+                "the revoke handler failed: the revoke will be delivered again"
+            );
+            let wait = (RETRY_PAUSE * attempt).min(config.max_backoff);
+            if !shutdown.is_terminated() {
+                // A shutdown requeues at once rather than holding the revoke.
+                tokio::select! {
+                    () = tokio::time::sleep(wait) => {}
+                    () = &mut *shutdown => {}
+                }
+            }
+            let requeue = BasicNackOptions {
+                requeue: true,
+                ..BasicNackOptions::default()
+            };
+            settled(delivery.nack(requeue).await, "cannot requeue a revoke")
+        }
+    }
+}
+
+/// Dead-letters `delivery` with `error`, then acks it. If the copy cannot be
+/// published, rejects it instead: the broker dead-letters it itself (without
+/// the error headers).
+async fn give_up(
+    dead: &DeadLetters<'_>,
+    delivery: &Delivery,
+    error: &str,
+    kind: &str,
+) -> Result<(), ConnectionLost> {
+    match dead.send(delivery, error, kind).await {
+        Ok(()) => settled(
+            delivery.ack(BasicAckOptions::default()).await,
+            "cannot ack a dead-lettered message",
+        ),
+        Err(e) => {
+            tracing::warn!(
+                exchange = %dead.exchange,
+                error = %e,
+                "cannot publish the dead letter: rejecting it to the broker's dead-lettering"
+            );
+            settled(
+                delivery.reject(BasicRejectOptions { requeue: false }).await,
+                "cannot reject a message",
+            )
+        }
+    }
+}
+
+/// An ack, nack or reject that did not reach the broker means the channel is
+/// gone: the broker delivers the revoke again after the reconnect.
+fn settled(result: lapin::Result<bool>, action: &'static str) -> Result<(), ConnectionLost> {
+    match result {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(ConnectionLost::new(action, "the channel is closed")),
+        Err(e) => Err(ConnectionLost::new(action, e)),
+    }
+}
+
+/// A revoke body, or why it is not one.
+fn parse(body: &[u8]) -> Result<RevokeMessage, String> {
+    let message: RevokeMessage =
+        serde_json::from_slice(body).map_err(|e| format!("not a revoke message: {e}"))?;
+    if message.kind != "revoke" {
+        return Err(format!("type: expected \"revoke\", got {:?}", message.kind));
+    }
+    Ok(message)
+}
+
+/// How many times the broker delivered this message before.
+fn delivery_count(delivery: &Delivery) -> u32 {
+    let Some(headers) = delivery.properties.headers() else {
+        return 0;
+    };
+    match headers.inner().get(DELIVERY_COUNT_HEADER) {
+        Some(AMQPValue::LongLongInt(n)) => (*n).clamp(0, u32::MAX as i64) as u32,
+        Some(AMQPValue::LongInt(n)) => (*n).max(0) as u32,
+        Some(AMQPValue::LongUInt(n)) => *n,
+        Some(AMQPValue::ShortInt(n)) => (*n).max(0) as u32,
+        Some(AMQPValue::ShortShortInt(n)) => (*n).max(0) as u32,
+        _ => 0,
+    }
+}
+
+/// Cuts `s` to at most `max` bytes on a character boundary.
+fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// `url` with its password replaced by `***`, for messages and logs.
+fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _password)) => format!("{scheme}://{user}:***@{host}{path}"),
+            None => url.to_owned(),
+        },
+        None => url.to_owned(),
+    }
+}
+
+/// Pauses that double from about 100 ms, with jitter so that instances
+/// that lost the broker together do not come back at the same instants,
+/// and never exceed the cap.
+struct Backoff {
+    /// The policy, kept to start over on `reset`.
+    builder: ExponentialBuilder,
+    /// Where the current run of failures stands.
+    delays: ExponentialBackoff,
+}
+
+impl Backoff {
+    fn new(max: Duration) -> Backoff {
+        // backon's jitter adds up to 100% of each step: steps capped at half
+        // of `max` keep every pause within `max`.
+        let cap = (max / 2).max(Duration::from_millis(1));
+        let builder = ExponentialBuilder::new()
+            .with_min_delay(INITIAL_BACKOFF.min(cap))
+            .with_max_delay(cap)
+            .with_factor(2.0)
+            .with_jitter()
+            .without_max_times();
+        Backoff {
+            builder,
+            delays: builder.build(),
+        }
+    }
+
+    fn next_delay(&mut self) -> Duration {
+        // Without a limit on attempts the iterator never ends.
+        self.delays.next().unwrap_or(INITIAL_BACKOFF)
+    }
+
+    fn reset(&mut self) {
+        self.delays = self.builder.build();
+    }
+}
+
+/// Sleeps for `delay` unless `shutdown` resolves first; `false` if it did.
+async fn pause<S: Future<Output = ()>>(
+    delay: Duration,
+    shutdown: &mut ShutdownFuture<'_, S>,
+) -> bool {
+    if shutdown.is_terminated() {
+        return false;
+    }
+    tokio::select! {
+        () = tokio::time::sleep(delay) => true,
+        () = &mut *shutdown => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_follow_the_protocol_names() {
+        let c = ListenerConfig::new("amqp://x", AppName::parse("shop").unwrap());
+        assert_eq!(c.queue, "shop.revocations");
+        assert_eq!(c.dead_letter_queue(), "shop.revocations.dead");
+        assert_eq!(
+            c.dead_letter_queue(),
+            names::revoke_dead_letter_queue(&c.app)
+        );
+        assert_eq!(c.exchange, names::REVOCATIONS_EXCHANGE);
+        assert_eq!((c.prefetch, c.max_attempts), (100, 5));
+        assert!(c.check().is_ok());
+    }
+
+    #[test]
+    fn unusable_values_are_refused_naming_the_field() {
+        let base = ListenerConfig::new("amqp://x", AppName::parse("shop").unwrap());
+        let err = |c: ListenerConfig| c.check().unwrap_err().to_string();
+        assert_eq!(
+            err(ListenerConfig {
+                max_attempts: 0,
+                ..base.clone()
+            }),
+            "invalid listener configuration: max_attempts: 0 is not between 1 and 2147483647"
+        );
+        assert_eq!(
+            err(ListenerConfig {
+                prefetch: 0,
+                ..base.clone()
+            }),
+            "invalid listener configuration: prefetch: must be at least 1"
+        );
+        assert!(
+            err(ListenerConfig {
+                queue: String::new(),
+                ..base
+            })
+            .starts_with("invalid listener configuration: queue: \"\" must be 1 to 250 bytes")
+        );
+    }
+
+    #[test]
+    fn bodies_that_are_not_revokes_say_why() {
+        assert!(
+            parse(b"nope")
+                .unwrap_err()
+                .starts_with("not a revoke message: ")
+        );
+        let login = br#"{"type":"login","event_id":"5b0f7d3e-5b8e-4b7e-9a51-0d6c3f8f4a11",
+            "app":"shop","session_id":"s","user_id":"u","reason":"x","revoked_at":"t",
+            "max_sessions":1,"repeat":false}"#;
+        assert_eq!(
+            parse(login).unwrap_err(),
+            "type: expected \"revoke\", got \"login\""
+        );
+        let revoke = String::from_utf8_lossy(login).replace("\"login\"", "\"revoke\"");
+        assert_eq!(parse(revoke.as_bytes()).unwrap().session_id, "s");
+    }
+
+    #[test]
+    fn passwords_never_show() {
+        assert_eq!(
+            redact_url("amqp://shop:s3cret@mq:5672/%2f"),
+            "amqp://shop:***@mq:5672/%2f"
+        );
+        assert_eq!(redact_url("amqp://mq/%2f"), "amqp://mq/%2f");
+        assert_eq!(redact_url("amqp://a:b@c@mq"), "amqp://a:***@mq");
+    }
+
+    #[test]
+    fn reconnect_pauses_are_jittered_and_capped() {
+        let max = Duration::from_millis(1000);
+        let runs: Vec<Vec<Duration>> = (0..20)
+            .map(|_| {
+                let mut b = Backoff::new(max);
+                (0..12).map(|_| b.next_delay()).collect()
+            })
+            .collect();
+        assert!(runs.iter().flatten().all(|d| *d <= max));
+        assert!(runs.iter().any(|r| r[3] != runs[0][3]), "jittered");
+        let mut b = Backoff::new(max);
+        for _ in 0..10 {
+            b.next_delay();
+        }
+        b.reset();
+        assert!(b.next_delay() < INITIAL_BACKOFF * 2);
+    }
+}
