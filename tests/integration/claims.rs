@@ -98,6 +98,9 @@ async fn a_superuser_claim_lifts_no_limit_unless_the_hook_is_enabled() {
         (Some("session_limit".into()), Some("config".into()), Some(1))
     );
     assert_eq!(app.active("root", "shop").await, ["root1"]);
+    // Stopped before the drop: Drop cannot wait for the worker's tasks, which
+    // would go on on this runtime and declare the deleted topology again.
+    app.stop_worker().await;
     drop(app);
 
     // Enabled by name, the claim lifts the limit.

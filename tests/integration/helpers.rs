@@ -677,6 +677,10 @@ impl TestApp {
     }
 }
 
+/// Drop cannot wait for an in-process worker's tasks: they stop only once
+/// the test's runtime runs again. A test that goes on after dropping a
+/// `TestApp` calls `stop_worker` first, or those tasks reconnect and
+/// declare the deleted topology again.
 impl Drop for TestApp {
     fn drop(&mut self) {
         for child in &mut self.processes {
