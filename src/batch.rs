@@ -1029,7 +1029,6 @@ fn revoke(
         slot.ended_by = Some(r.ended_by);
         slot.end_note = r.note.clone();
         slot.dirty = true;
-        outcome.revoked += 1;
         *outcome.revoked_by.entry(r.reason.as_str()).or_default() += 1;
         messages.push(
             RevokeMessage::new(

@@ -14,7 +14,9 @@ use lapin::{
 
 use crate::configuration::{AmqpSettings, redact_url};
 
-pub use session_guard_protocol::names::{ERROR_HEADER, ERROR_KIND_HEADER, MAX_ERROR_HEADER_BYTES};
+pub use session_guard_protocol::names::{
+    ERROR_HEADER, ERROR_KIND_HEADER, MAX_ERROR_HEADER_BYTES, error_header_value,
+};
 
 use crate::domain::dead_letter::ErrorKind;
 
@@ -208,7 +210,7 @@ pub async fn dead_letter(
     let mut headers = properties.headers().clone().unwrap_or_default();
     headers.insert(
         ERROR_HEADER.into(),
-        AMQPValue::LongString(LongString::from(truncate(error, MAX_ERROR_HEADER_BYTES))),
+        AMQPValue::LongString(LongString::from(error_header_value(error))),
     );
     headers.insert(
         ERROR_KIND_HEADER.into(),
@@ -278,18 +280,6 @@ pub fn delivery_count(properties: &BasicProperties) -> u32 {
     }
 }
 
-/// Cuts `s` to at most `max` bytes on a character boundary.
-fn truncate(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -331,11 +321,5 @@ mod tests {
             check_app_identity(&on, &from(Some("wiki")), "shop").unwrap_err(),
             "user-id: AMQP user \"wiki\" may not publish events for app \"shop\""
         );
-    }
-
-    #[test]
-    fn long_errors_are_cut_on_a_character_boundary() {
-        assert_eq!(truncate("ééé", 3), "é");
-        assert_eq!(truncate("abc", 10), "abc");
     }
 }

@@ -292,9 +292,8 @@ impl Enforcement {
 /// What one batch did, for logs and metrics.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct BatchOutcome {
-    /// Sessions revoked (limits, idle timeout, logout_others, logout_all).
-    pub revoked: usize,
-    /// `revoked`, by reason (`EndReason::as_str`).
+    /// Sessions revoked (limits, idle timeout, logout_others, logout_all),
+    /// by reason (`EndReason::as_str`); [`BatchOutcome::revoked`] adds them up.
     pub revoked_by: std::collections::BTreeMap<&'static str, usize>,
     /// Sessions shadow mode would have revoked.
     pub shadow_revoked: usize,
@@ -316,7 +315,12 @@ pub struct BatchOutcome {
 impl BatchOutcome {
     /// Whether the outbox received messages the relay should publish now.
     pub fn wrote_outbox(&self) -> bool {
-        self.revoked + self.repeated > 0
+        self.revoked() + self.repeated > 0
+    }
+
+    /// Sessions revoked, whatever the reason.
+    pub fn revoked(&self) -> usize {
+        self.revoked_by.values().sum()
     }
 }
 

@@ -742,9 +742,9 @@ async fn apply_with_retry(
                     ctx.relay_wake.notify_one();
                 }
                 record_commit(events, &outcome, started.elapsed());
-                if outcome.revoked > 0 || outcome.repeated > 0 {
+                if outcome.revoked() > 0 || outcome.repeated > 0 {
                     tracing::debug!(
-                        revoked = outcome.revoked,
+                        revoked = outcome.revoked(),
                         repeated = outcome.repeated,
                         "batch committed"
                     );

@@ -25,6 +25,19 @@ pub const ERROR_KIND_HEADER: &str = "x-session-guard-error-kind";
 /// character boundary.
 pub const MAX_ERROR_HEADER_BYTES: usize = 1024;
 
+/// `error` cut to at most [`MAX_ERROR_HEADER_BYTES`] on a character
+/// boundary: the value of [`ERROR_HEADER`] for that reason.
+pub fn error_header_value(error: &str) -> &str {
+    if error.len() <= MAX_ERROR_HEADER_BYTES {
+        return error;
+    }
+    let mut end = MAX_ERROR_HEADER_BYTES;
+    while !error.is_char_boundary(end) {
+        end -= 1;
+    }
+    &error[..end]
+}
+
 /// The routing key of an event: `<type>.<app>`, e.g. `login.shop`.
 pub fn event_routing_key(kind: EventKind, app: &AppName) -> String {
     format!("{}.{}", kind.as_str(), app.as_str())
@@ -64,5 +77,12 @@ mod tests {
         assert_eq!(revoke_routing_key("shop"), "revoke.shop");
         assert_eq!(revoke_queue(&shop), "shop.revocations");
         assert_eq!(revoke_dead_letter_queue(&shop), "shop.revocations.dead");
+        assert_eq!(error_header_value("abc"), "abc");
+        let long = "é".repeat(MAX_ERROR_HEADER_BYTES);
+        let cut = error_header_value(&long);
+        assert_eq!(cut.len(), MAX_ERROR_HEADER_BYTES);
+        assert!(cut.chars().all(|c| c == 'é'));
+        let odd = format!("a{long}");
+        assert_eq!(error_header_value(&odd).len(), MAX_ERROR_HEADER_BYTES - 1);
     }
 }

@@ -104,14 +104,7 @@ async fn a_superuser_claim_lifts_no_limit_unless_the_hook_is_enabled() {
     drop(app);
 
     // Enabled by name, the claim lifts the limit.
-    let mut app = spawn_app_with(|s| {
-        s.limits.hooks = vec![
-            "rules".into(),
-            "superuser_unlimited".into(),
-            "user_overrides".into(),
-        ];
-    })
-    .await;
+    let mut app = spawn_app_with(with_superusers).await;
     for i in 0..2 {
         let e = login("shop", &format!("root{i}"), "root", t(i));
         app.publish(&with_attributes(e, json!({"superuser": true})))
@@ -270,11 +263,7 @@ async fn an_apps_claims_do_not_set_the_limits_in_another_app() {
 async fn a_superuser_claim_in_one_app_does_not_lift_the_limit_in_another() {
     let mut app = spawn_app_with(|s| {
         s.limits.max_sessions = 3;
-        s.limits.hooks = vec![
-            "rules".into(),
-            "superuser_unlimited".into(),
-            "user_overrides".into(),
-        ];
+        with_superusers(s);
     })
     .await;
     for i in 0..3 {

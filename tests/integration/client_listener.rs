@@ -400,29 +400,9 @@ async fn a_body_that_is_not_a_revoke_is_dead_lettered_at_once() {
 /// Closes, on the broker, every connection whose client-provided name is
 /// `name`. Returns how many it closed.
 async fn close_connections_named(name: &str) -> usize {
-    let out = tokio::process::Command::new("rabbitmqctl")
-        .args([
-            "list_connections",
-            "pid",
-            "client_properties",
-            "--no-table-headers",
-            "-q",
-        ])
-        .output()
-        .await
-        .expect("rabbitmqctl runs");
     let mut closed = 0;
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        if !line.contains(&format!("\"{name}\"")) {
-            continue;
-        }
-        let pid = line.split('\t').next().unwrap_or_default();
-        let status = tokio::process::Command::new("rabbitmqctl")
-            .args(["close_connection", pid, "injected fault"])
-            .output()
-            .await
-            .expect("rabbitmqctl runs");
-        if status.status.success() {
+    for pid in connections_named(&format!("\"{name}\"")).await {
+        if close_connection(&pid).await {
             closed += 1;
         }
     }

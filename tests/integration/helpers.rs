@@ -333,44 +333,16 @@ impl TestApp {
     /// processes), as a network fault would; the test's own stay. Returns
     /// how many consumer and relay connections were closed.
     pub async fn close_worker_connections(&self) -> (usize, usize) {
-        // tokio's Command: a blocking wait would freeze the in-process worker
-        // that shares this test's runtime.
-        let out = tokio::process::Command::new("rabbitmqctl")
-            .args([
-                "list_connections",
-                "pid",
-                "client_properties",
-                "--no-table-headers",
-                "-q",
-            ])
-            .output()
-            .await
-            .expect("rabbitmqctl runs");
-        let listing = String::from_utf8_lossy(&out.stdout);
         let queue = &self.settings.amqp.events_queue;
-        let consumer = format!("session-guard consumer ({queue})");
-        let relay = format!("session-guard relay ({queue})");
-        let (mut consumers, mut relays) = (0, 0);
-        for line in listing.lines() {
-            let is_consumer = line.contains(consumer.as_str());
-            if !is_consumer && !line.contains(relay.as_str()) {
-                continue;
-            }
-            let pid = line.split('\t').next().unwrap_or_default();
-            let status = tokio::process::Command::new("rabbitmqctl")
-                .args(["close_connection", pid, "injected fault"])
-                .output()
-                .await
-                .expect("rabbitmqctl runs");
-            if status.status.success() {
-                if is_consumer {
-                    consumers += 1;
-                } else {
-                    relays += 1;
+        let mut closed = [0, 0];
+        for (n, role) in closed.iter_mut().zip(["consumer", "relay"]) {
+            for pid in connections_named(&format!("session-guard {role} ({queue})")).await {
+                if close_connection(&pid).await {
+                    *n += 1;
                 }
             }
         }
-        (consumers, relays)
+        (closed[0], closed[1])
     }
 
     /// Messages in the events queue, ready or delivered and not yet acked.
@@ -778,6 +750,49 @@ pub fn amqp_to_json(value: &AMQPValue) -> Value {
         ),
         other => json!(format!("{other:?}")),
     }
+}
+
+/// The broker's ids of the connections whose client properties (their
+/// client-provided name, among others) contain `name`. tokio's Command: a
+/// blocking wait would freeze an in-process worker sharing the test's runtime.
+pub async fn connections_named(name: &str) -> Vec<String> {
+    let out = tokio::process::Command::new("rabbitmqctl")
+        .args([
+            "list_connections",
+            "pid",
+            "client_properties",
+            "--no-table-headers",
+            "-q",
+        ])
+        .output()
+        .await
+        .expect("rabbitmqctl runs");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|line| line.contains(name))
+        .map(|line| line.split('\t').next().unwrap_or_default().to_owned())
+        .collect()
+}
+
+/// Closes a connection from the broker's side, as an operator, a failing
+/// node or a network fault would; whether the broker did.
+pub async fn close_connection(pid: &str) -> bool {
+    tokio::process::Command::new("rabbitmqctl")
+        .args(["close_connection", pid, "injected fault"])
+        .output()
+        .await
+        .expect("rabbitmqctl runs")
+        .status
+        .success()
+}
+
+/// The hooks of the default chain, and `superuser_unlimited` between them.
+pub fn with_superusers(s: &mut Settings) {
+    s.limits.hooks = vec![
+        "rules".into(),
+        "superuser_unlimited".into(),
+        "user_overrides".into(),
+    ];
 }
 
 /// Event builders: the JSON an app would publish.

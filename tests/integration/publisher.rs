@@ -226,39 +226,6 @@ async fn forward(
     let _ = to.shutdown().await;
 }
 
-/// The broker's ids of a publisher's connections, found by the name it
-/// gives its connection.
-async fn publisher_connections(shop: &str) -> Vec<String> {
-    let name = format!("session-guard publisher ({shop})");
-    let out = tokio::process::Command::new("rabbitmqctl")
-        .args([
-            "list_connections",
-            "pid",
-            "client_properties",
-            "--no-table-headers",
-            "-q",
-        ])
-        .output()
-        .await
-        .expect("rabbitmqctl runs");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|line| line.contains(&name))
-        .map(|line| line.split('\t').next().unwrap_or_default().to_owned())
-        .collect()
-}
-
-/// Closes a connection from the broker's side, as an operator or a failing
-/// node would.
-async fn close_connection(pid: &str) {
-    let status = tokio::process::Command::new("rabbitmqctl")
-        .args(["close_connection", pid, "injected fault"])
-        .output()
-        .await
-        .expect("rabbitmqctl runs");
-    assert!(status.status.success(), "{status:?}");
-}
-
 #[tokio::test]
 async fn logins_through_the_publisher_reach_the_worker_and_the_first_session_is_revoked() {
     let mut app = spawn_app().await;
@@ -324,7 +291,7 @@ async fn a_connection_closed_by_the_broker_mid_burst_loses_no_login() {
     let publisher = EventPublisher::connect(config(&app, &url, &shop))
         .await
         .unwrap();
-    let connections = publisher_connections(&shop).await;
+    let connections = connections_named(&format!("session-guard publisher ({shop})")).await;
     assert_eq!(connections.len(), 1, "{connections:?}");
     // About 5 s of logins, 10 every 10 ms: the fault lands in the middle.
     const N: usize = 5_000;
@@ -351,7 +318,7 @@ async fn a_connection_closed_by_the_broker_mid_burst_loses_no_login() {
         async move { sent.load(Ordering::SeqCst) >= 200 }
     })
     .await;
-    close_connection(&connections[0]).await;
+    assert!(close_connection(&connections[0]).await);
     let at_fault = sent.load(Ordering::SeqCst);
     assert!(
         at_fault < N,

@@ -25,15 +25,6 @@ async fn ending(app: &TestApp, session: &str) -> (Option<String>, Option<String>
         .unwrap()
 }
 
-/// The hooks of the default chain, and `superuser_unlimited` between them.
-fn with_superusers(s: &mut session_guard::Settings) {
-    s.limits.hooks = vec![
-        "rules".into(),
-        "superuser_unlimited".into(),
-        "user_overrides".into(),
-    ];
-}
-
 #[tokio::test]
 async fn superusers_are_unlimited() {
     let mut app = spawn_app_with(with_superusers).await;
@@ -305,7 +296,7 @@ async fn shadow_mode_decides_but_revokes_nothing() {
         .await
         .unwrap();
     assert_eq!(outcome.shadow_revoked, 1);
-    assert_eq!(outcome.revoked, 0);
+    assert_eq!(outcome.revoked(), 0);
     let flagged: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM sessions WHERE user_id = 'sid' AND shadow_flagged_at IS NOT NULL",
     )

@@ -22,7 +22,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
-use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
+use crate::connection::{Backoff, CLOSE_TIMEOUT, CONNECT_TIMEOUT, redact_url};
 use futures::future::{Fuse, FusedFuture};
 use futures::{FutureExt, StreamExt};
 use lapin::message::Delivery;
@@ -49,14 +49,6 @@ const RETRY_PAUSE: Duration = Duration::from_millis(100);
 /// How long, once the consumer is cancelled, to wait for revokes the
 /// broker had already sent.
 const DRAIN_WAIT: Duration = Duration::from_millis(500);
-/// How long one connection attempt may take before it counts as failed: a
-/// broker behind a dropped route would otherwise hold it for the operating
-/// system's TCP timeout.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long closing a connection may take.
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
-/// First pause before reconnecting, before jitter.
-const INITIAL_BACKOFF: Duration = Duration::from_millis(100);
 /// A connection that lived this long before failing starts the backoff over.
 const STABLE_AFTER: Duration = Duration::from_secs(30);
 
@@ -684,10 +676,7 @@ impl DeadLetters<'_> {
         let mut headers = delivery.properties.headers().clone().unwrap_or_default();
         headers.insert(
             names::ERROR_HEADER.into(),
-            AMQPValue::LongString(LongString::from(truncate(
-                error,
-                names::MAX_ERROR_HEADER_BYTES,
-            ))),
+            AMQPValue::LongString(LongString::from(names::error_header_value(error))),
         );
         headers.insert(
             names::ERROR_KIND_HEADER.into(),
@@ -857,71 +846,6 @@ fn delivery_count(delivery: &Delivery) -> u32 {
     }
 }
 
-/// Cuts `s` to at most `max` bytes on a character boundary.
-fn truncate(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
-}
-
-/// `url` with its password replaced by `***`, for messages and logs.
-fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    let (authority, path) = rest.split_at(authority_end);
-    match authority.rsplit_once('@') {
-        Some((userinfo, host)) => match userinfo.split_once(':') {
-            Some((user, _password)) => format!("{scheme}://{user}:***@{host}{path}"),
-            None => url.to_owned(),
-        },
-        None => url.to_owned(),
-    }
-}
-
-/// Pauses that double from about 100 ms, with jitter so that instances
-/// that lost the broker together do not come back at the same instants,
-/// and never exceed the cap.
-struct Backoff {
-    /// The policy, kept to start over on `reset`.
-    builder: ExponentialBuilder,
-    /// Where the current run of failures stands.
-    delays: ExponentialBackoff,
-}
-
-impl Backoff {
-    fn new(max: Duration) -> Backoff {
-        // backon's jitter adds up to 100% of each step: steps capped at half
-        // of `max` keep every pause within `max`.
-        let cap = (max / 2).max(Duration::from_millis(1));
-        let builder = ExponentialBuilder::new()
-            .with_min_delay(INITIAL_BACKOFF.min(cap))
-            .with_max_delay(cap)
-            .with_factor(2.0)
-            .with_jitter()
-            .without_max_times();
-        Backoff {
-            builder,
-            delays: builder.build(),
-        }
-    }
-
-    fn next_delay(&mut self) -> Duration {
-        // Without a limit on attempts the iterator never ends.
-        self.delays.next().unwrap_or(INITIAL_BACKOFF)
-    }
-
-    fn reset(&mut self) {
-        self.delays = self.builder.build();
-    }
-}
-
 /// Sleeps for `delay` unless `shutdown` resolves first; `false` if it did.
 async fn pause<S: Future<Output = ()>>(
     delay: Duration,
@@ -1007,24 +931,5 @@ mod tests {
         );
         assert_eq!(redact_url("amqp://mq/%2f"), "amqp://mq/%2f");
         assert_eq!(redact_url("amqp://a:b@c@mq"), "amqp://a:***@mq");
-    }
-
-    #[test]
-    fn reconnect_pauses_are_jittered_and_capped() {
-        let max = Duration::from_millis(1000);
-        let runs: Vec<Vec<Duration>> = (0..20)
-            .map(|_| {
-                let mut b = Backoff::new(max);
-                (0..12).map(|_| b.next_delay()).collect()
-            })
-            .collect();
-        assert!(runs.iter().flatten().all(|d| *d <= max));
-        assert!(runs.iter().any(|r| r[3] != runs[0][3]), "jittered");
-        let mut b = Backoff::new(max);
-        for _ in 0..10 {
-            b.next_delay();
-        }
-        b.reset();
-        assert!(b.next_delay() < INITIAL_BACKOFF * 2);
     }
 }

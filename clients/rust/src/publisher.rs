@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
+use crate::connection::{Backoff, CLOSE_TIMEOUT, CONNECT_TIMEOUT, redact_url};
 use chrono::{DateTime, Utc};
 use futures::FutureExt as _;
 use futures::stream::{FuturesUnordered, StreamExt as _};
@@ -49,15 +49,6 @@ pub const DEFAULT_MAX_IN_FLIGHT: usize = 1_000;
 /// connection attempts.
 pub const DEFAULT_MAX_BACKOFF: Duration = Duration::from_secs(10);
 
-/// First pause after a failure, before jitter.
-const INITIAL_BACKOFF: Duration = Duration::from_millis(100);
-/// How long one connection attempt may take (TCP, TLS and the AMQP
-/// handshake) before it counts as failed: a broker behind a dropped route
-/// would otherwise hold the attempt for the operating system's TCP timeout.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long closing a connection we are done with may take; it runs in the
-/// background and nothing waits for it.
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Least time between two warnings about dropped or refused events: a full
 /// buffer drops events on every send, and one line per event would flood
 /// the app's log.
@@ -1014,41 +1005,6 @@ impl fmt::Display for Fault {
     }
 }
 
-/// Jittered exponential pauses between connection attempts.
-struct Backoff {
-    /// The policy, kept to start over.
-    builder: ExponentialBuilder,
-    /// Where the current run of failures stands.
-    delays: ExponentialBackoff,
-}
-
-impl Backoff {
-    fn new(max: Duration) -> Backoff {
-        // backon's jitter adds up to 100% of each step: steps capped at half
-        // of `max` keep every pause within `max`.
-        let cap = (max / 2).max(Duration::from_millis(1));
-        let builder = ExponentialBuilder::new()
-            .with_min_delay(INITIAL_BACKOFF.min(cap))
-            .with_max_delay(cap)
-            .with_factor(2.0)
-            .with_jitter()
-            .without_max_times();
-        Backoff {
-            builder,
-            delays: builder.build(),
-        }
-    }
-
-    fn next_delay(&mut self) -> Duration {
-        // Without a limit on attempts the iterator never ends.
-        self.delays.next().unwrap_or(INITIAL_BACKOFF)
-    }
-
-    fn reset(&mut self) {
-        self.delays = self.builder.build();
-    }
-}
-
 /// The background task: takes events from the buffer, publishes them, keeps
 /// them until confirmed, reconnects.
 struct Task {
@@ -1338,24 +1294,6 @@ impl Task {
     }
 }
 
-/// The URL without its password, for logs and errors.
-fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(authority_end);
-    let Some((userinfo, host)) = authority.rsplit_once('@') else {
-        return url.to_owned();
-    };
-    let user = userinfo.split(':').next().unwrap_or_default();
-    if userinfo.contains(':') {
-        format!("{scheme}://{user}:***@{host}{tail}")
-    } else {
-        url.to_owned()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1584,19 +1522,5 @@ mod tests {
         let external: AMQPUri = "amqps://localhost?auth_mechanism=external".parse().unwrap();
         let target = Target::new(&PublisherConfig::new("amqp://x", shop()), external);
         assert_eq!(*target.properties.user_id(), None);
-    }
-
-    #[test]
-    fn backoff_pauses_grow_with_jitter_within_the_cap() {
-        let max = Duration::from_millis(800);
-        let mut b = Backoff::new(max);
-        let first = b.next_delay();
-        assert!(
-            first >= INITIAL_BACKOFF && first < INITIAL_BACKOFF * 2,
-            "{first:?}"
-        );
-        assert!((0..20).all(|_| b.next_delay() <= max));
-        b.reset();
-        assert!(b.next_delay() < INITIAL_BACKOFF * 2);
     }
 }
