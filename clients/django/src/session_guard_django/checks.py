@@ -1,0 +1,202 @@
+"""System checks (``manage.py check``, and every ``runserver`` start): a
+misconfiguration is reported before the first request, not found in a log."""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any
+
+from django.conf import settings as django_settings
+from django.core.checks import CheckMessage, Error, Tags, Warning, register
+
+from . import conf
+
+MIDDLEWARE = "session_guard_django.middleware.SessionGuardMiddleware"
+SESSION_MIDDLEWARE = "django.contrib.sessions.middleware.SessionMiddleware"
+AUTH_MIDDLEWARE = "django.contrib.auth.middleware.AuthenticationMiddleware"
+#: Cache backends that keep data in one process: the listener's records
+#: would never reach the web processes.
+PROCESS_LOCAL_CACHES = (
+    "django.core.cache.backends.locmem.LocMemCache",
+    "django.core.cache.backends.dummy.DummyCache",
+)
+#: AMQP's limit on exchange and queue names, in bytes.
+MAX_NAME_BYTES = 255
+
+
+@register(Tags.compatibility)
+def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    messages: list[CheckMessage] = []
+    messages += _unknown_settings()
+    if not conf.raw("ENABLED"):
+        return messages
+    messages += _app()
+    messages += _url()
+    messages += _names()
+    messages += _numbers()
+    messages += _middleware()
+    messages += _signed_cookies()
+    header = conf.raw("CLIENT_IP_HEADER")
+    if header is not None and (not isinstance(header, str) or not header):
+        messages.append(
+            Error(
+                "SESSION_GUARD_CLIENT_IP_HEADER must be a request.META key such as "
+                "'HTTP_X_FORWARDED_FOR', or None for REMOTE_ADDR.",
+                id="session_guard.E007",
+            )
+        )
+    return messages
+
+
+def _unknown_settings() -> list[CheckMessage]:
+    known = [conf.PREFIX + name for name in conf.DEFAULTS]
+    messages: list[CheckMessage] = []
+    for name in dir(django_settings):
+        if name.startswith(conf.PREFIX) and name not in known:
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f"Did you mean {close[0]}?" if close else f"Known: {', '.join(known)}."
+            messages.append(
+                Warning(f"Unknown setting {name}: it has no effect.", hint=hint, id="session_guard.W001")
+            )
+    return messages
+
+
+def _app() -> list[CheckMessage]:
+    app = conf.raw("APP")
+    if app is None:
+        return [
+            Error(
+                "SESSION_GUARD_APP is not set: session-guard needs the app's name.",
+                hint="Set it to the name this app has in session-guard, e.g. 'shop'.",
+                id="session_guard.E001",
+            )
+        ]
+    if not isinstance(app, str) or not conf.APP_NAME.match(app):
+        return [
+            Error(
+                f"SESSION_GUARD_APP={app!r} is not an app name session-guard accepts.",
+                hint="1-64 characters of A-Z a-z 0-9 _ . -",
+                id="session_guard.E001",
+            )
+        ]
+    return []
+
+
+def _url() -> list[CheckMessage]:
+    url = conf.raw("AMQP_URL")
+    problem = None
+    if not isinstance(url, str) or not url.startswith(("amqp://", "amqps://")):
+        problem = "must start with amqp:// or amqps://"
+    else:
+        try:
+            import pika
+
+            pika.URLParameters(url)
+        except Exception as error:
+            problem = str(error)
+    if problem is None:
+        return []
+    return [
+        Error(
+            f"SESSION_GUARD_AMQP_URL is not a usable broker URL: {problem}.",
+            hint="e.g. 'amqp://shop:secret@mq.internal:5672/%2f' (the vhost is the path).",
+            id="session_guard.E002",
+        )
+    ]
+
+
+def _names() -> list[CheckMessage]:
+    messages: list[CheckMessage] = []
+    for name in ("EVENTS_EXCHANGE", "REVOCATIONS_EXCHANGE", "REVOKE_QUEUE"):
+        value = conf.raw(name)
+        if name == "REVOKE_QUEUE" and value is None:
+            continue
+        if not isinstance(value, str) or not value or len(value.encode()) > MAX_NAME_BYTES:
+            messages.append(
+                Error(
+                    f"SESSION_GUARD_{name}={value!r} is not a broker name: "
+                    f"1-{MAX_NAME_BYTES} bytes of text.",
+                    id="session_guard.E003",
+                )
+            )
+        elif value.startswith("amq."):
+            messages.append(
+                Error(
+                    f"SESSION_GUARD_{name}={value!r}: names starting with 'amq.' are reserved by RabbitMQ.",
+                    id="session_guard.E003",
+                )
+            )
+    return messages
+
+
+def _numbers() -> list[CheckMessage]:
+    messages: list[CheckMessage] = []
+    for name in ("BUFFER_SIZE", "MAX_IN_FLIGHT", "LISTEN_PREFETCH"):
+        value = conf.raw(name)
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 < value <= 1_000_000:
+            messages.append(
+                Error(f"SESSION_GUARD_{name}={value!r} must be a whole number from 1 to 1000000.", id="session_guard.E004")
+            )
+    attempts = conf.raw("LISTEN_MAX_ATTEMPTS")
+    if not isinstance(attempts, int) or isinstance(attempts, bool) or not 1 <= attempts <= 1000:
+        messages.append(
+            Error(
+                f"SESSION_GUARD_LISTEN_MAX_ATTEMPTS={attempts!r} must be a whole number from 1 to 1000.",
+                id="session_guard.E004",
+            )
+        )
+    for name in ("MAX_BACKOFF", "EXIT_FLUSH_TIMEOUT"):
+        value = conf.raw(name)
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
+            messages.append(Error(f"SESSION_GUARD_{name}={value!r} must be a number of seconds above 0.", id="session_guard.E004"))
+    return messages
+
+
+def _middleware() -> list[CheckMessage]:
+    middleware = list(getattr(django_settings, "MIDDLEWARE", None) or [])
+    if MIDDLEWARE not in middleware:
+        return [
+            Warning(
+                f"{MIDDLEWARE} is not in MIDDLEWARE: requests are not reported, so sessions "
+                "look idle to session-guard, and revoked signed-cookie sessions are not refused.",
+                hint="Add it after SessionMiddleware and AuthenticationMiddleware.",
+                id="session_guard.W005",
+            )
+        ]
+    ours = middleware.index(MIDDLEWARE)
+    for needed in (SESSION_MIDDLEWARE, AUTH_MIDDLEWARE):
+        if needed in middleware and middleware.index(needed) > ours:
+            return [
+                Error(
+                    f"{MIDDLEWARE} comes before {needed} in MIDDLEWARE: it would never see a user.",
+                    hint="Move it after SessionMiddleware and AuthenticationMiddleware.",
+                    id="session_guard.E005",
+                )
+            ]
+    return []
+
+
+def _signed_cookies() -> list[CheckMessage]:
+    if not conf.signed_cookies():
+        return []
+    alias = conf.raw("REVOKED_CACHE")
+    caches = getattr(django_settings, "CACHES", {})
+    if alias not in caches:
+        return [
+            Error(
+                f"SESSION_GUARD_REVOKED_CACHE={alias!r} is not in CACHES.",
+                id="session_guard.E006",
+            )
+        ]
+    backend = caches[alias].get("BACKEND", "")
+    if backend in PROCESS_LOCAL_CACHES:
+        return [
+            Error(
+                f"Sessions are signed cookies and SESSION_GUARD_REVOKED_CACHE={alias!r} uses "
+                f"{backend}: the listener's record of revoked sessions would not reach the web "
+                "processes, so revoked sessions would stay logged in.",
+                hint="Use a cache all processes share (Redis, Memcached, database or file cache).",
+                id="session_guard.E006",
+            )
+        ]
+    return []

@@ -1,0 +1,613 @@
+"""The background publisher: one thread and one broker connection per process.
+
+Request threads call :func:`publish`, which only appends the event to a
+bounded buffer under a lock and, at most once per round, wakes the
+publisher thread. That thread owns the pika connection (pika connections are
+not thread-safe), publishes with confirms, keeps up to ``MAX_IN_FLIGHT``
+unconfirmed, puts unconfirmed events back when the connection drops, and
+reconnects with jittered backoff. Nothing a request does waits on the network.
+
+The thread starts on the first event of each process, never at import, so a
+process that forks (gunicorn with ``--preload``) gets its own thread and
+connection in every child; see :func:`_after_fork`.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import random
+import threading
+import time
+from collections.abc import Hashable
+from dataclasses import dataclass
+from typing import Any
+
+import pika
+from django.core.signals import setting_changed
+from django.dispatch import receiver
+from pika.adapters.select_connection import SelectConnection
+from pika.spec import Basic
+
+from . import conf, events
+from .buffer import Buffer, Event, Pushed
+
+logger = logging.getLogger("session_guard_django")
+
+#: The publisher thread's name (also how its pika log lines are told apart).
+THREAD_NAME = "session-guard-publisher"
+#: Least time between two warnings of one kind: an unreachable broker would
+#: otherwise write a line per request.
+WARNING_INTERVAL = 10.0
+#: Events taken from the buffer per round, so a request thread never waits
+#: long on the lock and group names are read in one query per round.
+TAKE_BATCH = 200
+#: How long the publisher thread lets events gather after a wake-up before
+#: it publishes them: one round (one lock, one group query, one write to
+#: the socket) then serves every request of those milliseconds. The thread
+#: shares the GIL with the request threads, so fewer, larger rounds cost
+#: them less; session-guard itself waits about as long to fill a batch.
+LINGER = 0.02
+#: First pause before reconnecting; it doubles up to ``MAX_BACKOFF``.
+FIRST_BACKOFF = 0.1
+#: Seconds to wait for the broker's TCP and AMQP handshake.
+CONNECT_TIMEOUT = 5.0
+#: A connection the broker blocks (memory or disk alarm) this long is
+#: closed and reopened, so buffered events are not held by a stuck socket.
+BLOCKED_TIMEOUT = 30.0
+
+
+@dataclass(frozen=True)
+class Stats:
+    """What the process's publisher did so far."""
+
+    #: Events the broker confirmed.
+    published: int
+    #: Events waiting to be published, or published and not yet confirmed.
+    pending: int
+    #: Requests dropped because the buffer was full.
+    dropped_requests: int
+    #: Logins and logouts dropped because the buffer was full of them.
+    refused_full: int
+    #: Events the broker returned: no queue bound (is the worker running?).
+    unroutable: int
+    #: Events left out because the worker would refuse them.
+    invalid: int
+    #: Whether the publisher has a connection in confirm mode right now.
+    connected: bool
+
+
+class _BatchedConnection(SelectConnection):  # type: ignore[misc]
+    """A SelectConnection that, between :meth:`hold` and :meth:`release`,
+    collects outgoing frames and writes them with one ``send``: pika writes
+    each frame on its own (three per message), and on the publisher thread,
+    which shares the GIL with the request threads, those system calls were
+    the largest cost per event."""
+
+    _held: list[bytes] | None = None
+
+    def hold(self) -> None:
+        self._held = []
+
+    def release(self) -> None:
+        held, self._held = self._held, None
+        if held:
+            super()._output_marshaled_frames([b"".join(held)])
+            self.frames_sent += len(held) - 1
+
+    def _output_marshaled_frames(self, marshaled_frames: list[bytes]) -> None:
+        if self._held is not None:
+            self._held.extend(marshaled_frames)
+        else:
+            super()._output_marshaled_frames(marshaled_frames)
+
+
+class _NotFromThePublisherThread(logging.Filter):
+    """pika logs every failed connection attempt at ERROR, several lines
+    each: from the publisher thread those would flood the app's log while
+    the broker is away. The thread reports them itself, rate-limited."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.threadName != THREAD_NAME
+
+
+def _quiet_pika_in_our_thread() -> None:
+    # A filter on a logger applies to records created there, not to ones
+    # its children propagate: attach it to every pika logger.
+    own = _NotFromThePublisherThread()
+    for name in list(logging.root.manager.loggerDict):
+        if name == "pika" or name.startswith("pika."):
+            logging.getLogger(name).addFilter(own)
+
+
+class RateLimitedWarning:
+    """Logs a warning at most once per ``WARNING_INTERVAL`` per key, with
+    how many were suppressed in between."""
+
+    def __init__(self) -> None:
+        self._last: dict[Hashable, float] = {}
+        self._suppressed: dict[Hashable, int] = {}
+        self._lock = threading.Lock()
+
+    def warn(self, key: Hashable, message: str, *args: object) -> None:
+        now = time.monotonic()
+        with self._lock:
+            last = self._last.get(key)
+            if last is not None and now - last < WARNING_INTERVAL:
+                self._suppressed[key] = self._suppressed.get(key, 0) + 1
+                return
+            self._last[key] = now
+            suppressed = self._suppressed.pop(key, 0)
+        if suppressed:
+            message += " (%d more like this since the last warning)"
+            args = (*args, suppressed)
+        logger.warning(message, *args)
+
+
+class Publisher:
+    """Buffers events and publishes them from a thread of its own."""
+
+    def __init__(self, settings: conf.GuardSettings) -> None:
+        self._settings = settings
+        self._app = settings.app or ""
+        self._lock = threading.Lock()
+        #: Notified when the buffer and the unconfirmed events are empty.
+        self._idle = threading.Condition(self._lock)
+        self._buffer = Buffer(settings.buffer_size)
+        self._thread: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self._warnings = RateLimitedWarning()
+        # Owned by the publisher thread (read elsewhere only for stats):
+        self._connection: _BatchedConnection | None = None
+        self._channel: Any = None
+        self._next_tag = 1
+        # Shared, under _lock:
+        #: Published, waiting for the broker's confirm, by delivery tag.
+        self._unconfirmed: dict[int, Event] = {}
+        #: Taken from the buffer by the current round and not yet published:
+        #: flush must not see "nothing pending" in between.
+        self._in_hand = 0
+        self._ready = False
+        self._wake_pending = False
+        self._published = 0
+        self._unroutable = 0
+        self._invalid = 0
+        self._properties = pika.BasicProperties(
+            content_type="application/json",
+            delivery_mode=2,
+            # RabbitMQ checks user_id against the connection's user: with the
+            # worker's amqp.require_user_id it proves which app sent the event.
+            user_id=pika.URLParameters(settings.amqp_url).credentials.username,
+        )
+
+    # ----- request threads -------------------------------------------------
+
+    def publish(self, event: Event) -> None:
+        """Hands the event over; never blocks on the network, never raises."""
+        with self._lock:
+            if self._thread is None:
+                self._start()
+            outcome = self._buffer.push(event)
+            wake = self._ready and not self._wake_pending
+            if wake:
+                self._wake_pending = True
+            dropped, refused = self._buffer.dropped_requests, self._buffer.refused_full
+        if outcome is not Pushed.QUEUED:
+            self._warnings.warn(
+                "full",
+                "session-guard: %d events buffered and the broker is not taking them: "
+                "%d requests dropped, %d logins/logouts dropped so far",
+                self._settings.buffer_size,
+                dropped,
+                refused,
+            )
+        if wake:
+            self._wake()
+
+    def _pending(self) -> int:
+        """Events not yet confirmed. Under _lock."""
+        return len(self._buffer) + len(self._unconfirmed) + self._in_hand
+
+    def stats(self) -> Stats:
+        with self._lock:
+            return Stats(
+                published=self._published,
+                pending=self._pending(),
+                dropped_requests=self._buffer.dropped_requests,
+                refused_full=self._buffer.refused_full,
+                unroutable=self._unroutable,
+                invalid=self._invalid,
+                connected=self._ready,
+            )
+
+    def flush(self, timeout: float) -> bool:
+        """Waits until every event handed over so far is confirmed (or
+        dropped); False if ``timeout`` seconds passed first."""
+        deadline = time.monotonic() + timeout
+        with self._idle:
+            while self._pending() and self._thread is not None and self._thread.is_alive():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._idle.wait(min(left, 0.1))
+        return True
+
+    def close(self, timeout: float) -> bool:
+        """Flushes for up to ``timeout`` seconds, then stops the thread.
+        False if events were left unpublished."""
+        flushed = self.flush(timeout) if self._thread is not None else True
+        self._stopping.set()
+        connection = self._connection
+        if connection is not None:
+            try:
+                connection.ioloop.add_callback_threadsafe(self._close_connection)
+            except Exception:  # the loop is already gone
+                pass
+        if self._thread is not None:
+            self._thread.join(timeout=max(timeout, 1.0))
+        if not flushed:
+            logger.warning(
+                "session-guard: %d events not published at exit", self.stats().pending
+            )
+        return flushed
+
+    # ----- the publisher thread --------------------------------------------
+
+    def _start(self) -> None:
+        self._thread = threading.Thread(
+            target=self._run, name=THREAD_NAME, daemon=True
+        )
+        self._thread.start()
+
+    def _wake(self) -> None:
+        connection = self._connection
+        if connection is None:
+            return
+        try:
+            connection.ioloop.add_callback_threadsafe(self._pump_soon)
+        except Exception:
+            # The loop closed meanwhile; the next connection pumps on open.
+            with self._lock:
+                self._wake_pending = False
+
+    def _run(self) -> None:
+        backoff = FIRST_BACKOFF
+        while not self._stopping.is_set():
+            opened_at = time.monotonic()
+            self._connect_and_loop()
+            if self._stopping.is_set():
+                break
+            # A connection that lived a while starts the backoff over.
+            if time.monotonic() - opened_at > 30:
+                backoff = FIRST_BACKOFF
+            self._stopping.wait(backoff * (0.5 + random.random()))
+            backoff = min(backoff * 2, self._settings.max_backoff)
+        with self._idle:
+            self._idle.notify_all()
+
+    def _connect_and_loop(self) -> None:
+        try:
+            parameters = pika.URLParameters(self._settings.amqp_url)
+        except Exception as error:
+            self._warnings.warn("url", "session-guard: bad SESSION_GUARD_AMQP_URL: %s", error)
+            return
+        parameters.connection_attempts = 1
+        parameters.socket_timeout = CONNECT_TIMEOUT
+        parameters.stack_timeout = CONNECT_TIMEOUT * 2
+        parameters.blocked_connection_timeout = BLOCKED_TIMEOUT
+        parameters.client_properties = {"connection_name": f"django-session-guard {self._app}"}
+        try:
+            connection = _BatchedConnection(
+                parameters,
+                on_open_callback=self._on_open,
+                on_open_error_callback=self._on_open_error,
+                on_close_callback=self._on_closed,
+            )
+        except Exception as error:
+            self._warnings.warn("connect", "session-guard: cannot reach the broker: %s", error)
+            return
+        self._connection = connection
+        try:
+            connection.ioloop.start()
+        except Exception:
+            logger.exception("session-guard: the publisher's connection loop failed")
+        finally:
+            self._connection = None
+            self._lost()
+            try:
+                connection.ioloop.close()
+            except Exception:
+                pass
+
+    def _on_open(self, connection: SelectConnection) -> None:
+        connection.channel(on_open_callback=self._on_channel_open)
+
+    def _on_open_error(self, connection: SelectConnection, error: BaseException) -> None:
+        self._warnings.warn(
+            "connect",
+            "session-guard: cannot reach the broker (%s): events are buffered, "
+            "up to SESSION_GUARD_BUFFER_SIZE=%d",
+            error,
+            self._settings.buffer_size,
+        )
+        connection.ioloop.stop()
+
+    def _on_closed(self, connection: SelectConnection, reason: BaseException) -> None:
+        if not self._stopping.is_set():
+            self._warnings.warn(
+                "closed", "session-guard: broker connection lost (%s): reconnecting", reason
+            )
+        connection.ioloop.stop()
+
+    def _on_channel_open(self, channel: Any) -> None:
+        self._channel = channel
+        channel.add_on_close_callback(self._on_channel_closed)
+        channel.add_on_return_callback(self._on_return)
+        channel.confirm_delivery(ack_nack_callback=self._on_confirm, callback=self._on_confirm_mode)
+
+    def _on_confirm_mode(self, _frame: Any) -> None:
+        with self._lock:
+            self._ready = True
+            self._wake_pending = True
+        logger.info("session-guard: publishing to %s", self._settings.events_exchange)
+        self._pump()
+
+    def _on_channel_closed(self, channel: Any, reason: BaseException) -> None:
+        # e.g. NOT_FOUND: the events exchange does not exist (yet): the
+        # worker declares it at start.
+        if self._stopping.is_set() or getattr(reason, "reply_code", None) == 200:
+            return
+        self._warnings.warn("channel", "session-guard: broker closed the channel: %s", reason)
+        connection = self._connection
+        if connection is not None and connection.is_open:
+            connection.close()
+
+    def _close_connection(self) -> None:
+        connection = self._connection
+        if connection is not None and not (connection.is_closing or connection.is_closed):
+            connection.close()
+
+    def _lost(self) -> None:
+        """The connection is gone: unconfirmed events go back to the front."""
+        with self._lock:
+            self._ready = False
+            self._wake_pending = False
+            self._channel = None
+            self._in_hand = 0
+            if self._unconfirmed:
+                self._buffer.put_back(self._unconfirmed[tag] for tag in sorted(self._unconfirmed))
+                self._unconfirmed.clear()
+            self._next_tag = 1
+            self._idle.notify_all()
+
+    def _pump_soon(self) -> None:
+        connection = self._connection
+        if connection is not None:
+            connection.ioloop.call_later(LINGER, self._pump)
+
+    def _pump(self) -> None:
+        """Publishes buffered events while fewer than MAX_IN_FLIGHT wait for
+        their confirm. Runs on the connection's loop."""
+        channel = self._channel
+        with self._lock:
+            self._wake_pending = False
+            if channel is None or not self._ready:
+                return
+            room = self._settings.max_in_flight - len(self._unconfirmed)
+            batch = self._buffer.take(min(room, TAKE_BATCH)) if room > 0 else []
+            self._in_hand = len(batch)
+            more = len(self._buffer) > 0 and room > len(batch)
+            if more:
+                self._wake_pending = True
+        if not batch:
+            return
+        roles = self._roles(batch)
+        send_attributes = roles is not None or not self._settings.send_roles
+        connection = self._connection
+        if connection is not None:
+            connection.hold()
+        try:
+            self._publish_batch(channel, batch, roles, send_attributes)
+        finally:
+            if connection is not None:
+                connection.release()
+        with self._lock:
+            if not self._pending():
+                self._idle.notify_all()
+        if more and connection is not None:
+            connection.ioloop.add_callback_threadsafe(self._pump)
+
+    def _publish_batch(
+        self, channel: Any, batch: list[Event], roles: dict[Any, list[str]] | None, send_attributes: bool
+    ) -> None:
+        for position, event in enumerate(batch):
+            user_roles = roles.get(event.user_pk, []) if roles is not None else None
+            payload = events.body(event, self._app, user_roles, attributes=send_attributes)
+            if payload is None:
+                with self._lock:
+                    self._invalid += 1
+                    self._in_hand -= 1
+                self._warnings.warn(
+                    "invalid",
+                    "session-guard: left out a %s event the worker would refuse "
+                    "(session or user id empty, over 256 characters or with control characters)",
+                    event.kind,
+                )
+                continue
+            try:
+                channel.basic_publish(
+                    self._settings.events_exchange,
+                    f"{event.kind}.{self._app}",
+                    payload,
+                    self._properties,
+                    mandatory=True,
+                )
+            except Exception as error:
+                # The channel closed under us: keep what is left for the
+                # next connection.
+                with self._lock:
+                    self._buffer.put_back(batch[position:])
+                    self._in_hand = 0
+                self._warnings.warn("publish", "session-guard: publish failed: %s", error)
+                return
+            with self._lock:
+                self._unconfirmed[self._next_tag] = event
+                self._in_hand -= 1
+            self._next_tag += 1
+
+    def _on_confirm(self, frame: Any) -> None:
+        method = frame.method
+        tag = method.delivery_tag
+        with self._lock:
+            if method.multiple:
+                done = [t for t in self._unconfirmed if t <= tag]
+            else:
+                done = [tag] if tag in self._unconfirmed else []
+            confirmed = [self._unconfirmed.pop(t) for t in done]
+            if isinstance(method, Basic.Nack):
+                # The broker could not take them: send again.
+                self._buffer.put_back(confirmed)
+            else:
+                self._published += len(confirmed)
+            if not self._pending():
+                self._idle.notify_all()
+            wake = len(self._buffer) > 0 and not self._wake_pending
+            if wake:
+                self._wake_pending = True
+        if wake:
+            self._pump()
+
+    def _on_return(self, _channel: Any, method: Any, _properties: Any, _body: bytes) -> None:
+        with self._lock:
+            self._unroutable += 1
+        self._warnings.warn(
+            "unroutable",
+            "session-guard: no queue is bound for %s on exchange %s: "
+            "is session-guard running with amqp.events_exchange=%s? Event dropped",
+            method.routing_key,
+            self._settings.events_exchange,
+            self._settings.events_exchange,
+        )
+
+    def _roles(self, batch: list[Event]) -> dict[Any, list[str]] | None:
+        """Group names of the batch's users, in one query; None when they
+        could not be read (the events then leave the attributes out)."""
+        if not self._settings.send_roles:
+            return None
+        pks = {e.user_pk for e in batch if e.user_pk is not None and e.superuser is not None}
+        if not pks:
+            return {}
+        try:
+            return _group_names(pks)
+        except Exception as error:
+            self._warnings.warn(
+                "roles",
+                "session-guard: cannot read group names (%s): events sent without attributes",
+                error,
+            )
+            try:
+                from django.db import connections
+
+                connections.close_all()  # this thread's: a fresh one next time
+            except Exception:
+                pass
+            return None
+
+
+def _group_names(pks: set[Any]) -> dict[Any, list[str]]:
+    from django.contrib.auth import get_user_model
+
+    user_model = get_user_model()
+    try:
+        user_model._meta.get_field("groups")
+    except Exception:
+        return {}  # a user model without groups: no roles to send
+    through = user_model.groups.through
+    user_column = next(
+        f.name
+        for f in through._meta.get_fields()
+        if getattr(f, "related_model", None) is user_model
+    )
+    names: dict[Any, list[str]] = {}
+    rows = through.objects.filter(**{f"{user_column}__in": pks}).values_list(
+        f"{user_column}_id", "group__name"
+    )
+    for pk, name in rows:
+        names.setdefault(pk, []).append(name)
+    return {pk: events.fit_roles(group_names) for pk, group_names in names.items()}
+
+
+# ----- the process's publisher ---------------------------------------------
+
+_publisher: Publisher | None = None
+_publisher_lock = threading.Lock()
+_bad_settings = RateLimitedWarning()
+#: The process that made the publisher: at exit, only it flushes.
+_pid = os.getpid()
+
+
+def get() -> Publisher | None:
+    """This process's publisher, made on first use; None when publishing is
+    off or SESSION_GUARD_APP is not usable (``manage.py check`` says why)."""
+    global _publisher
+    publisher = _publisher
+    if publisher is not None:
+        return publisher
+    settings = conf.get()
+    if not settings.enabled or not settings.app_valid:
+        return None
+    with _publisher_lock:
+        if _publisher is None:
+            try:
+                _publisher = Publisher(settings)
+            except Exception as error:
+                _bad_settings.warn("settings", "session-guard: not publishing: %s", error)
+                return None
+        return _publisher
+
+
+def publish(event: Event) -> None:
+    """Hands an event to this process's publisher (see :class:`Publisher`)."""
+    publisher = get()
+    if publisher is not None:
+        publisher.publish(event)
+
+
+def reset() -> None:
+    """Stops this process's publisher (flushing for a moment); the next
+    event makes a new one with the settings then in force."""
+    global _publisher
+    with _publisher_lock:
+        publisher, _publisher = _publisher, None
+    if publisher is not None:
+        publisher.close(timeout=1.0)
+
+
+@receiver(setting_changed)
+def _restart(*, setting: str, **kwargs: Any) -> None:
+    """A test changed a setting the publisher was made with: the next event
+    makes a new one."""
+    if setting.startswith(conf.PREFIX):
+        reset()
+
+
+def _after_fork() -> None:
+    """In a forked child the parent's thread does not exist and its
+    connection belongs to the parent: forget both, and start afresh on the
+    child's first event."""
+    global _publisher, _publisher_lock, _pid
+    _publisher = None
+    _publisher_lock = threading.Lock()
+    _pid = os.getpid()
+
+
+def _at_exit() -> None:
+    publisher = _publisher
+    if publisher is not None and publisher._thread is not None and os.getpid() == _pid:
+        publisher.close(timeout=conf.get().exit_flush_timeout)
+
+
+_quiet_pika_in_our_thread()
+os.register_at_fork(after_in_child=_after_fork)
+atexit.register(_at_exit)

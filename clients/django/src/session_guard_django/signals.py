@@ -1,0 +1,54 @@
+"""Receivers of Django's login and logout signals: they publish ``login``
+and ``logout``. Connected in ``apps.py`` with ``weak=False`` (plain
+functions, but the habit avoids receivers collected by accident).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from django.http import HttpRequest
+
+from . import events, publisher
+from .buffer import Event
+
+logger = logging.getLogger("session_guard_django")
+
+
+def on_login(sender: Any, request: HttpRequest | None, user: Any, **kwargs: Any) -> None:
+    """``login()`` has already given the session a new key (or flushed it)
+    when it sends ``user_logged_in``."""
+    if request is None or not hasattr(request, "session") or publisher.get() is None:
+        return
+    try:
+        sid = events.session_id(request, create=True)
+        if sid is None:
+            return
+        event = events.from_request(
+            "login", request, user, sid, expires_at=events.login_expiry(request)
+        )
+        publisher.publish(event)
+    except Exception:
+        # A login must never fail because of session-guard.
+        logger.exception("session-guard: could not publish a login")
+
+
+def on_logout(sender: Any, request: HttpRequest | None, user: Any, **kwargs: Any) -> None:
+    """``logout()`` sends ``user_logged_out`` before it flushes the session,
+    so the key is still there. ``user`` is None when nobody was logged in."""
+    if request is None or not hasattr(request, "session") or publisher.get() is None:
+        return
+    try:
+        sid = events.session_id(request)
+        if sid is None:
+            return
+        if user is None or getattr(user, "pk", None) is None:
+            publisher.publish(Event(kind="logout", session_id=sid, user_id=None, occurred_at=time.time()))
+            return
+        event = events.from_request("logout", request, user, sid)
+        event.superuser = None  # a logout carries no claims to remember
+        publisher.publish(event)
+    except Exception:
+        logger.exception("session-guard: could not publish a logout")

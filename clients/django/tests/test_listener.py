@@ -1,0 +1,119 @@
+"""The listener on its own: bad messages, revokes published by hand, a
+broker restart."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import uuid
+from typing import Any
+
+import pytest
+from django.contrib.auth.models import User
+from django.contrib.sessions.models import Session
+
+from conftest import TESTS, broker, rabbitmqctl, wait_until
+from test_enforcement import log_in
+
+
+def revoke(app: str, session_id: str) -> bytes:
+    return json.dumps(
+        {
+            "type": "revoke",
+            "event_id": str(uuid.uuid4()),
+            "app": app,
+            "session_id": session_id,
+            "user_id": "1",
+            "reason": "admin",
+            "revoked_at": "2026-11-29T10:00:00Z",
+            "max_sessions": 1,
+            "repeat": False,
+        }
+    ).encode()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_bad_messages_are_dead_lettered_and_do_not_stop_the_listener(names: Any, listener: Any) -> None:
+    User.objects.create_user("ada", password="pw")
+    connection = broker()
+    channel = connection.channel()
+    channel.exchange_declare(names.revocations_exchange, "topic", durable=True)
+    lst = listener()
+    client = log_in("ada", "laptop")
+    key = client.session.session_key
+
+    garbage = [b"not json", b'{"type": "login"}', revoke("another-app", key), b'{"type": "revoke", "app": "%s"}' % names.app.encode()]
+    for body in garbage:
+        channel.basic_publish(names.revocations_exchange, f"revoke.{names.app}", body)
+    channel.basic_publish(names.revocations_exchange, f"revoke.{names.app}", revoke(names.app, key))
+
+    wait_until("the session to end", lambda: not Session.objects.filter(session_key=key).exists())
+    assert client.get("/whoami").content == b"anonymous"
+    dead_queue = f"{names.revoke_queue}.dead"
+    dead = wait_until(
+        "the bad messages in the dead-letter queue",
+        lambda: channel.queue_declare(dead_queue, passive=True).method.message_count == len(garbage),
+    )
+    assert dead
+    bodies = []
+    for _ in garbage:
+        method, props, body = channel.basic_get(dead_queue, auto_ack=True)
+        bodies.append(body)
+        # The reason travels with it, as the worker and the Rust client put it.
+        assert props.headers["x-session-guard-error-kind"] == "invalid"
+        assert props.headers["x-session-guard-error"]
+    assert sorted(bodies) == sorted(garbage)
+    # The same revoke again (at-least-once delivery) is harmless.
+    channel.basic_publish(names.revocations_exchange, f"revoke.{names.app}", revoke(names.app, key))
+    wait_until("the repeated revoke to be handled", lambda: lst.output().count("ended session") == 2)
+    connection.close()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_queue_declared_with_other_arguments_is_a_clear_error(names: Any, tmp_path: Any) -> None:
+    connection = broker()
+    channel = connection.channel()
+    channel.exchange_declare(names.revocations_exchange, "topic", durable=True)
+    channel.queue_declare(names.revoke_queue, durable=True, arguments={"x-queue-type": "quorum"})
+    connection.close()
+
+    result = subprocess.run(
+        [sys.executable, str(TESTS / "manage.py"), "session_guard_listen"],
+        env={**os.environ, **names.env(), "PYTHONPATH": str(TESTS)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert f"queue {names.revoke_queue} exists with other arguments" in result.stderr
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.skipif(shutil.which("rabbitmqctl") is None, reason="needs rabbitmqctl to restart the broker")
+def test_the_listener_and_publisher_survive_a_broker_restart(names: Any, worker: Any, listener: Any) -> None:
+    user = User.objects.create_user("ada", password="pw")
+    w = worker()
+    lst = listener()
+    log_in("ada", "warm-up")  # the publisher's connection is up before the restart
+    wait_until("the warm-up login in the worker's log", lambda: len(w.sessions(user.pk)) == 1)
+
+    try:
+        rabbitmqctl("stop_app")
+    finally:
+        rabbitmqctl("start_app")
+        rabbitmqctl("await_startup")
+    wait_until("the worker to be ready again", w.ready, timeout=60)
+
+    first = log_in("ada", "laptop")
+    first_key = first.session.session_key
+    log_in("ada", "phone")
+    wait_until(
+        "the first session to end after the restart",
+        lambda: not Session.objects.filter(session_key=first_key).exists(),
+        timeout=60,
+    )
+    assert first.get("/whoami").content == b"anonymous"
+    assert "broker connection lost" in lst.output()

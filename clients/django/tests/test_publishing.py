@@ -1,0 +1,176 @@
+"""What the app publishes, against the real broker (no worker needed: a
+private queue bound to the test's events exchange sees every event)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from datetime import datetime, timezone
+from typing import Any
+
+import pytest
+from django.contrib.auth.models import User
+from django.test import Client
+
+from conftest import broker, rabbitmqctl, wait_until
+from session_guard_django import publisher
+from session_guard_django.buffer import Event
+
+
+def parse_time(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+@pytest.mark.django_db(transaction=True)
+def test_login_request_and_logout_are_published(names: Any, capture: Any) -> None:
+    events = capture(names.events_exchange)
+    user = User.objects.create_user("ada", password="pw")
+    client = Client(HTTP_USER_AGENT="Firefox\x00 on Linux", REMOTE_ADDR="192.0.2.7")
+    before = datetime.now(timezone.utc)
+    assert client.post("/login", {"username": "ada", "password": "pw"}).status_code == 200
+    key = client.session.session_key
+    assert client.get("/whoami").content == b"ada"
+    assert client.post("/logout").status_code == 200
+
+    # The logout view's own request is reported too, before the logout.
+    got = events.take(4)
+    assert [key for key, _, _ in got] == [
+        f"login.{names.app}", f"request.{names.app}", f"request.{names.app}", f"logout.{names.app}"
+    ]
+    (_, login, props), (_, request, _), _, (_, logout, _) = got
+    assert props.content_type == "application/json" and props.delivery_mode == 2
+    assert props.user_id == "guest"
+    for body in (login, request, logout):
+        assert body["app"] == names.app
+        assert body["session_id"] == key
+        assert body["user_id"] == str(user.pk)
+        assert body["ip"] == "192.0.2.7"
+        assert body["user_agent"] == "Firefox on Linux"  # NUL removed
+        assert before <= parse_time(body["occurred_at"]) <= datetime.now(timezone.utc)
+    assert [login["type"], request["type"], logout["type"]] == ["login", "request", "logout"]
+    assert login["attributes"] == {"superuser": False, "staff": False, "roles": []}
+    assert request["attributes"] == login["attributes"]
+    assert "attributes" not in logout
+    # The login carries Django's own expiry of the session.
+    expires = parse_time(login["expires_at"])
+    assert abs((expires - parse_time(login["occurred_at"])).total_seconds() - 1209600) < 60
+    assert "expires_at" not in request  # not known without a query
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_client_ip_header_is_used_when_set(names: Any, capture: Any, settings: Any) -> None:
+    settings.SESSION_GUARD_CLIENT_IP_HEADER = "HTTP_X_FORWARDED_FOR"
+    events = capture(names.events_exchange)
+    User.objects.create_user("ada", password="pw")
+    client = Client(REMOTE_ADDR="10.0.0.1", HTTP_X_FORWARDED_FOR="203.0.113.9, 198.51.100.4")
+    client.post("/login", {"username": "ada", "password": "pw"})
+    [(_, login, _)] = events.take(1)
+    assert login["ip"] == "198.51.100.4"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_anonymous_requests_publish_nothing(names: Any, capture: Any) -> None:
+    events = capture(names.events_exchange)
+    assert Client().get("/whoami").content == b"anonymous"
+    assert events.quiet(0.5) == []
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_broker_being_away_does_not_fail_requests(names: Any, settings: Any, caplog: Any) -> None:
+    settings.SESSION_GUARD_AMQP_URL = "amqp://guest:guest@127.0.0.1:1/%2f"
+    User.objects.create_user("ada", password="pw")
+    caplog.set_level(logging.WARNING, logger="session_guard_django")
+    client = Client()
+    assert client.post("/login", {"username": "ada", "password": "pw"}).status_code == 200
+    for _ in range(20):
+        assert client.get("/whoami").content == b"ada"
+    assert client.post("/logout").status_code == 200
+
+    pub = publisher.get()
+    assert pub is not None
+    # Every event is held for when the broker comes back: the login, 21
+    # requests (the logout view's too) and the logout.
+    assert pub.stats().pending == 23
+    warned = wait_until(
+        "a warning about the broker",
+        lambda: [r for r in caplog.records if "cannot reach the broker" in r.getMessage()],
+    )
+    time.sleep(1.0)  # several more attempts, within one warning interval
+    assert len([r for r in caplog.records if "cannot reach the broker" in r.getMessage()]) == len(warned) == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_events_buffered_while_the_broker_is_away_are_sent_when_it_returns(
+    names: Any, capture: Any, settings: Any
+) -> None:
+    """The publisher's connection is closed by the broker (as in a broker
+    restart); events handed over meanwhile and unconfirmed ones arrive."""
+    events = capture(names.events_exchange)
+    pub = publisher.get()
+    assert pub is not None
+    now = time.time()
+    pub.publish(Event(kind="logout", session_id="s-0", user_id=None, occurred_at=now))
+    events.take(1)
+    # Close every connection of this test's app, from the broker's side.
+    wait_until("the publisher's connection to close", lambda: close_connections(f"django-session-guard {names.app}"))
+    for i in range(1, 50):
+        pub.publish(Event(kind="logout", session_id=f"s-{i}", user_id=None, occurred_at=now))
+    got = {body["session_id"] for _, body, _ in events.take(49)}
+    assert got == {f"s-{i}" for i in range(1, 50)}
+    assert pub.flush(10)
+
+
+def close_connections(name: str) -> bool:
+    out = _rabbitmqctl_out("list_connections", "pid", "client_properties")
+    closed = False
+    for line in out.splitlines():
+        if name in line:
+            pid = line.split("\t", 1)[0]
+            try:
+                rabbitmqctl("close_connection", pid, "closed by the test")
+                closed = True
+            except Exception:
+                pass
+    return closed
+
+
+def _rabbitmqctl_out(*args: str) -> str:
+    import subprocess
+
+    return subprocess.run(
+        ["rabbitmqctl", "-q", "--no-table-headers", *args], check=True, capture_output=True, text=True
+    ).stdout
+
+
+def test_a_forked_child_publishes_on_a_connection_of_its_own(names: Any, capture: Any) -> None:
+    events = capture(names.events_exchange)
+    parent = publisher.get()
+    assert parent is not None
+    parent.publish(Event(kind="logout", session_id="parent-before", user_id=None, occurred_at=time.time()))
+    events.take(1)  # the parent's thread and connection are up
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the child reports through its exit code
+        ok = False
+        try:
+            publisher.publish(Event(kind="logout", session_id="child", user_id=None, occurred_at=time.time()))
+            mine = publisher.get()
+            ok = mine is not None and mine is not parent and mine.flush(10)
+        finally:
+            os._exit(0 if ok else 1)
+    _, status = os.waitpid(child, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    parent.publish(Event(kind="logout", session_id="parent-after", user_id=None, occurred_at=time.time()))
+    got = sorted(body["session_id"] for _, body, _ in events.take(2))
+    assert got == ["child", "parent-after"]
+
+
+def test_unroutable_events_are_counted_not_retried(names: Any) -> None:
+    connection = broker()
+    connection.channel().exchange_declare(names.events_exchange, "topic", durable=True)
+    connection.close()
+    pub = publisher.get()
+    assert pub is not None
+    pub.publish(Event(kind="logout", session_id="nobody-listens", user_id=None, occurred_at=time.time()))
+    assert pub.flush(10)
+    assert pub.stats().unroutable == 1

@@ -1,0 +1,136 @@
+"""The pure parts: drop policy, message bodies, settings checks."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from typing import Any
+
+from django.core.checks import run_checks
+from django.test import RequestFactory
+
+from session_guard_django import conf, events
+from session_guard_django.buffer import Buffer, Event, Pushed
+
+
+def ev(kind: str, n: int = 0) -> Event:
+    return Event(kind=kind, session_id=f"s{n}", user_id="1", occurred_at=float(n))
+
+
+class TestDropPolicy:
+    def test_a_full_buffer_drops_new_requests(self) -> None:
+        b = Buffer(2)
+        assert b.push(ev("request", 1)) is Pushed.QUEUED
+        assert b.push(ev("login", 2)) is Pushed.QUEUED
+        assert b.push(ev("request", 3)) is Pushed.DROPPED
+        assert [e.session_id for e in b.take(10)] == ["s1", "s2"]
+        assert b.dropped_requests == 1
+
+    def test_a_login_evicts_the_oldest_request(self) -> None:
+        b = Buffer(3)
+        for e in (ev("login", 1), ev("request", 2), ev("request", 3)):
+            b.push(e)
+        assert b.push(ev("logout", 4)) is Pushed.EVICTED
+        assert [e.session_id for e in b.take(10)] == ["s1", "s3", "s4"]
+        assert (b.dropped_requests, b.refused_full, b.requests) == (1, 0, 0)
+
+    def test_logins_are_refused_only_when_nothing_else_can_go(self) -> None:
+        b = Buffer(2)
+        b.push(ev("login", 1))
+        b.push(ev("logout", 2))
+        assert b.push(ev("login", 3)) is Pushed.FULL
+        assert b.refused_full == 1 and len(b) == 2
+
+    def test_unconfirmed_events_go_back_in_front_in_order(self) -> None:
+        b = Buffer(3)
+        b.push(ev("request", 1))
+        taken = b.take(1)
+        b.push(ev("login", 2))
+        b.push(ev("request", 3))
+        b.push(ev("request", 4))
+        b.put_back(taken)  # over capacity: the oldest request goes
+        assert [e.session_id for e in b.take(10)] == ["s2", "s3", "s4"]
+        assert b.dropped_requests == 1
+
+
+class TestBody:
+    def test_fields_and_format(self) -> None:
+        at = datetime(2026, 11, 29, 10, 0, 0, 123456, tzinfo=timezone.utc)
+        e = Event(
+            kind="login", session_id="k" * 32, user_id="42", occurred_at=at.timestamp(),
+            ip="::ffff:192.0.2.1", user_agent="x" * 600, expires_at=at, superuser=True, staff=False,
+        )
+        body = json.loads(events.body(e, "shop", ["b", "a"], attributes=True) or b"")
+        assert body == {
+            "type": "login", "app": "shop", "session_id": "k" * 32, "user_id": "42",
+            "occurred_at": "2026-11-29T10:00:00.123456Z", "ip": "::ffff:192.0.2.1",
+            "user_agent": "x" * 512, "expires_at": "2026-11-29T10:00:00.123456Z",
+            "attributes": {"superuser": True, "staff": False, "roles": ["b", "a"]},
+        }
+
+    def test_no_attributes_keeps_the_workers_remembered_claim(self) -> None:
+        e = Event(kind="request", session_id="k", user_id="1", occurred_at=0, superuser=False, staff=False)
+        assert "attributes" not in json.loads(events.body(e, "shop", None, attributes=False) or b"")
+
+    def test_events_the_worker_would_refuse_are_left_out(self) -> None:
+        for sid, uid in (("", "1"), ("k" * 257, "1"), ("k\n", "1"), ("k", "bad\x00id"), ("k", "")):
+            assert events.body(Event(kind="request", session_id=sid, user_id=uid), "shop", None, attributes=False) is None
+
+    def test_a_bad_address_is_left_out(self) -> None:
+        e = Event(kind="request", session_id="k", user_id="1", ip="unknown")
+        assert "ip" not in json.loads(events.body(e, "shop", None, attributes=False) or b"")
+
+    def test_roles_fit_the_workers_bounds(self) -> None:
+        names = [f"group-{i:03}" for i in range(100)] + ["x" * 129, "", "nul\x00"]
+        roles = events.fit_roles(names)
+        assert roles == sorted(roles) and len(roles) == 64
+        assert all(0 < len(r) <= 128 for r in roles)
+        long = events.fit_roles([f"{i:03}" + "y" * 120 for i in range(64)])
+        assert len(json.dumps(long)) <= 4096 - 64
+
+
+def test_client_ip_takes_the_address_the_proxy_appended() -> None:
+    request = RequestFactory().get("/", HTTP_X_FORWARDED_FOR="1.1.1.1, 2.2.2.2", REMOTE_ADDR="10.0.0.1")
+    assert events.client_ip(request, None) == "10.0.0.1"
+    assert events.client_ip(request, "HTTP_X_FORWARDED_FOR") == "2.2.2.2"
+    assert events.client_ip(request, "HTTP_X_REAL_IP") is None
+
+
+def ids() -> set[str]:
+    return {m.id for m in run_checks() if m.id and m.id.startswith("session_guard.")}
+
+
+class TestChecks:
+    def test_the_test_project_is_clean(self) -> None:
+        assert ids() == set()
+
+    def test_missing_or_bad_app(self, settings: Any) -> None:
+        del settings.SESSION_GUARD_APP
+        assert ids() == {"session_guard.E001"}
+        settings.SESSION_GUARD_APP = "shop/eu"
+        assert ids() == {"session_guard.E001"}
+
+    def test_bad_url_names_and_numbers(self, settings: Any) -> None:
+        settings.SESSION_GUARD_AMQP_URL = "http://mq"
+        settings.SESSION_GUARD_EVENTS_EXCHANGE = ""
+        settings.SESSION_GUARD_BUFFER_SIZE = 0
+        settings.SESSION_GUARD_CLIENT_IP_HEADER = 5
+        assert ids() == {"session_guard.E002", "session_guard.E003", "session_guard.E004", "session_guard.E007"}
+
+    def test_middleware_order_and_absence(self, settings: Any) -> None:
+        guard = "session_guard_django.middleware.SessionGuardMiddleware"
+        settings.MIDDLEWARE = [guard] + [m for m in settings.MIDDLEWARE if m != guard]
+        assert ids() == {"session_guard.E005"}
+        settings.MIDDLEWARE = [m for m in settings.MIDDLEWARE if m != guard]
+        assert ids() == {"session_guard.W005"}
+
+    def test_signed_cookies_need_a_shared_cache(self, settings: Any) -> None:
+        settings.SESSION_ENGINE = conf.SIGNED_COOKIES_ENGINE
+        assert ids() == set()
+        settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+        assert ids() == {"session_guard.E006"}
+
+    def test_a_misspelt_setting_is_named_with_a_suggestion(self, settings: Any) -> None:
+        settings.SESSION_GUARD_AMQP_ULR = "amqp://x"
+        [message] = [m for m in run_checks() if m.id == "session_guard.W001"]
+        assert "SESSION_GUARD_AMQP_ULR" in message.msg and message.hint == "Did you mean SESSION_GUARD_AMQP_URL?"

@@ -1,0 +1,10 @@
+from django.urls import path
+
+from . import views
+
+urlpatterns = [
+    path("whoami", views.whoami),
+    path("login", views.login_view),
+    path("logout", views.logout_view),
+    path("pid", views.pid),
+]

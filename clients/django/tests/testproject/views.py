@@ -1,0 +1,32 @@
+import os
+
+from django.contrib.auth import authenticate, login, logout
+from django.http import HttpRequest, HttpResponse
+from django.views.decorators.csrf import csrf_exempt
+
+
+def whoami(request: HttpRequest) -> HttpResponse:
+    """The view the benchmark times: it reads the user, as real views do."""
+    user = request.user
+    return HttpResponse(user.get_username() if user.is_authenticated else "anonymous")
+
+
+@csrf_exempt
+def login_view(request: HttpRequest) -> HttpResponse:
+    user = authenticate(
+        request, username=request.POST.get("username"), password=request.POST.get("password")
+    )
+    if user is None:
+        return HttpResponse("refused", status=403)
+    login(request, user)
+    return HttpResponse(request.session.session_key or "")
+
+
+@csrf_exempt
+def logout_view(request: HttpRequest) -> HttpResponse:
+    logout(request)
+    return HttpResponse("bye")
+
+
+def pid(request: HttpRequest) -> HttpResponse:
+    return HttpResponse(str(os.getpid()))
