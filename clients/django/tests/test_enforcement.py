@@ -112,3 +112,21 @@ def test_group_changes_reach_the_worker_by_the_next_request(names: Any, worker: 
         "the new group in the claims",
         lambda: claims() == {"superuser": False, "staff": True, "roles": ["admins", "support"]},
     )
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_password_change_keeps_the_session(names: Any, worker: Any, listener: Any) -> None:
+    """Django moves the session to a new key without a signal: the worker
+    must not take the new key for a second session and revoke it."""
+    user = User.objects.create_user("ada", password="pw")
+    w = worker()
+    listener()
+    client = log_in("ada", "laptop")
+    old = client.session.session_key
+    new = client.post("/password", {"password": "pw2"}).content.decode()
+    assert client.get("/whoami").content == b"ada"
+    wait_until(
+        "the old key ended and the new one active",
+        lambda: states(w.sessions(user.pk)) == {old: ("logged_out", "logout"), new: ("active", None)},
+    )
+    assert client.get("/whoami").content == b"ada"

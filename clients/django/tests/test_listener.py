@@ -88,7 +88,7 @@ def test_a_queue_declared_with_other_arguments_is_a_clear_error(names: Any, tmp_
         timeout=60,
     )
     assert result.returncode == 1
-    assert f"queue {names.revoke_queue} exists with other arguments" in result.stderr
+    assert f"queue {names.revoke_queue} or exchange {names.revoke_queue}.dead exists with other arguments" in result.stderr
 
 
 @pytest.mark.django_db(transaction=True)

@@ -130,6 +130,16 @@ class TestChecks:
         settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
         assert ids() == {"session_guard.E006"}
 
+    def test_cache_sessions_need_a_shared_cache(self, settings: Any) -> None:
+        settings.SESSION_ENGINE = "django.contrib.sessions.backends.cached_db"
+        assert ids() == set()
+        settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+        assert ids() == {"session_guard.E008"}
+
+    def test_reserved_names(self, settings: Any) -> None:
+        settings.SESSION_GUARD_REVOKE_QUEUE = "amq.mine"
+        assert ids() == {"session_guard.E003"}
+
     def test_a_misspelt_setting_is_named_with_a_suggestion(self, settings: Any) -> None:
         settings.SESSION_GUARD_AMQP_ULR = "amqp://x"
         [message] = [m for m in run_checks() if m.id == "session_guard.W001"]

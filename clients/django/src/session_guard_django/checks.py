@@ -36,6 +36,7 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
     messages += _numbers()
     messages += _middleware()
     messages += _signed_cookies()
+    messages += _cached_sessions()
     header = conf.raw("CLIENT_IP_HEADER")
     if header is not None and (not isinstance(header, str) or not header):
         messages.append(
@@ -200,3 +201,30 @@ def _signed_cookies() -> list[CheckMessage]:
             )
         ]
     return []
+
+
+#: Session engines that keep sessions (or a copy of them) in SESSION_CACHE_ALIAS.
+CACHE_ENGINES = (
+    "django.contrib.sessions.backends.cache",
+    "django.contrib.sessions.backends.cached_db",
+)
+
+
+def _cached_sessions() -> list[CheckMessage]:
+    engine = getattr(django_settings, "SESSION_ENGINE", "")
+    if engine not in CACHE_ENGINES:
+        return []
+    alias = getattr(django_settings, "SESSION_CACHE_ALIAS", "default")
+    backend = getattr(django_settings, "CACHES", {}).get(alias, {}).get("BACKEND", "")
+    if backend not in PROCESS_LOCAL_CACHES:
+        return []
+    return [
+        Error(
+            f"SESSION_ENGINE {engine} keeps sessions in the cache {alias!r}, which uses "
+            f"{backend}: each process has its own, so the listener's deletes would never "
+            "reach the web processes, and revoked sessions would stay logged in.",
+            hint="Use a cache all processes share (Redis, Memcached, database or file cache) "
+            "for SESSION_CACHE_ALIAS.",
+            id="session_guard.E008",
+        )
+    ]

@@ -14,6 +14,7 @@ from typing import Any
 
 from django.conf import settings as django_settings
 from django.http import HttpRequest
+from django.utils import timezone as django_timezone
 
 from . import conf
 from .buffer import Event
@@ -90,20 +91,17 @@ def login_expiry(request: HttpRequest) -> datetime:
     return request.session.get_expiry_date()
 
 
-def request_expiry(request: HttpRequest) -> datetime | None:
-    """When a session expires, as of this request, if that is known without
-    a query: only with SESSION_SAVE_EVERY_REQUEST, where each response moves
-    it. Rounded down to the minute so that it changes at most once a minute
-    (the worker skips writing requests that change nothing)."""
-    if not getattr(django_settings, "SESSION_SAVE_EVERY_REQUEST", False):
-        return None
-    expiry = request.session.get_expiry_date()
-    return expiry - timedelta(seconds=expiry.second, microseconds=expiry.microsecond)
+def to_the_minute(at: datetime) -> datetime:
+    """Rounded down to the minute: an expiry that moves with every request
+    then changes at most once a minute, and the worker skips writing
+    requests that change nothing. Down, so it is never later than Django's."""
+    return at - timedelta(seconds=at.second, microseconds=at.microsecond)
 
 
 def _rfc3339(at: datetime) -> str:
     if at.tzinfo is None:
-        at = at.replace(tzinfo=timezone.utc)
+        # USE_TZ = False: Django's datetimes are in its TIME_ZONE.
+        at = django_timezone.make_aware(at)
     return at.astimezone(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 

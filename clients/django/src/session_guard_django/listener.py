@@ -78,7 +78,11 @@ class Listener:
             opened = time.monotonic()
             try:
                 self._session()
-                return
+                if self.stop.is_set():
+                    return
+                # The broker cancelled the consumer (the queue was deleted,
+                # say): declare again and go on.
+                logger.warning("session-guard: the broker cancelled the consumer: reconnecting")
             except ListenerError:
                 raise
             except (pika.exceptions.ProbableAuthenticationError, pika.exceptions.ProbableAccessDeniedError) as error:
@@ -86,14 +90,6 @@ class Listener:
                     raise ListenerError(f"the broker refused the credentials: {error!r}") from error
                 logger.error("session-guard: the broker refused the credentials: %r", error)
             except pika.exceptions.ChannelClosedByBroker as error:
-                if error.reply_code == 406:
-                    raise ListenerError(
-                        f"queue {self.settings.revoke_queue} exists with other arguments "
-                        f"({error.reply_text}): it must be a quorum queue with x-delivery-limit "
-                        f"{self.settings.listen_max_attempts - 1} and x-dead-letter-exchange "
-                        f"{self.settings.dead_letter_queue}; delete it or make "
-                        "SESSION_GUARD_LISTEN_MAX_ATTEMPTS match"
-                    ) from error
                 if error.reply_code == 404:
                     logger.warning(
                         "session-guard: exchange %s does not exist: start session-guard "
@@ -119,7 +115,19 @@ class Listener:
         connection = pika.BlockingConnection(parameters)
         try:
             channel = connection.channel()
-            self.declare(channel)
+            try:
+                self.declare(channel)
+            except pika.exceptions.ChannelClosedByBroker as error:
+                if error.reply_code == 406:  # PRECONDITION_FAILED: retrying cannot help
+                    raise ListenerError(
+                        f"queue {self.settings.revoke_queue} or exchange "
+                        f"{self.settings.dead_letter_queue} exists with other arguments "
+                        f"({error.reply_text}): the queue must be a quorum queue with "
+                        f"x-delivery-limit {self.settings.listen_max_attempts - 1} and "
+                        f"x-dead-letter-exchange {self.settings.dead_letter_queue} (a fanout "
+                        "exchange); delete them or make SESSION_GUARD_LISTEN_MAX_ATTEMPTS match"
+                    ) from error
+                raise
             # Dead letters go out on a channel of their own, in confirm mode,
             # so a revoke is acked only once its copy is safe.
             self._dead_channel = connection.channel()

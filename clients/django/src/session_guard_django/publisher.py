@@ -49,6 +49,10 @@ TAKE_BATCH = 200
 #: shares the GIL with the request threads, so fewer, larger rounds cost
 #: them less; session-guard itself waits about as long to fill a batch.
 LINGER = 0.02
+#: Pause before events the broker nacked or returned (no queue bound: the
+#: worker has not declared its queue yet) are sent again: they are kept,
+#: not dropped, as the Rust client keeps them.
+RETRY_PAUSE = 1.0
 #: First pause before reconnecting; it doubles up to ``MAX_BACKOFF``.
 FIRST_BACKOFF = 0.1
 #: Seconds to wait for the broker's TCP and AMQP handshake.
@@ -151,6 +155,8 @@ class Publisher:
     def __init__(self, settings: conf.GuardSettings) -> None:
         self._settings = settings
         self._app = settings.app or ""
+        #: The process that made it: a forked child must make its own.
+        self.pid = os.getpid()
         self._lock = threading.Lock()
         #: Notified when the buffer and the unconfirmed events are empty.
         self._idle = threading.Condition(self._lock)
@@ -163,8 +169,13 @@ class Publisher:
         self._channel: Any = None
         self._next_tag = 1
         # Shared, under _lock:
-        #: Published, waiting for the broker's confirm, by delivery tag.
-        self._unconfirmed: dict[int, Event] = {}
+        #: Published, waiting for the broker's confirm, by delivery tag, with
+        #: the body sent (a returned message is known by its body).
+        self._unconfirmed: dict[int, tuple[Event, bytes]] = {}
+        #: Delivery tags the broker returned: re-sent after RETRY_PAUSE.
+        self._returned: set[int] = set()
+        #: No publishing before this time.monotonic() (after a nack or return).
+        self._paused_until = 0.0
         #: Taken from the buffer by the current round and not yet published:
         #: flush must not see "nothing pending" in between.
         self._in_hand = 0
@@ -292,10 +303,16 @@ class Publisher:
         except Exception as error:
             self._warnings.warn("url", "session-guard: bad SESSION_GUARD_AMQP_URL: %s", error)
             return
-        parameters.connection_attempts = 1
-        parameters.socket_timeout = CONNECT_TIMEOUT
-        parameters.stack_timeout = CONNECT_TIMEOUT * 2
-        parameters.blocked_connection_timeout = BLOCKED_TIMEOUT
+        # Defaults for what the URL does not set itself.
+        given = self._settings.amqp_url.partition("?")[2]
+        if "connection_attempts" not in given:
+            parameters.connection_attempts = 1
+        if "socket_timeout" not in given:
+            parameters.socket_timeout = CONNECT_TIMEOUT
+        if "stack_timeout" not in given:
+            parameters.stack_timeout = CONNECT_TIMEOUT * 2
+        if "blocked_connection_timeout" not in given:
+            parameters.blocked_connection_timeout = BLOCKED_TIMEOUT
         parameters.client_properties = {"connection_name": f"django-session-guard {self._app}"}
         try:
             connection = _BatchedConnection(
@@ -326,7 +343,7 @@ class Publisher:
     def _on_open_error(self, connection: SelectConnection, error: BaseException) -> None:
         self._warnings.warn(
             "connect",
-            "session-guard: cannot reach the broker (%s): events are buffered, "
+            "session-guard: cannot reach the broker (%r): events are buffered, "
             "up to SESSION_GUARD_BUFFER_SIZE=%d",
             error,
             self._settings.buffer_size,
@@ -376,8 +393,9 @@ class Publisher:
             self._channel = None
             self._in_hand = 0
             if self._unconfirmed:
-                self._buffer.put_back(self._unconfirmed[tag] for tag in sorted(self._unconfirmed))
+                self._buffer.put_back(self._unconfirmed[tag][0] for tag in sorted(self._unconfirmed))
                 self._unconfirmed.clear()
+            self._returned.clear()
             self._next_tag = 1
             self._idle.notify_all()
 
@@ -390,6 +408,10 @@ class Publisher:
         """Publishes buffered events while fewer than MAX_IN_FLIGHT wait for
         their confirm. Runs on the connection's loop."""
         channel = self._channel
+        wait = self._paused_until - time.monotonic()
+        if wait > 0 and self._connection is not None:
+            self._connection.ioloop.call_later(wait, self._pump)
+            return
         with self._lock:
             self._wake_pending = False
             if channel is None or not self._ready:
@@ -449,10 +471,10 @@ class Publisher:
                 with self._lock:
                     self._buffer.put_back(batch[position:])
                     self._in_hand = 0
-                self._warnings.warn("publish", "session-guard: publish failed: %s", error)
+                self._warnings.warn("publish", "session-guard: publish failed: %r", error)
                 return
             with self._lock:
-                self._unconfirmed[self._next_tag] = event
+                self._unconfirmed[self._next_tag] = (event, payload)
                 self._in_hand -= 1
             self._next_tag += 1
 
@@ -464,27 +486,42 @@ class Publisher:
                 done = [t for t in self._unconfirmed if t <= tag]
             else:
                 done = [tag] if tag in self._unconfirmed else []
-            confirmed = [self._unconfirmed.pop(t) for t in done]
-            if isinstance(method, Basic.Nack):
-                # The broker could not take them: send again.
-                self._buffer.put_back(confirmed)
-            else:
-                self._published += len(confirmed)
+            nacked = isinstance(method, Basic.Nack)
+            retry = []
+            for t in done:
+                event, _payload = self._unconfirmed.pop(t)
+                if nacked or t in self._returned:
+                    retry.append(event)
+                self._returned.discard(t)
+            self._published += len(done) - len(retry)
+            if retry:
+                # Nacked (the broker could not take them) or returned (no
+                # queue bound): kept, and sent again after a pause.
+                self._buffer.put_back(retry)
+                self._paused_until = time.monotonic() + RETRY_PAUSE
             if not self._pending():
                 self._idle.notify_all()
             wake = len(self._buffer) > 0 and not self._wake_pending
             if wake:
                 self._wake_pending = True
+        if isinstance(method, Basic.Nack):
+            self._warnings.warn("nack", "session-guard: the broker refused %d events: sending them again", len(done))
         if wake:
             self._pump()
 
-    def _on_return(self, _channel: Any, method: Any, _properties: Any, _body: bytes) -> None:
+    def _on_return(self, _channel: Any, method: Any, _properties: Any, body: bytes) -> None:
+        # The broker sends the return before the confirm of the same
+        # message: mark it, and _on_confirm keeps it for another try.
         with self._lock:
             self._unroutable += 1
+            for tag, (_event, payload) in self._unconfirmed.items():
+                if payload == body and tag not in self._returned:
+                    self._returned.add(tag)
+                    break
         self._warnings.warn(
             "unroutable",
             "session-guard: no queue is bound for %s on exchange %s: "
-            "is session-guard running with amqp.events_exchange=%s? Event dropped",
+            "is session-guard running with amqp.events_exchange=%s? Kept, sent again in a moment",
             method.routing_key,
             self._settings.events_exchange,
             self._settings.events_exchange,
@@ -499,20 +536,30 @@ class Publisher:
         if not pks:
             return {}
         try:
-            return _group_names(pks)
+            try:
+                return _group_names(pks)
+            except Exception:
+                # The thread's database connection may have been closed
+                # while idle: once more on a fresh one.
+                _close_this_threads_connections()
+                return _group_names(pks)
         except Exception as error:
             self._warnings.warn(
                 "roles",
                 "session-guard: cannot read group names (%s): events sent without attributes",
                 error,
             )
-            try:
-                from django.db import connections
-
-                connections.close_all()  # this thread's: a fresh one next time
-            except Exception:
-                pass
+            _close_this_threads_connections()
             return None
+
+
+def _close_this_threads_connections() -> None:
+    try:
+        from django.db import connections
+
+        connections.close_all()  # this thread's own
+    except Exception:
+        pass
 
 
 def _group_names(pks: set[Any]) -> dict[Any, list[str]]:
@@ -543,8 +590,6 @@ def _group_names(pks: set[Any]) -> dict[Any, list[str]]:
 _publisher: Publisher | None = None
 _publisher_lock = threading.Lock()
 _bad_settings = RateLimitedWarning()
-#: The process that made the publisher: at exit, only it flushes.
-_pid = os.getpid()
 
 
 def get() -> Publisher | None:
@@ -553,7 +598,11 @@ def get() -> Publisher | None:
     global _publisher
     publisher = _publisher
     if publisher is not None:
-        return publisher
+        if publisher.pid == os.getpid():
+            return publisher
+        # Forked without the fork hooks running (uWSGI without
+        # py-call-osafterfork): the parent's publisher is not ours.
+        _after_fork()
     settings = conf.get()
     if not settings.enabled or not settings.app_valid:
         return None
@@ -596,15 +645,14 @@ def _after_fork() -> None:
     """In a forked child the parent's thread does not exist and its
     connection belongs to the parent: forget both, and start afresh on the
     child's first event."""
-    global _publisher, _publisher_lock, _pid
+    global _publisher, _publisher_lock
     _publisher = None
     _publisher_lock = threading.Lock()
-    _pid = os.getpid()
 
 
 def _at_exit() -> None:
     publisher = _publisher
-    if publisher is not None and publisher._thread is not None and os.getpid() == _pid:
+    if publisher is not None and publisher._thread is not None and os.getpid() == publisher.pid:
         publisher.close(timeout=conf.get().exit_flush_timeout)
 
 

@@ -5,7 +5,6 @@ functions, but the habit avoids receivers collected by accident).
 
 from __future__ import annotations
 
-import logging
 import time
 from typing import Any
 
@@ -14,7 +13,11 @@ from django.http import HttpRequest
 from . import events, publisher
 from .buffer import Event
 
-logger = logging.getLogger("session_guard_django")
+#: Set on the request so that the middleware adds no event of its own
+#: (middleware.py reads it).
+SIGNALLED = "_session_guard_signalled"
+
+_warnings = publisher.RateLimitedWarning()
 
 
 def on_login(sender: Any, request: HttpRequest | None, user: Any, **kwargs: Any) -> None:
@@ -22,6 +25,7 @@ def on_login(sender: Any, request: HttpRequest | None, user: Any, **kwargs: Any)
     when it sends ``user_logged_in``."""
     if request is None or not hasattr(request, "session") or publisher.get() is None:
         return
+    setattr(request, SIGNALLED, True)
     try:
         sid = events.session_id(request, create=True)
         if sid is None:
@@ -30,9 +34,9 @@ def on_login(sender: Any, request: HttpRequest | None, user: Any, **kwargs: Any)
             "login", request, user, sid, expires_at=events.login_expiry(request)
         )
         publisher.publish(event)
-    except Exception:
+    except Exception as error:
         # A login must never fail because of session-guard.
-        logger.exception("session-guard: could not publish a login")
+        _warnings.warn("login", "session-guard: could not publish a login: %r", error)
 
 
 def on_logout(sender: Any, request: HttpRequest | None, user: Any, **kwargs: Any) -> None:
@@ -40,6 +44,7 @@ def on_logout(sender: Any, request: HttpRequest | None, user: Any, **kwargs: Any
     so the key is still there. ``user`` is None when nobody was logged in."""
     if request is None or not hasattr(request, "session") or publisher.get() is None:
         return
+    setattr(request, SIGNALLED, True)
     try:
         sid = events.session_id(request)
         if sid is None:
@@ -50,5 +55,5 @@ def on_logout(sender: Any, request: HttpRequest | None, user: Any, **kwargs: Any
         event = events.from_request("logout", request, user, sid)
         event.superuser = None  # a logout carries no claims to remember
         publisher.publish(event)
-    except Exception:
-        logger.exception("session-guard: could not publish a logout")
+    except Exception as error:
+        _warnings.warn("logout", "session-guard: could not publish a logout: %r", error)

@@ -30,3 +30,31 @@ def logout_view(request: HttpRequest) -> HttpResponse:
 
 def pid(request: HttpRequest) -> HttpResponse:
     return HttpResponse(str(os.getpid()))
+
+
+@csrf_exempt
+def change_password(request: HttpRequest) -> HttpResponse:
+    """A password change: Django gives the session a new key, no signal."""
+    from django.contrib.auth import update_session_auth_hash
+
+    request.user.set_password(request.POST["password"])
+    request.user.save()
+    update_session_auth_hash(request, request.user)
+    return HttpResponse(request.session.session_key or "")
+
+
+def remember(request: HttpRequest) -> HttpResponse:
+    """Writes to the session: the response saves it, and its expiry moves."""
+    request.session["visits"] = request.session.get("visits", 0) + 1
+    return HttpResponse("ok")
+
+
+def forget(request: HttpRequest) -> HttpResponse:
+    """Ends the session without logout(): no signal."""
+    request.session.flush()
+    return HttpResponse("gone")
+
+
+async def awhoami(request: HttpRequest) -> HttpResponse:
+    user = await request.auser()
+    return HttpResponse(user.get_username() if user.is_authenticated else "anonymous")
