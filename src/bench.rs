@@ -25,7 +25,7 @@ use serde_json::json;
 
 use crate::broker;
 use crate::configuration::{Settings, with_database};
-use crate::store;
+use crate::db;
 
 /// What to run; every figure of the benchmark has a knob here.
 #[derive(Debug, Clone, clap::Args)]
@@ -257,7 +257,7 @@ pub async fn run(base: &Settings, args: &BenchArgs) -> anyhow::Result<()> {
 
 /// The report's rows, and whether the database connection used TLS.
 async fn bench(settings: &Settings, args: &BenchArgs) -> anyhow::Result<(Vec<Row>, bool)> {
-    let pool = store::connect_and_migrate(&settings.database).await?;
+    let pool = db::connect_and_migrate(&settings.database).await?;
     let tls: bool = sqlx::query_scalar("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
         .fetch_one(&pool)
         .await?;

@@ -8,11 +8,12 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use clap::{Args, Parser, Subcommand};
 use serde::Serialize;
 
+use crate::apply::{self, AdminTarget, Enforcement};
 use crate::configuration::Settings;
+use crate::db::{self, sessions::LoggedSession};
 use crate::domain::event::{AppName, SessionId, UserId};
 use crate::domain::limits::{BUILT_IN_HOOKS, EvictionPolicy, UserOverride};
 use crate::domain::session::{EndReason, SessionState, state_of};
-use crate::store::{self, AdminTarget, Enforcement, LoggedSession};
 use crate::terminal::{escape, escape_json};
 use crate::worker::Worker;
 use crate::{shutdown, telemetry};
@@ -182,7 +183,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     telemetry::init_logging(&settings.log)?;
     match cli.command {
         Command::Migrate => {
-            let pool = store::connect_and_migrate(&settings.database).await?;
+            let pool = db::connect_and_migrate(&settings.database).await?;
             pool.close().await;
             tracing::info!("database is up to date");
             Ok(())
@@ -264,7 +265,7 @@ async fn check_database(settings: &Settings) -> anyhow::Result<String> {
             .fetch_all(&mut conn)
             .await;
     let _ = conn.close().await;
-    let expected: Vec<&sqlx::migrate::Migration> = store::MIGRATOR
+    let expected: Vec<&sqlx::migrate::Migration> = db::MIGRATOR
         .iter()
         .filter(|m| !m.migration_type.is_down_migration())
         .collect();
@@ -406,7 +407,7 @@ async fn limits(settings: &Settings, action: LimitsAction) -> anyhow::Result<()>
         LimitsAction::Clear(a) => (&a.user, &a.app),
     };
     parse_user_and_app(user, app.as_deref())?;
-    let pool = store::connect_checked(&settings.database).await?;
+    let pool = db::connect_checked(&settings.database).await?;
     let mut out = std::io::stdout().lock();
     match action {
         LimitsAction::Set(a) => {
@@ -426,9 +427,15 @@ async fn limits(settings: &Settings, action: LimitsAction) -> anyhow::Result<()>
                     "nothing to set: give --max, --max-global, --policy, --idle-timeout or --log-limit"
                 );
             }
-            store::set_override(&pool, &a.user, a.app.as_deref(), &o, &operator(&a.operator))
-                .await
-                .context("cannot store the override")?;
+            db::overrides::set_override(
+                &pool,
+                &a.user,
+                a.app.as_deref(),
+                &o,
+                &operator(&a.operator),
+            )
+            .await
+            .context("cannot store the override")?;
             writeln!(
                 out,
                 "stored limits for user {} in {}; they apply from the user's next event",
@@ -437,7 +444,7 @@ async fn limits(settings: &Settings, action: LimitsAction) -> anyhow::Result<()>
             )?;
         }
         LimitsAction::Clear(a) => {
-            let removed = store::clear_override(&pool, &a.user, a.app.as_deref()).await?;
+            let removed = db::overrides::clear_override(&pool, &a.user, a.app.as_deref()).await?;
             let scope = scope(a.app.as_deref());
             let user = escape(&a.user);
             if removed {
@@ -448,7 +455,7 @@ async fn limits(settings: &Settings, action: LimitsAction) -> anyhow::Result<()>
         }
         LimitsAction::Get(a) => {
             let user = parse_user(&a.user)?;
-            let rules = cli_enforcement(settings);
+            let enforcement = cli_enforcement(settings);
             let given: Option<serde_json::Map<String, serde_json::Value>> = a
                 .attributes
                 .as_deref()
@@ -457,7 +464,8 @@ async fn limits(settings: &Settings, action: LimitsAction) -> anyhow::Result<()>
                     _ => Err(anyhow::anyhow!("--attributes must be a JSON object")),
                 })
                 .transpose()?;
-            let mut targets = store::latest_attributes(&pool, &a.user, a.app.as_deref()).await?;
+            let mut targets =
+                db::claims::latest_attributes(&pool, &a.user, a.app.as_deref()).await?;
             if let Some(app) = &a.app
                 && targets.is_empty()
             {
@@ -478,15 +486,15 @@ async fn limits(settings: &Settings, action: LimitsAction) -> anyhow::Result<()>
                 };
                 let app = AppName::from_trusted(app);
                 let effective =
-                    store::effective_limits(&pool, &rules, &user, &app, &attributes).await?;
+                    apply::effective_limits(&pool, &enforcement, &user, &app, &attributes).await?;
                 report.push(serde_json::json!({
                     "user_id": a.user,
                     "app": app.as_str(),
                     "attributes": attributes,
                     "limits": effective.limits,
                     "set_by": effective.set_by,
-                    "enforce": rules.enforce,
-                    "hooks": rules.hooks.names(),
+                    "enforce": enforcement.enforce,
+                    "hooks": enforcement.hooks.names(),
                 }));
                 if !a.json {
                     let l = &effective.limits;
@@ -518,7 +526,7 @@ async fn limits(settings: &Settings, action: LimitsAction) -> anyhow::Result<()>
                         let source = escape(source);
                         writeln!(out, "  {key:<20} {value:<13} set by {source}")?;
                     }
-                    if !rules.enforce {
+                    if !enforcement.enforce {
                         writeln!(
                             out,
                             "  (shadow mode: limits.enforce = false, nothing is revoked)"
@@ -549,11 +557,11 @@ async fn revoke(settings: &Settings, args: &RevokeArgs) -> anyhow::Result<()> {
         },
         (None, None) => anyhow::bail!("give --session S, or --user U --all"),
     };
-    let pool = store::connect_checked(&settings.database).await?;
-    let rules = cli_enforcement(settings);
-    let revoked = store::admin_revoke(
+    let pool = db::connect_checked(&settings.database).await?;
+    let enforcement = cli_enforcement(settings);
+    let revoked = apply::admin_revoke(
         &pool,
-        &rules,
+        &enforcement,
         &target,
         &operator(&args.operator),
         args.reason.clone(),
@@ -637,8 +645,8 @@ impl SessionOut {
 
 pub(crate) async fn sessions(settings: &Settings, args: &SessionsArgs) -> anyhow::Result<()> {
     parse_user_and_app(&args.user, args.app.as_deref())?;
-    let pool = store::connect_checked(&settings.database).await?;
-    let rows = store::user_sessions(&pool, &args.user, args.app.as_deref())
+    let pool = db::connect_checked(&settings.database).await?;
+    let rows = db::sessions::user_sessions(&pool, &args.user, args.app.as_deref())
         .await
         .context("cannot read the session log")?;
     pool.close().await;

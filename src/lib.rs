@@ -3,7 +3,9 @@
 //! a log of every session in PostgreSQL.
 //!
 //! - [`domain`]: the wire contract, session records and the decision core (pure);
-//! - [`store`]: PostgreSQL, the batch transaction and the outbox;
+//! - [`apply`]: applying a batch of events (plan, load, decide, write), and
+//!   operators' revocations through the same steps;
+//! - [`db`]: the database statements, by table or concern;
 //! - [`broker`]: RabbitMQ topology and confirmed publishing;
 //! - [`worker`]: the consumer loop, batching, acks and shutdown;
 //! - [`relay`]: the outbox relay that publishes revoke events;
@@ -12,12 +14,13 @@
 //! - [`sweep`]: retention by age (`retention.max_age`);
 //! - [`configuration`], [`telemetry`], [`terminal`], [`cli`]: the edges.
 
+pub mod apply;
 pub mod backoff;
-mod batch;
 pub mod bench;
 pub mod broker;
 pub mod cli;
 pub mod configuration;
+pub mod db;
 pub mod demo;
 pub mod domain;
 pub mod health;
@@ -26,7 +29,6 @@ mod nodelay;
 pub mod refusal;
 mod relay;
 pub mod shutdown;
-pub mod store;
 pub mod sweep;
 pub mod telemetry;
 pub mod terminal;

@@ -113,7 +113,7 @@ mod tests {
             url: crate::configuration::with_database(&settings.database.url, "postgres"),
             max_connections: 2,
         };
-        let pool = crate::store::connect(&database).await.unwrap();
+        let pool = crate::db::connect(&database).await.unwrap();
         let mut held = Vec::new();
         for _ in 0..2 {
             let mut conn = pool.acquire().await.unwrap();

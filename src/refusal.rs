@@ -10,8 +10,8 @@ use std::fmt;
 
 use lapin::protocol::{AMQPErrorKind, AMQPHardError, AMQPSoftError};
 
+use crate::apply::BatchError;
 use crate::configuration::{Settings, redact_url};
-use crate::store::BatchError;
 
 /// The service that refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -118,6 +118,7 @@ impl Refusal {
     pub fn of_batch(error: &BatchError) -> Option<Refusal> {
         match error {
             BatchError::Connect(e) | BatchError::Statement(e) => Refusal::of_database(e),
+            BatchError::TooManyPasses(_) => None,
         }
     }
 

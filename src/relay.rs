@@ -17,11 +17,11 @@ use lapin::{BasicProperties, Channel, Confirmation};
 
 use crate::backoff::{Backoff, pause};
 use crate::broker;
+use crate::db::outbox;
 use crate::domain::session::EndReason;
 use crate::metric;
 use crate::refusal::Refusal;
 use crate::shutdown::Shutdown;
-use crate::store::OutboxRow;
 use crate::worker::{Context, STABLE_AFTER};
 use tokio::time::Instant;
 
@@ -141,14 +141,9 @@ async fn publish_chunk(ctx: &Context, channel: &Channel) -> anyhow::Result<usize
         .begin()
         .await
         .context("cannot start a transaction")?;
-    let rows: Vec<OutboxRow> = sqlx::query_as(
-        "SELECT id, event_id, routing_key, payload FROM outbox
-         ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
-    )
-    .bind(CHUNK)
-    .fetch_all(&mut *tx)
-    .await
-    .context("cannot read the outbox")?;
+    let rows = outbox::claim(&mut tx, CHUNK)
+        .await
+        .context("cannot read the outbox")?;
     if rows.is_empty() {
         return Ok(0);
     }
@@ -205,14 +200,9 @@ async fn publish_chunk(ctx: &Context, channel: &Channel) -> anyhow::Result<usize
         }
     }
     // Each row's age on the database's clock, the one that dated it.
-    let ages: Vec<f64> = sqlx::query_scalar(
-        "DELETE FROM outbox WHERE id = ANY($1)
-         RETURNING extract(epoch FROM clock_timestamp() - created_at)::float8",
-    )
-    .bind(&confirmed)
-    .fetch_all(&mut *tx)
-    .await
-    .context("cannot delete published revokes")?;
+    let ages = outbox::delete_published(&mut tx, &confirmed)
+        .await
+        .context("cannot delete published revokes")?;
     tx.commit().await.context("cannot commit the outbox")?;
     record_published(&confirmed_reasons, &ages);
     tracing::debug!(published = confirmed.len(), "revokes published");

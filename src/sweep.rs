@@ -8,7 +8,7 @@
 //! still queued may extend it). Active sessions are never touched.
 //!
 //! Locking. A user's rows are written only under that user's lock (its
-//! `session_users` row, see `store::lock_users` and the batch engine's module
+//! `session_users` row, see `db::locks::lock_users` and the batch engine's module
 //! docs), except by the lock-free touch of a live session, which an ended or
 //! long-expired row never is. So the sweep takes the locks of the users whose
 //! rows are due with `FOR UPDATE SKIP LOCKED` (a user some transaction holds
@@ -36,7 +36,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
-use crate::store::EXPIRED_GRACE;
+use crate::db::retention::EXPIRED_GRACE;
 
 /// Due rows read per step, and so most users locked by one transaction.
 const CHUNK: i64 = 200;

@@ -1,7 +1,7 @@
 //! The worker: consumes events in batches, applies each batch in one
 //! transaction, acks after the commit, and runs the outbox relay beside it.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,9 +16,11 @@ use sqlx::PgPool;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use crate::apply::{self, AheadHints, BatchOutcome, Enforcement, LockTurn, PipelinePlace};
 use crate::backoff::{Backoff, pause};
 use crate::broker;
 use crate::configuration::Settings;
+use crate::db;
 use crate::domain::dead_letter::ErrorKind;
 use crate::domain::event::{EventKind, SessionEvent};
 use crate::domain::limits::RuleHook;
@@ -27,7 +29,6 @@ use crate::metric;
 use crate::refusal::Refusal;
 use crate::relay;
 use crate::shutdown::{self, Shutdown};
-use crate::store::{self, BatchOutcome, Enforcement, LockTurn, UserHints};
 use crate::sweep::Sweep;
 use crate::telemetry;
 
@@ -50,7 +51,7 @@ const POOL_CLOSE_WAIT: Duration = Duration::from_secs(5);
 pub(crate) struct Context {
     pub settings: Settings,
     pub pool: PgPool,
-    pub rules: Enforcement,
+    pub enforcement: Enforcement,
     /// Wakes the relay as soon as a batch wrote to the outbox.
     pub relay_wake: Notify,
     /// What readiness reports.
@@ -78,9 +79,9 @@ impl WorkerBuilder {
     /// database if needed) and migrates. A refusal (credentials,
     /// permissions) is one line naming the setting.
     pub async fn build(self) -> anyhow::Result<Worker> {
-        let rules = Enforcement::from_settings(&self.settings, &self.hooks)?;
-        tracing::info!(hooks = ?rules.hooks.names(), enforce = rules.enforce, "rule hooks");
-        let pool = match store::connect_and_migrate(&self.settings.database).await {
+        let enforcement = Enforcement::from_settings(&self.settings, &self.hooks)?;
+        tracing::info!(hooks = ?enforcement.hooks.names(), enforce = enforcement.enforce, "rule hooks");
+        let pool = match db::connect_and_migrate(&self.settings.database).await {
             Ok(pool) => pool,
             Err(e) => match Refusal::find(&e) {
                 Some(refusal) => anyhow::bail!(refusal.explain(&self.settings)),
@@ -94,7 +95,7 @@ impl WorkerBuilder {
             context: Arc::new(Context {
                 settings: self.settings,
                 pool,
-                rules,
+                enforcement,
                 relay_wake: Notify::new(),
                 health,
                 fatal,
@@ -322,9 +323,9 @@ async fn consume(
                 let decoded = decode(ctx, &batch);
                 let (turn, next_turn) = LockTurn::after(last_turn.take());
                 last_turn = Some(next_turn);
-                let order = Order {
+                let order = PipelinePlace {
                     turn,
-                    hints: hints_for(&decoded.events, &ahead),
+                    hints: AheadHints::of(&decoded.events, &ahead),
                 };
                 ahead.push_back(decoded.events.clone());
                 let mut listener = shutdown.clone();
@@ -359,7 +360,7 @@ async fn consume(
         // (the trigger must stay alive: a dropped trigger counts as fired).
         let (_keep, mut no_shutdown) = shutdown::channel();
         let decoded = decode(ctx, &batch);
-        let order = Order::default();
+        let order = PipelinePlace::default();
         let last = handle_batch(
             ctx,
             &channel,
@@ -435,7 +436,7 @@ impl std::future::Future for BatchTask {
 /// A batch's deliveries, decoded and checked.
 struct Decoded {
     /// Valid events, in delivery order; shared with the batches behind this
-    /// one while it is in flight (see [`hints_for`]).
+    /// one while it is in flight (see [`AheadHints::of`]).
     events: Arc<[SessionEvent]>,
     /// Where each valid event sits in the batch.
     positions: Vec<usize>,
@@ -482,71 +483,6 @@ fn decode(ctx: &Context, batch: &[Delivery]) -> Decoded {
     }
 }
 
-/// Where a batch stands among the worker's pipelined batches.
-#[derive(Debug, Default)]
-struct Order {
-    /// When it may take its user locks.
-    turn: LockTurn,
-    /// What the batches ahead of it tell of its users.
-    hints: UserHints,
-}
-
-/// What the batches ahead (oldest first) tell of this batch's users:
-/// - the owners of the sessions of this batch's logouts that carry no
-///   `user_id`: the newest event ahead that names the same session with a
-///   user wins;
-/// - the users of this batch's requests whose sessions a batch ahead may
-///   add, end or revoke: a login or logout of theirs is ahead, or a logout
-///   without `user_id` of the very session requested.
-fn hints_for(
-    events: &[SessionEvent],
-    ahead: &std::collections::VecDeque<Arc<[SessionEvent]>>,
-) -> UserHints {
-    let mut hints = UserHints::default();
-    if ahead.is_empty() {
-        return hints;
-    }
-    // One pass over the batches ahead, oldest first (so the newest owner of
-    // a session wins).
-    let mut owners = HashMap::new();
-    let mut changing_users = HashSet::new();
-    let mut ending_sessions = HashSet::new();
-    for a in ahead.iter().flat_map(|batch| batch.iter()) {
-        let session = (a.app.as_str(), a.session_id.as_str());
-        if let Some(user) = &a.user_id {
-            owners.insert(session, user);
-        }
-        if a.kind != EventKind::Request {
-            match &a.user_id {
-                Some(user) => changing_users.insert(user.as_str()),
-                None => ending_sessions.insert(session),
-            };
-        }
-    }
-    for e in events {
-        let session = (e.app.as_str(), e.session_id.as_str());
-        match &e.user_id {
-            None => {
-                if let Some(user) = owners.get(&session) {
-                    hints.owners.insert(
-                        (session.0.to_owned(), session.1.to_owned()),
-                        user.to_string(),
-                    );
-                }
-            }
-            Some(user)
-                if e.kind == EventKind::Request
-                    && (changing_users.contains(user.as_str())
-                        || ending_sessions.contains(&session)) =>
-            {
-                hints.busy.insert(user.to_string());
-            }
-            Some(_) => {}
-        }
-    }
-    hints
-}
-
 /// Dead-letters what is invalid in a decoded batch (acking those at once) and
 /// applies the rest in one transaction. Returns the delivery tag the caller
 /// acks through (with a multiple-ack) once earlier batches are acked.
@@ -558,7 +494,7 @@ async fn handle_batch(
     dead_letters: &Channel,
     batch: Vec<Delivery>,
     decoded: Decoded,
-    mut order: Order,
+    mut order: PipelinePlace,
     shutdown: &mut Shutdown,
 ) -> anyhow::Result<Option<u64>> {
     let amqp = &ctx.settings.amqp;
@@ -598,7 +534,7 @@ async fn handle_batch(
             tracing::warn!(error = %error, size = events.len(), "batch refused; applying its events one by one");
             for (i, event) in positions.iter().zip(events) {
                 let delivery = &batch[*i];
-                let mut alone = Order {
+                let mut alone = PipelinePlace {
                     turn: LockTurn::default(),
                     hints: order.hints.clone(),
                 };
@@ -703,7 +639,7 @@ async fn reject(
 enum Applied {
     Committed,
     /// PostgreSQL refused the batch for a reason retrying will not fix.
-    Rejected(store::BatchError),
+    Rejected(apply::BatchError),
     ShuttingDown,
 }
 
@@ -713,7 +649,7 @@ enum Applied {
 async fn apply_with_retry(
     ctx: &Context,
     events: &[SessionEvent],
-    order: &mut Order,
+    order: &mut PipelinePlace,
     shutdown: &mut Shutdown,
 ) -> Applied {
     if events.is_empty() {
@@ -724,14 +660,8 @@ async fn apply_with_retry(
     let mut refused = false;
     loop {
         let started = Instant::now();
-        let attempt = store::process_batch_in_turn(
-            &ctx.pool,
-            &ctx.rules,
-            events,
-            Utc::now(),
-            &mut order.turn,
-            &order.hints,
-        );
+        let attempt =
+            apply::process_batch_in_turn(&ctx.pool, &ctx.enforcement, events, Utc::now(), order);
         match attempt.await {
             Ok(outcome) => {
                 ctx.health.set_database(true);
@@ -801,7 +731,7 @@ async fn run_housekeeping(ctx: Arc<Context>, mut shutdown: Shutdown) {
                 sweep_old_rows(&ctx.pool, &mut sweep, max_age).await;
             }
             loop {
-                match store::expire_tombstones(&ctx.pool, ttl, HOUSEKEEPING_CHUNK).await {
+                match db::retention::expire_tombstones(&ctx.pool, ttl, HOUSEKEEPING_CHUNK).await {
                     Ok(n) if n as i64 == HOUSEKEEPING_CHUNK => continue,
                     Ok(n) => {
                         if n > 0 {
@@ -844,7 +774,7 @@ async fn sweep_old_rows(pool: &PgPool, sweep: &mut Sweep, max_age: Duration) {
 
 /// Sets the outbox gauges from the table (every worker's revokes).
 async fn refresh_outbox_gauges(pool: &PgPool) {
-    match tokio::time::timeout(PING_EVERY, store::outbox_stats(pool)).await {
+    match tokio::time::timeout(PING_EVERY, db::outbox::stats(pool)).await {
         Ok(Ok((backlog, oldest))) => {
             metrics::gauge!(metric::OUTBOX_BACKLOG.name).set(backlog as f64);
             metrics::gauge!(metric::OUTBOX_OLDEST_AGE.name).set(oldest.max(0.0));
@@ -909,49 +839,4 @@ fn record_commit(events: &[SessionEvent], outcome: &BatchOutcome, took: Duration
     metrics::counter!(metric::LAST_SEEN_WRITES_SKIPPED.name).increment(outcome.coalesced as u64);
     metrics::counter!(metric::BATCH_RELOCKS.name).increment(outcome.relocks as u64);
     metrics::histogram!(metric::BATCH_LOCKED_USERS.name).record(outcome.locked_users as f64);
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::collections::VecDeque;
-
-    fn event(kind: &str, session: &str, user: Option<&str>) -> SessionEvent {
-        let mut json = serde_json::json!({
-            "type": kind, "app": "shop", "session_id": session,
-            "occurred_at": "2026-11-27T10:00:00Z",
-        });
-        if let Some(user) = user {
-            json["user_id"] = user.into();
-        }
-        SessionEvent::decode(json.to_string().as_bytes()).unwrap()
-    }
-
-    #[test]
-    fn hints_name_owners_of_anonymous_logouts_and_users_changed_ahead() {
-        let ahead: VecDeque<Arc<[SessionEvent]>> = VecDeque::from([Arc::from(vec![
-            event("login", "a1", Some("ann")),
-            event("request", "b1", Some("bob")),
-            event("logout", "c1", None),
-        ])]);
-        let batch = [
-            event("logout", "a1", None),          // owner known from the login ahead
-            event("logout", "z9", None),          // nobody ahead names it
-            event("request", "a2", Some("ann")),  // ann's login is ahead: busy
-            event("request", "b1", Some("bob")),  // only a request ahead: not busy
-            event("request", "c1", Some("carl")), // its session's logout is ahead
-        ];
-        let hints = hints_for(&batch, &ahead);
-        let owners: Vec<_> = hints.owners.iter().collect();
-        assert_eq!(
-            owners,
-            [(&("shop".to_owned(), "a1".to_owned()), &"ann".to_owned())]
-        );
-        let mut busy: Vec<_> = hints.busy.iter().map(String::as_str).collect();
-        busy.sort();
-        assert_eq!(busy, ["ann", "carl"]);
-
-        let nothing_ahead = hints_for(&batch, &VecDeque::new());
-        assert!(nothing_ahead.owners.is_empty() && nothing_ahead.busy.is_empty());
-    }
 }

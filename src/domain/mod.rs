@@ -4,6 +4,7 @@
 pub mod claims;
 pub mod decision;
 pub mod limits;
+pub mod revocation;
 pub mod session;
 
 /// The wire contract, from the protocol crate (its one definition).

@@ -2,8 +2,8 @@
 
 use chrono::{TimeZone, Utc};
 use serde_json::{Value, json};
+use session_guard::apply::{self, Enforcement};
 use session_guard::domain::event::SessionEvent;
-use session_guard::store::{self, Enforcement};
 
 use crate::helpers::*;
 
@@ -56,14 +56,14 @@ fn stream() -> Vec<Value> {
 }
 
 async fn run(app: &TestApp, batch: usize) -> (Vec<Value>, Vec<Value>) {
-    let rules = Enforcement::from_settings(&app.settings, &[]).unwrap();
+    let enforcement = Enforcement::from_settings(&app.settings, &[]).unwrap();
     let now = Utc.with_ymd_and_hms(2026, 11, 27, 12, 0, 0).unwrap();
     let events: Vec<SessionEvent> = stream()
         .iter()
         .map(|e| SessionEvent::decode(e.to_string().as_bytes()).unwrap())
         .collect();
     for chunk in events.chunks(batch) {
-        store::process_batch(&app.pool, &rules, chunk, now)
+        apply::process_batch(&app.pool, &enforcement, chunk, now)
             .await
             .unwrap();
     }
@@ -122,18 +122,18 @@ async fn batches_give_the_same_result_as_one_event_at_a_time() {
 #[tokio::test]
 async fn requests_touch_without_locks_and_small_moves_are_not_written() {
     let app = spawn_app_without_worker(|_| {}).await;
-    let rules = Enforcement::from_settings(&app.settings, &[]).unwrap();
+    let enforcement = Enforcement::from_settings(&app.settings, &[]).unwrap();
     assert_eq!(
-        rules.last_seen_resolution,
+        enforcement.last_seen_resolution,
         std::time::Duration::from_secs(1)
     );
     let ms = |n: i64| t(0) + chrono::Duration::milliseconds(n);
     let apply = |e: Value| {
-        let rules = &rules;
+        let enforcement = &enforcement;
         let pool = &app.pool;
         async move {
             let event = SessionEvent::decode(e.to_string().as_bytes()).unwrap();
-            store::process_batch(pool, rules, &[event], Utc::now())
+            apply::process_batch(pool, enforcement, &[event], Utc::now())
                 .await
                 .unwrap()
         }

@@ -50,7 +50,7 @@ async fn check_config_prints_the_settings_masked_and_checks_both_services() {
         )),
         "{text}"
     );
-    let migrations = session_guard::store::MIGRATOR.iter().count();
+    let migrations = session_guard::db::MIGRATOR.iter().count();
     assert!(
         text.contains(&format!(
             "# PostgreSQL: connected to {}; schema up to date ({migrations} migrations)\n",
@@ -101,7 +101,7 @@ async fn check_config_changes_nothing_and_fails_with_one_line() {
     .await
     .unwrap();
     let out = app.command(&["check-config"]).output().unwrap();
-    let migrations = session_guard::store::MIGRATOR.iter().count();
+    let migrations = session_guard::db::MIGRATOR.iter().count();
     assert!(
         stdout(&out).contains(&format!(
             "schema behind: {} of {migrations} migrations applied",

@@ -5,8 +5,8 @@
 
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
+use session_guard::apply::{self, Enforcement};
 use session_guard::domain::event::SessionEvent;
-use session_guard::store::{self, Enforcement};
 
 use crate::helpers::*;
 
@@ -336,13 +336,13 @@ async fn a_rule_scoped_to_an_app_honours_a_claim_from_that_app_only() {
 #[tokio::test]
 async fn renewing_a_claim_takes_no_lock_and_changing_one_does() {
     let app = spawn_app_without_worker(staff_rule).await;
-    let rules = Enforcement::from_settings(&app.settings, &[]).unwrap();
+    let enforcement = Enforcement::from_settings(&app.settings, &[]).unwrap();
     let apply = |e: Value| {
-        let rules = &rules;
+        let enforcement = &enforcement;
         let pool = &app.pool;
         async move {
             let event = SessionEvent::decode(e.to_string().as_bytes()).unwrap();
-            store::process_batch(pool, rules, &[event], Utc::now())
+            apply::process_batch(pool, enforcement, &[event], Utc::now())
                 .await
                 .unwrap()
         }
@@ -385,11 +385,11 @@ async fn renewing_a_claim_takes_no_lock_and_changing_one_does() {
 
     // No hook reads attributes and no event carries any: nothing to claim.
     let plain = spawn_app_without_worker(|_| {}).await;
-    let rules = Enforcement::from_settings(&plain.settings, &[]).unwrap();
-    assert!(!rules.hooks.reads_attributes());
+    let enforcement = Enforcement::from_settings(&plain.settings, &[]).unwrap();
+    assert!(!enforcement.hooks.reads_attributes());
     let event =
         SessionEvent::decode(login("shop", "s1", "u1", t(0)).to_string().as_bytes()).unwrap();
-    store::process_batch(&plain.pool, &rules, &[event], Utc::now())
+    apply::process_batch(&plain.pool, &enforcement, &[event], Utc::now())
         .await
         .unwrap();
     assert_eq!(claim(&plain, "u1", "shop").await, None);
@@ -431,7 +431,7 @@ async fn the_migration_remembers_the_claims_found_in_the_log() {
         .await
         .unwrap();
     }
-    store::MIGRATOR.run(&app.pool).await.unwrap();
+    session_guard::db::MIGRATOR.run(&app.pool).await.unwrap();
     assert_eq!(
         claim(&app, "ann", "shop").await,
         Some((json!({"plan": "team"}), t(5)))
@@ -449,14 +449,14 @@ async fn the_migration_remembers_the_claims_found_in_the_log() {
 #[tokio::test]
 async fn a_renewal_waits_for_a_batch_that_holds_the_users_lock() {
     let app = spawn_app_without_worker(staff_rule).await;
-    let rules = Enforcement::from_settings(&app.settings, &[]).unwrap();
+    let enforcement = Enforcement::from_settings(&app.settings, &[]).unwrap();
     let staff = json!({"roles": ["staff"]});
     let decode = |e: Value| SessionEvent::decode(e.to_string().as_bytes()).unwrap();
     let login = decode(with_attributes(
         login("shop", "s1", "u1", t(0)),
         staff.clone(),
     ));
-    store::process_batch(&app.pool, &rules, &[login], Utc::now())
+    apply::process_batch(&app.pool, &enforcement, &[login], Utc::now())
         .await
         .unwrap();
 
@@ -470,9 +470,9 @@ async fn a_renewal_waits_for_a_batch_that_holds_the_users_lock() {
         staff.clone(),
     ));
     let batch = tokio::spawn({
-        let (pool, rules) = (app.pool.clone(), rules.clone());
+        let (pool, enforcement) = (app.pool.clone(), enforcement.clone());
         async move {
-            store::process_batch(&pool, &rules, &[renewal], Utc::now())
+            apply::process_batch(&pool, &enforcement, &[renewal], Utc::now())
                 .await
                 .unwrap()
         }

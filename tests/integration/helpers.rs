@@ -103,7 +103,7 @@ pub async fn spawn_app_without_worker(configure: impl FnOnce(&mut Settings)) -> 
         .next()
         .unwrap()
         .to_owned();
-    let pool = session_guard::store::connect_and_migrate(&settings.database)
+    let pool = session_guard::db::connect_and_migrate(&settings.database)
         .await
         .expect("test database");
 
@@ -695,7 +695,7 @@ pub struct TestDatabase {
 impl TestDatabase {
     pub async fn new() -> TestDatabase {
         let settings = test_settings();
-        let pool = session_guard::store::connect_and_migrate(&settings.database)
+        let pool = session_guard::db::connect_and_migrate(&settings.database)
             .await
             .expect("test database");
         TestDatabase { settings, pool }

@@ -32,7 +32,7 @@ async fn a_restart_loses_nothing() {
         false,
     );
     let mut conn = app.pool.acquire().await.unwrap();
-    session_guard::store::write_outbox(&mut conn, std::slice::from_ref(&orphan))
+    session_guard::db::outbox::write(&mut conn, std::slice::from_ref(&orphan))
         .await
         .unwrap();
     drop(conn);

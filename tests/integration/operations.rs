@@ -8,9 +8,10 @@ use std::time::Duration;
 
 use chrono::Utc;
 use serde_json::json;
+use session_guard::apply::{self, AdminTarget, Enforcement};
+use session_guard::db;
 use session_guard::domain::event::{AppName, UserId};
 use session_guard::metric::{self, Kind};
-use session_guard::store::{self, AdminTarget, Enforcement};
 use session_guard::sweep::Sweep;
 
 use crate::helpers::*;
@@ -78,21 +79,21 @@ async fn metrics_show_latency_histograms_outcomes_reasons_and_the_outbox() {
     app.publish(&login("shop", "m4", "metrics-max", now)).await;
     app.settle().await;
     app.stop_worker().await;
-    let rules = Enforcement::from_settings(&app.settings, &[]).unwrap();
+    let enforcement = Enforcement::from_settings(&app.settings, &[]).unwrap();
     let target = AdminTarget::User {
         app: AppName::parse("shop").unwrap(),
         user_id: UserId::parse("metrics-max").unwrap(),
     };
-    store::admin_revoke(&app.pool, &rules, &target, "tester", None)
+    apply::admin_revoke(&app.pool, &enforcement, &target, "tester", None)
         .await
         .unwrap();
-    let (backlog, oldest) = store::outbox_stats(&app.pool).await.unwrap();
+    let (backlog, oldest) = db::outbox::stats(&app.pool).await.unwrap();
     assert_eq!(backlog, 1);
     assert!((0.0..60.0).contains(&oldest), "{oldest}");
     app.start_worker().await;
     app.settle().await;
     assert_eq!(app.expect_revokes(1).await[0].body.reason, "admin");
-    assert_eq!(store::outbox_stats(&app.pool).await.unwrap(), (0, 0.0));
+    assert_eq!(db::outbox::stats(&app.pool).await.unwrap(), (0, 0.0));
 
     // Housekeeping refreshes the gauges and folds the samples in.
     tokio::time::sleep(Duration::from_millis(100)).await;

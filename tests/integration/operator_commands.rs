@@ -399,7 +399,7 @@ async fn commands_other_than_migrate_and_run_check_the_schema_and_change_nothing
         .await;
 
     // Older than the binary: the last migration not applied.
-    let last = session_guard::store::MIGRATOR.iter().last().unwrap();
+    let last = session_guard::db::MIGRATOR.iter().last().unwrap();
     db.execute(&format!(
         "DELETE FROM _sqlx_migrations WHERE version = {}",
         last.version
@@ -428,7 +428,7 @@ async fn commands_other_than_migrate_and_run_check_the_schema_and_change_nothing
     };
     assert_eq!(
         recorded as usize,
-        session_guard::store::MIGRATOR.iter().count() - 1
+        session_guard::db::MIGRATOR.iter().count() - 1
     );
 }
 

@@ -11,8 +11,8 @@ use chrono::{DateTime, FixedOffset, SecondsFormat, Utc};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use serde_json::{Map, Value, json};
+use session_guard::apply::{self, Enforcement};
 use session_guard::domain::event::SessionEvent;
-use session_guard::store::{self, Enforcement};
 
 use crate::helpers::TestDatabase;
 
@@ -261,7 +261,7 @@ type Stored = (
 fn every_event_the_decoder_accepts_commits_and_reads_back() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let db = rt.block_on(TestDatabase::new());
-    let rules = Enforcement::from_settings(&db.settings, &[]).unwrap();
+    let enforcement = Enforcement::from_settings(&db.settings, &[]).unwrap();
     let case = Cell::new(0u64);
     let accepted = Cell::new(0usize);
     // How often each refusal came up (by the field it names), to show the
@@ -314,7 +314,7 @@ fn every_event_the_decoder_accepts_commits_and_reads_back() {
             return Ok(());
         }
         rt.block_on(async {
-            store::process_batch(&db.pool, &rules, &events, Utc::now())
+            apply::process_batch(&db.pool, &enforcement, &events, Utc::now())
                 .await
                 .map_err(|e| TestCaseError::fail(format!("the store refused {bodies:#?}: {e}")))?;
             for (event, body) in events.iter().zip(&bodies) {

@@ -287,12 +287,12 @@ async fn shadow_mode_decides_but_revokes_nothing() {
 
     // The decisions are still made and counted, each session once: s0 and
     // s1 were counted when s1 and s2 arrived; the next login adds s2.
-    let rules = session_guard::store::Enforcement::from_settings(&app.settings, &[]).unwrap();
+    let enforcement = session_guard::apply::Enforcement::from_settings(&app.settings, &[]).unwrap();
     let next = session_guard::domain::event::SessionEvent::decode(
         login("shop", "s3", "sid", t(3)).to_string().as_bytes(),
     )
     .unwrap();
-    let outcome = session_guard::store::process_batch(&app.pool, &rules, &[next], Utc::now())
+    let outcome = session_guard::apply::process_batch(&app.pool, &enforcement, &[next], Utc::now())
         .await
         .unwrap();
     assert_eq!(outcome.shadow_revoked, 1);
@@ -309,9 +309,10 @@ async fn shadow_mode_decides_but_revokes_nothing() {
         request("shop", "s3", "sid", t(4)).to_string().as_bytes(),
     )
     .unwrap();
-    let outcome = session_guard::store::process_batch(&app.pool, &rules, &[again], Utc::now())
-        .await
-        .unwrap();
+    let outcome =
+        session_guard::apply::process_batch(&app.pool, &enforcement, &[again], Utc::now())
+            .await
+            .unwrap();
     assert_eq!(outcome.shadow_revoked, 0);
     assert_eq!(app.active("sid", "shop").await.len(), 4);
     assert_eq!(app.outbox_len().await, 0);

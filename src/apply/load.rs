@@ -1,0 +1,451 @@
+//! Reading a batch's state: the sessions its events name, the live
+//! sessions and claims of its users, read once before any lock and again,
+//! for the users locked, after.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use chrono::{DateTime, Utc};
+use sqlx::PgConnection;
+
+use crate::db::sessions::{self, LoadedRow, SessionRow};
+use crate::domain::claims::{Claim, ClaimChange};
+use crate::domain::decision::Candidate;
+use crate::domain::event::{SessionEvent, UserId};
+use crate::domain::limits::UserOverride;
+use crate::domain::session::SessionRecord;
+
+/// A session's key: (app, session_id).
+pub(super) type Key = (String, String);
+
+/// The session key an event names.
+pub(super) fn key_of(event: &SessionEvent) -> Key {
+    (event.app.to_string(), event.session_id.to_string())
+}
+
+/// Where a session's state lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Origin {
+    /// A row of `sessions`.
+    Log,
+    /// A row of `session_tombstones` (pruned from the log).
+    Tombstone,
+    /// Not stored yet: created by this batch.
+    New,
+}
+
+/// One session, in memory for the batch.
+#[derive(Debug, Clone)]
+pub(super) struct Slot {
+    /// The session now, as the batch's events and revocations left it.
+    pub record: SessionRecord,
+    /// Where it is stored.
+    pub origin: Origin,
+    /// The record as read from the log, to tell what the batch changed.
+    pub loaded: Option<SessionRecord>,
+    /// The rule, hook or operator that ended it (`sessions.ended_by`).
+    pub ended_by: Option<String>,
+    /// An operator's explanation of its end (`sessions.end_note`).
+    pub end_note: Option<String>,
+    /// Shadow mode flagged it, in this batch or before.
+    pub shadow_flagged: bool,
+    /// Must be written back.
+    pub dirty: bool,
+    /// Flagged by shadow mode in this batch: its flag must be written.
+    pub newly_flagged: bool,
+}
+
+/// Attributes as JSON objects.
+pub(super) type Attributes = serde_json::Map<String, serde_json::Value>;
+
+/// What one app claims for one user, in memory for the batch.
+#[derive(Debug, Clone, Default)]
+pub(super) struct ClaimSlot {
+    /// The claim now (`None`: the app never claimed anything for the user).
+    pub claim: Option<Claim>,
+    /// As read from `user_attributes`, to tell what the batch changed.
+    pub loaded: Option<Claim>,
+}
+
+/// Claims by user, then app.
+pub(super) type Claims = HashMap<String, BTreeMap<String, ClaimSlot>>;
+
+/// The batch's view of the database.
+#[derive(Default)]
+pub(super) struct State {
+    /// Every session read or created, by key.
+    pub slots: HashMap<Key, Slot>,
+    /// Keys of each user's sessions (live ones, and those the events named).
+    pub by_user: HashMap<String, BTreeSet<Key>>,
+    /// The limits operators set for the batch's users.
+    pub overrides: HashMap<String, Vec<UserOverride>>,
+    /// What the apps claim for the batch's users (read only when needed).
+    pub claims: Claims,
+}
+
+impl State {
+    /// An empty state with room for about `sessions` sessions.
+    pub(super) fn with_capacity(sessions: usize) -> State {
+        State {
+            slots: HashMap::with_capacity(sessions),
+            ..State::default()
+        }
+    }
+
+    /// Files the session `key` under its user, if it has one.
+    pub(super) fn index(&mut self, key: &Key) {
+        if let Some(user) = self.slots.get(key).and_then(|s| s.record.user_id.clone()) {
+            self.by_user
+                .entry(user.into_inner())
+                .or_default()
+                .insert(key.clone());
+        }
+    }
+
+    /// The user's sessions that count at `now`: not ended, not expired.
+    pub(super) fn live(&self, user: &UserId, now: DateTime<Utc>) -> Vec<Candidate> {
+        let Some(keys) = self.by_user.get(user.as_str()) else {
+            return Vec::new();
+        };
+        keys.iter()
+            .filter_map(|k| self.slots.get(k))
+            .filter(|s| s.origin != Origin::Tombstone)
+            .filter(|s| s.record.user_id.as_ref() == Some(user) && s.record.is_active_at(now))
+            .map(|s| Candidate {
+                app: s.record.app.clone(),
+                session_id: s.record.session_id.clone(),
+                login_at: s.record.login_at,
+                login_seen: s.record.login_seen,
+                last_seen_at: s.record.last_seen_at,
+            })
+            .collect()
+    }
+
+    /// What `app` claims for `user` now: the attributes its hooks see.
+    pub(super) fn attributes(&self, user: &str, app: &str) -> Option<&Attributes> {
+        self.claims
+            .get(user)
+            .and_then(|apps| apps.get(app))
+            .and_then(|slot| slot.claim.as_ref())
+            .map(|c| &c.attributes)
+    }
+
+    /// Applies the claim of `event` (if it carries attributes) to what its
+    /// app claims for `user`.
+    pub(super) fn claim(&mut self, user: &UserId, event: &SessionEvent) -> ClaimChange {
+        let Some(claimed) = &event.attributes else {
+            return ClaimChange::Kept;
+        };
+        let slot = self
+            .claims
+            .entry(user.to_string())
+            .or_default()
+            .entry(event.app.to_string())
+            .or_default();
+        Claim::update(&mut slot.claim, Some(claimed), event.occurred_at)
+    }
+}
+
+/// Whether `event` of `user` claims other attributes than `claims` hold for
+/// it (or the first ones): such a claim may change the user's limits.
+pub(super) fn replaces_claim(claims: &Claims, user: &str, event: &SessionEvent) -> bool {
+    let current = claims
+        .get(user)
+        .and_then(|apps| apps.get(event.app.as_str()))
+        .and_then(|slot| slot.claim.as_ref());
+    Claim::change_of(current, event.attributes.as_ref(), event.occurred_at) == ClaimChange::Replaced
+}
+
+impl State {
+    /// Files every session under its user (once the reads are done).
+    pub(super) fn index_all(&mut self) {
+        for (key, slot) in &self.slots {
+            if let Some(user) = &slot.record.user_id {
+                self.by_user
+                    .entry(user.to_string())
+                    .or_default()
+                    .insert(key.clone());
+            }
+        }
+    }
+
+    /// The overrides operators set for `user` (none if they set none).
+    pub(super) fn overrides_of(&self, user: &str) -> &[UserOverride] {
+        self.overrides.get(user).map_or(&[][..], Vec::as_slice)
+    }
+
+    /// Adds what [`load`] read.
+    fn add(&mut self, loaded: Loaded) {
+        for (key, slot) in loaded.slots {
+            self.slots.insert(key, slot);
+        }
+        for (user, app, claim) in loaded.claims {
+            self.claims.entry(user).or_default().insert(
+                app,
+                ClaimSlot {
+                    claim: Some(claim.clone()),
+                    loaded: Some(claim),
+                },
+            );
+        }
+    }
+}
+
+/// A session as read, in the batch's memory.
+fn slot_of(mut row: SessionRow, origin: Origin) -> (Key, Slot) {
+    let key = (row.app.clone(), row.session_id.clone());
+    let ended_by = row.ended_by.take();
+    let end_note = row.end_note.take();
+    let shadow_flagged = row.shadow_flagged;
+    let record = row.into_record();
+    let slot = Slot {
+        loaded: (origin == Origin::Log).then(|| record.clone()),
+        record,
+        origin,
+        ended_by,
+        end_note,
+        shadow_flagged,
+        dirty: false,
+        newly_flagged: false,
+    };
+    (key, slot)
+}
+
+/// What [`load`] read.
+struct Loaded {
+    /// Sessions, by key.
+    slots: Vec<(Key, Slot)>,
+    /// Claims: (user_id, app, claim).
+    claims: Vec<(String, String, Claim)>,
+}
+
+/// Reads into `state` the sessions named by `(apps, ids)`, every live
+/// session of `users` and, with `claims`, what the apps claim for `users`
+/// (see [`sessions::load_for_batch`]).
+pub(super) async fn load(
+    conn: &mut PgConnection,
+    state: &mut State,
+    apps: &[&str],
+    ids: &[&str],
+    users: &[&str],
+    claims: bool,
+) -> sqlx::Result<()> {
+    let rows = sessions::load_for_batch(conn, apps, ids, users, claims).await?;
+    state.add(collect(rows));
+    Ok(())
+}
+
+/// Sorts the rows read into sessions and claims.
+fn collect(rows: Vec<LoadedRow>) -> Loaded {
+    let mut slots: HashMap<Key, Slot> = HashMap::with_capacity(rows.len());
+    let mut claimed: Vec<(String, String, Claim)> = Vec::new();
+    for LoadedRow {
+        row,
+        tombstone,
+        claim,
+    } in rows
+    {
+        if claim {
+            if let (Some(user), Some(serde_json::Value::Object(attributes))) =
+                (row.user_id, row.attributes)
+            {
+                let claim = Claim {
+                    attributes,
+                    occurred_at: row.last_seen_at,
+                };
+                claimed.push((user, row.app, claim));
+            }
+            continue;
+        }
+        let origin = if tombstone {
+            Origin::Tombstone
+        } else {
+            Origin::Log
+        };
+        let (key, slot) = slot_of(row, origin);
+        // A key both in the log and among tombstones should not exist; if
+        // it does, the log row wins.
+        if origin == Origin::Log || !slots.contains_key(&key) {
+            slots.insert(key, slot);
+        }
+    }
+    Loaded {
+        slots: slots.into_iter().collect(),
+        claims: claimed,
+    }
+}
+
+/// Reads again, once `users` are locked, their rows: every live one and
+/// those of the named sessions (`keys`) stored under them or, with
+/// `unowned`, under no user at the first read; and, with `claims`, what the
+/// apps claim for them. No row locks: every writer that can end or add a
+/// user's session, or change a claim, holds that user's lock, and the rows
+/// of users not locked are only touched (a claim only renewed).
+pub(super) async fn reload(
+    conn: &mut PgConnection,
+    state: &mut State,
+    keys: &[&Key],
+    (events, event_keys): (&[SessionEvent], &[Key]),
+    (users, claims): (&BTreeSet<String>, bool),
+    unowned: bool,
+) -> sqlx::Result<()> {
+    let mut reread: BTreeSet<&Key> = keys
+        .iter()
+        .copied()
+        .filter(
+            |k| match state.slots.get(*k).and_then(|s| s.record.user_id.as_ref()) {
+                Some(u) => users.contains(u.as_str()),
+                None => unowned,
+            },
+        )
+        .collect();
+    reread.extend(
+        events
+            .iter()
+            .zip(event_keys)
+            .filter(|(e, _)| {
+                e.user_id
+                    .as_ref()
+                    .is_some_and(|u| users.contains(u.as_str()))
+            })
+            .map(|(_, k)| k),
+    );
+    if reread.is_empty() && users.is_empty() {
+        return Ok(());
+    }
+    let (apps, ids): (Vec<&str>, Vec<&str>) =
+        reread.iter().map(|(a, s)| (a.as_str(), s.as_str())).unzip();
+    // A row gone meanwhile (pruned) must not be written back from the first
+    // read.
+    for key in &reread {
+        state.slots.remove(*key);
+    }
+    state.slots.retain(|_, s| {
+        s.record
+            .user_id
+            .as_ref()
+            .is_none_or(|u| !users.contains(u.as_str()))
+    });
+    state.claims.retain(|user, _| !users.contains(user));
+    let user_list: Vec<&str> = users.iter().map(String::as_str).collect();
+    load(conn, state, &apps, &ids, &user_list, claims).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::apply::fixtures::{at, key};
+    use crate::domain::session::EndReason;
+
+    fn row(session: &str, user: &str, end_reason: Option<&str>) -> SessionRow {
+        SessionRow {
+            app: "shop".to_owned(),
+            session_id: session.to_owned(),
+            user_id: Some(user.to_owned()),
+            login_at: at(0),
+            login_seen: true,
+            last_seen_at: at(1),
+            ip: None,
+            user_agent: None,
+            expires_at: None,
+            ended_at: end_reason.map(|_| at(2)),
+            end_reason: end_reason.map(str::to_owned),
+            max_sessions: None,
+            last_revoke_at: None,
+            attributes: None,
+            ended_by: end_reason.map(|_| "config".to_owned()),
+            end_note: None,
+            shadow_flagged: false,
+        }
+    }
+
+    fn loaded(row: SessionRow, tombstone: bool, claim: bool) -> LoadedRow {
+        LoadedRow {
+            row,
+            tombstone,
+            claim,
+        }
+    }
+
+    #[test]
+    fn rows_become_sessions_and_claims_and_the_log_wins_over_a_tombstone() {
+        let mut claim = row("", "ann", None);
+        claim.attributes = Some(serde_json::json!({"role": "staff"}));
+        let mut not_an_object = row("", "bob", None);
+        not_an_object.attributes = Some(serde_json::json!([1]));
+        let rows = vec![
+            loaded(row("s1", "ann", None), false, false),
+            loaded(row("s2", "ann", Some("expired")), true, false),
+            loaded(row("s2", "ann", Some("logout")), false, false),
+            loaded(row("s3", "ann", Some("expired")), true, false),
+            loaded(claim, false, true),
+            loaded(not_an_object, false, true),
+        ];
+        let mut state = State::default();
+        state.add(collect(rows));
+        state.index_all();
+
+        assert_eq!(state.slots.len(), 3);
+        let s1 = &state.slots[&key("s1")];
+        assert_eq!(s1.origin, Origin::Log);
+        assert_eq!(s1.loaded.as_ref(), Some(&s1.record));
+        let s2 = &state.slots[&key("s2")];
+        assert_eq!(s2.origin, Origin::Log);
+        assert_eq!(s2.record.end_reason, Some(EndReason::Logout));
+        assert_eq!(s2.ended_by.as_deref(), Some("config"));
+        let s3 = &state.slots[&key("s3")];
+        assert_eq!(s3.origin, Origin::Tombstone);
+        assert!(s3.loaded.is_none());
+
+        let staff = state.attributes("ann", "shop").unwrap();
+        assert_eq!(staff["role"], "staff");
+        assert!(state.attributes("bob", "shop").is_none());
+        assert_eq!(
+            state.claims["ann"]["shop"]
+                .loaded
+                .as_ref()
+                .unwrap()
+                .occurred_at,
+            at(1)
+        );
+
+        // Only the live session of the log counts.
+        let ann = UserId::parse("ann").unwrap();
+        let live: Vec<String> = state
+            .live(&ann, at(3))
+            .into_iter()
+            .map(|c| c.session_id.to_string())
+            .collect();
+        assert_eq!(live, ["s1"]);
+        assert_eq!(state.by_user["ann"].len(), 3);
+    }
+
+    #[test]
+    fn a_claim_is_replaced_only_by_other_attributes() {
+        let mut state = State::default();
+        let mut claim = row("", "ann", None);
+        claim.attributes = Some(serde_json::json!({"role": "staff"}));
+        state.add(collect(vec![loaded(claim, false, true)]));
+        let mut event = crate::apply::fixtures::event(
+            crate::domain::event::EventKind::Request,
+            "s1",
+            Some("ann"),
+            5,
+        );
+        assert!(!replaces_claim(&state.claims, "ann", &event));
+        event.attributes = Some(
+            serde_json::json!({"role": "staff"})
+                .as_object()
+                .unwrap()
+                .clone(),
+        );
+        assert!(!replaces_claim(&state.claims, "ann", &event));
+        event.attributes = Some(
+            serde_json::json!({"role": "guest"})
+                .as_object()
+                .unwrap()
+                .clone(),
+        );
+        assert!(replaces_claim(&state.claims, "ann", &event));
+        assert!(replaces_claim(&state.claims, "bob", &event));
+    }
+}

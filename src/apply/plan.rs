@@ -1,0 +1,294 @@
+//! Planning a batch's locks: the order in which one worker's pipelined
+//! batches take them ([`LockTurn`]), what the batches ahead tell of this
+//! one's users ([`AheadHints`]), and which users a batch must lock.
+
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use tokio::sync::oneshot;
+
+use super::load::{Key, State, replaces_claim};
+use super::touch::is_touch;
+use crate::domain::event::{EventKind, SessionEvent, UserId};
+
+/// What a worker knows of the batches it still has in flight ahead of this
+/// one (see [`AheadHints::of`]).
+#[derive(Debug, Default, Clone)]
+pub struct AheadHints {
+    /// Users of sessions named by the batches ahead: `(app, session_id)` →
+    /// `user_id`. A logout without `user_id` for a session whose login is
+    /// one batch ahead learns its user here, so it waits for that user's
+    /// lock instead of racing the login.
+    pub owners: HashMap<(String, String), String>,
+    /// Users whose sessions the batches ahead may add, end or revoke (the
+    /// users of their logins and logouts). A request of theirs is applied
+    /// under their lock, after those batches commit: as a lock-free touch it
+    /// would read their sessions before that commit, and often find its row
+    /// locked by it at the end, which sends the whole batch round again.
+    pub busy: HashSet<String>,
+}
+
+/// Orders the lock phases of one worker's pipelined batches: a batch takes
+/// its user locks only after the batch before it took its own. Then a user's
+/// events that one worker has in flight are applied in delivery order, as
+/// without the pipeline, while the rest of each batch overlaps.
+#[derive(Debug, Default)]
+pub struct LockTurn {
+    /// Fires when the previous batch holds its locks (or gave up).
+    previous: Option<oneshot::Receiver<()>>,
+    /// Fired once this batch holds its locks (dropped = gave up).
+    mine: Option<oneshot::Sender<()>>,
+}
+
+impl LockTurn {
+    /// The turn of a batch that follows the one whose turn gave `previous`,
+    /// and the receiver the next batch waits on.
+    pub fn after(previous: Option<oneshot::Receiver<()>>) -> (LockTurn, oneshot::Receiver<()>) {
+        let (tx, rx) = oneshot::channel();
+        (
+            LockTurn {
+                previous,
+                mine: Some(tx),
+            },
+            rx,
+        )
+    }
+
+    /// Waits until the previous batch holds its locks (once only).
+    pub(crate) async fn wait(&mut self) {
+        if let Some(previous) = self.previous.take() {
+            let _ = previous.await;
+        }
+    }
+
+    /// Lets the next batch take its locks.
+    pub(crate) fn pass(&mut self) {
+        if let Some(mine) = self.mine.take() {
+            let _ = mine.send(());
+        }
+    }
+}
+
+/// Where a batch stands among the worker's pipelined batches.
+#[derive(Debug, Default)]
+pub struct PipelinePlace {
+    /// When it may take its user locks.
+    pub turn: LockTurn,
+    /// What the batches ahead of it tell of its users.
+    pub hints: AheadHints,
+}
+
+impl AheadHints {
+    /// What the batches ahead (oldest first) tell of this batch's users:
+    /// - the owners of the sessions of this batch's logouts that carry no
+    ///   `user_id`: the newest event ahead that names the same session with a
+    ///   user wins;
+    /// - the users of this batch's requests whose sessions a batch ahead may
+    ///   add, end or revoke: a login or logout of theirs is ahead, or a logout
+    ///   without `user_id` of the very session requested.
+    pub fn of(events: &[SessionEvent], ahead: &VecDeque<Arc<[SessionEvent]>>) -> AheadHints {
+        let mut hints = AheadHints::default();
+        if ahead.is_empty() {
+            return hints;
+        }
+        // One pass over the batches ahead, oldest first (so the newest owner of
+        // a session wins).
+        let mut owners = HashMap::new();
+        let mut changing_users = HashSet::new();
+        let mut ending_sessions = HashSet::new();
+        for a in ahead.iter().flat_map(|batch| batch.iter()) {
+            let session = (a.app.as_str(), a.session_id.as_str());
+            if let Some(user) = &a.user_id {
+                owners.insert(session, user);
+            }
+            if a.kind != EventKind::Request {
+                match &a.user_id {
+                    Some(user) => changing_users.insert(user.as_str()),
+                    None => ending_sessions.insert(session),
+                };
+            }
+        }
+        for e in events {
+            let session = (e.app.as_str(), e.session_id.as_str());
+            match &e.user_id {
+                None => {
+                    if let Some(user) = owners.get(&session) {
+                        hints.owners.insert(
+                            (session.0.to_owned(), session.1.to_owned()),
+                            user.to_string(),
+                        );
+                    }
+                }
+                Some(user)
+                    if e.kind == EventKind::Request
+                        && (changing_users.contains(user.as_str())
+                            || ending_sessions.contains(&session)) =>
+                {
+                    hints.busy.insert(user.to_string());
+                }
+                Some(_) => {}
+            }
+        }
+        hints
+    }
+}
+
+/// The users a batch's events involve, as far as the rows read so far tell.
+pub(super) struct LockPlan {
+    /// Every user of the batch.
+    pub users: BTreeSet<String>,
+    /// Those to lock: users whose events can add, end or revoke a session.
+    pub lock: BTreeSet<String>,
+    /// Some event has no known user (a logout without `user_id` of a
+    /// session stored under no user and named by no batch ahead): a read
+    /// after the locks may find one.
+    pub unresolved: bool,
+}
+
+/// Who the events involve, and who to lock. A request for a live session
+/// of its own user, the common case, only touches its row and needs no
+/// lock, unless a batch ahead on this worker may change that user's
+/// sessions (see [`AheadHints::busy`]) or the request claims attributes
+/// other than its app's claim read so far (they may change the limits).
+pub(super) fn plan_locks(
+    events: &[SessionEvent],
+    event_keys: &[Key],
+    state: &State,
+    hints: &AheadHints,
+    now: DateTime<Utc>,
+) -> LockPlan {
+    let slots = &state.slots;
+    let mut involved = LockPlan {
+        users: BTreeSet::new(),
+        lock: BTreeSet::new(),
+        unresolved: false,
+    };
+    for (e, key) in events.iter().zip(event_keys) {
+        let stored = slots
+            .get(key)
+            .and_then(|s| s.record.user_id.as_ref())
+            .map(UserId::as_str);
+        let Some(user) = e
+            .user_id
+            .as_ref()
+            .map(UserId::as_str)
+            .or(stored)
+            .or_else(|| hints.owners.get(key).map(String::as_str))
+        else {
+            involved.unresolved = true;
+            continue;
+        };
+        if !involved.users.contains(user) {
+            involved.users.insert(user.to_owned());
+        }
+        let touch = e.kind == EventKind::Request
+            && is_touch(slots.get(key), user, now)
+            && !hints.busy.contains(user)
+            && !replaces_claim(&state.claims, user, e);
+        if !touch {
+            involved.lock.insert(user.to_owned());
+            involved.lock.extend(stored.map(str::to_owned));
+        }
+    }
+    involved
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::VecDeque;
+
+    fn event(kind: &str, session: &str, user: Option<&str>) -> SessionEvent {
+        let mut json = serde_json::json!({
+            "type": kind, "app": "shop", "session_id": session,
+            "occurred_at": "2026-11-27T10:00:00Z",
+        });
+        if let Some(user) = user {
+            json["user_id"] = user.into();
+        }
+        SessionEvent::decode(json.to_string().as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn hints_name_owners_of_anonymous_logouts_and_users_changed_ahead() {
+        let ahead: VecDeque<Arc<[SessionEvent]>> = VecDeque::from([Arc::from(vec![
+            event("login", "a1", Some("ann")),
+            event("request", "b1", Some("bob")),
+            event("logout", "c1", None),
+        ])]);
+        let batch = [
+            event("logout", "a1", None),          // owner known from the login ahead
+            event("logout", "z9", None),          // nobody ahead names it
+            event("request", "a2", Some("ann")),  // ann's login is ahead: busy
+            event("request", "b1", Some("bob")),  // only a request ahead: not busy
+            event("request", "c1", Some("carl")), // its session's logout is ahead
+        ];
+        let hints = AheadHints::of(&batch, &ahead);
+        let owners: Vec<_> = hints.owners.iter().collect();
+        assert_eq!(
+            owners,
+            [(&("shop".to_owned(), "a1".to_owned()), &"ann".to_owned())]
+        );
+        let mut busy: Vec<_> = hints.busy.iter().map(String::as_str).collect();
+        busy.sort();
+        assert_eq!(busy, ["ann", "carl"]);
+
+        let nothing_ahead = AheadHints::of(&batch, &VecDeque::new());
+        assert!(nothing_ahead.owners.is_empty() && nothing_ahead.busy.is_empty());
+    }
+
+    mod locks {
+        use super::super::*;
+        use crate::apply::fixtures::{at, event, key, state_of, stored};
+
+        fn plan(events: &[SessionEvent], state: &State, hints: &AheadHints) -> LockPlan {
+            let keys: Vec<Key> = events
+                .iter()
+                .map(|e| (e.app.to_string(), e.session_id.to_string()))
+                .collect();
+            plan_locks(events, &keys, state, hints, at(10))
+        }
+
+        fn names(users: &BTreeSet<String>) -> Vec<&str> {
+            users.iter().map(String::as_str).collect()
+        }
+
+        #[test]
+        fn requests_for_own_live_sessions_need_no_lock() {
+            let state = state_of(vec![stored("s1", "ann", 0), stored("s2", "bob", 0)]);
+            let events = [
+                event(EventKind::Request, "s1", Some("ann"), 5),
+                event(EventKind::Login, "s3", Some("cat"), 5),
+                event(EventKind::Logout, "s2", None, 5),
+                event(EventKind::Request, "s4", Some("dan"), 5),
+            ];
+            let plan = plan(&events, &state, &AheadHints::default());
+            assert_eq!(names(&plan.users), ["ann", "bob", "cat", "dan"]);
+            // A login, a logout (its user from the row) and a request for a
+            // session not stored yet all need the lock.
+            assert_eq!(names(&plan.lock), ["bob", "cat", "dan"]);
+            assert!(!plan.unresolved);
+        }
+
+        #[test]
+        fn hints_and_unknown_owners_change_the_plan() {
+            let state = state_of(vec![stored("s1", "ann", 0)]);
+            let events = [
+                event(EventKind::Request, "s1", Some("ann"), 5),
+                event(EventKind::Logout, "s9", None, 5),
+            ];
+            let mut hints = AheadHints::default();
+            hints.busy.insert("ann".to_owned());
+            let plan = plan(&events, &state, &hints);
+            assert_eq!(names(&plan.lock), ["ann"]);
+            assert!(plan.unresolved);
+
+            hints.owners.insert(key("s9"), "zoe".to_owned());
+            let plan =
+                super::super::plan_locks(&events, &[key("s1"), key("s9")], &state, &hints, at(10));
+            assert_eq!(names(&plan.lock), ["ann", "zoe"]);
+            assert!(!plan.unresolved);
+        }
+    }
+}

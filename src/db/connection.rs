@@ -1,0 +1,241 @@
+//! Connecting to PostgreSQL: creating the database, the pool's connection
+//! options, applying the embedded migrations, and checking that an existing
+//! schema is exactly the one this binary's migrations make.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use anyhow::Context;
+use sqlx::migrate::MigrateDatabase;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{PgPool, Postgres};
+
+use crate::configuration::{DatabaseSettings, redact_url};
+
+/// Migrations in ./migrations, embedded so the binary can apply them itself.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// Creates the database named in `settings.url` if it does not exist yet.
+pub async fn ensure_database(settings: &DatabaseSettings) -> anyhow::Result<()> {
+    let url = &settings.url;
+    let exists = Postgres::database_exists(url)
+        .await
+        .with_context(|| format!("cannot reach PostgreSQL at {}", redact_url(url)))?;
+    if !exists {
+        match Postgres::create_database(url).await {
+            Ok(()) => tracing::info!(database = %redact_url(url), "created database"),
+            // Another worker created it between our check and our CREATE.
+            Err(e) if e.to_string().contains("already exists") => {}
+            Err(e) => {
+                return Err(e)
+                    .with_context(|| format!("cannot create database {}", redact_url(url)));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A connection pool for `settings.url`.
+pub async fn connect(settings: &DatabaseSettings) -> anyhow::Result<PgPool> {
+    let options: PgConnectOptions = settings
+        .url
+        .parse()
+        .with_context(|| format!("invalid database URL {}", redact_url(&settings.url)))?;
+    // Plan every execution with its actual arrays. A prepared statement
+    // otherwise switches to a generic plan after five runs, chosen for the
+    // table as it was then (tiny, on a new deployment), and keeps it for the
+    // connection's life: seq scans and hash joins on a log that has since
+    // grown. Planning these statements costs a fraction of a millisecond.
+    let options = options.options([("plan_cache_mode", "force_custom_plan")]);
+    // Over TCP, each new connection turns Nagle's algorithm off on its
+    // socket (see `nodelay`: without it, multi-segment statements wait up to
+    // 40 ms for an acknowledgement).
+    let tcp_port = (options.get_socket().is_none() && !options.get_host().starts_with('/'))
+        .then(|| options.get_port());
+    PgPoolOptions::new()
+        .max_connections(settings.max_connections.max(2))
+        .acquire_timeout(Duration::from_secs(10))
+        .after_connect(move |_conn, _meta| {
+            Box::pin(async move {
+                if let Some(port) = tcp_port {
+                    set_nodelay(port);
+                }
+                Ok(())
+            })
+        })
+        .connect_with(options)
+        .await
+        .with_context(|| format!("cannot connect to {}", redact_url(&settings.url)))
+}
+
+/// Turns Nagle's algorithm off on the new connection's socket; if the
+/// process's descriptors cannot be listed, says so once and goes on (every
+/// statement still works, large ones may wait up to 40 ms).
+fn set_nodelay(port: u16) {
+    static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    // The new connection's socket is among them: finding none means the
+    // descriptors could not be listed in full (a BSD without fdescfs shows
+    // only 0-2 in /dev/fd).
+    let trouble = match crate::nodelay::set_on_connections_to(port) {
+        Ok(0) => Some("no socket to the database port among them".to_owned()),
+        Ok(n) => {
+            tracing::debug!(sockets = n, "TCP_NODELAY set on database connections");
+            None
+        }
+        Err(e) => Some(e.to_string()),
+    };
+    if let Some(why) = trouble
+        && !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed)
+    {
+        tracing::warn!(
+            why,
+            "cannot set TCP_NODELAY through this process's descriptors: large statements may \
+             wait up to 40 ms on Nagle's algorithm"
+        );
+    }
+}
+
+/// Creates the database if needed, connects and applies the migrations.
+pub async fn connect_and_migrate(settings: &DatabaseSettings) -> anyhow::Result<PgPool> {
+    ensure_database(settings).await?;
+    let pool = connect(settings).await?;
+    MIGRATOR
+        .run(&pool)
+        .await
+        .context("failed to apply database migrations")?;
+    Ok(pool)
+}
+
+/// Why the database cannot serve a command that does not change the schema.
+#[derive(Debug, thiserror::Error)]
+pub enum SchemaError {
+    /// The database named in the URL does not exist (its name).
+    #[error("database \"{0}\" does not exist: run `session-guard migrate` first")]
+    NoDatabase(String),
+    /// No migration was ever applied.
+    #[error("the database has no session-guard schema: run `session-guard migrate` first")]
+    NoSchema,
+    /// A migration of this binary is not applied yet.
+    #[error(
+        "the database schema is older than this binary (migration {version} \"{description}\" \
+         is not applied): run `session-guard migrate`"
+    )]
+    Older {
+        /// The first migration of this binary that the database lacks.
+        version: i64,
+        /// Its description.
+        description: String,
+    },
+    /// The database has a migration this binary does not know.
+    #[error(
+        "the database schema is newer than this binary (migration {version} \"{description}\" \
+         is unknown to it): use the session-guard version that migrated it, or a newer one"
+    )]
+    Newer {
+        /// A migration recorded in the database that this binary lacks.
+        version: i64,
+        /// Its description, as recorded.
+        description: String,
+    },
+    /// A migration (its version) is recorded as failed.
+    #[error(
+        "migration {0} failed part-way and is marked failed in the database: repair the schema, \
+         then run `session-guard migrate`"
+    )]
+    Failed(i64),
+    /// A migration (its version) was applied with other content.
+    #[error(
+        "migration {0} in the database differs from this binary's (checksum mismatch): the \
+         binary and the schema do not belong together"
+    )]
+    Changed(i64),
+    /// The database could not be reached or read.
+    #[error(transparent)]
+    Other(#[from] anyhow::Error),
+}
+
+/// Connects to an existing database whose schema is exactly the one this
+/// binary's migrations make, changing nothing: for the commands other than
+/// `migrate` and `run`.
+pub async fn connect_checked(settings: &DatabaseSettings) -> Result<PgPool, SchemaError> {
+    let pool = match connect(settings).await {
+        Ok(pool) => pool,
+        Err(e) => {
+            let missing = e
+                .downcast_ref::<sqlx::Error>()
+                .and_then(sqlx::Error::as_database_error)
+                .and_then(|d| d.code())
+                .is_some_and(|code| code == "3D000");
+            if missing {
+                let name = settings
+                    .url
+                    .parse::<PgConnectOptions>()
+                    .ok()
+                    .and_then(|o| o.get_database().map(str::to_owned))
+                    .unwrap_or_default();
+                return Err(SchemaError::NoDatabase(name));
+            }
+            return Err(e.into());
+        }
+    };
+    match check_schema(&pool).await {
+        Ok(()) => Ok(pool),
+        Err(e) => {
+            pool.close().await;
+            Err(e)
+        }
+    }
+}
+
+/// Compares the migrations recorded in the database with [`MIGRATOR`]'s.
+async fn check_schema(pool: &PgPool) -> Result<(), SchemaError> {
+    let table = MIGRATOR.table_name.as_ref();
+    let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
+        .bind(table)
+        .fetch_one(pool)
+        .await
+        .context("cannot read the schema version")?;
+    if !exists {
+        return Err(SchemaError::NoSchema);
+    }
+    let applied: Vec<(i64, String, bool, Vec<u8>)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT version, description, success, checksum FROM {table} ORDER BY version"
+    )))
+    .fetch_all(pool)
+    .await
+    .context("cannot read the schema version")?;
+    let known: HashMap<i64, &sqlx::migrate::Migration> = MIGRATOR
+        .iter()
+        .filter(|m| !m.migration_type.is_down_migration())
+        .map(|m| (m.version, m))
+        .collect();
+    if applied.is_empty() {
+        return Err(SchemaError::NoSchema);
+    }
+    for (version, description, success, checksum) in &applied {
+        let Some(mine) = known.get(version) else {
+            return Err(SchemaError::Newer {
+                version: *version,
+                description: description.clone(),
+            });
+        };
+        if !success {
+            return Err(SchemaError::Failed(*version));
+        }
+        if mine.checksum.as_ref() != checksum.as_slice() {
+            return Err(SchemaError::Changed(*version));
+        }
+    }
+    // In version order: the first one the database lacks.
+    let missing = MIGRATOR
+        .iter()
+        .filter(|m| !m.migration_type.is_down_migration())
+        .find(|m| !applied.iter().any(|(v, ..)| *v == m.version));
+    match missing {
+        Some(m) => Err(SchemaError::Older {
+            version: m.version,
+            description: m.description.to_string(),
+        }),
+        None => Ok(()),
+    }
+}

@@ -1,0 +1,65 @@
+//! The per-user locks: a user's row in `session_users`, held until commit.
+//! Every writer that can add, end or revoke a user's sessions, or change
+//! what an app claims for the user, holds that user's lock; rows of users
+//! not locked are only ever touched (see `apply::touch`).
+
+use std::collections::BTreeSet;
+
+use sqlx::PgConnection;
+
+/// Takes the transaction-scoped locks of `users`: their rows in
+/// `session_users` (created if missing), locked in `user_id` order so that
+/// two batches never wait on each other in a cycle. One statement whatever
+/// the number of users.
+pub(crate) async fn lock_users(
+    conn: &mut PgConnection,
+    users: &BTreeSet<String>,
+) -> sqlx::Result<()> {
+    if users.is_empty() {
+        return Ok(());
+    }
+    let users: Vec<&str> = users.iter().map(String::as_str).collect();
+    // One statement creates the missing rows and locks the others, in user
+    // order: ON CONFLICT DO UPDATE locks every conflicting row even when its
+    // WHERE lets none be updated (so nothing is written for them).
+    sqlx::query(
+        "INSERT INTO session_users AS s (user_id)
+         SELECT u FROM unnest($1::text[]) AS u ORDER BY u
+         ON CONFLICT (user_id) DO UPDATE SET user_id = EXCLUDED.user_id WHERE false",
+    )
+    .bind(&users)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Locks `users` if none of them is locked by another transaction, without
+/// waiting (so in any order without risk of deadlock). Returns whether all
+/// of them are now locked; a user without a `session_users` row counts as
+/// not locked (only [`lock_users`] creates rows).
+pub(crate) async fn try_lock_users(
+    conn: &mut PgConnection,
+    users: &BTreeSet<String>,
+) -> sqlx::Result<bool> {
+    let wanted: Vec<&str> = users.iter().map(String::as_str).collect();
+    let got: Vec<String> = sqlx::query_scalar(
+        "SELECT user_id FROM session_users WHERE user_id = ANY($1)
+         ORDER BY user_id FOR UPDATE SKIP LOCKED",
+    )
+    .bind(&wanted)
+    .fetch_all(conn)
+    .await?;
+    Ok(got.len() == wanted.len())
+}
+
+/// Locks `user`'s row if the user has one, waiting for it; returns whether
+/// there was one. Unlike [`lock_users`] it creates no row: a user without
+/// one never had a session.
+pub(crate) async fn lock_existing_user(conn: &mut PgConnection, user: &str) -> sqlx::Result<bool> {
+    let known: Option<String> =
+        sqlx::query_scalar("SELECT user_id FROM session_users WHERE user_id = $1 FOR UPDATE")
+            .bind(user)
+            .fetch_optional(conn)
+            .await?;
+    Ok(known.is_some())
+}

@@ -1,0 +1,84 @@
+//! `outbox`: revoke messages written in the transaction that decided them,
+//! and claimed, published and deleted by the relay.
+
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+
+use crate::domain::revoke::RevokeMessage;
+
+/// A row of the outbox, ready to publish.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct OutboxRow {
+    /// Claim order, and the key the relay deletes by.
+    pub id: i64,
+    /// The message's own id (AMQP `message-id`), for apps to deduplicate.
+    pub event_id: Uuid,
+    /// The app's routing key on the revocations exchange.
+    pub routing_key: String,
+    /// The revoke message, as JSON.
+    pub payload: String,
+}
+
+/// Writes revoke messages to the outbox, for the relay to publish.
+pub async fn write(conn: &mut PgConnection, messages: &[RevokeMessage]) -> sqlx::Result<()> {
+    if messages.is_empty() {
+        return Ok(());
+    }
+    let mut ids = Vec::with_capacity(messages.len());
+    let mut keys = Vec::with_capacity(messages.len());
+    let mut payloads = Vec::with_capacity(messages.len());
+    for m in messages {
+        ids.push(m.event_id);
+        keys.push(m.routing_key());
+        payloads.push(serde_json::to_string(m).expect("a revoke message always serializes"));
+    }
+    sqlx::query(
+        "INSERT INTO outbox (event_id, routing_key, payload)
+         SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[])",
+    )
+    .bind(&ids)
+    .bind(&keys)
+    .bind(&payloads)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// The outbox's backlog: how many rows wait, and the age in seconds of the
+/// oldest (0 when empty), on the database's clock.
+pub async fn stats(pool: &PgPool) -> sqlx::Result<(i64, f64)> {
+    sqlx::query_as(
+        "SELECT count(*),
+                coalesce(extract(epoch FROM clock_timestamp() - min(created_at)), 0)::float8
+         FROM outbox",
+    )
+    .fetch_one(pool)
+    .await
+}
+
+/// Claims up to `limit` rows, oldest first, skipping those another relay
+/// holds: they stay locked until the caller's transaction ends.
+pub(crate) async fn claim(conn: &mut PgConnection, limit: i64) -> sqlx::Result<Vec<OutboxRow>> {
+    sqlx::query_as(
+        "SELECT id, event_id, routing_key, payload FROM outbox
+         ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
+    )
+    .bind(limit)
+    .fetch_all(conn)
+    .await
+}
+
+/// Deletes the published rows `ids`; returns each one's age in seconds on
+/// the database's clock, the one that dated it.
+pub(crate) async fn delete_published(
+    conn: &mut PgConnection,
+    ids: &[i64],
+) -> sqlx::Result<Vec<f64>> {
+    sqlx::query_scalar(
+        "DELETE FROM outbox WHERE id = ANY($1)
+         RETURNING extract(epoch FROM clock_timestamp() - created_at)::float8",
+    )
+    .bind(ids)
+    .fetch_all(conn)
+    .await
+}
