@@ -27,20 +27,31 @@ pub(super) struct Listing<'a> {
 /// One session as `sessions --json` prints it.
 #[derive(Debug, Serialize)]
 struct SessionOut {
+    /// The app the session belongs to.
     app: String,
+    /// The app's id for it.
     session_id: String,
+    /// Its user (absent if only a logout without `user_id` was seen).
     user_id: Option<String>,
+    /// The address it logged in from, as the app sent it.
     ip: Option<String>,
+    /// The browser, as the app sent it.
     user_agent: Option<String>,
+    /// RFC 3339, to the second.
     login_at: String,
+    /// The last event of the session, RFC 3339.
     last_seen_at: String,
+    /// When it ended: its end row, or its expiry.
     ended_at: Option<String>,
+    /// Why it ended ("expired" for a session past its expiry, which has no
+    /// end row).
     end_reason: Option<String>,
     /// The rule, hook or operator that ended it ("user" for logout_others
     /// and logout_all; absent for logouts).
     ended_by: Option<String>,
     /// An operator's explanation.
     note: Option<String>,
+    /// active, revoked, logged_out or expired, as the domain decides it.
     state: &'static str,
 }
 
