@@ -5,6 +5,8 @@ COPY Cargo.toml Cargo.lock ./
 COPY src ./src
 COPY protocol ./protocol
 COPY clients ./clients
+# A workspace member: cargo reads its manifest even when building only the worker.
+COPY bench ./bench
 COPY config ./config
 COPY migrations ./migrations
 RUN cargo build --release --locked --bin session-guard

@@ -159,6 +159,39 @@ pub async fn delete_topology(settings: &AmqpSettings, role: &str) {
     let _ = connection.close(200, "done".into()).await;
 }
 
+/// Declares an exclusive queue, gone with the channel's connection, bound to
+/// every app's revokes; returns its name. For watchers that are not an app
+/// (tests, the benchmark): an app uses the client crate's
+/// `RevocationListener`, whose durable queue outlives its connection.
+pub async fn declare_revoke_tap(
+    channel: &Channel,
+    settings: &AmqpSettings,
+) -> anyhow::Result<ShortString> {
+    let queue = channel
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .context("cannot declare a queue for revokes")?;
+    channel
+        .queue_bind(
+            queue.name().clone(),
+            settings.revocations_exchange.as_str().into(),
+            "revoke.#".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .context("cannot bind a queue to the revocations exchange")?;
+    Ok(queue.name().clone())
+}
+
 /// Starts consuming the events queue on `channel`, with `settings.prefetch`
 /// unacked deliveries at most.
 pub async fn consume_events(

@@ -12,16 +12,15 @@
 //! - [`health`]: readiness and the HTTP endpoint for it and the metrics;
 //! - [`metric`]: every exported metric, defined once;
 //! - [`sweep`]: retention by age (`retention.max_age`);
-//! - [`configuration`], [`telemetry`], [`terminal`], [`cli`]: the edges.
+//! - [`configuration`], [`telemetry`], [`terminal`]: the edges;
+//! - [`cli`]: the command line, one module per command.
 
 pub mod apply;
 pub mod backoff;
-pub mod bench;
 pub mod broker;
 pub mod cli;
 pub mod configuration;
 pub mod db;
-pub mod demo;
 pub mod domain;
 pub mod health;
 pub mod metric;

@@ -22,7 +22,7 @@ use session_guard_client::{
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use crate::cli::SessionsArgs;
+use super::session_listing::{Listing, print_sessions};
 use crate::configuration::{Settings, with_database};
 use crate::health::Health;
 use crate::shutdown::{self, ShutdownTrigger};
@@ -141,7 +141,7 @@ impl Demo {
 
 /// Runs the demo, then removes what it created (also after an error, a
 /// panic or Ctrl-C).
-pub async fn run(configured: &Settings, args: &DemoArgs) -> anyhow::Result<()> {
+pub(super) async fn run(configured: &Settings, args: &DemoArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let demo = Demo::new(configured)?;
     let mut parts = Parts::default();
@@ -170,8 +170,39 @@ pub async fn run(configured: &Settings, args: &DemoArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The app's session store: session id -> the device it runs on.
+type AppSessions = Arc<Mutex<HashMap<String, &'static str>>>;
+
+/// Revokes the app's listener handled, each with the device whose session
+/// it ended (if the app still had it).
+type Handled = mpsc::UnboundedReceiver<(Revoke, Option<&'static str>)>;
+
 /// The steps, printed as they happen.
 async fn play(demo: &Demo, parts: &mut Parts, pause: bool) -> anyhow::Result<()> {
+    introduce(demo);
+    let sessions = AppSessions::default();
+    let mut revokes = set_up(demo, parts, &sessions).await?;
+    wait_for_enter(pause).await;
+    let publisher = parts.publisher.as_ref().expect("set up");
+    log_in_twice(publisher, &sessions).await?;
+    wait_for_enter(pause).await;
+    show_revoke(demo, &sessions, &mut revokes).await?;
+    wait_for_enter(pause).await;
+
+    println!();
+    println!("4. The session log (what `session-guard sessions --user {USER} --all` shows):");
+    let listing = Listing {
+        user: USER,
+        app: Some(APP),
+        all: true,
+        json: false,
+    };
+    print_sessions(&demo.settings.database, &listing).await?;
+    Ok(())
+}
+
+/// The app, the user and the limit the demo shows.
+fn introduce(demo: &Demo) {
     let limits = &demo.settings.limits;
     let allowed = limits.max_sessions;
     println!("session-guard demo: the web app {APP:?}, and {USER} logging in from two browsers.");
@@ -182,7 +213,11 @@ async fn play(demo: &Demo, parts: &mut Parts, pause: bool) -> anyhow::Result<()>
         limits.policy
     );
     println!();
+}
 
+/// Step 1: the worker (creating the database and the topology), then the
+/// app's listener and publisher. Returns the revokes the listener handles.
+async fn set_up(demo: &Demo, parts: &mut Parts, sessions: &AppSessions) -> anyhow::Result<Handled> {
     println!("1. Setting up, under names of the demo's own:");
     // Said at once, rather than by a worker retrying in the background.
     let probe = broker::connect(&demo.settings.amqp, "demo").await?;
@@ -202,12 +237,32 @@ async fn play(demo: &Demo, parts: &mut Parts, pause: bool) -> anyhow::Result<()>
     println!("   database  {} (created, migrated)", demo.database);
     println!("   RabbitMQ  exchanges and queues {}.*", demo.prefix);
     println!("   worker    running in this process");
+    let revokes = start_listener(demo, parts, sessions).await?;
+    let mut config =
+        PublisherConfig::new(demo.settings.amqp.url.clone(), demo.listener.app.clone());
+    config.exchange = demo.settings.amqp.events_exchange.clone();
+    let publisher = EventPublisher::connect(config)
+        .await
+        .context("the app cannot connect its event publisher")?;
+    parts.publisher = Some(publisher);
+    println!(
+        "   app       {APP:?}, with EventPublisher (sends its events) and RevocationListener \
+         (receives its revokes)"
+    );
+    Ok(revokes)
+}
+
+/// The app's revocation listener: ends the session in the app's store and
+/// passes the revoke on to the demo.
+async fn start_listener(
+    demo: &Demo,
+    parts: &mut Parts,
+    sessions: &AppSessions,
+) -> anyhow::Result<Handled> {
     let listener = RevocationListener::connect(demo.listener.clone())
         .await
         .context("the app cannot connect its revocation listener")?;
-    // The app's session store: session id -> device.
-    let sessions: Arc<Mutex<HashMap<String, &'static str>>> = Arc::default();
-    let (revoked, mut revokes) = mpsc::unbounded_channel();
+    let (revoked, revokes) = mpsc::unbounded_channel();
     let store = sessions.clone();
     let handler = move |revoke: Revoke| {
         // The app's part: forget the session, so its next request is
@@ -223,19 +278,11 @@ async fn play(demo: &Demo, parts: &mut Parts, pause: bool) -> anyhow::Result<()>
             let _ = stopped.await;
         })),
     ));
-    let mut config =
-        PublisherConfig::new(demo.settings.amqp.url.clone(), demo.listener.app.clone());
-    config.exchange = demo.settings.amqp.events_exchange.clone();
-    let publisher = EventPublisher::connect(config)
-        .await
-        .context("the app cannot connect its event publisher")?;
-    let publisher = parts.publisher.insert(publisher);
-    println!(
-        "   app       {APP:?}, with EventPublisher (sends its events) and RevocationListener \
-         (receives its revokes)"
-    );
-    wait_for_enter(pause).await;
+    Ok(revokes)
+}
 
+/// Step 2: the user logs in from both browsers, a second apart.
+async fn log_in_twice(publisher: &EventPublisher, sessions: &AppSessions) -> anyhow::Result<()> {
     println!();
     println!(
         "2. {USER} logs in on her {}, then on her {}; the app publishes a login event each time:",
@@ -263,8 +310,16 @@ async fn play(demo: &Demo, parts: &mut Parts, pause: bool) -> anyhow::Result<()>
         .flush()
         .await
         .context("the broker did not confirm the logins")?;
-    wait_for_enter(pause).await;
+    Ok(())
+}
 
+/// Step 3: the worker's revoke, as the app's listener handled it.
+async fn show_revoke(
+    demo: &Demo,
+    sessions: &AppSessions,
+    revokes: &mut Handled,
+) -> anyhow::Result<()> {
+    let allowed = demo.settings.limits.max_sessions;
     println!();
     println!(
         "3. The worker counts 2 sessions where {allowed} {} allowed and revokes the older one; the \
@@ -297,20 +352,6 @@ async fn play(demo: &Demo, parts: &mut Parts, pause: bool) -> anyhow::Result<()>
             left.join(", ")
         }
     );
-    wait_for_enter(pause).await;
-
-    println!();
-    println!("4. The session log (what `session-guard sessions --user {USER} --all` shows):");
-    crate::cli::sessions(
-        &demo.settings,
-        &SessionsArgs {
-            user: USER.to_owned(),
-            app: Some(APP.to_owned()),
-            all: true,
-            json: false,
-        },
-    )
-    .await?;
     Ok(())
 }
 

@@ -1,0 +1,247 @@
+//! Draining a pre-filled queue: a baseline consumer that only acks, then
+//! the same events through 1 worker and through 2, back to back, and once
+//! more through 1 worker with a large log.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use futures::StreamExt as _;
+use lapin::options::{BasicAckOptions, BasicPublishOptions};
+use lapin::{BasicProperties, Channel, Connection};
+use session_guard::Settings;
+use session_guard::broker;
+use sqlx::PgPool;
+
+use crate::report::{Row, median, spread};
+use crate::services::{fill_history, forget_bench_sessions, reset_log};
+use crate::workers::{Progress, WorkerProcess};
+
+/// Events published before waiting for their confirms.
+const IN_FLIGHT: usize = 1000;
+/// The baseline acks every this many deliveries at once (`multiple`).
+const BASELINE_ACK_EVERY: usize = 500;
+/// A drain that takes longer has stalled.
+const DRAIN_LIMIT: Duration = Duration::from_secs(3600);
+
+/// What the drain runs share: the database, the broker connection, the
+/// publishing channel and the events to replay.
+pub struct Drains<'a> {
+    /// The bench's settings.
+    pub settings: &'a Settings,
+    /// The bench's database.
+    pub pool: &'a PgPool,
+    /// The bench's broker connection.
+    pub connection: &'a Connection,
+    /// A channel in confirm mode.
+    pub publisher: &'a Channel,
+    /// The worker binary.
+    pub worker: &'a Path,
+    /// The generated events, replayed by every run.
+    pub events: &'a [Vec<u8>],
+}
+
+/// The figures of the empty-log drain runs, one entry per run.
+#[derive(Default)]
+pub struct DrainFigures {
+    /// Pre-fill publish rates.
+    publish: Vec<f64>,
+    /// Baseline rates.
+    baseline: Vec<f64>,
+    /// Rates with 1 and with 2 workers.
+    rates: [Vec<f64>; 2],
+    /// Each of those rates over the baseline of its run.
+    ratios: [Vec<f64>; 2],
+    /// The highest VmHWM of any worker, KiB.
+    pub peak_rss: u64,
+}
+
+/// Worker counts of the drain runs.
+const WORKERS: [usize; 2] = [1, 2];
+
+impl Drains<'_> {
+    /// The baseline, then 1 and 2 workers, `runs` times.
+    pub async fn empty_log(&self, runs: usize) -> anyhow::Result<DrainFigures> {
+        let mut figures = DrainFigures::default();
+        for run in 1..=runs {
+            figures.publish.push(self.fill().await?);
+            let base = self.baseline().await?;
+            figures.baseline.push(base);
+            println!("run {run}/{runs}: baseline {base:.0} events/s");
+            for (i, workers) in WORKERS.into_iter().enumerate() {
+                reset_log(self.pool).await?;
+                self.fill().await?;
+                let (rate, rss) = self.through_workers(workers).await?;
+                figures.peak_rss = figures.peak_rss.max(rss);
+                println!(
+                    "run {run}/{runs}: {workers} worker(s) {rate:.0} events/s ({:.2} of the baseline)",
+                    rate / base
+                );
+                figures.rates[i].push(rate);
+                figures.ratios[i].push(rate / base);
+            }
+        }
+        Ok(figures)
+    }
+
+    /// 1 worker on a log with `rows` old sessions, `runs` times; the row
+    /// compares it with `empty_rate`.
+    pub async fn large_log(&self, rows: u64, runs: usize, empty_rate: f64) -> anyhow::Result<Row> {
+        reset_log(self.pool).await?;
+        fill_history(self.pool, rows).await?;
+        let mut large = Vec::new();
+        for run in 1..=runs {
+            forget_bench_sessions(self.pool).await?;
+            self.fill().await?;
+            let (rate, _) = self.through_workers(1).await?;
+            println!("run {run}/{runs}: 1 worker, large log, {rate:.0} events/s");
+            large.push(rate);
+        }
+        Ok(Row {
+            what: format!("1 worker with {rows} rows in the log"),
+            figure: format!("{:.0} events/s", median(&large)),
+            note: format!(
+                "{:.2} of the rate with an empty log; {}",
+                median(&large) / empty_rate,
+                spread(&large)
+            ),
+        })
+    }
+
+    /// Publishes every event with confirms; returns events/s.
+    pub async fn fill(&self) -> anyhow::Result<f64> {
+        publish_all(self.publisher, self.settings, self.events).await
+    }
+
+    /// A consumer that only acks, set up as the workers' consumer is.
+    async fn baseline(&self) -> anyhow::Result<f64> {
+        let n = self.events.len();
+        let channel = self.connection.create_channel().await?;
+        let mut consumer = broker::consume_events(&channel, &self.settings.amqp).await?;
+        let started = Instant::now();
+        let mut count = 0usize;
+        while count < n {
+            let delivery = consumer.next().await.context("consumer ended")??;
+            count += 1;
+            if count.is_multiple_of(BASELINE_ACK_EVERY) || count == n {
+                delivery.ack(BasicAckOptions { multiple: true }).await?;
+            }
+        }
+        let rate = n as f64 / started.elapsed().as_secs_f64();
+        let _ = channel.close(200, "done".into()).await;
+        Ok(rate)
+    }
+
+    /// Starts `workers` worker processes on the pre-filled queue and waits
+    /// until they have processed every event; returns events/s and the
+    /// peak RSS (KiB).
+    async fn through_workers(&self, workers: usize) -> anyhow::Result<(f64, u64)> {
+        let n = self.events.len() as u64;
+        let progress = Progress::new()?;
+        let started = Instant::now();
+        let processes = (0..workers)
+            .map(|_| WorkerProcess::start(self.worker, self.settings))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let result = async {
+            loop {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                let done = progress.total(&processes).await;
+                if done >= n {
+                    return Ok(n as f64 / started.elapsed().as_secs_f64());
+                }
+                anyhow::ensure!(
+                    started.elapsed() < DRAIN_LIMIT,
+                    "workers did not finish within an hour ({done} of {n})"
+                );
+            }
+        }
+        .await;
+        let mut rss = 0;
+        for process in processes {
+            rss = rss.max(process.peak_rss().unwrap_or(0));
+            process.stop().await;
+        }
+        Ok((result?, rss))
+    }
+}
+
+impl DrainFigures {
+    /// The median rate of 1 worker on an empty log.
+    pub fn one_worker_rate(&self) -> f64 {
+        median(&self.rates[0])
+    }
+
+    /// The report's rows: pre-fill, baseline, 1 and 2 workers.
+    pub fn rows(&self, prefetch: u16) -> Vec<Row> {
+        let mut rows = vec![
+            Row {
+                what: "publish with confirms (pre-fill)".into(),
+                figure: format!("{:.0} events/s", median(&self.publish)),
+                note: format!("1,000 in flight; {}", spread(&self.publish)),
+            },
+            Row {
+                what: "baseline: consumer that only acks".into(),
+                figure: format!("{:.0} events/s", median(&self.baseline)),
+                note: format!(
+                    "prefetch {prefetch}, multiple-ack per 500; {}",
+                    spread(&self.baseline)
+                ),
+            },
+        ];
+        for (i, workers) in WORKERS.into_iter().enumerate() {
+            let ratios: Vec<String> = self.ratios[i].iter().map(|r| format!("{r:.2}")).collect();
+            rows.push(Row {
+                what: format!(
+                    "{workers} worker{} draining the same events",
+                    if workers > 1 { "s" } else { "" }
+                ),
+                figure: format!("{:.0} events/s", median(&self.rates[i])),
+                note: format!(
+                    "{:.2} of the baseline (median of the runs' ratios: {}); {}",
+                    median(&self.ratios[i]),
+                    ratios.join(", "),
+                    spread(&self.rates[i])
+                ),
+            });
+        }
+        rows
+    }
+}
+
+/// Publishes every event with confirms, [`IN_FLIGHT`] at a time; returns
+/// events/s.
+pub async fn publish_all(
+    channel: &Channel,
+    settings: &Settings,
+    events: &[Vec<u8>],
+) -> anyhow::Result<f64> {
+    let started = Instant::now();
+    let properties = event_properties();
+    for chunk in events.chunks(IN_FLIGHT) {
+        let mut pending = Vec::with_capacity(chunk.len());
+        for body in chunk {
+            pending.push(
+                channel
+                    .basic_publish(
+                        settings.amqp.events_exchange.as_str().into(),
+                        "bench.bench".into(),
+                        BasicPublishOptions::default(),
+                        body,
+                        properties.clone(),
+                    )
+                    .await?,
+            );
+        }
+        for confirm in pending {
+            anyhow::ensure!(confirm.await?.is_ack(), "the broker refused an event");
+        }
+    }
+    Ok(events.len() as f64 / started.elapsed().as_secs_f64())
+}
+
+/// JSON, persistent: as apps publish events.
+pub fn event_properties() -> BasicProperties {
+    BasicProperties::default()
+        .with_content_type("application/json".into())
+        .with_delivery_mode(2)
+}

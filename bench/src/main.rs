@@ -1,0 +1,194 @@
+//! `session-guard-bench`: throughput, latency and memory of the worker
+//! against the local RabbitMQ and PostgreSQL, compared with a baseline
+//! measured in the same run (a consumer that only acks). Prints a table and
+//! writes it to BENCHMARKS.md.
+//!
+//! Everything runs with a fresh database and unique exchange and queue
+//! names, deleted at the end. Workers run as real `session-guard run`
+//! processes (the worker binary built beside this one), so their memory
+//! can be read from /proc.
+
+mod client;
+mod drain;
+mod latency;
+mod report;
+mod services;
+mod traffic;
+mod workers;
+
+use std::path::PathBuf;
+
+use clap::Parser;
+use session_guard::broker;
+use session_guard::{Settings, telemetry};
+
+use crate::drain::Drains;
+use crate::report::Row;
+use crate::traffic::Traffic;
+
+/// What to run; every figure of the benchmark has a knob here.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "session-guard-bench", version, about)]
+pub struct BenchArgs {
+    /// Configuration file layered over the built-in defaults, as the
+    /// worker reads it (environment variables SESSION_GUARD__SECTION__KEY
+    /// override both): the servers to measure against.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// The worker binary to measure (default: `session-guard` beside this
+    /// executable).
+    #[arg(long, value_name = "FILE")]
+    pub worker: Option<PathBuf>,
+    /// Events in the pre-filled queue for the drain runs.
+    #[arg(long, default_value_t = 200_000)]
+    pub events: usize,
+    /// Distinct users in the generated traffic.
+    #[arg(long, default_value_t = 50_000)]
+    pub users: usize,
+    /// Publish rate of the latency run, events per second.
+    #[arg(long, default_value_t = 2_000)]
+    pub rate: usize,
+    /// Length of the latency run, seconds.
+    #[arg(long, default_value_t = 20)]
+    pub seconds: u64,
+    /// Ended sessions put in the log before the last drain run (0 = skip it).
+    #[arg(long, default_value_t = 5_000_000)]
+    pub log_rows: u64,
+    /// Where to write the report (empty = do not write).
+    #[arg(long, default_value = "BENCHMARKS.md")]
+    pub output: String,
+    /// Times each drain is repeated; the report gives medians, and ratios
+    /// are taken within a repetition (worker and baseline back to back).
+    #[arg(long, default_value_t = 3)]
+    pub runs: usize,
+    /// Events published through the client crate's EventPublisher (and,
+    /// back to back, with raw publisher confirms) to measure the app side.
+    #[arg(long, default_value_t = 100_000)]
+    pub client_events: usize,
+    /// Measure only the app side (publishing through the client crate next
+    /// to raw confirms); prints the table and writes no report.
+    #[arg(long)]
+    pub client_only: bool,
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    match run(BenchArgs::parse()).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs the benchmark on names of its own, removes them, then reports.
+async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let base = Settings::load(args.config.as_deref())?;
+    telemetry::init_logging(&base.log)?;
+    let worker = match &args.worker {
+        Some(path) => path.clone(),
+        None => workers::default_binary()?,
+    };
+    if !args.client_only {
+        workers::check_binary(&worker)?;
+    }
+    let settings = services::bench_settings(&base);
+    let result = if args.client_only {
+        client_only(&settings, &args)
+            .await
+            .map(|rows| (rows, false))
+    } else {
+        measure(&settings, &args, &worker).await
+    };
+    services::clean_up(&settings).await;
+    let (rows, tls) = result?;
+    let table = report::table(&rows);
+    println!("\n{table}");
+    if !args.output.is_empty() && !args.client_only {
+        report::write(&args, &table, &worker, tls).await?;
+        println!("written to {}", args.output);
+    }
+    Ok(())
+}
+
+/// Only the app side: the broker, no database and no worker.
+async fn client_only(settings: &Settings, args: &BenchArgs) -> anyhow::Result<Vec<Row>> {
+    let connection = broker::connect(&settings.amqp, "bench").await?;
+    let setup = connection.create_channel().await?;
+    broker::declare_topology(&setup, &settings.amqp).await?;
+    let publisher = broker::confirm_channel(&connection).await?;
+    let rows = client::rows(&setup, &publisher, settings, args.client_events).await;
+    let _ = connection.close(200, "done".into()).await;
+    rows
+}
+
+/// Every measure; the report's rows, and whether the database connection
+/// used TLS.
+async fn measure(
+    settings: &Settings,
+    args: &BenchArgs,
+    worker: &std::path::Path,
+) -> anyhow::Result<(Vec<Row>, bool)> {
+    let pool = session_guard::db::connect_and_migrate(&settings.database).await?;
+    let tls = services::uses_tls(&pool).await?;
+    println!(
+        "database connection {} TLS",
+        if tls { "with" } else { "without" }
+    );
+    let connection = broker::connect(&settings.amqp, "bench").await?;
+    let setup = connection.create_channel().await?;
+    broker::declare_topology(&setup, &settings.amqp).await?;
+    let publisher = broker::confirm_channel(&connection).await?;
+    // A queue bound like an app's, so revokes are routed (and not logged as
+    // unroutable); gone with the bench's connection.
+    broker::declare_revoke_tap(&setup, &settings.amqp).await?;
+    let mut rows = client::rows(&setup, &publisher, settings, args.client_events).await?;
+
+    let events = generate(args);
+    let drains = Drains {
+        settings,
+        pool: &pool,
+        connection: &connection,
+        publisher: &publisher,
+        worker,
+        events: &events,
+    };
+    let runs = args.runs.max(1);
+    let figures = drains.empty_log(runs).await?;
+    rows.extend(figures.rows(settings.amqp.prefetch));
+
+    services::reset_log(&pool).await?;
+    rows.push(latency::measure(&connection, &publisher, settings, worker, args).await?);
+    rows.push(Row {
+        what: "worker peak RSS".into(),
+        figure: format!("{:.1} MB", figures.peak_rss as f64 / 1024.0),
+        note: "VmHWM of the worker processes above".into(),
+    });
+    if args.log_rows > 0 {
+        let empty_rate = figures.one_worker_rate();
+        rows.push(drains.large_log(args.log_rows, runs, empty_rate).await?);
+    }
+    pool.close().await;
+    let _ = connection.close(200, "done".into()).await;
+    Ok((rows, tls))
+}
+
+/// The traffic of the drain runs, generated once and replayed for each.
+fn generate(args: &BenchArgs) -> Vec<Vec<u8>> {
+    let mut traffic = Traffic::new(args.users, 0x5eed);
+    let events: Vec<Vec<u8>> = (0..args.events)
+        .map(|_| traffic.next_event().to_string().into_bytes())
+        .collect();
+    let logins = events
+        .iter()
+        .filter(|e| std::str::from_utf8(e).is_ok_and(|s| s.contains("\"type\":\"login\"")))
+        .count();
+    println!(
+        "traffic: {} events, {} logins, {} of them over the limit",
+        events.len(),
+        logins,
+        traffic.conflicts
+    );
+    events
+}
