@@ -12,6 +12,9 @@
 //! - [`sweep`]: retention by age (`retention.max_age`);
 //! - [`configuration`], [`telemetry`], [`terminal`], [`cli`]: the edges.
 
+// Sockets, descriptors and FFI are left to the crates that own them.
+#![forbid(unsafe_code)]
+
 pub mod backoff;
 mod batch;
 pub mod bench;
@@ -22,7 +25,6 @@ pub mod demo;
 pub mod domain;
 pub mod health;
 pub mod metric;
-mod nodelay;
 pub mod refusal;
 mod relay;
 pub mod shutdown;
