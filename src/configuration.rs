@@ -9,11 +9,11 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
-use std::sync::Arc;
-
 use serde::{Deserialize, Serialize};
+use url::Url;
 
 use crate::domain::limits::{
     BUILT_IN_HOOKS, EvictionPolicy, HookChain, Limits, Rule, RuleHook, Rules, SuperuserUnlimited,
@@ -1123,56 +1123,52 @@ impl std::fmt::Debug for AmqpSettings {
     }
 }
 
-/// `url` with its database name replaced by `db` (the query string kept):
-/// how tests and the benchmark make databases of their own.
+/// `url` with its database name replaced by `db`, everything else kept: how
+/// tests, the demo and the benchmark make databases of their own.
+///
+/// The URL is edited rather than rebuilt from `PgConnectOptions`, whose
+/// `to_url_lossy` drops parameters it does not model. A URL that does not
+/// parse is returned as it is: connecting with it fails the same way.
 pub fn with_database(url: &str, db: &str) -> String {
-    let (base, query) = match url.split_once('?') {
-        Some((b, q)) => (b, Some(q)),
-        None => (url, None),
-    };
-    let scheme_end = base.find("://").map_or(0, |i| i + 3);
-    let path_start = base[scheme_end..]
-        .find('/')
-        .map_or(base.len(), |i| scheme_end + i);
-    let mut out = format!("{}/{}", &base[..path_start], db);
-    if let Some(q) = query {
-        out.push('?');
-        out.push_str(q);
+    match Url::parse(url) {
+        Ok(mut parsed) => {
+            parsed.set_path(&format!("/{db}"));
+            parsed.into()
+        }
+        Err(_) => url.to_owned(),
     }
-    out
 }
 
-/// Replaces the password of a URL (`scheme://user:password@host/...`) with `***`,
-/// and any `password=` query parameter too, so URLs can be logged.
+/// What `redact_url` shows for a URL that does not parse: where its
+/// password would be cannot be told, so none of it is shown.
+const UNPARSEABLE_URL: &str = "(a URL that does not parse)";
+
+/// `url` with its password, and any `password=` query parameter, replaced
+/// by `***`, so that it can be logged and printed.
 pub fn redact_url(url: &str) -> String {
-    let mut out = url.to_owned();
-    if let Some(scheme_end) = out.find("://") {
-        let rest_start = scheme_end + 3;
-        let authority_end = out[rest_start..]
-            .find(['/', '?', '#'])
-            .map_or(out.len(), |i| rest_start + i);
-        if let Some(at) = out[rest_start..authority_end].rfind('@') {
-            let userinfo = &out[rest_start..rest_start + at];
-            if let Some(colon) = userinfo.find(':') {
-                let start = rest_start + colon + 1;
-                let end = rest_start + at;
-                out.replace_range(start..end, "***");
-            }
-        }
+    let Ok(mut parsed) = Url::parse(url) else {
+        return UNPARSEABLE_URL.to_owned();
+    };
+    if parsed.password().is_some() {
+        // Fails only for URLs without a host, which cannot carry a password.
+        let _ = parsed.set_password(Some("***"));
     }
-    if let Some(q) = out.find('?') {
-        let (head, query) = out.split_at(q + 1);
-        let query = query
-            .split('&')
-            .map(|pair| match pair.split_once('=') {
-                Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
-                _ => pair.to_owned(),
+    let is_password = |key: &str| key.eq_ignore_ascii_case("password");
+    if parsed.query_pairs().any(|(key, _)| is_password(&key)) {
+        let pairs: Vec<(String, String)> = parsed
+            .query_pairs()
+            .map(|(key, value)| {
+                let value = if is_password(&key) {
+                    "***".into()
+                } else {
+                    value
+                };
+                (key.into_owned(), value.into_owned())
             })
-            .collect::<Vec<_>>()
-            .join("&");
-        out = format!("{head}{query}");
+            .collect();
+        parsed.query_pairs_mut().clear().extend_pairs(pairs);
     }
-    out
+    parsed.into()
 }
 
 #[cfg(test)]
@@ -1687,5 +1683,34 @@ policy = "evict_idle"
         );
         let debug = format!("{:?}", Settings::load_from(None, env(&[])).unwrap());
         assert!(!debug.contains("guest:guest"), "{debug}");
+        assert_eq!(
+            redact_url("postgres://u@h/db?password=x&options=-c%20a%3Db"),
+            "postgres://u@h/db?password=***&options=-c+a%3Db",
+            "the query is written anew when it held a password"
+        );
+        assert_eq!(
+            redact_url("postgres//u:secret@h/db"),
+            UNPARSEABLE_URL,
+            "a password cannot be found in what does not parse"
+        );
+    }
+
+    #[test]
+    fn with_database_swaps_only_the_database_name() {
+        assert_eq!(
+            with_database("postgres://u:p@h:5432/old?sslmode=disable", "new"),
+            "postgres://u:p@h:5432/new?sslmode=disable"
+        );
+        assert_eq!(with_database("postgres://h", "x"), "postgres://h/x");
+        assert_eq!(
+            with_database("postgresql://h/a/b#frag", "x"),
+            "postgresql://h/x#frag"
+        );
+        let options: sqlx::postgres::PgConnectOptions =
+            with_database("postgres://u@h/old", "sg test")
+                .parse()
+                .unwrap();
+        assert_eq!(options.get_database(), Some("sg test"));
+        assert_eq!(with_database("not a url", "x"), "not a url");
     }
 }

@@ -15,6 +15,9 @@
 //! - [`configuration`], [`telemetry`], [`terminal`]: the edges;
 //! - [`cli`]: the command line, one module per command.
 
+// Sockets, descriptors and FFI are left to the crates that own them.
+#![forbid(unsafe_code)]
+
 pub mod apply;
 pub mod backoff;
 pub mod broker;
@@ -24,7 +27,6 @@ pub mod db;
 pub mod domain;
 pub mod health;
 pub mod metric;
-mod nodelay;
 pub mod refusal;
 mod relay;
 pub mod shutdown;

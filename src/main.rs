@@ -1,3 +1,6 @@
+// No unsafe code, as in the library (src/lib.rs says why).
+#![forbid(unsafe_code)]
+
 use clap::Parser;
 use session_guard::cli::{Cli, Command};
 

@@ -47,52 +47,14 @@ pub async fn connect(settings: &DatabaseSettings) -> anyhow::Result<PgPool> {
     // connection's life: seq scans and hash joins on a log that has since
     // grown. Planning these statements costs a fraction of a millisecond.
     let options = options.options([("plan_cache_mode", "force_custom_plan")]);
-    // Over TCP, each new connection turns Nagle's algorithm off on its
-    // socket (see `nodelay`: without it, multi-segment statements wait up to
-    // 40 ms for an acknowledgement).
-    let tcp_port = (options.get_socket().is_none() && !options.get_host().starts_with('/'))
-        .then(|| options.get_port());
+    // TCP connections have Nagle's algorithm off: the vendored sqlx-core
+    // sets TCP_NODELAY on each socket it opens (vendor/sqlx-core/README.md).
     PgPoolOptions::new()
         .max_connections(settings.max_connections.max(2))
         .acquire_timeout(Duration::from_secs(10))
-        .after_connect(move |_conn, _meta| {
-            Box::pin(async move {
-                if let Some(port) = tcp_port {
-                    set_nodelay(port);
-                }
-                Ok(())
-            })
-        })
         .connect_with(options)
         .await
         .with_context(|| format!("cannot connect to {}", redact_url(&settings.url)))
-}
-
-/// Turns Nagle's algorithm off on the new connection's socket; if the
-/// process's descriptors cannot be listed, says so once and goes on (every
-/// statement still works, large ones may wait up to 40 ms).
-fn set_nodelay(port: u16) {
-    static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-    // The new connection's socket is among them: finding none means the
-    // descriptors could not be listed in full (a BSD without fdescfs shows
-    // only 0-2 in /dev/fd).
-    let trouble = match crate::nodelay::set_on_connections_to(port) {
-        Ok(0) => Some("no socket to the database port among them".to_owned()),
-        Ok(n) => {
-            tracing::debug!(sockets = n, "TCP_NODELAY set on database connections");
-            None
-        }
-        Err(e) => Some(e.to_string()),
-    };
-    if let Some(why) = trouble
-        && !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed)
-    {
-        tracing::warn!(
-            why,
-            "cannot set TCP_NODELAY through this process's descriptors: large statements may \
-             wait up to 40 ms on Nagle's algorithm"
-        );
-    }
 }
 
 /// Creates the database if needed, connects and applies the migrations.

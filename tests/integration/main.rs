@@ -13,6 +13,7 @@ mod demo;
 mod enforcement;
 mod faults;
 mod lifecycle;
+mod nodelay;
 mod operations;
 mod operator_commands;
 mod publisher;
