@@ -8,13 +8,13 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use clap::{Args, Parser, Subcommand};
 use serde::Serialize;
 
+use crate::Worker;
 use crate::configuration::Settings;
 use crate::domain::event::{AppName, SessionId, UserId};
 use crate::domain::limits::{BUILT_IN_HOOKS, EvictionPolicy, UserOverride};
 use crate::domain::session::{EndReason, SessionState, state_of};
 use crate::store::{self, AdminTarget, Enforcement, LoggedSession};
 use crate::terminal::{escape, escape_json};
-use crate::worker::Worker;
 use crate::{shutdown, telemetry};
 
 /// Enforces per-user concurrent session limits for web apps, from session

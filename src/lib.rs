@@ -5,9 +5,14 @@
 //! - [`domain`]: the wire contract, session records and the decision core (pure);
 //! - [`store`]: PostgreSQL, the batch transaction and the outbox;
 //! - [`broker`]: RabbitMQ topology and confirmed publishing;
-//! - [`worker`]: the consumer loop, batching, acks and shutdown;
+//! - [`consumer`]: consuming events in batches, decoding, acks and dead letters;
 //! - [`relay`]: the outbox relay that publishes revoke events;
-//! - [`health`]: readiness and the HTTP endpoint for it and the metrics;
+//! - [`state`]: what the consumer, the relay and housekeeping share;
+//! - [`runtime`]: the worker's builder, the reconnect supervisor,
+//!   housekeeping and the HTTP endpoint (health and metrics), above all of
+//!   these;
+//! - [`health`]: what readiness reports;
+//! - [`shutdown`]: the signals and the cancellation token that stop the worker;
 //! - [`metric`]: every exported metric, defined once;
 //! - [`sweep`]: retention by age (`retention.max_age`);
 //! - [`configuration`], [`telemetry`], [`terminal`], [`cli`]: the edges.
@@ -18,6 +23,7 @@ pub mod bench;
 pub mod broker;
 pub mod cli;
 pub mod configuration;
+mod consumer;
 pub mod demo;
 pub mod domain;
 pub mod health;
@@ -25,12 +31,13 @@ pub mod metric;
 mod nodelay;
 pub mod refusal;
 mod relay;
+mod runtime;
 pub mod shutdown;
+mod state;
 pub mod store;
 pub mod sweep;
 pub mod telemetry;
 pub mod terminal;
-pub mod worker;
 
 pub use configuration::Settings;
-pub use worker::{Worker, WorkerBuilder};
+pub use runtime::{Worker, WorkerBuilder};
