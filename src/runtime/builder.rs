@@ -176,6 +176,7 @@ impl Running {
                     let (state, stop) = (state.clone(), stop.clone());
                     async move {
                         let result = consumer::consume(&state, &stop, &consumed).await;
+                        // However the attempt ended, nothing consumes now.
                         state.health.set_broker(false);
                         result
                     }

@@ -110,3 +110,89 @@ pub(crate) async fn supervise<F, Fut>(
         pause(delay, shutdown).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::configuration::Settings;
+    use std::sync::atomic::AtomicUsize;
+
+    /// A worker's state with the default settings; the pool never connects.
+    fn state() -> WorkerState {
+        let mut settings = Settings::load_from(None, []).unwrap();
+        settings.worker.max_backoff_ms = 200;
+        WorkerState {
+            pool: sqlx::postgres::PgPoolOptions::new()
+                .connect_lazy(&settings.database.url)
+                .unwrap(),
+            enforcement: crate::store::Enforcement::from_settings(&settings, &[]).unwrap(),
+            settings,
+            relay_wake: tokio::sync::Notify::new(),
+            health: Arc::default(),
+        }
+    }
+
+    /// How many attempts a task that always fails gets, the shutdown coming
+    /// `after` the start (`None`: already there).
+    async fn attempts(when_stopping: WhenStopping, after: Option<Duration>) -> usize {
+        let state = state();
+        let (fatal, _errors) = tokio::sync::mpsc::unbounded_channel();
+        let shutdown = CancellationToken::new();
+        match after {
+            None => shutdown.cancel(),
+            Some(after) => {
+                let shutdown = shutdown.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(after).await;
+                    shutdown.cancel();
+                });
+            }
+        }
+        let task = Supervised {
+            task: "test",
+            label: "test task",
+            when_stopping,
+        };
+        let count = AtomicUsize::new(0);
+        supervise(&state, &fatal, task, &shutdown, |_| {
+            count.fetch_add(1, Ordering::Relaxed);
+            async { Err(anyhow::anyhow!("down")) }
+        })
+        .await;
+        count.into_inner()
+    }
+
+    #[tokio::test]
+    async fn during_the_shutdown_the_relay_gets_one_more_attempt_and_the_consumer_none() {
+        assert_eq!(attempts(WhenStopping::GiveUp, None).await, 0);
+        assert_eq!(attempts(WhenStopping::TryOnceMore, None).await, 2);
+        // The shutdown cuts the first pause short: the consumer stops there,
+        // the relay tries again at once, and once more after that failure.
+        let during_pause = Some(Duration::from_millis(20));
+        assert_eq!(attempts(WhenStopping::GiveUp, during_pause).await, 1);
+        assert_eq!(attempts(WhenStopping::TryOnceMore, during_pause).await, 3);
+    }
+
+    #[tokio::test]
+    async fn an_attempt_that_returns_ok_ends_the_task() {
+        let state = state();
+        let (fatal, _errors) = tokio::sync::mpsc::unbounded_channel();
+        let task = Supervised {
+            task: "test",
+            label: "test task",
+            when_stopping: WhenStopping::TryOnceMore,
+        };
+        let count = AtomicUsize::new(0);
+        supervise(&state, &fatal, task, &CancellationToken::new(), |_| {
+            let n = count.fetch_add(1, Ordering::Relaxed);
+            async move {
+                match n {
+                    0 => Err(anyhow::anyhow!("down")),
+                    _ => Ok(()),
+                }
+            }
+        })
+        .await;
+        assert_eq!(count.into_inner(), 2);
+    }
+}
