@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 
-use crate::shutdown::Shutdown;
+use crate::shutdown::CancellationToken;
 
 /// First pause after a failure, before jitter.
 const INITIAL: Duration = Duration::from_millis(100);
@@ -53,10 +53,10 @@ impl Backoff {
 
 /// Sleeps for `delay` unless `shutdown` fires first. Returns `false` if it
 /// did: the caller stops retrying at once.
-pub async fn pause(delay: Duration, shutdown: &mut Shutdown) -> bool {
+pub async fn pause(delay: Duration, shutdown: &CancellationToken) -> bool {
     tokio::select! {
         () = tokio::time::sleep(delay) => true,
-        () = shutdown.wait() => false,
+        () = shutdown.cancelled() => false,
     }
 }
 
@@ -108,11 +108,11 @@ mod tests {
 
     #[tokio::test]
     async fn a_shutdown_cuts_a_pause_short() {
-        let (trigger, mut listener) = crate::shutdown::channel();
+        let shutdown = CancellationToken::new();
+        let listener = shutdown.clone();
         let started = std::time::Instant::now();
-        let paused =
-            tokio::spawn(async move { pause(Duration::from_secs(60), &mut listener).await });
-        trigger.trigger();
+        let paused = tokio::spawn(async move { pause(Duration::from_secs(60), &listener).await });
+        shutdown.cancel();
         assert!(!paused.await.unwrap());
         assert!(started.elapsed() < Duration::from_secs(5));
     }

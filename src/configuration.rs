@@ -49,14 +49,71 @@ pub struct Settings {
     pub limits: LimitSettings,
     pub retention: RetentionSettings,
     pub log: LogSettings,
-    pub metrics: MetricsSettings,
+    pub http: HttpSettings,
+    /// Deprecated keys the file or the environment used (old name, new
+    /// name): they still work, and the worker warns about each at start.
+    #[serde(skip)]
+    pub deprecated: Vec<(&'static str, &'static str)>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct MetricsSettings {
-    /// Where `run` serves Prometheus metrics; empty turns the endpoint off.
+pub struct HttpSettings {
+    /// Where `run` serves `/health/live`, `/health/ready` and `/metrics`;
+    /// empty turns the endpoint off.
     pub listen: String,
+}
+
+/// Keys renamed, as (old, new) dotted keys of two parts: the old name is still
+/// read, as the new one, since config files in the wild use it.
+const RENAMED: &[(&str, &str)] = &[("metrics.listen", "http.listen")];
+
+/// Renames deprecated keys of a config file to their new names (a new name
+/// set in the same file wins) and drops the sections left empty; returns
+/// the renames it made.
+fn rename_in_file(table: &mut toml::Table) -> Vec<(&'static str, &'static str)> {
+    let mut renamed = Vec::new();
+    for &(old, new) in RENAMED {
+        let (Some((old_section, old_key)), Some((new_section, new_key))) =
+            (old.split_once('.'), new.split_once('.'))
+        else {
+            continue;
+        };
+        let Some(toml::Value::Table(section)) = table.get_mut(old_section) else {
+            continue;
+        };
+        let Some(value) = section.remove(old_key) else {
+            continue;
+        };
+        if section.is_empty() {
+            table.remove(old_section);
+        }
+        renamed.push((old, new));
+        let target = table
+            .entry(new_section)
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        if let toml::Value::Table(target) = target {
+            target.entry(new_key).or_insert(value);
+        }
+    }
+    renamed
+}
+
+/// Renames deprecated keys among environment variables (dotted key →
+/// name, value), the variable named as the new key's would be (a variable
+/// of the new name wins); returns the renames it made.
+fn rename_in_environment(
+    vars: &mut BTreeMap<String, (String, String)>,
+) -> Vec<(&'static str, &'static str)> {
+    let mut renamed = Vec::new();
+    for &(old, new) in RENAMED {
+        if let Some((_, value)) = vars.remove(old) {
+            renamed.push((old, new));
+            vars.entry(new.to_owned())
+                .or_insert_with(|| (env_name(new), value));
+        }
+    }
+    renamed
 }
 
 #[derive(Clone, Serialize, Deserialize)]
@@ -791,7 +848,7 @@ impl Settings {
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Settings, SettingsError> {
         let prefix = format!("{ENV_PREFIX}__");
-        let vars: BTreeMap<String, (String, String)> = env
+        let mut vars: BTreeMap<String, (String, String)> = env
             .into_iter()
             .filter(|(name, _)| name.starts_with(&prefix))
             .map(|(name, value)| {
@@ -799,14 +856,16 @@ impl Settings {
                 (key, (name, value))
             })
             .collect();
+        let mut deprecated = rename_in_environment(&mut vars);
         let file = match file {
             Some(path) => {
                 let text = read_file(path)?;
-                let table: toml::Table =
+                let mut table: toml::Table =
                     toml::from_str(&text).map_err(|e| SettingsError::FileSyntax {
                         path: path.to_owned(),
                         message: syntax_error(&text, &e),
                     })?;
+                deprecated.extend(rename_in_file(&mut table));
                 Some((path, table))
             }
             None => None,
@@ -854,7 +913,8 @@ impl Settings {
                 }])
             })?;
         all.validate().map_err(SettingsError::Invalid)?;
-        Ok(all)
+        deprecated.dedup();
+        Ok(Settings { deprecated, ..all })
     }
 
     /// Values out of range, key by key: `(key, what is wrong)`. Checked on
@@ -1402,6 +1462,45 @@ policy = "evict_idle"
         Settings::load_from(None, env(pairs))
             .unwrap_err()
             .to_string()
+    }
+
+    #[test]
+    fn metrics_listen_is_still_read_as_http_listen_and_reported_deprecated() {
+        let defaults = Settings::load_from(None, env(&[])).unwrap();
+        assert_eq!(defaults.http.listen, "127.0.0.1:9464");
+        assert!(defaults.deprecated.is_empty());
+
+        let old = Settings::load_from(
+            None,
+            env(&[("SESSION_GUARD__METRICS__LISTEN", "127.0.0.1:1")]),
+        )
+        .unwrap();
+        assert_eq!(old.http.listen, "127.0.0.1:1");
+        assert_eq!(old.deprecated, [("metrics.listen", "http.listen")]);
+        let both = Settings::load_from(
+            None,
+            env(&[
+                ("SESSION_GUARD__METRICS__LISTEN", "127.0.0.1:1"),
+                ("SESSION_GUARD__HTTP__LISTEN", "127.0.0.1:2"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(both.http.listen, "127.0.0.1:2", "the new name wins");
+
+        let file = TempFile::new("[metrics]\nlisten = \"127.0.0.1:3\"\n");
+        let from_file = Settings::load_from(Some(&file.path), env(&[])).unwrap();
+        assert_eq!(from_file.http.listen, "127.0.0.1:3");
+        assert_eq!(from_file.deprecated, [("metrics.listen", "http.listen")]);
+        // The environment still overrides the file, under either name.
+        let over = Settings::load_from(
+            Some(&file.path),
+            env(&[("SESSION_GUARD__HTTP__LISTEN", "")]),
+        )
+        .unwrap();
+        assert_eq!(over.http.listen, "");
+        // Only the renamed key is read in the old section.
+        let (err, _) = file_error("[metrics]\nlisten = \"x\"\nlisen = 1\n");
+        assert!(err.contains("metrics: unknown section"), "{err}");
     }
 
     #[test]

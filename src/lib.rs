@@ -7,9 +7,14 @@
 //!   operators' revocations through the same steps;
 //! - [`db`]: the database statements, by table or concern;
 //! - [`broker`]: RabbitMQ topology and confirmed publishing;
-//! - [`worker`]: the consumer loop, batching, acks and shutdown;
+//! - [`consumer`]: consuming events in batches, decoding, acks and dead letters;
 //! - [`relay`]: the outbox relay that publishes revoke events;
-//! - [`health`]: readiness and the HTTP endpoint for it and the metrics;
+//! - [`state`]: what the consumer, the relay and housekeeping share;
+//! - [`runtime`]: the worker's builder, the reconnect supervisor,
+//!   housekeeping and the HTTP endpoint (health and metrics), above all of
+//!   these;
+//! - [`health`]: what readiness reports;
+//! - [`shutdown`]: the signals and the cancellation token that stop the worker;
 //! - [`metric`]: every exported metric, defined once;
 //! - [`sweep`]: retention by age (`retention.max_age`);
 //! - [`configuration`], [`telemetry`], [`terminal`]: the edges;
@@ -23,17 +28,19 @@ pub mod backoff;
 pub mod broker;
 pub mod cli;
 pub mod configuration;
+mod consumer;
 pub mod db;
 pub mod domain;
 pub mod health;
 pub mod metric;
 pub mod refusal;
 mod relay;
+mod runtime;
 pub mod shutdown;
+mod state;
 pub mod sweep;
 pub mod telemetry;
 pub mod terminal;
-pub mod worker;
 
 pub use configuration::Settings;
-pub use worker::{Worker, WorkerBuilder};
+pub use runtime::{Worker, WorkerBuilder};

@@ -55,6 +55,23 @@ impl Metric {
             initial: &[],
         }
     }
+
+    /// Adds `n` to this counter's single series.
+    pub fn add(&self, n: u64) {
+        debug_assert_eq!(self.kind, Kind::Counter, "{} is not a counter", self.name);
+        metrics::counter!(self.name).increment(n);
+    }
+
+    /// Adds `n` to this counter's series where `label` is `value`.
+    pub fn add_to(&self, label: &'static str, value: &'static str, n: u64) {
+        debug_assert_eq!(self.kind, Kind::Counter, "{} is not a counter", self.name);
+        debug_assert!(
+            self.labels.contains(&label),
+            "{} has no label {label}",
+            self.name
+        );
+        metrics::counter!(self.name, label => value).increment(n);
+    }
 }
 
 /// From an event's `occurred_at` to the commit of its batch: ms when the

@@ -7,7 +7,7 @@
 //! again by whoever claims it next, with the same event_id (= AMQP
 //! message_id): apps drop the duplicate.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -15,15 +15,12 @@ use lapin::options::BasicPublishOptions;
 use lapin::types::ShortString;
 use lapin::{BasicProperties, Channel, Confirmation};
 
-use crate::backoff::{Backoff, pause};
 use crate::broker;
 use crate::db::outbox;
 use crate::domain::session::EndReason;
 use crate::metric;
-use crate::refusal::Refusal;
-use crate::shutdown::Shutdown;
-use crate::worker::{Context, STABLE_AFTER};
-use tokio::time::Instant;
+use crate::shutdown::CancellationToken;
+use crate::state::WorkerState;
 
 /// Rows claimed and published per round trip of confirms.
 const CHUNK: i64 = 500;
@@ -31,95 +28,41 @@ const CHUNK: i64 = 500;
 /// sweeps up rows left by a worker that crashed after its commit.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
-/// Keeps the relay running: reconnects with backoff after any error, and on
-/// shutdown flushes the outbox one last time. A refusal by RabbitMQ before
-/// the relay ever connected ends `run`; later ones are retried.
-pub(crate) async fn run(ctx: Arc<Context>, mut shutdown: Shutdown) {
-    let mut backoff = Backoff::new(ctx.settings.worker.max_backoff());
-    let mut connected = false;
-    let mut last_try = false;
-    loop {
-        let started = Instant::now();
-        match relay(&ctx, &mut shutdown, &mut connected).await {
-            Ok(()) => return,
-            Err(e) => {
-                // A connection that worked for a while starts the backoff
-                // over; one that fails right after setup keeps doubling it.
-                if started.elapsed() > STABLE_AFTER {
-                    backoff.reset();
-                }
-                let refusal = Refusal::find(&e);
-                if let Some(refusal) = &refusal
-                    && !connected
-                    && !shutdown.is_triggered()
-                {
-                    let _ = ctx
-                        .fatal
-                        .send(anyhow::anyhow!(refusal.explain(&ctx.settings)));
-                    return;
-                }
-                let delay = backoff.next_delay();
-                match &refusal {
-                    Some(refusal) => tracing::error!(
-                        %refusal,
-                        retry_in_ms = delay.as_millis() as u64,
-                        "outbox relay refused: retrying, in case the credentials are being rotated"
-                    ),
-                    None => tracing::error!(
-                        error = format!("{e:#}"),
-                        retry_in_ms = delay.as_millis() as u64,
-                        "outbox relay stopped"
-                    ),
-                }
-                ctx.health.set_refusal("relay", refusal);
-                if shutdown.is_triggered() {
-                    // One more attempt, at once, to flush what the last
-                    // batches wrote; whatever is left waits for the next
-                    // worker's sweep.
-                    if last_try {
-                        return;
-                    }
-                    last_try = true;
-                    continue;
-                }
-                // Cut short by the shutdown: straight to that last attempt.
-                pause(delay, &mut shutdown).await;
-            }
-        }
-    }
-}
-
 /// One connection's worth of relaying; sets `connected` once it has its
 /// channel. Returns `Ok` after the flush that follows the shutdown.
-async fn relay(ctx: &Context, shutdown: &mut Shutdown, connected: &mut bool) -> anyhow::Result<()> {
-    let connection = broker::connect(&ctx.settings.amqp, "relay").await?;
+/// Reconnecting is the supervisor's job ([`crate::runtime`]).
+pub(crate) async fn relay(
+    state: &WorkerState,
+    shutdown: &CancellationToken,
+    connected: &AtomicBool,
+) -> anyhow::Result<()> {
+    let connection = broker::connect(&state.settings.amqp, "relay").await?;
     let setup = connection.create_channel().await?;
-    broker::declare_topology(&setup, &ctx.settings.amqp).await?;
+    broker::declare_topology(&setup, &state.settings.amqp).await?;
     let _ = setup.close(200, "topology declared".into()).await;
     let channel = broker::confirm_channel(&connection).await?;
-    *connected = true;
+    connected.store(true, Ordering::Relaxed);
     // Cleared after the first flush that went through, not before: a
     // refusal may come from the database too.
     let mut cleared = false;
     loop {
-        // Read before flushing: the trigger comes once the consumer has
-        // committed its last batch, so a flush that starts after seeing it
-        // sees every revoke. (Checked after the flush instead, a flush that
-        // claimed its rows just before the last batch committed ended the
-        // relay with that batch's revokes left in the outbox.)
-        let stopping = shutdown.is_triggered();
-        flush(ctx, &channel).await?;
+        // Read before flushing: the shutdown reaches the relay once the
+        // consumer has committed its last batch, so a flush that starts after
+        // seeing it sees every revoke, whereas one that claimed its rows just
+        // before that commit would miss that batch's revokes.
+        let stopping = shutdown.is_cancelled();
+        flush(state, &channel).await?;
         if !cleared {
-            ctx.health.set_refusal("relay", None);
+            state.health.set_refusal("relay", None);
             cleared = true;
         }
         if stopping {
             break;
         }
         tokio::select! {
-            () = ctx.relay_wake.notified() => {}
+            () = state.relay_wake.notified() => {}
             () = tokio::time::sleep(SWEEP_EVERY) => {}
-            () = shutdown.wait() => {}
+            () = shutdown.cancelled() => {}
         }
     }
     let _ = channel.close(200, "shutting down".into()).await;
@@ -128,15 +71,15 @@ async fn relay(ctx: &Context, shutdown: &mut Shutdown, connected: &mut bool) -> 
 }
 
 /// Publishes everything in the outbox, chunk by chunk.
-pub(crate) async fn flush(ctx: &Context, channel: &Channel) -> anyhow::Result<()> {
-    while publish_chunk(ctx, channel).await? == CHUNK as usize {}
+async fn flush(state: &WorkerState, channel: &Channel) -> anyhow::Result<()> {
+    while publish_chunk(state, channel).await? == CHUNK as usize {}
     Ok(())
 }
 
 /// Claims up to [`CHUNK`] rows, publishes them all, waits for every confirm,
 /// deletes the confirmed rows and commits. Returns how many were claimed.
-async fn publish_chunk(ctx: &Context, channel: &Channel) -> anyhow::Result<usize> {
-    let mut tx = ctx
+async fn publish_chunk(state: &WorkerState, channel: &Channel) -> anyhow::Result<usize> {
+    let mut tx = state
         .pool
         .begin()
         .await
@@ -149,7 +92,7 @@ async fn publish_chunk(ctx: &Context, channel: &Channel) -> anyhow::Result<usize
     }
 
     // Publish them all first, then wait: many confirms in flight at once.
-    let exchange = ShortString::from(ctx.settings.amqp.revocations_exchange.as_str());
+    let exchange = ShortString::from(state.settings.amqp.revocations_exchange.as_str());
     let mut pending = Vec::with_capacity(rows.len());
     for row in &rows {
         let properties = BasicProperties::default()
@@ -182,7 +125,7 @@ async fn publish_chunk(ctx: &Context, channel: &Channel) -> anyhow::Result<usize
         match confirm.await.context("no confirm for a revoke")? {
             Confirmation::Ack(returned) => {
                 if returned.is_some() {
-                    metrics::counter!(metric::REVOKES_UNROUTABLE.name).increment(1);
+                    metric::REVOKES_UNROUTABLE.add(1);
                     tracing::warn!(
                         routing_key = %row.routing_key,
                         event_id = %row.event_id,
@@ -229,12 +172,12 @@ fn reason_of(payload: &str) -> &'static str {
 /// Counts confirmed revokes by reason, and how long each waited from its
 /// outbox insert to its deletion after the confirm.
 fn record_published(reasons: &[&'static str], ages: &[f64]) {
-    let mut by_reason: std::collections::BTreeMap<&str, u64> = Default::default();
+    let mut by_reason: std::collections::BTreeMap<&'static str, u64> = Default::default();
     for reason in reasons {
         *by_reason.entry(reason).or_default() += 1;
     }
     for (reason, n) in by_reason {
-        metrics::counter!(metric::REVOKES_PUBLISHED.name, "reason" => reason).increment(n);
+        metric::REVOKES_PUBLISHED.add_to("reason", reason, n);
     }
     let delivery = metrics::histogram!(metric::REVOKE_DELIVERY.name);
     for age in ages {

@@ -1,42 +1,11 @@
-//! Shutdown signalling: one trigger, any number of listeners.
+//! Shutdown: the signals that ask for one, and the token that carries it to
+//! every task.
+//!
+//! A [`CancellationToken`] fires only when cancelled: dropping every handle
+//! to it never counts as a shutdown, so a task can be given a token that is
+//! never cancelled when it must finish whatever happens.
 
-use tokio::sync::watch;
-
-/// Fires the shutdown; listeners see it at their next `wait` or check.
-#[derive(Debug)]
-pub struct ShutdownTrigger(watch::Sender<bool>);
-
-/// A listener: cheap to clone, one per task.
-#[derive(Debug, Clone)]
-pub struct Shutdown(watch::Receiver<bool>);
-
-/// A new trigger and its first listener.
-pub fn channel() -> (ShutdownTrigger, Shutdown) {
-    let (tx, rx) = watch::channel(false);
-    (ShutdownTrigger(tx), Shutdown(rx))
-}
-
-impl ShutdownTrigger {
-    pub fn trigger(&self) {
-        self.0.send_replace(true);
-    }
-
-    pub fn subscribe(&self) -> Shutdown {
-        Shutdown(self.0.subscribe())
-    }
-}
-
-impl Shutdown {
-    pub fn is_triggered(&self) -> bool {
-        *self.0.borrow()
-    }
-
-    /// Resolves once the trigger fired (or was dropped: nobody can fire it any more,
-    /// which only happens when the program is going down anyway).
-    pub async fn wait(&mut self) {
-        let _ = self.0.wait_for(|fired| *fired).await;
-    }
-}
+pub use tokio_util::sync::CancellationToken;
 
 /// Resolves on SIGINT (Ctrl-C) or, on Unix, SIGTERM.
 pub async fn signal() {

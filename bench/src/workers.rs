@@ -140,7 +140,7 @@ fn command(binary: &Path, settings: &Settings, listen: &str) -> Command {
             &amqp.dead_letter_queue,
         )
         .env("SESSION_GUARD__LIMITS__MAX_SESSIONS", "1")
-        .env("SESSION_GUARD__METRICS__LISTEN", listen)
+        .env("SESSION_GUARD__HTTP__LISTEN", listen)
         .env("SESSION_GUARD__LOG__LEVEL", "warn")
         .env_remove("RUST_LOG")
         .stdin(Stdio::null())

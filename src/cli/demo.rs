@@ -25,7 +25,7 @@ use tokio::task::JoinHandle;
 use super::session_listing::{Listing, print_sessions};
 use crate::configuration::{Settings, with_database};
 use crate::health::Health;
-use crate::shutdown::{self, ShutdownTrigger};
+use crate::shutdown::{self, CancellationToken};
 use crate::{Worker, broker};
 
 /// Options of `session-guard demo`.
@@ -85,7 +85,7 @@ type Task<S, T> = (S, JoinHandle<T>);
 #[derive(Default)]
 struct Parts {
     /// The in-process worker.
-    worker: Option<Task<ShutdownTrigger, anyhow::Result<()>>>,
+    worker: Option<Task<CancellationToken, anyhow::Result<()>>>,
     /// The fake app's revocation listener.
     listener: Option<Task<oneshot::Sender<()>, Result<(), ListenerError>>>,
     /// The fake app's event publisher.
@@ -124,7 +124,7 @@ impl Demo {
         settings.amqp.revocations_exchange = format!("{prefix}.revocations");
         settings.amqp.dead_letter_exchange = format!("{prefix}.dead");
         settings.amqp.dead_letter_queue = format!("{prefix}.dead");
-        settings.metrics.listen = String::new();
+        settings.http.listen = String::new();
         settings.log = configured.log.clone();
         let app = AppName::parse(APP).expect("a valid app name");
         let mut listener = ListenerConfig::new(settings.amqp.url.clone(), app);
@@ -227,10 +227,10 @@ async fn set_up(demo: &Demo, parts: &mut Parts, sessions: &AppSessions) -> anyho
         .await
         .context("cannot start the worker")?;
     let health = worker.health();
-    let (trigger, mut stop) = shutdown::channel();
+    let stop = CancellationToken::new();
     parts.worker = Some((
-        trigger,
-        tokio::spawn(worker.run(async move { stop.wait().await })),
+        stop.clone(),
+        tokio::spawn(worker.run(stop.cancelled_owned())),
     ));
     parts.created = true;
     wait_until_ready(&health, parts).await?;
@@ -408,8 +408,8 @@ async fn clean_up(demo: &Demo, parts: Parts) -> Option<anyhow::Result<()>> {
         }
     }
     // Stopped before its queues go: a running worker would declare them again.
-    if let Some((trigger, mut task)) = parts.worker {
-        trigger.trigger();
+    if let Some((stop, mut task)) = parts.worker {
+        stop.cancel();
         if tokio::time::timeout(STOP_WAIT, &mut task).await.is_err() {
             task.abort();
         }

@@ -216,8 +216,8 @@ async fn any_arrival_order_across_two_consumers_ends_the_same() {
         .build()
         .await
         .unwrap();
-    let (trigger, mut listener) = session_guard::shutdown::channel();
-    let second = tokio::spawn(second.run(async move { listener.wait().await }));
+    let stop = session_guard::shutdown::CancellationToken::new();
+    let second = tokio::spawn(second.run(stop.clone().cancelled_owned()));
 
     let users: usize = 40;
     let per_user: i64 = 5;
@@ -272,7 +272,7 @@ async fn any_arrival_order_across_two_consumers_ends_the_same() {
             [format!("u{u}-s3"), format!("u{u}-s4")]
         );
     }
-    trigger.trigger();
+    stop.cancel();
     second.await.unwrap().unwrap();
     // Stop the first worker too before the queues are deleted: on this
     // multi-threaded runtime it would otherwise reconnect and re-declare them.

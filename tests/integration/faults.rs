@@ -388,7 +388,7 @@ async fn the_health_endpoint_reports_readiness_and_metrics() {
         .port();
     let listen = format!("127.0.0.1:{port}");
     let mut cmd = app.command(&["run"]);
-    cmd.env("SESSION_GUARD__METRICS__LISTEN", &listen)
+    cmd.env("SESSION_GUARD__HTTP__LISTEN", &listen)
         .stdout(std::process::Stdio::null());
     app.adopt_process(cmd.spawn().unwrap());
     let get = |path: &'static str| {

@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 use session_guard::broker;
 use session_guard::configuration::with_database;
 use session_guard::domain::revoke::RevokeMessage;
-use session_guard::shutdown::{self, ShutdownTrigger};
+use session_guard::shutdown::CancellationToken;
 use session_guard::{Settings, Worker};
 use sqlx::PgPool;
 use tokio::task::JoinHandle;
@@ -38,7 +38,7 @@ pub struct TestApp {
     pub publisher: Channel,
     revokes: Consumer,
     dead: Consumer,
-    worker: Option<(ShutdownTrigger, JoinHandle<anyhow::Result<()>>)>,
+    worker: Option<(CancellationToken, JoinHandle<anyhow::Result<()>>)>,
     /// Health of the in-process worker, while one runs.
     pub health: Option<std::sync::Arc<session_guard::health::Health>>,
     processes: Vec<Child>,
@@ -66,7 +66,7 @@ pub fn test_settings() -> Settings {
     s.worker.batch_wait_ms = 2;
     s.worker.max_backoff_ms = 1000;
     s.worker.shutdown_timeout = 20;
-    s.metrics.listen = String::new();
+    s.http.listen = String::new();
     s
 }
 
@@ -214,23 +214,23 @@ impl TestApp {
             .await
             .expect("worker builds");
         self.health = Some(worker.health());
-        let (trigger, mut listener) = shutdown::channel();
-        let handle = tokio::spawn(worker.run(async move { listener.wait().await }));
-        self.worker = Some((trigger, handle));
+        let stop = CancellationToken::new();
+        let handle = tokio::spawn(worker.run(stop.clone().cancelled_owned()));
+        self.worker = Some((stop, handle));
     }
 
     /// Runs a worker built by the test (e.g. with hooks of its own).
     pub fn run_worker(&mut self, worker: Worker) {
         assert!(self.worker.is_none(), "a worker is already running");
-        let (trigger, mut listener) = shutdown::channel();
-        let handle = tokio::spawn(worker.run(async move { listener.wait().await }));
-        self.worker = Some((trigger, handle));
+        let stop = CancellationToken::new();
+        let handle = tokio::spawn(worker.run(stop.clone().cancelled_owned()));
+        self.worker = Some((stop, handle));
     }
 
     /// Stops the in-process worker gracefully and waits for it.
     pub async fn stop_worker(&mut self) {
-        let (trigger, handle) = self.worker.take().expect("no worker running");
-        trigger.trigger();
+        let (stop, handle) = self.worker.take().expect("no worker running");
+        stop.cancel();
         tokio::time::timeout(PATIENCE, handle)
             .await
             .expect("worker stops in time")
@@ -276,7 +276,7 @@ impl TestApp {
             s.limits.max_clock_skew.to_string(),
         );
         set("WORKER__BATCH_WAIT_MS", s.worker.batch_wait_ms.to_string());
-        set("METRICS__LISTEN", String::new());
+        set("HTTP__LISTEN", String::new());
         set(
             "AMQP__MAX_REDELIVERIES",
             s.amqp.max_redeliveries.to_string(),
@@ -659,8 +659,8 @@ impl Drop for TestApp {
             let _ = child.kill();
             let _ = child.wait();
         }
-        if let Some((trigger, handle)) = self.worker.take() {
-            trigger.trigger();
+        if let Some((stop, handle)) = self.worker.take() {
+            stop.cancel();
             handle.abort();
         }
         let settings = self.settings.clone();

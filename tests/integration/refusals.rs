@@ -202,7 +202,7 @@ async fn a_refusal_while_running_is_retried_logged_and_reported_by_readiness() {
     let listen = format!("127.0.0.1:{}", free_port());
     let mut cmd = app.command(&["run"]);
     cmd.env("SESSION_GUARD__AMQP__URL", user.url("first-password"))
-        .env("SESSION_GUARD__METRICS__LISTEN", &listen)
+        .env("SESSION_GUARD__HTTP__LISTEN", &listen)
         .env("SESSION_GUARD__LOG__FORMAT", "json")
         .stdout(Stdio::null())
         .stderr(Stdio::piped());

@@ -209,7 +209,7 @@ dead_letter_exchange = "{names.dead_exchange}"
 dead_letter_queue = "{names.dead_exchange}"
 [limits]
 hooks = {json.dumps(hooks)}
-[metrics]
+[http]
 listen = "127.0.0.1:{self.port}"
 """
         )
