@@ -333,8 +333,8 @@ async fn a_login_far_ahead_of_the_clock_is_dead_lettered_and_holds_no_slot() {
     assert_eq!(revokes[0].body.session_id, "real-1");
     let states = app.states("carl", "shop").await;
     assert_eq!(states.len(), 2, "no row for the refused login: {states:?}");
-    assert_eq!(states["real-1"], "revoked");
-    assert_eq!(states["real-2"], "active");
+    assert_eq!(states["real-1"], SessionState::Revoked);
+    assert_eq!(states["real-2"], SessionState::Active);
 }
 
 /// A request dated far ahead would become the session's latest event for

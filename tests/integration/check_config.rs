@@ -12,10 +12,7 @@ fn stderr(out: &std::process::Output) -> String {
 
 /// Runs `cmd` to its end, failing the test if that takes more than
 /// `PATIENCE` (`run` with a configuration it accepts never ends by itself).
-async fn finish(cmd: &mut std::process::Command) -> std::process::Output {
-    let mut cmd =
-        tokio::process::Command::from(std::mem::replace(cmd, std::process::Command::new("true")));
-    cmd.kill_on_drop(true);
+async fn finish(cmd: &mut tokio::process::Command) -> std::process::Output {
     tokio::time::timeout(PATIENCE, cmd.output())
         .await
         .expect("the command ends by itself")
@@ -33,7 +30,7 @@ fn error_line(out: &std::process::Output) -> String {
 #[tokio::test]
 async fn check_config_prints_the_settings_masked_and_checks_both_services() {
     let app = spawn_app_without_worker(|_| {}).await;
-    let out = app.command(&["check-config"]).output().unwrap();
+    let out = app.command(&["check-config"]).output().await.unwrap();
     let text = stdout(&out);
     assert!(out.status.success(), "{text}{}", stderr(&out));
     // Every key, as TOML that reads back; the password masked.
@@ -78,6 +75,7 @@ async fn check_config_changes_nothing_and_fails_with_one_line() {
         .command(&["check-config"])
         .env("SESSION_GUARD__DATABASE__URL", &url)
         .output()
+        .await
         .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(
@@ -100,7 +98,7 @@ async fn check_config_changes_nothing_and_fails_with_one_line() {
     .execute(&app.pool)
     .await
     .unwrap();
-    let out = app.command(&["check-config"]).output().unwrap();
+    let out = app.command(&["check-config"]).output().await.unwrap();
     let migrations = session_guard::db::MIGRATOR.iter().count();
     assert!(
         stdout(&out).contains(&format!(
@@ -124,6 +122,7 @@ async fn check_config_changes_nothing_and_fails_with_one_line() {
             "amqp://guest:not-the-password@127.0.0.1:5672/%2f",
         )
         .output()
+        .await
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(
@@ -141,6 +140,7 @@ async fn check_config_changes_nothing_and_fails_with_one_line() {
             "amqp://guest:guest@127.0.0.1:1/%2f",
         )
         .output()
+        .await
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(
@@ -156,6 +156,7 @@ async fn check_config_changes_nothing_and_fails_with_one_line() {
         .command(&["check-config"])
         .env("SESSION_GUARD__LIMITS__HOOKS", "rules,nope")
         .output()
+        .await
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(
@@ -199,8 +200,18 @@ async fn every_command_refuses_unknown_keys_and_bad_values() {
         "[limitz]\nmax_sessions = 3\n\n[log]\nformat = \"xml\"\n",
     )
     .unwrap();
-    let out = finish(&mut app.command(&["--config", file.to_str().unwrap(), "run"])).await;
-    let dir_out = finish(&mut app.command(&["--config", dir.to_str().unwrap(), "run"])).await;
+    let out = finish(&mut bare_command(&[
+        "--config",
+        file.to_str().unwrap(),
+        "run",
+    ]))
+    .await;
+    let dir_out = finish(&mut bare_command(&[
+        "--config",
+        dir.to_str().unwrap(),
+        "run",
+    ]))
+    .await;
     std::fs::remove_dir_all(&dir).unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(
@@ -218,5 +229,33 @@ async fn every_command_refuses_unknown_keys_and_bad_values() {
             "error: config file {} is a directory, not a file",
             dir.display()
         )
+    );
+}
+
+/// The config file a test's processes get holds every setting the test made
+/// (rules too, which no environment variable can give), URLs unredacted.
+#[tokio::test]
+async fn a_process_config_file_holds_every_setting_of_the_test() {
+    let app = spawn_app_without_worker(|s| {
+        with_superusers(s);
+        s.limits.rules = vec![
+            serde_json::from_value(serde_json::json!(
+                {"name": "staff", "when": {"role": "staff"}, "max_sessions": 3}
+            ))
+            .unwrap(),
+        ];
+        s.retention.log_limit = Some(3);
+        s.retention.max_age = Some(std::time::Duration::from_secs(86_400));
+        s.worker.last_seen_resolution_ms = 1234;
+    })
+    .await;
+    let file = std::fs::read_to_string(app.config_file(&app.settings)).unwrap();
+    let read: session_guard::Settings = toml::from_str(&file).expect("the file reads back");
+    assert_eq!(read.database.url, app.settings.database.url);
+    assert_eq!(read.amqp.url, app.settings.amqp.url);
+    // Everything else, compared as the settings print.
+    assert_eq!(
+        toml::to_string(&read).unwrap(),
+        toml::to_string(&app.settings).unwrap()
     );
 }

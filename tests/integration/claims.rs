@@ -52,25 +52,14 @@ async fn claim(test: &TestApp, user: &str, app: &str) -> Option<(Value, DateTime
     .unwrap()
 }
 
-/// `limits get --json` for one user and app, with the staff rule of
-/// [`staff_rule`] in a config file (rules have no environment variable).
-fn limits_get(app: &TestApp, user: &str, in_app: &str) -> Value {
-    let dir = std::env::temp_dir().join(format!("sg-claims-{}", uuid::Uuid::new_v4()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join("staff.toml");
-    std::fs::write(
-        &file,
-        "[[limits.rules]]\nname = \"staff\"\nwhen = { role = \"staff\" }\nmax_sessions = 3\n",
-    )
-    .unwrap();
-    let config = file.to_str().unwrap();
+/// `limits get --json` for one user and app, with the test's settings (the
+/// staff rule of [`staff_rule`] among them).
+async fn limits_get(app: &TestApp, user: &str, in_app: &str) -> Value {
     let out = app
-        .command(&[
-            "--config", config, "limits", "get", "--user", user, "--app", in_app, "--json",
-        ])
+        .command(&["limits", "get", "--user", user, "--app", in_app, "--json"])
         .output()
+        .await
         .unwrap();
-    std::fs::remove_dir_all(&dir).unwrap();
     assert!(
         out.status.success(),
         "{}",
@@ -152,7 +141,7 @@ async fn attributes_sent_at_login_stand_for_later_events_without_any() {
         claim(&app, "sam", "shop").await,
         Some((json!({"roles": ["staff"]}), t(2)))
     );
-    let report = limits_get(&app, "sam", "shop");
+    let report = limits_get(&app, "sam", "shop").await;
     assert_eq!(report["attributes"], json!({"roles": ["staff"]}));
     assert_eq!(report["limits"]["max_sessions"], 3);
     assert_eq!(report["set_by"]["max_sessions"], "rules:staff");
@@ -182,7 +171,7 @@ async fn an_empty_attributes_object_replaces_the_claim() {
         (Some("session_limit".into()), Some("config".into()), Some(1))
     );
     assert_eq!(claim(&app, "sam", "shop").await, Some((json!({}), t(10))));
-    let report = limits_get(&app, "sam", "shop");
+    let report = limits_get(&app, "sam", "shop").await;
     assert_eq!(report["attributes"], json!({}));
     assert_eq!(report["limits"]["max_sessions"], 1);
     assert_eq!(report["set_by"]["max_sessions"], "config");

@@ -256,7 +256,10 @@ async fn the_workers_revokes_arrive_typed_through_the_listener() {
     );
     assert_eq!(m.reason(), RevokeReason::SessionLimit);
     assert_eq!((m.max_sessions, m.repeat), (1, false));
-    assert_eq!(test.states("u1", app.as_str()).await["u1-a"], "revoked");
+    assert_eq!(
+        test.states("u1", app.as_str()).await["u1-a"],
+        SessionState::Revoked
+    );
 
     test.settle().await;
     no_more(&mut rx).await;
@@ -522,16 +525,16 @@ async fn a_shutdown_hands_the_revokes_already_sent_to_the_handler() {
     );
 }
 
-/// A RabbitMQ user of the test's own, deleted on drop.
+/// A RabbitMQ user of the test's own for an app, and its password.
 struct AppUser {
-    name: String,
+    user: BrokerUser,
     password: String,
 }
 
 impl AppUser {
     /// A user with the permissions docs/SECURITY.md gives the app `shop`'s
     /// revoke subscriber, for `app` and the test's exchanges.
-    fn as_documented(test: &TestApp, app: &AppName) -> AppUser {
+    async fn as_documented(test: &TestApp, app: &AppName) -> AppUser {
         let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/SECURITY.md"))
             .unwrap();
         let line = doc
@@ -548,40 +551,16 @@ impl AppUser {
             .replace("session_guard\\.events", &escape(&amqp.events_exchange))
             .replace("shop", app.as_str());
         let regexps: Vec<&str> = line.split('\'').skip(1).step_by(2).collect();
-        assert_eq!(regexps.len(), 3, "{line}");
-        let user = AppUser {
-            name: format!("sg_test_{}", uuid::Uuid::new_v4().simple()),
-            password: uuid::Uuid::new_v4().simple().to_string(),
-        };
-        rabbitmqctl(&["add_user", &user.name, &user.password]);
-        let mut args = vec!["set_permissions", "-p", "/", user.name.as_str()];
-        args.extend(&regexps);
-        rabbitmqctl(&args);
-        user
+        let permissions: [&str; 3] = regexps.try_into().unwrap_or_else(|_| panic!("{line}"));
+        let password = uuid::Uuid::new_v4().simple().to_string();
+        AppUser {
+            user: BrokerUser::create(&password, permissions).await,
+            password,
+        }
     }
 
     fn url(&self) -> String {
-        format!("amqp://{}:{}@127.0.0.1:5672/%2f", self.name, self.password)
-    }
-}
-
-fn rabbitmqctl(args: &[&str]) {
-    let out = std::process::Command::new("rabbitmqctl")
-        .args(args)
-        .output()
-        .expect("rabbitmqctl runs");
-    assert!(
-        out.status.success(),
-        "rabbitmqctl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-impl Drop for AppUser {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("rabbitmqctl")
-            .args(["delete_user", &self.name])
-            .output();
+        self.user.url(&self.password)
     }
 }
 
@@ -589,7 +568,7 @@ impl Drop for AppUser {
 async fn the_permissions_security_md_documents_are_enough_for_the_listener() {
     let mut test = spawn_app().await;
     let app = unique_app();
-    let user = AppUser::as_documented(&test, &app);
+    let user = AppUser::as_documented(&test, &app).await;
     let mut config = config(&test, &app);
     config.url = user.url();
     // Deleted as guest: the app's user may not delete.

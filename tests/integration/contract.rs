@@ -77,18 +77,19 @@ async fn revokes_of_every_reason_validate_against_the_revoke_schema() {
     app.publish(&all).await;
     app.settle().await;
     // An operator's revoke, with an explanation.
-    let out = tokio::process::Command::from(app.command(&[
-        "revoke",
-        "--app",
-        "shop",
-        "--session",
-        "shop-2",
-        "--reason",
-        "fraud review #7",
-    ]))
-    .output()
-    .await
-    .unwrap();
+    let out = app
+        .command(&[
+            "revoke",
+            "--app",
+            "shop",
+            "--session",
+            "shop-2",
+            "--reason",
+            "fraud review #7",
+        ])
+        .output()
+        .await
+        .unwrap();
     assert!(out.status.success(), "{out:?}");
     app.settle().await;
     // A request for a revoked session, after its revocation: a repeat.

@@ -1,26 +1,29 @@
 //! `session-guard demo`: what a newcomer sees, and that it leaves nothing
 //! behind, also when interrupted.
 
-use std::io::BufRead as _;
 use std::process::Stdio;
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use nix::sys::signal::Signal;
 use session_guard::Settings;
 use session_guard::configuration::with_database;
+use tokio::io::AsyncBufReadExt as _;
+use tokio::process::Command;
+use tokio::sync::mpsc;
 
-use crate::helpers::PATIENCE;
+use crate::helpers::{PATIENCE, rabbitmqctl, signal};
 
 /// The demo's promise: under a minute.
 const DEMO_LIMIT: Duration = Duration::from_secs(60);
 
-fn demo(args: &[&str]) -> std::process::Command {
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_session-guard"));
+fn demo(args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_session-guard"));
     cmd.arg("demo")
         .args(args)
         .env_remove("RUST_LOG")
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
     cmd
 }
 
@@ -49,13 +52,7 @@ async fn assert_nothing_left(id: &str) {
     admin.close().await;
     assert_eq!(databases, 0, "the demo's database is left");
     for what in ["list_queues", "list_exchanges"] {
-        let out = tokio::process::Command::new("rabbitmqctl")
-            .args([what, "name", "--no-table-headers", "-q"])
-            .output()
-            .await
-            .expect("rabbitmqctl runs");
-        assert!(out.status.success());
-        let listing = String::from_utf8_lossy(&out.stdout);
+        let listing = rabbitmqctl(&[what, "name", "--no-table-headers", "-q"]).await;
         let left: Vec<&str> = listing.lines().filter(|l| l.contains(id)).collect();
         assert!(left.is_empty(), "{what}: left behind {left:?}");
     }
@@ -73,9 +70,8 @@ fn log_row<'a>(stdout: &'a str, session: &str) -> Vec<&'a str> {
 #[tokio::test]
 async fn the_demo_shows_the_whole_flow_and_leaves_nothing_behind() {
     let started = Instant::now();
-    let child = tokio::process::Command::from(demo(&[]))
+    let child = demo(&[])
         .stdin(Stdio::null())
-        .kill_on_drop(true)
         .spawn()
         .expect("session-guard demo starts");
     let out = tokio::time::timeout(DEMO_LIMIT, child.wait_with_output())
@@ -123,10 +119,10 @@ async fn an_interrupted_demo_cleans_up_too() {
     // Kept open: at its end the demo would go on rather than wait.
     let _stdin = child.stdin.take().unwrap();
     let stdout = child.stdout.take().unwrap();
-    let (tx, lines) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
+    let (tx, mut lines) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut reader = tokio::io::BufReader::new(stdout).lines();
+        while let Ok(Some(line)) = reader.next_line().await {
             if tx.send(line).is_err() {
                 break;
             }
@@ -135,35 +131,22 @@ async fn an_interrupted_demo_cleans_up_too() {
     // Paused after the set-up: the database, the queues, the worker and the
     // app all exist.
     let mut seen = Vec::new();
-    let deadline = Instant::now() + DEMO_LIMIT;
+    let deadline = tokio::time::Instant::now() + DEMO_LIMIT;
     while !seen.iter().any(|l: &String| l.contains("press Enter")) {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match lines.recv_timeout(left) {
-            Ok(line) => seen.push(line),
-            Err(_) => {
-                let _ = child.kill();
-                panic!("the demo never paused: {seen:#?}");
-            }
+        match tokio::time::timeout_at(deadline, lines.recv()).await {
+            Ok(Some(line)) => seen.push(line),
+            _ => panic!("the demo never paused: {seen:#?}"),
         }
     }
     let id = demo_id(&seen.join("\n"));
-    let status = std::process::Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let exit = tokio::task::spawn_blocking(move || {
-        let out = child.wait_with_output().unwrap();
-        (
-            out.status,
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    });
-    let (status, stderr) = tokio::time::timeout(DEMO_LIMIT, exit)
+    // Ctrl-C, as a person at the terminal would.
+    signal(&child, Signal::SIGINT);
+    let out = tokio::time::timeout(DEMO_LIMIT, child.wait_with_output())
         .await
         .expect("the demo exits after Ctrl-C")
         .unwrap();
-    while let Ok(line) = lines.recv_timeout(PATIENCE) {
+    let (status, stderr) = (out.status, String::from_utf8_lossy(&out.stderr));
+    while let Ok(Some(line)) = tokio::time::timeout(PATIENCE, lines.recv()).await {
         seen.push(line);
     }
     assert_eq!(status.code(), Some(1), "{seen:#?}");

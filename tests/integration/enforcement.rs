@@ -28,7 +28,10 @@ async fn two_logins_with_limit_one_revoke_the_older() {
     chrono::DateTime::parse_from_rfc3339(&r.body.revoked_at).expect("revoked_at is RFC 3339");
 
     assert_eq!(app.active("alice", "shop").await, ["s-new"]);
-    assert_eq!(app.states("alice", "shop").await["s-old"], "revoked");
+    assert_eq!(
+        app.states("alice", "shop").await["s-old"],
+        SessionState::Revoked
+    );
     let (ip, agent): (Option<String>, Option<String>) = sqlx::query_as(
         "SELECT host(ip), user_agent FROM sessions WHERE app = 'shop' AND session_id = 's-old'",
     )
@@ -82,8 +85,8 @@ async fn logout_frees_a_slot() {
     app.settle().await;
     app.expect_revokes(0).await;
     let states = app.states("alice", "shop").await;
-    assert_eq!(states["s1"], "logged_out");
-    assert_eq!(states["s2"], "active");
+    assert_eq!(states["s1"], SessionState::LoggedOut);
+    assert_eq!(states["s2"], SessionState::Active);
 }
 
 #[tokio::test]
@@ -95,8 +98,8 @@ async fn a_logout_arriving_before_its_login_keeps_the_session_ended() {
     app.settle().await;
     app.expect_revokes(0).await;
     let states = app.states("alice", "shop").await;
-    assert_eq!(states["s1"], "logged_out");
-    assert_eq!(states["s2"], "active");
+    assert_eq!(states["s1"], SessionState::LoggedOut);
+    assert_eq!(states["s2"], SessionState::Active);
 }
 
 #[tokio::test]
@@ -202,8 +205,8 @@ async fn expired_sessions_do_not_count() {
     app.settle().await;
     app.expect_revokes(0).await;
     let states = app.states("alice", "shop").await;
-    assert_eq!(states["s1"], "expired");
-    assert_eq!(states["s2"], "active");
+    assert_eq!(states["s1"], SessionState::Expired);
+    assert_eq!(states["s2"], SessionState::Active);
 }
 
 /// Two workers on one queue, logins for many users in a shuffled order: the
@@ -249,17 +252,7 @@ async fn any_arrival_order_across_two_consumers_ends_the_same() {
         }
     })
     .await;
-    app.wait_for("the outbox to drain", || {
-        let pool = app.pool.clone();
-        async move {
-            sqlx::query_scalar::<_, i64>("SELECT count(*) FROM outbox")
-                .fetch_one(&pool)
-                .await
-                .unwrap()
-                == 0
-        }
-    })
-    .await;
+    app.wait_outbox_empty().await;
     let expected = users * (per_user as usize - 2);
     let revokes = app.expect_revokes(expected).await;
     let mut revoked: Vec<String> = revokes.into_iter().map(|r| r.body.session_id).collect();

@@ -4,7 +4,8 @@
 //! even after a failed assertion.
 
 use std::collections::HashMap;
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
+use std::process::Stdio;
 use std::time::Duration;
 
 use chrono::{DateTime, SubsecRound as _, Utc};
@@ -15,13 +16,19 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, Consumer};
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
 use serde_json::{Value, json};
 use session_guard::broker;
 use session_guard::configuration::with_database;
 use session_guard::domain::revoke::RevokeMessage;
+/// Tests compare the states of `TestApp::states` with it.
+pub use session_guard::domain::session::SessionState;
+use session_guard::domain::session::{EndReason, state_of};
 use session_guard::shutdown::CancellationToken;
 use session_guard::{Settings, Worker};
 use sqlx::PgPool;
+use tokio::process::{Child, Command};
 use tokio::task::JoinHandle;
 
 /// How long a test waits for something that should happen.
@@ -30,18 +37,30 @@ pub const PATIENCE: Duration = Duration::from_secs(20);
 /// worker has provably processed everything before it (see `settle`).
 pub const QUIET: Duration = Duration::from_millis(400);
 
+/// One test's services and workers; everything it made is deleted on drop.
 pub struct TestApp {
+    /// The settings of this test's workers, in-process and processes alike.
     pub settings: Settings,
+    /// The test's own pool on its database, for checking the log.
     pub pool: PgPool,
     /// The test's own connection: publishes events, listens for revokes.
     connection: Connection,
+    /// A confirm channel, so `publish` knows the broker has the event.
     pub publisher: Channel,
+    /// Every revoke the workers publish, in the order they arrive.
     revokes: Consumer,
+    /// The dead-letter queue, consumed so tests can see what was refused.
     dead: Consumer,
+    /// The in-process worker, while one runs: its stop token and task.
     worker: Option<(CancellationToken, JoinHandle<anyhow::Result<()>>)>,
     /// Health of the in-process worker, while one runs.
     pub health: Option<std::sync::Arc<session_guard::health::Health>>,
+    /// Worker processes of this test, by index; killed on drop.
     processes: Vec<Child>,
+    /// Where the config files of the processes this test starts are written;
+    /// removed with the test.
+    config_dir: tempfile::TempDir,
+    /// The test's database, to cut it off and restore it.
     db_name: String,
     /// Counter for the marker sessions `settle` uses.
     markers: u32,
@@ -114,40 +133,7 @@ pub async fn spawn_app_without_worker(configure: impl FnOnce(&mut Settings)) -> 
     broker::declare_topology(&setup, &settings.amqp)
         .await
         .expect("topology");
-    // An exclusive queue, gone with our connection, bound like an app that
-    // wants every app's revokes.
-    let listen = connection.create_channel().await.unwrap();
-    let q = listen
-        .queue_declare(
-            "".into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                auto_delete: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    listen
-        .queue_bind(
-            q.name().clone(),
-            settings.amqp.revocations_exchange.as_str().into(),
-            "revoke.#".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    let revokes = listen
-        .basic_consume(
-            q.name().clone(),
-            "".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+    let revokes = revoke_listener(&connection, &settings.amqp.revocations_exchange).await;
     let dead_channel = connection.create_channel().await.unwrap();
     let dead = dead_channel
         .basic_consume(
@@ -169,6 +155,10 @@ pub async fn spawn_app_without_worker(configure: impl FnOnce(&mut Settings)) -> 
         worker: None,
         health: None,
         processes: Vec::new(),
+        config_dir: tempfile::Builder::new()
+            .prefix("sg-test-")
+            .tempdir()
+            .expect("a temporary directory"),
         db_name,
         markers: 0,
     }
@@ -177,6 +167,7 @@ pub async fn spawn_app_without_worker(configure: impl FnOnce(&mut Settings)) -> 
 /// A received revoke, with the AMQP properties that matter.
 #[derive(Debug, Clone)]
 pub struct Revoke {
+    /// The body, parsed as apps parse it.
     pub body: RevokeMessage,
     /// The body as it came, as JSON (for the contract's schema).
     pub json: Value,
@@ -184,15 +175,20 @@ pub struct Revoke {
     pub message_type: Option<String>,
     /// The AMQP `app_id` property.
     pub app_id: Option<String>,
+    /// `revoke.<app>`: how apps subscribe to their own.
     pub routing_key: String,
+    /// The AMQP `message_id` property.
     pub message_id: Option<String>,
+    /// The AMQP `content_type` property.
     pub content_type: Option<String>,
+    /// Delivery mode 2: the revoke survives a broker restart.
     pub persistent: bool,
 }
 
 /// A message found in the dead-letter queue.
 #[derive(Debug, Clone)]
 pub struct DeadLetter {
+    /// The refused message's body, unchanged.
     pub body: Vec<u8>,
     /// The `x-session-guard-error` header.
     pub error: Option<String>,
@@ -238,70 +234,38 @@ impl TestApp {
             .expect("worker returns Ok");
     }
 
-    /// Environment for a `session-guard` process that uses this test's settings.
-    pub fn process_env(&self) -> HashMap<String, String> {
-        let s = &self.settings;
-        let mut env = HashMap::new();
-        let mut set = |k: &str, v: String| {
-            env.insert(format!("SESSION_GUARD__{k}"), v);
-        };
-        set("DATABASE__URL", s.database.url.clone());
-        set("AMQP__URL", s.amqp.url.clone());
-        set("AMQP__EVENTS_EXCHANGE", s.amqp.events_exchange.clone());
-        set("AMQP__EVENTS_QUEUE", s.amqp.events_queue.clone());
-        set(
-            "AMQP__REVOCATIONS_EXCHANGE",
-            s.amqp.revocations_exchange.clone(),
-        );
-        set(
-            "AMQP__DEAD_LETTER_EXCHANGE",
-            s.amqp.dead_letter_exchange.clone(),
-        );
-        set("AMQP__DEAD_LETTER_QUEUE", s.amqp.dead_letter_queue.clone());
-        set("LIMITS__MAX_SESSIONS", s.limits.max_sessions.to_string());
-        set(
-            "LIMITS__MAX_SESSIONS_GLOBAL",
-            s.limits.max_sessions_global.to_string(),
-        );
-        set("LIMITS__POLICY", s.limits.policy.to_string());
-        set("LIMITS__IDLE_TIMEOUT", s.limits.idle_timeout.to_string());
-        set("LIMITS__ENFORCE", s.limits.enforce.to_string());
-        set("LIMITS__HOOKS", s.limits.hooks.join(","));
-        set(
-            "LIMITS__REPEAT_REVOKE_AFTER",
-            s.limits.repeat_revoke_after.to_string(),
-        );
-        set(
-            "LIMITS__MAX_CLOCK_SKEW",
-            s.limits.max_clock_skew.to_string(),
-        );
-        set("WORKER__BATCH_WAIT_MS", s.worker.batch_wait_ms.to_string());
-        set("HTTP__LISTEN", String::new());
-        set(
-            "AMQP__MAX_REDELIVERIES",
-            s.amqp.max_redeliveries.to_string(),
-        );
-        set(
-            "WORKER__SHUTDOWN_TIMEOUT",
-            s.worker.shutdown_timeout.to_string(),
-        );
-        set(
-            "WORKER__MAX_BACKOFF_MS",
-            s.worker.max_backoff_ms.to_string(),
-        );
-        if let Some(limit) = s.retention.log_limit {
-            set("RETENTION__LOG_LIMIT", limit.to_string());
+    /// Writes `settings` to a config file of its own for one process, so
+    /// that every setting the test made (rules included, which have no
+    /// environment variable) reaches it; returns the file's path.
+    pub fn config_file(&self, settings: &Settings) -> PathBuf {
+        let mut table = toml::Table::try_from(settings).expect("settings serialize to TOML");
+        // Settings serialize their URLs redacted (they are printed); the
+        // process needs the real ones.
+        for (section, url) in [
+            ("database", &settings.database.url),
+            ("amqp", &settings.amqp.url),
+        ] {
+            table[section]
+                .as_table_mut()
+                .expect("a section")
+                .insert("url".into(), url.clone().into());
         }
-        env
+        let path = self.config_dir.path().join(format!("{}.toml", unique()));
+        std::fs::write(&path, toml::to_string(&table).expect("TOML")).expect("config file written");
+        path
     }
 
-    /// A `session-guard` command with this test's settings in its environment.
+    /// A `session-guard` command with this test's settings.
     pub fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_session-guard"));
-        cmd.args(args)
-            .envs(self.process_env())
-            .env("RUST_LOG", "session_guard=debug,warn")
-            .stdin(Stdio::null());
+        self.command_with(&self.settings, args)
+    }
+
+    /// A `session-guard` command with `settings`, given in a config file
+    /// (environment variables the command is given override them).
+    pub fn command_with(&self, settings: &Settings, args: &[&str]) -> Command {
+        let config = self.config_file(settings);
+        let mut cmd = bare_command(&[]);
+        cmd.arg("--config").arg(config).args(args);
         cmd
     }
 
@@ -313,8 +277,7 @@ impl TestApp {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("session-guard binary starts");
-        self.processes.push(child);
-        self.processes.len() - 1
+        self.adopt_process(child)
     }
 
     /// Takes charge of a process the test started itself (killed on drop).
@@ -324,9 +287,8 @@ impl TestApp {
     }
 
     /// Kills a child process with SIGKILL, as a crash would, and reaps it.
-    pub fn kill_process(&mut self, index: usize) {
-        self.processes[index].kill().expect("SIGKILL");
-        self.processes[index].wait().expect("reaped");
+    pub async fn kill_process(&mut self, index: usize) {
+        self.processes[index].kill().await.expect("SIGKILL");
     }
 
     /// Closes the RabbitMQ connections of this test's workers (in-process or
@@ -347,32 +309,47 @@ impl TestApp {
 
     /// Messages in the events queue, ready or delivered and not yet acked.
     pub async fn events_in_queue(&self) -> u64 {
-        let out = tokio::process::Command::new("rabbitmqctl")
-            .args([
-                "list_queues",
-                "name",
-                "messages",
-                "--no-table-headers",
-                "-q",
-            ])
-            .output()
+        rabbitmqctl(&[
+            "list_queues",
+            "name",
+            "messages",
+            "--no-table-headers",
+            "-q",
+        ])
+        .await
+        .lines()
+        .filter_map(|l| l.split_once('\t'))
+        .find(|(name, _)| *name == self.settings.amqp.events_queue)
+        .and_then(|(_, n)| n.trim().parse().ok())
+        .unwrap_or(0)
+    }
+
+    /// Consumers on the events queue, as the broker counts them.
+    pub async fn events_queue_consumers(&self) -> u32 {
+        // A channel of its own: a failed passive declare would close it.
+        let channel = self.connection.create_channel().await.unwrap();
+        let queue = channel
+            .queue_declare(
+                self.settings.amqp.events_queue.as_str().into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
             .await
-            .expect("rabbitmqctl runs");
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| l.split_once('\t'))
-            .find(|(name, _)| *name == self.settings.amqp.events_queue)
-            .and_then(|(_, n)| n.trim().parse().ok())
-            .unwrap_or(0)
+            .expect("the events queue exists");
+        let _ = channel.close(200, "done".into()).await;
+        queue.consumer_count()
     }
 
     /// Fails if a dead letter arrives within `wait`.
     pub async fn assert_no_dead_letters(&mut self, wait: Duration) {
-        if let Ok(Some(Ok(d))) = tokio::time::timeout(wait, self.dead.next()).await {
+        if let Some(d) = self.dead_letter_within(wait).await {
             panic!(
                 "unexpected dead letter: {:?} {:?}",
-                String::from_utf8_lossy(&d.data),
-                d.properties.headers()
+                String::from_utf8_lossy(&d.body),
+                d.headers
             );
         }
     }
@@ -436,23 +413,13 @@ impl TestApp {
 
     /// Sends SIGTERM to a child process and waits for its exit code.
     pub async fn terminate_process(&mut self, index: usize) -> Option<i32> {
-        let pid = self.processes[index].id();
-        let status = Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status()
-            .expect("kill runs");
-        assert!(status.success());
-        let deadline = tokio::time::Instant::now() + PATIENCE;
-        loop {
-            if let Some(status) = self.processes[index].try_wait().unwrap() {
-                return status.code();
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "process did not exit after SIGTERM"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let child = &mut self.processes[index];
+        signal(child, Signal::SIGTERM);
+        tokio::time::timeout(PATIENCE, child.wait())
+            .await
+            .expect("process did not exit after SIGTERM")
+            .expect("reaped")
+            .code()
     }
 
     /// Publishes one event (any JSON) as an app would, and waits for the confirm.
@@ -509,15 +476,14 @@ impl TestApp {
             }
         })
         .await;
-        self.wait_for("the outbox to drain", || {
-            let pool = self.pool.clone();
-            async move {
-                sqlx::query_scalar::<_, i64>("SELECT count(*) FROM outbox")
-                    .fetch_one(&pool)
-                    .await
-                    .unwrap()
-                    == 0
-            }
+        self.wait_outbox_empty().await;
+    }
+
+    /// Waits until the relay has published (and deleted) every revoke in the
+    /// outbox.
+    pub async fn wait_outbox_empty(&self) {
+        self.wait_for("the outbox to drain", || async {
+            self.outbox_len().await == 0
         })
         .await;
     }
@@ -585,9 +551,17 @@ impl TestApp {
 
     /// The next dead-lettered message.
     pub async fn next_dead_letter(&mut self) -> DeadLetter {
-        let delivery = match tokio::time::timeout(PATIENCE, self.dead.next()).await {
+        self.dead_letter_within(PATIENCE)
+            .await
+            .expect("a dead letter within PATIENCE")
+    }
+
+    /// The next dead-lettered message, or `None` if none arrives within `wait`.
+    pub async fn dead_letter_within(&mut self, wait: Duration) -> Option<DeadLetter> {
+        let delivery = match tokio::time::timeout(wait, self.dead.next()).await {
             Ok(Some(Ok(d))) => d,
-            other => panic!("no dead letter: {other:?}"),
+            Ok(other) => panic!("dead-letter listener failed: {other:?}"),
+            Err(_) => return None,
         };
         delivery.ack(BasicAckOptions::default()).await.unwrap();
         let headers = delivery.properties.headers().as_ref().map_or_else(
@@ -595,17 +569,18 @@ impl TestApp {
             |h| amqp_to_json(&AMQPValue::FieldTable(h.clone())),
         );
         let text = |name: &str| headers.get(name).and_then(Value::as_str).map(str::to_owned);
-        DeadLetter {
+        Some(DeadLetter {
             delivery_count: broker::delivery_count(&delivery.properties),
             body: delivery.data,
             error: text(broker::ERROR_HEADER),
             kind: text(broker::ERROR_KIND_HEADER),
             headers,
-        }
+        })
     }
 
-    /// The state of each of a user's sessions in an app, by session id.
-    pub async fn states(&self, user: &str, app: &str) -> HashMap<String, String> {
+    /// The state of each of a user's sessions in an app, by session id, as
+    /// the domain (and so `session-guard sessions`) tells it.
+    pub async fn states(&self, user: &str, app: &str) -> HashMap<String, SessionState> {
         let rows: Vec<(String, Option<String>, Option<DateTime<Utc>>)> = sqlx::query_as(
             "SELECT session_id, end_reason, expires_at FROM sessions WHERE user_id = $1 AND app = $2",
         )
@@ -614,16 +589,11 @@ impl TestApp {
         .fetch_all(&self.pool)
         .await
         .unwrap();
+        let now = Utc::now();
         rows.into_iter()
             .map(|(id, reason, expires)| {
-                let state = match reason.as_deref() {
-                    Some("logout") => "logged_out",
-                    Some("idle_timeout") => "expired",
-                    Some(_) => "revoked",
-                    None if expires.is_some_and(|e| e <= Utc::now()) => "expired",
-                    None => "active",
-                };
-                (id, state.to_owned())
+                let reason = reason.as_deref().and_then(EndReason::parse);
+                (id, state_of(reason, expires, now))
             })
             .collect()
     }
@@ -634,7 +604,7 @@ impl TestApp {
             .states(user, app)
             .await
             .into_iter()
-            .filter(|(_, s)| s == "active")
+            .filter(|(_, s)| *s == SessionState::Active)
             .map(|(id, _)| id)
             .collect();
         ids.sort();
@@ -655,9 +625,14 @@ impl TestApp {
 /// declare the deleted topology again.
 impl Drop for TestApp {
     fn drop(&mut self) {
+        // Killed and reaped before the topology is deleted, or a worker
+        // would declare it again. Drop cannot await: a short blocking poll.
         for child in &mut self.processes {
-            let _ = child.kill();
-            let _ = child.wait();
+            let _ = child.start_kill();
+            let deadline = std::time::Instant::now() + PATIENCE;
+            while matches!(child.try_wait(), Ok(None)) && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
         }
         if let Some((stop, handle)) = self.worker.take() {
             stop.cancel();
@@ -688,7 +663,9 @@ impl Drop for TestApp {
 /// A fresh, migrated database of its own, without a broker or a worker, for
 /// tests that call the store directly; dropped with the value.
 pub struct TestDatabase {
+    /// Settings naming the database (no broker is set up).
     pub settings: Settings,
+    /// A pool on the database.
     pub pool: PgPool,
 }
 
@@ -786,6 +763,147 @@ pub async fn close_connection(pid: &str) -> bool {
         .success()
 }
 
+/// A `session-guard` command without this test's settings, for tests that
+/// give their own `--config`. The test process's `SESSION_GUARD__*`
+/// variables are not passed on: `test_settings` already applied them, and
+/// they would override the config file of `TestApp::command`.
+pub fn bare_command(args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_session-guard"));
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("SESSION_GUARD__") {
+            cmd.env_remove(name);
+        }
+    }
+    cmd.args(args)
+        .env("RUST_LOG", "session_guard=debug,warn")
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    cmd
+}
+
+/// Sends `signal` to a child process that has not been reaped yet.
+pub fn signal(child: &Child, signal: Signal) {
+    let pid = child.id().expect("the process has not been reaped");
+    let pid = Pid::from_raw(i32::try_from(pid).expect("a pid fits in i32"));
+    nix::sys::signal::kill(pid, signal).expect("the signal is sent");
+}
+
+/// An exclusive queue, gone with `connection`, bound like an app that wants
+/// every app's revokes, and a consumer on it.
+pub async fn revoke_listener(connection: &Connection, revocations_exchange: &str) -> Consumer {
+    let channel = connection.create_channel().await.unwrap();
+    let queue = channel
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    channel
+        .queue_bind(
+            queue.name().clone(),
+            revocations_exchange.into(),
+            "revoke.#".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    channel
+        .basic_consume(
+            queue.name().clone(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap()
+}
+
+/// Runs `rabbitmqctl` with `args`, failing the test if it fails; its stdout.
+pub async fn rabbitmqctl(args: &[&str]) -> String {
+    let out = Command::new("rabbitmqctl")
+        .args(args)
+        .output()
+        .await
+        .expect("rabbitmqctl runs");
+    assert!(
+        out.status.success(),
+        "rabbitmqctl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A RabbitMQ user of the test's own, deleted on drop (even after a failed
+/// assertion). The shared `guest` user is never touched: other tests use it.
+pub struct BrokerUser {
+    /// A unique user name, `sg_test_...`.
+    pub name: String,
+}
+
+impl BrokerUser {
+    /// Creates the user with `password` and the vhost permissions
+    /// (configure, write, read regular expressions).
+    pub async fn create(password: &str, permissions: [&str; 3]) -> BrokerUser {
+        let name = format!("sg_test_{}", uuid::Uuid::new_v4().simple());
+        rabbitmqctl(&["add_user", &name, password]).await;
+        let user = BrokerUser { name };
+        let [configure, write, read] = permissions;
+        rabbitmqctl(&[
+            "set_permissions",
+            "-p",
+            "/",
+            &user.name,
+            configure,
+            write,
+            read,
+        ])
+        .await;
+        user
+    }
+
+    pub async fn change_password(&self, password: &str) {
+        rabbitmqctl(&["change_password", &self.name, password]).await;
+    }
+
+    /// The broker's URL, logged in as this user.
+    pub fn url(&self, password: &str) -> String {
+        format!("amqp://{}:{password}@127.0.0.1:5672/%2f", self.name)
+    }
+}
+
+impl Drop for BrokerUser {
+    fn drop(&mut self) {
+        // Drop cannot await: a blocking call, at the end of the test.
+        let _ = std::process::Command::new("rabbitmqctl")
+            .args(["delete_user", &self.name])
+            .output();
+    }
+}
+
+/// A free local port, for a worker's health endpoint.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// GET `path` on a worker's health endpoint at `listen` (host:port): the
+/// status code and the body, or `None` while nothing answers there.
+pub async fn http_get(listen: &str, path: &str) -> Option<(u16, String)> {
+    let response = reqwest::get(format!("http://{listen}{path}")).await.ok()?;
+    let status = response.status().as_u16();
+    Some((status, response.text().await.ok()?))
+}
+
 /// The hooks of the default chain, and `superuser_unlimited` between them.
 pub fn with_superusers(s: &mut Settings) {
     s.limits.hooks = vec![
@@ -817,7 +935,7 @@ pub fn logout(app: &str, session: &str, at: DateTime<Utc>) -> Value {
     })
 }
 
-/// A time `secs` seconds after a fixed base a minute in the past, so tests
+/// A time `secs` seconds after a fixed base ten minutes in the past, so tests
 /// can order events by event time without waiting.
 pub fn t(secs: i64) -> DateTime<Utc> {
     thread_local! {

@@ -62,14 +62,17 @@ async fn migrate_creates_the_database_and_sessions_lists_the_log() {
     app.expect_revokes(1).await;
 
     // `migrate` on a database that does not exist yet creates it.
-    let mut fresh = app.process_env();
     let fresh_db = format!("sg_test_migrate_{}", uuid::Uuid::new_v4().simple());
-    let url = app.settings.database.url.replace(
+    let mut fresh = app.settings.clone();
+    fresh.database.url = app.settings.database.url.replace(
         app.settings.database.url.rsplit('/').next().unwrap(),
         &fresh_db,
     );
-    fresh.insert("SESSION_GUARD__DATABASE__URL".into(), url);
-    let out = app.command(&["migrate"]).envs(&fresh).output().unwrap();
+    let out = app
+        .command_with(&fresh, &["migrate"])
+        .output()
+        .await
+        .unwrap();
     assert!(
         out.status.success(),
         "{}",
@@ -93,6 +96,7 @@ async fn migrate_creates_the_database_and_sessions_lists_the_log() {
     let out = app
         .command(&["sessions", "--user", "alice", "--json"])
         .output()
+        .await
         .unwrap();
     assert!(
         out.status.success(),
@@ -131,6 +135,7 @@ async fn migrate_creates_the_database_and_sessions_lists_the_log() {
             "sessions", "--user", "alice", "--app", "shop", "--all", "--json",
         ])
         .output()
+        .await
         .unwrap();
     let all: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(all.len(), 2);
@@ -143,6 +148,7 @@ async fn migrate_creates_the_database_and_sessions_lists_the_log() {
     let out = app
         .command(&["sessions", "--user", "alice", "--all"])
         .output()
+        .await
         .unwrap();
     let table = String::from_utf8(out.stdout).unwrap();
     assert!(table.starts_with("APP"), "{table}");
@@ -157,17 +163,16 @@ async fn migrate_creates_the_database_and_sessions_lists_the_log() {
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("bad.toml");
     std::fs::write(&file, "[limits]\nmax_sessions = \"lots\"\n").unwrap();
-    let out = app
-        .command(&[
-            "sessions",
-            "--user",
-            "alice",
-            "--config",
-            file.to_str().unwrap(),
-        ])
-        .env_remove("SESSION_GUARD__LIMITS__MAX_SESSIONS")
-        .output()
-        .unwrap();
+    let out = bare_command(&[
+        "sessions",
+        "--user",
+        "alice",
+        "--config",
+        file.to_str().unwrap(),
+    ])
+    .output()
+    .await
+    .unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
     assert!(!out.status.success(), "the bad file must be read");
     assert!(String::from_utf8_lossy(&out.stderr).contains("max_sessions"));

@@ -95,12 +95,26 @@ async fn metrics_show_latency_histograms_outcomes_reasons_and_the_outbox() {
     assert_eq!(app.expect_revokes(1).await[0].body.reason, "admin");
     assert_eq!(db::outbox::stats(&app.pool).await.unwrap(), (0, 0.0));
 
-    // Housekeeping refreshes the gauges and folds the samples in.
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let after = scrape();
+    // Housekeeping refreshes the gauges on its own schedule: wait until
+    // every metric has a sample and the histograms count these events.
+    let lag = metric::EVENT_LAG.name;
+    let delivery = metric::REVOKE_DELIVERY.name;
+    let mut after = scrape();
+    app.wait_for("housekeeping to refresh the metrics", || {
+        after = scrape();
+        let ready = metric::ALL.iter().all(|m| {
+            let sample = match m.kind {
+                Kind::Histogram(_) => format!("{}_bucket{{", m.name),
+                _ => m.name.to_owned(),
+            };
+            after.lines().any(|l| l.starts_with(&sample))
+        }) && growth(&before, &after, &format!("{lag}_count")) >= 6.0
+            && growth(&before, &after, &format!("{delivery}_count")) >= 2.0;
+        async move { ready }
+    })
+    .await;
 
     // Latency as histograms, with buckets, counting these events.
-    let lag = metric::EVENT_LAG.name;
     assert!(
         after.contains(&format!("# TYPE {lag} histogram")),
         "{after}"
@@ -111,7 +125,6 @@ async fn metrics_show_latency_histograms_outcomes_reasons_and_the_outbox() {
     let batch = metric::BATCH_DURATION.name;
     assert!(growth(&before, &after, &format!("{batch}_count")) >= 2.0);
     assert!(growth(&before, &after, &format!("{batch}_bucket{{le=\"10\"}}")) >= 2.0);
-    let delivery = metric::REVOKE_DELIVERY.name;
     assert!(growth(&before, &after, &format!("{delivery}_count")) >= 2.0);
     assert!(
         growth(

@@ -65,6 +65,7 @@ async fn every_human_readable_output_escapes_control_characters() {
     let out = ok(app
         .command(&["sessions", "--user", "alice"])
         .output()
+        .await
         .unwrap());
     let table = stdout(&out);
     assert_terminal_safe(&table);
@@ -75,6 +76,7 @@ async fn every_human_readable_output_escapes_control_characters() {
     let out = ok(app
         .command(&["sessions", "--user", "alice", "--json"])
         .output()
+        .await
         .unwrap());
     let json = stdout(&out);
     assert_terminal_safe(&json);
@@ -85,17 +87,23 @@ async fn every_human_readable_output_escapes_control_characters() {
     let escaped_user = r"bob\u{202e}nimda";
     let outputs = [
         app.command(&["sessions", "--user", tricky_user, "--app", "blog"])
-            .output(),
+            .output()
+            .await,
         app.command(&["limits", "set", "--user", tricky_user, "--max", "2"])
-            .output(),
+            .output()
+            .await,
         app.command(&["limits", "get", "--user", tricky_user])
-            .output(),
+            .output()
+            .await,
         app.command(&["limits", "clear", "--user", tricky_user])
-            .output(),
+            .output()
+            .await,
         app.command(&["limits", "clear", "--user", tricky_user])
-            .output(),
+            .output()
+            .await,
         app.command(&["revoke", "--app", "shop", "--user", tricky_user, "--all"])
-            .output(),
+            .output()
+            .await,
     ];
     for out in outputs {
         let text = stdout(&ok(out.unwrap()));
@@ -106,6 +114,7 @@ async fn every_human_readable_output_escapes_control_characters() {
     let out = ok(app
         .command(&["limits", "get", "--user", tricky_user, "--json"])
         .output()
+        .await
         .unwrap());
     let json = stdout(&out);
     assert_terminal_safe(&json);
@@ -117,6 +126,7 @@ async fn every_human_readable_output_escapes_control_characters() {
         .command(&["limits", "get", "--user", "eve\u{202e}"])
         .env_remove("RUST_LOG")
         .output()
+        .await
         .unwrap();
     let error = the_error(&out);
     assert_terminal_safe(&error);
@@ -142,6 +152,7 @@ async fn limits_set_refuses_values_the_database_cannot_hold() {
         let out = app
             .command(&["limits", "set", "--user", "olga", flag, value])
             .output()
+            .await
             .unwrap();
         assert!(!out.status.success(), "{flag} {value} accepted");
         let err = stderr(&out);
@@ -170,6 +181,7 @@ async fn limits_set_refuses_values_the_database_cannot_hold() {
             "9223372036854775807",
         ])
         .output()
+        .await
         .unwrap());
     let (max, idle): (i32, i64) = sqlx::query_as(
         "SELECT max_sessions, idle_timeout FROM user_overrides WHERE user_id = 'olga'",
@@ -212,7 +224,7 @@ async fn every_command_validates_user_and_app() {
             bad_app,
         ),
     ] {
-        let out = app.command(&args).output().unwrap();
+        let out = app.command(&args).output().await.unwrap();
         assert_eq!(the_error(&out), expected, "{args:?}");
     }
     let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM user_overrides")
@@ -230,6 +242,7 @@ async fn revoking_a_user_without_sessions_writes_nothing() {
     let out = ok(app
         .command(&["revoke", "--app", "shop", "--user", "nobody", "--all"])
         .output()
+        .await
         .unwrap());
     assert!(
         stdout(&out).contains("nothing to revoke"),
@@ -248,6 +261,7 @@ async fn revoking_a_user_without_sessions_writes_nothing() {
     let out = ok(app
         .command(&["revoke", "--app", "shop", "--user", "alice", "--all"])
         .output()
+        .await
         .unwrap());
     assert!(stdout(&out).contains("1 session(s) revoked"));
     app.settle().await;
@@ -326,11 +340,12 @@ const CHECKING_COMMANDS: [&[&str]; 5] = [
 ];
 
 /// Runs `args` against `db` at the default log level.
-fn run_on(app: &TestApp, db: &ScratchDatabase, args: &[&str]) -> Output {
+async fn run_on(app: &TestApp, db: &ScratchDatabase, args: &[&str]) -> Output {
     app.command(args)
         .env("SESSION_GUARD__DATABASE__URL", &db.url)
         .env_remove("RUST_LOG")
         .output()
+        .await
         .unwrap()
 }
 
@@ -341,7 +356,7 @@ async fn commands_other_than_migrate_and_run_check_the_schema_and_change_nothing
 
     // No database: not created.
     for args in CHECKING_COMMANDS {
-        let error = the_error(&run_on(&app, &db, args));
+        let error = the_error(&run_on(&app, &db, args).await);
         assert_eq!(
             error,
             format!(
@@ -362,7 +377,7 @@ async fn commands_other_than_migrate_and_run_check_the_schema_and_change_nothing
     .await
     .unwrap();
     for args in CHECKING_COMMANDS {
-        let error = the_error(&run_on(&app, &db, args));
+        let error = the_error(&run_on(&app, &db, args).await);
         assert_eq!(
             error,
             "error: the database has no session-guard schema: run `session-guard migrate` first",
@@ -372,9 +387,9 @@ async fn commands_other_than_migrate_and_run_check_the_schema_and_change_nothing
     }
 
     // Migrated: the commands work and print only their output.
-    ok(run_on(&app, &db, &["migrate"]));
+    ok(run_on(&app, &db, &["migrate"]).await);
     for args in [CHECKING_COMMANDS[0], CHECKING_COMMANDS[1]] {
-        let out = ok(run_on(&app, &db, args));
+        let out = ok(run_on(&app, &db, args).await);
         assert_eq!(stderr(&out), "", "{args:?}");
         assert!(!stdout(&out).is_empty());
     }
@@ -386,7 +401,7 @@ async fn commands_other_than_migrate_and_run_check_the_schema_and_change_nothing
     )
     .await;
     for args in CHECKING_COMMANDS {
-        let error = the_error(&run_on(&app, &db, args));
+        let error = the_error(&run_on(&app, &db, args).await);
         assert_eq!(
             error,
             "error: the database schema is newer than this binary (migration 29991231000000 \
@@ -406,7 +421,7 @@ async fn commands_other_than_migrate_and_run_check_the_schema_and_change_nothing
     ))
     .await;
     for args in CHECKING_COMMANDS {
-        let error = the_error(&run_on(&app, &db, args));
+        let error = the_error(&run_on(&app, &db, args).await);
         assert_eq!(
             error,
             format!(
@@ -441,7 +456,7 @@ async fn a_failing_command_prints_its_error_once() {
             Some(level) => cmd.env("RUST_LOG", level),
             None => cmd.env_remove("RUST_LOG"),
         };
-        let out = cmd.output().unwrap();
+        let out = cmd.output().await.unwrap();
         assert_ne!(out.status.code(), Some(0));
         let err = stderr(&out);
         assert_eq!(
@@ -467,6 +482,7 @@ async fn a_failing_run_reports_once() {
         .env("SESSION_GUARD__LIMITS__HOOKS", "nosuchhook")
         .env_remove("RUST_LOG")
         .output()
+        .await
         .unwrap();
     assert_ne!(out.status.code(), Some(0));
     let err = stderr(&out);
@@ -481,6 +497,7 @@ async fn logs_have_no_colours_when_stderr_is_not_a_terminal() {
         .env("RUST_LOG", "info")
         .env_remove("NO_COLOR")
         .output()
+        .await
         .unwrap());
     let err = stderr(&out);
     assert!(err.contains("database is up to date"), "{err}");

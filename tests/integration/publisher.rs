@@ -265,8 +265,8 @@ async fn logins_through_the_publisher_reach_the_worker_and_the_first_session_is_
     assert_eq!(revokes[0].body.reason, "session_limit");
     assert_eq!(revokes[0].routing_key, format!("revoke.{shop}"));
     let states = app.states("u1", shop).await;
-    assert_eq!(states["laptop"], "revoked");
-    assert_eq!(states["phone"], "active");
+    assert_eq!(states["laptop"], SessionState::Revoked);
+    assert_eq!(states["phone"], SessionState::Active);
     // What the builder set is what the worker logged.
     let (ip, agent, expires_at): (String, String, chrono::DateTime<chrono::Utc>) = sqlx::query_as(
         "SELECT host(ip), user_agent, expires_at FROM sessions WHERE app = $1 AND session_id = 'laptop'",

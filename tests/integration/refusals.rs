@@ -2,19 +2,19 @@
 //! start-up, retried and reported while running. And a shutdown that never
 //! waits out a backoff.
 
-use std::io::BufRead as _;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use tokio::io::AsyncBufReadExt as _;
+use tokio::process::Command;
 
 use crate::helpers::*;
 
 /// Runs `cmd` until it exits or `limit` passes (then it is killed).
 /// Returns its exit code (`None` if it had to be killed) and its stderr.
-async fn run_for(cmd: std::process::Command, limit: Duration) -> (Option<i32>, String) {
-    let mut cmd = tokio::process::Command::from(cmd);
+async fn run_for(mut cmd: Command, limit: Duration) -> (Option<i32>, String) {
     cmd.stdout(Stdio::null())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
@@ -35,12 +35,12 @@ async fn run_for(cmd: std::process::Command, limit: Duration) -> (Option<i32>, S
 struct Lines(Arc<Mutex<Vec<String>>>);
 
 impl Lines {
-    fn capture(stderr: std::process::ChildStderr) -> Lines {
+    fn capture(stderr: tokio::process::ChildStderr) -> Lines {
         let lines = Lines::default();
         let sink = lines.0.clone();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
+        tokio::spawn(async move {
+            let mut reader = tokio::io::BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = reader.next_line().await {
                 sink.lock().unwrap().push(line);
             }
         });
@@ -57,72 +57,6 @@ impl Lines {
             .filter(|r| pick(r))
             .collect()
     }
-}
-
-/// A RabbitMQ user of the test's own, deleted on drop (even after a failed
-/// assertion). The shared `guest` user is never touched: other tests use it.
-struct BrokerUser {
-    name: String,
-}
-
-fn rabbitmqctl(args: &[&str]) {
-    let out = std::process::Command::new("rabbitmqctl")
-        .args(args)
-        .output()
-        .expect("rabbitmqctl runs");
-    assert!(
-        out.status.success(),
-        "rabbitmqctl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-impl BrokerUser {
-    fn create(password: &str) -> BrokerUser {
-        let name = format!("sg_test_{}", uuid::Uuid::new_v4().simple());
-        rabbitmqctl(&["add_user", &name, password]);
-        let user = BrokerUser { name };
-        rabbitmqctl(&["set_permissions", "-p", "/", &user.name, ".*", ".*", ".*"]);
-        user
-    }
-
-    fn change_password(&self, password: &str) {
-        rabbitmqctl(&["change_password", &self.name, password]);
-    }
-
-    fn url(&self, password: &str) -> String {
-        format!("amqp://{}:{password}@127.0.0.1:5672/%2f", self.name)
-    }
-}
-
-impl Drop for BrokerUser {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("rabbitmqctl")
-            .args(["delete_user", &self.name])
-            .output();
-    }
-}
-
-/// A free local port for a worker's health endpoint.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// GET `path` on a worker's health endpoint: the whole response.
-async fn get(listen: &str, path: &str) -> Option<String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(listen).await.ok()?;
-    stream
-        .write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes())
-        .await
-        .ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.ok()?;
-    Some(response)
 }
 
 #[tokio::test]
@@ -197,7 +131,7 @@ fn failure_line(stderr: &str) -> &str {
 /// refused (log and readiness) and comes back once the password is right.
 #[tokio::test]
 async fn a_refusal_while_running_is_retried_logged_and_reported_by_readiness() {
-    let user = BrokerUser::create("first-password");
+    let user = BrokerUser::create("first-password", [".*", ".*", ".*"]).await;
     let mut app = spawn_app_without_worker(|_| {}).await;
     let listen = format!("127.0.0.1:{}", free_port());
     let mut cmd = app.command(&["run"]);
@@ -210,22 +144,24 @@ async fn a_refusal_while_running_is_retried_logged_and_reported_by_readiness() {
     let log = Lines::capture(child.stderr.take().unwrap());
     let worker = app.adopt_process(child);
     app.wait_for("the worker to be ready", || async {
-        get(&listen, "/health/ready")
+        http_get(&listen, "/health/ready")
             .await
-            .is_some_and(|r| r.starts_with("HTTP/1.1 200"))
+            .is_some_and(|(status, _)| status == 200)
     })
     .await;
     app.publish(&login("shop", "r1", "rita", t(0))).await;
     app.settle().await;
 
-    user.change_password("second-password");
+    user.change_password("second-password").await;
     let (consumers, _) = app.close_worker_connections().await;
     assert_eq!(consumers, 1);
     app.wait_for("readiness to report the refusal", || async {
-        get(&listen, "/health/ready").await.is_some_and(|r| {
-            r.starts_with("HTTP/1.1 503")
-                && r.contains("not ready: RabbitMQ refused the credentials: ACCESS_REFUSED")
-        })
+        http_get(&listen, "/health/ready")
+            .await
+            .is_some_and(|(status, r)| {
+                status == 503
+                    && r.contains("not ready: RabbitMQ refused the credentials: ACCESS_REFUSED")
+            })
     })
     .await;
     app.wait_for("the refusal to be logged as an error", || async {
@@ -242,11 +178,11 @@ async fn a_refusal_while_running_is_retried_logged_and_reported_by_readiness() {
     })
     .await;
 
-    user.change_password("first-password");
+    user.change_password("first-password").await;
     app.wait_for("the worker to be ready again", || async {
-        get(&listen, "/health/ready")
+        http_get(&listen, "/health/ready")
             .await
-            .is_some_and(|r| r.starts_with("HTTP/1.1 200"))
+            .is_some_and(|(status, _)| status == 200)
     })
     .await;
     app.publish(&login("shop", "r2", "rita", t(10))).await;

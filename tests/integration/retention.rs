@@ -59,7 +59,7 @@ async fn retention_never_touches_another_users_rows() {
 
 #[tokio::test]
 async fn pruning_one_user_leaves_other_users_ended_rows_alone() {
-    // The original package's bug: pruning deleted every user's logs.
+    // Retention is per user: one user's limit never deletes another's rows.
     let mut app = spawn_app_with(|s| s.retention.log_limit = Some(1)).await;
     for i in 0..3 {
         app.publish(&login("shop", &format!("d{i}"), "dave", t(i)))

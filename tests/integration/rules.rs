@@ -110,6 +110,7 @@ async fn operator_overrides_set_get_and_clear() {
             "ops-ann",
         ])
         .output()
+        .await
         .unwrap();
     assert!(
         out.status.success(),
@@ -119,6 +120,7 @@ async fn operator_overrides_set_get_and_clear() {
     let out = app
         .command(&["limits", "get", "--user", "olga", "--app", "shop", "--json"])
         .output()
+        .await
         .unwrap();
     assert!(
         out.status.success(),
@@ -140,6 +142,7 @@ async fn operator_overrides_set_get_and_clear() {
             "limits", "set", "--user", "olga", "--app", "shop", "--max", "1",
         ])
         .output()
+        .await
         .unwrap();
     assert!(out.status.success());
     app.publish(&request("shop", "o2", "olga", t(5))).await;
@@ -155,12 +158,14 @@ async fn operator_overrides_set_get_and_clear() {
     let out = app
         .command(&["limits", "clear", "--user", "olga", "--app", "shop"])
         .output()
+        .await
         .unwrap();
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("cleared"));
     let out = app
         .command(&["limits", "get", "--user", "olga", "--app", "shop", "--json"])
         .output()
+        .await
         .unwrap();
     let report: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report[0]["set_by"]["max_sessions"], "config");
@@ -176,6 +181,7 @@ async fn operator_overrides_set_get_and_clear() {
             r#"{"superuser": true}"#,
         ])
         .output()
+        .await
         .unwrap();
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(text.contains("set by superuser_unlimited"), "{text}");
@@ -228,13 +234,14 @@ async fn under_deny_new_an_idle_session_expires_and_frees_the_slot() {
     assert_eq!(revoked[0].body.session_id, "closed-browser");
     assert_eq!(revoked[0].body.reason, "idle_timeout");
     let states = app.states("eve", "shop").await;
-    assert_eq!(states["closed-browser"], "expired");
-    assert_eq!(states["new-laptop"], "active");
+    assert_eq!(states["closed-browser"], SessionState::Expired);
+    assert_eq!(states["new-laptop"], SessionState::Active);
 
     // And the `sessions` command shows it as expired.
     let out = app
         .command(&["sessions", "--user", "eve", "--all", "--json"])
         .output()
+        .await
         .unwrap();
     let all: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
     let old = all
@@ -400,6 +407,7 @@ async fn operators_revoke_one_session_or_all_of_a_users() {
             "ops-bob",
         ])
         .output()
+        .await
         .unwrap();
     assert!(
         out.status.success(),
@@ -432,6 +440,7 @@ async fn operators_revoke_one_session_or_all_of_a_users() {
             "ops-bob",
         ])
         .output()
+        .await
         .unwrap();
     assert!(
         out.status.success(),
@@ -452,12 +461,14 @@ async fn operators_revoke_one_session_or_all_of_a_users() {
     let out = app
         .command(&["revoke", "--app", "shop", "--session", "nope"])
         .output()
+        .await
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no session nope"));
     let out = app
         .command(&["revoke", "--app", "shop", "--user", "rex"])
         .output()
+        .await
         .unwrap();
     assert!(!out.status.success(), "--user needs --all");
 }
