@@ -7,9 +7,9 @@ use std::sync::Arc;
 use sqlx::PgPool;
 use tokio::sync::Notify;
 
+use crate::apply::Enforcement;
 use crate::configuration::Settings;
 use crate::health::Health;
-use crate::apply::Enforcement;
 
 /// State shared by the consumer, the relay and housekeeping, built once by
 /// [`crate::runtime::WorkerBuilder`].

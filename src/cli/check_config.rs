@@ -8,10 +8,10 @@ use sqlx::Connection as _;
 use sqlx::migrate::Migration;
 use sqlx::postgres::PgConnectOptions;
 
-use crate::configuration::{Settings, redact_url};
-use crate::refusal::Refusal;
 use crate::apply::Enforcement;
+use crate::configuration::{Settings, redact_url};
 use crate::db;
+use crate::refusal::Refusal;
 
 /// How long `check-config` waits for each service to answer.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(10);

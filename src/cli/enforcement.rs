@@ -1,8 +1,8 @@
 //! The limit rules as the command line can evaluate them.
 
+use crate::apply::Enforcement;
 use crate::configuration::Settings;
 use crate::domain::limits::BUILT_IN_HOOKS;
-use crate::apply::Enforcement;
 use crate::terminal::escape;
 
 /// The hooks as the command line can run them: the built-in ones. Hooks of

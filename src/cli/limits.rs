@@ -9,13 +9,13 @@ use clap::{Args, Subcommand};
 use serde_json::{Map, Value};
 use sqlx::PgPool;
 
-use super::input::{int4, operator, parse_user, parse_user_and_app};
 use super::enforcement::built_in_enforcement;
+use super::input::{int4, operator, parse_user, parse_user_and_app};
+use crate::apply::{self, Enforcement};
 use crate::configuration::Settings;
+use crate::db;
 use crate::domain::event::AppName;
 use crate::domain::limits::{EffectiveLimits, EvictionPolicy, UserOverride};
-use crate::apply::{self, Enforcement};
-use crate::db;
 use crate::terminal::{escape, escape_json};
 
 #[derive(Debug, Subcommand)]
@@ -193,7 +193,8 @@ async fn get(
             (None, _) => Map::new(),
         };
         let app = AppName::from_trusted(app);
-        let effective = apply::effective_limits(pool, &enforcement, &user, &app, &attributes).await?;
+        let effective =
+            apply::effective_limits(pool, &enforcement, &user, &app, &attributes).await?;
         let evaluated = Evaluated {
             app,
             attributes,

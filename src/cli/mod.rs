@@ -4,11 +4,11 @@
 
 mod check_config;
 mod demo;
+mod enforcement;
 mod input;
 mod limits;
 mod migrate;
 mod revoke;
-mod enforcement;
 mod run;
 mod session_listing;
 mod sessions;

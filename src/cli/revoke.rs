@@ -5,13 +5,13 @@ use std::io::Write;
 
 use clap::Args;
 
-use super::input::{operator, parse_app, parse_user};
 use super::enforcement::built_in_enforcement;
+use super::input::{operator, parse_app, parse_user};
+use crate::apply::{self, AdminTarget};
 use crate::configuration::Settings;
+use crate::db;
 use crate::domain::event::SessionId;
 use crate::domain::revoke::RevokeMessage;
-use crate::apply::{self, AdminTarget};
-use crate::db;
 use crate::terminal::escape;
 
 #[derive(Debug, Args)]

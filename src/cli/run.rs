@@ -1,7 +1,7 @@
 //! `session-guard run`: the worker, until SIGINT or SIGTERM.
 
-use crate::configuration::{Settings, redact_url};
 use crate::Worker;
+use crate::configuration::{Settings, redact_url};
 use crate::{shutdown, telemetry};
 
 pub(super) async fn run_worker(settings: Settings) -> anyhow::Result<()> {

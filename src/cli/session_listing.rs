@@ -8,8 +8,8 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
 
 use crate::configuration::DatabaseSettings;
-use crate::domain::session::{EndReason, SessionState, state_of};
 use crate::db::{self, sessions::LoggedSession};
+use crate::domain::session::{EndReason, SessionState, state_of};
 use crate::terminal::{escape, escape_json};
 
 /// Which sessions to list, and how.

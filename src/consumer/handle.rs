@@ -13,6 +13,7 @@ use lapin::options::{BasicAckOptions, BasicNackOptions};
 use tokio::time::Instant;
 
 use super::decode::{Decoded, kind_of};
+use crate::apply::{self, AheadHints, BatchOutcome, LockTurn, PipelinePlace};
 use crate::backoff::{Backoff, pause};
 use crate::broker;
 use crate::domain::dead_letter::ErrorKind;
@@ -21,7 +22,6 @@ use crate::metric;
 use crate::refusal::Refusal;
 use crate::shutdown::CancellationToken;
 use crate::state::WorkerState;
-use crate::apply::{self, AheadHints, BatchOutcome, LockTurn, PipelinePlace};
 
 /// Pause before requeueing an event the database refused, times its
 /// delivery count.
@@ -257,8 +257,13 @@ async fn apply_with_retry(
     let mut refused = false;
     loop {
         let started = Instant::now();
-        let attempt =
-            apply::process_batch_in_turn(&state.pool, &state.enforcement, events, Utc::now(), order);
+        let attempt = apply::process_batch_in_turn(
+            &state.pool,
+            &state.enforcement,
+            events,
+            Utc::now(),
+            order,
+        );
         match attempt.await {
             Ok(outcome) => {
                 state.health.set_database(true);

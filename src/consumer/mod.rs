@@ -24,12 +24,12 @@ use lapin::{Connection, Consumer};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
+use crate::apply::{AheadHints, LockTurn, PipelinePlace};
 use crate::broker;
 use crate::configuration::Settings;
 use crate::domain::event::SessionEvent;
 use crate::shutdown::CancellationToken;
 use crate::state::WorkerState;
-use crate::apply::{AheadHints, LockTurn, PipelinePlace};
 use decode::decode;
 use handle::{Channels, ack_through, handle_batch};
 

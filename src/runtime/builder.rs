@@ -12,16 +12,16 @@ use tokio_util::task::TaskTracker;
 
 use super::supervisor::{Supervised, WhenStopping, supervise};
 use super::{housekeeping, http};
+use crate::apply::Enforcement;
 use crate::configuration::Settings;
 use crate::consumer;
+use crate::db;
 use crate::domain::limits::RuleHook;
 use crate::health::Health;
 use crate::refusal::Refusal;
 use crate::relay;
 use crate::shutdown::CancellationToken;
 use crate::state::WorkerState;
-use crate::apply::Enforcement;
-use crate::db;
 
 /// Most time `run` waits for the pool to close once the tasks are done.
 const POOL_CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);

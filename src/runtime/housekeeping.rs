@@ -11,11 +11,11 @@ use chrono::Utc;
 use sqlx::PgPool;
 use tokio::time::Instant;
 
+use crate::db;
 use crate::metric;
 use crate::refusal::Refusal;
 use crate::shutdown::CancellationToken;
 use crate::state::WorkerState;
-use crate::db;
 use crate::sweep::Sweep;
 use crate::telemetry;
 
