@@ -59,14 +59,28 @@ pub async fn declare_topology(channel: &Channel, settings: &AmqpSettings) -> any
             .with_context(|| format!("cannot declare exchange {name}"))?;
     }
 
-    let durable_queue = QueueDeclareOptions {
-        durable: true,
-        ..QueueDeclareOptions::default()
-    };
+    declare_dead_letter_queue(channel, settings).await?;
+    declare_events_queue(channel, settings).await
+}
+
+/// Durable, not exclusive, not auto-deleted: the queues outlive any worker.
+const DURABLE_QUEUE: QueueDeclareOptions = QueueDeclareOptions {
+    passive: false,
+    durable: true,
+    exclusive: false,
+    auto_delete: false,
+    nowait: false,
+};
+
+/// The dead-letter queue, bound to the dead-letter exchange.
+async fn declare_dead_letter_queue(
+    channel: &Channel,
+    settings: &AmqpSettings,
+) -> anyhow::Result<()> {
     channel
         .queue_declare(
             settings.dead_letter_queue.as_str().into(),
-            durable_queue,
+            DURABLE_QUEUE,
             quorum_arguments(),
         )
         .await
@@ -81,7 +95,12 @@ pub async fn declare_topology(channel: &Channel, settings: &AmqpSettings) -> any
         )
         .await
         .context("cannot bind the dead-letter queue")?;
+    Ok(())
+}
 
+/// The events queue (quorum, with a delivery limit and the dead-letter
+/// exchange), bound to the events exchange with `#`.
+async fn declare_events_queue(channel: &Channel, settings: &AmqpSettings) -> anyhow::Result<()> {
     let mut events_args = quorum_arguments();
     // What the broker does with a message that failed too often: send it to
     // our dead-letter exchange rather than dropping it.
@@ -98,7 +117,7 @@ pub async fn declare_topology(channel: &Channel, settings: &AmqpSettings) -> any
     channel
         .queue_declare(
             settings.events_queue.as_str().into(),
-            durable_queue,
+            DURABLE_QUEUE,
             events_args,
         )
         .await

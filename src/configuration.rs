@@ -920,6 +920,19 @@ impl Settings {
     /// Values out of range, key by key: `(key, what is wrong)`. Checked on
     /// each layer, so each is reported with where it came from.
     fn field_problems(&self) -> Vec<(String, String)> {
+        let mut problems = self.range_problems();
+        problems.extend(self.minimum_problems());
+        problems.extend(self.name_problems());
+        problems.extend(self.url_problems());
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+            problems.push(("log.level".to_owned(), format!("not a log filter: {e}")));
+        }
+        problems
+    }
+
+    /// Numbers above what PostgreSQL columns, RabbitMQ arguments or
+    /// durations can hold.
+    fn range_problems(&self) -> Vec<(String, String)> {
         let mut problems = Vec::new();
         let mut at_most = |key: String, value: u64, max: u64, why: &str| {
             if value > max {
@@ -938,21 +951,22 @@ impl Settings {
             max4,
             "RabbitMQ's x-delivery-limit is a signed 32-bit integer",
         );
+        let limits = &self.limits;
         at_most(
             "limits.max_sessions".into(),
-            self.limits.max_sessions.into(),
+            limits.max_sessions.into(),
             max4,
             INT4,
         );
         at_most(
             "limits.max_sessions_global".into(),
-            self.limits.max_sessions_global.into(),
+            limits.max_sessions_global.into(),
             max4,
             INT4,
         );
         at_most(
             "limits.idle_timeout".into(),
-            self.limits.idle_timeout,
+            limits.idle_timeout,
             MAX_SECONDS,
             SECONDS,
         );
@@ -962,7 +976,7 @@ impl Settings {
             MAX_SECONDS,
             SECONDS,
         );
-        for (i, rule) in self.limits.rules.iter().enumerate() {
+        for (i, rule) in limits.rules.iter().enumerate() {
             let key = |field: &str| format!("limits.rules[{i}].{field}");
             if let Some(n) = rule.max_sessions {
                 at_most(key("max_sessions"), n.into(), max4, INT4);
@@ -974,6 +988,12 @@ impl Settings {
                 at_most(key("idle_timeout"), n, MAX_SECONDS, SECONDS);
             }
         }
+        problems
+    }
+
+    /// Values that must not be zero.
+    fn minimum_problems(&self) -> Vec<(String, String)> {
+        let mut problems = Vec::new();
         let mut at_least_1 = |key: &str, value: u64, why: &str| {
             if value == 0 {
                 problems.push((key.to_owned(), format!("must be at least 1{why}")));
@@ -992,17 +1012,28 @@ impl Settings {
                 "must be longer than 0".to_owned(),
             ));
         }
-        for (key, name) in [
-            ("amqp.events_exchange", &self.amqp.events_exchange),
-            ("amqp.events_queue", &self.amqp.events_queue),
-            ("amqp.revocations_exchange", &self.amqp.revocations_exchange),
-            ("amqp.dead_letter_exchange", &self.amqp.dead_letter_exchange),
-            ("amqp.dead_letter_queue", &self.amqp.dead_letter_queue),
-        ] {
-            if name.is_empty() || name.len() > 255 {
-                problems.push((key.to_owned(), "must be 1-255 bytes long".to_owned()));
-            }
-        }
+        problems
+    }
+
+    /// Exchange and queue names RabbitMQ would refuse.
+    fn name_problems(&self) -> Vec<(String, String)> {
+        let amqp = &self.amqp;
+        [
+            ("amqp.events_exchange", &amqp.events_exchange),
+            ("amqp.events_queue", &amqp.events_queue),
+            ("amqp.revocations_exchange", &amqp.revocations_exchange),
+            ("amqp.dead_letter_exchange", &amqp.dead_letter_exchange),
+            ("amqp.dead_letter_queue", &amqp.dead_letter_queue),
+        ]
+        .into_iter()
+        .filter(|(_, name)| name.is_empty() || name.len() > 255)
+        .map(|(key, _)| (key.to_owned(), "must be 1-255 bytes long".to_owned()))
+        .collect()
+    }
+
+    /// URLs that do not parse, with their passwords masked in the reason.
+    fn url_problems(&self) -> Vec<(String, String)> {
+        let mut problems = Vec::new();
         let url = &self.database.url;
         let scheme_ok = url.starts_with("postgres://") || url.starts_with("postgresql://");
         match url.parse::<sqlx::postgres::PgConnectOptions>() {
@@ -1022,9 +1053,6 @@ impl Settings {
                 format!("not an AMQP URL: {e}")
                     .replace(&self.amqp.url, &redact_url(&self.amqp.url)),
             ));
-        }
-        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
-            problems.push(("log.level".to_owned(), format!("not a log filter: {e}")));
         }
         problems
     }

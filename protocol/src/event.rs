@@ -480,22 +480,7 @@ impl SessionEvent {
             return Err(EventError::NotAnObject);
         };
 
-        let kind = match required_str(&object, "type")? {
-            "login" => EventKind::Login,
-            "request" => EventKind::Request,
-            "logout" => EventKind::Logout,
-            "logout_others" => EventKind::LogoutOthers,
-            "logout_all" => EventKind::LogoutAll,
-            other => {
-                return Err(EventError::invalid(
-                    "type",
-                    format!(
-                        "unknown event type {other:?} (expected login, request, logout, \
-                         logout_others or logout_all)"
-                    ),
-                ));
-            }
-        };
+        let kind = parse_kind(required_str(&object, "type")?)?;
         let app = AppName::parse(required_str(&object, "app")?)
             .map_err(|p| EventError::invalid("app", p))?;
         let session_id = SessionId::parse(required_str(&object, "session_id")?)
@@ -510,19 +495,7 @@ impl SessionEvent {
         .map_err(|p| EventError::invalid("user_id", p))?;
         let occurred_at = parse_time("occurred_at", required_str(&object, "occurred_at")?)?;
         let event_id = optional_str(&object, "event_id")?
-            .map(|s| {
-                let n = s.chars().count();
-                if n == 0 || n > MAX_EVENT_ID_CHARS {
-                    Err(EventError::invalid(
-                        "event_id",
-                        format!("must be 1-{MAX_EVENT_ID_CHARS} characters, got {n}"),
-                    ))
-                } else if s.contains('\0') {
-                    Err(EventError::invalid("event_id", NO_NUL))
-                } else {
-                    Ok(s.to_owned())
-                }
-            })
+            .map(parse_event_id)
             .transpose()?;
         let ip = optional_str(&object, "ip")?
             .map(|s| {
@@ -531,36 +504,12 @@ impl SessionEvent {
             })
             .transpose()?;
         let user_agent = optional_str(&object, "user_agent")?
-            .map(|s| {
-                let n = s.chars().count();
-                if n > MAX_USER_AGENT_CHARS {
-                    Err(EventError::invalid(
-                        "user_agent",
-                        format!("longer than {MAX_USER_AGENT_CHARS} characters ({n})"),
-                    ))
-                } else if s.contains('\0') {
-                    Err(EventError::invalid("user_agent", NO_NUL))
-                } else {
-                    Ok(s.to_owned())
-                }
-            })
+            .map(parse_user_agent)
             .transpose()?;
         let expires_at = optional_str(&object, "expires_at")?
             .map(|s| parse_time("expires_at", s))
             .transpose()?;
-        let attributes = match object.remove("attributes") {
-            None | Some(Value::Null) => None,
-            Some(Value::Object(map)) => {
-                check_attributes(&map)?;
-                Some(map)
-            }
-            Some(other) => {
-                return Err(EventError::invalid(
-                    "attributes",
-                    format!("expected a JSON object, got {}", json_type(&other)),
-                ));
-            }
-        };
+        let attributes = take_attributes(&mut object)?;
 
         Ok(SessionEvent {
             kind,
@@ -574,6 +523,69 @@ impl SessionEvent {
             expires_at,
             attributes,
         })
+    }
+}
+
+fn parse_kind(kind: &str) -> Result<EventKind, EventError> {
+    match kind {
+        "login" => Ok(EventKind::Login),
+        "request" => Ok(EventKind::Request),
+        "logout" => Ok(EventKind::Logout),
+        "logout_others" => Ok(EventKind::LogoutOthers),
+        "logout_all" => Ok(EventKind::LogoutAll),
+        other => Err(EventError::invalid(
+            "type",
+            format!(
+                "unknown event type {other:?} (expected login, request, logout, \
+                 logout_others or logout_all)"
+            ),
+        )),
+    }
+}
+
+fn parse_event_id(s: &str) -> Result<String, EventError> {
+    let n = s.chars().count();
+    if n == 0 || n > MAX_EVENT_ID_CHARS {
+        Err(EventError::invalid(
+            "event_id",
+            format!("must be 1-{MAX_EVENT_ID_CHARS} characters, got {n}"),
+        ))
+    } else if s.contains('\0') {
+        Err(EventError::invalid("event_id", NO_NUL))
+    } else {
+        Ok(s.to_owned())
+    }
+}
+
+fn parse_user_agent(s: &str) -> Result<String, EventError> {
+    let n = s.chars().count();
+    if n > MAX_USER_AGENT_CHARS {
+        Err(EventError::invalid(
+            "user_agent",
+            format!("longer than {MAX_USER_AGENT_CHARS} characters ({n})"),
+        ))
+    } else if s.contains('\0') {
+        Err(EventError::invalid("user_agent", NO_NUL))
+    } else {
+        Ok(s.to_owned())
+    }
+}
+
+/// The `attributes` object, checked; `None` when absent or `null` (the
+/// app's latest claim stands).
+fn take_attributes(
+    object: &mut Map<String, Value>,
+) -> Result<Option<Map<String, Value>>, EventError> {
+    match object.remove("attributes") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Object(map)) => {
+            check_attributes(&map)?;
+            Ok(Some(map))
+        }
+        Some(other) => Err(EventError::invalid(
+            "attributes",
+            format!("expected a JSON object, got {}", json_type(&other)),
+        )),
     }
 }
 

@@ -252,50 +252,19 @@ pub fn apply_event(
     now: DateTime<Utc>,
     repeat_revoke_after: Duration,
 ) -> Applied {
-    let t = event.occurred_at;
     let Some(before) = current else {
-        let ended = event.kind == EventKind::Logout;
         return Applied {
-            record: SessionRecord {
-                app: event.app.clone(),
-                session_id: event.session_id.clone(),
-                user_id: event.user_id.clone(),
-                login_at: t,
-                login_seen: event.kind == EventKind::Login,
-                last_seen_at: t,
-                ip: event.ip,
-                user_agent: event.user_agent.clone(),
-                expires_at: event.expires_at,
-                ended_at: ended.then_some(t),
-                end_reason: ended.then_some(EndReason::Logout),
-                max_sessions: None,
-                last_revoke_at: None,
-                attributes: event.attributes.as_ref().and_then(non_empty),
-            },
+            record: first_sighting(event),
             changed: true,
             repeat_revoke: false,
         };
     };
-
     let mut r = before.clone();
     if r.user_id.is_none() {
         r.user_id = event.user_id.clone();
     }
-    if t > r.last_seen_at {
-        r.last_seen_at = t;
-        if event.ip.is_some() {
-            r.ip = event.ip;
-        }
-        if event.user_agent.is_some() {
-            r.user_agent = event.user_agent.clone();
-        }
-        if event.expires_at.is_some() {
-            r.expires_at = event.expires_at;
-        }
-        if let Some(attributes) = event.attributes.as_ref().and_then(non_empty) {
-            r.attributes = Some(attributes);
-        }
-    }
+    take_latest(&mut r, event);
+    let t = event.occurred_at;
     let mut repeat_revoke = false;
     match event.kind {
         EventKind::Login => {
@@ -308,24 +277,9 @@ pub fn apply_event(
             if !r.login_seen && t < r.login_at {
                 r.login_at = t;
             }
-            let revoked_at = match (r.end_reason, r.ended_at) {
-                (Some(reason), Some(at)) if reason.is_revocation() => Some(at),
-                _ => None,
-            };
-            if let Some(revoked_at) = revoked_at {
-                // Only a request newer than anything seen before counts: a
-                // redelivered or late one says nothing new about the app.
-                let newer = t > revoked_at && t > before.last_seen_at;
-                let paused = r.last_revoke_at.is_some_and(|last| {
-                    now.signed_duration_since(last)
-                        .to_std()
-                        .unwrap_or(Duration::ZERO)
-                        < repeat_revoke_after
-                });
-                if newer && !paused {
-                    repeat_revoke = true;
-                    r.last_revoke_at = Some(now);
-                }
+            repeat_revoke = is_repeat(&r, before, t, now, repeat_revoke_after);
+            if repeat_revoke {
+                r.last_revoke_at = Some(now);
             }
         }
         EventKind::Logout => {
@@ -340,6 +294,75 @@ pub fn apply_event(
         record: r,
         repeat_revoke,
     }
+}
+
+/// The record of a session first seen in `event`: a logout of it ends it at
+/// once, so that its login arriving late cannot make it active.
+fn first_sighting(event: &SessionEvent) -> SessionRecord {
+    let t = event.occurred_at;
+    let ended = event.kind == EventKind::Logout;
+    SessionRecord {
+        app: event.app.clone(),
+        session_id: event.session_id.clone(),
+        user_id: event.user_id.clone(),
+        login_at: t,
+        login_seen: event.kind == EventKind::Login,
+        last_seen_at: t,
+        ip: event.ip,
+        user_agent: event.user_agent.clone(),
+        expires_at: event.expires_at,
+        ended_at: ended.then_some(t),
+        end_reason: ended.then_some(EndReason::Logout),
+        max_sessions: None,
+        last_revoke_at: None,
+        attributes: event.attributes.as_ref().and_then(non_empty),
+    }
+}
+
+/// The latest event (by `occurred_at`) sets last_seen_at, ip, user_agent,
+/// expires_at and attributes; an older one arriving late changes none.
+fn take_latest(r: &mut SessionRecord, event: &SessionEvent) {
+    if event.occurred_at <= r.last_seen_at {
+        return;
+    }
+    r.last_seen_at = event.occurred_at;
+    if event.ip.is_some() {
+        r.ip = event.ip;
+    }
+    if event.user_agent.is_some() {
+        r.user_agent = event.user_agent.clone();
+    }
+    if event.expires_at.is_some() {
+        r.expires_at = event.expires_at;
+    }
+    if let Some(attributes) = event.attributes.as_ref().and_then(non_empty) {
+        r.attributes = Some(attributes);
+    }
+}
+
+/// Whether a request at `t` on a revoked session shows that the app missed
+/// the revoke: only one newer than the revocation and than anything seen
+/// before counts (a redelivered or late one says nothing new), and not
+/// within `repeat_revoke_after` of the previous revoke message.
+fn is_repeat(
+    r: &SessionRecord,
+    before: &SessionRecord,
+    t: DateTime<Utc>,
+    now: DateTime<Utc>,
+    repeat_revoke_after: Duration,
+) -> bool {
+    let revoked_at = match (r.end_reason, r.ended_at) {
+        (Some(reason), Some(at)) if reason.is_revocation() => at,
+        _ => return false,
+    };
+    let newer = t > revoked_at && t > before.last_seen_at;
+    let paused = r.last_revoke_at.is_some_and(|last| {
+        now.signed_duration_since(last)
+            .to_std()
+            .unwrap_or(Duration::ZERO)
+            < repeat_revoke_after
+    });
+    newer && !paused
 }
 
 fn non_empty(attributes: &serde_json::Map<String, serde_json::Value>) -> Option<serde_json::Value> {

@@ -422,6 +422,15 @@ async fn close(connection: &Connection) {
 /// its binding. Each failure is a channel error, so the next step would
 /// fail too: the first one is returned.
 async fn declare(channel: &Channel, config: &ListenerConfig) -> Result<(), ListenerError> {
+    declare_dead_letters(channel, config).await?;
+    declare_revoke_queue(channel, config).await
+}
+
+/// The app's dead-letter exchange (fanout) and queue, bound together.
+async fn declare_dead_letters(
+    channel: &Channel,
+    config: &ListenerConfig,
+) -> Result<(), ListenerError> {
     let dead = config.dead_letter_queue();
     let durable_exchange = ExchangeDeclareOptions {
         durable: true,
@@ -457,7 +466,20 @@ async fn declare(channel: &Channel, config: &ListenerConfig) -> Result<(), Liste
         )
         .await
         .map_err(|cause| broker_error(&format!("bind queue {dead} to exchange {dead}"), cause))?;
+    Ok(())
+}
 
+/// The revoke queue (quorum, delivery limit, dead-lettering to the app's
+/// exchange), bound to `revoke.<app>`.
+async fn declare_revoke_queue(
+    channel: &Channel,
+    config: &ListenerConfig,
+) -> Result<(), ListenerError> {
+    let dead = config.dead_letter_queue();
+    let durable_queue = QueueDeclareOptions {
+        durable: true,
+        ..QueueDeclareOptions::default()
+    };
     let limit = config.max_attempts - 1;
     let mut args = quorum_arguments();
     args.insert(
@@ -587,33 +609,7 @@ where
     E: Display,
     S: Future<Output = ()>,
 {
-    let channel = connection
-        .create_channel()
-        .await
-        .map_err(|e| ConnectionLost::new("cannot open a channel", e))?;
-    // Per-consumer prefetch (global: false): RabbitMQ 3.x refuses global QoS
-    // on quorum queues with an error that closes the whole connection.
-    channel
-        .basic_qos(config.prefetch, BasicQosOptions { global: false })
-        .await
-        .map_err(|e| ConnectionLost::new("cannot set the prefetch", e))?;
-    let dead_letters = connection
-        .create_channel()
-        .await
-        .map_err(|e| ConnectionLost::new("cannot open a channel", e))?;
-    dead_letters
-        .confirm_select(ConfirmSelectOptions::default())
-        .await
-        .map_err(|e| ConnectionLost::new("cannot enable publisher confirms", e))?;
-    let mut consumer = channel
-        .basic_consume(
-            config.queue.as_str().into(),
-            "".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .map_err(|e| ConnectionLost::new("cannot consume", e))?;
+    let (channel, dead_letters, mut consumer) = start_consuming(config, connection).await?;
     tracing::info!(queue = %config.queue, "listening for revokes");
     let dead = DeadLetters {
         channel: &dead_letters,
@@ -659,6 +655,42 @@ where
         let _ = tokio::time::timeout(CLOSE_TIMEOUT, closing).await;
     }
     Ok(())
+}
+
+/// Opens the consuming channel (with the prefetch) and the confirm channel
+/// for dead letters, and starts consuming.
+async fn start_consuming(
+    config: &ListenerConfig,
+    connection: &Connection,
+) -> Result<(Channel, Channel, lapin::Consumer), ConnectionLost> {
+    let channel = connection
+        .create_channel()
+        .await
+        .map_err(|e| ConnectionLost::new("cannot open a channel", e))?;
+    // Per-consumer prefetch (global: false): RabbitMQ 3.x refuses global QoS
+    // on quorum queues with an error that closes the whole connection.
+    channel
+        .basic_qos(config.prefetch, BasicQosOptions { global: false })
+        .await
+        .map_err(|e| ConnectionLost::new("cannot set the prefetch", e))?;
+    let dead_letters = connection
+        .create_channel()
+        .await
+        .map_err(|e| ConnectionLost::new("cannot open a channel", e))?;
+    dead_letters
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .map_err(|e| ConnectionLost::new("cannot enable publisher confirms", e))?;
+    let consumer = channel
+        .basic_consume(
+            config.queue.as_str().into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|e| ConnectionLost::new("cannot consume", e))?;
+    Ok((channel, dead_letters, consumer))
 }
 
 /// Where a listener sends what it gives up on.
