@@ -184,7 +184,7 @@ pub async fn delete_topology(settings: &AmqpSettings, role: &str) {
 /// `RevocationListener`, whose durable queue outlives its connection.
 pub async fn declare_revoke_tap(
     channel: &Channel,
-    settings: &AmqpSettings,
+    revocations_exchange: &str,
 ) -> anyhow::Result<ShortString> {
     let queue = channel
         .queue_declare(
@@ -201,7 +201,7 @@ pub async fn declare_revoke_tap(
     channel
         .queue_bind(
             queue.name().clone(),
-            settings.revocations_exchange.as_str().into(),
+            revocations_exchange.into(),
             "revoke.#".into(),
             QueueBindOptions::default(),
             FieldTable::default(),

@@ -43,7 +43,8 @@ pub async fn measure(
     args: &BenchArgs,
 ) -> anyhow::Result<Row> {
     let listen_channel = connection.create_channel().await?;
-    let queue = broker::declare_revoke_tap(&listen_channel, &settings.amqp).await?;
+    let queue =
+        broker::declare_revoke_tap(&listen_channel, &settings.amqp.revocations_exchange).await?;
     let revokes = listen_channel
         .basic_consume(
             queue,

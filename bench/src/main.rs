@@ -142,7 +142,7 @@ async fn measure(
     let publisher = broker::confirm_channel(&connection).await?;
     // A queue bound like an app's, so revokes are routed (and not logged as
     // unroutable); gone with the bench's connection.
-    broker::declare_revoke_tap(&setup, &settings.amqp).await?;
+    broker::declare_revoke_tap(&setup, &settings.amqp.revocations_exchange).await?;
     let mut rows = client::rows(&setup, &publisher, settings, args.client_events).await?;
 
     let events = generate(args);

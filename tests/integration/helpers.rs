@@ -11,8 +11,7 @@ use std::time::Duration;
 use chrono::{DateTime, SubsecRound as _, Utc};
 use futures::StreamExt;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, QueueBindOptions,
-    QueueDeclareOptions,
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, Consumer};
@@ -792,31 +791,12 @@ pub fn signal(child: &Child, signal: Signal) {
 /// every app's revokes, and a consumer on it.
 pub async fn revoke_listener(connection: &Connection, revocations_exchange: &str) -> Consumer {
     let channel = connection.create_channel().await.unwrap();
-    let queue = channel
-        .queue_declare(
-            "".into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                auto_delete: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    channel
-        .queue_bind(
-            queue.name().clone(),
-            revocations_exchange.into(),
-            "revoke.#".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
+    let queue = broker::declare_revoke_tap(&channel, revocations_exchange)
         .await
         .unwrap();
     channel
         .basic_consume(
-            queue.name().clone(),
+            queue,
             "".into(),
             BasicConsumeOptions::default(),
             FieldTable::default(),
