@@ -15,6 +15,7 @@ use sqlx::PgPool;
 
 use crate::report::{Row, median, spread};
 use crate::services::{fill_history, forget_bench_sessions, reset_log};
+use crate::traffic::Mix;
 use crate::workers::{Progress, WorkerProcess};
 
 /// Events published before waiting for their confirms.
@@ -54,6 +55,72 @@ pub struct DrainFigures {
     ratios: [Vec<f64>; 2],
     /// The highest VmHWM of any worker, KiB.
     pub peak_rss: u64,
+    /// The baseline's CPU (the bench process), ms per 1,000 events.
+    baseline_cpu: Vec<f64>,
+    /// With 1 and with 2 workers: the workers' CPU, ms per 1,000 events.
+    worker_cpu: [Vec<f64>; 2],
+    /// With 1 and with 2 workers: the CPU of the PostgreSQL backends
+    /// serving the workers' connections, ms per 1,000 events.
+    postgres_cpu: [Vec<f64>; 2],
+}
+
+/// What one drain through workers measured.
+struct WorkerDrain {
+    /// Events per second.
+    rate: f64,
+    /// The highest VmHWM of the workers, KiB.
+    rss: u64,
+    /// The workers' CPU time (utime + stime), ms, start-up included.
+    worker_cpu_ms: f64,
+    /// The CPU time of their PostgreSQL backends during the drain, ms.
+    postgres_cpu_ms: f64,
+}
+
+/// A process's CPU time (utime + stime, all threads) from /proc, ms.
+fn cpu_ms(process: &procfs::process::Process) -> Option<f64> {
+    let stat = process.stat().ok()?;
+    Some((stat.utime + stat.stime) as f64 * 1000.0 / procfs::ticks_per_second() as f64)
+}
+
+/// The CPU time of the process `pid`, ms (0 once it is gone).
+fn pid_cpu_ms(pid: i32) -> f64 {
+    procfs::process::Process::new(pid)
+        .ok()
+        .and_then(|p| cpu_ms(&p))
+        .unwrap_or(0.0)
+}
+
+/// This (the bench's) process's CPU time, ms.
+fn own_cpu_ms() -> f64 {
+    procfs::process::Process::myself()
+        .ok()
+        .and_then(|p| cpu_ms(&p))
+        .unwrap_or(0.0)
+}
+
+/// The pids of the client backends on the bench's database, except the
+/// one answering; with each one's CPU time, ms. PostgreSQL runs on this
+/// host, so /proc has them.
+async fn backends(pool: &PgPool) -> anyhow::Result<Vec<(i32, f64)>> {
+    let pids: Vec<i32> = sqlx::query_scalar(
+        "SELECT pid FROM pg_stat_activity \
+         WHERE datname = current_database() AND pid <> pg_backend_pid() \
+         AND backend_type = 'client backend'",
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(pids.into_iter().map(|p| (p, pid_cpu_ms(p))).collect())
+}
+
+/// Every client backend on the bench's database, the answering one too:
+/// the bench's own connections, before a worker starts.
+async fn all_backends(pool: &PgPool) -> anyhow::Result<Vec<i32>> {
+    Ok(sqlx::query_scalar(
+        "SELECT pid FROM pg_stat_activity \
+         WHERE datname = current_database() AND backend_type = 'client backend'",
+    )
+    .fetch_all(pool)
+    .await?)
 }
 
 /// Worker counts of the drain runs.
@@ -65,17 +132,27 @@ impl Drains<'_> {
         let mut figures = DrainFigures::default();
         for run in 1..=runs {
             figures.publish.push(self.fill().await?);
-            let base = self.baseline().await?;
+            let (base, base_cpu) = self.baseline().await?;
             figures.baseline.push(base);
-            println!("run {run}/{runs}: baseline {base:.0} events/s");
+            figures
+                .baseline_cpu
+                .push(base_cpu * 1000.0 / self.events.len() as f64);
+            println!("run {run}/{runs}: baseline {base:.0} events/s, {base_cpu:.0} ms CPU");
             for (i, workers) in WORKERS.into_iter().enumerate() {
                 reset_log(self.pool).await?;
                 self.fill().await?;
-                let (rate, rss) = self.through_workers(workers).await?;
-                figures.peak_rss = figures.peak_rss.max(rss);
+                let drain = self.through_workers(workers).await?;
+                let rate = drain.rate;
+                figures.peak_rss = figures.peak_rss.max(drain.rss);
+                let per_1000 = 1000.0 / self.events.len() as f64;
+                figures.worker_cpu[i].push(drain.worker_cpu_ms * per_1000);
+                figures.postgres_cpu[i].push(drain.postgres_cpu_ms * per_1000);
                 println!(
-                    "run {run}/{runs}: {workers} worker(s) {rate:.0} events/s ({:.2} of the baseline)",
-                    rate / base
+                    "run {run}/{runs}: {workers} worker(s) {rate:.0} events/s ({:.2} of the baseline), \
+                     CPU {:.0} ms worker, {:.0} ms PostgreSQL",
+                    rate / base,
+                    drain.worker_cpu_ms,
+                    drain.postgres_cpu_ms
                 );
                 figures.rates[i].push(rate);
                 figures.ratios[i].push(rate / base);
@@ -93,7 +170,7 @@ impl Drains<'_> {
         for run in 1..=runs {
             forget_bench_sessions(self.pool).await?;
             self.fill().await?;
-            let (rate, _) = self.through_workers(1).await?;
+            let rate = self.through_workers(1).await?.rate;
             println!("run {run}/{runs}: 1 worker, large log, {rate:.0} events/s");
             large.push(rate);
         }
@@ -113,11 +190,14 @@ impl Drains<'_> {
         publish_all(self.publisher, self.settings, self.events).await
     }
 
-    /// A consumer that only acks, set up as the workers' consumer is.
-    async fn baseline(&self) -> anyhow::Result<f64> {
+    /// A consumer that only acks, set up as the workers' consumer is;
+    /// returns events/s and the CPU time of the bench process (where it
+    /// runs, nothing else busy) during the drain, ms.
+    async fn baseline(&self) -> anyhow::Result<(f64, f64)> {
         let n = self.events.len();
         let channel = self.connection.create_channel().await?;
         let mut consumer = broker::consume_events(&channel, &self.settings.amqp).await?;
+        let cpu_before = own_cpu_ms();
         let started = Instant::now();
         let mut count = 0usize;
         while count < n {
@@ -128,16 +208,21 @@ impl Drains<'_> {
             }
         }
         let rate = n as f64 / started.elapsed().as_secs_f64();
+        let cpu = own_cpu_ms() - cpu_before;
         let _ = channel.close(200, "done".into()).await;
-        Ok(rate)
+        Ok((rate, cpu))
     }
 
     /// Starts `workers` worker processes on the pre-filled queue and waits
-    /// until they have processed every event; returns events/s and the
-    /// peak RSS (KiB).
-    async fn through_workers(&self, workers: usize) -> anyhow::Result<(f64, u64)> {
+    /// until they have processed every event; returns the rate, the peak
+    /// RSS and the CPU of the workers and of their PostgreSQL backends.
+    async fn through_workers(&self, workers: usize) -> anyhow::Result<WorkerDrain> {
         let n = self.events.len() as u64;
         let progress = Progress::new()?;
+        // The bench's own connections, and any backend's CPU before.
+        let ours = all_backends(self.pool).await?;
+        let before: std::collections::HashMap<i32, f64> =
+            backends(self.pool).await?.into_iter().collect();
         let started = Instant::now();
         let processes = (0..workers)
             .map(|_| WorkerProcess::start(self.worker, self.settings))
@@ -156,12 +241,27 @@ impl Drains<'_> {
             }
         }
         .await;
+        // Read before the workers stop and their backends exit.
+        let mut postgres_cpu_ms = 0.0;
+        if result.is_ok() {
+            for (pid, cpu) in backends(self.pool).await? {
+                if !ours.contains(&pid) {
+                    postgres_cpu_ms += cpu - before.get(&pid).copied().unwrap_or(0.0);
+                }
+            }
+        }
+        let worker_cpu_ms = processes.iter().filter_map(WorkerProcess::cpu_ms).sum();
         let mut rss = 0;
         for process in processes {
             rss = rss.max(process.peak_rss().unwrap_or(0));
             process.stop().await;
         }
-        Ok((result?, rss))
+        Ok(WorkerDrain {
+            rate: result?,
+            rss,
+            worker_cpu_ms,
+            postgres_cpu_ms,
+        })
     }
 }
 
@@ -172,7 +272,8 @@ impl DrainFigures {
     }
 
     /// The report's rows: pre-fill, baseline, 1 and 2 workers.
-    pub fn rows(&self, prefetch: u16) -> Vec<Row> {
+    pub fn rows(&self, prefetch: u16, mix: Mix) -> Vec<Row> {
+        let mix = mix.name();
         let mut rows = vec![
             Row {
                 what: "publish with confirms (pre-fill)".into(),
@@ -192,7 +293,7 @@ impl DrainFigures {
             let ratios: Vec<String> = self.ratios[i].iter().map(|r| format!("{r:.2}")).collect();
             rows.push(Row {
                 what: format!(
-                    "{workers} worker{} draining the same events",
+                    "{workers} worker{} draining the same events ({mix} mix)",
                     if workers > 1 { "s" } else { "" }
                 ),
                 figure: format!("{:.0} events/s", median(&self.rates[i])),
@@ -201,6 +302,26 @@ impl DrainFigures {
                     median(&self.ratios[i]),
                     ratios.join(", "),
                     spread(&self.rates[i])
+                ),
+            });
+        }
+        for (i, workers) in WORKERS.into_iter().enumerate() {
+            rows.push(Row {
+                what: format!(
+                    "CPU per 1,000 events, {workers} worker{} ({mix} mix)",
+                    if workers > 1 { "s" } else { "" }
+                ),
+                figure: format!(
+                    "{:.1} ms worker, {:.1} ms PostgreSQL",
+                    median(&self.worker_cpu[i]),
+                    median(&self.postgres_cpu[i])
+                ),
+                note: format!(
+                    "baseline consumer {:.1} ms (bench process); utime+stime from /proc, \
+                     worker processes (start-up included) and the backends of their \
+                     connections, before and after the drain; median of {} runs",
+                    median(&self.baseline_cpu),
+                    self.baseline_cpu.len()
                 ),
             });
         }

@@ -24,7 +24,7 @@ use session_guard::{Settings, telemetry};
 
 use crate::drain::Drains;
 use crate::report::Row;
-use crate::traffic::Traffic;
+use crate::traffic::{Mix, Traffic};
 
 /// What to run; every figure of the benchmark has a knob here.
 #[derive(Debug, Clone, Parser)]
@@ -42,6 +42,9 @@ pub struct BenchArgs {
     /// Events in the pre-filled queue for the drain runs.
     #[arg(long, default_value_t = 200_000)]
     pub events: usize,
+    /// The traffic of the drain runs (see BENCHMARKS.md, "Traffic mixes").
+    #[arg(long, value_enum, default_value = "production")]
+    pub mix: Mix,
     /// Distinct users in the generated traffic.
     #[arg(long, default_value_t = 50_000)]
     pub users: usize,
@@ -156,7 +159,7 @@ async fn measure(
     };
     let runs = args.runs.max(1);
     let figures = drains.empty_log(runs).await?;
-    rows.extend(figures.rows(settings.amqp.prefetch));
+    rows.extend(figures.rows(settings.amqp.prefetch, args.mix));
 
     services::reset_log(&pool).await?;
     rows.push(latency::measure(&connection, &publisher, settings, worker, args).await?);
@@ -176,7 +179,7 @@ async fn measure(
 
 /// The traffic of the drain runs, generated once and replayed for each.
 fn generate(args: &BenchArgs) -> Vec<Vec<u8>> {
-    let mut traffic = Traffic::new(args.users, 0x5eed);
+    let mut traffic = Traffic::with_mix(args.mix, args.users, 0x5eed);
     let events: Vec<Vec<u8>> = (0..args.events)
         .map(|_| traffic.next_event().to_string().into_bytes())
         .collect();
@@ -185,10 +188,12 @@ fn generate(args: &BenchArgs) -> Vec<Vec<u8>> {
         .filter(|e| std::str::from_utf8(e).is_ok_and(|s| s.contains("\"type\":\"login\"")))
         .count();
     println!(
-        "traffic: {} events, {} logins, {} of them over the limit",
+        "traffic ({} mix): {} events, {} logins, {} of them over the limit, {} requests on sessions not live",
+        args.mix.name(),
         events.len(),
         logins,
-        traffic.conflicts
+        traffic.conflicts,
+        traffic.unknown
     );
     events
 }

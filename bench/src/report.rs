@@ -55,11 +55,12 @@ pub async fn write(args: &BenchArgs, table: &str, worker: &Path, tls: bool) -> a
         .await
         .unwrap_or_else(|| "PostgreSQL ?".into());
     let report = format!(
-        "# Benchmarks\n\nMeasured by `session-guard-bench --events {} --users {} --rate {} \
+        "# Benchmarks\n\nMeasured by `session-guard-bench --mix {} --events {} --users {} --rate {} \
          --seconds {} --log-rows {} --runs {} --client-events {}` on {} (UTC).\n\nMachine: {}; {} cores. Versions: \
          {worker_version}, {rabbitmq}, {postgres}; {transport}, broker connection without TLS. Broker, \
          database, worker and load generator share the machine. Figures vary by +-20% between runs on these shared machines: compare \
          ratios to the baseline of the same run.\n\n{table}\n",
+        args.mix.name(),
         args.events,
         args.users,
         args.rate,

@@ -66,6 +66,16 @@ impl WorkerProcess {
             .vmhwm
     }
 
+    /// Its CPU time so far (utime + stime, all threads), ms.
+    pub fn cpu_ms(&self) -> Option<f64> {
+        let pid = self.child.id()?;
+        let stat = procfs::process::Process::new(pid as i32)
+            .ok()?
+            .stat()
+            .ok()?;
+        Some((stat.utime + stat.stime) as f64 * 1000.0 / procfs::ticks_per_second() as f64)
+    }
+
     /// Stops it as an operator would (SIGTERM) and waits for it to exit.
     pub async fn stop(mut self) {
         if let Some(pid) = self.child.id() {
