@@ -36,7 +36,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
-use crate::db::retention::EXPIRED_GRACE;
+use crate::db::retention::{EXPIRED_GRACE, bury_moved};
 
 /// Due rows read per step, and so most users locked by one transaction.
 const CHUNK: i64 = 200;
@@ -50,22 +50,19 @@ const WALK_PAGES: usize = 20;
 
 /// The due rows' tombstones, then the rows' owners: shared by every move.
 /// `doomed` (defined before it) names the rows to move, already locked.
-const MOVE: &str = "
+const MOVE: &str = concat!(
+    "
      ), moved AS (
          DELETE FROM sessions s USING doomed d
          WHERE s.app = d.app AND s.session_id = d.session_id
          RETURNING s.*
      ), buried AS (
-         INSERT INTO session_tombstones (app, session_id, user_id, login_at, last_seen_at,
-                                         expires_at, ended_at, end_reason, max_sessions,
-                                         last_revoke_at)
-         SELECT app, session_id, user_id, login_at, last_seen_at, expires_at,
-                coalesce(ended_at, expires_at), coalesce(end_reason, 'expired'), max_sessions,
-                last_revoke_at
-         FROM moved
-         ON CONFLICT (app, session_id) DO NOTHING
+         ",
+    bury_moved!(),
+    "
      )
-     SELECT user_id FROM moved";
+     SELECT user_id FROM moved"
+);
 
 /// Whether a row of `sessions` (alias `s`) is due: `$2` is the end before
 /// which an ended row is due, `$3` the expiry before which a row that never

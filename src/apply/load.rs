@@ -110,13 +110,7 @@ impl State {
             .filter_map(|k| self.slots.get(k))
             .filter(|s| s.origin != Origin::Tombstone)
             .filter(|s| s.record.user_id.as_ref() == Some(user) && s.record.is_active_at(now))
-            .map(|s| Candidate {
-                app: s.record.app.clone(),
-                session_id: s.record.session_id.clone(),
-                login_at: s.record.login_at,
-                login_seen: s.record.login_seen,
-                last_seen_at: s.record.last_seen_at,
-            })
+            .map(|s| Candidate::from(&s.record))
             .collect()
     }
 

@@ -164,13 +164,7 @@ fn targets(
         .get(&key)
         .filter(|s| s.origin == Origin::Log)
         .filter(|s| s.record.user_id.as_ref() == Some(user) && s.record.end_reason.is_none())
-        .map(|s| Candidate {
-            app: s.record.app.clone(),
-            session_id: s.record.session_id.clone(),
-            login_at: s.record.login_at,
-            login_seen: s.record.login_seen,
-            last_seen_at: s.record.last_seen_at,
-        })
+        .map(|s| Candidate::from(&s.record))
         .into_iter()
         .collect()
 }

@@ -6,6 +6,24 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgPool};
 
+/// What a tombstone keeps of a session: inserts the rows of the CTE `moved`
+/// (deleted from `sessions` by the statement around it) into
+/// `session_tombstones`. One text for retention by count ([`prune_logs`])
+/// and by age (`sweep`), so both keep the same.
+macro_rules! bury_moved {
+    () => {
+        "INSERT INTO session_tombstones (app, session_id, user_id, login_at, last_seen_at,
+                                         expires_at, ended_at, end_reason, max_sessions,
+                                         last_revoke_at)
+         SELECT app, session_id, user_id, login_at, last_seen_at, expires_at,
+                coalesce(ended_at, expires_at), coalesce(end_reason, 'expired'), max_sessions,
+                last_revoke_at
+         FROM moved
+         ON CONFLICT (app, session_id) DO NOTHING"
+    };
+}
+pub(crate) use bury_moved;
+
 /// How long after its `expires_at` a session that did not end otherwise may
 /// be pruned by retention (a queued request could still extend it).
 pub const EXPIRED_GRACE: Duration = Duration::from_secs(24 * 3600);
@@ -29,7 +47,7 @@ pub(crate) async fn prune_logs(
         .iter()
         .map(|(u, k)| (u.as_str(), i64::from(*k)))
         .unzip();
-    let moved = sqlx::query(
+    let moved = sqlx::query(concat!(
         "WITH target AS (
              SELECT * FROM unnest($1::text[], $2::int8[]) AS t(user_id, keep)
          ), ranked AS (
@@ -46,16 +64,9 @@ pub(crate) async fn prune_logs(
              WHERE d.n > d.keep AND s.user_id = d.user_id
                AND s.app = d.app AND s.session_id = d.session_id
              RETURNING s.*
-         )
-         INSERT INTO session_tombstones (app, session_id, user_id, login_at, last_seen_at,
-                                         expires_at, ended_at, end_reason, max_sessions,
-                                         last_revoke_at)
-         SELECT app, session_id, user_id, login_at, last_seen_at, expires_at,
-                coalesce(ended_at, expires_at), coalesce(end_reason, 'expired'), max_sessions,
-                last_revoke_at
-         FROM moved
-         ON CONFLICT (app, session_id) DO NOTHING",
-    )
+         ) ",
+        bury_moved!()
+    ))
     .bind(&users)
     .bind(&limits)
     .bind(now)

@@ -8,6 +8,7 @@ use chrono::{DateTime, Utc};
 
 use super::event::{AppName, SessionId};
 use super::limits::{EvictionPolicy, Limits};
+use super::session::SessionRecord;
 
 /// An active session, as the decision core needs to see it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,6 +23,18 @@ pub struct Candidate {
     pub login_seen: bool,
     /// Event time of the session's latest event.
     pub last_seen_at: DateTime<Utc>,
+}
+
+impl From<&SessionRecord> for Candidate {
+    fn from(r: &SessionRecord) -> Candidate {
+        Candidate {
+            app: r.app.clone(),
+            session_id: r.session_id.clone(),
+            login_at: r.login_at,
+            login_seen: r.login_seen,
+            last_seen_at: r.last_seen_at,
+        }
+    }
 }
 
 /// Which limit a revoked session broke.
