@@ -270,10 +270,16 @@ fn collect(rows: Vec<LoadedRow>) -> Loaded {
 
 /// Reads again, once `users` are locked, their rows: every live one and
 /// those of the named sessions (`keys`) stored under them or, with
-/// `unowned`, under no user at the first read; and, with `claims`, what the
-/// apps claim for them. No row locks: every writer that can end or add a
-/// user's session, or change a claim, holds that user's lock, and the rows
-/// of users not locked are only touched (a claim only renewed).
+/// `unowned`, under no user or not at all at the first read; and, with
+/// `claims`, what the apps claim for them. No row locks: every writer that
+/// can end or add a user's session, or change a claim, holds that user's
+/// lock, and the rows of users not locked are only touched (a claim only
+/// renewed).
+///
+/// A session not found at the first read and named only by events of
+/// `created` users (whose lock rows the pass created: they had no
+/// sessions) is not read again either: the batch inserts it only if its
+/// key is still free (see `write`).
 pub(super) async fn reload(
     conn: &mut PgConnection,
     state: &mut State,
@@ -281,16 +287,29 @@ pub(super) async fn reload(
     (events, event_keys): (&[SessionEvent], &[Key]),
     (users, claims): (&BTreeSet<String>, bool),
     unowned: bool,
+    created: &BTreeSet<String>,
 ) -> sqlx::Result<()> {
+    // Keys an event of a user not created names (or an event of no user).
+    let named_otherwise: BTreeSet<&Key> = events
+        .iter()
+        .zip(event_keys)
+        .filter(|(e, _)| {
+            e.user_id
+                .as_ref()
+                .is_none_or(|u| !created.contains(u.as_str()))
+        })
+        .map(|(_, k)| k)
+        .collect();
     let mut reread: BTreeSet<&Key> = keys
         .iter()
         .copied()
-        .filter(
-            |k| match state.slots.get(*k).and_then(|s| s.record.user_id.as_ref()) {
+        .filter(|k| match state.slots.get(*k) {
+            Some(slot) => match slot.record.user_id.as_ref() {
                 Some(u) => users.contains(u.as_str()),
                 None => unowned,
             },
-        )
+            None => unowned && named_otherwise.contains(*k),
+        })
         .collect();
     reread.extend(
         events

@@ -249,9 +249,13 @@ async fn run_pass(
         claims,
         now,
     };
-    let (locked, users) =
+    let (locked, users, created) =
         match take_locks(&mut *conn, &mut state, batch, &named, lock, turn, hints).await? {
-            Locks::Held { locked, users } => (locked, users),
+            Locks::Held {
+                locked,
+                users,
+                created,
+            } => (locked, users, created),
             Locks::Busy(users) => return Ok(Pass::NeedsLocks(users)),
         };
     state.index_all();
@@ -261,7 +265,8 @@ async fn run_pass(
     if !decided.needs_locks.is_empty() {
         return Ok(Pass::NeedsLocks(decided.needs_locks));
     }
-    write_pass(conn, &state, enforcement, batch, &locked, decided, now).await
+    let locks = (&locked, &created);
+    write_pass(conn, &state, enforcement, batch, locks, decided, now).await
 }
 
 /// Reads, before any lock, the named sessions and the live sessions of the
@@ -306,6 +311,9 @@ enum Locks {
         locked: BTreeSet<String>,
         /// Every user of the batch, locked or not.
         users: BTreeSet<String>,
+        /// Those of `locked` whose lock row this pass created: they had no
+        /// sessions, so they were not read again (see `locks::lock_users`).
+        created: BTreeSet<String>,
     },
     /// Users found after the locks were taken are busy: run the pass again
     /// with them locked in the sorted go.
@@ -338,14 +346,19 @@ async fn take_locks(
     locked.extend(must_lock.iter().cloned());
     users.extend(locked.iter().cloned());
     turn.wait().await;
-    locks::lock_users(&mut *conn, &locked).await?;
+    let created = locks::lock_users(&mut *conn, &locked).await?;
     // Only an event of no known user can name, once read again, a user not
     // locked yet (see below). Without one, the next batch of this worker may
     // take its locks now.
     if !unresolved {
         turn.pass();
     }
-    load::reload(&mut *conn, state, named, batch, (&locked, claims), true).await?;
+    // A user whose lock row was just created had no sessions, and none can
+    // appear until this commits: the read before the lock holds for them.
+    // Their new rows are inserted only if still absent (see `write_pass`).
+    let reread: BTreeSet<String> = locked.difference(&created).cloned().collect();
+    let again = (&reread, claims);
+    load::reload(&mut *conn, state, named, batch, again, true, &created).await?;
 
     // The rows read again may name a user not locked: a logout without
     // user_id whose session's login committed meanwhile, on another worker.
@@ -360,23 +373,30 @@ async fn take_locks(
         if !locks::try_lock_users(&mut *conn, &found).await? {
             return Ok(Locks::Busy(found));
         }
-        load::reload(&mut *conn, state, named, batch, (&found, claims), false).await?;
+        let none_created = BTreeSet::new();
+        let again = (&found, claims);
+        load::reload(&mut *conn, state, named, batch, again, false, &none_created).await?;
         locked.extend(found);
     }
     turn.pass();
     users.extend(after_locks.users);
     users.extend(locked.iter().cloned());
-    Ok(Locks::Held { locked, users })
+    Ok(Locks::Held {
+        locked,
+        users,
+        created,
+    })
 }
 
 /// Writes what the pass decided: the sessions and claims, the outbox, the
-/// retention of the locked users' logs, and last the touch.
+/// retention of the locked users' logs, and last the touch. `locks` are the
+/// users locked and, among them, those whose lock row the pass created.
 async fn write_pass(
     conn: &mut PgConnection,
     state: &State,
     enforcement: &Enforcement,
     batch: (&[SessionEvent], &[Key]),
-    locked: &BTreeSet<String>,
+    (locked, created): (&BTreeSet<String>, &BTreeSet<String>),
     decided: decide::Decisions,
     now: DateTime<Utc>,
 ) -> sqlx::Result<Pass> {
@@ -387,15 +407,21 @@ async fn write_pass(
         ..
     } = decided;
     let resolution = enforcement.last_seen_resolution;
-    let touches = write::write(
+    let written = write::write(
         &mut *conn,
         state,
-        locked,
+        (locked, created),
         (resolution, now),
         batch,
         &mut outcome,
     );
-    let touches = touches.await?;
+    let touches = match written.await? {
+        write::Written::Done(touches) => *touches,
+        // A session a created user's event named was stored meanwhile (by
+        // a logout that did not name its user, or under another user):
+        // run again, and the next pass's read finds it.
+        write::Written::Taken(users) => return Ok(Pass::NeedsLocks(users)),
+    };
     outbox::write(&mut *conn, &messages).await?;
     let keep = decide::retention_limits(state, enforcement, batch, log_limits, now);
     outcome.pruned += retention::prune_logs(&mut *conn, &keep, now).await?;

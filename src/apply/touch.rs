@@ -1,6 +1,7 @@
-//! Which writes of a batch are touches: a request for a live row of its own
-//! user only moves that row's activity forward, so it needs no user lock
-//! and is written last, lock-free, by [`crate::db::touch`].
+//! Which writes of a batch are touches: a request for a row of its own user,
+//! live or ended, only moves that row's activity forward (and, on a revoked
+//! row, the time of a repeated revoke message), so it needs no user lock and
+//! is written last, lock-free, by [`crate::db::touch`].
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -12,8 +13,14 @@ use crate::domain::event::SessionEvent;
 use crate::domain::session::SessionRecord;
 
 /// Whether an event of `user`, not locked, on the session in `slot` can
-/// only touch it: a request (the caller checks the kind) for a live row of
-/// the log that belongs to the same user.
+/// only touch it: a request (the caller checks the kind) for a row of the
+/// log that belongs to the same user and is live, or ended.
+///
+/// An ended row never becomes live again, so a request on it cannot change
+/// what the user holds: it moves the row's activity and may repeat the
+/// revoke message, both monotonic, neither needing the lock. A row that
+/// expired without ending is not a touch: a request may extend its expiry
+/// and so bring it back among the user's live sessions.
 pub(super) fn is_touch(slot: Option<&Slot>, user: &str, now: DateTime<Utc>) -> bool {
     slot.is_some_and(|s| {
         s.origin == Origin::Log
@@ -21,7 +28,7 @@ pub(super) fn is_touch(slot: Option<&Slot>, user: &str, now: DateTime<Utc>) -> b
                 .user_id
                 .as_ref()
                 .is_some_and(|u| u.as_str() == user)
-            && s.record.is_active_at(now)
+            && (s.record.end_reason.is_some() || s.record.is_active_at(now))
     })
 }
 
@@ -76,13 +83,19 @@ mod tests {
         assert!(!is_touch(Some(&live), "bob", at(1)));
         assert!(!is_touch(None, "ann", at(1)));
 
+        // An ended row stays ended: a request of its own user only touches
+        // it (another user's request does not).
         let mut ended = stored("s1", "ann", 0);
         ended.record.end_reason = Some(EndReason::Logout);
-        assert!(!is_touch(Some(&ended), "ann", at(1)));
+        assert!(is_touch(Some(&ended), "ann", at(1)));
+        assert!(!is_touch(Some(&ended), "bob", at(1)));
 
+        // Expired but not ended: a request may extend it, so not a touch.
         let mut expired = stored("s1", "ann", 0);
         expired.record.expires_at = Some(at(1));
         assert!(!is_touch(Some(&expired), "ann", at(1)));
+        expired.record.end_reason = Some(EndReason::Expired);
+        assert!(is_touch(Some(&expired), "ann", at(1)));
 
         let mut pruned = stored("s1", "ann", 0);
         pruned.origin = Origin::Tombstone;

@@ -18,25 +18,49 @@ use crate::domain::claims::Claim;
 use crate::domain::event::SessionEvent;
 use crate::domain::session::SessionRecord;
 
+/// How writing a batch back ended.
+pub(super) enum Written {
+    /// Written: the rows and renewed claims of users not locked remain, for
+    /// the touch to write last (boxed: the column arrays are large, and a
+    /// batch makes one).
+    Done(Box<Touches>),
+    /// A new session of a user whose lock row the pass created was stored
+    /// meanwhile by someone else: the pass must run again (with these users
+    /// locked, as they were).
+    Taken(BTreeSet<String>),
+}
+
 /// Writes back every changed session and claim of locked users: one upsert
-/// for the claims, one for the sessions (and new rows), one update for
-/// tombstones and one for shadow flags. Returns the rows and renewed claims
-/// of users not locked, for the touch to write last. A row whose only change
-/// is a `last_seen_at` moved by less than `resolution` is not written at all
+/// for the claims, one for the sessions (and new rows), one insert for new
+/// rows of users whose lock row the pass created (`locks.1`), one update
+/// for tombstones and one for shadow flags. A row whose only change is a
+/// `last_seen_at` moved by less than `resolution` is not written at all
 /// (its next event that moves it further is), nor is a claim renewed by less.
 pub(super) async fn write(
     conn: &mut PgConnection,
     state: &State,
-    locked: &BTreeSet<String>,
+    (locked, created): (&BTreeSet<String>, &BTreeSet<String>),
     (resolution, now): (Duration, DateTime<Utc>),
     batch: (&[SessionEvent], &[Key]),
     outcome: &mut BatchOutcome,
-) -> sqlx::Result<Touches> {
-    let changed = changed_rows(state, locked, resolution, outcome);
+) -> sqlx::Result<Written> {
+    let changed = changed_rows(state, (locked, created), resolution, outcome);
     outcome.touched += changed.touches.len();
     let mut touches = touches_of(&changed.touches, batch);
     let claimed = changed_claims(state, locked, resolution, &mut touches);
     claims::upsert_claims(&mut *conn, claimed).await?;
+    // Those users were not read again after their lock: their new rows go
+    // in only if no one stored the same key meanwhile.
+    let fresh = columns_of(&changed.fresh);
+    let inserted = sessions::insert_new(&mut *conn, &fresh).await?;
+    if inserted < changed.fresh.len() {
+        let users = changed
+            .fresh
+            .iter()
+            .filter_map(|s| s.record.user_id.as_ref().map(|u| u.to_string()))
+            .collect();
+        return Ok(Written::Taken(users));
+    }
     sessions::upsert(&mut *conn, &columns_of(&changed.upserts)).await?;
     sessions::update_tombstones(&mut *conn, &columns_of(&changed.tombstones)).await?;
     let (apps, ids): (Vec<&str>, Vec<&str>) = state
@@ -46,7 +70,7 @@ pub(super) async fn write(
         .map(|((app, id), _)| (app.as_str(), id.as_str()))
         .unzip();
     flag_shadow(&mut *conn, &apps, &ids, now).await?;
-    Ok(touches)
+    Ok(Written::Done(Box::new(touches)))
 }
 
 /// The sessions a batch changed, by how they are written.
@@ -54,6 +78,9 @@ pub(super) async fn write(
 struct ChangedRows<'a> {
     /// Rows of locked users and new rows, for the upsert.
     upserts: Vec<&'a Slot>,
+    /// New rows of users whose lock row the pass created, for the insert
+    /// that fails if the key was stored meanwhile.
+    fresh: Vec<&'a Slot>,
     /// Sessions pruned from the log, for the tombstone update.
     tombstones: Vec<&'a Slot>,
     /// Rows of users not locked (key, now, as read), for the touch.
@@ -66,7 +93,7 @@ struct ChangedRows<'a> {
 /// `resolution`.
 fn changed_rows<'a>(
     state: &'a State,
-    locked: &BTreeSet<String>,
+    (locked, created): (&BTreeSet<String>, &BTreeSet<String>),
     resolution: Duration,
     outcome: &mut BatchOutcome,
 ) -> ChangedRows<'a> {
@@ -96,8 +123,14 @@ fn changed_rows<'a>(
             .user_id
             .as_ref()
             .is_none_or(|u| locked.contains(u.as_str()));
+        let user_created = slot
+            .record
+            .user_id
+            .as_ref()
+            .is_some_and(|u| created.contains(u.as_str()));
         match (slot.origin, &slot.loaded) {
             (Origin::Tombstone, _) => changed.tombstones.push(slot),
+            (Origin::New, _) if user_created => changed.fresh.push(slot),
             (Origin::Log, Some(loaded)) if !user_locked => {
                 changed.touches.push((key, slot, loaded));
             }
@@ -157,7 +190,7 @@ mod tests {
     use crate::domain::session::EndReason;
 
     #[test]
-    fn changed_rows_go_to_the_upsert_the_touch_or_nowhere() {
+    fn changed_rows_go_to_the_upsert_the_insert_the_touch_or_nowhere() {
         let mut ann = stored("s1", "ann", 0);
         ann.record.last_seen_at = at(1);
         ann.dirty = true;
@@ -173,18 +206,30 @@ mod tests {
         pruned.origin = Origin::Tombstone;
         pruned.loaded = None;
         pruned.dirty = true;
-        let state = state_of(vec![ann, bob, cat, untouched, pruned]);
-        let locked = BTreeSet::from(["ann".to_owned(), "cat".to_owned()]);
+        // New rows: of eve, whose lock row the pass created, and of ann.
+        let mut eve = stored("s6", "eve", 0);
+        eve.origin = Origin::New;
+        eve.loaded = None;
+        eve.dirty = true;
+        let mut ann_new = stored("s7", "ann", 0);
+        ann_new.origin = Origin::New;
+        ann_new.loaded = None;
+        ann_new.dirty = true;
+        let state = state_of(vec![ann, bob, cat, untouched, pruned, eve, ann_new]);
+        let locked = BTreeSet::from(["ann".to_owned(), "cat".to_owned(), "eve".to_owned()]);
+        let created = BTreeSet::from(["eve".to_owned()]);
+        let locks = (&locked, &created);
 
         let mut outcome = BatchOutcome::default();
-        let changed = changed_rows(&state, &locked, Duration::ZERO, &mut outcome);
+        let changed = changed_rows(&state, locks, Duration::ZERO, &mut outcome);
         let ids = |slots: &[&Slot]| -> Vec<String> {
             slots
                 .iter()
                 .map(|s| s.record.session_id.to_string())
                 .collect()
         };
-        assert_eq!(ids(&changed.upserts), ["s1", "s3"]);
+        assert_eq!(ids(&changed.upserts), ["s1", "s3", "s7"]);
+        assert_eq!(ids(&changed.fresh), ["s6"]);
         assert_eq!(ids(&changed.tombstones), ["s5"]);
         assert_eq!(changed.touches.len(), 1);
         assert_eq!(changed.touches[0].0, &key("s2"));
@@ -192,8 +237,8 @@ mod tests {
 
         // Within the resolution, only the ended row is still written.
         let mut outcome = BatchOutcome::default();
-        let changed = changed_rows(&state, &locked, Duration::from_secs(120), &mut outcome);
-        assert_eq!(ids(&changed.upserts), ["s3"]);
+        let changed = changed_rows(&state, locks, Duration::from_secs(120), &mut outcome);
+        assert_eq!(ids(&changed.upserts), ["s3", "s7"]);
         assert!(changed.touches.is_empty());
         assert_eq!(outcome.coalesced, 2);
     }

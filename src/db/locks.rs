@@ -11,26 +11,34 @@ use sqlx::PgConnection;
 /// `session_users` (created if missing), locked in `user_id` order so that
 /// two batches never wait on each other in a cycle. One statement whatever
 /// the number of users.
+///
+/// Returns the users whose rows it created. Every writer of a user's
+/// sessions creates the row first, in the transaction that writes them, so
+/// such a user had no sessions, and none can appear before this
+/// transaction ends: what a read before the lock found of them (nothing)
+/// is still true, and the batch need not read them again.
 pub(crate) async fn lock_users(
     conn: &mut PgConnection,
     users: &BTreeSet<String>,
-) -> sqlx::Result<()> {
+) -> sqlx::Result<BTreeSet<String>> {
     if users.is_empty() {
-        return Ok(());
+        return Ok(BTreeSet::new());
     }
     let users: Vec<&str> = users.iter().map(String::as_str).collect();
     // One statement creates the missing rows and locks the others, in user
     // order: ON CONFLICT DO UPDATE locks every conflicting row even when its
-    // WHERE lets none be updated (so nothing is written for them).
-    sqlx::query(
+    // WHERE lets none be updated (so nothing is written for them), and
+    // RETURNING gives only the rows inserted.
+    let created: Vec<String> = sqlx::query_scalar(
         "INSERT INTO session_users AS s (user_id)
          SELECT u FROM unnest($1::text[]) AS u ORDER BY u
-         ON CONFLICT (user_id) DO UPDATE SET user_id = EXCLUDED.user_id WHERE false",
+         ON CONFLICT (user_id) DO UPDATE SET user_id = EXCLUDED.user_id WHERE false
+         RETURNING user_id",
     )
     .bind(&users)
-    .execute(conn)
+    .fetch_all(conn)
     .await?;
-    Ok(())
+    Ok(created.into_iter().collect())
 }
 
 /// Locks `users` if none of them is locked by another transaction, without

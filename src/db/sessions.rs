@@ -168,20 +168,30 @@ pub(crate) async fn load_for_batch(
     Ok(rows)
 }
 
-/// Upserts the changed rows of locked users and new rows, in key order.
-pub(crate) async fn upsert(conn: &mut PgConnection, c: &SessionColumns) -> sqlx::Result<()> {
-    if c.app.is_empty() {
-        return Ok(());
-    }
-    sqlx::query(
+/// The start of the statements that write [`SessionColumns`] (`$1`-`$16`,
+/// bound by [`SessionColumns::bind`]): an insert of their rows, whose
+/// `ON CONFLICT` clause each statement adds. A macro, so that `concat!`
+/// keeps the statements `'static`.
+macro_rules! insert_rows {
+    () => {
         "INSERT INTO sessions AS s (app, session_id, user_id, login_at, login_seen,
              last_seen_at, ip, user_agent, expires_at, ended_at, end_reason, max_sessions,
              last_revoke_at, attributes, ended_by, end_note)
          SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[],
              $5::bool[], $6::timestamptz[], $7::inet[], $8::text[], $9::timestamptz[],
              $10::timestamptz[], $11::text[], $12::int4[], $13::timestamptz[],
-             $14::jsonb[], $15::text[], $16::text[])
-         ON CONFLICT (app, session_id) DO UPDATE SET
+             $14::jsonb[], $15::text[], $16::text[])"
+    };
+}
+
+/// Upserts the changed rows of locked users and new rows, in key order.
+pub(crate) async fn upsert(conn: &mut PgConnection, c: &SessionColumns) -> sqlx::Result<()> {
+    if c.app.is_empty() {
+        return Ok(());
+    }
+    let upsert = sqlx::query(concat!(
+        insert_rows!(),
+        " ON CONFLICT (app, session_id) DO UPDATE SET
              user_id = coalesce(s.user_id, EXCLUDED.user_id),
              -- The activity columns may have moved since this batch read
              -- the row (a touch by a batch that did not lock the user):
@@ -204,31 +214,33 @@ pub(crate) async fn upsert(conn: &mut PgConnection, c: &SessionColumns) -> sqlx:
              ended_at = coalesce(s.ended_at, EXCLUDED.ended_at),
              end_reason = coalesce(s.end_reason, EXCLUDED.end_reason),
              max_sessions = coalesce(s.max_sessions, EXCLUDED.max_sessions),
-             last_revoke_at = EXCLUDED.last_revoke_at,
+             -- A touch may have repeated the revoke meanwhile (on an
+             -- ended row of a user it did not lock): the later one stays.
+             last_revoke_at = greatest(s.last_revoke_at, EXCLUDED.last_revoke_at),
              attributes = CASE WHEN EXCLUDED.last_seen_at >= s.last_seen_at
                   THEN EXCLUDED.attributes ELSE s.attributes END,
              ended_by = coalesce(s.ended_by, EXCLUDED.ended_by),
-             end_note = coalesce(s.end_note, EXCLUDED.end_note)",
-    )
-    .bind(&c.app)
-    .bind(&c.session_id)
-    .bind(&c.user_id)
-    .bind(&c.login_at)
-    .bind(&c.login_seen)
-    .bind(&c.last_seen_at)
-    .bind(&c.ip)
-    .bind(&c.user_agent)
-    .bind(&c.expires_at)
-    .bind(&c.ended_at)
-    .bind(&c.end_reason)
-    .bind(&c.max_sessions)
-    .bind(&c.last_revoke_at)
-    .bind(&c.attributes)
-    .bind(&c.ended_by)
-    .bind(&c.end_note)
-    .execute(&mut *conn)
-    .await?;
+             end_note = coalesce(s.end_note, EXCLUDED.end_note)"
+    ));
+    c.bind(upsert).execute(&mut *conn).await?;
     Ok(())
+}
+
+/// Inserts new rows, in key order, each only if its key is still absent;
+/// returns how many went in. For sessions of users the batch did not read
+/// again after locking them: a key stored meanwhile (by a logout that did
+/// not name its user, or under another user) is left alone, and the caller
+/// runs the batch again so that its read finds that row.
+pub(crate) async fn insert_new(conn: &mut PgConnection, c: &SessionColumns) -> sqlx::Result<usize> {
+    if c.app.is_empty() {
+        return Ok(0);
+    }
+    let insert = sqlx::query(concat!(
+        insert_rows!(),
+        " ON CONFLICT (app, session_id) DO NOTHING"
+    ));
+    let inserted = c.bind(insert).execute(&mut *conn).await?;
+    Ok(inserted.rows_affected() as usize)
 }
 
 /// Writes back what a batch changed in tombstones: the owner (if unknown),
@@ -306,6 +318,30 @@ pub(crate) struct SessionColumns {
 }
 
 impl SessionColumns {
+    /// Binds the columns, as `$1`-`$16` of [`insert_rows!`].
+    fn bind<'q>(
+        &'q self,
+        query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    ) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+        query
+            .bind(&self.app)
+            .bind(&self.session_id)
+            .bind(&self.user_id)
+            .bind(&self.login_at)
+            .bind(&self.login_seen)
+            .bind(&self.last_seen_at)
+            .bind(&self.ip)
+            .bind(&self.user_agent)
+            .bind(&self.expires_at)
+            .bind(&self.ended_at)
+            .bind(&self.end_reason)
+            .bind(&self.max_sessions)
+            .bind(&self.last_revoke_at)
+            .bind(&self.attributes)
+            .bind(&self.ended_by)
+            .bind(&self.end_note)
+    }
+
     /// Adds one session: its record and how it ended (by whom, with what note).
     pub(crate) fn push(
         &mut self,

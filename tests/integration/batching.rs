@@ -1,6 +1,6 @@
 //! The batched path gives exactly the result of event-by-event processing.
 
-use chrono::{TimeZone, Utc};
+use chrono::{SubsecRound as _, TimeZone, Utc};
 use serde_json::{Value, json};
 use session_guard::apply::{self, Enforcement};
 use session_guard::domain::event::SessionEvent;
@@ -179,4 +179,150 @@ async fn requests_touch_without_locks_and_small_moves_are_not_written() {
     let outcome = apply(request("shop", "s1", "u1", ms(100))).await;
     assert_eq!(outcome.touched + outcome.coalesced, 0);
     assert_eq!(last_seen().await.0, ms(1600));
+}
+
+/// A request on an ended session of its own user cannot bring it back, so
+/// it takes no lock either: it moves the row's activity and, on a revoked
+/// row, repeats the revoke, both in the lock-free touch.
+#[tokio::test]
+async fn requests_on_ended_sessions_touch_without_locks_and_repeat_the_revoke() {
+    let app = spawn_app_without_worker(|s| s.limits.repeat_revoke_after = 0).await;
+    let enforcement = Enforcement::from_settings(&app.settings, &[]).unwrap();
+    let apply = |e: Value| {
+        let enforcement = &enforcement;
+        let pool = &app.pool;
+        async move {
+            let event = SessionEvent::decode(e.to_string().as_bytes()).unwrap();
+            apply::process_batch(pool, enforcement, &[event], Utc::now())
+                .await
+                .unwrap()
+        }
+    };
+    let row = |session: &'static str| {
+        let pool = &app.pool;
+        async move {
+            sqlx::query_as::<_, (chrono::DateTime<Utc>, Option<chrono::DateTime<Utc>>, String)>(
+                "SELECT last_seen_at, last_revoke_at, end_reason FROM sessions
+                 WHERE session_id = $1",
+            )
+            .bind(session)
+            .fetch_one(pool)
+            .await
+            .unwrap()
+        }
+    };
+    apply(login("shop", "s1", "u1", t(0))).await;
+    let outcome = apply(login("shop", "s2", "u1", t(10))).await;
+    assert_eq!(outcome.revoked(), 1, "s1 is revoked");
+    let (_, revoked_once, reason) = row("s1").await;
+    assert_eq!(reason, "session_limit");
+    apply(login("shop", "s3", "u2", t(0))).await;
+    apply(logout("shop", "s3", t(5))).await;
+    let outbox_before = app.outbox_len().await;
+    // A revocation is dated by the worker's clock: the app's later requests
+    // come after it.
+    let later = Utc::now().trunc_subsecs(0) + chrono::Duration::seconds(1);
+    let after = |secs: i64| later + chrono::Duration::seconds(secs);
+
+    // The app keeps using the revoked s1: the revoke is repeated, lock-free.
+    let outcome = apply(request("shop", "s1", "u1", after(0))).await;
+    assert_eq!(
+        (outcome.locked_users, outcome.touched, outcome.repeated),
+        (0, 1, 1)
+    );
+    assert_eq!(app.outbox_len().await, outbox_before + 1);
+    let (seen, revoked_again, reason) = row("s1").await;
+    assert_eq!((seen, reason.as_str()), (after(0), "session_limit"));
+    assert!(revoked_again > revoked_once, "the repeat's time is written");
+
+    // A redelivery of that request says nothing new: no second repeat.
+    let outcome = apply(request("shop", "s1", "u1", after(0))).await;
+    assert_eq!((outcome.locked_users, outcome.repeated), (0, 0));
+    assert_eq!(app.outbox_len().await, outbox_before + 1);
+
+    // A request on a logged-out session only moves its activity.
+    let outcome = apply(request("shop", "s3", "u2", after(1))).await;
+    assert_eq!(
+        (outcome.locked_users, outcome.touched, outcome.repeated),
+        (0, 1, 0)
+    );
+    assert_eq!(row("s3").await.0, after(1));
+    assert_eq!(app.outbox_len().await, outbox_before + 1);
+
+    // Someone else's request on u1's ended session is not a touch.
+    let outcome = apply(request("shop", "s1", "u9", after(2))).await;
+    assert!(outcome.locked_users >= 1, "it locks its user");
+    assert_eq!(app.active("u1", "shop").await, ["s2"]);
+}
+
+/// A user whose lock row the batch creates had no sessions, so the batch
+/// does not read them again after the lock; its new rows go in only if
+/// their keys are still free. Here a logout that did not name its user
+/// stores the same session between the batch's read and its insert: the
+/// batch runs again, reads that row, and keeps the session ended.
+#[tokio::test]
+async fn a_new_users_session_stored_meanwhile_sends_the_batch_round_again() {
+    let app = spawn_app_without_worker(|_| {}).await;
+    let enforcement = Enforcement::from_settings(&app.settings, &[]).unwrap();
+    let mut other = app.pool.begin().await.unwrap();
+    // The logout's row, not committed yet: the batch's read cannot see it.
+    sqlx::query(
+        "INSERT INTO sessions (app, session_id, user_id, login_at, login_seen, last_seen_at,
+                               ended_at, end_reason)
+         VALUES ('shop', 'k1', NULL, $1, false, $1, $1, 'logout')",
+    )
+    .bind(t(5))
+    .execute(&mut *other)
+    .await
+    .unwrap();
+    // And u1's lock row, in a savepoint: the batch waits for it at its lock.
+    sqlx::query("SAVEPOINT held")
+        .execute(&mut *other)
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO session_users (user_id) VALUES ('u1')")
+        .execute(&mut *other)
+        .await
+        .unwrap();
+
+    let event =
+        SessionEvent::decode(request("shop", "k1", "u1", t(10)).to_string().as_bytes()).unwrap();
+    let batch = {
+        let pool = app.pool.clone();
+        tokio::spawn(async move {
+            apply::process_batch(&pool, &enforcement, &[event], Utc::now()).await
+        })
+    };
+    app.wait_for("the batch to wait for u1's lock", || async {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE wait_event_type = 'Lock' AND datname = current_database()",
+        )
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+        waiting > 0
+    })
+    .await;
+    // The lock row goes away, so the batch creates it (and skips the read
+    // again); then the logout commits before or while the batch inserts.
+    sqlx::query("ROLLBACK TO SAVEPOINT held")
+        .execute(&mut *other)
+        .await
+        .unwrap();
+    other.commit().await.unwrap();
+
+    let outcome = batch.await.unwrap().unwrap();
+    assert_eq!(outcome.relocks, 1, "the insert found the key taken");
+    let (user, reason): (Option<String>, String) =
+        sqlx::query_as("SELECT user_id, end_reason FROM sessions WHERE session_id = 'k1'")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        (user.as_deref(), reason.as_str()),
+        (Some("u1"), "logout"),
+        "the request names the owner of the ended session, which stays ended"
+    );
+    assert!(app.active("u1", "shop").await.is_empty());
 }
