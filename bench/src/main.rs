@@ -156,6 +156,7 @@ async fn measure(
         publisher: &publisher,
         worker,
         events: &events,
+        requests: of_type(&events, "request"),
     };
     let runs = args.runs.max(1);
     let figures = drains.empty_log(runs).await?;
