@@ -16,7 +16,7 @@ use sqlx::PgPool;
 use crate::report::{Row, median, spread};
 use crate::services::{fill_history, forget_bench_sessions, reset_log};
 use crate::traffic::Mix;
-use crate::workers::{Progress, WorkerProcess};
+use crate::workers::{BatchMetrics, Progress, WorkerProcess};
 
 /// Events published before waiting for their confirms.
 const IN_FLIGHT: usize = 1000;
@@ -40,6 +40,9 @@ pub struct Drains<'a> {
     pub worker: &'a Path,
     /// The generated events, replayed by every run.
     pub events: &'a [Vec<u8>],
+    /// How many of them are requests: what the writes the last-seen
+    /// resolution skips are a share of.
+    pub requests: usize,
 }
 
 /// The figures of the empty-log drain runs, one entry per run.
@@ -62,6 +65,46 @@ pub struct DrainFigures {
     /// With 1 and with 2 workers: the CPU of the PostgreSQL backends
     /// serving the workers' connections, ms per 1,000 events.
     postgres_cpu: [Vec<f64>; 2],
+    /// With 1 and with 2 workers: what the batches did, from the workers'
+    /// own metrics, to see where the time goes.
+    batches: [Vec<BatchFigures>; 2],
+}
+
+/// One drain's batches, as ratios that compare across runs and mixes.
+#[derive(Debug, Clone, Copy)]
+struct BatchFigures {
+    /// Committed batches.
+    batches: f64,
+    /// Users locked per batch.
+    locked_per_batch: f64,
+    /// Passes run again with more users locked, per batch.
+    relocks_per_batch: f64,
+    /// Rows written by the lock-free touch, per 1,000 requests.
+    touched_per_1000_requests: f64,
+    /// Requests whose write the last-seen resolution left out, % of the
+    /// requests in the traffic.
+    skipped_percent: f64,
+    /// Sessions revoked per 1,000 events.
+    revokes_per_1000: f64,
+    /// Revoke messages repeated per 1,000 events.
+    repeats_per_1000: f64,
+}
+
+impl BatchFigures {
+    /// The figures of `m`, for a drain of `events` events, `requests` of
+    /// them requests.
+    fn of(m: &BatchMetrics, events: usize, requests: usize) -> BatchFigures {
+        let per = |x: f64, n: f64| if n > 0.0 { x / n } else { 0.0 };
+        BatchFigures {
+            batches: m.batches,
+            locked_per_batch: per(m.locked_users, m.batches),
+            relocks_per_batch: per(m.relocks, m.batches),
+            touched_per_1000_requests: per(m.touched * 1000.0, requests as f64),
+            skipped_percent: per(m.skipped * 100.0, requests as f64),
+            revokes_per_1000: per(m.revoked * 1000.0, events as f64),
+            repeats_per_1000: per(m.repeated * 1000.0, events as f64),
+        }
+    }
 }
 
 /// What one drain through workers measured.
@@ -74,6 +117,8 @@ struct WorkerDrain {
     worker_cpu_ms: f64,
     /// The CPU time of their PostgreSQL backends during the drain, ms.
     postgres_cpu_ms: f64,
+    /// What their batches did, summed over the workers.
+    batches: BatchMetrics,
 }
 
 /// A process's CPU time (utime + stime, all threads) from /proc, ms.
@@ -147,12 +192,28 @@ impl Drains<'_> {
                 let per_1000 = 1000.0 / self.events.len() as f64;
                 figures.worker_cpu[i].push(drain.worker_cpu_ms * per_1000);
                 figures.postgres_cpu[i].push(drain.postgres_cpu_ms * per_1000);
+                let b = BatchFigures::of(&drain.batches, self.events.len(), self.requests);
+                figures.batches[i].push(b);
                 println!(
                     "run {run}/{runs}: {workers} worker(s) {rate:.0} events/s ({:.2} of the baseline), \
                      CPU {:.0} ms worker, {:.0} ms PostgreSQL",
                     rate / base,
                     drain.worker_cpu_ms,
                     drain.postgres_cpu_ms
+                );
+                println!(
+                    "run {run}/{runs}: {workers} worker(s) {:.0} batches, {:.1} users locked and {:.3} relocks \
+                     per batch; {:.1}% of requests left unwritten by the last-seen resolution, {:.0} rows \
+                     touched per 1,000 requests; {:.0} sessions revoked ({:.1} per 1,000 events), {:.0} \
+                     revokes repeated",
+                    b.batches,
+                    b.locked_per_batch,
+                    b.relocks_per_batch,
+                    b.skipped_percent,
+                    b.touched_per_1000_requests,
+                    drain.batches.revoked,
+                    b.revokes_per_1000,
+                    drain.batches.repeated
                 );
                 figures.rates[i].push(rate);
                 figures.ratios[i].push(rate / base);
@@ -243,7 +304,9 @@ impl Drains<'_> {
         .await;
         // Read before the workers stop and their backends exit.
         let mut postgres_cpu_ms = 0.0;
+        let mut batches = BatchMetrics::default();
         if result.is_ok() {
+            batches = progress.batches(&processes).await?;
             for (pid, cpu) in backends(self.pool).await? {
                 if !ours.contains(&pid) {
                     postgres_cpu_ms += cpu - before.get(&pid).copied().unwrap_or(0.0);
@@ -261,6 +324,7 @@ impl Drains<'_> {
             rss,
             worker_cpu_ms,
             postgres_cpu_ms,
+            batches,
         })
     }
 }
@@ -322,6 +386,32 @@ impl DrainFigures {
                      connections, before and after the drain; median of {} runs",
                     median(&self.baseline_cpu),
                     self.baseline_cpu.len()
+                ),
+            });
+        }
+        for (i, workers) in WORKERS.into_iter().enumerate() {
+            let runs = &self.batches[i];
+            let of = |f: fn(&BatchFigures) -> f64| median(&runs.iter().map(f).collect::<Vec<_>>());
+            rows.push(Row {
+                what: format!(
+                    "batches, {workers} worker{} ({mix} mix)",
+                    if workers > 1 { "s" } else { "" }
+                ),
+                figure: format!(
+                    "{:.1} users locked per batch, {:.3} relocks per batch, {:.0} batches",
+                    of(|b| b.locked_per_batch),
+                    of(|b| b.relocks_per_batch),
+                    of(|b| b.batches)
+                ),
+                note: format!(
+                    "{:.1}% of requests left unwritten by the last-seen resolution; {:.1} revokes \
+                     per 1,000 events ({:.1} repeated); {:.0} rows touched lock-free per 1,000 \
+                     requests; the workers' own metrics, summed over the workers; median of {} runs",
+                    of(|b| b.skipped_percent),
+                    of(|b| b.revokes_per_1000),
+                    of(|b| b.repeats_per_1000),
+                    of(|b| b.touched_per_1000_requests),
+                    runs.len()
                 ),
             });
         }

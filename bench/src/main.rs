@@ -156,6 +156,7 @@ async fn measure(
         publisher: &publisher,
         worker,
         events: &events,
+        requests: of_type(&events, "request"),
     };
     let runs = args.runs.max(1);
     let figures = drains.empty_log(runs).await?;
@@ -183,12 +184,18 @@ fn generate(args: &BenchArgs) -> Vec<Vec<u8>> {
     let events: Vec<Vec<u8>> = (0..args.events)
         .map(|_| traffic.next_event().to_string().into_bytes())
         .collect();
-    let logins = events
-        .iter()
-        .filter(|e| std::str::from_utf8(e).is_ok_and(|s| s.contains("\"type\":\"login\"")))
-        .count();
+    let logins = of_type(&events, "login");
+    let sightings = if traffic.first_sightings > 0 {
+        format!(
+            ", {} first sightings, {} of them finding their user with a live session \
+             ({} revoking the session just seen: its user had logged in since)",
+            traffic.first_sightings, traffic.sighting_conflicts, traffic.sightings_revoked
+        )
+    } else {
+        String::new()
+    };
     println!(
-        "traffic ({} mix): {} events, {} logins, {} of them over the limit, {} requests on sessions not live",
+        "traffic ({} mix): {} events, {} logins, {} of them over the limit, {} requests on sessions not live{sightings}",
         args.mix.name(),
         events.len(),
         logins,
@@ -196,4 +203,13 @@ fn generate(args: &BenchArgs) -> Vec<Vec<u8>> {
         traffic.unknown
     );
     events
+}
+
+/// How many of `events` are of type `kind`.
+fn of_type(events: &[Vec<u8>], kind: &str) -> usize {
+    let needle = format!("\"type\":\"{kind}\"");
+    events
+        .iter()
+        .filter(|e| std::str::from_utf8(e).is_ok_and(|s| s.contains(&needle)))
+        .count()
 }

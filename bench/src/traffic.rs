@@ -1,10 +1,11 @@
 //! The generated traffic, in named mixes ([`Mix`]). Seeded, so every run
 //! replays the same events.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use rand::rngs::StdRng;
+use rand::seq::SliceRandom as _;
 use rand::{RngExt as _, SeedableRng as _};
 use serde_json::{Value, json};
 
@@ -22,11 +23,14 @@ pub enum Mix {
     /// a session (with the limit at 1, each of those revokes one); one IP,
     /// event time advancing as at 4,000 events/s.
     Burst,
-    /// Deploying onto a live site, or apps using revoked sessions: 85% of
-    /// events are requests naming sessions the worker has never seen
-    /// (60%, a fresh one each time) or that already ended (25%); 10%
-    /// requests on live sessions, 2% logins, 3% logouts; time as in
-    /// `production`.
+    /// Deploying onto a live site: every user holds 1 session (80% of
+    /// users) or 2 (20%) from before the deployment, and users come back
+    /// in a random order. 60% of events are requests naming one of those
+    /// sessions for the first time (it becomes live; with the limit at 1, a
+    /// user's second one revokes the first), 25% requests on sessions that
+    /// ended (logged out or revoked), 10% requests on live sessions, 2%
+    /// logins, 3% logouts; time as in `production`. Past one pass over the
+    /// users, new user numbers (from --users up) come back.
     FirstSightings,
 }
 
@@ -43,6 +47,12 @@ impl Mix {
 
 /// Zipf exponent of the production-shaped mixes' user activity.
 const ZIPF_EXPONENT: f64 = 1.0;
+/// Pre-existing sessions waiting for their first sighting (`first-sightings`):
+/// a first sighting picks one at random among this many, so a user's two
+/// sessions are seen some events apart, not back to back.
+const PENDING_WINDOW: usize = 1_000;
+/// Users holding 2 sessions from before the deployment (the others hold 1).
+const TWO_SESSIONS_SHARE: f64 = 0.2;
 
 /// Realistic traffic from a fixed seed.
 pub struct Traffic {
@@ -52,6 +62,27 @@ pub struct Traffic {
     zipf: Vec<f64>,
     /// Sessions that ended (logged out or revoked), for `first-sightings`.
     ended: Vec<(usize, String)>,
+    /// The order in which users come back after the deployment
+    /// (`first-sightings`): a seeded permutation of 0..users.
+    comeback: Vec<usize>,
+    /// Users of [`Traffic::comeback`] handed out so far; past one pass the
+    /// order repeats with user numbers `users` higher, so no user ever
+    /// holds more than 2 pre-existing sessions.
+    comebacks: usize,
+    /// Pre-existing sessions not seen yet, about [`PENDING_WINDOW`] of them.
+    pending: Vec<(usize, String)>,
+    /// Live sessions whose login was never seen (first seen in a request):
+    /// the worker ranks them older than any session whose login it saw.
+    unseen_login: HashSet<String>,
+    /// Requests naming a pre-existing session for the first time.
+    pub first_sightings: u64,
+    /// First sightings that found their user with a live session: with the
+    /// limit at 1, each revokes one of the two.
+    pub sighting_conflicts: u64,
+    /// Of those, the ones where the worker revoked the session just seen:
+    /// its user's live session had a login the worker saw, which ranks
+    /// newer than a session first seen in a request.
+    pub sightings_revoked: u64,
     /// Requests naming a session that was not live (never seen or ended).
     pub unknown: u64,
     /// Picks event kinds, users and sessions.
@@ -90,12 +121,27 @@ impl Traffic {
                 })
                 .collect()
         };
+        let mut rng = StdRng::seed_from_u64(seed);
+        let comeback = if mix == Mix::FirstSightings {
+            let mut order: Vec<usize> = (0..users).collect();
+            order.shuffle(&mut rng);
+            order
+        } else {
+            Vec::new()
+        };
         Traffic {
             mix,
             zipf,
             ended: Vec::new(),
+            comeback,
+            comebacks: 0,
+            pending: Vec::new(),
+            unseen_login: HashSet::new(),
+            first_sightings: 0,
+            sighting_conflicts: 0,
+            sightings_revoked: 0,
             unknown: 0,
-            rng: StdRng::seed_from_u64(seed),
+            rng,
             users,
             live: HashMap::new(),
             pool: Vec::new(),
@@ -157,6 +203,7 @@ impl Traffic {
             self.pool.retain(|(_, s)| s != old);
             self.conflicts += 1;
             if self.mix == Mix::FirstSightings {
+                self.unseen_login.remove(old);
                 self.ended.push((user, old.clone()));
             }
         }
@@ -192,6 +239,7 @@ impl Traffic {
             s.retain(|x| x != &session);
         }
         if self.mix == Mix::FirstSightings {
+            self.unseen_login.remove(&session);
             self.ended.push((user, session.clone()));
         }
         let at = self.tick();
@@ -265,9 +313,59 @@ impl Traffic {
             let (user, session) = self.ended[self.rng.random_range(0..self.ended.len())].clone();
             return self.request(user, session);
         }
-        let user = self.zipf_user();
-        let session = self.fresh_session("u");
-        self.request(user, session)
+        self.first_sighting()
+    }
+
+    /// Tops [`Traffic::pending`] up to [`PENDING_WINDOW`] with the sessions
+    /// of the next users to come back, 1 or 2 each.
+    fn refill_pending(&mut self) {
+        while self.pending.len() < PENDING_WINDOW {
+            let n = self.comeback.len();
+            let user = self.comebacks / n * self.users + self.comeback[self.comebacks % n];
+            self.comebacks += 1;
+            let held = if self.rng.random::<f64>() < TWO_SESSIONS_SHARE {
+                2
+            } else {
+                1
+            };
+            for _ in 0..held {
+                let session = self.fresh_session("p");
+                self.pending.push((user, session));
+            }
+        }
+    }
+
+    /// A request on a pre-existing session, seen for the first time. The
+    /// worker counts it live from then on (its login time: this event's),
+    /// so with the limit at 1 a live session of its user means a revoke:
+    /// of the older of the two, where a session whose login was never seen
+    /// ranks older than one whose login was (`older_first` in the worker).
+    fn first_sighting(&mut self) -> Value {
+        self.refill_pending();
+        let i = self.rng.random_range(0..self.pending.len());
+        let (user, session) = self.pending.swap_remove(i);
+        self.first_sightings += 1;
+        let event = self.request(user, session.clone());
+        let held = self.live.get(&user).and_then(|s| s.last()).cloned();
+        if let Some(old) = held {
+            self.sighting_conflicts += 1;
+            if !self.unseen_login.contains(&old) {
+                // The user logged in since: the session just seen goes.
+                self.sightings_revoked += 1;
+                self.ended.push((user, session));
+                return event;
+            }
+            if let Some(s) = self.live.get_mut(&user) {
+                s.retain(|x| x != &old);
+            }
+            self.pool.retain(|(_, s)| s != &old);
+            self.unseen_login.remove(&old);
+            self.ended.push((user, old));
+        }
+        self.live.entry(user).or_default().push(session.clone());
+        self.unseen_login.insert(session.clone());
+        self.pool.push((user, session));
+        event
     }
 
     fn next_burst(&mut self) -> Value {
@@ -375,11 +473,66 @@ mod tests {
         assert!((s["request"] - 0.95).abs() < 0.02, "{s:?}");
         assert!((s["login"] - 0.02).abs() < 0.01, "{s:?}");
         assert!((s["logout"] - 0.03).abs() < 0.01, "{s:?}");
-        let unknown = t.unknown as f64 / (s["request"] * n as f64);
+        let requests = s["request"] * n as f64;
+        // 85 of the 95 requests in 100 events name a session not live.
+        let unknown = t.unknown as f64 / requests;
         assert!(
-            (0.85..0.95).contains(&unknown),
+            (0.86..0.93).contains(&unknown),
             "{unknown} of requests unknown"
         );
+        // 60 of them a session seen for the first time.
+        let first = t.first_sightings as f64 / requests;
+        assert!((0.60..0.66).contains(&first), "{first} first sightings");
+    }
+
+    /// Runs `n` events of `first-sightings` over `users` users; returns the
+    /// generator and, by user, the pre-existing sessions first seen.
+    fn sightings(users: usize, n: usize) -> (Traffic, HashMap<String, usize>) {
+        let mut t = Traffic::with_mix(Mix::FirstSightings, users, 4);
+        let mut seen: HashSet<String> = HashSet::new();
+        let mut by_user: HashMap<String, usize> = HashMap::new();
+        for _ in 0..n {
+            let e = t.next_event();
+            let session = e["session_id"].as_str().unwrap();
+            if session.starts_with('p') && seen.insert(session.to_owned()) {
+                assert_eq!(e["type"], "request", "{e}");
+                let user = e["user_id"].as_str().unwrap().to_owned();
+                *by_user.entry(user).or_default() += 1;
+            }
+        }
+        assert_eq!(seen.len() as u64, t.first_sightings);
+        (t, by_user)
+    }
+
+    #[test]
+    fn first_sightings_revoke_about_one_in_six() {
+        // 20% of users hold 2 sessions: 0.2 of 1.2 sessions per user find
+        // the user's first one live, if it was not logged out meanwhile.
+        let (t, _) = sightings(50_000, 50_000);
+        let share = t.sighting_conflicts as f64 / t.first_sightings as f64;
+        assert!(
+            (0.13..0.20).contains(&share),
+            "{share} of first sightings found their user with a live session"
+        );
+        assert!(t.sightings_revoked <= t.sighting_conflicts);
+        assert!(
+            t.pool.len() as u64 > t.first_sightings / 2,
+            "sessions stay live"
+        );
+    }
+
+    #[test]
+    fn no_user_holds_more_than_two_pre_existing_sessions() {
+        // 5,000 users, about 25,000 come back: five passes.
+        let (t, by_user) = sightings(5_000, 50_000);
+        assert!(t.comebacks > 4 * 5_000, "{} users came back", t.comebacks);
+        let most = by_user.values().copied().max().unwrap();
+        assert_eq!(most, 2, "a user first-sighted with {most} sessions");
+        let beyond = by_user
+            .keys()
+            .filter(|u| u[4..].parse::<usize>().unwrap() >= 5_000)
+            .count();
+        assert!(beyond > 10_000, "{beyond} users numbered beyond --users");
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! Worker processes: the real `session-guard run` binary, so their memory
 //! is the production binary's, read from /proc; progress from their
-//! metrics endpoint.
+//! metrics endpoint, and what their batches did from the same metrics.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -10,7 +10,10 @@ use anyhow::Context as _;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use session_guard::Settings;
-use session_guard::metric::EVENTS_PROCESSED;
+use session_guard::metric::{
+    BATCH_LOCKED_USERS, BATCH_RELOCKS, EVENTS_PROCESSED, LAST_SEEN_WRITES_SKIPPED,
+    REVOKES_REPEATED, ROWS_TOUCHED, SESSIONS_REVOKED,
+};
 use tokio::process::{Child, Command};
 
 /// Where the worker binary is looked for unless `--worker` says: beside
@@ -43,6 +46,82 @@ pub struct WorkerProcess {
 pub struct Progress {
     /// Plain HTTP, a connection per request: the endpoint closes each one.
     http: reqwest::Client,
+}
+
+/// What the workers' own metrics say about their batches, summed over the
+/// workers of a drain: how much each batch locked, and what it wrote.
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+pub struct BatchMetrics {
+    /// Committed batches (the `_count` of [`BATCH_LOCKED_USERS`]).
+    pub batches: f64,
+    /// Users locked, all batches together (its `_sum`): locks are what
+    /// serialises batches and costs round trips.
+    pub locked_users: f64,
+    /// Batches run again with more users locked ([`BATCH_RELOCKS`]): a
+    /// pass thrown away.
+    pub relocks: f64,
+    /// Rows of users not locked written by the lock-free touch
+    /// ([`ROWS_TOUCHED`]).
+    pub touched: f64,
+    /// Rows left unwritten because only `last_seen_at` moved, by less than
+    /// the resolution ([`LAST_SEEN_WRITES_SKIPPED`]): writes saved.
+    pub skipped: f64,
+    /// Sessions revoked, every reason ([`SESSIONS_REVOKED`]): each one is a
+    /// locked user, an outbox row and a message.
+    pub revoked: f64,
+    /// Revoke messages repeated for ended sessions still in use
+    /// ([`REVOKES_REPEATED`]).
+    pub repeated: f64,
+}
+
+impl BatchMetrics {
+    /// The figures in one worker's `/metrics` text.
+    pub fn parse(text: &str) -> BatchMetrics {
+        let locked = BATCH_LOCKED_USERS.name;
+        BatchMetrics {
+            batches: series_sum(text, &format!("{locked}_count")).unwrap_or(0.0),
+            locked_users: series_sum(text, &format!("{locked}_sum")).unwrap_or(0.0),
+            relocks: series_sum(text, BATCH_RELOCKS.name).unwrap_or(0.0),
+            touched: series_sum(text, ROWS_TOUCHED.name).unwrap_or(0.0),
+            skipped: series_sum(text, LAST_SEEN_WRITES_SKIPPED.name).unwrap_or(0.0),
+            revoked: series_sum(text, SESSIONS_REVOKED.name).unwrap_or(0.0),
+            repeated: series_sum(text, REVOKES_REPEATED.name).unwrap_or(0.0),
+        }
+    }
+
+    /// These figures and `other`'s, added up.
+    pub fn plus(self, other: BatchMetrics) -> BatchMetrics {
+        BatchMetrics {
+            batches: self.batches + other.batches,
+            locked_users: self.locked_users + other.locked_users,
+            relocks: self.relocks + other.relocks,
+            touched: self.touched + other.touched,
+            skipped: self.skipped + other.skipped,
+            revoked: self.revoked + other.revoked,
+            repeated: self.repeated + other.repeated,
+        }
+    }
+}
+
+/// The sum of every series of the metric `name` (all label sets) in a
+/// Prometheus text exposition; `None` if it has none.
+fn series_sum(text: &str, name: &str) -> Option<f64> {
+    let mut sum = None;
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some(rest) = line.strip_prefix(name) else {
+            continue;
+        };
+        // The exact name: labels or the value follow it, not more name.
+        let value = if let Some(labels) = rest.strip_prefix('{') {
+            labels.rsplit_once('}').map(|(_, v)| v)
+        } else {
+            rest.starts_with(' ').then_some(rest)
+        };
+        if let Some(v) = value.and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok()) {
+            *sum.get_or_insert(0.0) += v;
+        }
+    }
+    sum
 }
 
 impl WorkerProcess {
@@ -94,16 +173,31 @@ impl Progress {
         Ok(Progress { http })
     }
 
+    /// A worker's `/metrics` text; `None` until it answers.
+    async fn metrics(&self, worker: &WorkerProcess) -> Option<String> {
+        let url = format!("http://{}/metrics", worker.listen);
+        self.http.get(url).send().await.ok()?.text().await.ok()
+    }
+
     /// [`EVENTS_PROCESSED`] of a worker, from its endpoint; `None` until it
     /// answers.
     pub async fn processed(&self, worker: &WorkerProcess) -> Option<u64> {
-        let url = format!("http://{}/metrics", worker.listen);
-        let text = self.http.get(url).send().await.ok()?.text().await.ok()?;
-        let series = format!("{} ", EVENTS_PROCESSED.name);
-        text.lines()
-            .find(|l| l.starts_with(&series))
-            .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-            .map(|v| v as u64)
+        let text = self.metrics(worker).await?;
+        series_sum(&text, EVENTS_PROCESSED.name).map(|v| v as u64)
+    }
+
+    /// What the workers' batches did, summed over the workers; an error if
+    /// one does not answer (the figures would be short).
+    pub async fn batches(&self, workers: &[WorkerProcess]) -> anyhow::Result<BatchMetrics> {
+        let mut sum = BatchMetrics::default();
+        for worker in workers {
+            let text = self
+                .metrics(worker)
+                .await
+                .with_context(|| format!("no metrics from the worker at {}", worker.listen))?;
+            sum = sum.plus(BatchMetrics::parse(&text));
+        }
+        Ok(sum)
     }
 
     /// The events all the workers have processed.
@@ -166,4 +260,40 @@ fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batch_metrics_add_up_label_sets_and_take_exact_names() {
+        let locked = BATCH_LOCKED_USERS.name;
+        let revoked = SESSIONS_REVOKED.name;
+        let text = format!(
+            "# TYPE {locked} histogram\n\
+             {locked}_bucket{{le=\"1\"}} 4\n\
+             {locked}_sum 30\n\
+             {locked}_count 10\n\
+             {revoked}{{reason=\"session_limit\"}} 5\n\
+             {revoked}{{reason=\"logout_all\"}} 2\n\
+             {} 7\n\
+             {} 1e3\n",
+            BATCH_RELOCKS.name, LAST_SEEN_WRITES_SKIPPED.name
+        );
+        let m = BatchMetrics::parse(&text);
+        assert_eq!(m.batches, 10.0);
+        assert_eq!(m.locked_users, 30.0);
+        assert_eq!(m.revoked, 7.0);
+        assert_eq!(m.relocks, 7.0);
+        assert_eq!(m.skipped, 1000.0);
+        assert_eq!(m.touched, 0.0);
+        assert_eq!(m.plus(m).revoked, 14.0);
+        assert_eq!(
+            series_sum(&text, locked),
+            None,
+            "only _sum, _count, _bucket"
+        );
+        assert_eq!(series_sum(&text, EVENTS_PROCESSED.name), None);
+    }
 }
