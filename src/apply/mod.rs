@@ -8,16 +8,18 @@
 //! users), `write` and `touch` (write back); the statements themselves
 //! are in [`crate::db`]. [`operator`] runs an operator's revocation through
 //! the same steps.
-//!//!
+//!
 //! 1. read, without locks, the sessions the events name (log rows, and
 //!    tombstones of pruned ones), the live sessions of the events' users
 //!    and, when the hooks or the events need them, what each app claimed
 //!    for those users (`user_attributes`, see [`crate::domain::claims`]);
 //! 2. lock the users whose sessions the batch may add, end or revoke (their
 //!    `session_users` rows, in user order, one statement), and read their
-//!    sessions and claims again; a request for a live session of its own
-//!    user, the common case, needs no lock (unless it claims attributes
-//!    other than those remembered: they may change the user's limits);
+//!    sessions and claims again, except for users whose row the statement
+//!    created (they had no sessions: see `db::locks::lock_users`); a request
+//!    for a live or ended session of its own user, the common case, needs
+//!    no lock (unless it claims attributes other than those remembered:
+//!    they may change the user's limits);
 //! 3. apply the events one by one, in arrival order, to that state in memory
 //!    (the pure rules of [`crate::domain`]), collecting revocations and revoke
 //!    messages: the result is exactly that of event-by-event processing. If
@@ -25,7 +27,9 @@
 //!    ends with `Pass::NeedsLocks` and runs again with that user locked
 //!    (at most [`MAX_PASSES`] passes);
 //! 4. write back what changed: one UNNEST upsert for locked users' rows, one
-//!    for their claims, one tombstone update, one shadow-flag update, one
+//!    insert (`ON CONFLICT DO NOTHING`: a key taken meanwhile sends the
+//!    batch round again) for new rows of users not read again, one for
+//!    their claims, one tombstone update, one shadow-flag update, one
 //!    outbox insert, one retention statement, and last one monotonic touch
 //!    update for the rows (and renewed claims) of users not locked (see
 //!    `touch` and `db::touch`). A row whose only change is a `last_seen_at`

@@ -31,7 +31,7 @@ pub(crate) async fn lock_users(
     // RETURNING gives only the rows inserted.
     let created: Vec<String> = sqlx::query_scalar(
         "INSERT INTO session_users AS s (user_id)
-         SELECT u FROM unnest($1::text[]) AS u ORDER BY u
+         SELECT u FROM unnest($1::text[]) AS u ORDER BY u COLLATE \"C\"
          ON CONFLICT (user_id) DO UPDATE SET user_id = EXCLUDED.user_id WHERE false
          RETURNING user_id",
     )
