@@ -128,16 +128,7 @@ async fn requests_touch_without_locks_and_small_moves_are_not_written() {
         std::time::Duration::from_secs(1)
     );
     let ms = |n: i64| t(0) + chrono::Duration::milliseconds(n);
-    let apply = |e: Value| {
-        let enforcement = &enforcement;
-        let pool = &app.pool;
-        async move {
-            let event = SessionEvent::decode(e.to_string().as_bytes()).unwrap();
-            apply::process_batch(pool, enforcement, &[event], Utc::now())
-                .await
-                .unwrap()
-        }
-    };
+    let apply = |e: Value| apply_one(&app.pool, &enforcement, e);
     let last_seen = || async {
         sqlx::query_as::<_, (chrono::DateTime<Utc>, Option<String>)>(
             "SELECT last_seen_at, host(ip) FROM sessions WHERE session_id = 's1'",
@@ -188,16 +179,7 @@ async fn requests_touch_without_locks_and_small_moves_are_not_written() {
 async fn requests_on_ended_sessions_touch_without_locks_and_repeat_the_revoke() {
     let app = spawn_app_without_worker(|s| s.limits.repeat_revoke_after = 0).await;
     let enforcement = Enforcement::from_settings(&app.settings, &[]).unwrap();
-    let apply = |e: Value| {
-        let enforcement = &enforcement;
-        let pool = &app.pool;
-        async move {
-            let event = SessionEvent::decode(e.to_string().as_bytes()).unwrap();
-            apply::process_batch(pool, enforcement, &[event], Utc::now())
-                .await
-                .unwrap()
-        }
-    };
+    let apply = |e: Value| apply_one(&app.pool, &enforcement, e);
     let row = |session: &'static str| {
         let pool = &app.pool;
         async move {

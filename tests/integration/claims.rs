@@ -326,16 +326,7 @@ async fn a_rule_scoped_to_an_app_honours_a_claim_from_that_app_only() {
 async fn renewing_a_claim_takes_no_lock_and_changing_one_does() {
     let app = spawn_app_without_worker(staff_rule).await;
     let enforcement = Enforcement::from_settings(&app.settings, &[]).unwrap();
-    let apply = |e: Value| {
-        let enforcement = &enforcement;
-        let pool = &app.pool;
-        async move {
-            let event = SessionEvent::decode(e.to_string().as_bytes()).unwrap();
-            apply::process_batch(pool, enforcement, &[event], Utc::now())
-                .await
-                .unwrap()
-        }
-    };
+    let apply = |e: Value| apply_one(&app.pool, &enforcement, e);
     let staff = json!({"roles": ["staff"]});
     let outcome = apply(with_attributes(
         login("shop", "s1", "u1", t(0)),

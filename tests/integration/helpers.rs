@@ -18,8 +18,10 @@ use lapin::{BasicProperties, Channel, Connection, Consumer};
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 use serde_json::{Value, json};
+use session_guard::apply::{self, BatchOutcome, Enforcement};
 use session_guard::broker;
 use session_guard::configuration::with_database;
+use session_guard::domain::event::SessionEvent;
 use session_guard::domain::revoke::RevokeMessage;
 /// Tests compare the states of `TestApp::states` with it.
 pub use session_guard::domain::session::SessionState;
@@ -922,4 +924,13 @@ pub fn t(secs: i64) -> DateTime<Utc> {
         static BASE: DateTime<Utc> = (Utc::now() - chrono::Duration::seconds(600)).trunc_subsecs(6);
     }
     BASE.with(|b| *b + chrono::Duration::seconds(secs))
+}
+
+/// Applies `event` as a batch of its own, straight through the batch engine
+/// (no broker, no worker), at the worker's clock now.
+pub async fn apply_one(pool: &PgPool, enforcement: &Enforcement, event: Value) -> BatchOutcome {
+    let event = SessionEvent::decode(event.to_string().as_bytes()).unwrap();
+    apply::process_batch(pool, enforcement, &[event], Utc::now())
+        .await
+        .unwrap()
 }
