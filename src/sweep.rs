@@ -9,8 +9,11 @@
 //!
 //! Locking. A user's rows are written only under that user's lock (its
 //! `session_users` row, see `db::locks::lock_users` and the batch engine's module
-//! docs), except by the lock-free touch of a live session, which an ended or
-//! long-expired row never is. So the sweep takes the locks of the users whose
+//! docs), except by the lock-free touch, which only moves a row's activity
+//! (of a live row, or of an ended one the app still uses) and skips rows
+//! another transaction holds: a touch of a row the sweep moved finds it
+//! gone and sends its batch round again, under the user's lock, to the
+//! tombstone. So the sweep takes the locks of the users whose
 //! rows are due with `FOR UPDATE SKIP LOCKED` (a user some transaction holds
 //! is skipped until the next pass), takes their due rows the same way, moves
 //! them and commits at once: the sweep never waits, and a batch that needs

@@ -118,15 +118,15 @@ impl Decisions {
         }
         let record_user = applied.record.user_id.clone();
         // A row of a user this pass did not lock may only have its activity
-        // moved forward, or a revoke repeated (a logout that did not name
-        // its user can land on such a row when the login committed
-        // meanwhile): anything more needs the lock.
+        // moved forward (a logout that did not name its user can land on
+        // such a row when the login committed meanwhile; a request on a
+        // revoked row may repeat the revoke): anything more needs the lock.
         if applied.changed
             && let Some(owner) = &record_user
             && !locked.contains(owner.as_str())
         {
             let before = state.slots.get(key).filter(|s| s.origin == Origin::Log);
-            if !before.is_some_and(|s| s.record.only_touched(&applied.record)) {
+            if !before.is_some_and(|s| s.record.only_activity_moved(&applied.record)) {
                 self.needs_locks.insert(owner.to_string());
                 return None;
             }

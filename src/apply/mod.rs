@@ -251,7 +251,7 @@ async fn run_pass(
     let lock = LockRequest {
         must_lock,
         claims,
-        now,
+        clock: (now, enforcement.repeat_revoke_after),
     };
     let (locked, users, created) =
         match take_locks(&mut *conn, &mut state, batch, &named, lock, turn, hints).await? {
@@ -303,8 +303,10 @@ struct LockRequest<'a> {
     must_lock: &'a BTreeSet<String>,
     /// Whether to read the apps' claims with the users' sessions.
     claims: bool,
-    /// The worker's clock, for what counts as live.
-    now: DateTime<Utc>,
+    /// The worker's clock, for what counts as live, and the pause between
+    /// two revoke messages for one session (a request that repeats one
+    /// locks its user).
+    clock: (DateTime<Utc>, Duration),
 }
 
 /// How taking a pass's locks ended.
@@ -338,7 +340,7 @@ async fn take_locks(
     let LockRequest {
         must_lock,
         claims,
-        now,
+        clock,
     } = request;
     // Every user of the batch, and those to lock: a user whose events can
     // add, end or revoke a session.
@@ -346,7 +348,7 @@ async fn take_locks(
         mut users,
         lock: mut locked,
         unresolved,
-    } = plan::plan_locks(batch.0, batch.1, state, hints, now);
+    } = plan::plan_locks(batch.0, batch.1, state, hints, clock);
     locked.extend(must_lock.iter().cloned());
     users.extend(locked.iter().cloned());
     turn.wait().await;
@@ -371,7 +373,7 @@ async fn take_locks(
     // with it locked in the sorted go. When this can happen, the next batch
     // of this worker takes its locks only after this step (or after the
     // rerun's locks), so it cannot get ahead of this one on such a user.
-    let after_locks = plan::plan_locks(batch.0, batch.1, state, hints, now);
+    let after_locks = plan::plan_locks(batch.0, batch.1, state, hints, clock);
     let found: BTreeSet<String> = after_locks.lock.difference(&locked).cloned().collect();
     if !found.is_empty() {
         if !locks::try_lock_users(&mut *conn, &found).await? {

@@ -4,13 +4,15 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use tokio::sync::oneshot;
 
-use super::load::{Key, State, replaces_claim};
+use super::load::{Key, Slot, State, replaces_claim};
 use super::touch::is_touch;
 use crate::domain::event::{EventKind, SessionEvent, UserId};
+use crate::domain::session::{EndReason, apply_event};
 
 /// What a worker knows of the batches it still has in flight ahead of this
 /// one (see [`AheadHints::of`]).
@@ -146,17 +148,20 @@ pub(super) struct LockPlan {
     pub unresolved: bool,
 }
 
-/// Who the events involve, and who to lock. A request for a live session
-/// of its own user, the common case, only touches its row and needs no
-/// lock, unless a batch ahead on this worker may change that user's
-/// sessions (see [`AheadHints::busy`]) or the request claims attributes
-/// other than its app's claim read so far (they may change the limits).
+/// Who the events involve, and who to lock. A request for a live or ended
+/// session of its own user, the common case, only touches its row and
+/// needs no lock, unless a batch ahead on this worker may change that
+/// user's sessions (see [`AheadHints::busy`]), the request claims
+/// attributes other than its app's claim read so far (they may change the
+/// limits), or it repeats the revoke of a revoked session: that decision is
+/// taken under the lock, so that the pause between repeats
+/// (`repeat_after`) holds whichever batch or worker sees the requests.
 pub(super) fn plan_locks(
     events: &[SessionEvent],
     event_keys: &[Key],
     state: &State,
     hints: &AheadHints,
-    now: DateTime<Utc>,
+    (now, repeat_after): (DateTime<Utc>, Duration),
 ) -> LockPlan {
     let slots = &state.slots;
     let mut involved = LockPlan {
@@ -184,6 +189,7 @@ pub(super) fn plan_locks(
         }
         let touch = e.kind == EventKind::Request
             && is_touch(slots.get(key), user, now)
+            && !repeats_revoke(slots.get(key), e, now, repeat_after)
             && !hints.busy.contains(user)
             && !replaces_claim(&state.claims, user, e);
         if !touch {
@@ -192,6 +198,20 @@ pub(super) fn plan_locks(
         }
     }
     involved
+}
+
+/// Whether `event` on the session in `slot`, as read, would repeat its
+/// revoke (only a revoked row can).
+fn repeats_revoke(
+    slot: Option<&Slot>,
+    event: &SessionEvent,
+    now: DateTime<Utc>,
+    repeat_after: Duration,
+) -> bool {
+    slot.is_some_and(|s| {
+        s.record.end_reason.is_some_and(EndReason::is_revocation)
+            && apply_event(Some(&s.record), event, now, repeat_after).repeat_revoke
+    })
 }
 
 #[cfg(test)]
@@ -247,7 +267,13 @@ mod tests {
                 .iter()
                 .map(|e| (e.app.to_string(), e.session_id.to_string()))
                 .collect();
-            plan_locks(events, &keys, state, hints, at(10))
+            plan_locks(
+                events,
+                &keys,
+                state,
+                hints,
+                (at(10), Duration::from_secs(60)),
+            )
         }
 
         fn names(users: &BTreeSet<String>) -> Vec<&str> {
@@ -272,6 +298,45 @@ mod tests {
         }
 
         #[test]
+        fn requests_on_ended_sessions_need_no_lock_unless_they_repeat_a_revoke() {
+            use crate::domain::session::EndReason;
+            let mut logged_out = stored("s1", "ann", 0);
+            logged_out.record.end_reason = Some(EndReason::Logout);
+            logged_out.record.ended_at = Some(at(1));
+            let mut revoked = stored("s2", "bob", 0);
+            revoked.record.end_reason = Some(EndReason::SessionLimit);
+            revoked.record.ended_at = Some(at(1));
+            revoked.record.last_revoke_at = Some(at(1));
+            let state = state_of(vec![logged_out, revoked]);
+            let events = [
+                event(EventKind::Request, "s1", Some("ann"), 5),
+                event(EventKind::Request, "s2", Some("bob"), 5),
+            ];
+            let keys = [key("s1"), key("s2")];
+            let hints = AheadHints::default();
+            // Nine minutes after the revoke, a one-minute pause is over: the
+            // repeat is decided under bob's lock.
+            let plan = super::super::plan_locks(
+                &events,
+                &keys,
+                &state,
+                &hints,
+                (at(10), Duration::from_secs(60)),
+            );
+            assert_eq!(names(&plan.lock), ["bob"]);
+            // Within an hour's pause nothing repeats: both are touches.
+            let plan = super::super::plan_locks(
+                &events,
+                &keys,
+                &state,
+                &hints,
+                (at(10), Duration::from_secs(3600)),
+            );
+            assert!(plan.lock.is_empty());
+            assert_eq!(names(&plan.users), ["ann", "bob"]);
+        }
+
+        #[test]
         fn hints_and_unknown_owners_change_the_plan() {
             let state = state_of(vec![stored("s1", "ann", 0)]);
             let events = [
@@ -285,8 +350,9 @@ mod tests {
             assert!(plan.unresolved);
 
             hints.owners.insert(key("s9"), "zoe".to_owned());
+            let clock = (at(10), Duration::from_secs(60));
             let plan =
-                super::super::plan_locks(&events, &[key("s1"), key("s9")], &state, &hints, at(10));
+                super::super::plan_locks(&events, &[key("s1"), key("s9")], &state, &hints, clock);
             assert_eq!(names(&plan.lock), ["ann", "zoe"]);
             assert!(!plan.unresolved);
         }

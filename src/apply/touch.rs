@@ -1,7 +1,6 @@
 //! Which writes of a batch are touches: a request for a row of its own user,
-//! live or ended, only moves that row's activity forward (and, on a revoked
-//! row, the time of a repeated revoke message), so it needs no user lock and
-//! is written last, lock-free, by [`crate::db::touch`].
+//! live or ended, only moves that row's activity forward, so it needs no
+//! user lock and is written last, lock-free, by [`crate::db::touch`].
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -17,10 +16,11 @@ use crate::domain::session::SessionRecord;
 /// log that belongs to the same user and is live, or ended.
 ///
 /// An ended row never becomes live again, so a request on it cannot change
-/// what the user holds: it moves the row's activity and may repeat the
-/// revoke message, both monotonic, neither needing the lock. A row that
-/// expired without ending is not a touch: a request may extend its expiry
-/// and so bring it back among the user's live sessions.
+/// what the user holds: it only moves the row's activity. (One that repeats
+/// the revoke of a revoked row does more: [`plan_locks`](super::plan) locks
+/// its user.) A row that expired without ending is not a touch: a request
+/// may extend its expiry and so bring it back among the user's live
+/// sessions.
 pub(super) fn is_touch(slot: Option<&Slot>, user: &str, now: DateTime<Utc>) -> bool {
     slot.is_some_and(|s| {
         s.origin == Origin::Log

@@ -12,11 +12,12 @@ use sqlx::PgConnection;
 /// two batches never wait on each other in a cycle. One statement whatever
 /// the number of users.
 ///
-/// Returns the users whose rows it created. Every writer of a user's
-/// sessions creates the row first, in the transaction that writes them, so
-/// such a user had no sessions, and none can appear before this
-/// transaction ends: what a read before the lock found of them (nothing)
-/// is still true, and the batch need not read them again.
+/// Returns the users whose rows it created. Every writer that adds, ends
+/// or revokes a user's sessions holds (so first creates) that row, so a row
+/// created here means no such writer ever committed for the user, and none
+/// can before this transaction ends: what a read before the lock found of
+/// the user still holds, but for lock-free touches (activity only), and the
+/// batch need not read the user again.
 pub(crate) async fn lock_users(
     conn: &mut PgConnection,
     users: &BTreeSet<String>,

@@ -214,9 +214,7 @@ pub(crate) async fn upsert(conn: &mut PgConnection, c: &SessionColumns) -> sqlx:
              ended_at = coalesce(s.ended_at, EXCLUDED.ended_at),
              end_reason = coalesce(s.end_reason, EXCLUDED.end_reason),
              max_sessions = coalesce(s.max_sessions, EXCLUDED.max_sessions),
-             -- A touch may have repeated the revoke meanwhile (on an
-             -- ended row of a user it did not lock): the later one stays.
-             last_revoke_at = greatest(s.last_revoke_at, EXCLUDED.last_revoke_at),
+             last_revoke_at = EXCLUDED.last_revoke_at,
              attributes = CASE WHEN EXCLUDED.last_seen_at >= s.last_seen_at
                   THEN EXCLUDED.attributes ELSE s.attributes END,
              ended_by = coalesce(s.ended_by, EXCLUDED.ended_by),

@@ -1,6 +1,5 @@
 //! The touch: the lock-free write of a batch's rows of users it did not
-//! lock, and of the claims they renewed. It only moves activity forward
-//! (and the time of a repeated revoke message, on an ended row).
+//! lock, and of the claims they renewed. It only moves activity forward.
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
@@ -11,18 +10,17 @@ use sqlx::PgConnection;
 use crate::domain::event::SessionEvent;
 use crate::domain::session::SessionRecord;
 
-/// The touch statement (see [`touch`]): `$1`-`$12` and `$17` are the
-/// columns of the rows, `$13`-`$16` those of the renewed claims. Returns the keys it
+/// The touch statement (see [`touch`]): `$1`-`$12` are the columns of the
+/// rows, `$13`-`$16` those of the renewed claims. Returns the keys it
 /// wrote or found already newer: sessions as `(app, session_id, false)`,
 /// claims as `(app, user_id, true)`.
 const TOUCH: &str = "WITH v AS (
              SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::inet[],
                                   $5::timestamptz[], $6::text[], $7::timestamptz[],
                                   $8::timestamptz[], $9::timestamptz[], $10::jsonb[],
-                                  $11::timestamptz[], $12::timestamptz[], $17::timestamptz[])
+                                  $11::timestamptz[], $12::timestamptz[])
                  AS v(app, session_id, last_seen_at, ip, ip_at, user_agent, user_agent_at,
-                      expires_at, expires_at_at, attributes, attributes_at, login_at,
-                      last_revoke_at)
+                      expires_at, expires_at_at, attributes, attributes_at, login_at)
          ), mine AS (
              -- LATERAL: one index probe per key, whatever the planner
              -- believes of the table's size (a hash join over a seq scan of
@@ -44,15 +42,11 @@ const TOUCH: &str = "WITH v AS (
                  attributes = CASE WHEN v.attributes_at > s.last_seen_at
                       THEN v.attributes ELSE s.attributes END,
                  login_at = CASE WHEN NOT s.login_seen AND v.login_at < s.login_at
-                      THEN v.login_at ELSE s.login_at END,
-                 -- A repeated revoke message (on an ended row): GREATEST
-                 -- skips NULLs, so a row without one keeps its own.
-                 last_revoke_at = greatest(s.last_revoke_at, v.last_revoke_at)
+                      THEN v.login_at ELSE s.login_at END
              FROM v JOIN mine m ON m.app = v.app AND m.session_id = v.session_id
              WHERE s.app = v.app AND s.session_id = v.session_id
                AND (v.last_seen_at > s.last_seen_at
-                    OR (NOT s.login_seen AND v.login_at < s.login_at)
-                    OR v.last_revoke_at > coalesce(s.last_revoke_at, '-infinity'))
+                    OR (NOT s.login_seen AND v.login_at < s.login_at))
              RETURNING 1
          ), c AS (
              SELECT * FROM unnest($13::text[], $14::text[], $15::jsonb[], $16::timestamptz[])
@@ -121,7 +115,6 @@ pub(crate) async fn touch(conn: &mut PgConnection, t: &Touches) -> sqlx::Result<
         .bind(&t.claim_app)
         .bind(&t.claim_attributes)
         .bind(&t.claim_at)
-        .bind(&t.last_revoke_at)
         .fetch_all(conn)
         .await?;
     // Session keys, and claims as (app, user_id).
@@ -192,9 +185,6 @@ pub(crate) struct Touches {
     attributes_at: Vec<Option<DateTime<Utc>>>,
     /// The row's login time after the batch (an inferred one only moves earlier).
     login_at: Vec<DateTime<Utc>>,
-    /// When the batch repeated the revoke message of an ended row (NULL: it
-    /// did not); only moves forward.
-    last_revoke_at: Vec<Option<DateTime<Utc>>>,
     /// Users of renewed claims (same index as the three below).
     claim_user: Vec<String>,
     /// Apps of renewed claims.
@@ -275,11 +265,6 @@ impl Touches {
             |e| e.attributes.clone().map(serde_json::Value::Object),
         );
         self.login_at.push(r.login_at);
-        self.last_revoke_at.push(
-            (r.last_revoke_at != loaded.last_revoke_at)
-                .then_some(r.last_revoke_at)
-                .flatten(),
-        );
     }
 }
 

@@ -203,22 +203,6 @@ impl SessionRecord {
             && *last_revoke_at == self.last_revoke_at
     }
 
-    /// Whether `later` differs from this record only in what a request of
-    /// its own user may change without the user's lock: the activity
-    /// columns (see [`SessionRecord::only_activity_moved`]) and, on an ended
-    /// session, the time of its last revoke message moved forward (a repeat).
-    pub fn only_touched(&self, later: &SessionRecord) -> bool {
-        if later.last_revoke_at == self.last_revoke_at {
-            return self.only_activity_moved(later);
-        }
-        let repeat = self.end_reason.is_some() && later.last_revoke_at > self.last_revoke_at;
-        repeat
-            && self.only_activity_moved(&SessionRecord {
-                last_revoke_at: self.last_revoke_at,
-                ..later.clone()
-            })
-    }
-
     /// The state shown to operators at `now`.
     pub fn state_at(&self, now: DateTime<Utc>) -> SessionState {
         state_of(self.end_reason, self.expires_at, now)
@@ -494,27 +478,6 @@ mod tests {
         // without a pause it repeats
         let c = apply_event(Some(&a.record), &next, now2, Duration::ZERO);
         assert!(c.repeat_revoke);
-    }
-
-    #[test]
-    fn a_repeat_on_a_revoked_session_is_a_touch_and_nothing_more_is() {
-        let r = revoked(3);
-        let a = apply_event(Some(&r), &event(EventKind::Request, 9), at(10), PAUSE);
-        assert!(a.repeat_revoke);
-        assert!(!r.only_activity_moved(&a.record), "last_revoke_at moved");
-        assert!(r.only_touched(&a.record));
-        // A live session's revoke time never moves by a touch.
-        let live = apply_event(None, &event(EventKind::Login, 1), at(2), PAUSE).record;
-        let mut moved = live.clone();
-        moved.last_revoke_at = Some(at(4));
-        assert!(!live.only_touched(&moved));
-        // Nor does the time move backwards, nor an end change, on a repeat.
-        let mut back = a.record.clone();
-        back.last_revoke_at = None;
-        assert!(!a.record.only_touched(&back));
-        let mut other_end = a.record.clone();
-        other_end.end_reason = Some(EndReason::Logout);
-        assert!(!r.only_touched(&other_end));
     }
 
     #[test]

@@ -173,10 +173,11 @@ async fn requests_touch_without_locks_and_small_moves_are_not_written() {
 }
 
 /// A request on an ended session of its own user cannot bring it back, so
-/// it takes no lock either: it moves the row's activity and, on a revoked
-/// row, repeats the revoke, both in the lock-free touch.
+/// it takes no lock either: it only moves the row's activity, in the
+/// lock-free touch. One that repeats a revoke locks its user, so that the
+/// pause between repeats holds whoever sees the requests.
 #[tokio::test]
-async fn requests_on_ended_sessions_touch_without_locks_and_repeat_the_revoke() {
+async fn requests_on_ended_sessions_touch_without_locks_unless_they_repeat_the_revoke() {
     let app = spawn_app_without_worker(|s| s.limits.repeat_revoke_after = 0).await;
     let enforcement = Enforcement::from_settings(&app.settings, &[]).unwrap();
     let apply = |e: Value| apply_one(&app.pool, &enforcement, e);
@@ -206,18 +207,20 @@ async fn requests_on_ended_sessions_touch_without_locks_and_repeat_the_revoke() 
     let later = Utc::now().trunc_subsecs(0) + chrono::Duration::seconds(1);
     let after = |secs: i64| later + chrono::Duration::seconds(secs);
 
-    // The app keeps using the revoked s1: the revoke is repeated, lock-free.
+    // The app keeps using the revoked s1: the revoke is repeated, under
+    // u1's lock, in the batch's first pass.
     let outcome = apply(request("shop", "s1", "u1", after(0))).await;
     assert_eq!(
-        (outcome.locked_users, outcome.touched, outcome.repeated),
-        (0, 1, 1)
+        (outcome.locked_users, outcome.relocks, outcome.repeated),
+        (1, 0, 1)
     );
     assert_eq!(app.outbox_len().await, outbox_before + 1);
     let (seen, revoked_again, reason) = row("s1").await;
     assert_eq!((seen, reason.as_str()), (after(0), "session_limit"));
     assert!(revoked_again > revoked_once, "the repeat's time is written");
 
-    // A redelivery of that request says nothing new: no second repeat.
+    // A redelivery of that request says nothing new: no second repeat, and
+    // no lock.
     let outcome = apply(request("shop", "s1", "u1", after(0))).await;
     assert_eq!((outcome.locked_users, outcome.repeated), (0, 0));
     assert_eq!(app.outbox_len().await, outbox_before + 1);
