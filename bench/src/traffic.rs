@@ -383,13 +383,7 @@ impl Traffic {
                 "user_id": format!("user{user}"), "occurred_at": at, "ip": "192.0.2.1",
             });
         }
-        let i = self.rng.random_range(0..self.pool.len());
-        let (user, session) = self.pool.swap_remove(i);
-        if let Some(s) = self.live.get_mut(&user) {
-            s.retain(|x| x != &session);
-        }
-        let at = self.tick();
-        json!({"type": "logout", "app": "bench", "session_id": session, "occurred_at": at})
+        self.logout_live().expect("a live session")
     }
 
     /// Who logs in next: 95% of logins go to a user without a live session.

@@ -80,6 +80,11 @@ pub(super) struct State {
     pub overrides: HashMap<String, Vec<UserOverride>>,
     /// What the apps claim for the batch's users (read only when needed).
     pub claims: Claims,
+    /// Locked users whose lock row this pass created: they had no sessions
+    /// written under a lock, so they are not read again after it, and their
+    /// new rows go in only if their keys are still free (see
+    /// `db::locks::lock_users`).
+    pub created: BTreeSet<String>,
 }
 
 impl State {
@@ -277,9 +282,8 @@ fn collect(rows: Vec<LoadedRow>) -> Loaded {
 /// renewed).
 ///
 /// A session not found at the first read and named only by events of
-/// `created` users (whose lock rows the pass created: they had no
-/// sessions) is not read again either: the batch inserts it only if its
-/// key is still free (see `write`).
+/// users in [`State::created`] is not read again either: the batch inserts
+/// it only if its key is still free (see `write`).
 pub(super) async fn reload(
     conn: &mut PgConnection,
     state: &mut State,
@@ -287,8 +291,8 @@ pub(super) async fn reload(
     (events, event_keys): (&[SessionEvent], &[Key]),
     (users, claims): (&BTreeSet<String>, bool),
     unowned: bool,
-    created: &BTreeSet<String>,
 ) -> sqlx::Result<()> {
+    let created = &state.created;
     // Keys an event of a user not created names (or an event of no user).
     let named_otherwise: BTreeSet<&Key> = events
         .iter()

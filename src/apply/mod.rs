@@ -253,13 +253,9 @@ async fn run_pass(
         claims,
         clock: (now, enforcement.repeat_revoke_after),
     };
-    let (locked, users, created) =
+    let (locked, users) =
         match take_locks(&mut *conn, &mut state, batch, &named, lock, turn, hints).await? {
-            Locks::Held {
-                locked,
-                users,
-                created,
-            } => (locked, users, created),
+            Locks::Held { locked, users } => (locked, users),
             Locks::Busy(users) => return Ok(Pass::NeedsLocks(users)),
         };
     state.index_all();
@@ -269,8 +265,7 @@ async fn run_pass(
     if !decided.needs_locks.is_empty() {
         return Ok(Pass::NeedsLocks(decided.needs_locks));
     }
-    let locks = (&locked, &created);
-    write_pass(conn, &state, enforcement, batch, locks, decided, now).await
+    write_pass(conn, &state, enforcement, batch, &locked, decided, now).await
 }
 
 /// Reads, before any lock, the named sessions and the live sessions of the
@@ -317,9 +312,6 @@ enum Locks {
         locked: BTreeSet<String>,
         /// Every user of the batch, locked or not.
         users: BTreeSet<String>,
-        /// Those of `locked` whose lock row this pass created: they had no
-        /// sessions, so they were not read again (see `locks::lock_users`).
-        created: BTreeSet<String>,
     },
     /// Users found after the locks were taken are busy: run the pass again
     /// with them locked in the sorted go.
@@ -352,19 +344,19 @@ async fn take_locks(
     locked.extend(must_lock.iter().cloned());
     users.extend(locked.iter().cloned());
     turn.wait().await;
-    let created = locks::lock_users(&mut *conn, &locked).await?;
+    state.created = locks::lock_users(&mut *conn, &locked).await?;
     // Only an event of no known user can name, once read again, a user not
     // locked yet (see below). Without one, the next batch of this worker may
     // take its locks now.
     if !unresolved {
         turn.pass();
     }
-    // A user whose lock row was just created had no sessions, and none can
-    // appear until this commits: the read before the lock holds for them.
-    // Their new rows are inserted only if still absent (see `write_pass`).
-    let reread: BTreeSet<String> = locked.difference(&created).cloned().collect();
-    let again = (&reread, claims);
-    load::reload(&mut *conn, state, named, batch, again, true, &created).await?;
+    // No writer that adds, ends or revokes sessions ever held the lock of a
+    // user whose lock row was just created, and none can until this
+    // commits: the read before the lock holds for them. Their new rows are
+    // inserted only if still absent (see `write_pass`).
+    let reread: BTreeSet<String> = locked.difference(&state.created).cloned().collect();
+    load::reload(&mut *conn, state, named, batch, (&reread, claims), true).await?;
 
     // The rows read again may name a user not locked: a logout without
     // user_id whose session's login committed meanwhile, on another worker.
@@ -379,30 +371,23 @@ async fn take_locks(
         if !locks::try_lock_users(&mut *conn, &found).await? {
             return Ok(Locks::Busy(found));
         }
-        let none_created = BTreeSet::new();
-        let again = (&found, claims);
-        load::reload(&mut *conn, state, named, batch, again, false, &none_created).await?;
+        load::reload(&mut *conn, state, named, batch, (&found, claims), false).await?;
         locked.extend(found);
     }
     turn.pass();
     users.extend(after_locks.users);
     users.extend(locked.iter().cloned());
-    Ok(Locks::Held {
-        locked,
-        users,
-        created,
-    })
+    Ok(Locks::Held { locked, users })
 }
 
 /// Writes what the pass decided: the sessions and claims, the outbox, the
-/// retention of the locked users' logs, and last the touch. `locks` are the
-/// users locked and, among them, those whose lock row the pass created.
+/// retention of the locked users' logs, and last the touch.
 async fn write_pass(
     conn: &mut PgConnection,
     state: &State,
     enforcement: &Enforcement,
     batch: (&[SessionEvent], &[Key]),
-    (locked, created): (&BTreeSet<String>, &BTreeSet<String>),
+    locked: &BTreeSet<String>,
     decided: decide::Decisions,
     now: DateTime<Utc>,
 ) -> sqlx::Result<Pass> {
@@ -416,7 +401,7 @@ async fn write_pass(
     let written = write::write(
         &mut *conn,
         state,
-        (locked, created),
+        locked,
         (resolution, now),
         batch,
         &mut outcome,

@@ -93,12 +93,10 @@ pub async fn admin_revoke(
     let mut outcome = BatchOutcome::default();
     let messages = decide::revoke(&mut state, &user, victims, now, &mut outcome);
     let resolution = enforcement.last_seen_resolution;
-    // The user's sessions were read under the lock: no row is new to it.
-    let none_created = BTreeSet::new();
     write::write(
         &mut tx,
         &state,
-        (&locked, &none_created),
+        &locked,
         (resolution, now),
         (&[], &[]),
         &mut outcome,

@@ -9,10 +9,9 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use tokio::sync::oneshot;
 
-use super::load::{Key, Slot, State, replaces_claim};
+use super::load::{Key, State, replaces_claim};
 use super::touch::is_touch;
 use crate::domain::event::{EventKind, SessionEvent, UserId};
-use crate::domain::session::{EndReason, apply_event};
 
 /// What a worker knows of the batches it still has in flight ahead of this
 /// one (see [`AheadHints::of`]).
@@ -189,7 +188,9 @@ pub(super) fn plan_locks(
         }
         let touch = e.kind == EventKind::Request
             && is_touch(slots.get(key), user, now)
-            && !repeats_revoke(slots.get(key), e, now, repeat_after)
+            && !slots
+                .get(key)
+                .is_some_and(|s| s.record.repeats_revoke(e, now, repeat_after))
             && !hints.busy.contains(user)
             && !replaces_claim(&state.claims, user, e);
         if !touch {
@@ -198,20 +199,6 @@ pub(super) fn plan_locks(
         }
     }
     involved
-}
-
-/// Whether `event` on the session in `slot`, as read, would repeat its
-/// revoke (only a revoked row can).
-fn repeats_revoke(
-    slot: Option<&Slot>,
-    event: &SessionEvent,
-    now: DateTime<Utc>,
-    repeat_after: Duration,
-) -> bool {
-    slot.is_some_and(|s| {
-        s.record.end_reason.is_some_and(EndReason::is_revocation)
-            && apply_event(Some(&s.record), event, now, repeat_after).repeat_revoke
-    })
 }
 
 #[cfg(test)]
@@ -314,24 +301,16 @@ mod tests {
             ];
             let keys = [key("s1"), key("s2")];
             let hints = AheadHints::default();
+            let with_pause = |secs| {
+                let clock = (at(10), Duration::from_secs(secs));
+                super::super::plan_locks(&events, &keys, &state, &hints, clock)
+            };
             // Nine minutes after the revoke, a one-minute pause is over: the
             // repeat is decided under bob's lock.
-            let plan = super::super::plan_locks(
-                &events,
-                &keys,
-                &state,
-                &hints,
-                (at(10), Duration::from_secs(60)),
-            );
+            let plan = with_pause(60);
             assert_eq!(names(&plan.lock), ["bob"]);
             // Within an hour's pause nothing repeats: both are touches.
-            let plan = super::super::plan_locks(
-                &events,
-                &keys,
-                &state,
-                &hints,
-                (at(10), Duration::from_secs(3600)),
-            );
+            let plan = with_pause(3600);
             assert!(plan.lock.is_empty());
             assert_eq!(names(&plan.users), ["ann", "bob"]);
         }

@@ -32,19 +32,19 @@ pub(super) enum Written {
 
 /// Writes back every changed session and claim of locked users: one upsert
 /// for the claims, one for the sessions (and new rows), one insert for new
-/// rows of users whose lock row the pass created (`locks.1`), one update
+/// rows of users whose lock row the pass created ([`State::created`]), one update
 /// for tombstones and one for shadow flags. A row whose only change is a
 /// `last_seen_at` moved by less than `resolution` is not written at all
 /// (its next event that moves it further is), nor is a claim renewed by less.
 pub(super) async fn write(
     conn: &mut PgConnection,
     state: &State,
-    (locked, created): (&BTreeSet<String>, &BTreeSet<String>),
+    locked: &BTreeSet<String>,
     (resolution, now): (Duration, DateTime<Utc>),
     batch: (&[SessionEvent], &[Key]),
     outcome: &mut BatchOutcome,
 ) -> sqlx::Result<Written> {
-    let changed = changed_rows(state, (locked, created), resolution, outcome);
+    let changed = changed_rows(state, locked, resolution, outcome);
     outcome.touched += changed.touches.len();
     let mut touches = touches_of(&changed.touches, batch);
     let claimed = changed_claims(state, locked, resolution, &mut touches);
@@ -93,7 +93,7 @@ struct ChangedRows<'a> {
 /// `resolution`.
 fn changed_rows<'a>(
     state: &'a State,
-    (locked, created): (&BTreeSet<String>, &BTreeSet<String>),
+    locked: &BTreeSet<String>,
     resolution: Duration,
     outcome: &mut BatchOutcome,
 ) -> ChangedRows<'a> {
@@ -127,7 +127,7 @@ fn changed_rows<'a>(
             .record
             .user_id
             .as_ref()
-            .is_some_and(|u| created.contains(u.as_str()));
+            .is_some_and(|u| state.created.contains(u.as_str()));
         match (slot.origin, &slot.loaded) {
             (Origin::Tombstone, _) => changed.tombstones.push(slot),
             (Origin::New, _) if user_created => changed.fresh.push(slot),
@@ -215,13 +215,12 @@ mod tests {
         ann_new.origin = Origin::New;
         ann_new.loaded = None;
         ann_new.dirty = true;
-        let state = state_of(vec![ann, bob, cat, untouched, pruned, eve, ann_new]);
+        let mut state = state_of(vec![ann, bob, cat, untouched, pruned, eve, ann_new]);
+        state.created = BTreeSet::from(["eve".to_owned()]);
         let locked = BTreeSet::from(["ann".to_owned(), "cat".to_owned(), "eve".to_owned()]);
-        let created = BTreeSet::from(["eve".to_owned()]);
-        let locks = (&locked, &created);
 
         let mut outcome = BatchOutcome::default();
-        let changed = changed_rows(&state, locks, Duration::ZERO, &mut outcome);
+        let changed = changed_rows(&state, &locked, Duration::ZERO, &mut outcome);
         let ids = |slots: &[&Slot]| -> Vec<String> {
             slots
                 .iter()
@@ -237,7 +236,7 @@ mod tests {
 
         // Within the resolution, only the ended row is still written.
         let mut outcome = BatchOutcome::default();
-        let changed = changed_rows(&state, locks, Duration::from_secs(120), &mut outcome);
+        let changed = changed_rows(&state, &locked, Duration::from_secs(120), &mut outcome);
         assert_eq!(ids(&changed.upserts), ["s3", "s7"]);
         assert!(changed.touches.is_empty());
         assert_eq!(outcome.coalesced, 2);

@@ -203,6 +203,21 @@ impl SessionRecord {
             && *last_revoke_at == self.last_revoke_at
     }
 
+    /// Whether `event` on this session, as it stands, shows that the app
+    /// missed its revoke, so that [`apply_event`] repeats the revoke message
+    /// (only a `request`, `logout_others` or `logout_all` can).
+    pub fn repeats_revoke(
+        &self,
+        event: &SessionEvent,
+        now: DateTime<Utc>,
+        repeat_revoke_after: Duration,
+    ) -> bool {
+        matches!(
+            event.kind,
+            EventKind::Request | EventKind::LogoutOthers | EventKind::LogoutAll
+        ) && is_repeat(self, event.occurred_at, now, repeat_revoke_after)
+    }
+
     /// The state shown to operators at `now`.
     pub fn state_at(&self, now: DateTime<Utc>) -> SessionState {
         state_of(self.end_reason, self.expires_at, now)
@@ -277,7 +292,7 @@ pub fn apply_event(
             if !r.login_seen && t < r.login_at {
                 r.login_at = t;
             }
-            repeat_revoke = is_repeat(&r, before, t, now, repeat_revoke_after);
+            repeat_revoke = before.repeats_revoke(event, now, repeat_revoke_after);
             if repeat_revoke {
                 r.last_revoke_at = Some(now);
             }
@@ -345,18 +360,17 @@ fn take_latest(r: &mut SessionRecord, event: &SessionEvent) {
 /// before counts (a redelivered or late one says nothing new), and not
 /// within `repeat_revoke_after` of the previous revoke message.
 fn is_repeat(
-    r: &SessionRecord,
     before: &SessionRecord,
     t: DateTime<Utc>,
     now: DateTime<Utc>,
     repeat_revoke_after: Duration,
 ) -> bool {
-    let revoked_at = match (r.end_reason, r.ended_at) {
+    let revoked_at = match (before.end_reason, before.ended_at) {
         (Some(reason), Some(at)) if reason.is_revocation() => at,
         _ => return false,
     };
     let newer = t > revoked_at && t > before.last_seen_at;
-    let paused = r.last_revoke_at.is_some_and(|last| {
+    let paused = before.last_revoke_at.is_some_and(|last| {
         now.signed_duration_since(last)
             .to_std()
             .unwrap_or(Duration::ZERO)
