@@ -13,6 +13,8 @@
 //!    tombstones of pruned ones), the live sessions of the events' users
 //!    and, when the hooks or the events need them, what each app claimed
 //!    for those users (`user_attributes`, see [`crate::domain::claims`]);
+//!    then the operators' overrides of the users known so far (operators
+//!    take no user lock: a read under the lock would be no more current);
 //! 2. lock the users whose sessions the batch may add, end or revoke (their
 //!    `session_users` rows, in user order, one statement), and read their
 //!    sessions and claims again, except for users whose row the statement
@@ -26,11 +28,12 @@
 //!    the check of a user not locked finds something to revoke, the pass
 //!    ends with `Pass::NeedsLocks` and runs again with that user locked
 //!    (at most [`MAX_PASSES`] passes);
-//! 4. write back what changed: one UNNEST upsert for locked users' rows, one
-//!    insert (`ON CONFLICT DO NOTHING`: a key taken meanwhile sends the
-//!    batch round again) for new rows of users not read again, one for
-//!    their claims, one tombstone update, one shadow-flag update, one
-//!    outbox insert, one retention statement, and last one monotonic touch
+//! 4. write back what changed: one statement for the sessions and the
+//!    outbox (an UNNEST upsert of locked users' rows, an insert, `ON
+//!    CONFLICT DO NOTHING`, of new rows of users not read again: a key taken
+//!    meanwhile sends the batch round again; the revoke messages), one for
+//!    the claims, one tombstone update, one shadow-flag update, one
+//!    retention statement, and last one monotonic touch
 //!    update for the rows (and renewed claims) of users not locked (see
 //!    `touch` and `db::touch`). A row whose only change is a `last_seen_at`
 //!    moved by less than the configured resolution is not written at all,
@@ -51,7 +54,7 @@ use sqlx::{PgConnection, PgPool};
 
 use self::load::{Key, State, key_of};
 use self::plan::LockPlan;
-use crate::db::{self, locks, outbox, overrides, retention};
+use crate::db::{self, locks, overrides, retention};
 use crate::domain::event::{SessionEvent, UserId};
 use crate::domain::limits::HookChain;
 
@@ -247,7 +250,30 @@ async fn run_pass(
     // an event's claim changes them; else the reads skip them.
     let claims =
         enforcement.hooks.reads_attributes() || events.iter().any(|e| e.attributes.is_some());
-    let mut state = read_before_locks(&mut *conn, batch, &named, claims).await?;
+    // The users the events name, in order.
+    let event_users: Vec<&str> = events
+        .iter()
+        .filter_map(|e| e.user_id.as_ref().map(UserId::as_str))
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let mut state = read_before_locks(&mut *conn, &named, &event_users, claims).await?;
+    // The users of the batch as far as known now: those the events name,
+    // and the owners of sessions named by logouts without a user, from the
+    // rows read or from the batches ahead.
+    let mut known: BTreeSet<String> = event_users.iter().map(|u| u.to_string()).collect();
+    known.extend(
+        state
+            .slots
+            .values()
+            .filter_map(|s| s.record.user_id.as_ref().map(UserId::to_string)),
+    );
+    known.extend(hints.owners.values().cloned());
+    // Operators set overrides without taking the user's lock, so a read
+    // now is as current as one under the lock, and keeps a round trip out
+    // of the time the locks are held.
+    let known_list: Vec<&str> = known.iter().map(String::as_str).collect();
+    state.overrides = overrides::overrides_of_users(&mut *conn, &known_list).await?;
     let lock = LockRequest {
         must_lock,
         claims,
@@ -259,8 +285,14 @@ async fn run_pass(
             Locks::Busy(users) => return Ok(Pass::NeedsLocks(users)),
         };
     state.index_all();
-    let user_list: Vec<&str> = users.iter().map(String::as_str).collect();
-    state.overrides = overrides::overrides_of_users(&mut *conn, &user_list).await?;
+    // A user first known from a row read after the locks (the owner of a
+    // session whose login committed meanwhile, named by a logout without
+    // user) is rare.
+    let unnamed: Vec<&str> = users.difference(&known).map(String::as_str).collect();
+    if !unnamed.is_empty() {
+        let more = overrides::overrides_of_users(&mut *conn, &unnamed).await?;
+        state.overrides.extend(more);
+    }
     let decided = decide::decide(&mut state, enforcement, batch, &locked, now);
     if !decided.needs_locks.is_empty() {
         return Ok(Pass::NeedsLocks(decided.needs_locks));
@@ -274,20 +306,14 @@ async fn run_pass(
 /// are locked.
 async fn read_before_locks(
     conn: &mut PgConnection,
-    (events, _): (&[SessionEvent], &[Key]),
     named: &[&Key],
+    event_users: &[&str],
     claims: bool,
 ) -> sqlx::Result<State> {
     let (apps, ids): (Vec<&str>, Vec<&str>) =
         named.iter().map(|(a, s)| (a.as_str(), s.as_str())).unzip();
-    let event_users: Vec<&str> = events
-        .iter()
-        .filter_map(|e| e.user_id.as_ref().map(UserId::as_str))
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .collect();
     let mut state = State::with_capacity(named.len() * 2);
-    load::load(conn, &mut state, &apps, &ids, &event_users, claims).await?;
+    load::load(conn, &mut state, &apps, &ids, event_users, claims).await?;
     Ok(state)
 }
 
@@ -404,6 +430,7 @@ async fn write_pass(
         locked,
         (resolution, now),
         batch,
+        &messages,
         &mut outcome,
     );
     let touches = match written.await? {
@@ -413,7 +440,6 @@ async fn write_pass(
         // run again, and the next pass's read finds it.
         write::Written::Taken(users) => return Ok(Pass::NeedsLocks(users)),
     };
-    outbox::write(&mut *conn, &messages).await?;
     let keep = decide::retention_limits(state, enforcement, batch, log_limits, now);
     outcome.pruned += retention::prune_logs(&mut *conn, &keep, now).await?;
     // Last, so that nothing this transaction does after it can wait.

@@ -10,7 +10,7 @@ use sqlx::{PgConnection, PgPool};
 
 use super::load::{self, Origin, State};
 use super::{BatchOutcome, Enforcement, decide, write};
-use crate::db::{locks, outbox, overrides, sessions};
+use crate::db::{locks, overrides, sessions};
 use crate::domain::decision::Candidate;
 use crate::domain::event::{AppName, SessionId, UserId};
 use crate::domain::limits::{EffectiveLimits, HookContext};
@@ -99,10 +99,10 @@ pub async fn admin_revoke(
         &locked,
         (resolution, now),
         (&[], &[]),
+        &messages,
         &mut outcome,
     )
     .await?;
-    outbox::write(&mut tx, &messages).await?;
     tx.commit().await?;
     Ok(messages)
 }

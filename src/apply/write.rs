@@ -13,9 +13,10 @@ use super::load::{Key, Origin, Slot, State};
 use super::touch::touches_of;
 use crate::db::sessions::{self, SessionColumns};
 use crate::db::touch::Touches;
-use crate::db::{claims, sessions::flag_shadow};
+use crate::db::{claims, outbox, sessions::flag_shadow};
 use crate::domain::claims::Claim;
 use crate::domain::event::SessionEvent;
+use crate::domain::revoke::RevokeMessage;
 use crate::domain::session::SessionRecord;
 
 /// How writing a batch back ended.
@@ -30,10 +31,11 @@ pub(super) enum Written {
     Taken(BTreeSet<String>),
 }
 
-/// Writes back every changed session and claim of locked users: one upsert
-/// for the claims, one for the sessions (and new rows), one insert for new
-/// rows of users whose lock row the pass created ([`State::created`]), one update
-/// for tombstones and one for shadow flags. A row whose only change is a
+/// Writes back every changed session and claim of locked users, and the
+/// revoke `messages`: one upsert for the claims; one statement for the
+/// sessions (an upsert of changed rows and new ones, an insert of new rows
+/// of users whose lock row the pass created, [`State::created`]) and the
+/// outbox; one update for tombstones and one for shadow flags. A row whose only change is a
 /// `last_seen_at` moved by less than `resolution` is not written at all
 /// (its next event that moves it further is), nor is a claim renewed by less.
 pub(super) async fn write(
@@ -42,6 +44,7 @@ pub(super) async fn write(
     locked: &BTreeSet<String>,
     (resolution, now): (Duration, DateTime<Utc>),
     batch: (&[SessionEvent], &[Key]),
+    messages: &[RevokeMessage],
     outcome: &mut BatchOutcome,
 ) -> sqlx::Result<Written> {
     let changed = changed_rows(state, locked, resolution, outcome);
@@ -49,10 +52,15 @@ pub(super) async fn write(
     let mut touches = touches_of(&changed.touches, batch);
     let claimed = changed_claims(state, locked, resolution, &mut touches);
     claims::upsert_claims(&mut *conn, claimed).await?;
-    // Those users were not read again after their lock: their new rows go
-    // in only if no one stored the same key meanwhile.
-    let fresh = columns_of(&changed.fresh);
-    let inserted = sessions::insert_new(&mut *conn, &fresh).await?;
+    // Users in `state.created` were not read again after their lock: their
+    // new rows go in only if no one stored the same key meanwhile.
+    let inserted = sessions::store(
+        &mut *conn,
+        &columns_of(&changed.fresh),
+        &columns_of(&changed.upserts),
+        &outbox::Columns::of(messages),
+    )
+    .await?;
     if inserted < changed.fresh.len() {
         let users = changed
             .fresh
@@ -61,7 +69,6 @@ pub(super) async fn write(
             .collect();
         return Ok(Written::Taken(users));
     }
-    sessions::upsert(&mut *conn, &columns_of(&changed.upserts)).await?;
     sessions::update_tombstones(&mut *conn, &columns_of(&changed.tombstones)).await?;
     let (apps, ids): (Vec<&str>, Vec<&str>) = state
         .slots

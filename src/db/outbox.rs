@@ -19,26 +19,67 @@ pub struct OutboxRow {
     pub payload: String,
 }
 
-/// Writes revoke messages to the outbox, for the relay to publish.
+/// The outbox rows of revoke messages, as column arrays.
+#[derive(Default)]
+pub(crate) struct Columns {
+    /// Each message's own id.
+    event_id: Vec<Uuid>,
+    /// The app's routing key.
+    routing_key: Vec<String>,
+    /// The message as JSON.
+    payload: Vec<String>,
+}
+
+/// `INSERT INTO outbox` of the three arrays [`Columns::bind`] binds, as
+/// `$33`-`$35` (after the two sets of session columns of
+/// `sessions::store`).
+pub(crate) const INSERT_33: &str = "INSERT INTO outbox (event_id, routing_key, payload)
+     SELECT * FROM unnest($33::uuid[], $34::text[], $35::text[])";
+
+impl Columns {
+    /// The rows of `messages`.
+    pub(crate) fn of(messages: &[RevokeMessage]) -> Columns {
+        let mut c = Columns::default();
+        for m in messages {
+            c.event_id.push(m.event_id);
+            c.routing_key.push(m.routing_key());
+            c.payload
+                .push(serde_json::to_string(m).expect("a revoke message always serializes"));
+        }
+        c
+    }
+
+    /// Whether there are no rows.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.event_id.is_empty()
+    }
+
+    /// Binds the arrays after what `query` binds already.
+    pub(crate) fn bind<'q, O>(
+        &'q self,
+        query: sqlx::query::QueryScalar<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments>,
+    ) -> sqlx::query::QueryScalar<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments> {
+        query
+            .bind(&self.event_id)
+            .bind(&self.routing_key)
+            .bind(&self.payload)
+    }
+}
+
+/// Writes revoke messages to the outbox, for the relay to publish (a batch
+/// writes its own with its sessions: `sessions::store`).
 pub async fn write(conn: &mut PgConnection, messages: &[RevokeMessage]) -> sqlx::Result<()> {
     if messages.is_empty() {
         return Ok(());
     }
-    let mut ids = Vec::with_capacity(messages.len());
-    let mut keys = Vec::with_capacity(messages.len());
-    let mut payloads = Vec::with_capacity(messages.len());
-    for m in messages {
-        ids.push(m.event_id);
-        keys.push(m.routing_key());
-        payloads.push(serde_json::to_string(m).expect("a revoke message always serializes"));
-    }
+    let rows = Columns::of(messages);
     sqlx::query(
         "INSERT INTO outbox (event_id, routing_key, payload)
          SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[])",
     )
-    .bind(&ids)
-    .bind(&keys)
-    .bind(&payloads)
+    .bind(&rows.event_id)
+    .bind(&rows.routing_key)
+    .bind(&rows.payload)
     .execute(conn)
     .await?;
     Ok(())

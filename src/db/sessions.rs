@@ -3,8 +3,12 @@
 
 use std::net::IpAddr;
 
+use std::sync::LazyLock;
+
 use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgPool};
+
+use super::outbox;
 
 use crate::domain::decision::Candidate;
 use crate::domain::event::{AppName, SessionId, UserId};
@@ -172,73 +176,109 @@ pub(crate) async fn load_for_batch(
 /// bound by [`SessionColumns::bind`]): an insert of their rows, whose
 /// `ON CONFLICT` clause each statement adds. A macro, so that `concat!`
 /// keeps the statements `'static`.
-macro_rules! insert_rows {
-    () => {
+/// `INSERT INTO sessions ... SELECT * FROM unnest(...)` of the 16 column
+/// arrays [`SessionColumns::bind`] binds, numbered from `$first`.
+fn insert_rows(first: usize) -> String {
+    const TYPES: [&str; 16] = [
+        "text",
+        "text",
+        "text",
+        "timestamptz",
+        "bool",
+        "timestamptz",
+        "inet",
+        "text",
+        "timestamptz",
+        "timestamptz",
+        "text",
+        "int4",
+        "timestamptz",
+        "jsonb",
+        "text",
+        "text",
+    ];
+    let arrays: Vec<String> = TYPES
+        .iter()
+        .enumerate()
+        .map(|(i, t)| format!("${}::{t}[]", first + i))
+        .collect();
+    format!(
         "INSERT INTO sessions AS s (app, session_id, user_id, login_at, login_seen,
              last_seen_at, ip, user_agent, expires_at, ended_at, end_reason, max_sessions,
              last_revoke_at, attributes, ended_by, end_note)
-         SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[],
-             $5::bool[], $6::timestamptz[], $7::inet[], $8::text[], $9::timestamptz[],
-             $10::timestamptz[], $11::text[], $12::int4[], $13::timestamptz[],
-             $14::jsonb[], $15::text[], $16::text[])"
-    };
+         SELECT * FROM unnest({})",
+        arrays.join(", ")
+    )
 }
 
-/// Upserts the changed rows of locked users and new rows, in key order.
-pub(crate) async fn upsert(conn: &mut PgConnection, c: &SessionColumns) -> sqlx::Result<()> {
-    if c.app.is_empty() {
-        return Ok(());
-    }
-    let upsert = sqlx::query(concat!(
-        insert_rows!(),
-        " ON CONFLICT (app, session_id) DO UPDATE SET
-             user_id = coalesce(s.user_id, EXCLUDED.user_id),
-             -- The activity columns may have moved since this batch read
-             -- the row (a touch by a batch that did not lock the user):
-             -- they only move forward, as in the touch update.
-             login_at = CASE
-                 WHEN EXCLUDED.login_seen = s.login_seen
-                     THEN least(s.login_at, EXCLUDED.login_at)
-                 WHEN EXCLUDED.login_seen THEN EXCLUDED.login_at
-                 ELSE s.login_at END,
-             login_seen = s.login_seen OR EXCLUDED.login_seen,
-             last_seen_at = greatest(s.last_seen_at, EXCLUDED.last_seen_at),
-             ip = CASE WHEN EXCLUDED.last_seen_at >= s.last_seen_at
-                  THEN EXCLUDED.ip ELSE s.ip END,
-             user_agent = CASE WHEN EXCLUDED.last_seen_at >= s.last_seen_at
-                  THEN EXCLUDED.user_agent ELSE s.user_agent END,
-             expires_at = CASE WHEN EXCLUDED.last_seen_at >= s.last_seen_at
-                  THEN EXCLUDED.expires_at ELSE s.expires_at END,
-             -- An end written by someone else meanwhile (a logout that did
-             -- not know its user, so took no user lock) is never undone.
-             ended_at = coalesce(s.ended_at, EXCLUDED.ended_at),
-             end_reason = coalesce(s.end_reason, EXCLUDED.end_reason),
-             max_sessions = coalesce(s.max_sessions, EXCLUDED.max_sessions),
-             last_revoke_at = EXCLUDED.last_revoke_at,
-             attributes = CASE WHEN EXCLUDED.last_seen_at >= s.last_seen_at
-                  THEN EXCLUDED.attributes ELSE s.attributes END,
-             ended_by = coalesce(s.ended_by, EXCLUDED.ended_by),
-             end_note = coalesce(s.end_note, EXCLUDED.end_note)"
-    ));
-    c.bind(upsert).execute(&mut *conn).await?;
-    Ok(())
-}
+/// How the upsert merges a batch's row into the stored one.
+const UPSERT_SET: &str = " ON CONFLICT (app, session_id) DO UPDATE SET
+     user_id = coalesce(s.user_id, EXCLUDED.user_id),
+     -- The activity columns may have moved since this batch read the row
+     -- (a touch by a batch that did not lock the user): they only move
+     -- forward, as in the touch update.
+     login_at = CASE
+         WHEN EXCLUDED.login_seen = s.login_seen THEN least(s.login_at, EXCLUDED.login_at)
+         WHEN EXCLUDED.login_seen THEN EXCLUDED.login_at
+         ELSE s.login_at END,
+     login_seen = s.login_seen OR EXCLUDED.login_seen,
+     last_seen_at = greatest(s.last_seen_at, EXCLUDED.last_seen_at),
+     ip = CASE WHEN EXCLUDED.last_seen_at >= s.last_seen_at THEN EXCLUDED.ip ELSE s.ip END,
+     user_agent = CASE WHEN EXCLUDED.last_seen_at >= s.last_seen_at
+          THEN EXCLUDED.user_agent ELSE s.user_agent END,
+     expires_at = CASE WHEN EXCLUDED.last_seen_at >= s.last_seen_at
+          THEN EXCLUDED.expires_at ELSE s.expires_at END,
+     -- An end written by someone else meanwhile (a logout that did not
+     -- know its user, so took no user lock) is never undone.
+     ended_at = coalesce(s.ended_at, EXCLUDED.ended_at),
+     end_reason = coalesce(s.end_reason, EXCLUDED.end_reason),
+     max_sessions = coalesce(s.max_sessions, EXCLUDED.max_sessions),
+     last_revoke_at = EXCLUDED.last_revoke_at,
+     attributes = CASE WHEN EXCLUDED.last_seen_at >= s.last_seen_at
+          THEN EXCLUDED.attributes ELSE s.attributes END,
+     ended_by = coalesce(s.ended_by, EXCLUDED.ended_by),
+     end_note = coalesce(s.end_note, EXCLUDED.end_note)";
 
-/// Inserts new rows, in key order, each only if its key is still absent;
-/// returns how many went in. For sessions of users the batch did not read
-/// again after locking them: a key stored meanwhile (by a logout that did
-/// not name its user, or under another user) is left alone, and the caller
-/// runs the batch again so that its read finds that row.
-pub(crate) async fn insert_new(conn: &mut PgConnection, c: &SessionColumns) -> sqlx::Result<usize> {
-    if c.app.is_empty() {
+/// The statement of [`store`], built once.
+static STORE: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "WITH fresh AS ({} ON CONFLICT (app, session_id) DO NOTHING RETURNING 1),
+              merged AS ({}{UPSERT_SET}),
+              revokes AS ({})
+         SELECT count(*) FROM fresh",
+        insert_rows(1),
+        insert_rows(17),
+        outbox::INSERT_33,
+    )
+});
+
+/// Writes a batch's sessions and revoke messages in one statement (one
+/// round trip, while the batch holds its users' locks), and returns how
+/// many of the `fresh` rows went in:
+/// - `fresh`: new rows of users the batch did not read again after locking
+///   them, each inserted only if its key is still absent. A key stored
+///   meanwhile (by a logout that did not name its user, or under another
+///   user) is left alone, and the caller runs the batch again so that its
+///   read finds that row;
+/// - `upserts`: changed rows of locked users, and new rows, merged into
+///   the stored ones (`UPSERT_SET`);
+/// - `revokes`: the outbox rows.
+///
+/// Each part is in key order (the outbox has none), and the parts touch
+/// different keys, so no row is written twice.
+pub(crate) async fn store(
+    conn: &mut PgConnection,
+    fresh: &SessionColumns,
+    upserts: &SessionColumns,
+    revokes: &outbox::Columns,
+) -> sqlx::Result<usize> {
+    if fresh.app.is_empty() && upserts.app.is_empty() && revokes.is_empty() {
         return Ok(0);
     }
-    let insert = sqlx::query(concat!(
-        insert_rows!(),
-        " ON CONFLICT (app, session_id) DO NOTHING"
-    ));
-    let inserted = c.bind(insert).execute(&mut *conn).await?;
-    Ok(inserted.rows_affected() as usize)
+    let query = sqlx::query_scalar(STORE.as_str());
+    let query = revokes.bind(upserts.bind(fresh.bind(query)));
+    let inserted: i64 = query.fetch_one(&mut *conn).await?;
+    Ok(inserted as usize)
 }
 
 /// Writes back what a batch changed in tombstones: the owner (if unknown),
@@ -316,11 +356,12 @@ pub(crate) struct SessionColumns {
 }
 
 impl SessionColumns {
-    /// Binds the columns, as `$1`-`$16` of [`insert_rows!`].
-    fn bind<'q>(
+    /// Binds the columns, as the 16 arrays of [`insert_rows`], after what
+    /// `query` binds already.
+    fn bind<'q, O>(
         &'q self,
-        query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
-    ) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+        query: sqlx::query::QueryScalar<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments>,
+    ) -> sqlx::query::QueryScalar<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments> {
         query
             .bind(&self.app)
             .bind(&self.session_id)

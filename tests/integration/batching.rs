@@ -311,3 +311,92 @@ async fn a_new_users_session_stored_meanwhile_sends_the_batch_round_again() {
     );
     assert!(app.active("u1", "shop").await.is_empty());
 }
+
+/// The operator's override of a user the batch learns of only after taking
+/// its locks (the owner of the session a logout without user names, whose
+/// login committed meanwhile) applies: it is read then, since the read
+/// before the locks could not name the user.
+#[tokio::test]
+async fn the_override_of_an_owner_found_after_the_locks_applies() {
+    let app = spawn_app_without_worker(|_| {}).await;
+    let enforcement = Enforcement::from_settings(&app.settings, &[]).unwrap();
+    // ann keeps one ended session in her log, by an operator's override
+    // (the configuration keeps every one).
+    let one = session_guard::domain::limits::UserOverride {
+        log_limit: Some(1),
+        ..Default::default()
+    };
+    session_guard::db::overrides::set_override(&app.pool, "ann", None, &one, "test")
+        .await
+        .unwrap();
+    apply_one(&app.pool, &enforcement, login("shop", "old", "ann", t(1))).await;
+    apply_one(&app.pool, &enforcement, logout("shop", "old", t(2))).await;
+
+    let mut other = app.pool.begin().await.unwrap();
+    // ann's new session, not committed yet: the batch's first read cannot
+    // see it, so its logout names no known user.
+    sqlx::query(
+        "INSERT INTO sessions (app, session_id, user_id, login_at, login_seen, last_seen_at)
+         VALUES ('shop', 'k1', 'ann', $1, true, $1)",
+    )
+    .bind(t(5))
+    .execute(&mut *other)
+    .await
+    .unwrap();
+    // bob's lock row, in a savepoint: the batch waits for it at its lock.
+    sqlx::query("SAVEPOINT held")
+        .execute(&mut *other)
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO session_users (user_id) VALUES ('bob')")
+        .execute(&mut *other)
+        .await
+        .unwrap();
+
+    let events = [
+        logout("shop", "k1", t(10)),
+        login("shop", "b1", "bob", t(10)),
+    ]
+    .map(|e| SessionEvent::decode(e.to_string().as_bytes()).unwrap());
+    let batch = {
+        let pool = app.pool.clone();
+        tokio::spawn(
+            async move { apply::process_batch(&pool, &enforcement, &events, Utc::now()).await },
+        )
+    };
+    app.wait_for("the batch to wait for bob's lock", || async {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE wait_event_type = 'Lock' AND datname = current_database()",
+        )
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+        waiting > 0
+    })
+    .await;
+    // ann's login commits while the batch waits; bob's row goes away.
+    sqlx::query("ROLLBACK TO SAVEPOINT held")
+        .execute(&mut *other)
+        .await
+        .unwrap();
+    other.commit().await.unwrap();
+
+    let outcome = batch.await.unwrap().unwrap();
+    // The logout ended k1 under ann's lock, and her override pruned the
+    // older of her two ended sessions.
+    assert_eq!(outcome.pruned, 1);
+    let logged: Vec<(String, Option<String>)> = sqlx::query_as(
+        "SELECT session_id, end_reason FROM sessions WHERE user_id = 'ann' ORDER BY session_id",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(logged, [("k1".to_owned(), Some("logout".to_owned()))]);
+    let pruned: Vec<String> =
+        sqlx::query_scalar("SELECT session_id FROM session_tombstones WHERE user_id = 'ann'")
+            .fetch_all(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(pruned, ["old"]);
+}
