@@ -35,9 +35,10 @@ pub(super) enum Written {
 /// revoke `messages`: one upsert for the claims; one statement for the
 /// sessions (an upsert of changed rows and new ones, an insert of new rows
 /// of users whose lock row the pass created, [`State::created`]) and the
-/// outbox; one update for tombstones and one for shadow flags. A row whose only change is a
-/// `last_seen_at` moved by less than `resolution` is not written at all
-/// (its next event that moves it further is), nor is a claim renewed by less.
+/// outbox; one update for tombstones and one for shadow flags. A row whose
+/// only change is a `last_seen_at` moved by less than `resolution` is not
+/// written at all (its next event that moves it further is), nor is a
+/// claim renewed by less.
 pub(super) async fn write(
     conn: &mut PgConnection,
     state: &State,

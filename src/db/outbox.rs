@@ -1,6 +1,8 @@
 //! `outbox`: revoke messages written in the transaction that decided them,
 //! and claimed, published and deleted by the relay.
 
+use std::sync::LazyLock;
+
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
@@ -30,11 +32,20 @@ pub(crate) struct Columns {
     payload: Vec<String>,
 }
 
-/// `INSERT INTO outbox` of the three arrays [`Columns::bind`] binds, as
-/// `$33`-`$35` (after the two sets of session columns of
-/// `sessions::store`).
-pub(crate) const INSERT_33: &str = "INSERT INTO outbox (event_id, routing_key, payload)
-     SELECT * FROM unnest($33::uuid[], $34::text[], $35::text[])";
+/// `INSERT INTO outbox` of the three arrays [`Columns::bind`] binds,
+/// numbered from `$first`.
+pub(crate) fn insert_rows(first: usize) -> String {
+    format!(
+        "INSERT INTO outbox (event_id, routing_key, payload)
+         SELECT * FROM unnest(${}::uuid[], ${}::text[], ${}::text[])",
+        first,
+        first + 1,
+        first + 2
+    )
+}
+
+/// The statement of [`write`], built once.
+static WRITE: LazyLock<String> = LazyLock::new(|| insert_rows(1));
 
 impl Columns {
     /// The rows of `messages`.
@@ -73,15 +84,12 @@ pub async fn write(conn: &mut PgConnection, messages: &[RevokeMessage]) -> sqlx:
         return Ok(());
     }
     let rows = Columns::of(messages);
-    sqlx::query(
-        "INSERT INTO outbox (event_id, routing_key, payload)
-         SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[])",
-    )
-    .bind(&rows.event_id)
-    .bind(&rows.routing_key)
-    .bind(&rows.payload)
-    .execute(conn)
-    .await?;
+    sqlx::query(WRITE.as_str())
+        .bind(&rows.event_id)
+        .bind(&rows.routing_key)
+        .bind(&rows.payload)
+        .execute(conn)
+        .await?;
     Ok(())
 }
 

@@ -248,7 +248,7 @@ static STORE: LazyLock<String> = LazyLock::new(|| {
          SELECT count(*) FROM fresh",
         insert_rows(1),
         insert_rows(17),
-        outbox::INSERT_33,
+        outbox::insert_rows(33),
     )
 });
 
@@ -514,4 +514,16 @@ pub(crate) async fn active_sessions(
     .fetch_all(conn)
     .await?;
     Ok(rows.into_iter().map(Candidate::from).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_store_statement_numbers_its_35_parameters_once_each() {
+        let sql = super::STORE.as_str();
+        for n in 1..=35 {
+            assert_eq!(sql.matches(&format!("${n}::")).count(), 1, "${n}");
+        }
+        assert!(!sql.contains("$36"));
+    }
 }

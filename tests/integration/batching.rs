@@ -343,11 +343,8 @@ async fn the_override_of_an_owner_found_after_the_locks_applies() {
     .execute(&mut *other)
     .await
     .unwrap();
-    // bob's lock row, in a savepoint: the batch waits for it at its lock.
-    sqlx::query("SAVEPOINT held")
-        .execute(&mut *other)
-        .await
-        .unwrap();
+    // And bob's lock row: the batch waits for it at its lock, until both
+    // commit together.
     sqlx::query("INSERT INTO session_users (user_id) VALUES ('bob')")
         .execute(&mut *other)
         .await
@@ -375,11 +372,7 @@ async fn the_override_of_an_owner_found_after_the_locks_applies() {
         waiting > 0
     })
     .await;
-    // ann's login commits while the batch waits; bob's row goes away.
-    sqlx::query("ROLLBACK TO SAVEPOINT held")
-        .execute(&mut *other)
-        .await
-        .unwrap();
+    // ann's login commits while the batch waits.
     other.commit().await.unwrap();
 
     let outcome = batch.await.unwrap().unwrap();
