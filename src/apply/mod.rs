@@ -14,11 +14,13 @@
 //!    and, when the hooks or the events need them, what each app claimed
 //!    for those users (`user_attributes`, see [`crate::domain::claims`]);
 //!    then the operators' overrides of the users known so far (operators
-//!    take no user lock: a read under the lock would be no more current);
+//!    take no user lock, so reading them before the locks keeps the rule
+//!    that an override applies from the user's next event);
 //! 2. lock the users whose sessions the batch may add, end or revoke (their
 //!    `session_users` rows, in user order, one statement), and read their
 //!    sessions and claims again, except for users whose row the statement
-//!    created (they had no sessions: see `db::locks::lock_users`); a request
+//!    created (they had no sessions: see `db::locks::lock_users`), and the
+//!    overrides of users first met then; a request
 //!    for a live or ended session of its own user, the common case, needs
 //!    no lock (unless it claims attributes other than those remembered:
 //!    they may change the user's limits);
@@ -28,11 +30,11 @@
 //!    the check of a user not locked finds something to revoke, the pass
 //!    ends with `Pass::NeedsLocks` and runs again with that user locked
 //!    (at most [`MAX_PASSES`] passes);
-//! 4. write back what changed: one statement for the sessions and the
-//!    outbox (an UNNEST upsert of locked users' rows, an insert, `ON
-//!    CONFLICT DO NOTHING`, of new rows of users not read again: a key taken
-//!    meanwhile sends the batch round again; the revoke messages), one for
-//!    the claims, one tombstone update, one shadow-flag update, one
+//! 4. write back what changed: one upsert for the claims, one statement
+//!    for the sessions and the outbox (an UNNEST upsert of locked users'
+//!    rows, an insert, `ON CONFLICT DO NOTHING`, of new rows of users not
+//!    read again: a key taken meanwhile sends the batch round again; the
+//!    revoke messages), one tombstone update, one shadow-flag update, one
 //!    retention statement, and last one monotonic touch
 //!    update for the rows (and renewed claims) of users not locked (see
 //!    `touch` and `db::touch`). A row whose only change is a `last_seen_at`
@@ -269,9 +271,10 @@ async fn run_pass(
             .filter_map(|s| s.record.user_id.as_ref().map(UserId::to_string)),
     );
     known.extend(hints.owners.values().cloned());
-    // Operators set overrides without taking the user's lock, so a read
-    // now is as current as one under the lock, and keeps a round trip out
-    // of the time the locks are held.
+    // Operators set overrides without taking the user's lock, and an
+    // override applies from the user's next event (delivered after `limits
+    // set` returned, so in a batch whose reads come later): reading them
+    // now keeps a round trip out of the time the locks are held.
     let known_list: Vec<&str> = known.iter().map(String::as_str).collect();
     state.overrides = overrides::overrides_of_users(&mut *conn, &known_list).await?;
     let lock = LockRequest {
@@ -285,12 +288,12 @@ async fn run_pass(
             Locks::Busy(users) => return Ok(Pass::NeedsLocks(users)),
         };
     state.index_all();
-    // A user first known from a row read after the locks (the owner of a
-    // session whose login committed meanwhile, named by a logout without
-    // user) is rare.
-    let unnamed: Vec<&str> = users.difference(&known).map(String::as_str).collect();
-    if !unnamed.is_empty() {
-        let more = overrides::overrides_of_users(&mut *conn, &unnamed).await?;
+    // Users first met while taking the locks (the owner of a session whose
+    // login committed meanwhile, named by a logout without user) or locked
+    // by an earlier pass's finding are rare.
+    let met_after_locks: Vec<&str> = users.difference(&known).map(String::as_str).collect();
+    if !met_after_locks.is_empty() {
+        let more = overrides::overrides_of_users(&mut *conn, &met_after_locks).await?;
         state.overrides.extend(more);
     }
     let decided = decide::decide(&mut state, enforcement, batch, &locked, now);

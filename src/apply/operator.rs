@@ -93,7 +93,7 @@ pub async fn admin_revoke(
     let mut outcome = BatchOutcome::default();
     let messages = decide::revoke(&mut state, &user, victims, now, &mut outcome);
     let resolution = enforcement.last_seen_resolution;
-    write::write(
+    let written = write::write(
         &mut tx,
         &state,
         &locked,
@@ -103,6 +103,9 @@ pub async fn admin_revoke(
         &mut outcome,
     )
     .await?;
+    // An operator's revocation ends stored sessions and creates no lock row
+    // (`state.created` stays empty), so no new row can find its key taken.
+    debug_assert!(matches!(written, write::Written::Done(_)));
     tx.commit().await?;
     Ok(messages)
 }

@@ -45,7 +45,7 @@ pub(crate) fn insert_rows(first: usize) -> String {
 }
 
 /// The statement of [`write`], built once.
-static WRITE: LazyLock<String> = LazyLock::new(|| insert_rows(1));
+static WRITE: LazyLock<String> = LazyLock::new(|| insert_rows(1) + " RETURNING 1");
 
 impl Columns {
     /// The rows of `messages`.
@@ -84,12 +84,8 @@ pub async fn write(conn: &mut PgConnection, messages: &[RevokeMessage]) -> sqlx:
         return Ok(());
     }
     let rows = Columns::of(messages);
-    sqlx::query(WRITE.as_str())
-        .bind(&rows.event_id)
-        .bind(&rows.routing_key)
-        .bind(&rows.payload)
-        .execute(conn)
-        .await?;
+    let query = rows.bind(sqlx::query_scalar::<_, i32>(WRITE.as_str()));
+    query.fetch_all(conn).await?;
     Ok(())
 }
 

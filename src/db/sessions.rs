@@ -2,14 +2,12 @@
 //! log that a batch, an operator revocation and `session-guard sessions` use.
 
 use std::net::IpAddr;
-
 use std::sync::LazyLock;
 
 use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgPool};
 
 use super::outbox;
-
 use crate::domain::decision::Candidate;
 use crate::domain::event::{AppName, SessionId, UserId};
 use crate::domain::session::{EndReason, SessionRecord};
@@ -172,10 +170,6 @@ pub(crate) async fn load_for_batch(
     Ok(rows)
 }
 
-/// The start of the statements that write [`SessionColumns`] (`$1`-`$16`,
-/// bound by [`SessionColumns::bind`]): an insert of their rows, whose
-/// `ON CONFLICT` clause each statement adds. A macro, so that `concat!`
-/// keeps the statements `'static`.
 /// `INSERT INTO sessions ... SELECT * FROM unnest(...)` of the 16 column
 /// arrays [`SessionColumns::bind`] binds, numbered from `$first`.
 fn insert_rows(first: usize) -> String {
@@ -239,7 +233,11 @@ const UPSERT_SET: &str = " ON CONFLICT (app, session_id) DO UPDATE SET
      ended_by = coalesce(s.ended_by, EXCLUDED.ended_by),
      end_note = coalesce(s.end_note, EXCLUDED.end_note)";
 
-/// The statement of [`store`], built once.
+/// The statement of [`store`], built once. PostgreSQL does not document
+/// the order in which it runs the parts of a `WITH`: today the query reads
+/// `fresh` to its end first, and the parts it does not read run after.
+/// Nothing here depends on that order (the parts write different keys, and
+/// a deadlock with another batch is retried; see docs/SCALING.md).
 static STORE: LazyLock<String> = LazyLock::new(|| {
     format!(
         "WITH fresh AS ({} ON CONFLICT (app, session_id) DO NOTHING RETURNING 1),
@@ -333,7 +331,7 @@ pub(crate) async fn flag_shadow(
     Ok(())
 }
 
-/// Column arrays for the UNNEST statements [`upsert`] and
+/// Column arrays for the UNNEST statements [`store`] and
 /// [`update_tombstones`], one entry per session.
 #[derive(Default)]
 pub(crate) struct SessionColumns {
