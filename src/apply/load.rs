@@ -293,17 +293,20 @@ pub(super) async fn reload(
     unowned: bool,
 ) -> sqlx::Result<()> {
     let created = &state.created;
-    // Keys an event of a user not created names (or an event of no user).
-    let named_otherwise: BTreeSet<&Key> = events
-        .iter()
-        .zip(event_keys)
-        .filter(|(e, _)| {
-            e.user_id
-                .as_ref()
-                .is_none_or(|u| !created.contains(u.as_str()))
-        })
-        .map(|(_, k)| k)
-        .collect();
+    // Keys an event of a user not created names (or an event of no user);
+    // `None` when no user was created: every event then.
+    let named_otherwise: Option<BTreeSet<&Key>> = (!created.is_empty()).then(|| {
+        events
+            .iter()
+            .zip(event_keys)
+            .filter(|(e, _)| {
+                e.user_id
+                    .as_ref()
+                    .is_none_or(|u| !created.contains(u.as_str()))
+            })
+            .map(|(_, k)| k)
+            .collect()
+    });
     let mut reread: BTreeSet<&Key> = keys
         .iter()
         .copied()
@@ -312,7 +315,7 @@ pub(super) async fn reload(
                 Some(u) => users.contains(u.as_str()),
                 None => unowned,
             },
-            None => unowned && named_otherwise.contains(*k),
+            None => unowned && named_otherwise.as_ref().is_none_or(|n| n.contains(*k)),
         })
         .collect();
     reread.extend(

@@ -260,22 +260,26 @@ async fn run_pass(
         .into_iter()
         .collect();
     let mut state = read_before_locks(&mut *conn, &named, &event_users, claims).await?;
-    // The users of the batch as far as known now: those the events name,
-    // and the owners of sessions named by logouts without a user, from the
-    // rows read or from the batches ahead.
-    let mut known: BTreeSet<String> = event_users.iter().map(|u| u.to_string()).collect();
-    known.extend(
-        state
-            .slots
-            .values()
-            .filter_map(|s| s.record.user_id.as_ref().map(UserId::to_string)),
-    );
-    known.extend(hints.owners.values().cloned());
+    // The users of the batch known now besides those the events name: the
+    // owners of sessions named by logouts without a user, from the rows
+    // read or from the batches ahead (few: owned here, as the state changes
+    // below).
+    let owners: BTreeSet<String> = state
+        .slots
+        .values()
+        .filter_map(|s| s.record.user_id.as_ref().map(UserId::as_str))
+        .chain(hints.owners.values().map(String::as_str))
+        .filter(|u| event_users.binary_search(u).is_err())
+        .map(str::to_owned)
+        .collect();
+    let known = |u: &str| event_users.binary_search(&u).is_ok() || owners.contains(u);
     // Operators set overrides without taking the user's lock, and an
     // override applies from the user's next event (delivered after `limits
     // set` returned, so in a batch whose reads come later): reading them
     // now keeps a round trip out of the time the locks are held.
-    let known_list: Vec<&str> = known.iter().map(String::as_str).collect();
+    let known_list: Vec<&str> = (event_users.iter().copied())
+        .chain(owners.iter().map(String::as_str))
+        .collect();
     state.overrides = overrides::overrides_of_users(&mut *conn, &known_list).await?;
     let lock = LockRequest {
         must_lock,
@@ -291,7 +295,11 @@ async fn run_pass(
     // Users first met while taking the locks (the owner of a session whose
     // login committed meanwhile, named by a logout without user) or locked
     // by an earlier pass's finding are rare.
-    let met_after_locks: Vec<&str> = users.difference(&known).map(String::as_str).collect();
+    let met_after_locks: Vec<&str> = users
+        .iter()
+        .map(String::as_str)
+        .filter(|u| !known(u))
+        .collect();
     if !met_after_locks.is_empty() {
         let more = overrides::overrides_of_users(&mut *conn, &met_after_locks).await?;
         state.overrides.extend(more);

@@ -186,11 +186,10 @@ pub(super) fn plan_locks(
         if !involved.users.contains(user) {
             involved.users.insert(user.to_owned());
         }
+        let slot = slots.get(key);
         let touch = e.kind == EventKind::Request
-            && is_touch(slots.get(key), user, now)
-            && !slots
-                .get(key)
-                .is_some_and(|s| s.record.repeats_revoke(e, now, repeat_after))
+            && is_touch(slot, user, now)
+            && !slot.is_some_and(|s| s.record.repeats_revoke(e, now, repeat_after))
             && !hints.busy.contains(user)
             && !replaces_claim(&state.claims, user, e);
         if !touch {

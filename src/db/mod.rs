@@ -21,6 +21,11 @@ pub mod retention;
 pub mod sessions;
 pub(crate) mod touch;
 
+/// A `query_scalar` statement whose parameters are being bound: what the
+/// column sets' `bind` take and return, to bind after one another.
+pub(crate) type BoundScalar<'q, O> =
+    sqlx::query::QueryScalar<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments>;
+
 pub use connection::{
     MIGRATOR, SchemaError, connect, connect_and_migrate, connect_checked, ensure_database,
 };

@@ -68,8 +68,8 @@ impl Columns {
     /// Binds the arrays after what `query` binds already.
     pub(crate) fn bind<'q, O>(
         &'q self,
-        query: sqlx::query::QueryScalar<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments>,
-    ) -> sqlx::query::QueryScalar<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments> {
+        query: super::BoundScalar<'q, O>,
+    ) -> super::BoundScalar<'q, O> {
         query
             .bind(&self.event_id)
             .bind(&self.routing_key)

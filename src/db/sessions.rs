@@ -356,10 +356,7 @@ pub(crate) struct SessionColumns {
 impl SessionColumns {
     /// Binds the columns, as the 16 arrays of [`insert_rows`], after what
     /// `query` binds already.
-    fn bind<'q, O>(
-        &'q self,
-        query: sqlx::query::QueryScalar<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments>,
-    ) -> sqlx::query::QueryScalar<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments> {
+    fn bind<'q, O>(&'q self, query: super::BoundScalar<'q, O>) -> super::BoundScalar<'q, O> {
         query
             .bind(&self.app)
             .bind(&self.session_id)

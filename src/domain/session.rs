@@ -204,18 +204,34 @@ impl SessionRecord {
     }
 
     /// Whether `event` on this session, as it stands, shows that the app
-    /// missed its revoke, so that [`apply_event`] repeats the revoke message
-    /// (only a `request`, `logout_others` or `logout_all` can).
+    /// missed its revoke, so that [`apply_event`] repeats the revoke message.
+    /// Only a `request`, `logout_others` or `logout_all` on a revoked
+    /// session can, newer than the revocation and than anything seen before
+    /// (a redelivered or late one says nothing new), and not within
+    /// `repeat_revoke_after` of the previous revoke message.
     pub fn repeats_revoke(
         &self,
         event: &SessionEvent,
         now: DateTime<Utc>,
         repeat_revoke_after: Duration,
     ) -> bool {
-        matches!(
+        let uses = matches!(
             event.kind,
             EventKind::Request | EventKind::LogoutOthers | EventKind::LogoutAll
-        ) && is_repeat(self, event.occurred_at, now, repeat_revoke_after)
+        );
+        let revoked_at = match (self.end_reason, self.ended_at) {
+            (Some(reason), Some(at)) if uses && reason.is_revocation() => at,
+            _ => return false,
+        };
+        let t = event.occurred_at;
+        let newer = t > revoked_at && t > self.last_seen_at;
+        let paused = self.last_revoke_at.is_some_and(|last| {
+            now.signed_duration_since(last)
+                .to_std()
+                .unwrap_or(Duration::ZERO)
+                < repeat_revoke_after
+        });
+        newer && !paused
     }
 
     /// The state shown to operators at `now`.
@@ -353,30 +369,6 @@ fn take_latest(r: &mut SessionRecord, event: &SessionEvent) {
     if let Some(attributes) = event.attributes.as_ref().and_then(non_empty) {
         r.attributes = Some(attributes);
     }
-}
-
-/// Whether a request at `t` on a revoked session shows that the app missed
-/// the revoke: only one newer than the revocation and than anything seen
-/// before counts (a redelivered or late one says nothing new), and not
-/// within `repeat_revoke_after` of the previous revoke message.
-fn is_repeat(
-    before: &SessionRecord,
-    t: DateTime<Utc>,
-    now: DateTime<Utc>,
-    repeat_revoke_after: Duration,
-) -> bool {
-    let revoked_at = match (before.end_reason, before.ended_at) {
-        (Some(reason), Some(at)) if reason.is_revocation() => at,
-        _ => return false,
-    };
-    let newer = t > revoked_at && t > before.last_seen_at;
-    let paused = before.last_revoke_at.is_some_and(|last| {
-        now.signed_duration_since(last)
-            .to_std()
-            .unwrap_or(Duration::ZERO)
-            < repeat_revoke_after
-    });
-    newer && !paused
 }
 
 fn non_empty(attributes: &serde_json::Map<String, serde_json::Value>) -> Option<serde_json::Value> {

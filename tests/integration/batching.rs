@@ -278,17 +278,8 @@ async fn a_new_users_session_stored_meanwhile_sends_the_batch_round_again() {
             apply::process_batch(&pool, &enforcement, &[event], Utc::now()).await
         })
     };
-    app.wait_for("the batch to wait for u1's lock", || async {
-        let waiting: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_stat_activity
-             WHERE wait_event_type = 'Lock' AND datname = current_database()",
-        )
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
-        waiting > 0
-    })
-    .await;
+    app.wait_for_lock_wait("the batch to wait for u1's lock")
+        .await;
     // The lock row goes away, so the batch creates it (and skips the read
     // again); then the logout commits before or while the batch inserts.
     sqlx::query("ROLLBACK TO SAVEPOINT held")
@@ -361,17 +352,8 @@ async fn the_override_of_an_owner_found_after_the_locks_applies() {
             async move { apply::process_batch(&pool, &enforcement, &events, Utc::now()).await },
         )
     };
-    app.wait_for("the batch to wait for bob's lock", || async {
-        let waiting: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_stat_activity
-             WHERE wait_event_type = 'Lock' AND datname = current_database()",
-        )
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
-        waiting > 0
-    })
-    .await;
+    app.wait_for_lock_wait("the batch to wait for bob's lock")
+        .await;
     // ann's login commits while the batch waits.
     other.commit().await.unwrap();
 

@@ -457,20 +457,8 @@ async fn a_renewal_waits_for_a_batch_that_holds_the_users_lock() {
                 .unwrap()
         }
     });
-    app.wait_for("the batch to wait for the user's lock", || {
-        let pool = app.pool.clone();
-        async move {
-            sqlx::query_scalar::<_, i64>(
-                "SELECT count(*) FROM pg_stat_activity
-                 WHERE datname = current_database() AND wait_event_type = 'Lock'",
-            )
-            .fetch_one(&pool)
-            .await
-            .unwrap()
-                > 0
-        }
-    })
-    .await;
+    app.wait_for_lock_wait("the batch to wait for the user's lock")
+        .await;
     assert_eq!(claim(&app, "u1", "shop").await, Some((staff.clone(), t(0))));
     holder.rollback().await.unwrap();
     let outcome = batch.await.unwrap();

@@ -505,6 +505,23 @@ impl TestApp {
         }
     }
 
+    /// Waits until some connection to the test's database waits for a lock
+    /// (a batch held up by a transaction the test keeps open), or fails the
+    /// test: `what` says whose.
+    pub async fn wait_for_lock_wait(&self, what: &str) {
+        self.wait_for(what, || async {
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity
+                 WHERE wait_event_type = 'Lock' AND datname = current_database()",
+            )
+            .fetch_one(&self.pool)
+            .await
+            .unwrap();
+            waiting > 0
+        })
+        .await;
+    }
+
     /// The next revoke, or `None` if none arrives within `wait`.
     pub async fn next_revoke(&mut self, wait: Duration) -> Option<Revoke> {
         let delivery = match tokio::time::timeout(wait, self.revokes.next()).await {
