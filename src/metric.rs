@@ -117,6 +117,7 @@ pub const EVENTS: Metric = Metric {
         &[("type", "logout"), ("outcome", "applied")],
         &[("type", "logout_others"), ("outcome", "applied")],
         &[("type", "logout_all"), ("outcome", "applied")],
+        &[("type", "attributes"), ("outcome", "applied")],
     ],
 };
 

@@ -9,6 +9,7 @@
 //! can be read from /proc.
 
 mod client;
+mod coalescing;
 mod drain;
 mod latency;
 mod report;
@@ -69,9 +70,31 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 100_000)]
     pub client_events: usize,
     /// Measure only the app side (publishing through the client crate next
-    /// to raw confirms); prints the table and writes no report.
-    #[arg(long)]
+    /// to raw confirms, and request coalescing); prints the table and writes
+    /// no report.
+    #[arg(long, conflicts_with = "coalescing_only")]
     pub client_only: bool,
+    /// Sessions of the page-load traffic request coalescing is measured on
+    /// (a page and 5 more requests within a second per visit, visits every
+    /// 10-60 s per session).
+    #[arg(long, default_value_t = 5_000)]
+    pub coalescing_sessions: usize,
+    /// Event time the page-load traffic spans, seconds (synthetic: it is
+    /// sent as fast as the publisher takes it).
+    #[arg(long, default_value_t = 300)]
+    pub coalescing_seconds: u64,
+    /// Measure only request coalescing (the broker only, a few seconds);
+    /// prints the table and writes no report.
+    #[arg(long)]
+    pub coalescing_only: bool,
+}
+
+impl BenchArgs {
+    /// Only a part that needs the broker alone: no worker, no database, no
+    /// report.
+    fn broker_only(&self) -> bool {
+        self.client_only || self.coalescing_only
+    }
 }
 
 #[tokio::main]
@@ -93,11 +116,15 @@ async fn run(args: BenchArgs) -> anyhow::Result<()> {
         Some(path) => path.clone(),
         None => workers::default_binary()?,
     };
-    if !args.client_only {
+    if !args.broker_only() {
         workers::check_binary(&worker)?;
     }
     let settings = services::bench_settings(&base);
-    let result = if args.client_only {
+    let result = if args.coalescing_only {
+        coalescing::rows(&settings, args.coalescing_sessions, args.coalescing_seconds)
+            .await
+            .map(|rows| (rows, false))
+    } else if args.client_only {
         client_only(&settings, &args)
             .await
             .map(|rows| (rows, false))
@@ -108,7 +135,7 @@ async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let (rows, tls) = result?;
     let table = report::table(&rows);
     println!("\n{table}");
-    if !args.output.is_empty() && !args.client_only {
+    if !args.output.is_empty() && !args.broker_only() {
         report::write(&args, &table, &worker, tls).await?;
         println!("written to {}", args.output);
     }
@@ -123,7 +150,11 @@ async fn client_only(settings: &Settings, args: &BenchArgs) -> anyhow::Result<Ve
     let publisher = broker::confirm_channel(&connection).await?;
     let rows = client::rows(&setup, &publisher, settings, args.client_events).await;
     let _ = connection.close(200, "done".into()).await;
-    rows
+    let mut rows = rows?;
+    rows.extend(
+        coalescing::rows(settings, args.coalescing_sessions, args.coalescing_seconds).await?,
+    );
+    Ok(rows)
 }
 
 /// Every measure; the report's rows, and whether the database connection
@@ -147,6 +178,9 @@ async fn measure(
     // unroutable); gone with the bench's connection.
     broker::declare_revoke_tap(&setup, &settings.amqp.revocations_exchange).await?;
     let mut rows = client::rows(&setup, &publisher, settings, args.client_events).await?;
+    rows.extend(
+        coalescing::rows(settings, args.coalescing_sessions, args.coalescing_seconds).await?,
+    );
 
     let events = generate(args);
     let drains = Drains {

@@ -56,7 +56,8 @@ pub async fn write(args: &BenchArgs, table: &str, worker: &Path, tls: bool) -> a
         .unwrap_or_else(|| "PostgreSQL ?".into());
     let report = format!(
         "# Benchmarks\n\nMeasured by `session-guard-bench --mix {} --events {} --users {} --rate {} \
-         --seconds {} --log-rows {} --runs {} --client-events {}` on {} (UTC).\n\nMachine: {}; {} cores. Versions: \
+         --seconds {} --log-rows {} --runs {} --client-events {} --coalescing-sessions {} \
+         --coalescing-seconds {}` on {} (UTC).\n\nMachine: {}; {} cores. Versions: \
          {worker_version}, {rabbitmq}, {postgres}; {transport}, broker connection without TLS. Broker, \
          database, worker and load generator share the machine. Figures vary by +-20% between runs on these shared machines: compare \
          ratios to the baseline of the same run.\n\n{table}\n",
@@ -68,6 +69,8 @@ pub async fn write(args: &BenchArgs, table: &str, worker: &Path, tls: bool) -> a
         args.log_rows,
         args.runs,
         args.client_events,
+        args.coalescing_sessions,
+        args.coalescing_seconds,
         Utc::now().format("%Y-%m-%d %H:%M"),
         machine(),
         std::thread::available_parallelism().map_or(0, |n| n.get()),

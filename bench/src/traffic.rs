@@ -405,6 +405,61 @@ impl Traffic {
     }
 }
 
+/// Requests a visit makes after its page: the page's assets and API calls.
+pub const PAGE_FOLLOW_UPS: usize = 5;
+/// Shortest and longest pause between two visits of one session, in
+/// milliseconds (uniform between them).
+const VISIT_GAP_MS: (i64, i64) = (10_000, 60_000);
+/// The follow-ups come within this many milliseconds after the page.
+const FOLLOW_UP_WITHIN_MS: i64 = 1_000;
+
+/// One request of page-load traffic ([`page_loads`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageRequest {
+    /// The session, numbered from 0.
+    pub session: usize,
+    /// Milliseconds after the start of the traffic.
+    pub at_ms: i64,
+    /// The first request of the session's first visit (the app sends the
+    /// login just before it).
+    pub first: bool,
+}
+
+/// Page-load-shaped traffic, the shape request coalescing is measured on:
+/// `sessions` sessions over `seconds` seconds of event time; each visit is
+/// a page request and [`PAGE_FOLLOW_UPS`] more within the following second
+/// (uniform), and a session visits again 10-60 s later (uniform), its
+/// first visit within the first 60 s. Seeded; sorted by time, as an app
+/// sends them.
+pub fn page_loads(sessions: usize, seconds: u64, seed: u64) -> Vec<PageRequest> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let end_ms = i64::try_from(seconds.saturating_mul(1_000)).unwrap_or(i64::MAX);
+    let mut requests = Vec::new();
+    for session in 0..sessions {
+        let mut page = rng.random_range(0..VISIT_GAP_MS.1);
+        let mut first = true;
+        while page < end_ms {
+            requests.push(PageRequest {
+                session,
+                at_ms: page,
+                first,
+            });
+            first = false;
+            for _ in 0..PAGE_FOLLOW_UPS {
+                requests.push(PageRequest {
+                    session,
+                    at_ms: page + rng.random_range(1..FOLLOW_UP_WITHIN_MS),
+                    first: false,
+                });
+            }
+            page += rng.random_range(VISIT_GAP_MS.0..=VISIT_GAP_MS.1);
+        }
+    }
+    // Stable: a visit's page stays before follow-ups at the same time.
+    requests.sort_by_key(|r| r.at_ms);
+    requests
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -562,5 +617,39 @@ mod tests {
             (0.02..0.10).contains(&over),
             "{over} of logins over the limit"
         );
+    }
+
+    #[test]
+    fn page_loads_have_the_documented_shape() {
+        let requests = page_loads(200, 600, 7);
+        assert!(requests.windows(2).all(|w| w[0].at_ms <= w[1].at_ms));
+        let mut by_session: HashMap<usize, Vec<PageRequest>> = HashMap::new();
+        for r in &requests {
+            by_session.entry(r.session).or_default().push(*r);
+        }
+        assert_eq!(by_session.len(), 200);
+        for visits in by_session.values() {
+            assert!(visits[0].first && visits[0].at_ms < 60_000);
+            assert_eq!(visits.iter().filter(|r| r.first).count(), 1);
+            // Visits are 10-60 s apart and each is six requests within a
+            // second: grouped by gaps of more than a second, every group
+            // is one visit.
+            let mut groups: Vec<Vec<i64>> = Vec::new();
+            for r in visits {
+                match groups.last_mut() {
+                    Some(g) if r.at_ms - g[0] < FOLLOW_UP_WITHIN_MS => g.push(r.at_ms),
+                    _ => groups.push(vec![r.at_ms]),
+                }
+            }
+            assert!(groups.iter().all(|g| g.len() == 1 + PAGE_FOLLOW_UPS));
+            for pair in groups.windows(2) {
+                let gap = pair[1][0] - pair[0][0];
+                assert!((VISIT_GAP_MS.0..=VISIT_GAP_MS.1).contains(&gap), "{gap}");
+            }
+        }
+        // About 600 s / 35 s visits per session.
+        let per_session = requests.len() as f64 / 200.0 / 6.0;
+        assert!((14.0..20.0).contains(&per_session), "{per_session}");
+        assert_eq!(page_loads(200, 600, 7), requests, "seeded");
     }
 }

@@ -109,16 +109,21 @@ pub enum EventKind {
     /// "Log out everywhere": every session of the user in the app is
     /// revoked, this one too.
     LogoutAll,
+    /// What the app claims about the user changed (a group joined, a flag
+    /// set): the event carries the new `attributes` and no session. The
+    /// user's sessions are checked against the limits the new claim gives.
+    Attributes,
 }
 
 impl EventKind {
     /// Every kind, in the order the protocol lists them.
-    pub const ALL: [EventKind; 5] = [
+    pub const ALL: [EventKind; 6] = [
         EventKind::Login,
         EventKind::Request,
         EventKind::Logout,
         EventKind::LogoutOthers,
         EventKind::LogoutAll,
+        EventKind::Attributes,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -128,12 +133,19 @@ impl EventKind {
             EventKind::Logout => "logout",
             EventKind::LogoutOthers => "logout_others",
             EventKind::LogoutAll => "logout_all",
+            EventKind::Attributes => "attributes",
         }
     }
 
     /// Whether the event names the user (all but logout must).
     pub fn requires_user(self) -> bool {
         self != EventKind::Logout
+    }
+
+    /// Whether the event is about one session, which it must name (all but
+    /// `attributes`, which is about the user).
+    pub fn names_session(self) -> bool {
+        self != EventKind::Attributes
     }
 }
 
@@ -245,7 +257,7 @@ impl UserId {
 #[schemars(
     rename = "SessionEvent",
     description = event_body_description(),
-    transform = user_id_unless_logout
+    transform = required_by_type
 )]
 pub struct EventBody {
     /// What happened.
@@ -256,8 +268,10 @@ pub struct EventBody {
     #[schemars(length(min = 1, max = MAX_APP_CHARS), pattern(APP_NAME_PATTERN))]
     pub app: String,
     /// The app's session key: 1-256 characters, no control characters.
+    /// Required for all types but `attributes`, which is about the user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = MAX_ID_CHARS), pattern(NO_CONTROL_PATTERN))]
-    pub session_id: String,
+    pub session_id: Option<String>,
     /// The authenticated user: 1-256 characters, no control characters.
     /// Required for all types but `logout`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -312,26 +326,37 @@ fn event_body_description() -> String {
     )
 }
 
-/// `user_id` is required, and may not be null, for every type but `logout`.
-fn user_id_unless_logout(schema: &mut schemars::Schema) {
-    let others: Vec<&str> = EventKind::ALL
-        .into_iter()
-        .filter(|k| k.requires_user())
-        .map(EventKind::as_str)
-        .collect();
-    schema.insert(
-        "if".into(),
+/// What each type requires beyond the fields every event has, and which
+/// may then not be null: `user_id` for every type but `logout`,
+/// `session_id` for every type but `attributes`, and `attributes` (an
+/// object) for `attributes`.
+fn required_by_type(schema: &mut schemars::Schema) {
+    let of_types = |types: Vec<&str>, field: &str, of_type: &str| {
         serde_json::json!({
-            "properties": {"type": {"enum": others}},
-            "required": ["type"]
-        }),
-    );
+            "if": {
+                "properties": {"type": {"enum": types}},
+                "required": ["type"]
+            },
+            "then": {
+                "properties": {field: {"type": of_type}},
+                "required": [field]
+            }
+        })
+    };
+    let kinds = |keep: fn(EventKind) -> bool| -> Vec<&str> {
+        EventKind::ALL
+            .into_iter()
+            .filter(|k| keep(*k))
+            .map(EventKind::as_str)
+            .collect()
+    };
     schema.insert(
-        "then".into(),
-        serde_json::json!({
-            "properties": {"user_id": {"type": "string"}},
-            "required": ["user_id"]
-        }),
+        "allOf".into(),
+        serde_json::json!([
+            of_types(kinds(EventKind::requires_user), "user_id", "string"),
+            of_types(kinds(EventKind::names_session), "session_id", "string"),
+            of_types(kinds(|k| !k.names_session()), "attributes", "object"),
+        ]),
     );
 }
 
@@ -416,7 +441,7 @@ impl EventBody {
         EventBody {
             kind,
             app: app.as_str().to_owned(),
-            session_id: session_id.into(),
+            session_id: Some(session_id.into()),
             user_id: None,
             occurred_at,
             event_id: None,
@@ -424,6 +449,28 @@ impl EventBody {
             user_agent: None,
             expires_at: None,
             attributes: None,
+        }
+    }
+
+    /// An `attributes` event: what `app` claims about `user_id` now, at
+    /// `occurred_at`; it names no session.
+    pub fn claims(
+        app: &AppName,
+        user_id: impl Into<String>,
+        attributes: Map<String, Value>,
+        occurred_at: DateTime<Utc>,
+    ) -> EventBody {
+        EventBody {
+            kind: EventKind::Attributes,
+            app: app.as_str().to_owned(),
+            session_id: None,
+            user_id: Some(user_id.into()),
+            occurred_at,
+            event_id: None,
+            ip: None,
+            user_agent: None,
+            expires_at: None,
+            attributes: Some(attributes),
         }
     }
 
@@ -449,8 +496,10 @@ impl EventBody {
 pub struct SessionEvent {
     pub kind: EventKind,
     pub app: AppName,
-    pub session_id: SessionId,
-    /// Always present for login and request; a logout may omit it.
+    /// The session the event is about: present for every kind but
+    /// `attributes`, which is about the user ([`EventKind::names_session`]).
+    pub session_id: Option<SessionId>,
+    /// Present for every kind but `logout`, which may omit it.
     pub user_id: Option<UserId>,
     /// When the app saw it: the only clock used to rank sessions.
     pub occurred_at: DateTime<Utc>,
@@ -483,8 +532,17 @@ impl SessionEvent {
         let kind = parse_kind(required_str(&object, "type")?)?;
         let app = AppName::parse(required_str(&object, "app")?)
             .map_err(|p| EventError::invalid("app", p))?;
-        let session_id = SessionId::parse(required_str(&object, "session_id")?)
-            .map_err(|p| EventError::invalid("session_id", p))?;
+        // An `attributes` event is about the user: a session it names is
+        // checked like any other field, and not used.
+        let session_id = if kind.names_session() {
+            Some(required_str(&object, "session_id")?)
+        } else {
+            optional_str(&object, "session_id")?
+        }
+        .map(SessionId::parse)
+        .transpose()
+        .map_err(|p| EventError::invalid("session_id", p))?
+        .filter(|_| kind.names_session());
         let user_id = if kind.requires_user() {
             Some(required_str(&object, "user_id")?)
         } else {
@@ -510,6 +568,10 @@ impl SessionEvent {
             .map(|s| parse_time("expires_at", s))
             .transpose()?;
         let attributes = take_attributes(&mut object)?;
+        if kind == EventKind::Attributes && attributes.is_none() {
+            // The claim is the whole event: `null` would claim nothing new.
+            return Err(EventError::Missing("attributes"));
+        }
 
         Ok(SessionEvent {
             kind,
@@ -533,11 +595,12 @@ fn parse_kind(kind: &str) -> Result<EventKind, EventError> {
         "logout" => Ok(EventKind::Logout),
         "logout_others" => Ok(EventKind::LogoutOthers),
         "logout_all" => Ok(EventKind::LogoutAll),
+        "attributes" => Ok(EventKind::Attributes),
         other => Err(EventError::invalid(
             "type",
             format!(
                 "unknown event type {other:?} (expected login, request, logout, \
-                 logout_others or logout_all)"
+                 logout_others, logout_all or attributes)"
             ),
         )),
     }
@@ -916,6 +979,44 @@ mod tests {
             v.as_object_mut().unwrap().remove("user_id");
             assert_eq!(error_of(v), "missing field user_id");
         }
+    }
+
+    #[test]
+    fn an_attributes_event_names_its_user_and_claim_and_no_session() {
+        let claim = json!({
+            "type": "attributes", "app": "shop", "user_id": "u1",
+            "occurred_at": "2026-11-27T10:00:00Z", "attributes": {"roles": ["staff"]}
+        });
+        let e = decode(claim.clone()).unwrap();
+        assert_eq!(e.kind, EventKind::Attributes);
+        assert_eq!(e.session_id, None);
+        assert_eq!(e.user_id.unwrap().as_str(), "u1");
+        assert_eq!(e.attributes.unwrap()["roles"], json!(["staff"]));
+        // An empty claim is a claim: the app now claims nothing.
+        let mut empty = claim.clone();
+        empty["attributes"] = json!({});
+        assert_eq!(decode(empty).unwrap().attributes, Some(Map::new()));
+        // A session it names is checked, and not kept.
+        let mut named = claim.clone();
+        named["session_id"] = json!("s1");
+        assert_eq!(decode(named.clone()).unwrap().session_id, None);
+        named["session_id"] = json!("");
+        assert_eq!(
+            error_of(named),
+            "session_id: must be 1-256 characters, got 0"
+        );
+        for missing in ["user_id", "attributes"] {
+            let mut v = claim.clone();
+            v.as_object_mut().unwrap().remove(missing);
+            assert_eq!(error_of(v), format!("missing field {missing}"));
+        }
+        let mut null = claim;
+        null["attributes"] = Value::Null;
+        assert_eq!(error_of(null), "missing field attributes");
+        // Every other kind still needs its session.
+        let mut v = login();
+        v.as_object_mut().unwrap().remove("session_id");
+        assert_eq!(error_of(v), "missing field session_id");
     }
 
     #[test]

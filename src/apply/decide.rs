@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Utc};
 
-use super::load::{Attributes, Key, Origin, Slot, State};
+use super::load::{Attributes, EventKey, Key, Origin, Slot, State};
 use super::touch::is_touch;
 use super::{BatchOutcome, Enforcement};
 use crate::domain::claims::ClaimChange;
@@ -39,7 +39,7 @@ pub(super) struct Decisions {
 pub(super) fn decide(
     state: &mut State,
     enforcement: &Enforcement,
-    (events, event_keys): (&[SessionEvent], &[Key]),
+    (events, event_keys): (&[SessionEvent], &[EventKey]),
     locked: &BTreeSet<String>,
     now: DateTime<Utc>,
 ) -> Decisions {
@@ -55,6 +55,11 @@ pub(super) fn decide(
             .user_id
             .as_ref()
             .filter(|u| !locked.contains(u.as_str()));
+        let Some(key) = key else {
+            // An `attributes` event: about its user, no session.
+            decided.apply_claim(state, enforcement, event, unlocked.is_some(), now);
+            continue;
+        };
         if let Some(user) = unlocked
             && !is_touch(state.slots.get(key), user.as_str(), now)
         {
@@ -81,12 +86,40 @@ pub(super) fn decide(
             EventKind::Logout => {
                 decided.log_limits.entry(user.to_string()).or_insert(None);
             }
+            // Names no session: handled above.
+            EventKind::Attributes => {}
         }
     }
     decided
 }
 
 impl Decisions {
+    /// An `attributes` event: the app's new claim for its user. A claim
+    /// that replaces the remembered one may change the user's limits, so
+    /// the user is checked as after a request in that app (under the
+    /// user's lock); a claim merely renewed is written by the touch, and an
+    /// older one changes nothing.
+    fn apply_claim(
+        &mut self,
+        state: &mut State,
+        enforcement: &Enforcement,
+        event: &SessionEvent,
+        unlocked: bool,
+        now: DateTime<Utc>,
+    ) {
+        let Some(user) = &event.user_id else {
+            return; // the decoder requires one
+        };
+        if state.claim(user, event) != ClaimChange::Replaced {
+            return;
+        }
+        if unlocked {
+            self.needs_locks.insert(user.to_string());
+            return;
+        }
+        self.check_user(state, enforcement, user, event, false, now);
+    }
+
     /// Applies one event to its session (`key`), and returns the user to
     /// check after it: the event's, or for a logout without one, the owner
     /// of the row if this pass locked it. `None`: nothing to check (or the
@@ -107,7 +140,7 @@ impl Decisions {
             event,
             now,
             enforcement.repeat_revoke_after,
-        );
+        )?;
         if applied.repeat_revoke {
             let note = state.slots.get(key).and_then(|s| s.end_note.clone());
             let default_max = enforcement.hooks.base().max_sessions;
@@ -196,7 +229,7 @@ impl Decisions {
         self.log_limits
             .insert(user.to_string(), Some(effective.limits.log_limit));
         let (keep, reason) = if event.kind == EventKind::LogoutOthers {
-            (Some(&event.session_id), EndReason::LogoutOthers)
+            (event.session_id.as_ref(), EndReason::LogoutOthers)
         } else {
             (None, EndReason::LogoutAll)
         };
@@ -323,7 +356,7 @@ pub(super) fn summaries(sessions: &[Candidate]) -> Vec<SessionSummary> {
 pub(super) fn retention_limits(
     state: &State,
     enforcement: &Enforcement,
-    (events, event_keys): (&[SessionEvent], &[Key]),
+    (events, event_keys): (&[SessionEvent], &[EventKey]),
     log_limits: BTreeMap<String, Option<Option<u32>>>,
     now: DateTime<Utc>,
 ) -> Vec<(String, u32)> {
@@ -354,7 +387,7 @@ pub(super) fn retention_limits(
 fn app_of_logout<'a>(
     state: &State,
     enforcement: &Enforcement,
-    (events, event_keys): (&'a [SessionEvent], &[Key]),
+    (events, event_keys): (&'a [SessionEvent], &[EventKey]),
     user: &str,
 ) -> Option<&'a AppName> {
     if !enforcement
@@ -368,9 +401,9 @@ fn app_of_logout<'a>(
         .zip(event_keys)
         .find(|(e, key)| {
             e.user_id.as_ref().is_some_and(|u| u.as_str() == user)
-                || state
-                    .slots
-                    .get(*key)
+                || key
+                    .as_ref()
+                    .and_then(|k| state.slots.get(k))
                     .and_then(|s| s.record.user_id.as_ref())
                     .is_some_and(|u| u.as_str() == user)
         })
@@ -465,7 +498,7 @@ fn idle_revocations(
 ) -> Vec<(Candidate, Revocation)> {
     let mut revocations: Vec<(Candidate, Revocation)> = Vec::new();
     for (a, limits) in per_app {
-        let except = Some(&event.session_id).filter(|_| *a == event.app);
+        let except = event.session_id.as_ref().filter(|_| *a == event.app);
         for idle in idle_sessions(
             sessions,
             a,
@@ -546,7 +579,7 @@ mod tests {
     fn a_second_login_over_the_limit_revokes_the_older_session() {
         let mut state = state_of(vec![stored("s1", "ann", 0)]);
         let events = [event(EventKind::Login, "s2", Some("ann"), 5)];
-        let keys = [key("s2")];
+        let keys = [Some(key("s2"))];
         let decided = decide(
             &mut state,
             &one_session_each(true),
@@ -572,7 +605,7 @@ mod tests {
     fn shadow_mode_flags_once_and_revokes_nothing() {
         let mut state = state_of(vec![stored("s1", "ann", 0)]);
         let events = [event(EventKind::Login, "s2", Some("ann"), 5)];
-        let keys = [key("s2")];
+        let keys = [Some(key("s2"))];
         let decided = decide(
             &mut state,
             &one_session_each(false),
@@ -592,7 +625,7 @@ mod tests {
         // A login needs the lock.
         let mut state = state_of(vec![stored("s1", "ann", 0)]);
         let events = [event(EventKind::Login, "s2", Some("ann"), 5)];
-        let keys = [key("s2")];
+        let keys = [Some(key("s2"))];
         let decided = decide(
             &mut state,
             &one_session_each(true),
@@ -607,7 +640,7 @@ mod tests {
         // check finds something to revoke: here the user holds two sessions.
         let mut state = state_of(vec![stored("s1", "bob", 0), stored("s2", "bob", 1)]);
         let events = [event(EventKind::Request, "s2", Some("bob"), 5)];
-        let keys = [key("s2")];
+        let keys = [Some(key("s2"))];
         let decided = decide(
             &mut state,
             &one_session_each(true),
@@ -620,7 +653,7 @@ mod tests {
         // With one session, the request only moves its activity.
         let mut state = state_of(vec![stored("s1", "cat", 0)]);
         let events = [event(EventKind::Request, "s1", Some("cat"), 5)];
-        let keys = [key("s1")];
+        let keys = [Some(key("s1"))];
         let decided = decide(
             &mut state,
             &one_session_each(true),
@@ -636,10 +669,81 @@ mod tests {
     }
 
     #[test]
+    fn an_attributes_event_that_lowers_the_limit_revokes_at_once() {
+        use crate::apply::fixtures::{claimed, claims, superusers_unlimited};
+        use serde_json::json;
+        // A superuser (no limit) holds two sessions; the app says they no
+        // longer are one.
+        let two = || {
+            let mut state = state_of(vec![stored("s1", "ann", 0), stored("s2", "ann", 1)]);
+            claimed(&mut state, "ann", json!({"superuser": true}), 0);
+            state
+        };
+        let demoted = [claims("ann", json!({"superuser": false}), 5)];
+        let mut state = two();
+        let decided = decide(
+            &mut state,
+            &superusers_unlimited(),
+            (&demoted, &[None]),
+            &locked(&["ann"]),
+            at(6),
+        );
+        assert!(decided.needs_locks.is_empty());
+        let revoked: Vec<&str> = decided
+            .outbox
+            .iter()
+            .map(|m| m.session_id.as_str())
+            .collect();
+        assert_eq!(revoked, ["s1"], "the older login goes");
+        assert_eq!(decided.outcome.revoked_by.get("session_limit"), Some(&1));
+        assert!(state.slots[&key("s2")].record.end_reason.is_none());
+        assert_eq!(
+            state.attributes("ann", "shop"),
+            json!({"superuser": false}).as_object()
+        );
+        assert_eq!(decided.log_limits.get("ann"), Some(&Some(Some(10))));
+
+        // Without ann's lock it only asks for it.
+        let mut state = two();
+        let decided = decide(
+            &mut state,
+            &superusers_unlimited(),
+            (&demoted, &[None]),
+            &locked(&[]),
+            at(6),
+        );
+        assert_eq!(decided.needs_locks, locked(&["ann"]));
+        assert!(decided.outbox.is_empty());
+
+        // A claim older than the one remembered changes nothing, nor does
+        // the same claim again (it only renews its time: a touch).
+        for (attributes, minute) in [
+            (json!({"superuser": false}), 0),
+            (json!({"superuser": true}), 5),
+        ] {
+            let mut state = two();
+            claimed(&mut state, "ann", json!({"superuser": true}), 3);
+            let late = [claims("ann", attributes, minute)];
+            let decided = decide(
+                &mut state,
+                &superusers_unlimited(),
+                (&late, &[None]),
+                &locked(&[]),
+                at(6),
+            );
+            assert!(decided.needs_locks.is_empty() && decided.outbox.is_empty());
+            assert_eq!(
+                state.attributes("ann", "shop"),
+                json!({"superuser": true}).as_object()
+            );
+        }
+    }
+
+    #[test]
     fn logout_others_keeps_the_events_session() {
         let mut state = state_of(vec![stored("s1", "ann", 0), stored("s2", "ann", 1)]);
         let events = [event(EventKind::LogoutOthers, "s2", Some("ann"), 5)];
-        let keys = [key("s2")];
+        let keys = [Some(key("s2"))];
         let enforcement = Enforcement {
             hooks: crate::domain::limits::HookChain::new(
                 crate::domain::limits::Limits {
@@ -668,7 +772,7 @@ mod tests {
     fn retention_uses_the_checked_limit_or_the_base_one_for_logouts() {
         let state = state_of(vec![stored("s1", "ann", 0)]);
         let events = [event(EventKind::Logout, "s1", None, 5)];
-        let keys = [key("s1")];
+        let keys = [Some(key("s1"))];
         let limits = BTreeMap::from([
             ("ann".to_owned(), None),
             ("bob".to_owned(), Some(Some(3))),

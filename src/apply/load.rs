@@ -17,9 +17,14 @@ use crate::domain::session::SessionRecord;
 /// A session's key: (app, session_id).
 pub(super) type Key = (String, String);
 
-/// The session key an event names.
-pub(super) fn key_of(event: &SessionEvent) -> Key {
-    (event.app.to_string(), event.session_id.to_string())
+/// The session key an event names; `None` for an `attributes` event, which
+/// is about its user and names no session.
+pub(super) type EventKey = Option<Key>;
+
+/// The session key an event names (see [`EventKey`]).
+pub(super) fn key_of(event: &SessionEvent) -> EventKey {
+    let session = event.session_id.as_ref()?;
+    Some((event.app.to_string(), session.to_string()))
 }
 
 /// Where a session's state lives.
@@ -288,7 +293,7 @@ pub(super) async fn reload(
     conn: &mut PgConnection,
     state: &mut State,
     keys: &[&Key],
-    (events, event_keys): (&[SessionEvent], &[Key]),
+    (events, event_keys): (&[SessionEvent], &[EventKey]),
     (users, claims): (&BTreeSet<String>, bool),
     unowned: bool,
 ) -> sqlx::Result<()> {
@@ -304,7 +309,7 @@ pub(super) async fn reload(
                     .as_ref()
                     .is_none_or(|u| !created.contains(u.as_str()))
             })
-            .map(|(_, k)| k)
+            .filter_map(|(_, k)| k.as_ref())
             .collect()
     });
     let mut reread: BTreeSet<&Key> = keys
@@ -327,7 +332,7 @@ pub(super) async fn reload(
                     .as_ref()
                     .is_some_and(|u| users.contains(u.as_str()))
             })
-            .map(|(_, k)| k),
+            .filter_map(|(_, k)| k.as_ref()),
     );
     if reread.is_empty() && users.is_empty() {
         return Ok(());

@@ -54,7 +54,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgPool};
 
-use self::load::{Key, State, key_of};
+use self::load::{EventKey, Key, State, key_of};
 use self::plan::LockPlan;
 use crate::db::{self, locks, overrides, retention};
 use crate::domain::event::{SessionEvent, UserId};
@@ -241,10 +241,11 @@ async fn run_pass(
     hints: &AheadHints,
 ) -> sqlx::Result<Pass> {
     // Each event's session key, built once and reused by every step below.
-    let event_keys: Vec<Key> = events.iter().map(key_of).collect();
+    let event_keys: Vec<EventKey> = events.iter().map(key_of).collect();
     let batch = (events, &event_keys[..]);
     let named: Vec<&Key> = event_keys
         .iter()
+        .flatten()
         .collect::<BTreeSet<_>>()
         .into_iter()
         .collect();
@@ -360,7 +361,7 @@ enum Locks {
 async fn take_locks(
     conn: &mut PgConnection,
     state: &mut State,
-    batch: (&[SessionEvent], &[Key]),
+    batch: (&[SessionEvent], &[EventKey]),
     named: &[&Key],
     request: LockRequest<'_>,
     turn: &mut LockTurn,
@@ -423,7 +424,7 @@ async fn write_pass(
     conn: &mut PgConnection,
     state: &State,
     enforcement: &Enforcement,
-    batch: (&[SessionEvent], &[Key]),
+    batch: (&[SessionEvent], &[EventKey]),
     locked: &BTreeSet<String>,
     decided: decide::Decisions,
     now: DateTime<Utc>,
@@ -489,7 +490,7 @@ mod fixtures {
         SessionEvent {
             kind,
             app: AppName::parse("shop").unwrap(),
-            session_id: SessionId::parse(session).unwrap(),
+            session_id: Some(SessionId::parse(session).unwrap()),
             user_id: user.map(|u| UserId::parse(u).unwrap()),
             occurred_at: at(minute),
             event_id: None,
@@ -497,6 +498,46 @@ mod fixtures {
             user_agent: None,
             expires_at: None,
             attributes: None,
+        }
+    }
+
+    /// An `attributes` event of app `shop`: `user`'s new claim, at `minute`.
+    pub(super) fn claims(user: &str, attributes: serde_json::Value, minute: u32) -> SessionEvent {
+        SessionEvent {
+            session_id: None,
+            attributes: attributes.as_object().cloned(),
+            ..event(EventKind::Attributes, "unused", Some(user), minute)
+        }
+    }
+
+    /// Files `attributes` as what app `shop` claimed for `user` at
+    /// `minute`, as read from the store.
+    pub(super) fn claimed(
+        state: &mut State,
+        user: &str,
+        attributes: serde_json::Value,
+        minute: u32,
+    ) {
+        let claim = crate::domain::claims::Claim {
+            attributes: attributes.as_object().cloned().unwrap(),
+            occurred_at: at(minute),
+        };
+        let slot = super::load::ClaimSlot {
+            claim: Some(claim.clone()),
+            loaded: Some(claim),
+        };
+        let apps = state.claims.entry(user.to_owned()).or_default();
+        apps.insert("shop".to_owned(), slot);
+    }
+
+    /// [`one_session_each`] with the `superuser_unlimited` hook.
+    pub(super) fn superusers_unlimited() -> Enforcement {
+        let plain = one_session_each(true);
+        let hook: std::sync::Arc<dyn crate::domain::limits::RuleHook> =
+            std::sync::Arc::new(crate::domain::limits::SuperuserUnlimited);
+        Enforcement {
+            hooks: HookChain::new(plain.hooks.base(), vec![hook]),
+            ..plain
         }
     }
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use tokio::sync::oneshot;
 
-use super::load::{Key, State, replaces_claim};
+use super::load::{EventKey, State, replaces_claim};
 use super::touch::is_touch;
 use crate::domain::event::{EventKind, SessionEvent, UserId};
 
@@ -99,19 +99,24 @@ impl AheadHints {
         let mut changing_users = HashSet::new();
         let mut ending_sessions = HashSet::new();
         for a in ahead.iter().flat_map(|batch| batch.iter()) {
-            let session = (a.app.as_str(), a.session_id.as_str());
-            if let Some(user) = &a.user_id {
+            let session = a.session_id.as_ref().map(|s| (a.app.as_str(), s.as_str()));
+            if let (Some(session), Some(user)) = (session, &a.user_id) {
                 owners.insert(session, user);
             }
             if a.kind != EventKind::Request {
-                match &a.user_id {
-                    Some(user) => changing_users.insert(user.as_str()),
-                    None => ending_sessions.insert(session),
+                // An `attributes` event ahead may revoke its user's sessions.
+                match (&a.user_id, session) {
+                    (Some(user), _) => changing_users.insert(user.as_str()),
+                    (None, Some(session)) => ending_sessions.insert(session),
+                    (None, None) => false,
                 };
             }
         }
         for e in events {
-            let session = (e.app.as_str(), e.session_id.as_str());
+            // An `attributes` event learns no owner and is no request.
+            let Some(session) = e.session_id.as_ref().map(|s| (e.app.as_str(), s.as_str())) else {
+                continue;
+            };
             match &e.user_id {
                 None => {
                     if let Some(user) = owners.get(&session) {
@@ -154,10 +159,12 @@ pub(super) struct LockPlan {
 /// attributes other than its app's claim read so far (they may change the
 /// limits), or it repeats the revoke of a revoked session: that decision is
 /// taken under the lock, so that the pause between repeats
-/// (`repeat_after`) holds whichever batch or worker sees the requests.
+/// (`repeat_after`) holds whichever batch or worker sees the requests. An
+/// `attributes` event needs the lock only when its claim replaces the one
+/// read so far; renewed, it is a touch, and older, it changes nothing.
 pub(super) fn plan_locks(
     events: &[SessionEvent],
-    event_keys: &[Key],
+    event_keys: &[EventKey],
     state: &State,
     hints: &AheadHints,
     (now, repeat_after): (DateTime<Utc>, Duration),
@@ -169,8 +176,8 @@ pub(super) fn plan_locks(
         unresolved: false,
     };
     for (e, key) in events.iter().zip(event_keys) {
-        let stored = slots
-            .get(key)
+        let slot = key.as_ref().and_then(|k| slots.get(k));
+        let stored = slot
             .and_then(|s| s.record.user_id.as_ref())
             .map(UserId::as_str);
         let Some(user) = e
@@ -178,7 +185,10 @@ pub(super) fn plan_locks(
             .as_ref()
             .map(UserId::as_str)
             .or(stored)
-            .or_else(|| hints.owners.get(key).map(String::as_str))
+            .or_else(|| {
+                let key = key.as_ref()?;
+                hints.owners.get(key).map(String::as_str)
+            })
         else {
             involved.unresolved = true;
             continue;
@@ -186,12 +196,16 @@ pub(super) fn plan_locks(
         if !involved.users.contains(user) {
             involved.users.insert(user.to_owned());
         }
-        let slot = slots.get(key);
-        let touch = e.kind == EventKind::Request
-            && is_touch(slot, user, now)
-            && !slot.is_some_and(|s| s.record.repeats_revoke(e, now, repeat_after))
-            && !hints.busy.contains(user)
-            && !replaces_claim(&state.claims, user, e);
+        let touch = match e.kind {
+            EventKind::Request => {
+                is_touch(slot, user, now)
+                    && !slot.is_some_and(|s| s.record.repeats_revoke(e, now, repeat_after))
+                    && !hints.busy.contains(user)
+                    && !replaces_claim(&state.claims, user, e)
+            }
+            EventKind::Attributes => !replaces_claim(&state.claims, user, e),
+            _ => false,
+        };
         if !touch {
             involved.lock.insert(user.to_owned());
             involved.lock.extend(stored.map(str::to_owned));
@@ -222,6 +236,7 @@ mod tests {
             event("login", "a1", Some("ann")),
             event("request", "b1", Some("bob")),
             event("logout", "c1", None),
+            crate::apply::fixtures::claims("dan", serde_json::json!({}), 0),
         ])]);
         let batch = [
             event("logout", "a1", None),          // owner known from the login ahead
@@ -229,6 +244,8 @@ mod tests {
             event("request", "a2", Some("ann")),  // ann's login is ahead: busy
             event("request", "b1", Some("bob")),  // only a request ahead: not busy
             event("request", "c1", Some("carl")), // its session's logout is ahead
+            event("request", "d1", Some("dan")),  // a claim of dan's is ahead
+            crate::apply::fixtures::claims("eve", serde_json::json!({}), 0),
         ];
         let hints = AheadHints::of(&batch, &ahead);
         let owners: Vec<_> = hints.owners.iter().collect();
@@ -238,7 +255,7 @@ mod tests {
         );
         let mut busy: Vec<_> = hints.busy.iter().map(String::as_str).collect();
         busy.sort();
-        assert_eq!(busy, ["ann", "carl"]);
+        assert_eq!(busy, ["ann", "carl", "dan"]);
 
         let nothing_ahead = AheadHints::of(&batch, &VecDeque::new());
         assert!(nothing_ahead.owners.is_empty() && nothing_ahead.busy.is_empty());
@@ -249,10 +266,7 @@ mod tests {
         use crate::apply::fixtures::{at, event, key, state_of, stored};
 
         fn plan(events: &[SessionEvent], state: &State, hints: &AheadHints) -> LockPlan {
-            let keys: Vec<Key> = events
-                .iter()
-                .map(|e| (e.app.to_string(), e.session_id.to_string()))
-                .collect();
+            let keys: Vec<EventKey> = events.iter().map(crate::apply::load::key_of).collect();
             plan_locks(
                 events,
                 &keys,
@@ -298,7 +312,7 @@ mod tests {
                 event(EventKind::Request, "s1", Some("ann"), 5),
                 event(EventKind::Request, "s2", Some("bob"), 5),
             ];
-            let keys = [key("s1"), key("s2")];
+            let keys = [Some(key("s1")), Some(key("s2"))];
             let hints = AheadHints::default();
             let with_pause = |secs| {
                 let clock = (at(10), Duration::from_secs(secs));
@@ -312,6 +326,35 @@ mod tests {
             let plan = with_pause(3600);
             assert!(plan.lock.is_empty());
             assert_eq!(names(&plan.users), ["ann", "bob"]);
+        }
+
+        #[test]
+        fn attributes_events_lock_their_user_only_for_a_new_claim() {
+            use crate::apply::fixtures::{claimed, claims};
+            use serde_json::json;
+            let mut state = state_of(vec![stored("s1", "ann", 0)]);
+            claimed(&mut state, "ann", json!({"roles": ["staff"]}), 2);
+            let plan_of = |event: SessionEvent| {
+                let clock = (at(10), Duration::from_secs(60));
+                super::super::plan_locks(&[event], &[None], &state, &AheadHints::default(), clock)
+            };
+            // Another claim may change ann's limits: under her lock.
+            let plan = plan_of(claims("ann", json!({"roles": []}), 5));
+            assert_eq!(names(&plan.lock), ["ann"]);
+            assert_eq!(names(&plan.users), ["ann"]);
+            // The same claim later only renews it; an older one is kept out.
+            assert!(
+                plan_of(claims("ann", json!({"roles": ["staff"]}), 5))
+                    .lock
+                    .is_empty()
+            );
+            assert!(
+                plan_of(claims("ann", json!({"roles": []}), 1))
+                    .lock
+                    .is_empty()
+            );
+            // A user never claimed for: the first claim.
+            assert_eq!(names(&plan_of(claims("bob", json!({}), 5)).lock), ["bob"]);
         }
 
         #[test]
@@ -329,8 +372,13 @@ mod tests {
 
             hints.owners.insert(key("s9"), "zoe".to_owned());
             let clock = (at(10), Duration::from_secs(60));
-            let plan =
-                super::super::plan_locks(&events, &[key("s1"), key("s9")], &state, &hints, clock);
+            let plan = super::super::plan_locks(
+                &events,
+                &[Some(key("s1")), Some(key("s9"))],
+                &state,
+                &hints,
+                clock,
+            );
             assert_eq!(names(&plan.lock), ["ann", "zoe"]);
             assert!(!plan.unresolved);
         }

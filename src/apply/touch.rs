@@ -6,7 +6,7 @@ use std::collections::{BTreeSet, HashMap};
 
 use chrono::{DateTime, Utc};
 
-use super::load::{Key, Origin, Slot, State};
+use super::load::{EventKey, Key, Origin, Slot, State};
 use crate::db::touch::{Skipped, Touches};
 use crate::domain::event::SessionEvent;
 use crate::domain::session::SessionRecord;
@@ -36,7 +36,7 @@ pub(super) fn is_touch(slot: Option<&Slot>, user: &str, now: DateTime<Utc>) -> b
 /// each with the batch's events on it, in arrival order.
 pub(super) fn touches_of(
     rows: &[(&Key, &Slot, &SessionRecord)],
-    (events, event_keys): (&[SessionEvent], &[Key]),
+    (events, event_keys): (&[SessionEvent], &[EventKey]),
 ) -> Touches {
     let mut touches = Touches::default();
     if rows.is_empty() {
@@ -44,7 +44,9 @@ pub(super) fn touches_of(
     }
     let mut by_key: HashMap<&Key, Vec<&SessionEvent>> = HashMap::new();
     for (e, key) in events.iter().zip(event_keys) {
-        by_key.entry(key).or_default().push(e);
+        if let Some(key) = key {
+            by_key.entry(key).or_default().push(e);
+        }
     }
     for (key, slot, loaded) in rows {
         let events = by_key.get(*key).map_or(&[][..], Vec::as_slice);

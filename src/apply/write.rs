@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 
 use super::BatchOutcome;
-use super::load::{Key, Origin, Slot, State};
+use super::load::{EventKey, Key, Origin, Slot, State};
 use super::touch::touches_of;
 use crate::db::sessions::{self, SessionColumns};
 use crate::db::touch::Touches;
@@ -44,7 +44,7 @@ pub(super) async fn write(
     state: &State,
     locked: &BTreeSet<String>,
     (resolution, now): (Duration, DateTime<Utc>),
-    batch: (&[SessionEvent], &[Key]),
+    batch: (&[SessionEvent], &[EventKey]),
     messages: &[RevokeMessage],
     outcome: &mut BatchOutcome,
 ) -> sqlx::Result<Written> {

@@ -62,15 +62,6 @@ pub(super) fn decode(settings: &Settings, batch: &[Delivery]) -> Decoded {
     }
 }
 
-/// Every kind of event, to name the one a message claims.
-const EVENT_KINDS: [EventKind; 5] = [
-    EventKind::Login,
-    EventKind::Request,
-    EventKind::Logout,
-    EventKind::LogoutOthers,
-    EventKind::LogoutAll,
-];
-
 /// The `type` a message claims, as a metric label: an event kind's name,
 /// or "unknown" when the message does not decode that far.
 pub(super) fn kind_of(body: &[u8]) -> &'static str {
@@ -81,6 +72,6 @@ pub(super) fn kind_of(body: &[u8]) -> &'static str {
     }
     serde_json::from_slice::<Type>(body)
         .ok()
-        .and_then(|t| EVENT_KINDS.into_iter().find(|k| k.as_str() == t.kind))
+        .and_then(|t| EventKind::ALL.into_iter().find(|k| k.as_str() == t.kind))
         .map_or("unknown", EventKind::as_str)
 }

@@ -267,7 +267,9 @@ pub struct Applied {
     pub repeat_revoke: bool,
 }
 
-/// Applies one event to the session's current record (`None` if unknown).
+/// Applies one event to the session's current record (`None` if unknown);
+/// `None` for an event that names no session (`attributes`, which is about
+/// its user: the caller applies its claim).
 ///
 /// `now` is the worker's clock, used only for the repeat-revoke pause;
 /// everything else follows event time. Rules:
@@ -282,13 +284,14 @@ pub fn apply_event(
     event: &SessionEvent,
     now: DateTime<Utc>,
     repeat_revoke_after: Duration,
-) -> Applied {
+) -> Option<Applied> {
+    let session_id = event.session_id.as_ref()?;
     let Some(before) = current else {
-        return Applied {
-            record: first_sighting(event),
+        return Some(Applied {
+            record: first_sighting(event, session_id),
             changed: true,
             repeat_revoke: false,
-        };
+        });
     };
     let mut r = before.clone();
     if r.user_id.is_none() {
@@ -319,22 +322,25 @@ pub fn apply_event(
                 r.end_reason = Some(EndReason::Logout);
             }
         }
+        // Names no session: returned above.
+        EventKind::Attributes => return None,
     }
-    Applied {
+    Some(Applied {
         changed: r != *before,
         record: r,
         repeat_revoke,
-    }
+    })
 }
 
-/// The record of a session first seen in `event`: a logout of it ends it at
-/// once, so that its login arriving late cannot make it active.
-fn first_sighting(event: &SessionEvent) -> SessionRecord {
+/// The record of session `session_id` first seen in `event`: a logout of
+/// it ends it at once, so that its login arriving late cannot make it
+/// active.
+fn first_sighting(event: &SessionEvent, session_id: &SessionId) -> SessionRecord {
     let t = event.occurred_at;
     let ended = event.kind == EventKind::Logout;
     SessionRecord {
         app: event.app.clone(),
-        session_id: event.session_id.clone(),
+        session_id: session_id.clone(),
         user_id: event.user_id.clone(),
         login_at: t,
         login_seen: event.kind == EventKind::Login,
@@ -390,7 +396,7 @@ mod tests {
         SessionEvent {
             kind,
             app: AppName::parse("shop").unwrap(),
-            session_id: SessionId::parse("s1").unwrap(),
+            session_id: Some(SessionId::parse("s1").unwrap()),
             user_id: Some(UserId::parse("u1").unwrap()),
             occurred_at: at(minute),
             event_id: None,
@@ -402,7 +408,9 @@ mod tests {
     }
 
     fn revoked(minute: u32) -> SessionRecord {
-        let mut r = apply_event(None, &event(EventKind::Login, 0), at(0), PAUSE).record;
+        let mut r = apply_event(None, &event(EventKind::Login, 0), at(0), PAUSE)
+            .unwrap()
+            .record;
         r.ended_at = Some(at(minute));
         r.end_reason = Some(EndReason::SessionLimit);
         r.max_sessions = Some(1);
@@ -412,16 +420,16 @@ mod tests {
 
     #[test]
     fn a_login_creates_an_active_session() {
-        let a = apply_event(None, &event(EventKind::Login, 1), at(1), PAUSE);
+        let a = apply_event(None, &event(EventKind::Login, 1), at(1), PAUSE).unwrap();
         assert!(a.changed && a.record.login_seen && a.record.is_active_at(at(2)));
         assert_eq!(a.record.login_at, at(1));
     }
 
     #[test]
     fn a_first_request_creates_a_session_and_a_late_login_fixes_login_at() {
-        let a = apply_event(None, &event(EventKind::Request, 5), at(5), PAUSE);
+        let a = apply_event(None, &event(EventKind::Request, 5), at(5), PAUSE).unwrap();
         assert!(!a.record.login_seen);
-        let b = apply_event(Some(&a.record), &event(EventKind::Login, 2), at(6), PAUSE);
+        let b = apply_event(Some(&a.record), &event(EventKind::Login, 2), at(6), PAUSE).unwrap();
         assert_eq!(b.record.login_at, at(2));
         assert_eq!(b.record.last_seen_at, at(5), "the login is older");
     }
@@ -432,9 +440,13 @@ mod tests {
         newer.ip = Some("10.0.0.9".parse().unwrap());
         let mut older = event(EventKind::Request, 8);
         older.ip = Some("10.0.0.8".parse().unwrap());
-        let login = apply_event(None, &event(EventKind::Login, 1), at(1), PAUSE).record;
-        let r = apply_event(Some(&login), &newer, at(10), PAUSE).record;
-        let r2 = apply_event(Some(&r), &older, at(10), PAUSE);
+        let login = apply_event(None, &event(EventKind::Login, 1), at(1), PAUSE)
+            .unwrap()
+            .record;
+        let r = apply_event(Some(&login), &newer, at(10), PAUSE)
+            .unwrap()
+            .record;
+        let r2 = apply_event(Some(&r), &older, at(10), PAUSE).unwrap();
         assert!(!r2.changed);
         assert_eq!(r2.record.ip, newer.ip);
         assert_eq!(r2.record.last_seen_at, at(9));
@@ -443,17 +455,21 @@ mod tests {
     #[test]
     fn redelivery_changes_nothing() {
         let login = event(EventKind::Login, 1);
-        let r = apply_event(None, &login, at(1), PAUSE).record;
-        let again = apply_event(Some(&r), &login, at(2), PAUSE);
+        let r = apply_event(None, &login, at(1), PAUSE).unwrap().record;
+        let again = apply_event(Some(&r), &login, at(2), PAUSE).unwrap();
         assert!(!again.changed);
         assert_eq!(again.record, r);
     }
 
     #[test]
     fn logout_ends_and_a_late_login_does_not_revive() {
-        let out = apply_event(None, &event(EventKind::Logout, 5), at(5), PAUSE).record;
+        let out = apply_event(None, &event(EventKind::Logout, 5), at(5), PAUSE)
+            .unwrap()
+            .record;
         assert_eq!(out.state_at(at(6)), SessionState::LoggedOut);
-        let late = apply_event(Some(&out), &event(EventKind::Login, 1), at(6), PAUSE).record;
+        let late = apply_event(Some(&out), &event(EventKind::Login, 1), at(6), PAUSE)
+            .unwrap()
+            .record;
         assert_eq!(late.state_at(at(6)), SessionState::LoggedOut);
         assert_eq!(late.login_at, at(1));
         assert!(late.login_seen);
@@ -463,7 +479,7 @@ mod tests {
     fn a_revoked_session_stays_revoked() {
         let r = revoked(3);
         for kind in [EventKind::Login, EventKind::Request, EventKind::Logout] {
-            let a = apply_event(Some(&r), &event(kind, 4), at(4), PAUSE);
+            let a = apply_event(Some(&r), &event(kind, 4), at(4), PAUSE).unwrap();
             assert_eq!(a.record.state_at(at(5)), SessionState::Revoked, "{kind}");
         }
     }
@@ -472,27 +488,31 @@ mod tests {
     fn a_newer_request_on_a_revoked_session_repeats_the_revoke_once_per_pause() {
         let r = revoked(3);
         let now = at(10);
-        let a = apply_event(Some(&r), &event(EventKind::Request, 9), now, PAUSE);
+        let a = apply_event(Some(&r), &event(EventKind::Request, 9), now, PAUSE).unwrap();
         assert!(a.repeat_revoke);
         assert_eq!(a.record.last_revoke_at, Some(now));
         // another request a second later: paused
         let mut next = event(EventKind::Request, 9);
         next.occurred_at += chrono::Duration::seconds(1);
         let now2 = now + chrono::Duration::seconds(1);
-        let b = apply_event(Some(&a.record), &next, now2, PAUSE);
+        let b = apply_event(Some(&a.record), &next, now2, PAUSE).unwrap();
         assert!(!b.repeat_revoke);
         // without a pause it repeats
-        let c = apply_event(Some(&a.record), &next, now2, Duration::ZERO);
+        let c = apply_event(Some(&a.record), &next, now2, Duration::ZERO).unwrap();
         assert!(c.repeat_revoke);
     }
 
     #[test]
     fn what_a_request_changes_is_activity_only() {
         let login = event(EventKind::Login, 1);
-        let live = apply_event(None, &login, at(2), Duration::ZERO).record;
+        let live = apply_event(None, &login, at(2), Duration::ZERO)
+            .unwrap()
+            .record;
         let mut request = event(EventKind::Request, 5);
         request.ip = Some("192.0.2.9".parse().unwrap());
-        let touched = apply_event(Some(&live), &request, at(6), Duration::ZERO).record;
+        let touched = apply_event(Some(&live), &request, at(6), Duration::ZERO)
+            .unwrap()
+            .record;
         assert!(live.only_activity_moved(&touched));
         assert!(
             !live.only_seen_later_within(&touched, Duration::from_secs(600)),
@@ -503,7 +523,8 @@ mod tests {
             &event(EventKind::Logout, 5),
             at(6),
             Duration::ZERO,
-        );
+        )
+        .unwrap();
         assert!(
             !live.only_activity_moved(&logout.record),
             "an end is more than activity"
@@ -512,13 +533,16 @@ mod tests {
 
     #[test]
     fn a_small_move_of_last_seen_alone_can_be_skipped() {
-        let live = apply_event(None, &event(EventKind::Login, 1), at(2), Duration::ZERO).record;
+        let live = apply_event(None, &event(EventKind::Login, 1), at(2), Duration::ZERO)
+            .unwrap()
+            .record;
         let later = apply_event(
             Some(&live),
             &event(EventKind::Request, 3),
             at(4),
             Duration::ZERO,
         )
+        .unwrap()
         .record;
         assert!(live.only_seen_later_within(&later, Duration::from_secs(300)));
         assert!(!live.only_seen_later_within(&later, Duration::from_secs(120)));
@@ -528,20 +552,22 @@ mod tests {
     #[test]
     fn old_or_redelivered_requests_do_not_repeat() {
         let r = revoked(3);
-        let before = apply_event(Some(&r), &event(EventKind::Request, 2), at(10), PAUSE);
+        let before = apply_event(Some(&r), &event(EventKind::Request, 2), at(10), PAUSE).unwrap();
         assert!(!before.repeat_revoke, "occurred before the revocation");
         let first = apply_event(
             Some(&r),
             &event(EventKind::Request, 9),
             at(10),
             Duration::ZERO,
-        );
+        )
+        .unwrap();
         let again = apply_event(
             Some(&first.record),
             &event(EventKind::Request, 9),
             at(11),
             Duration::ZERO,
-        );
+        )
+        .unwrap();
         assert!(!again.repeat_revoke, "same event delivered twice");
     }
 
@@ -549,7 +575,7 @@ mod tests {
     fn expiry_stops_a_session_counting() {
         let mut e = event(EventKind::Login, 1);
         e.expires_at = Some(at(5));
-        let r = apply_event(None, &e, at(1), PAUSE).record;
+        let r = apply_event(None, &e, at(1), PAUSE).unwrap().record;
         assert!(r.is_active_at(at(4)));
         assert!(!r.is_active_at(at(5)));
         assert_eq!(r.state_at(at(6)), SessionState::Expired);

@@ -224,6 +224,76 @@ async fn an_older_claim_arriving_late_does_not_replace_a_newer_one() {
 }
 
 #[tokio::test]
+async fn an_attributes_event_applies_a_new_claim_at_once_and_only_once() {
+    let mut app = spawn_app_with(staff_rule).await;
+    let staff = json!({"roles": ["staff"]});
+    for i in 0..3 {
+        let e = login("shop", &format!("st{i}"), "sam", t(i));
+        app.publish(&with_attributes(e, staff.clone())).await;
+    }
+    app.settle().await;
+    app.expect_revokes(0).await;
+
+    // The app says sam left the staff group: no session of sam's makes a
+    // request, and the extra sessions go at once.
+    let left = attributes("shop", "sam", json!({"roles": []}), t(10));
+    app.publish(&left).await;
+    app.settle().await;
+    let revoked = app.expect_revokes(2).await;
+    assert_eq!(ids(&revoked), ["st0", "st1"]);
+    assert!(revoked.iter().all(|r| r.body.max_sessions == 1));
+    assert_eq!(
+        ending(&app, "st0").await,
+        (Some("session_limit".into()), Some("config".into()), Some(1))
+    );
+    assert_eq!(app.active("sam", "shop").await, ["st2"]);
+    assert_eq!(
+        claim(&app, "sam", "shop").await,
+        Some((json!({"roles": []}), t(10)))
+    );
+    // The event made no session of its own.
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM sessions WHERE user_id = 'sam'")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(rows, 3);
+
+    // Delivered again, and an older claim arriving late: nothing changes.
+    app.publish(&left).await;
+    app.publish(&attributes("shop", "sam", staff.clone(), t(5)))
+        .await;
+    app.settle().await;
+    app.expect_revokes(0).await;
+    assert_eq!(
+        claim(&app, "sam", "shop").await,
+        Some((json!({"roles": []}), t(10)))
+    );
+
+    // Back in the group: the staff limit holds for the next logins, which
+    // carry no attributes.
+    app.publish(&attributes("shop", "sam", staff.clone(), t(20)))
+        .await;
+    for i in 3..5 {
+        app.publish(&login("shop", &format!("st{i}"), "sam", t(20 + i)))
+            .await;
+    }
+    app.settle().await;
+    app.expect_revokes(0).await;
+    assert_eq!(app.active("sam", "shop").await, ["st2", "st3", "st4"]);
+    assert_eq!(
+        claim(&app, "sam", "shop").await,
+        Some((staff.clone(), t(20)))
+    );
+
+    // The same claim later only renews it (a lock-free touch).
+    app.publish(&attributes("shop", "sam", staff.clone(), t(30)))
+        .await;
+    app.settle().await;
+    app.expect_revokes(0).await;
+    assert_eq!(claim(&app, "sam", "shop").await, Some((staff, t(30))));
+}
+
+#[tokio::test]
 async fn an_apps_claims_do_not_set_the_limits_in_another_app() {
     let mut app = spawn_app_with(staff_rule).await;
     for i in 0..3 {

@@ -927,6 +927,14 @@ pub fn request(app: &str, session: &str, user: &str, at: DateTime<Utc>) -> Value
     })
 }
 
+/// An `attributes` event: what `app` now claims for `user`.
+pub fn attributes(app: &str, user: &str, claim: Value, at: DateTime<Utc>) -> Value {
+    json!({
+        "type": "attributes", "app": app, "user_id": user,
+        "occurred_at": at.to_rfc3339(), "attributes": claim,
+    })
+}
+
 pub fn logout(app: &str, session: &str, at: DateTime<Utc>) -> Value {
     json!({
         "type": "logout", "app": app, "session_id": session,

@@ -324,7 +324,7 @@ fn every_event_the_decoder_accepts_commits_and_reads_back() {
                      FROM sessions WHERE app = $1 AND session_id = $2",
                 )
                 .bind(event.app.as_str())
-                .bind(event.session_id.as_str())
+                .bind(event.session_id.as_ref().map(|s| s.as_str()))
                 .fetch_optional(&db.pool)
                 .await
                 .map_err(|e| TestCaseError::fail(e.to_string()))?;

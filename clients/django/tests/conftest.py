@@ -189,7 +189,7 @@ def capture() -> Iterator[Callable[..., Capture]]:
 class Worker:
     """A session-guard worker process on a database of its own."""
 
-    def __init__(self, binary: Path, names: Names, hooks: list[str], directory: Path) -> None:
+    def __init__(self, binary: Path, names: Names, hooks: list[str], directory: Path, extra: str = "") -> None:
         self.binary = binary
         self.names = names
         self.database = f"sgdj_{names.token}"
@@ -211,7 +211,7 @@ dead_letter_queue = "{names.dead_exchange}"
 hooks = {json.dumps(hooks)}
 [http]
 listen = "127.0.0.1:{self.port}"
-"""
+{extra}"""
         )
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -271,11 +271,12 @@ listen = "127.0.0.1:{self.port}"
 
 @pytest.fixture
 def worker(worker_bin: Path, names: Names, tmp_path: Path) -> Iterator[Callable[..., Worker]]:
-    """Starts a worker for this test's names: ``worker(hooks=[...])``."""
+    """Starts a worker for this test's names: ``worker(hooks=[...], extra=...)``."""
     started: list[Worker] = []
 
-    def start(hooks: list[str] | None = None) -> Worker:
-        w = Worker(worker_bin, names, hooks or ["rules", "user_overrides"], tmp_path)
+    def start(hooks: list[str] | None = None, extra: str = "") -> Worker:
+        """``extra``: more TOML for the worker's configuration, e.g. rules."""
+        w = Worker(worker_bin, names, hooks or ["rules", "user_overrides"], tmp_path, extra)
         started.append(w)
         w.start()
         return w

@@ -3,6 +3,7 @@ listener in its own process."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -94,23 +95,56 @@ def test_a_superuser_keeps_both_sessions_when_the_superuser_rule_is_on(names: An
     assert [s["state"] for s in w.sessions(root.pk)] == ["active", "active"]
 
 
+SUPPORT_RULE = """
+[[limits.rules]]
+name = "support"
+when = { role = "support" }
+max_sessions = 2
+"""
+
+
 @pytest.mark.django_db(transaction=True)
-def test_group_changes_reach_the_worker_by_the_next_request(names: Any, worker: Any) -> None:
-    user = User.objects.create_user("cy", password="pw", is_staff=True)
-    user.groups.add(Group.objects.create(name="support"))
-    w = worker()
-    client = log_in("cy", "laptop")
+def test_group_changes_reach_the_workers_rules_without_a_login_or_request(
+    names: Any, worker: Any, listener: Any
+) -> None:
+    user = User.objects.create_user("cy", password="pw")
+    support = Group.objects.create(name="support")
+    user.groups.add(support)
+    w = worker(extra=SUPPORT_RULE)
+    listener()
 
     def claims() -> dict[str, Any]:
         report = w.command("limits", "get", "--user", str(user.pk), "--app", names.app, "--json")
-        return dict(__import__("json").loads(report)[0]["attributes"])
+        return dict(json.loads(report)[0]["attributes"])
 
-    wait_until("the login's claims", lambda: claims() == {"superuser": False, "staff": True, "roles": ["support"]})
-    user.groups.add(Group.objects.create(name="admins"))
-    client.get("/whoami")
+    # In the support group cy may hold two sessions.
+    laptop, phone = log_in("cy", "laptop"), log_in("cy", "phone")
     wait_until(
-        "the new group in the claims",
-        lambda: claims() == {"superuser": False, "staff": True, "roles": ["admins", "support"]},
+        "both sessions active",
+        lambda: [s["state"] for s in w.sessions(user.pk)] == ["active", "active"],
+    )
+    assert claims() == {"superuser": False, "staff": False, "roles": ["support"]}
+
+    # Taken out of the group (by an admin, a shell, anything that goes
+    # through the ORM): the worker applies the configured limit of 1 at
+    # once, and the older session ends, before either makes a request.
+    support.user_set.remove(user)
+    laptop_id, phone_id = guard_id(laptop), guard_id(phone)
+    wait_until(
+        "the laptop's session revoked",
+        lambda: states(w.sessions(user.pk)) == {laptop_id: ("revoked", "session_limit"), phone_id: ("active", None)},
+    )
+    assert claims() == {"superuser": False, "staff": False, "roles": []}
+    wait_until("the laptop to be logged out", lambda: laptop.get("/whoami").content == b"anonymous")
+    assert phone.get("/whoami").content == b"cy"
+
+    # Added to a group, and made staff: the claims follow, no request needed.
+    user.groups.add(Group.objects.create(name="admins"))
+    user.is_staff = True
+    user.save()
+    wait_until(
+        "the new claims",
+        lambda: claims() == {"superuser": False, "staff": True, "roles": ["admins"]},
     )
 
 

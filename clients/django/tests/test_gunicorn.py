@@ -33,7 +33,14 @@ def test_every_event_arrives_from_every_process_and_thread(names: Any, capture: 
         [sys.executable, "-m", "gunicorn", "--preload", "--workers", "2", "--threads", "4",
          "--bind", f"127.0.0.1:{port}", "testproject.wsgi:application"],
         cwd=TESTS,
-        env={**os.environ, **names.env(), "PYTHONPATH": str(TESTS), "SG_TEST_PUBLISH_AT_IMPORT": "1"},
+        env={
+            **os.environ,
+            **names.env(),
+            "PYTHONPATH": str(TESTS),
+            "SG_TEST_PUBLISH_AT_IMPORT": "1",
+            # Every request published, so that every one can be counted.
+            "SG_TEST_REQUEST_INTERVAL": "0",
+        },
         stdout=log,
         stderr=subprocess.STDOUT,
     )

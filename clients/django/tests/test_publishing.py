@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from datetime import datetime, timezone
 from typing import Any
@@ -48,13 +49,99 @@ def test_login_request_and_logout_are_published(names: Any, capture: Any) -> Non
         assert body["user_agent"] == "Firefox on Linux"  # NUL removed
         assert before <= parse_time(body["occurred_at"]) <= datetime.now(timezone.utc)
     assert [login["type"], request["type"], logout["type"]] == ["login", "request", "logout"]
+    # Claims go with the login; session-guard remembers them, so requests
+    # and logouts carry none.
     assert login["attributes"] == {"superuser": False, "staff": False, "roles": []}
-    assert request["attributes"] == login["attributes"]
+    assert "attributes" not in request
     assert "attributes" not in logout
     # The login carries Django's own expiry of the session.
     expires = parse_time(login["expires_at"])
     assert abs((expires - parse_time(login["occurred_at"])).total_seconds() - 1209600) < 60
     assert "expires_at" not in request  # not known without a query
+
+
+@pytest.mark.django_db(transaction=True)
+def test_requests_of_one_session_are_published_once_per_interval(names: Any, capture: Any, settings: Any) -> None:
+    settings.SESSION_GUARD_REQUEST_INTERVAL = 0.5
+    events = capture(names.events_exchange)
+    User.objects.create_user("ada", password="pw")
+    User.objects.create_user("bob", password="pw")
+    ada, bob = Client(), Client()
+    ada.post("/login", {"username": "ada", "password": "pw"})
+    bob.post("/login", {"username": "bob", "password": "pw"})
+    started = time.monotonic()
+    for _ in range(5):  # a page and its API calls
+        assert ada.get("/whoami").content == b"ada"
+    assert bob.get("/whoami").content == b"bob"
+    burst = time.monotonic() - started
+    assert burst < 0.5, f"the burst took {burst:.2f} s: too slow for this test"
+    got = events.take(4)
+    assert [body["type"] for _, body, _ in got] == ["login", "login", "request", "request"]
+    assert {body["user_id"] for _, body, _ in got[2:]} == {str(User.objects.get(username=u).pk) for u in ("ada", "bob")}
+    assert events.quiet(0.3) == []
+
+    # An interval later the session's next request goes again; a logout
+    # always goes, and forgets the session.
+    time.sleep(max(0.0, 0.55 - (time.monotonic() - started)))
+    ada.get("/whoami")
+    ada.get("/whoami")
+    ada.post("/logout")
+    got = events.take(2)
+    assert [body["type"] for _, body, _ in got] == ["request", "logout"]
+    assert events.quiet(0.3) == []
+    pub = publisher.get()
+    assert pub is not None
+    assert pub.stats().coalesced_requests == 4 + 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_interval_of_zero_publishes_every_request(names: Any, capture: Any, settings: Any) -> None:
+    settings.SESSION_GUARD_REQUEST_INTERVAL = 0
+    events = capture(names.events_exchange)
+    User.objects.create_user("ada", password="pw")
+    client = Client()
+    client.post("/login", {"username": "ada", "password": "pw"})
+    for _ in range(5):
+        client.get("/whoami")
+    assert [body["type"] for _, body, _ in events.take(6)] == ["login"] + ["request"] * 5
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_request_costs_no_database_query(names: Any, settings: Any, capture: Any, monkeypatch: Any) -> None:
+    """Not on the request thread, nor on the publisher thread: the claims
+    went with the login, and requests carry none."""
+    from django.db.backends.utils import CursorWrapper
+
+    events = capture(names.events_exchange)
+    User.objects.create_user("ada", password="pw")
+    client = Client()
+    client.post("/login", {"username": "ada", "password": "pw"})
+    events.take(1)
+    executed: list[tuple[str, str]] = []
+    run = CursorWrapper._execute
+
+    def counted(self: CursorWrapper, sql: str, *args: Any) -> Any:
+        # Every query of the process, whichever thread runs it.
+        executed.append((threading.current_thread().name, sql))
+        return run(self, sql, *args)
+
+    monkeypatch.setattr(CursorWrapper, "_execute", counted)
+
+    def queries_of_a_request() -> list[tuple[str, str]]:
+        executed.clear()
+        assert client.get("/whoami").content == b"ada"
+        pub = publisher.get()
+        if pub is not None:
+            assert pub.flush(10)
+        return list(executed)
+
+    settings.SESSION_GUARD_REQUEST_INTERVAL = 0  # every request published
+    published = queries_of_a_request()
+    assert events.take(1)[0][1]["type"] == "request"
+    settings.SESSION_GUARD_ENABLED = False
+    bare = queries_of_a_request()
+    assert len(published) == len(bare) == 2, "the view's own queries (session and user), nothing more"
+    assert {thread for thread, _ in published} == {threading.current_thread().name}
 
 
 @pytest.mark.django_db(transaction=True)
@@ -88,9 +175,11 @@ def test_the_broker_being_away_does_not_fail_requests(names: Any, settings: Any,
 
     pub = publisher.get()
     assert pub is not None
-    # Every event is held for when the broker comes back: the login, 20
-    # requests and the logout.
-    assert pub.stats().pending == 22
+    # Every event is held for when the broker comes back: the login, the
+    # first of the 20 requests (the others came within the request
+    # interval) and the logout.
+    assert pub.stats().pending == 3
+    assert pub.stats().coalesced_requests == 19
     warned = wait_until(
         "a warning about the broker",
         lambda: [r for r in caplog.records if "cannot reach the broker" in r.getMessage()],

@@ -1,4 +1,4 @@
-"""The pure parts: drop policy, message bodies, settings checks."""
+"""The pure parts: drop policy, coalescing, message bodies, settings checks."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from django.test import RequestFactory
 
 from session_guard_django import conf, events
 from session_guard_django.buffer import Buffer, Event, Pushed
+from session_guard_django.coalesce import RecentRequests
 
 
 def ev(kind: str, n: int = 0) -> Event:
@@ -34,6 +35,14 @@ class TestDropPolicy:
         assert [e.session_id for e in b.take(10)] == ["s1", "s3", "s4"]
         assert (b.dropped_requests, b.refused_full, b.requests) == (1, 0, 0)
 
+    def test_claims_are_kept_like_logins(self) -> None:
+        b = Buffer(2)
+        b.push(ev("request", 1))
+        b.push(ev("login", 2))
+        claim = Event(kind="attributes", session_id=None, user_id="1", attributes={})
+        assert b.push(claim) is Pushed.EVICTED
+        assert [e.kind for e in b.take(10)] == ["login", "attributes"]
+
     def test_logins_are_refused_only_when_nothing_else_can_go(self) -> None:
         b = Buffer(2)
         b.push(ev("login", 1))
@@ -53,32 +62,78 @@ class TestDropPolicy:
         assert b.dropped_requests == 1
 
 
+class TestCoalescing:
+    def test_one_request_per_session_per_interval_the_first_at_once(self) -> None:
+        recent = RecentRequests(interval=1.0, capacity=100)
+        assert recent.due("a", 10.0)
+        assert not recent.due("a", 10.5)
+        assert not recent.due("a", 10.999)
+        assert recent.due("b", 10.5), "another session is not held back"
+        assert recent.due("a", 11.0), "an interval after the last one published"
+        assert not recent.due("a", 9.0), "older than the last one published"
+        assert recent.coalesced == 3
+
+    def test_a_logout_forgets_the_session(self) -> None:
+        recent = RecentRequests(interval=1.0, capacity=100)
+        recent.due("a", 10.0)
+        recent.forget("a")
+        recent.forget("never-seen")
+        assert len(recent) == 0
+        assert recent.due("a", 10.1)
+
+    def test_memory_is_bounded_and_the_least_recently_used_goes_first(self) -> None:
+        recent = RecentRequests(interval=60.0, capacity=3)
+        for n, sid in enumerate("abc"):
+            assert recent.due(sid, float(n))
+        assert not recent.due("a", 5.0)  # coalesced, but in use: b is now the oldest
+        assert recent.due("d", 6.0)
+        assert len(recent) == 3
+        assert recent.due("b", 7.0), "b fell out: its next request goes at once"
+        assert not recent.due("a", 7.0) and not recent.due("d", 7.0)
+
+    def test_an_interval_of_zero_publishes_every_request(self) -> None:
+        recent = RecentRequests(interval=0.0, capacity=10)
+        assert all(recent.due("a", 10.0) for _ in range(5))
+        assert recent.coalesced == 0 and len(recent) == 0
+
+
 class TestBody:
     def test_fields_and_format(self) -> None:
         at = datetime(2026, 11, 29, 10, 0, 0, 123456, tzinfo=timezone.utc)
+        claims = {"superuser": True, "staff": False, "roles": ["a", "b"]}
         e = Event(
             kind="login", session_id="k" * 32, user_id="42", occurred_at=at.timestamp(),
-            ip="::ffff:192.0.2.1", user_agent="x" * 600, expires_at=at, superuser=True, staff=False,
+            ip="::ffff:192.0.2.1", user_agent="x" * 600, expires_at=at, attributes=claims,
         )
-        body = json.loads(events.body(e, "shop", ["b", "a"], attributes=True) or b"")
+        body = json.loads(events.body(e, "shop") or b"")
         assert body == {
             "type": "login", "app": "shop", "session_id": "k" * 32, "user_id": "42",
             "occurred_at": "2026-11-29T10:00:00.123456Z", "ip": "::ffff:192.0.2.1",
             "user_agent": "x" * 512, "expires_at": "2026-11-29T10:00:00.123456Z",
-            "attributes": {"superuser": True, "staff": False, "roles": ["b", "a"]},
+            "attributes": claims,
         }
 
     def test_no_attributes_keeps_the_workers_remembered_claim(self) -> None:
-        e = Event(kind="request", session_id="k", user_id="1", occurred_at=0, superuser=False, staff=False)
-        assert "attributes" not in json.loads(events.body(e, "shop", None, attributes=False) or b"")
+        e = Event(kind="request", session_id="k", user_id="1", occurred_at=0)
+        assert "attributes" not in json.loads(events.body(e, "shop") or b"")
+
+    def test_a_claim_names_its_user_and_no_session(self) -> None:
+        e = Event(kind="attributes", session_id=None, user_id="42", occurred_at=0, attributes={"staff": True})
+        assert json.loads(events.body(e, "shop") or b"") == {
+            "type": "attributes", "app": "shop", "user_id": "42",
+            "occurred_at": "1970-01-01T00:00:00.000000Z", "attributes": {"staff": True},
+        }
+        for bad in (Event(kind="attributes", session_id=None, user_id="42"), Event(kind="attributes", session_id=None, user_id=None, attributes={})):
+            assert events.body(bad, "shop") is None
 
     def test_events_the_worker_would_refuse_are_left_out(self) -> None:
-        for sid, uid in (("", "1"), ("k" * 257, "1"), ("k\n", "1"), ("k", "bad\x00id"), ("k", "")):
-            assert events.body(Event(kind="request", session_id=sid, user_id=uid), "shop", None, attributes=False) is None
+        for sid, uid in (("", "1"), ("k" * 257, "1"), ("k\n", "1"), ("k\x85", "1"), ("k", "bad\x00id"), ("k", ""), (None, "1")):
+            assert events.body(Event(kind="request", session_id=sid, user_id=uid), "shop") is None
+        assert events.body(Event(kind="request", session_id="k\u00a0", user_id="1"), "shop") is not None
 
     def test_a_bad_address_is_left_out(self) -> None:
         e = Event(kind="request", session_id="k", user_id="1", ip="unknown")
-        assert "ip" not in json.loads(events.body(e, "shop", None, attributes=False) or b"")
+        assert "ip" not in json.loads(events.body(e, "shop") or b"")
 
     def test_roles_fit_the_workers_bounds(self) -> None:
         names = [f"group-{i:03}" for i in range(100)] + ["x" * 129, "", "nul\x00"]
@@ -116,6 +171,15 @@ class TestChecks:
         settings.SESSION_GUARD_BUFFER_SIZE = 0
         settings.SESSION_GUARD_CLIENT_IP_HEADER = 5
         assert ids() == {"session_guard.E002", "session_guard.E003", "session_guard.E004", "session_guard.E007"}
+
+    def test_the_request_interval_and_its_memory(self, settings: Any) -> None:
+        settings.SESSION_GUARD_REQUEST_INTERVAL = 0
+        settings.SESSION_GUARD_RECENT_SESSIONS = 1
+        assert ids() == set()
+        for interval, sessions in ((-1, 10), ("1s", 10), (1.0, 0), (1.0, True)):
+            settings.SESSION_GUARD_REQUEST_INTERVAL = interval
+            settings.SESSION_GUARD_RECENT_SESSIONS = sessions
+            assert ids() == {"session_guard.E004"}, (interval, sessions)
 
     def test_middleware_order_and_absence(self, settings: Any) -> None:
         guard = "session_guard_django.middleware.SessionGuardMiddleware"

@@ -35,6 +35,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .user_agent("Firefox/130.0")
             .expires_at(chrono::Utc::now() + chrono::Duration::hours(12))
             .send()?;
+        // Three requests within a second: the first is published, the
+        // other two are coalesced (counted in `coalesced_requests`), as the
+        // worker would not store what they say.
         for _ in 0..3 {
             publisher.request(&session, user).send()?;
         }

@@ -14,6 +14,7 @@
 
 pub use session_guard_protocol as protocol;
 
+mod coalesce;
 mod connection;
 pub mod listener;
 pub use listener::{ListenerConfig, ListenerError, RevocationListener, Revoke};

@@ -18,18 +18,17 @@ from typing import Any
 class Event:
     """What the request thread hands over: only what it already has at hand,
     so that handing over stays cheap. The publisher thread turns it into the
-    message body (time formatting, checks, group names)."""
+    message body (time formatting, checks)."""
 
-    #: ``login``, ``request`` or ``logout``: the body's ``type`` and the
-    #: routing key's first part.
+    #: ``login``, ``request``, ``logout`` or ``attributes``: the body's
+    #: ``type`` and the routing key's first part.
     kind: str
     #: The session key (or, for signed-cookie sessions, the id the package
-    #: keeps inside the session).
-    session_id: str
+    #: keeps inside the session); ``None`` for ``attributes``, which is
+    #: about the user.
+    session_id: str | None
     #: ``str(user.pk)``; ``None`` only for a logout without a user.
     user_id: str | None
-    #: The user's primary key as the database has it, to look up its groups.
-    user_pk: Any = None
     #: ``time.time()`` when the app saw it: the event's ``occurred_at``.
     occurred_at: float = 0.0
     #: The client's address as found in the request, not yet checked.
@@ -38,9 +37,10 @@ class Event:
     user_agent: str | None = None
     #: When the session expires by itself, if known.
     expires_at: datetime | None = None
-    #: ``user.is_superuser`` / ``user.is_staff``; ``None`` = no attributes.
-    superuser: bool | None = None
-    staff: bool | None = None
+    #: What the app claims about the user (``superuser``, ``staff``,
+    #: ``roles``), read at login and when it changes (attributes.py);
+    #: ``None`` = the claim session-guard remembers stands.
+    attributes: dict[str, Any] | None = None
 
 
 class Pushed(enum.Enum):
@@ -60,14 +60,15 @@ class Buffer:
     """Events in the order they were handed over, at most ``capacity``.
 
     When full, a new ``request`` is dropped (the session's next request says
-    the same thing again); a ``login`` or ``logout`` evicts the oldest
-    buffered request, or is refused when there is none. Logins and logouts
+    the same thing again); a ``login``, ``logout`` or ``attributes`` evicts
+    the oldest buffered request, or is refused when there is none. Those
     decide which sessions count, so they are the last to go.
     """
 
     capacity: int
     items: deque[Event] = field(default_factory=deque)
-    #: Requests among ``items``: when 0 there is nothing to evict.
+    #: Requests among ``items``: when 0 there is nothing to evict, and when
+    #: below ``len(items)`` some event must not wait long (publisher.py).
     requests: int = 0
     #: Requests dropped so far, new or evicted.
     dropped_requests: int = 0

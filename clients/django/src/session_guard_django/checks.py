@@ -132,7 +132,7 @@ def _names() -> list[CheckMessage]:
 
 def _numbers() -> list[CheckMessage]:
     messages: list[CheckMessage] = []
-    for name in ("BUFFER_SIZE", "MAX_IN_FLIGHT", "LISTEN_PREFETCH"):
+    for name in ("BUFFER_SIZE", "MAX_IN_FLIGHT", "LISTEN_PREFETCH", "RECENT_SESSIONS"):
         value = conf.raw(name)
         if not isinstance(value, int) or isinstance(value, bool) or not 0 < value <= 1_000_000:
             messages.append(
@@ -150,6 +150,15 @@ def _numbers() -> list[CheckMessage]:
         value = conf.raw(name)
         if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
             messages.append(Error(f"SESSION_GUARD_{name}={value!r} must be a number of seconds above 0.", id="session_guard.E004"))
+    interval = conf.raw("REQUEST_INTERVAL")
+    if not isinstance(interval, (int, float)) or isinstance(interval, bool) or not 0 <= interval <= 86_400:
+        messages.append(
+            Error(
+                f"SESSION_GUARD_REQUEST_INTERVAL={interval!r} must be a number of seconds from 0 "
+                "(every request) to 86400.",
+                id="session_guard.E004",
+            )
+        )
     return messages
 
 

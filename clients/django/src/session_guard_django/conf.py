@@ -45,9 +45,15 @@ DEFAULTS: dict[str, Any] = {
     "MAX_IN_FLIGHT": 1_000,
     # Longest pause, in seconds, between two connection attempts.
     "MAX_BACKOFF": 10.0,
-    # Send group names as attributes.roles (one query per batch of events,
-    # on the publisher's thread, never the request's).
+    # Send group names as attributes.roles: read at login and when they
+    # change (one query then), never per request.
     "SEND_ROLES": True,
+    # Seconds between two request events of one session, at least: the rest
+    # are counted and dropped. 0 = every request. Default: the worker's
+    # worker.last_seen_resolution_ms (1 s), below which it writes nothing.
+    "REQUEST_INTERVAL": 1.0,
+    # Sessions remembered for the interval above, per process (an LRU).
+    "RECENT_SESSIONS": 10_000,
     # Cache alias where the listener records revoked keys of signed-cookie
     # sessions, for the middleware to refuse them.
     "REVOKED_CACHE": "default",
@@ -76,6 +82,8 @@ class GuardSettings:
     max_in_flight: int
     max_backoff: float
     send_roles: bool
+    request_interval: float
+    recent_sessions: int
     revoked_cache: str
     listen_max_attempts: int
     listen_prefetch: int
@@ -139,6 +147,8 @@ def get() -> GuardSettings:
             max_in_flight=_int(raw("MAX_IN_FLIGHT"), DEFAULTS["MAX_IN_FLIGHT"]),
             max_backoff=_float(raw("MAX_BACKOFF"), DEFAULTS["MAX_BACKOFF"]),
             send_roles=bool(raw("SEND_ROLES")),
+            request_interval=_seconds_or_zero(raw("REQUEST_INTERVAL"), DEFAULTS["REQUEST_INTERVAL"]),
+            recent_sessions=_int(raw("RECENT_SESSIONS"), DEFAULTS["RECENT_SESSIONS"]),
             revoked_cache=str(raw("REVOKED_CACHE")),
             listen_max_attempts=_int(raw("LISTEN_MAX_ATTEMPTS"), DEFAULTS["LISTEN_MAX_ATTEMPTS"]),
             listen_prefetch=_int(raw("LISTEN_PREFETCH"), DEFAULTS["LISTEN_PREFETCH"]),
@@ -155,6 +165,11 @@ def _int(value: Any, default: int) -> int:
 
 def _float(value: Any, default: float) -> float:
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+    return float(value) if ok else default
+
+
+def _seconds_or_zero(value: Any, default: float) -> float:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0
     return float(value) if ok else default
 
 

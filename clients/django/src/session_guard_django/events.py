@@ -6,6 +6,7 @@ the publisher thread.
 from __future__ import annotations
 
 import json
+import re
 import secrets
 import socket
 import time
@@ -30,6 +31,9 @@ MAX_USER_AGENT_CHARS = 512
 MAX_ROLES = 64
 MAX_ROLE_CHARS = 128
 MAX_ATTRIBUTES_BYTES = 4096
+#: What an id may not contain: control characters (the worker's
+#: ``char::is_control``: Unicode category Cc).
+CONTROL_CHARACTERS = re.compile("[\x00-\x1f\x7f-\x9f]")
 
 
 def session_id(request: HttpRequest, *, create: bool = False) -> str | None:
@@ -68,7 +72,13 @@ def client_ip(request: HttpRequest, header: str | None) -> str | None:
 
 
 def from_request(
-    kind: str, request: HttpRequest, user: Any, sid: str, *, expires_at: datetime | None = None
+    kind: str,
+    request: HttpRequest,
+    user: Any,
+    sid: str,
+    *,
+    expires_at: datetime | None = None,
+    attributes: dict[str, Any] | None = None,
 ) -> Event:
     """The event for ``user`` acting in ``request``'s session ``sid``."""
     settings = conf.get()
@@ -76,13 +86,11 @@ def from_request(
         kind=kind,
         session_id=sid,
         user_id=str(user.pk),
-        user_pk=user.pk,
         occurred_at=time.time(),
         ip=client_ip(request, settings.client_ip_header),
         user_agent=request.META.get("HTTP_USER_AGENT"),
         expires_at=expires_at,
-        superuser=bool(getattr(user, "is_superuser", False)),
-        staff=bool(getattr(user, "is_staff", False)),
+        attributes=attributes,
     )
 
 
@@ -111,11 +119,7 @@ def _clean_text(value: str, most: int) -> str:
 
 
 def _valid_id(value: str | None) -> bool:
-    return (
-        value is not None
-        and 0 < len(value) <= MAX_ID_CHARS
-        and not any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F for c in value)
-    )
+    return value is not None and 0 < len(value) <= MAX_ID_CHARS and CONTROL_CHARACTERS.search(value) is None
 
 
 def _address(text: str) -> str | None:
@@ -141,21 +145,18 @@ def fit_roles(names: list[str]) -> list[str]:
     return roles
 
 
-def body(event: Event, app: str, roles: list[str] | None, *, attributes: bool) -> bytes | None:
+def body(event: Event, app: str) -> bytes | None:
     """The message body, or ``None`` when the worker would refuse the event
-    (an id it cannot take): better not sent than dead-lettered.
-
-    ``attributes`` False leaves them out, so the worker keeps the app's
-    latest claim: used when the group names could not be read, since a
-    claim without them would replace one with them."""
-    if not _valid_id(event.session_id) or (event.user_id is not None and not _valid_id(event.user_id)):
+    (an id it cannot take): better not sent than dead-lettered."""
+    if event.kind == "attributes":
+        if not _valid_id(event.user_id) or event.attributes is None:
+            return None
+    elif not _valid_id(event.session_id) or (event.user_id is not None and not _valid_id(event.user_id)):
         return None
-    message: dict[str, Any] = {
-        "type": event.kind,
-        "app": app,
-        "session_id": event.session_id,
-        "occurred_at": _rfc3339(datetime.fromtimestamp(event.occurred_at, timezone.utc)),
-    }
+    message: dict[str, Any] = {"type": event.kind, "app": app}
+    if event.session_id is not None:
+        message["session_id"] = event.session_id
+    message["occurred_at"] = _rfc3339(datetime.fromtimestamp(event.occurred_at, timezone.utc))
     if event.user_id is not None:
         message["user_id"] = event.user_id
     if event.ip:
@@ -166,9 +167,6 @@ def body(event: Event, app: str, roles: list[str] | None, *, attributes: bool) -
         message["user_agent"] = _clean_text(event.user_agent, MAX_USER_AGENT_CHARS)
     if event.expires_at is not None:
         message["expires_at"] = _rfc3339(event.expires_at)
-    if attributes and event.superuser is not None:
-        claims: dict[str, Any] = {"superuser": event.superuser, "staff": bool(event.staff)}
-        if roles is not None:
-            claims["roles"] = roles
-        message["attributes"] = claims
+    if event.attributes is not None:
+        message["attributes"] = event.attributes
     return json.dumps(message, ensure_ascii=False, separators=(",", ":")).encode()

@@ -7,6 +7,14 @@ not thread-safe), publishes with confirms, keeps up to ``MAX_IN_FLIGHT``
 unconfirmed, puts unconfirmed events back when the connection drops, and
 reconnects with jittered backoff. Nothing a request does waits on the network.
 
+What a round costs the process is mostly fixed (waking the thread, one
+``send`` to the broker, its confirm coming back: about 0.6 ms of CPU on the
+machines the package is measured on), so rounds are few: events that change
+which sessions count (logins, logouts, claims) go out within ``LINGER``,
+and requests, which only say a session is in use, wait up to
+``REQUEST_LINGER`` and go out together. Requests of one session within
+SESSION_GUARD_REQUEST_INTERVAL are not published at all (coalesce.py).
+
 The thread starts on the first event of each process, never at import, so a
 process that forks (gunicorn with ``--preload``) gets its own thread and
 connection in every child; see :func:`_after_fork`.
@@ -34,6 +42,7 @@ from pika.spec import Basic
 
 from . import conf, events
 from .buffer import Buffer, Event, Pushed
+from .coalesce import RecentRequests
 
 logger = logging.getLogger("session_guard_django")
 
@@ -46,15 +55,24 @@ OS_THREAD_NAME = b"sg-publisher"
 #: Least time between two warnings of one kind: an unreachable broker would
 #: otherwise write a line per request.
 WARNING_INTERVAL = 10.0
-#: Events taken from the buffer per round, so a request thread never waits
-#: long on the lock and group names are read in one query per round.
-TAKE_BATCH = 200
-#: How long the publisher thread lets events gather after a wake-up before
-#: it publishes them: one round (one lock, one group query, one write to
-#: the socket) then serves every request of those milliseconds. The thread
-#: shares the GIL with the request threads, so fewer, larger rounds cost
-#: them less; session-guard itself waits about as long to fill a batch.
+#: Events taken from the buffer per round, at most: the thread holds the
+#: GIL while it publishes them (about 30 us each), and a request thread
+#: waiting for it longer would show in the app's latency. More are taken
+#: in the next round, at once.
+TAKE_BATCH = 100
+#: How long a login, logout or claim waits for others to go out with it:
+#: one round (one lock, one write to the socket, one confirm) then serves
+#: every event of those milliseconds; session-guard itself waits about as
+#: long to fill a batch.
 LINGER = 0.02
+#: How long requests wait for others to go out with them when no login,
+#: logout or claim is waiting. A request only moves its session's
+#: last-seen time, which the worker stores to the second
+#: (``worker.last_seen_resolution_ms``), so half a second late changes
+#: nothing it records, and a process then pays for a round at most twice
+#: a second instead of once per request (measured: README, "Per-request
+#: cost").
+REQUEST_LINGER = 0.5
 #: Pause before events the broker nacked or returned (no queue bound: the
 #: worker has not declared its queue yet) are sent again: they are kept,
 #: not dropped, as the Rust client keeps them.
@@ -84,6 +102,9 @@ class Stats:
     unroutable: int
     #: Events left out because the worker would refuse them.
     invalid: int
+    #: Requests not published because their session had one published less
+    #: than SESSION_GUARD_REQUEST_INTERVAL before (coalesce.py).
+    coalesced_requests: int
     #: Whether the publisher has a connection in confirm mode right now.
     connected: bool
     #: CPU seconds the publisher thread used so far (0.0 before it started,
@@ -114,6 +135,20 @@ class _BatchedConnection(SelectConnection):  # type: ignore[misc]
             self._held.extend(marshaled_frames)
         else:
             super()._output_marshaled_frames(marshaled_frames)
+
+
+class _FixedProperties(pika.BasicProperties):  # type: ignore[misc]
+    """Message properties that are the same on every event, encoded once:
+    pika encodes a message's properties again for each publish, about a
+    tenth of the publisher thread's time per event."""
+
+    _encoded: list[bytes] | None = None
+
+    def encode(self) -> list[bytes]:
+        if self._encoded is None:
+            self._encoded = super().encode()
+        # A copy: pika prepends the header frame's start to the list.
+        return list(self._encoded)
 
 
 class _NotFromThePublisherThread(logging.Filter):
@@ -188,12 +223,22 @@ class Publisher:
         #: Taken from the buffer by the current round and not yet published:
         #: flush must not see "nothing pending" in between.
         self._in_hand = 0
+        #: Sessions' last request events, to publish one per interval.
+        self._recent = RecentRequests(settings.request_interval, settings.recent_sessions)
         self._ready = False
+        #: A round is scheduled (or running), so a new event need not wake
+        #: the thread...
         self._wake_pending = False
+        #: ...unless it must not wait ``REQUEST_LINGER`` and the round
+        #: scheduled would make it.
+        self._urgent_pending = False
+        # Owned by the thread: the scheduled round's timer, and when it fires.
+        self._timer: Any = None
+        self._timer_due = 0.0
         self._published = 0
         self._unroutable = 0
         self._invalid = 0
-        self._properties = pika.BasicProperties(
+        self._properties = _FixedProperties(
             content_type="application/json",
             delivery_mode=2,
             # RabbitMQ checks user_id against the connection's user: with the
@@ -203,15 +248,27 @@ class Publisher:
 
     # ----- request threads -------------------------------------------------
 
+    def request_due(self, session_id: str, at: float) -> bool:
+        """Whether a request of ``session_id`` at ``at`` (``time.time()``) is
+        to be published: the first in SESSION_GUARD_REQUEST_INTERVAL. Asked
+        before the event is built, so a coalesced request costs almost
+        nothing."""
+        with self._lock:
+            return self._recent.due(session_id, at)
+
     def publish(self, event: Event) -> None:
         """Hands the event over; never blocks on the network, never raises."""
+        urgent = event.kind != "request"
         with self._lock:
             if self._thread is None:
                 self._start()
+            if event.kind == "logout" and event.session_id is not None:
+                self._recent.forget(event.session_id)
             outcome = self._buffer.push(event)
-            wake = self._ready and not self._wake_pending
+            wake = self._ready and (not self._wake_pending or (urgent and not self._urgent_pending))
             if wake:
                 self._wake_pending = True
+                self._urgent_pending = self._urgent_pending or urgent
             dropped, refused = self._buffer.dropped_requests, self._buffer.refused_full
         if outcome is not Pushed.QUEUED:
             self._warnings.warn(
@@ -238,6 +295,7 @@ class Publisher:
                 refused_full=self._buffer.refused_full,
                 unroutable=self._unroutable,
                 invalid=self._invalid,
+                coalesced_requests=self._recent.coalesced,
                 connected=self._ready,
                 cpu_seconds=_thread_cpu(self._thread),
             )
@@ -246,6 +304,13 @@ class Publisher:
         """Waits until every event handed over so far is confirmed (or
         dropped); False if ``timeout`` seconds passed first."""
         deadline = time.monotonic() + timeout
+        with self._lock:
+            # Whatever is buffered goes out now, not after REQUEST_LINGER.
+            wake = self._ready and self._pending() > 0 and not self._urgent_pending
+            if wake:
+                self._wake_pending = self._urgent_pending = True
+        if wake:
+            self._wake()
         with self._idle:
             while self._pending() and self._thread is not None and self._thread.is_alive():
                 left = deadline - time.monotonic()
@@ -286,11 +351,11 @@ class Publisher:
         if connection is None:
             return
         try:
-            connection.ioloop.add_callback_threadsafe(self._pump_soon)
+            connection.ioloop.add_callback_threadsafe(self._schedule)
         except Exception:
             # The loop closed meanwhile; the next connection pumps on open.
             with self._lock:
-                self._wake_pending = False
+                self._wake_pending = self._urgent_pending = False
 
     def _run(self) -> None:
         _name_os_thread(OS_THREAD_NAME)
@@ -400,7 +465,8 @@ class Publisher:
         """The connection is gone: unconfirmed events go back to the front."""
         with self._lock:
             self._ready = False
-            self._wake_pending = False
+            self._wake_pending = self._urgent_pending = False
+            self._timer = None
             self._channel = None
             self._in_hand = 0
             if self._unconfirmed:
@@ -410,21 +476,39 @@ class Publisher:
             self._next_tag = 1
             self._idle.notify_all()
 
-    def _pump_soon(self) -> None:
+    def _schedule(self) -> None:
+        """Schedules the next round: within ``LINGER`` if an event that must
+        not wait is buffered, else within ``REQUEST_LINGER``; a round already
+        scheduled sooner stands. Runs on the connection's loop."""
         connection = self._connection
-        if connection is not None:
-            connection.ioloop.call_later(LINGER, self._pump)
+        if connection is None:
+            return
+        with self._lock:
+            delay = LINGER if self._urgent_pending else REQUEST_LINGER
+        due = time.monotonic() + delay
+        if self._timer is not None:
+            if self._timer_due <= due:
+                return
+            connection.ioloop.remove_timeout(self._timer)
+        self._timer = connection.ioloop.call_later(delay, self._pump)
+        self._timer_due = due
 
     def _pump(self) -> None:
         """Publishes buffered events while fewer than MAX_IN_FLIGHT wait for
         their confirm. Runs on the connection's loop."""
         channel = self._channel
+        if self._timer is not None and self._connection is not None:
+            # Called before its timer (a confirm made room, or a new
+            # connection): that round is this one.
+            self._connection.ioloop.remove_timeout(self._timer)
+        self._timer = None
         wait = self._paused_until - time.monotonic()
         if wait > 0 and self._connection is not None:
-            self._connection.ioloop.call_later(wait, self._pump)
+            self._timer = self._connection.ioloop.call_later(wait, self._pump)
+            self._timer_due = self._paused_until
             return
         with self._lock:
-            self._wake_pending = False
+            self._wake_pending = self._urgent_pending = False
             if channel is None or not self._ready:
                 return
             room = self._settings.max_in_flight - len(self._unconfirmed)
@@ -432,16 +516,14 @@ class Publisher:
             self._in_hand = len(batch)
             more = len(self._buffer) > 0 and room > len(batch)
             if more:
-                self._wake_pending = True
+                self._wake_pending = self._urgent_pending = True
         if not batch:
             return
-        roles = self._roles(batch)
-        send_attributes = roles is not None or not self._settings.send_roles
         connection = self._connection
         if connection is not None:
             connection.hold()
         try:
-            self._publish_batch(channel, batch, roles, send_attributes)
+            self._publish_batch(channel, batch)
         finally:
             if connection is not None:
                 connection.release()
@@ -451,12 +533,9 @@ class Publisher:
         if more and connection is not None:
             connection.ioloop.add_callback_threadsafe(self._pump)
 
-    def _publish_batch(
-        self, channel: Any, batch: list[Event], roles: dict[Any, list[str]] | None, send_attributes: bool
-    ) -> None:
+    def _publish_batch(self, channel: Any, batch: list[Event]) -> None:
         for position, event in enumerate(batch):
-            user_roles = roles.get(event.user_pk, []) if roles is not None else None
-            payload = events.body(event, self._app, user_roles, attributes=send_attributes)
+            payload = events.body(event, self._app)
             if payload is None:
                 with self._lock:
                     self._invalid += 1
@@ -464,7 +543,7 @@ class Publisher:
                 self._warnings.warn(
                     "invalid",
                     "session-guard: left out a %s event the worker would refuse "
-                    "(session or user id empty, over 256 characters or with control characters)",
+                    "(session or user id missing, over 256 characters or with control characters)",
                     event.kind,
                 )
                 continue
@@ -538,31 +617,6 @@ class Publisher:
             self._settings.events_exchange,
         )
 
-    def _roles(self, batch: list[Event]) -> dict[Any, list[str]] | None:
-        """Group names of the batch's users, in one query; None when they
-        could not be read (the events then leave the attributes out)."""
-        if not self._settings.send_roles:
-            return None
-        pks = {e.user_pk for e in batch if e.user_pk is not None and e.superuser is not None}
-        if not pks:
-            return {}
-        try:
-            try:
-                return _group_names(pks)
-            except Exception:
-                # The thread's database connection may have been closed
-                # while idle: once more on a fresh one.
-                _close_this_threads_connections()
-                return _group_names(pks)
-        except Exception as error:
-            self._warnings.warn(
-                "roles",
-                "session-guard: cannot read group names (%s): events sent without attributes",
-                error,
-            )
-            _close_this_threads_connections()
-            return None
-
 
 def _name_os_thread(name: bytes) -> None:
     """Names the calling thread for the operating system (Linux only;
@@ -584,38 +638,6 @@ def _thread_cpu(thread: threading.Thread | None) -> float:
         return time.clock_gettime(time.pthread_getcpuclockid(thread.ident))
     except (AttributeError, OSError):
         return 0.0
-
-
-def _close_this_threads_connections() -> None:
-    try:
-        from django.db import connections
-
-        connections.close_all()  # this thread's own
-    except Exception:
-        pass
-
-
-def _group_names(pks: set[Any]) -> dict[Any, list[str]]:
-    from django.contrib.auth import get_user_model
-
-    user_model = get_user_model()
-    try:
-        user_model._meta.get_field("groups")
-    except Exception:
-        return {}  # a user model without groups: no roles to send
-    through = user_model.groups.through
-    user_column = next(
-        f.name
-        for f in through._meta.get_fields()
-        if getattr(f, "related_model", None) is user_model
-    )
-    names: dict[Any, list[str]] = {}
-    rows = through.objects.filter(**{f"{user_column}__in": pks}).values_list(
-        f"{user_column}_id", "group__name"
-    )
-    for pk, name in rows:
-        names.setdefault(pk, []).append(name)
-    return {pk: events.fit_roles(group_names) for pk, group_names in names.items()}
 
 
 # ----- the process's publisher ---------------------------------------------
@@ -654,6 +676,13 @@ def publish(event: Event) -> None:
     publisher = get()
     if publisher is not None:
         publisher.publish(event)
+
+
+def request_due(session_id: str, at: float) -> bool:
+    """Whether this process publishes a request of ``session_id`` at ``at``
+    (see :meth:`Publisher.request_due`)."""
+    publisher = get()
+    return publisher is not None and publisher.request_due(session_id, at)
 
 
 def reset() -> None:

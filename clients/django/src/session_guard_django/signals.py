@@ -1,6 +1,7 @@
 """Receivers of Django's login and logout signals: they publish ``login``
-and ``logout``. Connected in ``apps.py`` with ``weak=False`` (plain
-functions, but the habit avoids receivers collected by accident).
+(with the user's claims, see attributes.py) and ``logout``. Connected in
+``apps.py`` with ``weak=False`` (plain functions, but the habit avoids
+receivers collected by accident).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from typing import Any
 
 from django.http import HttpRequest
 
-from . import events, publisher
+from . import attributes, events, publisher
 from .buffer import Event
 
 #: Set on the request so that the middleware adds no event of its own
@@ -31,12 +32,23 @@ def on_login(sender: Any, request: HttpRequest | None, user: Any, **kwargs: Any)
         if sid is None:
             return
         event = events.from_request(
-            "login", request, user, sid, expires_at=events.login_expiry(request)
+            "login", request, user, sid, expires_at=events.login_expiry(request), attributes=_claims(user)
         )
         publisher.publish(event)
     except Exception as error:
         # A login must never fail because of session-guard.
         _warnings.warn("login", "session-guard: could not publish a login: %r", error)
+
+
+def _claims(user: Any) -> dict[str, Any] | None:
+    """The user's claims for a login; ``None`` (the remembered claims
+    stand) if they cannot be read, since a login must never fail because of
+    session-guard."""
+    try:
+        return attributes.claims_of(user)
+    except Exception as error:
+        _warnings.warn("claims", "session-guard: could not read a user's claims at login: %r", error)
+        return None
 
 
 def on_logout(sender: Any, request: HttpRequest | None, user: Any, **kwargs: Any) -> None:
@@ -52,8 +64,6 @@ def on_logout(sender: Any, request: HttpRequest | None, user: Any, **kwargs: Any
         if user is None or getattr(user, "pk", None) is None:
             publisher.publish(Event(kind="logout", session_id=sid, user_id=None, occurred_at=time.time()))
             return
-        event = events.from_request("logout", request, user, sid)
-        event.superuser = None  # a logout carries no claims to remember
-        publisher.publish(event)
+        publisher.publish(events.from_request("logout", request, user, sid))
     except Exception as error:
         _warnings.warn("logout", "session-guard: could not publish a logout: %r", error)

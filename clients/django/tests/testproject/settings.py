@@ -34,14 +34,11 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     GUARD,
 ]
-if os.environ.get("SG_TEST_NO_MIDDLEWARE") or os.environ.get("SG_BENCH_SYNC_PUBLISH"):
+if os.environ.get("SG_TEST_NO_MIDDLEWARE"):
     # The benchmark's comparison runs (bench/request_cost.py): the same
-    # project minus the package, or with a middleware that publishes on the
-    # request thread and waits for each confirm.
+    # project without the package.
     MIDDLEWARE.remove(GUARD)
     INSTALLED_APPS.remove("session_guard_django")
-    if os.environ.get("SG_BENCH_SYNC_PUBLISH"):
-        MIDDLEWARE.append("sync_publish.SyncPublishMiddleware")
 
 # One SQLite file shared by the test process and the processes it starts;
 # pytest-django creates it afresh (TEST NAME = NAME).
@@ -82,3 +79,5 @@ LOGGING = {
     "loggers": {"session_guard_django": {"handlers": ["stderr"], "level": "INFO"}},
 }
 SESSION_GUARD_SEND_ROLES = os.environ.get("SG_TEST_SEND_ROLES", "1") == "1"
+if "SG_TEST_REQUEST_INTERVAL" in os.environ:
+    SESSION_GUARD_REQUEST_INTERVAL = float(os.environ["SG_TEST_REQUEST_INTERVAL"])
