@@ -31,7 +31,10 @@
 //!   of [`WALK_PAGE`] at a time, at most [`WALK_PAGES`] a pass, resumed at
 //!   the next pass): an index on `expires_at` would make every request that
 //!   moves a session's expiry update every index of the log instead of
-//!   staying a HOT update.
+//!   staying a HOT update. The same walk finds claims (`user_attributes`)
+//!   older than `max_age` in an app where the user has no session at all:
+//!   an `attributes` event, or an app publishing every user's claims, can
+//!   claim for a user who never logged in there.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -82,7 +85,7 @@ pub struct SweepReport {
     /// due rows); their rows wait for a later pass.
     pub busy: BTreeSet<String>,
     /// Claims (`user_attributes` rows) removed with their user's last rows
-    /// in an app.
+    /// in an app, or found alone in an app by the walk.
     pub claims_forgotten: u64,
 }
 
@@ -128,7 +131,8 @@ impl Sweep {
         Ok(report)
     }
 
-    /// The walk over the users, for sessions that expired without ending.
+    /// The walk over the users, for sessions that expired without ending
+    /// and claims old enough in apps where the user has no session.
     async fn walk_expired(
         &mut self,
         pool: &PgPool,
@@ -141,6 +145,12 @@ impl Sweep {
                      SELECT FROM sessions s
                      WHERE s.user_id = u.user_id AND s.end_reason IS NULL
                        AND s.expires_at < $3
+                 ) OR EXISTS (
+                     SELECT FROM user_attributes a
+                     WHERE a.user_id = u.user_id AND a.occurred_at < $4
+                       AND NOT EXISTS (
+                           SELECT FROM sessions s WHERE s.user_id = a.user_id AND s.app = a.app
+                       )
                  )
                  FROM session_users u
                  WHERE $1::text IS NULL OR u.user_id > $1
@@ -149,6 +159,7 @@ impl Sweep {
             .bind(self.walked_to.as_deref())
             .bind(WALK_PAGE)
             .bind(due.expired_before)
+            .bind(due.ended_before)
             .fetch_all(pool)
             .await?;
             let full = page.len() as i64 == WALK_PAGE;

@@ -8,7 +8,7 @@ use chrono::{DateTime, Datelike as _, Timelike as _, Utc};
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
 use session_guard::domain::event::{
-    AppName, MAX_ATTRIBUTE_DEPTH, MAX_ATTRIBUTE_KEYS, MAX_ATTRIBUTES_BYTES, MAX_EVENT_ID_CHARS,
+    AppName, EventKind, MAX_ATTRIBUTE_DEPTH, MAX_ATTRIBUTE_KEYS, MAX_ATTRIBUTES_BYTES, MAX_EVENT_ID_CHARS,
     MAX_MESSAGE_BYTES, MAX_ROLE_CHARS, MAX_ROLES, MAX_USER_AGENT_CHARS, MAX_YEAR, MIN_YEAR,
     SessionEvent, SessionId, UserId,
 };
@@ -45,7 +45,13 @@ fuzz_target!(|data: &[u8]| {
         Ok(event) => {
             assert!(data.len() <= MAX_MESSAGE_BYTES);
             assert!(AppName::parse(event.app.as_str()).is_ok());
-            assert!(SessionId::parse(event.session_id.as_str()).is_ok());
+            match &event.session_id {
+                Some(session) => assert!(SessionId::parse(session.as_str()).is_ok()),
+                None => assert_eq!(event.kind, EventKind::Attributes, "only attributes names no session"),
+            }
+            if event.kind == EventKind::Attributes {
+                assert!(event.attributes.is_some(), "an attributes event carries its claim");
+            }
             if let Some(user) = &event.user_id {
                 assert!(UserId::parse(user.as_str()).is_ok());
             } else {

@@ -97,8 +97,8 @@ impl Decisions {
     /// An `attributes` event: the app's new claim for its user. A claim
     /// that replaces the remembered one may change the user's limits, so
     /// the user is checked as after a request in that app (under the
-    /// user's lock); a claim merely renewed is written by the touch, and an
-    /// older one changes nothing.
+    /// user's lock); a claim merely renewed only has its time written (by
+    /// the touch for a user not locked), and an older one changes nothing.
     fn apply_claim(
         &mut self,
         state: &mut State,
@@ -176,8 +176,8 @@ impl Decisions {
         }
     }
 
-    /// The check of `user` after a login or request: revokes (or, in shadow
-    /// mode, flags) what the limits and idle timeouts say. For a user not
+    /// The check of `user` after a login, a request or a new claim: revokes
+    /// (or, in shadow mode, flags) what the limits and idle timeouts say. For a user not
     /// locked (`unlocked`) it only notes whether the user must be locked.
     fn check_user(
         &mut self,
@@ -737,6 +737,35 @@ mod tests {
                 json!({"superuser": true}).as_object()
             );
         }
+    }
+
+    #[test]
+    fn an_attributes_event_in_shadow_mode_flags_and_revokes_nothing() {
+        use crate::apply::fixtures::{claimed, claims, superusers_unlimited};
+        use serde_json::json;
+        let mut state = state_of(vec![stored("s1", "ann", 0), stored("s2", "ann", 1)]);
+        claimed(&mut state, "ann", json!({"superuser": true}), 0);
+        let shadow = Enforcement {
+            enforce: false,
+            ..superusers_unlimited()
+        };
+        let demoted = [claims("ann", json!({"superuser": false}), 5)];
+        let decided = decide(
+            &mut state,
+            &shadow,
+            (&demoted, &[None]),
+            &locked(&["ann"]),
+            at(6),
+        );
+        assert!(decided.outbox.is_empty());
+        assert_eq!(decided.outcome.shadow_revoked, 1);
+        let older = &state.slots[&key("s1")];
+        assert!(older.shadow_flagged && older.record.end_reason.is_none());
+        // The claim itself is stored: the next check works with it.
+        assert_eq!(
+            state.attributes("ann", "shop"),
+            json!({"superuser": false}).as_object()
+        );
     }
 
     #[test]

@@ -23,10 +23,11 @@ pub struct AheadHints {
     /// lock instead of racing the login.
     pub owners: HashMap<(String, String), String>,
     /// Users whose sessions the batches ahead may add, end or revoke (the
-    /// users of their logins and logouts). A request of theirs is applied
-    /// under their lock, after those batches commit: as a lock-free touch it
-    /// would read their sessions before that commit, and often find its row
-    /// locked by it at the end, which sends the whole batch round again.
+    /// users of their logins, logouts and `attributes` events). A request
+    /// of theirs is applied under their lock, after those batches commit: as
+    /// a lock-free touch it would read their sessions before that commit,
+    /// and often find its row locked by it at the end, which sends the whole
+    /// batch round again.
     pub busy: HashSet<String>,
 }
 
@@ -86,8 +87,9 @@ impl AheadHints {
     ///   `user_id`: the newest event ahead that names the same session with a
     ///   user wins;
     /// - the users of this batch's requests whose sessions a batch ahead may
-    ///   add, end or revoke: a login or logout of theirs is ahead, or a logout
-    ///   without `user_id` of the very session requested.
+    ///   add, end or revoke: a login, logout or `attributes` event of theirs
+    ///   is ahead, or a logout without `user_id` of the very session
+    ///   requested.
     pub fn of(events: &[SessionEvent], ahead: &VecDeque<Arc<[SessionEvent]>>) -> AheadHints {
         let mut hints = AheadHints::default();
         if ahead.is_empty() {
@@ -203,7 +205,11 @@ pub(super) fn plan_locks(
                     && !hints.busy.contains(user)
                     && !replaces_claim(&state.claims, user, e)
             }
-            EventKind::Attributes => !replaces_claim(&state.claims, user, e),
+            // A renewal, like a request, waits for a batch ahead that may
+            // change the user's rows: as a touch it would find them locked.
+            EventKind::Attributes => {
+                !replaces_claim(&state.claims, user, e) && !hints.busy.contains(user)
+            }
             _ => false,
         };
         if !touch {

@@ -306,6 +306,13 @@ async fn max_age_forgets_claims_with_the_users_last_rows_in_the_app() {
         event["attributes"] = staff.clone();
         app.publish(&event).await;
     }
+    // Claims for users who never had a session in the app (an app
+    // publishing every user's claims): the old one goes, the recent one
+    // stays.
+    app.publish(&attributes("shop", "dormant", staff.clone(), long_ago))
+        .await;
+    app.publish(&attributes("shop", "newcomer", staff.clone(), Utc::now()))
+        .await;
     app.publish(&logout(
         "shop",
         "gone-1",
@@ -330,9 +337,14 @@ async fn max_age_forgets_claims_with_the_users_last_rows_in_the_app() {
         claims("gone").await == 0
     })
     .await;
+    app.wait_for("dormant's lone claim to be forgotten", || async {
+        claims("dormant").await == 0
+    })
+    .await;
     // kept still has a live session in the app: its claim stands, however old.
     assert_eq!(claims("kept").await, 1);
     assert!(in_log(&app, "kept-1").await);
+    assert_eq!(claims("newcomer").await, 1);
 }
 
 #[tokio::test]

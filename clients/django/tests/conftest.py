@@ -4,6 +4,7 @@ database, and removes them at the end."""
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import shutil
@@ -113,14 +114,21 @@ def names(settings: Any) -> Iterator[Names]:
     """Unique names for this test, in force in Django's settings; every
     exchange and queue of them is deleted at the end."""
     from session_guard_django import publisher
+    from session_guard_django.coalesce import table_path
 
     n = Names()
     settings.SESSION_GUARD_APP = n.app
     settings.SESSION_GUARD_EVENTS_EXCHANGE = n.events_exchange
     settings.SESSION_GUARD_REVOCATIONS_EXCHANGE = n.revocations_exchange
     settings.SESSION_GUARD_AMQP_URL = AMQP_URL
+    tables = os.path.dirname(table_path(n.app, AMQP_URL, n.events_exchange, 0))
+    pattern = os.path.join(tables, f"session-guard-{os.getuid()}-*.recent")
+    before = set(glob.glob(pattern))
     yield n
     publisher.reset()
+    # The request tables the test's processes shared (coalesce.py).
+    for path in set(glob.glob(pattern)) - before:
+        os.remove(path)
     connection = broker()
     channel = connection.channel()
     for queue in (n.events_exchange, n.dead_exchange, n.revoke_queue, n.revoke_queue + ".dead"):

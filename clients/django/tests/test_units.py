@@ -64,37 +64,70 @@ class TestDropPolicy:
 
 class TestCoalescing:
     def test_one_request_per_session_per_interval_the_first_at_once(self) -> None:
-        recent = RecentRequests(interval=1.0, capacity=100)
+        recent = RecentRequests(interval=1.0, slots=100)
         assert recent.due("a", 10.0)
         assert not recent.due("a", 10.5)
         assert not recent.due("a", 10.999)
         assert recent.due("b", 10.5), "another session is not held back"
         assert recent.due("a", 11.0), "an interval after the last one published"
-        assert not recent.due("a", 9.0), "older than the last one published"
-        assert recent.coalesced == 3
+        assert not recent.due("a", 10.9), "older than the last one published"
+        assert not recent.due("a", 11.5)
+        assert recent.due("a", 12.0), "coalesced requests do not push the next one back"
+        assert recent.coalesced == 4
 
-    def test_a_logout_forgets_the_session(self) -> None:
-        recent = RecentRequests(interval=1.0, capacity=100)
+    def test_a_forced_request_is_published_and_recorded(self) -> None:
+        recent = RecentRequests(interval=1.0, slots=100)
+        assert recent.due("a", 10.0)
+        assert recent.due("a", 10.5, force=True)
+        assert not recent.due("a", 11.2), "an interval after the forced one"
+        assert recent.coalesced == 1
+
+    def test_a_record_from_long_ago_holds_nothing_back(self) -> None:
+        recent = RecentRequests(interval=1.0, slots=100)
+        assert recent.due("a", 1_000_000.0)
+        # Up to a minute earlier: another process, a little behind.
+        assert not recent.due("a", 999_950.0)
+        # More: the record is of another era (the slot's time wrapped).
+        assert recent.due("a", 999_000.0)
+
+    def test_a_logout_forgets_the_session_and_no_other(self) -> None:
+        recent = RecentRequests(interval=1.0, slots=1)  # one slot: b's forget must not clear a's
         recent.due("a", 10.0)
+        recent.forget("b")
+        assert not recent.due("a", 10.1)
         recent.forget("a")
-        recent.forget("never-seen")
-        assert len(recent) == 0
-        assert recent.due("a", 10.1)
+        assert recent.due("a", 10.2)
 
-    def test_memory_is_bounded_and_the_least_recently_used_goes_first(self) -> None:
-        recent = RecentRequests(interval=60.0, capacity=3)
-        for n, sid in enumerate("abc"):
-            assert recent.due(sid, float(n))
-        assert not recent.due("a", 5.0)  # coalesced, but in use: b is now the oldest
-        assert recent.due("d", 6.0)
-        assert len(recent) == 3
-        assert recent.due("b", 7.0), "b fell out: its next request goes at once"
-        assert not recent.due("a", 7.0) and not recent.due("d", 7.0)
+    def test_memory_is_bounded_and_the_newest_session_keeps_a_shared_slot(self) -> None:
+        recent = RecentRequests(interval=60.0, slots=1)
+        assert recent.due("a", 1.0)
+        assert not recent.due("a", 2.0)
+        assert recent.due("b", 3.0), "another session takes the slot"
+        assert recent.due("a", 4.0), "a lost its slot: its next request goes at once"
+        assert not recent.due("a", 5.0)
+
+    def test_the_app_s_processes_share_one_table(self, tmp_path: Any) -> None:
+        path = str(tmp_path / "table")
+        one, two = RecentRequests(1.0, 100, path), RecentRequests(1.0, 100, path)
+        assert one.shared and two.shared
+        assert one.due("a", 10.0)
+        assert not two.due("a", 10.2), "the other process published it"
+        assert not one.due("a", 10.1999), "a few ms earlier, in another process"
+        two.forget("a")
+        assert one.due("a", 10.3)
+
+    def test_a_table_that_cannot_be_shared_is_kept_to_the_process(self, tmp_path: Any) -> None:
+        target = tmp_path / "elsewhere"
+        target.write_bytes(b"")
+        (tmp_path / "link").symlink_to(target)
+        recent = RecentRequests(1.0, 100, str(tmp_path / "link"))
+        assert not recent.shared
+        assert recent.due("a", 10.0) and not recent.due("a", 10.5)
 
     def test_an_interval_of_zero_publishes_every_request(self) -> None:
-        recent = RecentRequests(interval=0.0, capacity=10)
+        recent = RecentRequests(interval=0.0, slots=10)
         assert all(recent.due("a", 10.0) for _ in range(5))
-        assert recent.coalesced == 0 and len(recent) == 0
+        assert recent.coalesced == 0
 
 
 class TestBody:

@@ -9,6 +9,7 @@ class SessionGuardConfig(AppConfig):
     verbose_name = "session-guard"
 
     def ready(self) -> None:
+        from django.apps import apps
         from django.contrib.auth import get_user_model
         from django.contrib.auth.signals import user_logged_in, user_logged_out
         from django.db.models.signals import m2m_changed, post_delete, post_save, pre_delete, pre_save
@@ -21,27 +22,36 @@ class SessionGuardConfig(AppConfig):
         user_logged_in.connect(on_login, weak=False, dispatch_uid="session_guard.login")
         user_logged_out.connect(on_logout, weak=False, dispatch_uid="session_guard.logout")
 
-        # What the app claims about its users changes (attributes.py).
+        # What the app claims about its users changes (attributes.py). A save
+        # through a proxy model (the admin's, say) sends the proxy as sender:
+        # every model whose rows are the users' (or the groups') is watched.
         user_model = get_user_model()
-        pre_save.connect(
-            attributes.before_user_saved, sender=user_model, weak=False, dispatch_uid="session_guard.user_pre_save"
-        )
-        post_save.connect(
-            attributes.after_user_saved, sender=user_model, weak=False, dispatch_uid="session_guard.user_post_save"
-        )
         groups = attributes.groups_field(user_model)
+        group_model = groups.remote_field.model if groups is not None else None
+        for model in apps.get_models():
+            concrete = model._meta.concrete_model
+            label = model._meta.label_lower
+            if concrete is user_model:
+                pre_save.connect(
+                    attributes.before_user_saved, sender=model, weak=False,
+                    dispatch_uid=f"session_guard.user_pre_save.{label}",
+                )
+                post_save.connect(
+                    attributes.after_user_saved, sender=model, weak=False,
+                    dispatch_uid=f"session_guard.user_post_save.{label}",
+                )
+            elif group_model is not None and concrete is group_model:
+                for signal, receiver, kind in (
+                    (pre_save, attributes.before_group_saved, "group_pre_save"),
+                    (post_save, attributes.after_group_saved, "group_post_save"),
+                    (pre_delete, attributes.before_group_deleted, "group_pre_delete"),
+                    (post_delete, attributes.after_group_deleted, "group_post_delete"),
+                ):
+                    signal.connect(receiver, sender=model, weak=False, dispatch_uid=f"session_guard.{kind}.{label}")
         if groups is not None:
-            group_model = groups.remote_field.model
             m2m_changed.connect(
                 attributes.on_groups_changed,
                 sender=groups.remote_field.through,
                 weak=False,
                 dispatch_uid="session_guard.groups_changed",
             )
-            for signal, receiver, uid in (
-                (pre_save, attributes.before_group_saved, "group_pre_save"),
-                (post_save, attributes.after_group_saved, "group_post_save"),
-                (pre_delete, attributes.before_group_deleted, "group_pre_delete"),
-                (post_delete, attributes.after_group_deleted, "group_post_delete"),
-            ):
-                signal.connect(receiver, sender=group_model, weak=False, dispatch_uid=f"session_guard.{uid}")

@@ -34,7 +34,7 @@ from collections.abc import Collection, Iterable
 from typing import Any
 
 from django.contrib.auth import get_user_model
-from django.db import models, transaction
+from django.db import models, router, transaction
 
 from . import conf, events, publisher
 from .buffer import Event
@@ -67,57 +67,52 @@ def _flag_fields(user_model: type[models.Model]) -> list[str]:
     return [name for name in FLAGS if name in names]
 
 
-def claims_of(user: Any) -> dict[str, Any]:
-    """The claims of a loaded ``user``: its flags, and its group names (one
-    query) unless SESSION_GUARD_SEND_ROLES is False."""
-    claims: dict[str, Any] = {
-        "superuser": bool(getattr(user, "is_superuser", False)),
-        "staff": bool(getattr(user, "is_staff", False)),
-    }
-    if conf.get().send_roles and groups_field(type(user)) is not None:
-        claims["roles"] = events.fit_roles(list(user.groups.values_list("name", flat=True)))
-    return claims
+def claims_now(user: Any) -> dict[str, Any] | None:
+    """The claims of ``user`` as the database has them now (two queries, on
+    the database writes go to): the flags of the ``user`` object were read
+    before the password check, and a change committed since must not be
+    claimed away by an event stamped later. ``None`` if the user is gone."""
+    using = router.db_for_write(type(user), instance=user)
+    return claims_of_users([user.pk], using).get(user.pk)
 
 
 def claims_of_users(pks: Collection[Any], using: str) -> dict[Any, dict[str, Any]]:
     """The claims of the users with these primary keys (two queries);
-    users that no longer exist are left out."""
+    users that no longer exist are left out. Stamp the event before calling
+    this: of two events, the later stamp then always carries a read that saw
+    every change committed before the earlier one."""
     user_model = get_user_model()
     flags = _flag_fields(user_model)
-    rows = user_model._default_manager.using(using).filter(pk__in=pks).values_list("pk", *flags)
+    rows = user_model._base_manager.using(using).filter(pk__in=pks).values_list("pk", *flags)
     claims: dict[Any, dict[str, Any]] = {}
     for pk, *values in rows:
         stored = dict(zip(flags, values))
         claims[pk] = {claim: bool(stored.get(field, False)) for field, claim in FLAGS.items()}
     field = groups_field(user_model)
     if claims and conf.get().send_roles and field is not None:
-        names = _group_names(field.remote_field.through, claims.keys(), using)
+        names = _group_names(field, claims.keys(), using)
         for pk, claim in claims.items():
             claim["roles"] = names.get(pk, [])
     return claims
 
 
-def _through_columns(through: type[models.Model]) -> tuple[str, str]:
-    """(user column, group column) of the user-group through model."""
-    user_model = get_user_model()
-    user_column = group_column = ""
-    for f in through._meta.get_fields():
-        if not isinstance(f, models.ForeignKey):
-            continue
-        if f.related_model is user_model:
-            user_column = f.attname
-        else:
-            group_column = f.attname
-    return user_column, group_column
+def _through(field: Any) -> tuple[type[models.Model], str, str, str]:
+    """The user-group through model of the ``groups`` field, its user key's
+    and group key's columns, and its group key's name, as the field itself
+    names them (a custom through model may have other keys to the user
+    model)."""
+    through = field.remote_field.through
+    user_key = through._meta.get_field(field.m2m_field_name())
+    group_key = through._meta.get_field(field.m2m_reverse_field_name())
+    return through, user_key.attname, group_key.attname, group_key.name
 
 
-def _group_names(through: type[models.Model], pks: Iterable[Any], using: str) -> dict[Any, list[str]]:
-    user_column, group_column = _through_columns(through)
-    group_field = group_column.removesuffix("_id")
+def _group_names(field: Any, pks: Iterable[Any], using: str) -> dict[Any, list[str]]:
+    through, user_column, _, group_name = _through(field)
     rows = (
-        through._default_manager.using(using)
+        through._base_manager.using(using)
         .filter(**{f"{user_column}__in": list(pks)})
-        .values_list(user_column, f"{group_field}__name")
+        .values_list(user_column, f"{group_name}__name")
     )
     names: dict[Any, list[str]] = {}
     for pk, name in rows:
@@ -125,9 +120,9 @@ def _group_names(through: type[models.Model], pks: Iterable[Any], using: str) ->
     return {pk: events.fit_roles(found) for pk, found in names.items()}
 
 
-def _members(through: type[models.Model], group_pk: Any, using: str) -> set[Any]:
-    user_column, group_column = _through_columns(through)
-    rows = through._default_manager.using(using).filter(**{group_column: group_pk})
+def _members(field: Any, group_pk: Any, using: str) -> set[Any]:
+    through, user_column, group_column, _ = _through(field)
+    rows = through._base_manager.using(using).filter(**{group_column: group_pk})
     return set(rows.values_list(user_column, flat=True))
 
 
@@ -141,26 +136,40 @@ def publish_later(pks: Iterable[Any], using: str) -> None:
 
 def _publish_quietly(pks: Collection[Any], using: str) -> None:
     try:
-        publish_now(pks, using)
+        queued, users = publish_now(pks, using)
     except Exception as error:
         # The change itself committed: it must not fail because of us.
         _warnings.warn("attributes", "session-guard: could not publish changed claims: %r", error)
+        return
+    if queued < users:
+        _warnings.warn(
+            "attributes-full",
+            "session-guard: %d of %d changed claims not published: the buffer is full of logins, logouts "
+            "and claims (is the broker reachable?); manage.py session_guard_publish_attributes sends them later",
+            users - queued,
+            users,
+        )
 
 
-def publish_now(pks: Collection[Any], using: str = "default") -> int:
+def publish_now(pks: Collection[Any], using: str = "default", *, wait: float | None = None) -> tuple[int, int]:
     """Reads the claims of these users now and hands one ``attributes``
-    event per user to the publisher; returns how many."""
-    published = 0
+    event per user to the publisher, ``CHUNK`` users at a time; with
+    ``wait``, waits up to that many seconds after each chunk for the broker
+    to confirm it, so that any number of users fits the buffer. Returns
+    (events the buffer took, users found)."""
+    queued = found = 0
     ordered = list(pks)
     for start in range(0, len(ordered), CHUNK):
+        at = time.time()  # before the read: see claims_of_users
         claims = claims_of_users(ordered[start : start + CHUNK], using)
-        at = time.time()
+        found += len(claims)
         for pk, claim in claims.items():
-            publisher.publish(
-                Event(kind="attributes", session_id=None, user_id=str(pk), occurred_at=at, attributes=claim)
-            )
-            published += 1
-    return published
+            event = Event(kind="attributes", session_id=None, user_id=str(pk), occurred_at=at, attributes=claim)
+            queued += publisher.publish(event)
+        sender = publisher.get()
+        if wait is not None and sender is not None and not sender.flush(wait):
+            break
+    return queued, found
 
 
 # ----- receivers (connected in apps.py) -------------------------------------
@@ -182,7 +191,7 @@ def on_groups_changed(
         return
     if action == "pre_clear" and reverse:
         # The group's members, before the clear takes them away.
-        instance.__dict__[STASH] = _members(sender, instance.pk, using)
+        instance.__dict__[STASH] = _members(groups_field(get_user_model()), instance.pk, using)
         return
     if action not in ("post_add", "post_remove", "post_clear"):
         return
@@ -201,12 +210,13 @@ def before_user_saved(
 ) -> None:
     """Reads the stored flags of a user about to be saved, when the save may
     change them."""
+    instance.__dict__.pop(STASH, None)  # left by a save that failed
     if raw or instance._state.adding or instance.pk is None or publisher.get() is None:
         return
     flags = _flag_fields(sender)
     if not flags or (update_fields is not None and not set(update_fields) & set(flags)):
         return
-    stored = sender._default_manager.using(using).filter(pk=instance.pk).values_list(*flags).first()
+    stored = sender._base_manager.using(using).filter(pk=instance.pk).values_list(*flags).first()
     if stored is not None:
         instance.__dict__[STASH] = tuple(stored)
 
@@ -225,11 +235,12 @@ def before_group_saved(
 ) -> None:
     """Reads the stored name of a group about to be saved, when the save may
     rename it."""
+    instance.__dict__.pop(STASH, None)  # left by a save that failed
     if raw or instance._state.adding or instance.pk is None or publisher.get() is None:
         return
     if not conf.get().send_roles or (update_fields is not None and "name" not in update_fields):
         return
-    stored = sender._default_manager.using(using).filter(pk=instance.pk).values_list("name", flat=True).first()
+    stored = sender._base_manager.using(using).filter(pk=instance.pk).values_list("name", flat=True).first()
     if stored is not None:
         instance.__dict__[STASH] = stored
 
@@ -241,7 +252,7 @@ def after_group_saved(sender: type[models.Model], instance: Any, using: str, **k
         return
     field = groups_field(get_user_model())
     if field is not None:
-        publish_later(_members(field.remote_field.through, instance.pk, using), using)
+        publish_later(_members(field, instance.pk, using), using)
 
 
 def before_group_deleted(sender: type[models.Model], instance: Any, using: str, **kwargs: Any) -> None:
@@ -250,7 +261,7 @@ def before_group_deleted(sender: type[models.Model], instance: Any, using: str, 
     field = groups_field(get_user_model())
     if field is None or publisher.get() is None or not conf.get().send_roles:
         return
-    instance.__dict__[STASH] = _members(field.remote_field.through, instance.pk, using)
+    instance.__dict__[STASH] = _members(field, instance.pk, using)
 
 
 def after_group_deleted(sender: type[models.Model], instance: Any, using: str, **kwargs: Any) -> None:

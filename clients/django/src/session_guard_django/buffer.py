@@ -51,7 +51,7 @@ class Pushed(enum.Enum):
     EVICTED = "evicted"
     #: A request, dropped: the buffer is full.
     DROPPED = "dropped"
-    #: A login or logout refused: the buffer holds nothing but those.
+    #: A login, logout or claim refused: the buffer holds nothing but those.
     FULL = "full"
 
 
@@ -72,7 +72,7 @@ class Buffer:
     requests: int = 0
     #: Requests dropped so far, new or evicted.
     dropped_requests: int = 0
-    #: Logins and logouts refused so far.
+    #: Logins, logouts and claims refused so far.
     refused_full: int = 0
 
     def __len__(self) -> int:

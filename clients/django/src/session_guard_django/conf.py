@@ -52,7 +52,8 @@ DEFAULTS: dict[str, Any] = {
     # are counted and dropped. 0 = every request. Default: the worker's
     # worker.last_seen_resolution_ms (1 s), below which it writes nothing.
     "REQUEST_INTERVAL": 1.0,
-    # Sessions remembered for the interval above, per process (an LRU).
+    # Slots of the table the app's processes on a host share to remember
+    # sessions for that interval (coalesce.py): 8 bytes each.
     "RECENT_SESSIONS": 10_000,
     # Cache alias where the listener records revoked keys of signed-cookie
     # sessions, for the middleware to refuse them.

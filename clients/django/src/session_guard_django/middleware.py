@@ -127,12 +127,20 @@ class SessionGuardMiddleware:
                 login = _event("login", request, seen, now)
                 login.expires_at = session.get_expiry_date()
                 publisher.publish(login)
-            elif publisher.request_due(now, seen.at):
-                event = _event("request", request, seen, now)
-                if session.modified or getattr(django_settings, "SESSION_SAVE_EVERY_REQUEST", False):
-                    # The response saves the session: its expiry moves.
-                    event.expires_at = events.to_the_minute(session.get_expiry_date())
-                publisher.publish(event)
+            else:
+                # The response saves the session when the view wrote to it
+                # (or on every request): its expiry moves. A write goes out
+                # even within the interval, or the worker would keep the
+                # older expiry; with SESSION_SAVE_EVERY_REQUEST every
+                # request moves it, and the worker's lags Django's by less
+                # than the interval.
+                every = getattr(django_settings, "SESSION_SAVE_EVERY_REQUEST", False)
+                wrote = session.modified and not every
+                if publisher.request_due(now, seen.at, force=wrote):
+                    event = _event("request", request, seen, now)
+                    if session.modified or every:
+                        event.expires_at = events.to_the_minute(session.get_expiry_date())
+                    publisher.publish(event)
         except Exception as error:
             _warnings.warn("after", "session-guard: could not report a request: %r", error)
 

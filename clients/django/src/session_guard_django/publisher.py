@@ -12,8 +12,10 @@ What a round costs the process is mostly fixed (waking the thread, one
 machines the package is measured on), so rounds are few: events that change
 which sessions count (logins, logouts, claims) go out within ``LINGER``,
 and requests, which only say a session is in use, wait up to
-``REQUEST_LINGER`` and go out together. Requests of one session within
-SESSION_GUARD_REQUEST_INTERVAL are not published at all (coalesce.py).
+``REQUEST_LINGER`` and go out together, or within ``LINGER`` once
+``ROUND_SIZE`` wait: rounds stay small enough that the thread never holds
+the GIL long. Requests of one session within SESSION_GUARD_REQUEST_INTERVAL
+are not published at all (coalesce.py).
 
 The thread starts on the first event of each process, never at import, so a
 process that forks (gunicorn with ``--preload``) gets its own thread and
@@ -42,7 +44,7 @@ from pika.spec import Basic
 
 from . import conf, events
 from .buffer import Buffer, Event, Pushed
-from .coalesce import RecentRequests
+from .coalesce import RecentRequests, table_path
 
 logger = logging.getLogger("session_guard_django")
 
@@ -55,11 +57,13 @@ OS_THREAD_NAME = b"sg-publisher"
 #: Least time between two warnings of one kind: an unreachable broker would
 #: otherwise write a line per request.
 WARNING_INTERVAL = 10.0
-#: Events taken from the buffer per round, at most: the thread holds the
-#: GIL while it publishes them (about 30 us each), and a request thread
-#: waiting for it longer would show in the app's latency. More are taken
-#: in the next round, at once.
-TAKE_BATCH = 100
+#: Events per round, at most, and the number of waiting events that makes
+#: a round go out within ``LINGER`` even if they are all requests. The
+#: thread holds the GIL while it publishes a round (about 30 us an event),
+#: and a request thread waiting for it that long shows in the app's
+#: latency; the worker, too, then takes events in small steady batches
+#: rather than in bursts. More are taken in the next round, at once.
+ROUND_SIZE = 50
 #: How long a login, logout or claim waits for others to go out with it:
 #: one round (one lock, one write to the socket, one confirm) then serves
 #: every event of those milliseconds; session-guard itself waits about as
@@ -96,7 +100,7 @@ class Stats:
     pending: int
     #: Requests dropped because the buffer was full.
     dropped_requests: int
-    #: Logins and logouts dropped because the buffer was full of them.
+    #: Logins, logouts and claims dropped because the buffer was full of them.
     refused_full: int
     #: Events the broker returned: no queue bound (is the worker running?).
     unroutable: int
@@ -223,8 +227,9 @@ class Publisher:
         #: Taken from the buffer by the current round and not yet published:
         #: flush must not see "nothing pending" in between.
         self._in_hand = 0
-        #: Sessions' last request events, to publish one per interval.
-        self._recent = RecentRequests(settings.request_interval, settings.recent_sessions)
+        #: Sessions' last request events, to publish one per interval
+        #: (shared with the app's other processes on the host).
+        self._recent = RecentRequests(settings.request_interval, settings.recent_sessions, _table_path(settings))
         self._ready = False
         #: A round is scheduled (or running), so a new event need not wake
         #: the thread...
@@ -248,23 +253,27 @@ class Publisher:
 
     # ----- request threads -------------------------------------------------
 
-    def request_due(self, session_id: str, at: float) -> bool:
+    def request_due(self, session_id: str, at: float, *, force: bool = False) -> bool:
         """Whether a request of ``session_id`` at ``at`` (``time.time()``) is
-        to be published: the first in SESSION_GUARD_REQUEST_INTERVAL. Asked
-        before the event is built, so a coalesced request costs almost
-        nothing."""
+        to be published: the first in SESSION_GUARD_REQUEST_INTERVAL, or one
+        that must be (``force``, recorded all the same). Asked before the
+        event is built, so a coalesced request costs almost nothing."""
         with self._lock:
-            return self._recent.due(session_id, at)
+            return self._recent.due(session_id, at, force=force)
 
-    def publish(self, event: Event) -> None:
-        """Hands the event over; never blocks on the network, never raises."""
-        urgent = event.kind != "request"
+    def publish(self, event: Event) -> bool:
+        """Hands the event over; never blocks on the network, never raises.
+        False if the buffer refused it (full of logins, logouts and claims)."""
         with self._lock:
             if self._thread is None:
                 self._start()
             if event.kind == "logout" and event.session_id is not None:
                 self._recent.forget(event.session_id)
             outcome = self._buffer.push(event)
+            # A full round goes early, unless the broker has no room for it
+            # (its confirms make room, and pump).
+            room = len(self._unconfirmed) < self._settings.max_in_flight
+            urgent = event.kind != "request" or (len(self._buffer) >= ROUND_SIZE and room)
             wake = self._ready and (not self._wake_pending or (urgent and not self._urgent_pending))
             if wake:
                 self._wake_pending = True
@@ -274,13 +283,14 @@ class Publisher:
             self._warnings.warn(
                 "full",
                 "session-guard: %d events buffered and the broker is not taking them: "
-                "%d requests dropped, %d logins/logouts dropped so far",
+                "%d requests dropped, %d logins/logouts/claims dropped so far",
                 self._settings.buffer_size,
                 dropped,
                 refused,
             )
         if wake:
             self._wake()
+        return outcome is not Pushed.FULL
 
     def _pending(self) -> int:
         """Events not yet confirmed. Under _lock."""
@@ -512,7 +522,7 @@ class Publisher:
             if channel is None or not self._ready:
                 return
             room = self._settings.max_in_flight - len(self._unconfirmed)
-            batch = self._buffer.take(min(room, TAKE_BATCH)) if room > 0 else []
+            batch = self._buffer.take(min(room, ROUND_SIZE)) if room > 0 else []
             self._in_hand = len(batch)
             more = len(self._buffer) > 0 and room > len(batch)
             if more:
@@ -618,6 +628,15 @@ class Publisher:
         )
 
 
+def _table_path(settings: conf.GuardSettings) -> str | None:
+    try:
+        return table_path(settings.app or "", settings.amqp_url, settings.events_exchange, settings.recent_sessions)
+    # ValueError: a URL pika will refuse anyway (the checks say why);
+    # AttributeError: no os.getuid (Windows): each process keeps its table.
+    except (ValueError, AttributeError):
+        return None
+
+
 def _name_os_thread(name: bytes) -> None:
     """Names the calling thread for the operating system (Linux only;
     Python before 3.14 names threads for itself alone)."""
@@ -671,18 +690,18 @@ def get() -> Publisher | None:
         return _publisher
 
 
-def publish(event: Event) -> None:
-    """Hands an event to this process's publisher (see :class:`Publisher`)."""
+def publish(event: Event) -> bool:
+    """Hands an event to this process's publisher (see :class:`Publisher`);
+    False if publishing is off or the buffer refused it."""
     publisher = get()
-    if publisher is not None:
-        publisher.publish(event)
+    return publisher is not None and publisher.publish(event)
 
 
-def request_due(session_id: str, at: float) -> bool:
+def request_due(session_id: str, at: float, *, force: bool = False) -> bool:
     """Whether this process publishes a request of ``session_id`` at ``at``
     (see :meth:`Publisher.request_due`)."""
     publisher = get()
-    return publisher is not None and publisher.request_due(session_id, at)
+    return publisher is not None and publisher.request_due(session_id, at, force=force)
 
 
 def reset() -> None:

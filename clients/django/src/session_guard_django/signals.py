@@ -28,12 +28,14 @@ def on_login(sender: Any, request: HttpRequest | None, user: Any, **kwargs: Any)
         return
     setattr(request, SIGNALLED, True)
     try:
+        at = time.time()  # before the claims are read: see claims_of_users
         sid = events.session_id(request, create=True)
         if sid is None:
             return
         event = events.from_request(
             "login", request, user, sid, expires_at=events.login_expiry(request), attributes=_claims(user)
         )
+        event.occurred_at = at
         publisher.publish(event)
     except Exception as error:
         # A login must never fail because of session-guard.
@@ -41,11 +43,11 @@ def on_login(sender: Any, request: HttpRequest | None, user: Any, **kwargs: Any)
 
 
 def _claims(user: Any) -> dict[str, Any] | None:
-    """The user's claims for a login; ``None`` (the remembered claims
-    stand) if they cannot be read, since a login must never fail because of
-    session-guard."""
+    """The user's claims for a login, as the database has them now;
+    ``None`` (the remembered claims stand) if they cannot be read, since a
+    login must never fail because of session-guard."""
     try:
-        return attributes.claims_of(user)
+        return attributes.claims_now(user)
     except Exception as error:
         _warnings.warn("claims", "session-guard: could not read a user's claims at login: %r", error)
         return None

@@ -9,8 +9,10 @@ this command where session-guard may not know them:
 - after changing flags or groups around the ORM (``QuerySet.update()``, raw
   SQL, a data migration).
 
-It exits 0 once the broker has confirmed every event, 1 if it could not
-within ``--timeout`` seconds.
+It publishes 500 users at a time and waits for the broker to confirm each
+chunk, so that any number of users fits the publisher's buffer; it exits 0
+once the broker has confirmed every event, 1 if it could not within
+``--timeout`` seconds a chunk.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib.auth import get_user_model
+from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from session_guard_django import attributes, publisher
@@ -44,7 +47,7 @@ class Command(BaseCommand):
             "--timeout",
             type=float,
             default=60.0,
-            help="Seconds to wait for the broker to confirm every event (default 60).",
+            help="Seconds to wait for the broker to confirm each chunk of 500 events (default 60).",
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -55,22 +58,27 @@ class Command(BaseCommand):
                 "missing or invalid: run manage.py check)"
             )
         user_model = get_user_model()
-        users = user_model._default_manager.using(options["database"])
+        users = user_model._base_manager.using(options["database"])
         if options["all"]:
             if any(f.name == "is_active" for f in user_model._meta.get_fields()):
                 users = users.filter(is_active=True)
             pks = list(users.order_by("pk").values_list("pk", flat=True))
         else:
-            wanted = options["user"]
+            try:
+                wanted = {user_model._meta.pk.to_python(value) for value in options["user"]}
+            except ValidationError as error:
+                raise CommandError(f"not a user's primary key: {error.messages[0]}") from error
             pks = list(users.filter(pk__in=wanted).values_list("pk", flat=True))
-            missing = set(wanted) - {str(pk) for pk in pks}
+            missing = wanted - set(pks)
             if missing:
-                raise CommandError(f"no such user: {', '.join(sorted(missing))}")
-        count = attributes.publish_now(pks, options["database"])
-        if not sender.flush(options["timeout"]):
-            stats = sender.stats()
+                raise CommandError(f"no such user: {', '.join(sorted(map(str, missing)))}")
+        refused = sender.stats().refused_full
+        queued, found = attributes.publish_now(pks, options["database"], wait=options["timeout"])
+        confirmed = sender.flush(options["timeout"])
+        stats = sender.stats()
+        if not confirmed or queued < found or stats.refused_full > refused:
             raise CommandError(
-                f"the broker did not confirm every event within {options['timeout']:g} s "
-                f"({stats.pending} pending): is it reachable at SESSION_GUARD_AMQP_URL?"
+                f"{found - queued} of {found} claims not handed over, {stats.pending} not confirmed within "
+                f"{options['timeout']:g} s: is the broker reachable at SESSION_GUARD_AMQP_URL?"
             )
-        self.stdout.write(f"published the claims of {count} users")
+        self.stdout.write(f"published the claims of {found} users")
