@@ -1,7 +1,7 @@
 //! `session-guard-bench`: throughput, latency and memory of the worker
 //! against the local RabbitMQ and PostgreSQL, compared with a baseline
 //! measured in the same run (a consumer that only acks). Prints a table and
-//! writes it to BENCHMARKS.md.
+//! writes it into the bench block of BENCHMARKS.md (see report.rs).
 //!
 //! Everything runs with a fresh database and unique exchange and queue
 //! names, deleted at the end. Workers run as real `session-guard run`
@@ -58,7 +58,9 @@ pub struct BenchArgs {
     /// Ended sessions put in the log before the last drain run (0 = skip it).
     #[arg(long, default_value_t = 5_000_000)]
     pub log_rows: u64,
-    /// Where to write the report (empty = do not write).
+    /// The file whose bench block (the lines between `<!-- bench:begin -->`
+    /// and `<!-- bench:end -->`) the report replaces, leaving the rest as it
+    /// is; created if missing (empty = do not write).
     #[arg(long, default_value = "BENCHMARKS.md")]
     pub output: String,
     /// Times each drain is repeated; the report gives medians, and ratios
@@ -137,7 +139,7 @@ async fn run(args: BenchArgs) -> anyhow::Result<()> {
     println!("\n{table}");
     if !args.output.is_empty() && !args.broker_only() {
         report::write(&args, &table, &worker, tls).await?;
-        println!("written to {}", args.output);
+        println!("written to the bench block of {}", args.output);
     }
     Ok(())
 }
