@@ -8,7 +8,7 @@ use anyhow::Context as _;
 use chrono::Utc;
 use procfs::Current as _;
 
-use crate::BenchArgs;
+use crate::options::BenchArgs;
 
 /// In the report file, everything from this line on is kept when the
 /// figures above it are written again.
