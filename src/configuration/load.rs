@@ -14,6 +14,88 @@ use super::renamed::{rename_in_environment, rename_in_file};
 use super::settings::Settings;
 use super::sources::{ENV_PREFIX, defaults, environment};
 
+impl Settings {
+    /// Loads the defaults, then `file` if given, then the environment.
+    pub fn load(file: Option<&Path>) -> Result<Settings, SettingsError> {
+        Self::load_from(file, std::env::vars())
+    }
+
+    /// Like [`Settings::load`], with the environment given explicitly (for tests).
+    pub fn load_from(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Settings, SettingsError> {
+        let prefix = format!("{ENV_PREFIX}__");
+        let mut vars: BTreeMap<String, (String, String)> = env
+            .into_iter()
+            .filter(|(name, _)| name.starts_with(&prefix))
+            .map(|(name, value)| {
+                let key = name[prefix.len()..].to_lowercase().replace("__", ".");
+                (key, (name, value))
+            })
+            .collect();
+        let mut deprecated = rename_in_environment(&mut vars);
+        let file = match file {
+            Some(path) => {
+                let text = read_file(path)?;
+                let mut table: toml::Table =
+                    toml::from_str(&text).map_err(|e| SettingsError::FileSyntax {
+                        path: path.to_owned(),
+                        message: syntax_error(&text, &e),
+                    })?;
+                deprecated.extend(rename_in_file(&mut table));
+                Some((path, table))
+            }
+            None => None,
+        };
+
+        // The defaults alone: they must be valid, and they are the tree of
+        // known keys the suggestions come from.
+        let base = check_layer(Layer::Defaults, &serde_json::Value::Null)
+            .map_err(SettingsError::Invalid)?;
+        let known = serde_json::to_value(&base).unwrap_or_default();
+
+        let mut problems = Vec::new();
+        if let Some((path, table)) = &file
+            && let Err(p) = check_layer(Layer::File(path, table.clone()), &known)
+        {
+            problems.extend(p);
+        }
+        if !vars.is_empty()
+            && let Err(p) = check_layer(Layer::Environment(vars.clone()), &known)
+        {
+            problems.extend(p);
+        }
+        if !problems.is_empty() {
+            return Err(SettingsError::Invalid(problems));
+        }
+
+        // Each layer was valid on its own; what is left are the checks
+        // across keys (which may come from different layers).
+        let mut builder = config::Config::builder().add_source(defaults());
+        if let Some((_, table)) = &file {
+            builder = builder.add_source(config::File::from_str(
+                &toml::to_string(table).unwrap_or_default(),
+                config::FileFormat::Toml,
+            ));
+        }
+        let all = builder
+            .add_source(environment(vars.into_values().collect()))
+            .build()
+            .and_then(|c| c.try_deserialize::<Settings>())
+            .map_err(|e| {
+                SettingsError::Invalid(vec![Problem {
+                    origin: None,
+                    key: "(all)".to_owned(),
+                    message: bare_message(&e),
+                }])
+            })?;
+        all.validate().map_err(SettingsError::Invalid)?;
+        deprecated.dedup();
+        Ok(Settings { deprecated, ..all })
+    }
+}
+
 /// The message of a deserialization error, without the key and origin the
 /// config crate may have added (the caller names both).
 fn bare_message(error: &config::ConfigError) -> String {
@@ -168,87 +250,5 @@ fn syntax_error(text: &str, error: &toml::de::Error) -> String {
             format!("line {line}, column {column}: {message}")
         }
         None => message,
-    }
-}
-
-impl Settings {
-    /// Loads the defaults, then `file` if given, then the environment.
-    pub fn load(file: Option<&Path>) -> Result<Settings, SettingsError> {
-        Self::load_from(file, std::env::vars())
-    }
-
-    /// Like [`Settings::load`], with the environment given explicitly (for tests).
-    pub fn load_from(
-        file: Option<&Path>,
-        env: impl IntoIterator<Item = (String, String)>,
-    ) -> Result<Settings, SettingsError> {
-        let prefix = format!("{ENV_PREFIX}__");
-        let mut vars: BTreeMap<String, (String, String)> = env
-            .into_iter()
-            .filter(|(name, _)| name.starts_with(&prefix))
-            .map(|(name, value)| {
-                let key = name[prefix.len()..].to_lowercase().replace("__", ".");
-                (key, (name, value))
-            })
-            .collect();
-        let mut deprecated = rename_in_environment(&mut vars);
-        let file = match file {
-            Some(path) => {
-                let text = read_file(path)?;
-                let mut table: toml::Table =
-                    toml::from_str(&text).map_err(|e| SettingsError::FileSyntax {
-                        path: path.to_owned(),
-                        message: syntax_error(&text, &e),
-                    })?;
-                deprecated.extend(rename_in_file(&mut table));
-                Some((path, table))
-            }
-            None => None,
-        };
-
-        // The defaults alone: they must be valid, and they are the tree of
-        // known keys the suggestions come from.
-        let base = check_layer(Layer::Defaults, &serde_json::Value::Null)
-            .map_err(SettingsError::Invalid)?;
-        let known = serde_json::to_value(&base).unwrap_or_default();
-
-        let mut problems = Vec::new();
-        if let Some((path, table)) = &file
-            && let Err(p) = check_layer(Layer::File(path, table.clone()), &known)
-        {
-            problems.extend(p);
-        }
-        if !vars.is_empty()
-            && let Err(p) = check_layer(Layer::Environment(vars.clone()), &known)
-        {
-            problems.extend(p);
-        }
-        if !problems.is_empty() {
-            return Err(SettingsError::Invalid(problems));
-        }
-
-        // Each layer was valid on its own; what is left are the checks
-        // across keys (which may come from different layers).
-        let mut builder = config::Config::builder().add_source(defaults());
-        if let Some((_, table)) = &file {
-            builder = builder.add_source(config::File::from_str(
-                &toml::to_string(table).unwrap_or_default(),
-                config::FileFormat::Toml,
-            ));
-        }
-        let all = builder
-            .add_source(environment(vars.into_values().collect()))
-            .build()
-            .and_then(|c| c.try_deserialize::<Settings>())
-            .map_err(|e| {
-                SettingsError::Invalid(vec![Problem {
-                    origin: None,
-                    key: "(all)".to_owned(),
-                    message: bare_message(&e),
-                }])
-            })?;
-        all.validate().map_err(SettingsError::Invalid)?;
-        deprecated.dedup();
-        Ok(Settings { deprecated, ..all })
     }
 }
