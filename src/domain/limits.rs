@@ -1,5 +1,6 @@
 //! Limits, eviction policies and rule hooks: what applies to one user in one
-//! app, and who decided it.
+//! app, and who decided it. The chain `limits.hooks` names is built here too
+//! ([`HookChain::configured`]), beside the hooks; the settings only name them.
 
 use std::collections::BTreeMap;
 use std::fmt;
