@@ -11,7 +11,7 @@ use anyhow::Context as _;
 use chrono::Utc;
 use procfs::Current as _;
 
-use crate::BenchArgs;
+use crate::options::BenchArgs;
 
 /// The line that opens the block a run replaces. Only a line that is the
 /// marker alone counts, so prose may quote it inline.

@@ -19,7 +19,6 @@ use crate::broker;
 use crate::domain::dead_letter::ErrorKind;
 use crate::domain::event::{EventKind, SessionEvent};
 use crate::metric;
-use crate::refusal::Refusal;
 use crate::shutdown::CancellationToken;
 use crate::state::WorkerState;
 
@@ -287,7 +286,7 @@ async fn apply_with_retry(
                 state.health.set_database(false);
                 let delay = backoff.next_delay();
                 metric::DATABASE_RETRIES.add(1);
-                match Refusal::of_batch(&e) {
+                match e.refusal() {
                     Some(refusal) => {
                         tracing::error!(%refusal, retry_in_ms = delay.as_millis() as u64, "database refused the worker: retrying, in case the credentials are being rotated");
                         state.health.set_refusal("batches", Some(refusal));
