@@ -10,6 +10,7 @@ mod claims;
 mod client_listener;
 mod contract;
 mod demo;
+mod docs_drift;
 mod enforcement;
 mod faults;
 mod lifecycle;
