@@ -9,7 +9,7 @@ use clap::CommandFactory as _;
 use serde_json::Value;
 use session_guard::Settings;
 use session_guard::cli::Cli;
-use session_guard::configuration::ENV_PREFIX;
+use session_guard::configuration::{ENV_PREFIX, redact_url};
 
 fn read(relative: &str) -> String {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(relative);
@@ -111,6 +111,59 @@ fn every_environment_variable_the_worker_accepts_is_in_the_configuration_referen
             "the environment section should say `{last}: config file only` ({key})"
         );
     }
+}
+
+#[test]
+fn every_key_has_a_row_with_its_default_in_the_configuration_reference() {
+    let doc = read("docs/CONFIGURATION.md");
+    let (leaves, file_only) = setting_keys();
+    let mut wrong = Vec::new();
+    let all = leaves
+        .iter()
+        .map(|(k, v)| (k, v))
+        .chain(file_only.iter().map(|k| (k, &Value::Null)));
+    for (key, default) in all {
+        let Some((section, name)) = key.split_once('.') else {
+            continue;
+        };
+        // The section's table: from its heading to the next one.
+        let heading = format!("## `[{section}]`");
+        let Some(start) = doc.find(&heading) else {
+            wrong.push(format!("{key}: no section {heading}"));
+            continue;
+        };
+        let body = &doc[start + heading.len()..];
+        let body = &body[..body.find("\n## ").unwrap_or(body.len())];
+        let Some(row) = body
+            .lines()
+            .find(|l| l.starts_with(&format!("| `{name}` |")))
+        else {
+            wrong.push(format!("{key}: no row"));
+            continue;
+        };
+        let shown = row.split('|').nth(2).unwrap_or_default();
+        let expected: Vec<String> = match default {
+            Value::Null => Vec::new(),
+            Value::String(s) => vec![s.clone()],
+            Value::Array(items) => items
+                .iter()
+                .map(|i| i.as_str().map_or_else(|| i.to_string(), str::to_owned))
+                .collect(),
+            other => vec![other.to_string()],
+        };
+        // Settings serialize URLs with the password masked.
+        let masked = redact_url(shown.trim().trim_matches('`'));
+        if let Some(missing) = expected
+            .iter()
+            .find(|e| !shown.contains(e.as_str()) && !masked.contains(e.as_str()))
+        {
+            wrong.push(format!(
+                "{key}: the default {missing} is not in `{}`",
+                shown.trim()
+            ));
+        }
+    }
+    assert!(wrong.is_empty(), "docs/CONFIGURATION.md: {wrong:#?}");
 }
 
 #[test]
