@@ -10,6 +10,8 @@
 
 mod client;
 mod coalescing;
+#[cfg(test)]
+mod docs_drift;
 mod drain;
 mod latency;
 mod options;

@@ -2,6 +2,7 @@
 //! Each test has its own database and its own exchanges and queues.
 
 mod helpers;
+mod private_broker;
 
 mod bad_input;
 mod batching;
@@ -10,6 +11,7 @@ mod claims;
 mod client_listener;
 mod contract;
 mod demo;
+mod docs_drift;
 mod enforcement;
 mod faults;
 mod lifecycle;
