@@ -4,7 +4,7 @@
 
 use clap::CommandFactory as _;
 
-use crate::BenchArgs;
+use crate::options::BenchArgs;
 
 #[test]
 fn every_flag_is_in_a_command_list() {
