@@ -525,8 +525,10 @@ impl RuleHook for UserOverrides {
     }
 }
 
-/// Names of the built-in hooks, for `limits.hooks`.
-pub const BUILT_IN_HOOKS: [&str; 3] = ["superuser_unlimited", "rules", "user_overrides"];
+/// Names of the built-in hooks, for `limits.hooks`, in the order they would
+/// run if all were enabled (operators' overrides last), which is how the
+/// refusal of an unknown name lists them and how docs/CONFIGURATION.md shows it.
+pub const BUILT_IN_HOOKS: [&str; 3] = ["rules", "superuser_unlimited", "user_overrides"];
 
 /// A hook name that is neither built in nor registered: the chain cannot
 /// be built, and the worker does not start.
@@ -708,12 +710,12 @@ mod tests {
         let err = HookChain::configured(base(), &names(&["rules", "nope"]), &[], &[]).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "unknown hook \"nope\" (built in: superuser_unlimited, rules, user_overrides)"
+            "unknown hook \"nope\" (built in: rules, superuser_unlimited, user_overrides)"
         );
         let err = HookChain::configured(base(), &names(&["nope"]), &[], &custom).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "unknown hook \"nope\" (built in: superuser_unlimited, rules, user_overrides; \
+            "unknown hook \"nope\" (built in: rules, superuser_unlimited, user_overrides; \
              registered: plan, audit)"
         );
     }
