@@ -4,6 +4,7 @@ WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
 COPY protocol ./protocol
+COPY amqp ./amqp
 COPY clients ./clients
 # A workspace member: cargo reads its manifest even when building only the worker.
 COPY bench ./bench
