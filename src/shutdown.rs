@@ -11,7 +11,7 @@ pub use tokio_util::sync::CancellationToken;
 
 /// Sleeps for `delay` unless `shutdown` fires first. Returns `false` if it
 /// did: the caller stops retrying at once. (The pauses themselves come from
-/// `session_guard_amqp::Backoff`.)
+/// `session_guard_amqp::backoff::Backoff`.)
 pub async fn pause(delay: Duration, shutdown: &CancellationToken) -> bool {
     tokio::select! {
         () = tokio::time::sleep(delay) => true,

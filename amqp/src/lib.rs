@@ -12,5 +12,3 @@
 
 pub mod backoff;
 pub mod quorum;
-
-pub use backoff::Backoff;

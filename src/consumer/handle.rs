@@ -10,7 +10,7 @@ use chrono::Utc;
 use lapin::Channel;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
-use session_guard_amqp::Backoff;
+use session_guard_amqp::backoff::Backoff;
 use session_guard_amqp::quorum::delivery_count;
 use tokio::time::Instant;
 

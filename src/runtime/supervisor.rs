@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::time::Instant;
 
-use session_guard_amqp::Backoff;
+use session_guard_amqp::backoff::Backoff;
 
 use crate::refusal::Refusal;
 use crate::shutdown::{CancellationToken, pause};

@@ -1,6 +1,6 @@
 //! What the publisher and the listener share about their broker
 //! connections: how long an attempt may take, and how a URL is shown. (How
-//! long to wait between attempts is `session_guard_amqp::Backoff`, shared
+//! long to wait between attempts is `session_guard_amqp::backoff::Backoff`, shared
 //! with the worker.)
 
 use std::time::Duration;

@@ -34,7 +34,7 @@ use lapin::options::{
 use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind};
-use session_guard_amqp::Backoff;
+use session_guard_amqp::backoff::Backoff;
 use session_guard_amqp::quorum::{delivery_count, quorum_arguments};
 use session_guard_protocol::event::AppName;
 use session_guard_protocol::names;

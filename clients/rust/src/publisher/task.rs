@@ -15,7 +15,7 @@ use futures::stream::StreamExt as _;
 use lapin::Confirmation;
 use lapin::options::BasicPublishOptions;
 use lapin::types::ShortString;
-use session_guard_amqp::Backoff;
+use session_guard_amqp::backoff::Backoff;
 use session_guard_protocol::event::EventKind;
 
 use super::buffer::Entry;
