@@ -10,16 +10,17 @@ use chrono::Utc;
 use lapin::Channel;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
+use session_guard_amqp::backoff::Backoff;
+use session_guard_amqp::quorum::delivery_count;
 use tokio::time::Instant;
 
 use super::decode::{Decoded, kind_of};
 use crate::apply::{self, AheadHints, BatchOutcome, LockTurn, PipelinePlace};
-use crate::backoff::{Backoff, pause};
 use crate::broker;
 use crate::domain::dead_letter::ErrorKind;
 use crate::domain::event::{EventKind, SessionEvent};
 use crate::metric;
-use crate::shutdown::CancellationToken;
+use crate::shutdown::{CancellationToken, pause};
 use crate::state::WorkerState;
 
 /// Pause before requeueing an event the database refused, times its
@@ -163,7 +164,7 @@ async fn refused(
     error: &apply::BatchError,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
-    let count = broker::delivery_count(&delivery.properties);
+    let count = delivery_count(&delivery.properties);
     let text = format!("database refused the event: {error}");
     if count >= state.settings.amqp.max_redeliveries {
         return reject_and_ack(state, channels, delivery, &text, ErrorKind::Failed).await;
