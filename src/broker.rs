@@ -14,7 +14,9 @@ use lapin::{
 
 use session_guard_amqp::quorum::quorum_arguments;
 
-use crate::configuration::{AmqpSettings, redact_url};
+use session_guard_amqp::url::redact_url;
+
+use crate::configuration::AmqpSettings;
 
 pub use session_guard_protocol::names::{
     ERROR_HEADER, ERROR_KIND_HEADER, MAX_ERROR_HEADER_BYTES, error_header_value,

@@ -10,7 +10,9 @@ use std::fmt;
 
 use lapin::protocol::{AMQPErrorKind, AMQPHardError, AMQPSoftError};
 
-use crate::configuration::{Settings, redact_url};
+use session_guard_amqp::url::redact_url;
+
+use crate::configuration::Settings;
 
 /// The service that refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

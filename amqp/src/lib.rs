@@ -3,7 +3,8 @@
 //!
 //! - [`quorum`]: the arguments every queue they declare starts from, and the
 //!   delivery count RabbitMQ puts on a quorum queue's redeliveries;
-//! - [`backoff`]: the jittered, capped, doubling pause between retries.
+//! - [`backoff`]: the jittered, capped, doubling pause between retries;
+//! - [`url`]: how a URL is shown, its password masked.
 //!
 //! Why a crate of its own: both sides need these, the client crate's public
 //! face is what apps program against (plumbing does not belong there), and
@@ -12,3 +13,4 @@
 
 pub mod backoff;
 pub mod quorum;
+pub mod url;

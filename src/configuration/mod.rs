@@ -40,5 +40,5 @@ pub use self::settings::{
     RetentionSettings, Settings, WorkerSettings,
 };
 pub use self::sources::ENV_PREFIX;
-pub use self::url::{redact_url, with_database};
+pub use self::url::with_database;
 pub use self::validate::{MAX_INT4, MAX_SECONDS};

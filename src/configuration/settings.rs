@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::url::redact_url;
 use crate::domain::limits::{EvictionPolicy, Limits, Rule};
+use session_guard_amqp::url::redact_url;
 
 /// Everything session-guard can be told; one section per subsystem.
 ///

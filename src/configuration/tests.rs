@@ -4,9 +4,9 @@
 use std::path::Path;
 use std::time::Duration;
 
-use super::url::UNPARSEABLE_URL;
 use super::*;
 use crate::domain::limits::{EvictionPolicy, Rule};
+use session_guard_amqp::url::{UNPARSEABLE_URL, redact_url};
 
 fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
     pairs

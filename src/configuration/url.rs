@@ -1,5 +1,5 @@
-//! URL helpers: masking a URL's password wherever it is shown, and
-//! pointing a PostgreSQL URL at another database.
+//! Pointing a PostgreSQL URL at another database. (Masking a URL's password
+//! is `session_guard_amqp::url::redact_url`, shared with the client crate.)
 
 use url::Url;
 
@@ -17,36 +17,4 @@ pub fn with_database(url: &str, db: &str) -> String {
         }
         Err(_) => url.to_owned(),
     }
-}
-
-/// What `redact_url` shows for a URL that does not parse: where its
-/// password would be cannot be told, so none of it is shown.
-pub(super) const UNPARSEABLE_URL: &str = "(a URL that does not parse)";
-
-/// `url` with its password, and any `password=` query parameter, replaced
-/// by `***`, so that it can be logged and printed.
-pub fn redact_url(url: &str) -> String {
-    let Ok(mut parsed) = Url::parse(url) else {
-        return UNPARSEABLE_URL.to_owned();
-    };
-    if parsed.password().is_some() {
-        // Fails only for URLs without a host, which cannot carry a password.
-        let _ = parsed.set_password(Some("***"));
-    }
-    let is_password = |key: &str| key.eq_ignore_ascii_case("password");
-    if parsed.query_pairs().any(|(key, _)| is_password(&key)) {
-        let pairs: Vec<(String, String)> = parsed
-            .query_pairs()
-            .map(|(key, value)| {
-                let value = if is_password(&key) {
-                    "***".into()
-                } else {
-                    value
-                };
-                (key.into_owned(), value.into_owned())
-            })
-            .collect();
-        parsed.query_pairs_mut().clear().extend_pairs(pairs);
-    }
-    parsed.into()
 }

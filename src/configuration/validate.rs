@@ -4,7 +4,7 @@
 
 use super::problem::Problem;
 use super::settings::Settings;
-use super::url::redact_url;
+use session_guard_amqp::url::redact_url;
 
 /// Largest value of a setting that ends up in a PostgreSQL `integer` column
 /// (a session's `max_sessions`) or an AMQP signed 32-bit argument.

@@ -10,7 +10,9 @@ use sqlx::migrate::MigrateDatabase;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgPool, Postgres};
 
-use crate::configuration::{DatabaseSettings, redact_url};
+use session_guard_amqp::url::redact_url;
+
+use crate::configuration::DatabaseSettings;
 
 /// Migrations in ./migrations, embedded so the binary can apply them itself.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");

@@ -9,7 +9,8 @@ use clap::CommandFactory as _;
 use serde_json::Value;
 use session_guard::Settings;
 use session_guard::cli::Cli;
-use session_guard::configuration::{ENV_PREFIX, redact_url};
+use session_guard::configuration::ENV_PREFIX;
+use session_guard_amqp::url::redact_url;
 
 fn read(relative: &str) -> String {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(relative);

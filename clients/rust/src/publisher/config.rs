@@ -7,7 +7,7 @@ use std::time::Duration;
 use session_guard_protocol::event::AppName;
 use session_guard_protocol::names;
 
-use crate::connection::redact_url;
+use session_guard_amqp::url::redact_url;
 
 /// Default [`PublisherConfig::capacity`]: events buffered while the broker
 /// is away.

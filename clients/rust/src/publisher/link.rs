@@ -16,7 +16,9 @@ use session_guard_protocol::event::EventKind;
 use session_guard_protocol::names;
 
 use super::config::PublisherConfig;
-use crate::connection::{CLOSE_TIMEOUT, CONNECT_TIMEOUT, redact_url};
+use session_guard_amqp::url::redact_url;
+
+use crate::connection::{CLOSE_TIMEOUT, CONNECT_TIMEOUT};
 
 /// Where and how the task publishes.
 pub(super) struct Target {

@@ -64,8 +64,8 @@ pub use error::{PublisherError, SendError};
 pub use stats::PublisherStats;
 
 use crate::coalesce::Coalescer;
-use crate::connection::redact_url;
 use link::{Link, Target};
+use session_guard_amqp::url::redact_url;
 use shared::{Shared, lock};
 use task::Task;
 
