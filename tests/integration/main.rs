@@ -14,6 +14,7 @@ mod demo;
 mod docs_drift;
 mod enforcement;
 mod faults;
+mod layers;
 mod lifecycle;
 mod nodelay;
 mod operations;
