@@ -12,6 +12,8 @@ use serde_yaml_ng::Value;
 use session_guard::Settings;
 use url::Url;
 
+use crate::helpers::repository_file;
+
 /// The compose service that runs the worker.
 const WORKER: &str = "session-guard";
 /// Prefix of the variables the worker reads its settings from.
@@ -19,11 +21,6 @@ const PREFIX: &str = "SESSION_GUARD__";
 /// Variables of the worker's service that are not settings but still read
 /// by the worker (tracing's filter, colours).
 const OTHER_VARIABLES: &[&str] = &["RUST_LOG", "NO_COLOR"];
-
-fn repository_file(path: &str) -> String {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(path);
-    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
 
 fn compose() -> Value {
     serde_yaml_ng::from_str(&repository_file("docker-compose.yml"))

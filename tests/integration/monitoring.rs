@@ -5,12 +5,12 @@
 //! and unit tests where it fires and where it does not.
 
 use std::collections::BTreeSet;
-use std::path::Path;
 
 use promql_parser::parser::Expr;
 use promql_parser::util::{ExprVisitor, walk_expr};
 use serde_json::Value as Json;
 use serde_yaml_ng::Value as Yaml;
+use session_guard::Settings;
 use session_guard::metric::{self, Kind};
 
 use crate::helpers::*;
@@ -21,15 +21,6 @@ const ALERT_TESTS: &str = "deploy/prometheus/alerts_test.yml";
 const OPERATIONS: &str = "docs/OPERATIONS.md";
 /// Series Prometheus itself writes for every scrape target, not the worker.
 const SCRAPE_SERIES: &[&str] = &["up"];
-
-fn repository_path(path: &str) -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
-}
-
-fn repository_file(path: &str) -> String {
-    let path = repository_path(path);
-    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
 
 /// Collects the metric names of a query's selectors.
 struct Names(BTreeSet<String>);
@@ -143,12 +134,15 @@ fn the_name_extraction_sees_through_functions_and_grafana_variables() {
     );
 }
 
-/// A real worker process, after it revoked a session and dead-lettered an
-/// event, exports every metric the dashboard and the alert rules read.
-#[tokio::test]
-async fn every_metric_the_dashboard_and_the_alerts_read_is_exported() {
+/// A test with a worker process serving its health endpoint, once ready;
+/// and where that endpoint listens.
+async fn worker_process(configure: impl FnOnce(&mut Settings)) -> (TestApp, String) {
     let listen = format!("127.0.0.1:{}", free_port());
-    let mut app = spawn_app_without_worker(|s| s.http.listen = listen.clone()).await;
+    let mut app = spawn_app_without_worker(|s| {
+        s.http.listen = listen.clone();
+        configure(s);
+    })
+    .await;
     app.spawn_process();
     app.wait_for("the worker to be ready", || async {
         http_get(&listen, "/health/ready")
@@ -156,6 +150,14 @@ async fn every_metric_the_dashboard_and_the_alerts_read_is_exported() {
             .is_some_and(|(status, _)| status == 200)
     })
     .await;
+    (app, listen)
+}
+
+/// A real worker process, after it revoked a session and dead-lettered an
+/// event, exports every metric the dashboard and the alert rules read.
+#[tokio::test]
+async fn every_metric_the_dashboard_and_the_alerts_read_is_exported() {
+    let (mut app, listen) = worker_process(|_| {}).await;
     app.publish(&login("shop", "m1", "mo", t(0))).await;
     app.publish(&login("shop", "m2", "mo", t(1))).await;
     app.publish_raw("login.shop", b"not json").await;
@@ -252,18 +254,9 @@ fn value_of(scrape: &str, series: &str) -> Option<f64> {
 /// drains and the gauge says so.
 #[tokio::test]
 async fn the_queue_gauge_counts_the_events_waiting() {
-    let listen = format!("127.0.0.1:{}", free_port());
-    let mut app = spawn_app_without_worker(|s| {
-        s.http.listen = listen.clone();
+    let (app, listen) = worker_process(|s| {
         s.worker.batch_size = 1;
         s.amqp.prefetch = 1;
-    })
-    .await;
-    app.spawn_process();
-    app.wait_for("the worker to be ready", || async {
-        http_get(&listen, "/health/ready")
-            .await
-            .is_some_and(|(status, _)| status == 200)
     })
     .await;
     let events = format!("{}{{queue=\"events\"}}", metric::QUEUE_MESSAGES.name);
