@@ -4,11 +4,10 @@ WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
 COPY protocol ./protocol
+COPY amqp ./amqp
 COPY clients ./clients
 # A workspace member: cargo reads its manifest even when building only the worker.
 COPY bench ./bench
-# sqlx-core with the TCP_NODELAY fix, wired in by [patch.crates-io].
-COPY vendor ./vendor
 COPY config ./config
 COPY migrations ./migrations
 RUN cargo build --release --locked --bin session-guard

@@ -12,16 +12,17 @@ use lapin::{
     BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind,
 };
 
-use crate::configuration::{AmqpSettings, redact_url};
+use session_guard_amqp::quorum::quorum_arguments;
+
+use session_guard_amqp::url::redact_url;
+
+use crate::configuration::AmqpSettings;
 
 pub use session_guard_protocol::names::{
     ERROR_HEADER, ERROR_KIND_HEADER, MAX_ERROR_HEADER_BYTES, error_header_value,
 };
 
 use crate::domain::dead_letter::ErrorKind;
-
-/// Header RabbitMQ sets on quorum-queue redeliveries: how many came before.
-pub const DELIVERY_COUNT_HEADER: &str = "x-delivery-count";
 
 /// Opens a connection; `role` and the events queue name show in the
 /// management UI next to it ("session-guard consumer (session_guard.events)").
@@ -139,16 +140,6 @@ async fn declare_events_queue(channel: &Channel, settings: &AmqpSettings) -> any
         .await
         .context("cannot bind the events queue")?;
     Ok(())
-}
-
-/// Quorum queues: replicated, durable, and faster than classic queues here.
-fn quorum_arguments() -> FieldTable {
-    let mut args = FieldTable::default();
-    args.insert(
-        "x-queue-type".into(),
-        AMQPValue::LongString("quorum".into()),
-    );
-    args
 }
 
 /// Messages ready in `queue` (not those delivered and not yet acked), from a
@@ -329,21 +320,6 @@ pub fn check_app_identity(
         Err(format!(
             "user-id: AMQP user {user:?} may not publish events for app {app:?}"
         ))
-    }
-}
-
-/// How many times the broker delivered this message before (quorum queues).
-pub fn delivery_count(properties: &BasicProperties) -> u32 {
-    let Some(headers) = properties.headers() else {
-        return 0;
-    };
-    match headers.inner().get(DELIVERY_COUNT_HEADER) {
-        Some(AMQPValue::LongLongInt(n)) => (*n).max(0) as u32,
-        Some(AMQPValue::LongInt(n)) => (*n).max(0) as u32,
-        Some(AMQPValue::LongUInt(n)) => *n,
-        Some(AMQPValue::ShortInt(n)) => (*n).max(0) as u32,
-        Some(AMQPValue::ShortShortInt(n)) => (*n).max(0) as u32,
-        _ => 0,
     }
 }
 

@@ -24,7 +24,6 @@
 #![forbid(unsafe_code)]
 
 pub mod apply;
-pub mod backoff;
 pub mod broker;
 pub mod cli;
 pub mod configuration;

@@ -96,6 +96,22 @@ const LOCKED_USERS_BUCKETS: &[f64] = &[
     0.0, 1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0,
 ];
 
+/// The `reason` series the revoke counters start at zero: the protocol's
+/// `RevokeReason::ALL`, in its order (a test checks), so a reason added
+/// there cannot be missed here. `admin` (operators' revokes) comes last.
+const REVOKE_REASONS: &[&[(&str, &str)]] = &[
+    &[("reason", "session_limit")],
+    &[("reason", "session_limit_denied")],
+    &[("reason", "idle_timeout")],
+    &[("reason", "logout_others")],
+    &[("reason", "logout_all")],
+    &[("reason", "admin")],
+];
+/// The reasons a batch revokes for: all but `admin`, which only operators
+/// give (a test checks that it is the last).
+const BATCH_REVOKE_REASONS: &[&[(&str, &str)]] =
+    REVOKE_REASONS.split_at(REVOKE_REASONS.len() - 1).0;
+
 /// Valid events in batches that committed and were acked.
 pub const EVENTS_PROCESSED: Metric = Metric::plain(
     "session_guard_events_processed_total",
@@ -141,13 +157,7 @@ pub const SESSIONS_REVOKED: Metric = Metric {
     kind: Kind::Counter,
     labels: &["reason"],
     help: "Sessions revoked by the worker's batches, by reason.",
-    initial: &[
-        &[("reason", "session_limit")],
-        &[("reason", "session_limit_denied")],
-        &[("reason", "idle_timeout")],
-        &[("reason", "logout_others")],
-        &[("reason", "logout_all")],
-    ],
+    initial: BATCH_REVOKE_REASONS,
 };
 
 /// Repeat revokes.
@@ -170,14 +180,7 @@ pub const REVOKES_PUBLISHED: Metric = Metric {
     kind: Kind::Counter,
     labels: &["reason"],
     help: "Revoke messages confirmed by the broker, by reason (repeats and operator revokes included).",
-    initial: &[
-        &[("reason", "session_limit")],
-        &[("reason", "session_limit_denied")],
-        &[("reason", "idle_timeout")],
-        &[("reason", "logout_others")],
-        &[("reason", "logout_all")],
-        &[("reason", "admin")],
-    ],
+    initial: REVOKE_REASONS,
 };
 
 /// Revokes no queue was bound for.
@@ -341,13 +344,43 @@ mod tests {
 
     #[test]
     fn dead_letters_start_at_zero_for_every_kind_of_the_contract() {
-        let kinds: Vec<&str> = EVENTS_DEAD_LETTERED
-            .initial
-            .iter()
-            .map(|set| set[0].1)
-            .collect();
+        let kinds = initial_values(&EVENTS_DEAD_LETTERED);
         let contract = crate::domain::dead_letter::ErrorKind::ALL.map(|k| k.as_str());
         assert_eq!(kinds, contract);
+    }
+
+    /// The values of the one label of each of `metric`'s initial series.
+    fn initial_values(metric: &Metric) -> Vec<&'static str> {
+        metric.initial.iter().map(|set| set[0].1).collect()
+    }
+
+    #[test]
+    fn revokes_start_at_zero_for_every_reason_of_the_contract() {
+        use crate::domain::revoke::RevokeReason;
+        let contract = RevokeReason::ALL.map(RevokeReason::as_str);
+        assert_eq!(initial_values(&REVOKES_PUBLISHED), contract);
+        // A batch revokes for every reason but an operator's.
+        let batches: Vec<&str> = RevokeReason::ALL
+            .into_iter()
+            .filter(|r| *r != RevokeReason::Admin)
+            .map(RevokeReason::as_str)
+            .collect();
+        assert_eq!(initial_values(&SESSIONS_REVOKED), batches);
+    }
+
+    #[test]
+    fn applied_events_start_at_zero_for_every_kind_of_the_contract() {
+        use crate::domain::event::EventKind;
+        assert_eq!(
+            initial_values(&EVENTS),
+            EventKind::ALL.map(EventKind::as_str)
+        );
+        assert!(
+            EVENTS
+                .initial
+                .iter()
+                .all(|set| set[1] == ("outcome", "applied"))
+        );
     }
 
     #[test]

@@ -10,8 +10,9 @@ use std::fmt;
 
 use lapin::protocol::{AMQPErrorKind, AMQPHardError, AMQPSoftError};
 
-use crate::apply::BatchError;
-use crate::configuration::{Settings, redact_url};
+use session_guard_amqp::url::redact_url;
+
+use crate::configuration::Settings;
 
 /// The service that refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -114,23 +115,18 @@ impl Refusal {
         database_refusal(db.code()?.as_ref(), db.message())
     }
 
-    /// The refusal behind a batch that could not be committed, if any.
-    pub fn of_batch(error: &BatchError) -> Option<Refusal> {
-        match error {
-            BatchError::Connect(e) | BatchError::Statement(e) => Refusal::of_database(e),
-            BatchError::TooManyPasses(_) => None,
-        }
-    }
-
-    /// The first refusal in an error's chain of causes.
+    /// The first refusal in an error's chain of causes. Errors of the
+    /// worker's own (a batch's, for one) are found through theirs: the
+    /// sqlx error they carry or, when they wrap it transparently (so that
+    /// the chain skips it), the database error sqlx keeps in it.
     pub fn find(error: &anyhow::Error) -> Option<Refusal> {
         error.chain().find_map(|cause| {
             if let Some(e) = cause.downcast_ref::<lapin::Error>() {
                 Refusal::of_broker(e)
             } else if let Some(e) = cause.downcast_ref::<sqlx::Error>() {
                 Refusal::of_database(e)
-            } else if let Some(e) = cause.downcast_ref::<BatchError>() {
-                Refusal::of_batch(e)
+            } else if let Some(db) = cause.downcast_ref::<Box<dyn sqlx::error::DatabaseError>>() {
+                database_refusal(db.code()?.as_ref(), db.message())
             } else if let Some(e) = cause.downcast_ref::<sqlx::postgres::PgDatabaseError>() {
                 database_refusal(e.code(), e.message())
             } else {

@@ -15,8 +15,8 @@ use lapin::{Channel, Connection, Consumer};
 use session_guard::Settings;
 use session_guard::broker;
 
-use crate::BenchArgs;
 use crate::drain::event_properties;
+use crate::options::BenchArgs;
 use crate::report::Row;
 use crate::traffic::Traffic;
 use crate::workers::{Progress, WorkerProcess};

@@ -1,7 +1,7 @@
 //! `session-guard-bench`: throughput, latency and memory of the worker
 //! against the local RabbitMQ and PostgreSQL, compared with a baseline
 //! measured in the same run (a consumer that only acks). Prints a table and
-//! writes it to BENCHMARKS.md.
+//! writes it into the bench block of BENCHMARKS.md (see report.rs).
 //!
 //! Everything runs with a fresh database and unique exchange and queue
 //! names, deleted at the end. Workers run as real `session-guard run`
@@ -10,92 +10,24 @@
 
 mod client;
 mod coalescing;
+#[cfg(test)]
+mod docs_drift;
 mod drain;
 mod latency;
+mod options;
 mod report;
 mod services;
 mod traffic;
 mod workers;
-
-use std::path::PathBuf;
 
 use clap::Parser;
 use session_guard::broker;
 use session_guard::{Settings, telemetry};
 
 use crate::drain::Drains;
+use crate::options::BenchArgs;
 use crate::report::Row;
-use crate::traffic::{Mix, Traffic};
-
-/// What to run; every figure of the benchmark has a knob here.
-#[derive(Debug, Clone, Parser)]
-#[command(name = "session-guard-bench", version, about)]
-pub struct BenchArgs {
-    /// Configuration file layered over the built-in defaults, as the
-    /// worker reads it (environment variables SESSION_GUARD__SECTION__KEY
-    /// override both): the servers to measure against.
-    #[arg(long, value_name = "FILE")]
-    pub config: Option<PathBuf>,
-    /// The worker binary to measure (default: `session-guard` beside this
-    /// executable).
-    #[arg(long, value_name = "FILE")]
-    pub worker: Option<PathBuf>,
-    /// Events in the pre-filled queue for the drain runs.
-    #[arg(long, default_value_t = 200_000)]
-    pub events: usize,
-    /// The traffic of the drain runs (see BENCHMARKS.md, "Traffic mixes").
-    #[arg(long, value_enum, default_value = "production")]
-    pub mix: Mix,
-    /// Distinct users in the generated traffic.
-    #[arg(long, default_value_t = 50_000)]
-    pub users: usize,
-    /// Publish rate of the latency run, events per second.
-    #[arg(long, default_value_t = 2_000)]
-    pub rate: usize,
-    /// Length of the latency run, seconds.
-    #[arg(long, default_value_t = 20)]
-    pub seconds: u64,
-    /// Ended sessions put in the log before the last drain run (0 = skip it).
-    #[arg(long, default_value_t = 5_000_000)]
-    pub log_rows: u64,
-    /// Where to write the report (empty = do not write).
-    #[arg(long, default_value = "BENCHMARKS.md")]
-    pub output: String,
-    /// Times each drain is repeated; the report gives medians, and ratios
-    /// are taken within a repetition (worker and baseline back to back).
-    #[arg(long, default_value_t = 3)]
-    pub runs: usize,
-    /// Events published through the client crate's EventPublisher (and,
-    /// back to back, with raw publisher confirms) to measure the app side.
-    #[arg(long, default_value_t = 100_000)]
-    pub client_events: usize,
-    /// Measure only the app side (publishing through the client crate next
-    /// to raw confirms, and request coalescing); prints the table and writes
-    /// no report.
-    #[arg(long, conflicts_with = "coalescing_only")]
-    pub client_only: bool,
-    /// Sessions of the page-load traffic request coalescing is measured on
-    /// (a page and 5 more requests within a second per visit, visits every
-    /// 10-60 s per session).
-    #[arg(long, default_value_t = 5_000)]
-    pub coalescing_sessions: usize,
-    /// Event time the page-load traffic spans, seconds (synthetic: it is
-    /// sent as fast as the publisher takes it).
-    #[arg(long, default_value_t = 300)]
-    pub coalescing_seconds: u64,
-    /// Measure only request coalescing (the broker only, a few seconds);
-    /// prints the table and writes no report.
-    #[arg(long)]
-    pub coalescing_only: bool,
-}
-
-impl BenchArgs {
-    /// Only a part that needs the broker alone: no worker, no database, no
-    /// report.
-    fn broker_only(&self) -> bool {
-        self.client_only || self.coalescing_only
-    }
-}
+use crate::traffic::Traffic;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
@@ -137,7 +69,7 @@ async fn run(args: BenchArgs) -> anyhow::Result<()> {
     println!("\n{table}");
     if !args.output.is_empty() && !args.broker_only() {
         report::write(&args, &table, &worker, tls).await?;
-        println!("written to {}", args.output);
+        println!("written to the bench block of {}", args.output);
     }
     Ok(())
 }

@@ -1,5 +1,8 @@
-//! The report: a table of rows, printed and written to BENCHMARKS.md with
-//! the command, the machine and the versions it was measured with.
+//! The report: a table of rows, printed, and written with the command, the
+//! machine and the versions it was measured with into the bench block of
+//! BENCHMARKS.md (or of `--output`): the lines between [`BLOCK_BEGIN`] and
+//! [`BLOCK_END`]. The summary and the history around the block are written
+//! by hand, so a run leaves them as they are.
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -8,11 +11,14 @@ use anyhow::Context as _;
 use chrono::Utc;
 use procfs::Current as _;
 
-use crate::BenchArgs;
+use crate::options::BenchArgs;
 
-/// In the report file, everything from this line on is kept when the
-/// figures above it are written again.
-const KEEP_MARKER: &str = "<!-- kept by session-guard bench -->";
+/// The line that opens the block a run replaces. Only a line that is the
+/// marker alone counts, so prose may quote it inline.
+pub const BLOCK_BEGIN: &str = "<!-- bench:begin -->";
+
+/// The line that closes the block a run replaces.
+pub const BLOCK_END: &str = "<!-- bench:end -->";
 
 /// One line of the report.
 pub struct Row {
@@ -35,32 +41,38 @@ pub fn table(rows: &[Row]) -> String {
     table
 }
 
-/// Writes the report to `args.output`, keeping what follows the marker in
-/// the file there: hand-written analysis survives a new run.
-pub async fn write(args: &BenchArgs, table: &str, worker: &Path, tls: bool) -> anyhow::Result<()> {
-    // TLS costs CPU on both ends of every statement, and both ends share
-    // the machine: say which was measured.
-    let transport = if tls {
+/// What the header says besides the command: when and on what the figures
+/// were measured.
+struct Conditions {
+    /// "YYYY-MM-DD HH:MM", UTC.
+    when: String,
+    /// The CPU's model name.
+    machine: String,
+    /// The cores this process may use, which the services share.
+    cores: usize,
+    /// The worker's, RabbitMQ's and PostgreSQL's versions, as they print them.
+    versions: [String; 3],
+    /// Whether the database connection used TLS: it costs CPU on both ends of
+    /// every statement, and both ends share the machine.
+    tls: bool,
+}
+
+/// The lines above the table: the command with every option that shapes a
+/// figure, the date, the machine and the versions.
+fn header(args: &BenchArgs, at: &Conditions) -> String {
+    let transport = if at.tls {
         "database connection with TLS (the URL's sslmode)"
     } else {
         "database connection without TLS"
     };
-    let worker_version = command_version(&worker.to_string_lossy(), &["--version"])
-        .await
-        .unwrap_or_else(|| "session-guard ?".into());
-    let rabbitmq = command_version("rabbitmqctl", &["version"])
-        .await
-        .map_or_else(|| "RabbitMQ ?".into(), |v| format!("RabbitMQ {v}"));
-    let postgres = command_version("psql", &["--version"])
-        .await
-        .unwrap_or_else(|| "PostgreSQL ?".into());
-    let report = format!(
-        "# Benchmarks\n\nMeasured by `session-guard-bench --mix {} --events {} --users {} --rate {} \
+    let [worker, rabbitmq, postgres] = &at.versions;
+    format!(
+        "Measured by `session-guard-bench --mix {} --events {} --users {} --rate {} \
          --seconds {} --log-rows {} --runs {} --client-events {} --coalescing-sessions {} \
          --coalescing-seconds {}` on {} (UTC).\n\nMachine: {}; {} cores. Versions: \
-         {worker_version}, {rabbitmq}, {postgres}; {transport}, broker connection without TLS. Broker, \
-         database, worker and load generator share the machine. Figures vary by +-20% between runs on these shared machines: compare \
-         ratios to the baseline of the same run.\n\n{table}\n",
+         {worker}, {rabbitmq}, {postgres}; {transport}, broker connection without TLS. Broker, \
+         database, worker and load generator share the machine. Figures vary by +-20% between \
+         runs on these shared machines: compare ratios to the baseline of the same run.\n",
         args.mix.name(),
         args.events,
         args.users,
@@ -71,17 +83,92 @@ pub async fn write(args: &BenchArgs, table: &str, worker: &Path, tls: bool) -> a
         args.client_events,
         args.coalescing_sessions,
         args.coalescing_seconds,
-        Utc::now().format("%Y-%m-%d %H:%M"),
-        machine(),
-        std::thread::available_parallelism().map_or(0, |n| n.get()),
-    );
-    let kept = std::fs::read_to_string(&args.output)
-        .ok()
-        .and_then(|old| old.find(KEEP_MARKER).map(|at| old[at..].to_owned()))
-        .unwrap_or_default();
-    std::fs::write(&args.output, format!("{report}\n{kept}"))
-        .with_context(|| format!("cannot write {}", args.output))?;
+        at.when,
+        at.machine,
+        at.cores,
+    )
+}
+
+/// Writes the header and the table into the bench block of `args.output`
+/// (created if missing), leaving the rest of the file as it is.
+pub async fn write(args: &BenchArgs, table: &str, worker: &Path, tls: bool) -> anyhow::Result<()> {
+    let worker_version = command_version(&worker.to_string_lossy(), &["--version"])
+        .await
+        .unwrap_or_else(|| "session-guard ?".into());
+    let rabbitmq = command_version("rabbitmqctl", &["version"])
+        .await
+        .map_or_else(|| "RabbitMQ ?".into(), |v| format!("RabbitMQ {v}"));
+    let postgres = command_version("psql", &["--version"])
+        .await
+        .unwrap_or_else(|| "PostgreSQL ?".into());
+    let conditions = Conditions {
+        when: Utc::now().format("%Y-%m-%d %H:%M").to_string(),
+        machine: machine(),
+        cores: std::thread::available_parallelism().map_or(0, |n| n.get()),
+        versions: [worker_version, rabbitmq, postgres],
+        tls,
+    };
+    let block = format!("\n{}\n{table}\n", header(args, &conditions));
+    let old = match std::fs::read_to_string(&args.output) {
+        Ok(text) => Some(text),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", args.output)),
+    };
+    let new = with_block(old.as_deref(), &block).with_context(|| {
+        format!(
+            "{} has no bench block to replace: nothing written (fix its markers, or name \
+             another file with --output)",
+            args.output
+        )
+    })?;
+    std::fs::write(&args.output, new).with_context(|| format!("cannot write {}", args.output))?;
     Ok(())
+}
+
+/// `old`, the report file's text (`None`: no file yet), with the lines
+/// between the [`BLOCK_BEGIN`] and [`BLOCK_END`] lines replaced by `block`.
+/// A file without either marker keeps its text and gets the block appended;
+/// a new file is a title and the block. Markers out of order or more than
+/// one of either are refused: which part the hand-written text is would be
+/// a guess.
+fn with_block(old: Option<&str>, block: &str) -> anyhow::Result<String> {
+    let block = format!("{BLOCK_BEGIN}\n{block}{BLOCK_END}\n");
+    let Some(old) = old else {
+        return Ok(format!("# Benchmarks\n\n{block}"));
+    };
+    // Byte offsets of each marker line's start and of the line after it.
+    let mut begins = Vec::new();
+    let mut ends = Vec::new();
+    let mut at = 0;
+    for line in old.split_inclusive('\n') {
+        let next = at + line.len();
+        match line.trim() {
+            BLOCK_BEGIN => begins.push((at, next)),
+            BLOCK_END => ends.push((at, next)),
+            _ => {}
+        }
+        at = next;
+    }
+    match (begins.as_slice(), ends.as_slice()) {
+        ([], []) => {
+            let separator = if old.is_empty() || old.ends_with("\n\n") {
+                ""
+            } else if old.ends_with('\n') {
+                "\n"
+            } else {
+                "\n\n"
+            };
+            Ok(format!("{old}{separator}{block}"))
+        }
+        ([(begin, _)], [(end, after_end)]) if begin < end => {
+            Ok(format!("{}{block}{}", &old[..*begin], &old[*after_end..]))
+        }
+        _ => anyhow::bail!(
+            "expected one `{BLOCK_BEGIN}` line and, after it, one `{BLOCK_END}` line; found {} and {}",
+            begins.len(),
+            ends.len()
+        ),
+    }
 }
 
 /// The median of some figures (0 if none).
@@ -131,5 +218,95 @@ mod tests {
         assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
         assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
         assert_eq!(spread(&[10.0, 30.0, 20.0]), "3 runs: 10-30");
+    }
+
+    /// Hand-written text around a block, quoting the markers inline as the
+    /// summary of BENCHMARKS.md does.
+    const CURATED: &str = "# Benchmarks\n\n## Summary\n\nA run replaces what is between \
+        `<!-- bench:begin -->` and `<!-- bench:end -->`.\n\n<!-- bench:begin -->\nold figures\n\
+        <!-- bench:end -->\n\n## History\n\nkept\n";
+
+    #[test]
+    fn a_run_replaces_only_its_block() {
+        let new = with_block(Some(CURATED), "\nnew figures\n\n").unwrap();
+        assert_eq!(
+            new,
+            "# Benchmarks\n\n## Summary\n\nA run replaces what is between \
+             `<!-- bench:begin -->` and `<!-- bench:end -->`.\n\n<!-- bench:begin -->\n\n\
+             new figures\n\n<!-- bench:end -->\n\n## History\n\nkept\n"
+        );
+        // The next run finds the block it wrote.
+        assert_eq!(
+            with_block(Some(&new), "\nnewer\n\n").unwrap(),
+            with_block(Some(CURATED), "\nnewer\n\n").unwrap()
+        );
+    }
+
+    #[test]
+    fn a_file_without_a_block_keeps_its_text_and_gets_one() {
+        assert_eq!(
+            with_block(None, "figures\n").unwrap(),
+            "# Benchmarks\n\n<!-- bench:begin -->\nfigures\n<!-- bench:end -->\n"
+        );
+        assert_eq!(
+            with_block(Some("notes"), "figures\n").unwrap(),
+            "notes\n\n<!-- bench:begin -->\nfigures\n<!-- bench:end -->\n"
+        );
+        assert_eq!(
+            with_block(Some("notes\n"), "figures\n").unwrap(),
+            "notes\n\n<!-- bench:begin -->\nfigures\n<!-- bench:end -->\n"
+        );
+    }
+
+    #[test]
+    fn a_block_that_cannot_be_told_apart_is_refused() {
+        for broken in [
+            "<!-- bench:begin -->\nfigures\n",
+            "<!-- bench:end -->\nfigures\n",
+            "<!-- bench:end -->\nfigures\n<!-- bench:begin -->\n",
+            "<!-- bench:begin -->\na\n<!-- bench:end -->\n<!-- bench:begin -->\nb\n<!-- bench:end -->\n",
+        ] {
+            assert!(with_block(Some(broken), "figures\n").is_err(), "{broken:?}");
+        }
+    }
+
+    /// The repository's BENCHMARKS.md has the one block a default run
+    /// replaces, and a run changes nothing outside it.
+    #[test]
+    fn benchmarks_md_has_one_block_and_keeps_the_rest() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../BENCHMARKS.md");
+        let text = std::fs::read_to_string(path).unwrap();
+        let new = with_block(Some(&text), "\nfigures\n\n").unwrap();
+        let outside = |t: &str| {
+            let begin = t.find(&format!("\n{BLOCK_BEGIN}\n")).unwrap();
+            let end = t.find(&format!("\n{BLOCK_END}\n")).unwrap();
+            (t[..begin].to_owned(), t[end..].to_owned())
+        };
+        assert_eq!(outside(&new), outside(&text));
+        assert!(new.contains("<!-- bench:begin -->\n\nfigures\n\n<!-- bench:end -->\n"));
+    }
+
+    #[test]
+    fn the_header_names_every_option_that_shapes_a_figure() {
+        use clap::Parser as _;
+        let args =
+            BenchArgs::parse_from(["session-guard-bench", "--events", "2000", "--runs", "1"]);
+        let at = Conditions {
+            when: "2026-12-07 06:00".into(),
+            machine: "CPU".into(),
+            cores: 2,
+            versions: [
+                "session-guard 0.1.0".into(),
+                "RabbitMQ 3.10.8".into(),
+                "psql 15".into(),
+            ],
+            tls: false,
+        };
+        assert_eq!(
+            header(&args, &at).lines().next().unwrap(),
+            "Measured by `session-guard-bench --mix production --events 2000 --users 50000 \
+             --rate 2000 --seconds 20 --log-rows 5000000 --runs 1 --client-events 100000 \
+             --coalescing-sessions 5000 --coalescing-seconds 300` on 2026-12-07 06:00 (UTC)."
+        );
     }
 }

@@ -7,9 +7,10 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Utc};
 
+use super::enforcement::Enforcement;
 use super::load::{Attributes, EventKey, Key, Origin, Slot, State};
+use super::outcome::BatchOutcome;
 use super::touch::is_touch;
-use super::{BatchOutcome, Enforcement};
 use crate::domain::claims::ClaimChange;
 use crate::domain::decision::{Candidate, Caps, Scope, idle_sessions, select_victims};
 use crate::domain::event::{AppName, EventKind, SessionEvent, UserId};

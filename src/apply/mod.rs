@@ -7,7 +7,9 @@
 //! `load` (read the state), `decide` (pure: apply the events, check the
 //! users), `write` and `touch` (write back); the statements themselves
 //! are in [`crate::db`]. [`operator`] runs an operator's revocation through
-//! the same steps.
+//! the same steps. What the steps share lives in leaf modules they import,
+//! never in this one: `enforcement` (what a batch is decided by) and
+//! `outcome` (how it ended); this module only runs the passes.
 //!
 //! 1. read, without locks, the sessions the events name (log rows, and
 //!    tombstones of pruned ones), the live sessions of the events' users
@@ -42,13 +44,17 @@
 //!    nor is a claim renewed by less.
 
 mod decide;
+mod enforcement;
+#[cfg(test)]
+mod fixtures;
 mod load;
 pub mod operator;
+mod outcome;
 pub mod plan;
 mod touch;
 mod write;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -58,9 +64,10 @@ use self::load::{EventKey, Key, State, key_of};
 use self::plan::LockPlan;
 use crate::db::{self, locks, overrides, retention};
 use crate::domain::event::{SessionEvent, UserId};
-use crate::domain::limits::HookChain;
 
+pub use self::enforcement::Enforcement;
 pub use self::operator::{AdminRevokeError, AdminTarget, admin_revoke, effective_limits};
+pub use self::outcome::{BatchError, BatchOutcome};
 pub use self::plan::{AheadHints, LockTurn, PipelinePlace};
 
 /// How many passes a batch may take: a pass that finds a user it should
@@ -68,73 +75,6 @@ pub use self::plan::{AheadHints, LockTurn, PipelinePlace};
 /// locks at least one user more than the one before, so a batch needs more
 /// only under contention that retrying later resolves.
 pub const MAX_PASSES: usize = 8;
-
-/// How limits are enforced: the rule hooks and the base limits they start
-/// from, the repeat pause, shadow mode and the `last_seen_at` write
-/// resolution. What a batch, an operator's revocation and `limits get`
-/// decide by.
-#[derive(Debug, Clone)]
-pub struct Enforcement {
-    /// The configured rule hooks and the base limits they start from.
-    pub hooks: HookChain,
-    /// Least time between two revoke messages for one session.
-    pub repeat_revoke_after: Duration,
-    /// `false` = shadow mode: decide, log and count, revoke nothing.
-    pub enforce: bool,
-    /// A `last_seen_at` that moved by less than this is not written back:
-    /// requests in a burst cost one write, not one each.
-    pub last_seen_resolution: Duration,
-}
-
-impl Enforcement {
-    /// From the settings, with hooks of an embedding program's own.
-    pub fn from_settings(
-        settings: &crate::configuration::Settings,
-        custom: &[std::sync::Arc<dyn crate::domain::limits::RuleHook>],
-    ) -> anyhow::Result<Enforcement> {
-        Ok(Enforcement {
-            hooks: settings.hook_chain(custom)?,
-            repeat_revoke_after: Duration::from_secs(settings.limits.repeat_revoke_after),
-            enforce: settings.limits.enforce,
-            last_seen_resolution: settings.worker.last_seen_resolution(),
-        })
-    }
-}
-
-/// What one batch did, for logs and metrics.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct BatchOutcome {
-    /// Sessions revoked (limits, idle timeout, logout_others, logout_all),
-    /// by reason (`EndReason::as_str`); [`BatchOutcome::revoked`] adds them up.
-    pub revoked_by: BTreeMap<&'static str, usize>,
-    /// Sessions shadow mode would have revoked.
-    pub shadow_revoked: usize,
-    /// Revoke messages repeated for sessions an app kept using.
-    pub repeated: usize,
-    /// Rows moved out of the log by retention.
-    pub pruned: u64,
-    /// Users locked (those whose sessions the batch could add, end or revoke).
-    pub locked_users: usize,
-    /// Rows of users not locked, updated by the monotonic touch statement.
-    pub touched: usize,
-    /// Rows whose only change, a `last_seen_at` moved by less than the
-    /// resolution, was not written.
-    pub coalesced: usize,
-    /// Passes run again with more users locked (at most [`MAX_PASSES`] - 1).
-    pub relocks: usize,
-}
-
-impl BatchOutcome {
-    /// Whether the outbox received messages the relay should publish now.
-    pub fn wrote_outbox(&self) -> bool {
-        self.revoked() + self.repeated > 0
-    }
-
-    /// Sessions revoked, whatever the reason.
-    pub fn revoked(&self) -> usize {
-        self.revoked_by.values().sum()
-    }
-}
 
 /// Applies `events` in one transaction and commits. On error nothing is
 /// written: the caller retries or nacks.
@@ -191,32 +131,6 @@ pub async fn process_batch_in_turn(
     // Whatever happened, the next batch need not wait any longer.
     turn.pass();
     result
-}
-
-/// Why a batch was not committed.
-#[derive(Debug, thiserror::Error)]
-pub enum BatchError {
-    /// No connection or transaction could be had: never the events' fault.
-    #[error("cannot start a transaction: {0}")]
-    Connect(#[source] sqlx::Error),
-    /// A statement (or the commit) failed.
-    #[error(transparent)]
-    Statement(#[from] sqlx::Error),
-    /// Every pass found more users to lock, up to [`MAX_PASSES`]: heavy
-    /// contention on the batch's users. Retrying later starts over.
-    #[error("the batch still needed more user locks after {0} passes")]
-    TooManyPasses(usize),
-}
-
-impl BatchError {
-    /// Whether retrying the same events later can succeed: everything but
-    /// errors that point at the events' own data.
-    pub fn is_transient(&self) -> bool {
-        match self {
-            BatchError::Connect(_) | BatchError::TooManyPasses(_) => true,
-            BatchError::Statement(e) => db::is_transient(e),
-        }
-    }
 }
 
 /// How a pass over a batch ended.
@@ -460,153 +374,6 @@ async fn write_pass(
         return Ok(Pass::NeedsLocks(users));
     }
     Ok(Pass::Done(outcome))
-}
-
-/// Batches, states and rules for the unit tests of the steps.
-#[cfg(test)]
-mod fixtures {
-    use std::time::Duration;
-
-    use chrono::{DateTime, TimeZone, Utc};
-
-    use super::Enforcement;
-    use super::load::{Key, Origin, Slot, State};
-    use crate::domain::event::{AppName, EventKind, SessionEvent, SessionId, UserId};
-    use crate::domain::limits::{EvictionPolicy, HookChain, Limits};
-    use crate::domain::session::SessionRecord;
-
-    /// 10:`minute` on a fixed day.
-    pub(super) fn at(minute: u32) -> DateTime<Utc> {
-        Utc.with_ymd_and_hms(2026, 11, 27, 10, minute, 0).unwrap()
-    }
-
-    /// An event of `user` on session `session` of app `shop`, at `minute`.
-    pub(super) fn event(
-        kind: EventKind,
-        session: &str,
-        user: Option<&str>,
-        minute: u32,
-    ) -> SessionEvent {
-        SessionEvent {
-            kind,
-            app: AppName::parse("shop").unwrap(),
-            session_id: Some(SessionId::parse(session).unwrap()),
-            user_id: user.map(|u| UserId::parse(u).unwrap()),
-            occurred_at: at(minute),
-            event_id: None,
-            ip: None,
-            user_agent: None,
-            expires_at: None,
-            attributes: None,
-        }
-    }
-
-    /// An `attributes` event of app `shop`: `user`'s new claim, at `minute`.
-    pub(super) fn claims(user: &str, attributes: serde_json::Value, minute: u32) -> SessionEvent {
-        SessionEvent {
-            session_id: None,
-            attributes: attributes.as_object().cloned(),
-            ..event(EventKind::Attributes, "unused", Some(user), minute)
-        }
-    }
-
-    /// Files `attributes` as what app `shop` claimed for `user` at
-    /// `minute`, as read from the store.
-    pub(super) fn claimed(
-        state: &mut State,
-        user: &str,
-        attributes: serde_json::Value,
-        minute: u32,
-    ) {
-        let claim = crate::domain::claims::Claim {
-            attributes: attributes.as_object().cloned().unwrap(),
-            occurred_at: at(minute),
-        };
-        let slot = super::load::ClaimSlot {
-            claim: Some(claim.clone()),
-            loaded: Some(claim),
-        };
-        let apps = state.claims.entry(user.to_owned()).or_default();
-        apps.insert("shop".to_owned(), slot);
-    }
-
-    /// [`one_session_each`] with the `superuser_unlimited` hook.
-    pub(super) fn superusers_unlimited() -> Enforcement {
-        let plain = one_session_each(true);
-        let hook: std::sync::Arc<dyn crate::domain::limits::RuleHook> =
-            std::sync::Arc::new(crate::domain::limits::SuperuserUnlimited);
-        Enforcement {
-            hooks: HookChain::new(plain.hooks.base(), vec![hook]),
-            ..plain
-        }
-    }
-
-    /// The key of session `session` of app `shop`.
-    pub(super) fn key(session: &str) -> Key {
-        ("shop".to_owned(), session.to_owned())
-    }
-
-    /// A live session of `user` in app `shop`, logged in at `minute`, as
-    /// read from the log.
-    pub(super) fn stored(session: &str, user: &str, minute: u32) -> Slot {
-        let record = SessionRecord {
-            app: AppName::parse("shop").unwrap(),
-            session_id: SessionId::parse(session).unwrap(),
-            user_id: Some(UserId::parse(user).unwrap()),
-            login_at: at(minute),
-            login_seen: true,
-            last_seen_at: at(minute),
-            ip: None,
-            user_agent: None,
-            expires_at: None,
-            ended_at: None,
-            end_reason: None,
-            max_sessions: None,
-            last_revoke_at: None,
-            attributes: None,
-        };
-        Slot {
-            loaded: Some(record.clone()),
-            record,
-            origin: Origin::Log,
-            ended_by: None,
-            end_note: None,
-            shadow_flagged: false,
-            dirty: false,
-            newly_flagged: false,
-        }
-    }
-
-    /// A state holding `slots`, indexed by user.
-    pub(super) fn state_of(slots: Vec<Slot>) -> State {
-        let mut state = State::default();
-        for slot in slots {
-            let key = (
-                slot.record.app.to_string(),
-                slot.record.session_id.to_string(),
-            );
-            state.slots.insert(key, slot);
-        }
-        state.index_all();
-        state
-    }
-
-    /// One session per user in every app, no hooks; `enforce` or shadow mode.
-    pub(super) fn one_session_each(enforce: bool) -> Enforcement {
-        let base = Limits {
-            max_sessions: 1,
-            max_sessions_global: 0,
-            policy: EvictionPolicy::EvictOldest,
-            idle_timeout: 0,
-            log_limit: Some(10),
-        };
-        Enforcement {
-            hooks: HookChain::new(base, Vec::new()),
-            repeat_revoke_after: Duration::from_secs(60),
-            enforce,
-            last_seen_resolution: Duration::ZERO,
-        }
-    }
 }
 
 #[cfg(test)]

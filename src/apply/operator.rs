@@ -8,8 +8,10 @@ use std::collections::BTreeSet;
 use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgPool};
 
+use super::enforcement::Enforcement;
 use super::load::{self, Origin, State};
-use super::{BatchOutcome, Enforcement, decide, write};
+use super::outcome::BatchOutcome;
+use super::{decide, write};
 use crate::db::{locks, overrides, sessions};
 use crate::domain::decision::Candidate;
 use crate::domain::event::{AppName, SessionId, UserId};

@@ -8,8 +8,8 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 
-use super::BatchOutcome;
 use super::load::{EventKey, Key, Origin, Slot, State};
+use super::outcome::BatchOutcome;
 use super::touch::touches_of;
 use crate::db::sessions::{self, SessionColumns};
 use crate::db::touch::Touches;

@@ -9,7 +9,9 @@ use sqlx::migrate::Migration;
 use sqlx::postgres::PgConnectOptions;
 
 use crate::apply::Enforcement;
-use crate::configuration::{Settings, redact_url};
+use session_guard_amqp::url::redact_url;
+
+use crate::configuration::Settings;
 use crate::db;
 use crate::refusal::Refusal;
 

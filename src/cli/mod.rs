@@ -12,6 +12,7 @@ mod revoke;
 mod run;
 mod session_listing;
 mod sessions;
+pub mod synopsis;
 
 use std::path::PathBuf;
 

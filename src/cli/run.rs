@@ -1,7 +1,9 @@
 //! `session-guard run`: the worker, until SIGINT or SIGTERM.
 
 use crate::Worker;
-use crate::configuration::{Settings, redact_url};
+use session_guard_amqp::url::redact_url;
+
+use crate::configuration::Settings;
 use crate::{shutdown, telemetry};
 
 pub(super) async fn run_worker(settings: Settings) -> anyhow::Result<()> {

@@ -75,3 +75,18 @@ pub(super) fn kind_of(body: &[u8]) -> &'static str {
         .and_then(|t| EventKind::ALL.into_iter().find(|k| k.as_str() == t.kind))
         .map_or("unknown", EventKind::as_str)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_of_the_contract_is_named_and_the_rest_is_unknown() {
+        for kind in EventKind::ALL {
+            let body = format!(r#"{{"type": "{}", "app": "shop"}}"#, kind.as_str());
+            assert_eq!(kind_of(body.as_bytes()), kind.as_str());
+        }
+        assert_eq!(kind_of(br#"{"type": "teleport"}"#), "unknown");
+        assert_eq!(kind_of(b"not json"), "unknown");
+    }
+}

@@ -10,17 +10,17 @@ use chrono::Utc;
 use lapin::Channel;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
+use session_guard_amqp::backoff::Backoff;
+use session_guard_amqp::quorum::delivery_count;
 use tokio::time::Instant;
 
 use super::decode::{Decoded, kind_of};
 use crate::apply::{self, AheadHints, BatchOutcome, LockTurn, PipelinePlace};
-use crate::backoff::{Backoff, pause};
 use crate::broker;
 use crate::domain::dead_letter::ErrorKind;
 use crate::domain::event::{EventKind, SessionEvent};
 use crate::metric;
-use crate::refusal::Refusal;
-use crate::shutdown::CancellationToken;
+use crate::shutdown::{CancellationToken, pause};
 use crate::state::WorkerState;
 
 /// Pause before requeueing an event the database refused, times its
@@ -164,7 +164,7 @@ async fn refused(
     error: &apply::BatchError,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
-    let count = broker::delivery_count(&delivery.properties);
+    let count = delivery_count(&delivery.properties);
     let text = format!("database refused the event: {error}");
     if count >= state.settings.amqp.max_redeliveries {
         return reject_and_ack(state, channels, delivery, &text, ErrorKind::Failed).await;
@@ -287,7 +287,7 @@ async fn apply_with_retry(
                 state.health.set_database(false);
                 let delay = backoff.next_delay();
                 metric::DATABASE_RETRIES.add(1);
-                match Refusal::of_batch(&e) {
+                match e.refusal() {
                     Some(refusal) => {
                         tracing::error!(%refusal, retry_in_ms = delay.as_millis() as u64, "database refused the worker: retrying, in case the credentials are being rotated");
                         state.health.set_refusal("batches", Some(refusal));

@@ -10,7 +10,9 @@ use sqlx::migrate::MigrateDatabase;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgPool, Postgres};
 
-use crate::configuration::{DatabaseSettings, redact_url};
+use session_guard_amqp::url::redact_url;
+
+use crate::configuration::DatabaseSettings;
 
 /// Migrations in ./migrations, embedded so the binary can apply them itself.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -47,8 +49,8 @@ pub async fn connect(settings: &DatabaseSettings) -> anyhow::Result<PgPool> {
     // connection's life: seq scans and hash joins on a log that has since
     // grown. Planning these statements costs a fraction of a millisecond.
     let options = options.options([("plan_cache_mode", "force_custom_plan")]);
-    // TCP connections have Nagle's algorithm off: the vendored sqlx-core
-    // sets TCP_NODELAY on each socket it opens (vendor/sqlx-core/README.md).
+    // TCP connections have Nagle's algorithm off: sqlx (0.9.1 on) sets
+    // TCP_NODELAY on each socket it opens (tests/integration/nodelay.rs).
     PgPoolOptions::new()
         .max_connections(settings.max_connections.max(2))
         .acquire_timeout(Duration::from_secs(10))

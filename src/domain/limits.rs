@@ -1,5 +1,6 @@
 //! Limits, eviction policies and rule hooks: what applies to one user in one
-//! app, and who decided it.
+//! app, and who decided it. The chain `limits.hooks` names is built here too
+//! ([`HookChain::configured`]), beside the hooks; the settings only name them.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -257,6 +258,45 @@ impl HookChain {
         HookChain { base, hooks }
     }
 
+    /// The chain `names` configures (`limits.hooks`): built-in hooks by
+    /// name (`rules` with the declarative `rules`), and `custom` hooks (from
+    /// a program embedding the worker) where their name appears, or after
+    /// the named ones if it does not.
+    pub fn configured(
+        base: Limits,
+        names: &[String],
+        rules: &[Rule],
+        custom: &[Arc<dyn RuleHook>],
+    ) -> Result<HookChain, UnknownHook> {
+        let mut chain: Vec<Arc<dyn RuleHook>> = Vec::new();
+        let mut used = vec![false; custom.len()];
+        for name in names {
+            if let Some(i) = custom.iter().position(|h| h.name() == name) {
+                chain.push(custom[i].clone());
+                used[i] = true;
+                continue;
+            }
+            let hook: Arc<dyn RuleHook> = match name.as_str() {
+                "superuser_unlimited" => Arc::new(SuperuserUnlimited),
+                "rules" => Arc::new(Rules::new(rules.to_vec())),
+                "user_overrides" => Arc::new(UserOverrides),
+                other => {
+                    return Err(UnknownHook {
+                        name: other.to_owned(),
+                        registered: custom.iter().map(|h| h.name().to_owned()).collect(),
+                    });
+                }
+            };
+            chain.push(hook);
+        }
+        for (hook, used) in custom.iter().zip(used) {
+            if !used {
+                chain.push(hook.clone());
+            }
+        }
+        Ok(HookChain::new(base, chain))
+    }
+
     pub fn base(&self) -> Limits {
         self.base
     }
@@ -485,8 +525,34 @@ impl RuleHook for UserOverrides {
     }
 }
 
-/// Names of the built-in hooks, for `limits.hooks`.
-pub const BUILT_IN_HOOKS: [&str; 3] = ["superuser_unlimited", "rules", "user_overrides"];
+/// Names of the built-in hooks, for `limits.hooks`, in the order they would
+/// run if all were enabled (operators' overrides last), which is how the
+/// refusal of an unknown name lists them and how docs/CONFIGURATION.md shows it.
+pub const BUILT_IN_HOOKS: [&str; 3] = ["rules", "superuser_unlimited", "user_overrides"];
+
+/// A hook name that is neither built in nor registered: the chain cannot
+/// be built, and the worker does not start.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "unknown hook {name:?} (built in: {}{})",
+    BUILT_IN_HOOKS.join(", "),
+    registered_list(.registered)
+)]
+pub struct UnknownHook {
+    /// The name configured.
+    pub name: String,
+    /// The names of the hooks the embedding program registered.
+    pub registered: Vec<String>,
+}
+
+/// "; registered: a, b", or nothing when no hook was registered.
+fn registered_list(registered: &[String]) -> String {
+    if registered.is_empty() {
+        String::new()
+    } else {
+        format!("; registered: {}", registered.join(", "))
+    }
+}
 
 #[cfg(test)]
 mod tests {
@@ -605,6 +671,53 @@ mod tests {
         assert_eq!(e.set_by.policy, "user_overrides");
         let e = eval(&chain, "blog", json!({}), &overrides);
         assert_eq!(e.limits.max_sessions, 2);
+    }
+
+    #[test]
+    fn the_configured_chain_runs_named_hooks_in_order_and_registered_ones_where_named() {
+        struct Named(&'static str);
+        impl RuleHook for Named {
+            fn name(&self) -> &str {
+                self.0
+            }
+            fn apply(&self, _: &HookContext<'_>, _: &mut LimitsEditor<'_>) {}
+        }
+        let names = |list: &[&str]| list.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+        let chain =
+            HookChain::configured(base(), &names(&["rules", "superuser_unlimited"]), &[], &[])
+                .unwrap();
+        assert_eq!(chain.names(), ["rules", "superuser_unlimited"]);
+        assert_eq!(chain.base(), base());
+
+        // A registered hook runs where it is named, or after the named ones.
+        let plan: Arc<dyn RuleHook> = Arc::new(Named("plan"));
+        let audit: Arc<dyn RuleHook> = Arc::new(Named("audit"));
+        let custom = [plan, audit];
+        let chain = HookChain::configured(
+            base(),
+            &names(&["rules", "plan", "user_overrides"]),
+            &[],
+            &custom,
+        )
+        .unwrap();
+        assert_eq!(chain.names(), ["rules", "plan", "user_overrides", "audit"]);
+
+        // The `rules` hook gets the declarative rules.
+        let staff = rule(json!({"when": {"role": "staff"}, "max_sessions": 3}));
+        let chain = HookChain::configured(base(), &names(&["rules"]), &[staff], &[]).unwrap();
+        assert!(chain.reads_attributes());
+
+        let err = HookChain::configured(base(), &names(&["rules", "nope"]), &[], &[]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "unknown hook \"nope\" (built in: rules, superuser_unlimited, user_overrides)"
+        );
+        let err = HookChain::configured(base(), &names(&["nope"]), &[], &custom).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "unknown hook \"nope\" (built in: rules, superuser_unlimited, user_overrides; \
+             registered: plan, audit)"
+        );
     }
 
     #[test]

@@ -10,9 +10,10 @@ use std::time::Duration;
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::time::Instant;
 
-use crate::backoff::{Backoff, pause};
+use session_guard_amqp::backoff::Backoff;
+
 use crate::refusal::Refusal;
-use crate::shutdown::CancellationToken;
+use crate::shutdown::{CancellationToken, pause};
 use crate::state::WorkerState;
 
 /// A connection that lived this long before failing resets the backoff.

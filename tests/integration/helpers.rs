@@ -588,7 +588,7 @@ impl TestApp {
         );
         let text = |name: &str| headers.get(name).and_then(Value::as_str).map(str::to_owned);
         Some(DeadLetter {
-            delivery_count: broker::delivery_count(&delivery.properties),
+            delivery_count: session_guard_amqp::quorum::delivery_count(&delivery.properties),
             body: delivery.data,
             error: text(broker::ERROR_HEADER),
             kind: text(broker::ERROR_KIND_HEADER),

@@ -2,6 +2,7 @@
 //! Each test has its own database and its own exchanges and queues.
 
 mod helpers;
+mod private_broker;
 
 mod bad_input;
 mod batching;
@@ -11,6 +12,7 @@ mod client_listener;
 mod compose;
 mod contract;
 mod demo;
+mod docs_drift;
 mod enforcement;
 mod faults;
 mod lifecycle;

@@ -1,6 +1,6 @@
 //! The worker's database pool has Nagle's algorithm off on every connection
-//! (the vendored sqlx-core sets TCP_NODELAY), read back from the sockets
-//! themselves.
+//! (sqlx-core sets TCP_NODELAY since 0.9.1, sqlx PR #4336), read back from
+//! the sockets themselves: the test fails if a sqlx release drops it.
 
 use std::net::TcpStream;
 use std::os::fd::OwnedFd;

@@ -107,6 +107,62 @@ async fn run_exits_at_once_when_postgresql_refuses_the_role() {
     );
 }
 
+/// A batch's error tells the refusal behind it, and `Refusal::find` sees
+/// that refusal through the error's causes (refusal.rs knows nothing of
+/// batches: it sits below apply). The refusal is a real one: a statement
+/// run under a role without rights on the table.
+#[tokio::test]
+async fn a_batch_refused_by_postgresql_is_a_refusal_through_its_causes() {
+    use session_guard::apply::BatchError;
+    use session_guard::refusal::{Refusal, Refused, Service};
+    use sqlx::Connection as _;
+
+    let app = spawn_app_without_worker(|_| {}).await;
+    let denied = || async {
+        let mut conn = sqlx::PgConnection::connect(&app.settings.database.url)
+            .await
+            .unwrap();
+        // A built-in role that exists everywhere and may read no table of ours.
+        sqlx::query("SET ROLE pg_monitor")
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        let error = sqlx::query("SELECT 1 FROM session_users")
+            .execute(&mut conn)
+            .await
+            .unwrap_err();
+        let _ = conn.close().await;
+        error
+    };
+    let expected = Refusal {
+        service: Service::Database,
+        refused: Refused::Access,
+        reason: "permission denied for table session_users (SQLSTATE 42501)".to_owned(),
+    };
+    assert_eq!(
+        BatchError::Statement(denied().await).refusal(),
+        Some(expected.clone())
+    );
+    assert_eq!(
+        BatchError::Connect(denied().await).refusal(),
+        Some(expected.clone())
+    );
+    for error in [
+        BatchError::Statement(denied().await),
+        BatchError::Connect(denied().await),
+    ] {
+        let wrapped = anyhow::Error::new(error).context("batch failed");
+        assert_eq!(
+            Refusal::find(&wrapped),
+            Some(expected.clone()),
+            "{wrapped:#}"
+        );
+    }
+    let contention = BatchError::TooManyPasses(8);
+    assert_eq!(contention.refusal(), None);
+    assert_eq!(Refusal::find(&anyhow::Error::new(contention)), None);
+}
+
 /// The reason `run` gave for failing: `run` reports through its log (one
 /// ERROR line, `session-guard failed error="..."`), and exactly once.
 fn failure_line(stderr: &str) -> &str {

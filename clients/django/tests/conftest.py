@@ -79,6 +79,9 @@ class Names:
     """One test's names on the broker and in Django."""
 
     token: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    # The broker of this test: the shared one, or a node of its own
+    # (``private_broker``).
+    amqp_url: str = AMQP_URL
 
     @property
     def app(self) -> str:
@@ -106,6 +109,7 @@ class Names:
             "SG_TEST_APP": self.app,
             "SG_TEST_EVENTS_EXCHANGE": self.events_exchange,
             "SG_TEST_REVOCATIONS_EXCHANGE": self.revocations_exchange,
+            "SG_TEST_AMQP_URL": self.amqp_url,
         }
 
 
@@ -129,6 +133,8 @@ def names(settings: Any) -> Iterator[Names]:
     # The request tables the test's processes shared (coalesce.py).
     for path in set(glob.glob(pattern)) - before:
         os.remove(path)
+    if n.amqp_url != AMQP_URL:
+        return  # a node of the test's own, gone with everything on it
     connection = broker()
     channel = connection.channel()
     for queue in (n.events_exchange, n.dead_exchange, n.revoke_queue, n.revoke_queue + ".dead"):
@@ -209,7 +215,7 @@ class Worker:
 [database]
 url = "{PG_URL}/{self.database}?sslmode=disable"
 [amqp]
-url = "{AMQP_URL}"
+url = "{names.amqp_url}"
 events_exchange = "{names.events_exchange}"
 events_queue = "{names.events_exchange}"
 revocations_exchange = "{names.revocations_exchange}"
@@ -354,3 +360,48 @@ def listener(names: Names, settings: Any, tmp_path: Path) -> Iterator[Callable[[
 
 def rabbitmqctl(*args: str) -> None:
     subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=120)
+
+
+class PrivateBroker:
+    """A RabbitMQ node of the test's own (``scripts/rabbitmq-node``), for a
+    test whose broker goes away: the shared one, which other tests use at
+    the same time, is never stopped."""
+
+    SCRIPT = REPO / "scripts" / "rabbitmq-node"
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory / "rabbitmq-node"
+        self.port = free_port()
+        self.url = f"amqp://guest:guest@127.0.0.1:{self.port}/%2f"
+
+    def _run(self, *args: str) -> None:
+        result = subprocess.run([str(self.SCRIPT), *args], capture_output=True, text=True, timeout=180)
+        if result.returncode != 0:
+            pytest.fail(f"scripts/rabbitmq-node {' '.join(args)}: {result.stdout}{result.stderr}")
+
+    def start(self) -> None:
+        """Starts the node (again, after ``stop``, with its durable queues)
+        and waits until it accepts connections (5-10 s)."""
+        self._run("start", str(self.directory), str(self.port))
+
+    def stop(self) -> None:
+        """Stops the node, keeping its data: an outage."""
+        self._run("stop", str(self.directory))
+
+    def kill(self) -> None:
+        subprocess.run([str(self.SCRIPT), "kill", str(self.directory)], capture_output=True, timeout=60)
+
+
+@pytest.fixture
+def private_broker(names: Names, settings: Any, tmp_path: Path) -> Iterator[PrivateBroker]:
+    """A node of the test's own, in force for the test's names, worker,
+    listener and publisher. Request it before ``worker`` and ``listener``,
+    so it outlives them; killed and removed at the end, also after a failure."""
+    node = PrivateBroker(tmp_path)
+    try:
+        node.start()
+        names.amqp_url = node.url
+        settings.SESSION_GUARD_AMQP_URL = node.url
+        yield node
+    finally:
+        node.kill()

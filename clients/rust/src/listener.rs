@@ -22,7 +22,9 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
-use crate::connection::{Backoff, CLOSE_TIMEOUT, CONNECT_TIMEOUT, redact_url};
+use session_guard_amqp::url::redact_url;
+
+use crate::connection::{CLOSE_TIMEOUT, CONNECT_TIMEOUT};
 use futures::future::{Fuse, FusedFuture};
 use futures::{FutureExt, StreamExt};
 use lapin::message::Delivery;
@@ -34,14 +36,13 @@ use lapin::options::{
 use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind};
+use session_guard_amqp::backoff::Backoff;
+use session_guard_amqp::quorum::{delivery_count, quorum_arguments};
 use session_guard_protocol::event::AppName;
 use session_guard_protocol::names;
 use session_guard_protocol::revoke::RevokeMessage;
 use tokio::time::Instant;
 
-/// Header RabbitMQ sets on a quorum queue's redeliveries: how many
-/// deliveries came before.
-const DELIVERY_COUNT_HEADER: &str = "x-delivery-count";
 /// Pause before a failed revoke goes back to the queue, times its attempt
 /// number: a handler failing on a passing outage gets some time to recover
 /// before its attempts run out.
@@ -544,16 +545,6 @@ async fn declare_revoke_queue(
     Ok(())
 }
 
-/// Quorum queues: replicated, durable, with delivery counts and limits.
-fn quorum_arguments() -> FieldTable {
-    let mut args = FieldTable::default();
-    args.insert(
-        "x-queue-type".into(),
-        AMQPValue::LongString("quorum".into()),
-    );
-    args
-}
-
 /// The AMQP soft error (a channel error) behind `e`, if it is one.
 fn soft_error(e: &lapin::Error) -> Option<AMQPSoftError> {
     match e.kind() {
@@ -753,7 +744,7 @@ where
     E: Display,
     S: Future<Output = ()>,
 {
-    let delivery_count = delivery_count(&delivery);
+    let delivery_count = delivery_count(&delivery.properties);
     let message = match parse(&delivery.data) {
         Ok(message) => message,
         Err(why) => {
@@ -862,22 +853,6 @@ fn parse(body: &[u8]) -> Result<RevokeMessage, String> {
     }
     Ok(message)
 }
-
-/// How many times the broker delivered this message before.
-fn delivery_count(delivery: &Delivery) -> u32 {
-    let Some(headers) = delivery.properties.headers() else {
-        return 0;
-    };
-    match headers.inner().get(DELIVERY_COUNT_HEADER) {
-        Some(AMQPValue::LongLongInt(n)) => (*n).clamp(0, u32::MAX as i64) as u32,
-        Some(AMQPValue::LongInt(n)) => (*n).max(0) as u32,
-        Some(AMQPValue::LongUInt(n)) => *n,
-        Some(AMQPValue::ShortInt(n)) => (*n).max(0) as u32,
-        Some(AMQPValue::ShortShortInt(n)) => (*n).max(0) as u32,
-        _ => 0,
-    }
-}
-
 /// Sleeps for `delay` unless `shutdown` resolves first; `false` if it did.
 async fn pause<S: Future<Output = ()>>(
     delay: Duration,
@@ -953,15 +928,5 @@ mod tests {
         );
         let revoke = String::from_utf8_lossy(login).replace("\"login\"", "\"revoke\"");
         assert_eq!(parse(revoke.as_bytes()).unwrap().session_id, "s");
-    }
-
-    #[test]
-    fn passwords_never_show() {
-        assert_eq!(
-            redact_url("amqp://shop:s3cret@mq:5672/%2f"),
-            "amqp://shop:***@mq:5672/%2f"
-        );
-        assert_eq!(redact_url("amqp://mq/%2f"), "amqp://mq/%2f");
-        assert_eq!(redact_url("amqp://a:b@c@mq"), "amqp://a:***@mq");
     }
 }

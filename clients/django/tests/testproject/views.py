@@ -1,5 +1,6 @@
 import os
 
+from asgiref.sync import sync_to_async
 from django.contrib.auth import authenticate, login, logout
 from django.http import HttpRequest, HttpResponse
 from django.views.decorators.csrf import csrf_exempt
@@ -56,5 +57,8 @@ def forget(request: HttpRequest) -> HttpResponse:
 
 
 async def awhoami(request: HttpRequest) -> HttpResponse:
-    user = await request.auser()
-    return HttpResponse(user.get_username() if user.is_authenticated else "anonymous")
+    if hasattr(request, "auser"):  # Django 5.0 and later
+        user = await request.auser()
+        return HttpResponse(user.get_username() if user.is_authenticated else "anonymous")
+    # Django 4.2: the lazy request.user reads the database, off the event loop.
+    return await sync_to_async(whoami)(request)

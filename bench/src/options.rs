@@ -1,0 +1,81 @@
+//! The benchmark's command line: every figure it measures has a knob here.
+//! Its own module, so that the parts that read the options (the latency
+//! run, the report) import them without importing `main.rs`.
+
+use std::path::PathBuf;
+
+use clap::Parser;
+
+use crate::traffic::Mix;
+
+/// What to run; every figure of the benchmark has a knob here.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "session-guard-bench", version, about)]
+pub struct BenchArgs {
+    /// Configuration file layered over the built-in defaults, as the
+    /// worker reads it (environment variables SESSION_GUARD__SECTION__KEY
+    /// override both): the servers to measure against.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// The worker binary to measure (default: `session-guard` beside this
+    /// executable).
+    #[arg(long, value_name = "FILE")]
+    pub worker: Option<PathBuf>,
+    /// Events in the pre-filled queue for the drain runs.
+    #[arg(long, default_value_t = 200_000)]
+    pub events: usize,
+    /// The traffic of the drain runs (see BENCHMARKS.md, "Traffic mixes").
+    #[arg(long, value_enum, default_value = "production")]
+    pub mix: Mix,
+    /// Distinct users in the generated traffic.
+    #[arg(long, default_value_t = 50_000)]
+    pub users: usize,
+    /// Publish rate of the latency run, events per second.
+    #[arg(long, default_value_t = 2_000)]
+    pub rate: usize,
+    /// Length of the latency run, seconds.
+    #[arg(long, default_value_t = 20)]
+    pub seconds: u64,
+    /// Ended sessions put in the log before the last drain run (0 = skip it).
+    #[arg(long, default_value_t = 5_000_000)]
+    pub log_rows: u64,
+    /// The file whose bench block (the lines between `<!-- bench:begin -->`
+    /// and `<!-- bench:end -->`) the report replaces, leaving the rest as it
+    /// is; created if missing (empty = do not write).
+    #[arg(long, default_value = "BENCHMARKS.md")]
+    pub output: String,
+    /// Times each drain is repeated; the report gives medians, and ratios
+    /// are taken within a repetition (worker and baseline back to back).
+    #[arg(long, default_value_t = 3)]
+    pub runs: usize,
+    /// Events published through the client crate's EventPublisher (and,
+    /// back to back, with raw publisher confirms) to measure the app side.
+    #[arg(long, default_value_t = 100_000)]
+    pub client_events: usize,
+    /// Measure only the app side (publishing through the client crate next
+    /// to raw confirms, and request coalescing); prints the table and writes
+    /// no report.
+    #[arg(long, conflicts_with = "coalescing_only")]
+    pub client_only: bool,
+    /// Sessions of the page-load traffic request coalescing is measured on
+    /// (a page and 5 more requests within a second per visit, visits every
+    /// 10-60 s per session).
+    #[arg(long, default_value_t = 5_000)]
+    pub coalescing_sessions: usize,
+    /// Event time the page-load traffic spans, seconds (synthetic: it is
+    /// sent as fast as the publisher takes it).
+    #[arg(long, default_value_t = 300)]
+    pub coalescing_seconds: u64,
+    /// Measure only request coalescing (the broker only, a few seconds);
+    /// prints the table and writes no report.
+    #[arg(long)]
+    pub coalescing_only: bool,
+}
+
+impl BenchArgs {
+    /// Only a part that needs the broker alone: no worker, no database, no
+    /// report.
+    pub fn broker_only(&self) -> bool {
+        self.client_only || self.coalescing_only
+    }
+}
