@@ -142,6 +142,21 @@ async fn declare_events_queue(channel: &Channel, settings: &AmqpSettings) -> any
     Ok(())
 }
 
+/// Messages ready in `queue` (not those delivered and not yet acked), from a
+/// passive declare: it changes nothing, but a missing queue closes `channel`,
+/// so give it a channel of its own.
+pub async fn ready_messages(channel: &Channel, queue: &str) -> anyhow::Result<u32> {
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..QueueDeclareOptions::default()
+    };
+    let queue = channel
+        .queue_declare(queue.into(), passive, FieldTable::default())
+        .await
+        .with_context(|| format!("cannot count the messages of queue {queue}"))?;
+    Ok(queue.message_count())
+}
+
 /// Deletes what [`declare_topology`] declares: both queues, then the three
 /// exchanges, over a connection of its own (named after `role`). Best effort
 /// (for throwaway topologies: tests, the benchmark); what is already gone,

@@ -274,6 +274,19 @@ pub const OUTBOX_OLDEST_AGE: Metric = Metric::plain(
     "Age of the oldest revoke in the outbox, in seconds (0 when empty), as housekeeping last saw it.",
 );
 
+/// Messages waiting in session-guard's queues.
+pub const QUEUE_MESSAGES: Metric = Metric {
+    name: "session_guard_queue_messages",
+    kind: Kind::Gauge,
+    labels: &["queue"],
+    help: "Messages ready in session-guard's queues (queue=events: not yet delivered to a worker; \
+           queue=dead_letter: waiting for an operator), as this worker's consumer last counted them; \
+           every worker reports the same queues.",
+    // By role, not by the configured name: dashboards and alerts work
+    // whatever the queues are called, and the label never grows.
+    initial: &[&[("queue", "events")], &[("queue", "dead_letter")]],
+};
+
 /// Database readiness.
 pub const DATABASE_UP: Metric = Metric::plain(
     "session_guard_database_up",
@@ -309,6 +322,7 @@ pub const ALL: &[Metric] = &[
     SESSIONS_PRUNED,
     OUTBOX_BACKLOG,
     OUTBOX_OLDEST_AGE,
+    QUEUE_MESSAGES,
     DATABASE_UP,
     BROKER_UP,
 ];

@@ -104,7 +104,12 @@ fn describe_metrics() {
             Kind::Gauge => {
                 metrics::describe_gauge!(m.name, m.help);
                 // Registered, it renders (at 0 until set).
-                let _ = metrics::gauge!(m.name);
+                if m.labels.is_empty() {
+                    let _ = metrics::gauge!(m.name);
+                }
+                for labels in m.initial {
+                    let _ = metrics::gauge!(m.name, *labels);
+                }
             }
             Kind::Histogram(_) => {
                 metrics::describe_histogram!(m.name, m.help);

@@ -9,6 +9,7 @@
 
 mod decode;
 mod handle;
+mod queue_depth;
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -32,6 +33,7 @@ use crate::shutdown::CancellationToken;
 use crate::state::WorkerState;
 use decode::decode;
 use handle::{Channels, ack_through, handle_batch};
+use queue_depth::QueueDepth;
 
 /// How long, after the consumer was cancelled, to wait for deliveries the
 /// broker had already pushed to us.
@@ -53,6 +55,8 @@ pub(crate) async fn consume(
         () = shutdown.cancelled() => return Ok(()),
     };
     let mut link = Link::open(connection, settings).await?;
+    // Counts the queues while this connection consumes; stops with it.
+    let _queue_depth = QueueDepth::start(&link.connection, &settings.amqp).await?;
     tracing::info!(queue = %settings.amqp.events_queue, "consuming");
     state.health.set_broker(true);
     state.health.set_refusal("consumer", None);

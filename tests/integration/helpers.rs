@@ -959,3 +959,9 @@ pub async fn apply_one(pool: &PgPool, enforcement: &Enforcement, event: Value) -
         .await
         .unwrap()
 }
+
+/// A file of the repository (docs, deploy/, docker-compose.yml), as text.
+pub fn repository_file(path: &str) -> String {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(path);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
