@@ -674,6 +674,18 @@ mod tests {
     }
 
     #[test]
+    fn every_built_in_name_builds_its_hook_and_nothing_else_is_built_in() {
+        // BUILT_IN_HOOKS and the match in `configured` are two lists: a name
+        // added to one only fails here.
+        let all: Vec<String> = BUILT_IN_HOOKS.iter().map(|n| n.to_string()).collect();
+        let chain = HookChain::configured(base(), &all, &[], &[]).unwrap();
+        assert_eq!(chain.names(), BUILT_IN_HOOKS);
+        for name in ["rule", "overrides", "superuser"] {
+            assert!(HookChain::configured(base(), &[name.to_owned()], &[], &[]).is_err());
+        }
+    }
+
+    #[test]
     fn the_configured_chain_runs_named_hooks_in_order_and_registered_ones_where_named() {
         struct Named(&'static str);
         impl RuleHook for Named {

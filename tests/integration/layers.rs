@@ -57,8 +57,11 @@ const RULES: &[Rule] = &[
             "crate::refusal",
             "crate::relay",
             "crate::runtime",
+            "crate::shutdown",
             "crate::state",
             "crate::sweep",
+            "crate::telemetry",
+            "crate::terminal",
             "sqlx",
             "lapin",
             "tokio",
@@ -95,6 +98,11 @@ const RULES: &[Rule] = &[
             "lapin",
         ],
         why: "applying a batch neither acks nor publishes: it writes outbox rows",
+    },
+    Rule {
+        place: "src/cli",
+        forbidden: &["crate::consumer", "crate::relay"],
+        why: "a command that runs the worker goes through the runtime",
     },
     Rule {
         place: "src/consumer",
