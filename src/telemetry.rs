@@ -114,7 +114,12 @@ fn describe_metrics() {
             Kind::Histogram(_) => {
                 metrics::describe_histogram!(m.name, m.help);
                 // Registered, it renders with empty buckets.
-                let _ = metrics::histogram!(m.name);
+                if m.labels.is_empty() {
+                    let _ = metrics::histogram!(m.name);
+                }
+                for labels in m.initial {
+                    let _ = metrics::histogram!(m.name, *labels);
+                }
             }
         }
     }

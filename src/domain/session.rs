@@ -26,6 +26,8 @@ pub enum EndReason {
     LogoutOthers,
     /// Revoked by the user's "log out everywhere".
     LogoutAll,
+    /// Revoked by the user from a sessions page, through the sessions API.
+    User,
     /// Revoked by an operator (`session-guard revoke`).
     Admin,
     /// Only for sessions shown after they passed their `expires_at`.
@@ -42,6 +44,7 @@ impl From<EndReason> for RevokeReason {
             EndReason::IdleTimeout => RevokeReason::IdleTimeout,
             EndReason::LogoutOthers => RevokeReason::LogoutOthers,
             EndReason::LogoutAll => RevokeReason::LogoutAll,
+            EndReason::User => RevokeReason::User,
             EndReason::Admin => RevokeReason::Admin,
             EndReason::Logout | EndReason::Expired => RevokeReason::Other,
         }
@@ -49,13 +52,14 @@ impl From<EndReason> for RevokeReason {
 }
 
 impl EndReason {
-    const ALL: [EndReason; 8] = [
+    const ALL: [EndReason; 9] = [
         EndReason::Logout,
         EndReason::SessionLimit,
         EndReason::SessionLimitDenied,
         EndReason::IdleTimeout,
         EndReason::LogoutOthers,
         EndReason::LogoutAll,
+        EndReason::User,
         EndReason::Admin,
         EndReason::Expired,
     ];
@@ -68,6 +72,7 @@ impl EndReason {
             EndReason::IdleTimeout => "idle_timeout",
             EndReason::LogoutOthers => "logout_others",
             EndReason::LogoutAll => "logout_all",
+            EndReason::User => "user",
             EndReason::Admin => "admin",
             EndReason::Expired => "expired",
         }
