@@ -143,13 +143,30 @@ mod tests {
                 m.name,
                 m.kind.prometheus_type()
             );
+            let sets: Vec<String> = m
+                .initial
+                .iter()
+                .map(|labels| {
+                    let set: Vec<String> =
+                        labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+                    set.join(",")
+                })
+                .collect();
             if let Kind::Histogram(buckets) = m.kind {
-                let first = format!("{}_bucket{{le=\"{}\"}}", m.name, buckets[0]);
-                assert!(text.contains(&first), "{first} missing:\n{text}");
+                // Its buckets, for the unlabelled series or each initial one.
+                let prefixes = if m.labels.is_empty() {
+                    vec![String::new()]
+                } else {
+                    sets.iter().map(|set| format!("{set},")).collect()
+                };
+                for prefix in prefixes {
+                    let first = format!("{}_bucket{{{prefix}le=\"{}\"}}", m.name, buckets[0]);
+                    assert!(text.contains(&first), "{first} missing:\n{text}");
+                }
+                continue;
             }
-            for labels in m.initial {
-                let set: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
-                let series = format!("{}{{{}}} 0", m.name, set.join(","));
+            for set in sets {
+                let series = format!("{}{{{set}}} 0", m.name);
                 assert!(text.contains(&series), "{series} missing:\n{text}");
             }
         }
