@@ -233,7 +233,7 @@ async fn lists_pages_marks_current_and_revokes_through_the_outbox_once() {
     let blog_only = api.get("/v1/users/u1/sessions?app=blog", &shop).await;
     assert_eq!(blog_only.json["sessions"], json!([]));
     let filtered = api.get("/v1/users/u1/sessions?app=blog", &all).await;
-    assert_eq!(handles(&filtered.json), [h_d.clone()]);
+    assert_eq!(handles(&filtered.json), std::slice::from_ref(&h_d));
 
     // The caller's own session is marked.
     let mine = api
@@ -296,7 +296,7 @@ async fn lists_pages_marks_current_and_revokes_through_the_outbox_once() {
     );
 
     let ended = api.get("/v1/users/u1/sessions?state=ended", &all).await;
-    assert_eq!(handles(&ended.json), [h_b.clone()]);
+    assert_eq!(handles(&ended.json), std::slice::from_ref(&h_b));
     let every = api.get("/v1/users/u1/sessions?state=all", &all).await;
     assert_eq!(handles(&every.json).len(), 4);
 
@@ -322,7 +322,7 @@ async fn lists_pages_marks_current_and_revokes_through_the_outbox_once() {
     let sent = app.expect_revokes(2).await;
     assert!(sent.iter().all(|r| r.body.reason == "user"));
     let active = api.get("/v1/users/u1/sessions", &all).await;
-    assert_eq!(handles(&active.json), [h_c.clone()]);
+    assert_eq!(handles(&active.json), std::slice::from_ref(&h_c));
     assert_eq!(
         app.active("u2", "shop").await.len(),
         1,
