@@ -49,9 +49,21 @@ static METRICS: std::sync::OnceLock<Option<metrics_exporter_prometheus::Promethe
 /// happened, and every histogram gets its buckets (without them the
 /// exporter renders a summary).
 pub fn init_metrics() {
+    init_metrics_but(&[]);
+}
+
+/// [`init_metrics`] for `session-guard api`, which serves the sessions API
+/// and never consumes: without `session_guard_broker_up`, whose 0 would
+/// read as a worker that stopped consuming (and fire its alert).
+pub fn init_api_metrics() {
+    init_metrics_but(&[metric::BROKER_UP.name]);
+}
+
+/// Installs the recorder and creates every metric but those named in `skip`.
+fn init_metrics_but(skip: &[&str]) {
     METRICS.get_or_init(|| match install_recorder() {
         Ok(handle) => {
-            describe_metrics();
+            describe_metrics(skip);
             Some(handle)
         }
         Err(e) => {
@@ -89,8 +101,8 @@ pub fn run_metrics_upkeep() {
     }
 }
 
-fn describe_metrics() {
-    for m in metric::ALL {
+fn describe_metrics(skip: &[&str]) {
+    for m in metric::ALL.iter().filter(|m| !skip.contains(&m.name)) {
         match m.kind {
             Kind::Counter => {
                 metrics::describe_counter!(m.name, m.help);

@@ -587,8 +587,10 @@ async fn tokens_are_shown_once_listed_without_secrets_and_revoked_at_once_by_the
 
     // `session-guard api` serves the API alone.
     let listen = format!("127.0.0.1:{}", free_port());
+    let health = format!("127.0.0.1:{}", free_port());
     let mut settings = app.settings.clone();
     settings.api.listen = listen.clone();
+    settings.http.listen = health.clone();
     let child = app
         .command_with(&settings, &["api"])
         .stdout(Stdio::null())
@@ -624,6 +626,25 @@ async fn tokens_are_shown_once_listed_without_secrets_and_revoked_at_once_by_the
         .await
         .unwrap();
     assert!(!again.status.success());
+
+    // Its health and metrics: ready without RabbitMQ, requests counted by
+    // route pattern and status, never by path.
+    let (status, body) = http_get(&health, "/health/ready").await.unwrap();
+    assert_eq!((status, body.as_str()), (200, "ready\n"));
+    let (_, metrics) = http_get(&health, "/metrics").await.unwrap();
+    let route = "route=\"/v1/users/{user_id}/sessions\"";
+    for status in ["200", "401"] {
+        let series = format!("session_guard_api_requests_total{{{route},status=\"{status}\"}} 1");
+        assert!(metrics.contains(&series), "{series} missing:\n{metrics}");
+    }
+    assert!(metrics.contains(&format!(
+        "session_guard_api_request_duration_seconds_count{{{route}}} 2"
+    )));
+    assert!(!metrics.contains("/v1/users/u1"), "{metrics}");
+    assert!(
+        !metrics.contains("session_guard_broker_up"),
+        "an API server does not consume: no broker gauge to alert on"
+    );
 }
 
 #[test]
