@@ -19,7 +19,8 @@ use crate::apply::{self, AdminRevokeError, AdminTarget, Revoker};
 use crate::db::listing::{self, PageQuery};
 use crate::db::sessions::LoggedSession;
 use crate::domain::event::AppName;
-use crate::domain::session::{EndReason, SessionState, state_of};
+use crate::domain::revoke::RevokeMessage;
+use crate::domain::session::{EndReason, SessionState, shown_end};
 
 /// Sessions per page unless `limit` says otherwise.
 const DEFAULT_LIMIT: u32 = 20;
@@ -84,17 +85,8 @@ fn invalid(detail: &str) -> ApiError {
 
 /// A session of the log as the API shows it: with its handle, never its id.
 fn to_api(state: &ApiState, s: LoggedSession, current: bool) -> Session {
-    let now = Utc::now();
-    let domain_state = state_of(
-        s.end_reason.as_deref().and_then(EndReason::parse),
-        s.expires_at,
-        now,
-    );
-    // An expired session has no end row of its own: it ended at expiry.
-    let (ended_at, end_reason) = match (domain_state, s.ended_at) {
-        (SessionState::Expired, None) => (s.expires_at, Some("expired".to_owned())),
-        _ => (s.ended_at, s.end_reason),
-    };
+    let (domain_state, ended_at, end_reason) =
+        shown_end(s.end_reason, s.ended_at, s.expires_at, Utc::now());
     Session {
         handle: state.handles.seal(&s.app, &s.session_id),
         app: s.app,
@@ -234,10 +226,7 @@ pub async fn revoke_one(
         .await?
         .ok_or(ApiError::NotFound)?;
     Ok(Json(Revoked {
-        revoked: messages
-            .iter()
-            .map(|m| state.handles.seal(&m.app, &m.session_id))
-            .collect(),
+        revoked: handles_of(&state, &messages),
         session: Some(to_api(&state, now, false)),
     }))
 }
@@ -300,12 +289,17 @@ pub async fn revoke_user(
     };
     let messages = revoke(&state, &caller, &target, body.note).await?;
     Ok(Json(Revoked {
-        revoked: messages
-            .iter()
-            .map(|m| state.handles.seal(&m.app, &m.session_id))
-            .collect(),
+        revoked: handles_of(&state, &messages),
         session: None,
     }))
+}
+
+/// The handles of the sessions `messages` revoke (never their ids).
+fn handles_of(state: &ApiState, messages: &[RevokeMessage]) -> Vec<String> {
+    messages
+        .iter()
+        .map(|m| state.handles.seal(&m.app, &m.session_id))
+        .collect()
 }
 
 /// Through the worker's one revoke path, as `user`, recorded as the token.
@@ -314,7 +308,7 @@ async fn revoke(
     caller: &Caller,
     target: &AdminTarget,
     note: Option<String>,
-) -> Result<Vec<crate::domain::revoke::RevokeMessage>, ApiError> {
+) -> Result<Vec<RevokeMessage>, ApiError> {
     let revoker = Revoker {
         reason: EndReason::User,
         ended_by: caller.ended_by(),

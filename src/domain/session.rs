@@ -245,6 +245,27 @@ impl SessionRecord {
     }
 }
 
+/// How a stored session stands at `now`, as listings show it (`sessions`,
+/// the sessions API): its state, and when and why it ended. A session past
+/// its expiry has no end row of its own: it ended at `expires_at`, with
+/// reason `expired`.
+pub fn shown_end(
+    end_reason: Option<String>,
+    ended_at: Option<DateTime<Utc>>,
+    expires_at: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+) -> (SessionState, Option<DateTime<Utc>>, Option<String>) {
+    let state = state_of(
+        end_reason.as_deref().and_then(EndReason::parse),
+        expires_at,
+        now,
+    );
+    match (state, ended_at) {
+        (SessionState::Expired, None) => (state, expires_at, Some("expired".to_owned())),
+        _ => (state, ended_at, end_reason),
+    }
+}
+
 /// The state of a session from its stored end reason and expiry.
 pub fn state_of(
     end_reason: Option<EndReason>,
