@@ -585,6 +585,23 @@ async fn tokens_are_shown_once_listed_without_secrets_and_revoked_at_once_by_the
         .unwrap();
     assert_eq!(stored, session_guard::api::token::hash(&token));
 
+    // `session-guard api` migrates nothing: a missing database stays missing.
+    let mut nowhere = app.settings.clone();
+    nowhere.api.listen = format!("127.0.0.1:{}", free_port());
+    let missing = format!(
+        "sg_test_missing_{}",
+        &token[4..14].to_lowercase().replace('-', "_")
+    );
+    nowhere.database.url =
+        session_guard::configuration::with_database(&nowhere.database.url, &missing);
+    let out = app.command_with(&nowhere, &["api"]).output().await.unwrap();
+    assert!(!out.status.success());
+    let error = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        error.contains("run `session-guard migrate` first"),
+        "{error}"
+    );
+
     // `session-guard api` serves the API alone.
     let listen = format!("127.0.0.1:{}", free_port());
     let health = format!("127.0.0.1:{}", free_port());
