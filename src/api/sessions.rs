@@ -27,6 +27,18 @@ const DEFAULT_LIMIT: u32 = 20;
 /// Most sessions per page.
 const MAX_LIMIT: u32 = 100;
 
+// The `state` parameter as the OpenAPI document shows it; `list_query`
+// reads it by hand, with the other parameters.
+/// Which sessions to list.
+#[derive(utoipa::ToSchema)]
+#[schema(rename_all = "lowercase")]
+#[allow(dead_code)] // Only described, never built: the query is read by hand.
+enum StateFilter {
+    Active,
+    Ended,
+    All,
+}
+
 /// The query of a listing, checked.
 #[derive(Debug, Default)]
 struct ListQuery {
@@ -115,8 +127,8 @@ fn to_api(state: &ApiState, s: LoggedSession, current: bool) -> Session {
     params(
         ("user_id" = String, Path, description = "The user, as apps send it in events."),
         ("app" = Option<Vec<String>>, Query, description = "Only these apps (repeatable); apps the token may not see are left out.", explode = true),
-        ("state" = Option<String>, Query, description = "`active` (default), `ended` or `all`."),
-        ("limit" = Option<u32>, Query, description = "Sessions per page, 1 to 100 (default 20)."),
+        ("state" = inline(Option<StateFilter>), Query, description = "Which sessions: `active` (the default), `ended` or `all`."),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 100, description = "Sessions per page, 1 to 100 (default 20)."),
         ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page."),
         ("current_session" = Option<String>, Query, description = "The caller's own session id: that session is marked `current`. Never logged, never returned."),
         ("current_app" = Option<String>, Query, description = "The app of `current_session`, when session ids may repeat across apps."),

@@ -688,4 +688,16 @@ fn the_checked_in_openapi_document_is_the_generated_one() {
     ] {
         assert!(doc["paths"].get(path).is_some(), "{path}");
     }
+    // Every schema a path or a schema refers to is in the document.
+    let schemas = doc["components"]["schemas"].as_object().unwrap();
+    for (at, _) in generated.match_indices("#/components/schemas/") {
+        let name: String = generated[at + 21..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        assert!(
+            schemas.contains_key(&name),
+            "{name} is referred to, not defined"
+        );
+    }
 }
