@@ -8,8 +8,8 @@ use axum::extract::FromRequestParts;
 use axum::http::header;
 use axum::http::request::Parts;
 
-use super::ApiState;
 use super::problem::ApiError;
+use super::state::ApiState;
 use super::token::{self, EVERY_APP, Scope};
 use crate::db;
 use crate::domain::event::AppName;

@@ -10,10 +10,10 @@ use axum::http::StatusCode;
 use serde_json::{Map, Value};
 use session_guard_protocol::api::{LimitSources, LimitValues, LimitsOverride, LimitsView, Problem};
 
-use super::ApiState;
 use super::auth::Caller;
 use super::input::{self, JsonBody};
 use super::problem::ApiError;
+use super::state::ApiState;
 use super::token::Scope;
 use crate::apply;
 use crate::configuration::MAX_INT4;

@@ -1,7 +1,8 @@
-//! The OpenAPI 3.1 document of the sessions API, generated from the
-//! handlers' annotations and the protocol crate's types (utoipa). Served at
-//! `GET /v1/openapi.json` and checked in as `docs/openapi.json`, which a
-//! test keeps equal to it.
+//! What the OpenAPI 3.1 document of the sessions API holds besides its
+//! routes: title, description, the bearer scheme, tags. The routes and their
+//! schemas come from the handlers' annotations and the protocol crate's
+//! types (`router::routes`); the whole is served at `GET /v1/openapi.json`
+//! and checked in as `docs/openapi.json`, which a test keeps equal to it.
 
 use utoipa::Modify;
 use utoipa::OpenApi;
@@ -40,13 +41,4 @@ impl Modify for BearerScheme {
             SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
         );
     }
-}
-
-/// The document, as `GET /v1/openapi.json` serves it and
-/// `docs/openapi.json` holds it (pretty, with a final newline).
-pub fn document() -> String {
-    let openapi = super::router::routes().into_openapi();
-    let mut text = openapi.to_pretty_json().expect("the document serializes");
-    text.push('\n');
-    text
 }

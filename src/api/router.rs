@@ -19,9 +19,10 @@ use utoipa::OpenApi as _;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::openapi::{self, ApiDoc};
+use super::openapi::ApiDoc;
 use super::problem::{ApiError, PROBLEM_JSON};
-use super::{ApiState, limits, sessions};
+use super::state::ApiState;
+use super::{limits, sessions};
 use crate::configuration::ApiSettings;
 use crate::metric;
 use crate::shutdown::CancellationToken;
@@ -41,6 +42,17 @@ pub(super) fn routes() -> OpenApiRouter<Arc<ApiState>> {
         .routes(routes!(openapi_json))
 }
 
+/// The OpenAPI document, as `GET /v1/openapi.json` serves it and
+/// `docs/openapi.json` holds it (pretty, with a final newline).
+pub fn openapi_document() -> String {
+    let mut text = routes()
+        .into_openapi()
+        .to_pretty_json()
+        .expect("the document serializes");
+    text.push('\n');
+    text
+}
+
 /// This document, as JSON (no token needed).
 #[utoipa::path(
     get,
@@ -49,7 +61,7 @@ pub(super) fn routes() -> OpenApiRouter<Arc<ApiState>> {
     responses((status = 200, description = "The OpenAPI 3.1 document.", content_type = "application/json", body = Object))
 )]
 async fn openapi_json() -> Response {
-    static DOCUMENT: std::sync::LazyLock<String> = std::sync::LazyLock::new(openapi::document);
+    static DOCUMENT: std::sync::LazyLock<String> = std::sync::LazyLock::new(openapi_document);
     (
         [(header::CONTENT_TYPE, "application/json")],
         DOCUMENT.as_str(),

@@ -13,8 +13,9 @@ use session_guard_protocol::api::{
 use super::auth::Caller;
 use super::input::{self, JsonBody};
 use super::problem::ApiError;
+use super::state::ApiState;
 use super::token::Scope;
-use super::{ApiState, cursor, device};
+use super::{cursor, device};
 use crate::apply::{self, AdminRevokeError, AdminTarget, Revoker};
 use crate::db::listing::{self, PageQuery};
 use crate::db::sessions::LoggedSession;

@@ -666,7 +666,7 @@ async fn tokens_are_shown_once_listed_without_secrets_and_revoked_at_once_by_the
 
 #[test]
 fn the_checked_in_openapi_document_is_the_generated_one() {
-    let generated = session_guard::api::openapi::document();
+    let generated = session_guard::api::openapi_document();
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/openapi.json");
     if std::env::var_os("SG_UPDATE_OPENAPI").is_some() {
         std::fs::write(&path, &generated).unwrap();
