@@ -8,11 +8,11 @@ use axum::Json;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
 use serde_json::{Map, Value};
-use session_guard_protocol::api::{LimitSources, LimitValues, LimitsOverride, LimitsView, Problem};
+use session_guard_protocol::api::{LimitSources, LimitValues, LimitsOverride, LimitsView};
 
 use super::auth::Caller;
 use super::input::{self, JsonBody};
-use super::problem::ApiError;
+use super::problem::{ApiError, Refusals};
 use super::state::ApiState;
 use super::token::Scope;
 use crate::apply;
@@ -54,10 +54,7 @@ fn app_param(caller: &Caller, raw: Option<&str>) -> Result<Option<AppName>, ApiE
     ),
     responses(
         (status = 200, description = "The limits, as `session-guard limits get --json` shows them.", body = LimitsView),
-        (status = 400, description = "A bad user id or app, or no app.", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No valid token.", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "The token lacks `limits:read`.", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "An app the token does not see.", body = Problem, content_type = "application/problem+json"),
+        Refusals,
     ),
     security(("bearer" = []))
 )]
@@ -122,11 +119,7 @@ pub async fn get(
     request_body = LimitsOverride,
     responses(
         (status = 204, description = "Stored; recorded as set by `token:<name>`."),
-        (status = 400, description = "A bad user id, app or body, or nothing to set.", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No valid token.", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "The token lacks `limits:write`.", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "An app the token does not see.", body = Problem, content_type = "application/problem+json"),
-        (status = 413, description = "The body is too large.", body = Problem, content_type = "application/problem+json"),
+        Refusals,
     ),
     security(("bearer" = []))
 )]
@@ -206,10 +199,7 @@ fn stored_override(app: Option<&AppName>, body: LimitsOverride) -> Result<UserOv
     ),
     responses(
         (status = 204, description = "Deleted."),
-        (status = 400, description = "A bad user id or app.", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No valid token.", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "The token lacks `limits:write`.", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No override was stored, or an app the token does not see.", body = Problem, content_type = "application/problem+json"),
+        Refusals,
     ),
     security(("bearer" = []))
 )]

@@ -4,6 +4,7 @@
 //! types (`router::routes`); the whole is served at `GET /v1/openapi.json`
 //! and checked in as `docs/openapi.json`, which a test keeps equal to it.
 
+use session_guard_protocol::api::Problem;
 use utoipa::Modify;
 use utoipa::OpenApi;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
@@ -22,6 +23,8 @@ use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
         license(name = "MIT OR Apache-2.0")
     ),
     modifiers(&BearerScheme),
+    // Every error's body; the routes refer to it through `Refusals`.
+    components(schemas(Problem)),
     tags(
         (name = "sessions", description = "List and end a user's sessions."),
         (name = "limits", description = "A user's limits, and operator overrides."),

@@ -98,6 +98,59 @@ impl ApiError {
     }
 }
 
+/// The errors of every route that needs a token, as the OpenAPI document
+/// lists them (one place, rather than a copy per route). Never built.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+pub enum Refusals {
+    /// 400.
+    #[response(
+        status = 400,
+        description = "An unknown parameter or body field, or a user id, app, cursor or value \
+                       the API does not take (`invalid-input`).",
+        content_type = "application/problem+json"
+    )]
+    InvalidInput(Problem),
+    /// 401.
+    #[response(
+        status = 401,
+        description = "No token, or an unknown or revoked one (`unauthorized`; with \
+                       `WWW-Authenticate: Bearer`).",
+        content_type = "application/problem+json"
+    )]
+    Unauthorized(Problem),
+    /// 403.
+    #[response(
+        status = 403,
+        description = "The token lacks the route's scope (`forbidden-scope`).",
+        content_type = "application/problem+json"
+    )]
+    ForbiddenScope(Problem),
+    /// 404.
+    #[response(
+        status = 404,
+        description = "No such session, handle or override for this token: also one of an \
+                       app outside the token's apps (`not-found`).",
+        content_type = "application/problem+json"
+    )]
+    NotFound(Problem),
+    /// 413.
+    #[response(
+        status = 413,
+        description = "A body over `api.max_body_bytes` (`payload-too-large`).",
+        content_type = "application/problem+json"
+    )]
+    PayloadTooLarge(Problem),
+    /// 503.
+    #[response(
+        status = 503,
+        description = "The database did not answer, or not within `api.request_timeout_ms` \
+                       (`unavailable`).",
+        content_type = "application/problem+json"
+    )]
+    Unavailable(Problem),
+}
+
 impl From<sqlx::Error> for ApiError {
     fn from(error: sqlx::Error) -> ApiError {
         tracing::warn!(%error, "sessions API: a database call failed");

@@ -7,12 +7,12 @@ use axum::Json;
 use axum::extract::{Path, RawQuery, State};
 use chrono::Utc;
 use session_guard_protocol::api::{
-    Problem, RevokeSession, RevokeUser, Revoked, Session, SessionList, SessionState as ApiState_,
+    RevokeSession, RevokeUser, Revoked, Session, SessionList, SessionState as ApiState_,
 };
 
 use super::auth::Caller;
 use super::input::{self, JsonBody};
-use super::problem::ApiError;
+use super::problem::{ApiError, Refusals};
 use super::state::ApiState;
 use super::token::Scope;
 use super::{cursor, device};
@@ -136,9 +136,7 @@ fn to_api(state: &ApiState, s: LoggedSession, current: bool) -> Session {
     ),
     responses(
         (status = 200, description = "A page of sessions.", body = SessionList),
-        (status = 400, description = "A bad parameter.", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No valid token.", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "The token lacks `sessions:read`.", body = Problem, content_type = "application/problem+json"),
+        Refusals,
     ),
     security(("bearer" = []))
 )]
@@ -211,11 +209,7 @@ pub async fn list(
     request_body(content = Option<RevokeSession>, description = "Optional; may be empty."),
     responses(
         (status = 200, description = "What the call did, and the session now.", body = Revoked),
-        (status = 400, description = "A bad body.", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No valid token.", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "The token lacks `sessions:revoke`.", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such session for this token.", body = Problem, content_type = "application/problem+json"),
-        (status = 413, description = "The body is too large.", body = Problem, content_type = "application/problem+json"),
+        Refusals,
     ),
     security(("bearer" = []))
 )]
@@ -254,11 +248,7 @@ pub async fn revoke_one(
     request_body(content = Option<RevokeUser>, description = "Optional; may be empty: every session the token sees."),
     responses(
         (status = 200, description = "The handles of the sessions ended.", body = Revoked),
-        (status = 400, description = "A bad user id or body.", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No valid token.", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "The token lacks `sessions:revoke`.", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "`except` names no session this token sees.", body = Problem, content_type = "application/problem+json"),
-        (status = 413, description = "The body is too large.", body = Problem, content_type = "application/problem+json"),
+        Refusals,
     ),
     security(("bearer" = []))
 )]
