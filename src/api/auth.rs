@@ -80,8 +80,10 @@ impl FromRequestParts<Arc<ApiState>> for Caller {
             .headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim)
+            .and_then(|v| v.split_once(' '))
+            // The scheme's name is case-insensitive (RFC 9110, 11.1).
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token.trim())
             .filter(|t| token::well_formed(t))
             .ok_or(ApiError::Unauthorized)?;
         let row = db::tokens::find_live(&state.pool, &token::hash(token))

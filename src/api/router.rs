@@ -142,6 +142,8 @@ async fn as_problem(response: Response) -> Response {
     if is_problem || !(status.is_client_error() || status.is_server_error()) {
         return response;
     }
+    // A 405 says which methods the route has.
+    let allow = response.headers().get(header::ALLOW).cloned();
     let body = to_bytes(response.into_body(), DETAIL_BYTES * 8)
         .await
         .unwrap_or_default();
@@ -150,7 +152,13 @@ async fn as_problem(response: Response) -> Response {
         .take(DETAIL_BYTES)
         .collect();
     match ApiError::from_status(status, detail) {
-        Some(error) => error.into_response(),
+        Some(error) => {
+            let mut problem = error.into_response();
+            if let Some(allow) = allow {
+                problem.headers_mut().insert(header::ALLOW, allow);
+            }
+            problem
+        }
         None => Response::builder()
             .status(status)
             .body(Body::empty())

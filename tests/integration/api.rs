@@ -26,6 +26,8 @@ struct Answer {
     status: u16,
     content_type: String,
     www_authenticate: Option<String>,
+    /// The `Allow` header (a 405's).
+    allow: Option<String>,
     json: Value,
 }
 
@@ -83,6 +85,7 @@ impl Api {
         };
         let content_type = header("content-type").unwrap_or_default();
         let www_authenticate = header("www-authenticate");
+        let allow = header("allow");
         let status = response.status().as_u16();
         let text = response.text().await.unwrap();
         self.bodies.push(text.clone());
@@ -90,6 +93,7 @@ impl Api {
             status,
             content_type,
             www_authenticate,
+            allow,
             json: if text.is_empty() {
                 Value::Null
             } else {
@@ -351,6 +355,14 @@ async fn bad_input_gets_its_problem_and_changes_nothing() {
     let none = api.call("GET", "/v1/users/u1/sessions", None, None).await;
     none.problem(401, "unauthorized");
     assert_eq!(none.www_authenticate.as_deref(), Some("Bearer"));
+    let lower = api
+        .client
+        .get(format!("{}/v1/users/u1/sessions", api.base))
+        .header("authorization", format!("bearer {shop}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(lower.status(), 200, "the scheme's name is case-insensitive");
     api.get("/v1/users/u1/sessions", "sgt_short")
         .await
         .problem(401, "unauthorized");
@@ -435,9 +447,9 @@ async fn bad_input_gets_its_problem_and_changes_nothing() {
     api.get("/v1/nothing", &shop)
         .await
         .problem(404, "not-found");
-    api.call("DELETE", &revoke, Some(&shop), None)
-        .await
-        .problem(405, "method-not-allowed");
+    let delete = api.call("DELETE", &revoke, Some(&shop), None).await;
+    delete.problem(405, "method-not-allowed");
+    assert_eq!(delete.allow.as_deref(), Some("POST"));
 
     // None of it ended anything or sent anything.
     app.settle().await;
