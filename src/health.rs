@@ -18,12 +18,23 @@ pub struct Health {
     broker: AtomicBool,
     /// A shutdown was requested.
     stopping: AtomicBool,
+    /// Serves only the sessions API (`session-guard api`): never consumes,
+    /// so readiness does not wait for RabbitMQ.
+    api_only: bool,
     /// Refusals (credentials, permissions) met by each task ("consumer",
     /// "relay"...) on its last attempt; a task clears its own on success.
     refusals: Mutex<BTreeMap<&'static str, Refusal>>,
 }
 
 impl Health {
+    /// The health of a process that serves only the sessions API.
+    pub fn api_only() -> Health {
+        Health {
+            api_only: true,
+            ..Health::default()
+        }
+    }
+
     pub fn set_database(&self, up: bool) {
         let was = self.database.swap(up, Ordering::Relaxed);
         if was != up {
@@ -44,7 +55,9 @@ impl Health {
         let db = self.database.load(Ordering::Relaxed);
         let broker = self.broker.load(Ordering::Relaxed);
         metrics::gauge!(metric::DATABASE_UP.name).set(f64::from(u8::from(db)));
-        metrics::gauge!(metric::BROKER_UP.name).set(f64::from(u8::from(broker)));
+        if !self.api_only {
+            metrics::gauge!(metric::BROKER_UP.name).set(f64::from(u8::from(broker)));
+        }
     }
 
     /// Records what refused `task`'s last attempt, or (`None`) that it got
@@ -82,7 +95,7 @@ impl Health {
         if !self.database.load(Ordering::Relaxed) && !refused(Service::Database) {
             problems.push("database unavailable".to_owned());
         }
-        if !self.broker.load(Ordering::Relaxed) && !refused(Service::Broker) {
+        if !self.api_only && !self.broker.load(Ordering::Relaxed) && !refused(Service::Broker) {
             problems.push("not consuming from RabbitMQ".to_owned());
         }
         problems.extend(refusals.iter().map(Refusal::to_string));
@@ -139,5 +152,15 @@ mod tests {
         assert!(h.ready().is_err(), "the relay is still refused");
         h.set_refusal("relay", None);
         assert!(h.ready().is_ok());
+    }
+
+    #[test]
+    fn an_api_only_process_is_ready_with_its_database_alone() {
+        let h = Health::api_only();
+        assert_eq!(h.ready().unwrap_err(), "database unavailable");
+        h.set_database(true);
+        assert!(h.ready().is_ok());
+        h.set_stopping();
+        assert_eq!(h.ready().unwrap_err(), "shutting down");
     }
 }

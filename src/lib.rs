@@ -13,6 +13,8 @@
 //! - [`runtime`]: the worker's builder, the reconnect supervisor,
 //!   housekeeping and the HTTP endpoint (health and metrics), above all of
 //!   these;
+//! - [`api`]: the sessions API (`/v1/...`) for apps: list and end a user's
+//!   sessions, their limits; served by `run` and `api`, beside the runtime;
 //! - [`health`]: what readiness reports;
 //! - [`shutdown`]: the signals and the cancellation token that stop the worker;
 //! - [`metric`]: every exported metric, defined once;
@@ -23,6 +25,7 @@
 // Sockets, descriptors and FFI are left to the crates that own them.
 #![forbid(unsafe_code)]
 
+pub mod api;
 pub mod apply;
 pub mod broker;
 pub mod cli;

@@ -98,19 +98,21 @@ const LOCKED_USERS_BUCKETS: &[f64] = &[
 
 /// The `reason` series the revoke counters start at zero: the protocol's
 /// `RevokeReason::ALL`, in its order (a test checks), so a reason added
-/// there cannot be missed here. `admin` (operators' revokes) comes last.
+/// there cannot be missed here. `user` (the sessions API) and `admin`
+/// (operators' revokes) come last.
 const REVOKE_REASONS: &[&[(&str, &str)]] = &[
     &[("reason", "session_limit")],
     &[("reason", "session_limit_denied")],
     &[("reason", "idle_timeout")],
     &[("reason", "logout_others")],
     &[("reason", "logout_all")],
+    &[("reason", "user")],
     &[("reason", "admin")],
 ];
-/// The reasons a batch revokes for: all but `admin`, which only operators
-/// give (a test checks that it is the last).
+/// The reasons a batch revokes for: all but `user` and `admin`, which only
+/// the sessions API and operators give (a test checks that they are last).
 const BATCH_REVOKE_REASONS: &[&[(&str, &str)]] =
-    REVOKE_REASONS.split_at(REVOKE_REASONS.len() - 1).0;
+    REVOKE_REASONS.split_at(REVOKE_REASONS.len() - 2).0;
 
 /// Valid events in batches that committed and were acked.
 pub const EVENTS_PROCESSED: Metric = Metric::plain(
@@ -301,6 +303,54 @@ pub const BROKER_UP: Metric = Metric::plain(
     "1 while consuming from RabbitMQ.",
 );
 
+/// The sessions API's answers: milliseconds from the database.
+const API_DURATION_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
+
+/// The sessions API's routes, as the `route` label spells them: the series
+/// created at zero (a test in `api::router` checks this is its route list).
+const API_ROUTE_SERIES: &[&[(&str, &str)]] = &[
+    &[("route", "/v1/users/{user_id}/sessions")],
+    &[("route", "/v1/sessions/{handle}/revoke")],
+    &[("route", "/v1/users/{user_id}/revoke")],
+    &[("route", "/v1/users/{user_id}/limits")],
+    &[("route", "/v1/openapi.json")],
+];
+/// The same routes with status 200, for the request counter.
+const API_ROUTE_OK_SERIES: &[&[(&str, &str)]] = &[
+    &[("route", "/v1/users/{user_id}/sessions"), ("status", "200")],
+    &[("route", "/v1/sessions/{handle}/revoke"), ("status", "200")],
+    &[("route", "/v1/users/{user_id}/revoke"), ("status", "200")],
+    &[("route", "/v1/users/{user_id}/limits"), ("status", "200")],
+    &[("route", "/v1/openapi.json"), ("status", "200")],
+];
+
+/// The `route` label values of the sessions API's metrics.
+pub fn api_routes() -> impl Iterator<Item = &'static str> {
+    API_ROUTE_SERIES.iter().map(|set| set[0].1)
+}
+
+/// Requests to the sessions API.
+pub const API_REQUESTS: Metric = Metric {
+    name: "session_guard_api_requests_total",
+    kind: Kind::Counter,
+    labels: &["route", "status"],
+    help: "Requests the sessions API answered, by route (the route's pattern, such as \
+           /v1/users/{user_id}/sessions, or \"unmatched\"; never the path itself) and HTTP status.",
+    initial: API_ROUTE_OK_SERIES,
+};
+
+/// Latency of the sessions API.
+pub const API_REQUEST_DURATION: Metric = Metric {
+    name: "session_guard_api_request_duration_seconds",
+    kind: Kind::Histogram(API_DURATION_BUCKETS),
+    labels: &["route"],
+    help: "Seconds from a request's arrival at the sessions API to its answer, by route (the \
+           route's pattern, or \"unmatched\").",
+    initial: API_ROUTE_SERIES,
+};
+
 /// Every metric above: what the recorder describes and creates at start.
 pub const ALL: &[Metric] = &[
     EVENTS_PROCESSED,
@@ -325,6 +375,8 @@ pub const ALL: &[Metric] = &[
     QUEUE_MESSAGES,
     DATABASE_UP,
     BROKER_UP,
+    API_REQUESTS,
+    API_REQUEST_DURATION,
 ];
 
 #[cfg(test)]
@@ -359,10 +411,10 @@ mod tests {
         use crate::domain::revoke::RevokeReason;
         let contract = RevokeReason::ALL.map(RevokeReason::as_str);
         assert_eq!(initial_values(&REVOKES_PUBLISHED), contract);
-        // A batch revokes for every reason but an operator's.
+        // A batch revokes for every reason but a user's (API) and an operator's.
         let batches: Vec<&str> = RevokeReason::ALL
             .into_iter()
-            .filter(|r| *r != RevokeReason::Admin)
+            .filter(|r| !matches!(r, RevokeReason::User | RevokeReason::Admin))
             .map(RevokeReason::as_str)
             .collect();
         assert_eq!(initial_values(&SESSIONS_REVOKED), batches);

@@ -49,9 +49,21 @@ static METRICS: std::sync::OnceLock<Option<metrics_exporter_prometheus::Promethe
 /// happened, and every histogram gets its buckets (without them the
 /// exporter renders a summary).
 pub fn init_metrics() {
+    init_metrics_but(&[]);
+}
+
+/// [`init_metrics`] for `session-guard api`, which serves the sessions API
+/// and never consumes: without `session_guard_broker_up`, whose 0 would
+/// read as a worker that stopped consuming (and fire its alert).
+pub fn init_api_metrics() {
+    init_metrics_but(&[metric::BROKER_UP.name]);
+}
+
+/// Installs the recorder and creates every metric but those named in `skip`.
+fn init_metrics_but(skip: &[&str]) {
     METRICS.get_or_init(|| match install_recorder() {
         Ok(handle) => {
-            describe_metrics();
+            describe_metrics(skip);
             Some(handle)
         }
         Err(e) => {
@@ -89,8 +101,8 @@ pub fn run_metrics_upkeep() {
     }
 }
 
-fn describe_metrics() {
-    for m in metric::ALL {
+fn describe_metrics(skip: &[&str]) {
+    for m in metric::ALL.iter().filter(|m| !skip.contains(&m.name)) {
         match m.kind {
             Kind::Counter => {
                 metrics::describe_counter!(m.name, m.help);
@@ -114,7 +126,12 @@ fn describe_metrics() {
             Kind::Histogram(_) => {
                 metrics::describe_histogram!(m.name, m.help);
                 // Registered, it renders with empty buckets.
-                let _ = metrics::histogram!(m.name);
+                if m.labels.is_empty() {
+                    let _ = metrics::histogram!(m.name);
+                }
+                for labels in m.initial {
+                    let _ = metrics::histogram!(m.name, *labels);
+                }
             }
         }
     }
@@ -138,13 +155,30 @@ mod tests {
                 m.name,
                 m.kind.prometheus_type()
             );
+            let sets: Vec<String> = m
+                .initial
+                .iter()
+                .map(|labels| {
+                    let set: Vec<String> =
+                        labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+                    set.join(",")
+                })
+                .collect();
             if let Kind::Histogram(buckets) = m.kind {
-                let first = format!("{}_bucket{{le=\"{}\"}}", m.name, buckets[0]);
-                assert!(text.contains(&first), "{first} missing:\n{text}");
+                // Its buckets, for the unlabelled series or each initial one.
+                let prefixes = if m.labels.is_empty() {
+                    vec![String::new()]
+                } else {
+                    sets.iter().map(|set| format!("{set},")).collect()
+                };
+                for prefix in prefixes {
+                    let first = format!("{}_bucket{{{prefix}le=\"{}\"}}", m.name, buckets[0]);
+                    assert!(text.contains(&first), "{first} missing:\n{text}");
+                }
+                continue;
             }
-            for labels in m.initial {
-                let set: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
-                let series = format!("{}{{{}}} 0", m.name, set.join(","));
+            for set in sets {
+                let series = format!("{}{{{set}}} 0", m.name);
                 assert!(text.contains(&series), "{series} missing:\n{text}");
             }
         }

@@ -245,6 +245,9 @@ fn command(binary: &Path, settings: &Settings, listen: &str) -> Command {
         )
         .env("SESSION_GUARD__LIMITS__MAX_SESSIONS", "1")
         .env("SESSION_GUARD__HTTP__LISTEN", listen)
+        // No sessions API: the workers measured only consume, as before it
+        // existed (several on one host would also race for its port).
+        .env("SESSION_GUARD__API__LISTEN", "")
         .env("SESSION_GUARD__LOG__LEVEL", "warn")
         .env_remove("RUST_LOG")
         .stdin(Stdio::null())

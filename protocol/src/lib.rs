@@ -10,7 +10,10 @@
 //! The same contract, for apps in any language: JSON Schemas generated from
 //! these types ([`schema`], checked in as `schema/*.schema.json`) and the
 //! AsyncAPI document `docs/asyncapi.yaml` that ties them to the exchanges.
+//! The sessions API's request and answer bodies are in [`api`]; their
+//! contract is the OpenAPI document `docs/openapi.json`.
 
+pub mod api;
 pub mod dead_letter;
 pub mod event;
 pub mod names;

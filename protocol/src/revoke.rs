@@ -138,6 +138,9 @@ pub enum RevokeReason {
     LogoutOthers,
     /// The user asked to log out everywhere.
     LogoutAll,
+    /// The user ended it from a sessions page, through the sessions API
+    /// (`POST /v1/sessions/{handle}/revoke` or `/v1/users/{user_id}/revoke`).
+    User,
     /// An operator revoked it (`session-guard revoke`); see `note`.
     Admin,
     /// A reason newer than this version of the protocol crate.
@@ -147,12 +150,13 @@ pub enum RevokeReason {
 
 impl RevokeReason {
     /// Every reason this version sends.
-    pub const ALL: [RevokeReason; 6] = [
+    pub const ALL: [RevokeReason; 7] = [
         RevokeReason::SessionLimit,
         RevokeReason::SessionLimitDenied,
         RevokeReason::IdleTimeout,
         RevokeReason::LogoutOthers,
         RevokeReason::LogoutAll,
+        RevokeReason::User,
         RevokeReason::Admin,
     ];
 
@@ -164,6 +168,7 @@ impl RevokeReason {
             RevokeReason::IdleTimeout => "idle_timeout",
             RevokeReason::LogoutOthers => "logout_others",
             RevokeReason::LogoutAll => "logout_all",
+            RevokeReason::User => "user",
             RevokeReason::Admin => "admin",
             RevokeReason::Other => "other",
         }

@@ -66,7 +66,9 @@ use crate::db::{self, locks, overrides, retention};
 use crate::domain::event::{SessionEvent, UserId};
 
 pub use self::enforcement::Enforcement;
-pub use self::operator::{AdminRevokeError, AdminTarget, admin_revoke, effective_limits};
+pub use self::operator::{
+    AdminRevokeError, AdminTarget, Revoker, admin_revoke, effective_limits, revoke,
+};
 pub use self::outcome::{BatchError, BatchOutcome};
 pub use self::plan::{AheadHints, LockTurn, PipelinePlace};
 

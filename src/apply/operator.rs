@@ -1,5 +1,5 @@
-//! What operators do through the command line: revoke sessions, and see a
-//! user's effective limits. A revocation goes through the batch's own
+//! What operators do through the command line, and users through the
+//! sessions API: revoke sessions, and see a user's effective limits. A revocation goes through the batch's own
 //! steps (load under the user's lock, `decide::revoke`, write, outbox),
 //! so its log rows and revoke messages are built the one way.
 
@@ -20,7 +20,7 @@ use crate::domain::revocation::Revocation;
 use crate::domain::revoke::RevokeMessage;
 use crate::domain::session::EndReason;
 
-/// What an operator revokes.
+/// What an operator (or the sessions API) revokes.
 #[derive(Debug, Clone)]
 pub enum AdminTarget {
     /// One session.
@@ -37,6 +37,25 @@ pub enum AdminTarget {
         /// Whose sessions.
         user_id: UserId,
     },
+    /// Every active session of a user in some apps, but one: the sessions
+    /// API's "sign out everywhere else".
+    UserExcept {
+        /// Whose sessions.
+        user_id: UserId,
+        /// Only sessions of these apps; `None`: every app.
+        apps: Option<Vec<AppName>>,
+        /// The session that stays, `(app, session_id)`.
+        except: Option<(AppName, SessionId)>,
+    },
+}
+
+/// Who revokes: what the log records and the revoke message says.
+#[derive(Debug, Clone)]
+pub struct Revoker {
+    /// `admin` for operators, `user` for the sessions API.
+    pub reason: EndReason,
+    /// Recorded as `ended_by`: `operator:<name>`, `token:<name>`.
+    pub ended_by: String,
 }
 
 /// Why an operator revocation did nothing.
@@ -65,8 +84,26 @@ pub async fn admin_revoke(
     operator: &str,
     note: Option<String>,
 ) -> Result<Vec<RevokeMessage>, AdminRevokeError> {
+    let revoker = Revoker {
+        reason: EndReason::Admin,
+        ended_by: format!("operator:{operator}"),
+    };
+    revoke(pool, enforcement, target, &revoker, note).await
+}
+
+/// Revokes `target` for `revoker` through the outbox, in one transaction
+/// under the user's lock: the one path every revocation outside a batch
+/// takes. Returns what was revoked; sessions already ended are left alone,
+/// so nothing is sent twice.
+pub async fn revoke(
+    pool: &PgPool,
+    enforcement: &Enforcement,
+    target: &AdminTarget,
+    revoker: &Revoker,
+    note: Option<String>,
+) -> Result<Vec<RevokeMessage>, AdminRevokeError> {
     let mut tx = pool.begin().await?;
-    let Some((app, user, only)) = resolve(&mut tx, target).await? else {
+    let Some((user, only)) = resolve(&mut tx, target).await? else {
         return Ok(Vec::new());
     };
     let locked = BTreeSet::from([user.as_str().to_owned()]);
@@ -74,23 +111,25 @@ pub async fn admin_revoke(
     let now = Utc::now();
     let mut state = State::with_capacity(4);
     let (apps, ids): (Vec<&str>, Vec<&str>) = only
-        .map(|session_id| (app.as_str(), session_id.as_str()))
+        .map(|(app, session_id)| (app.as_str(), session_id.as_str()))
         .into_iter()
         .unzip();
     load::load(&mut tx, &mut state, &apps, &ids, &[user.as_str()], true).await?;
     state.index_all();
     state.overrides = overrides::overrides_of_users(&mut tx, &[user.as_str()]).await?;
-    // The limit in force, recorded with the revocation.
-    let limits = decide::evaluate(&state, enforcement, &user, app, now);
-    let revocation = Revocation {
-        reason: EndReason::Admin,
-        ended_by: format!("operator:{operator}"),
-        note,
-        max_sessions: limits.limits.max_sessions,
-    };
-    let victims = targets(&state, &user, app, only, now)
+    let victims = targets(&state, &user, target, now)
         .into_iter()
-        .map(|c| (c, revocation.clone()))
+        .map(|c| {
+            // The limit in force in the session's app, recorded with it.
+            let limits = decide::evaluate(&state, enforcement, &user, &c.app, now);
+            let revocation = Revocation {
+                reason: revoker.reason,
+                ended_by: revoker.ended_by.clone(),
+                note: note.clone(),
+                max_sessions: limits.limits.max_sessions,
+            };
+            (c, revocation)
+        })
         .collect();
     let mut outcome = BatchOutcome::default();
     let messages = decide::revoke(&mut state, &user, victims, now, &mut outcome);
@@ -112,18 +151,18 @@ pub async fn admin_revoke(
     Ok(messages)
 }
 
-/// The app, user and (for one session) session an operator's revocation
-/// is about; `None` if there is nothing to revoke: a session already ended
-/// (or known only from a logout without user), a user who never had a
-/// session. A known user's row is locked here.
+/// The user a revocation is about and (for one session) the session;
+/// `None` if there is nothing to revoke: a session already ended (or known
+/// only from a logout without user), a user who never had a session. A
+/// known user's row is locked here.
 async fn resolve<'a>(
     conn: &mut PgConnection,
     target: &'a AdminTarget,
-) -> Result<Option<(&'a AppName, UserId, Option<&'a SessionId>)>, AdminRevokeError> {
-    match target {
+) -> Result<Option<(UserId, Option<(&'a AppName, &'a SessionId)>)>, AdminRevokeError> {
+    let user_id = match target {
         AdminTarget::Session { app, session_id } => {
             let row = sessions::owner_and_end(conn, app.as_str(), session_id.as_str()).await?;
-            match row {
+            return match row {
                 None => Err(AdminRevokeError::UnknownSession {
                     app: app.to_string(),
                     session_id: session_id.to_string(),
@@ -131,47 +170,59 @@ async fn resolve<'a>(
                 // Already ended (a logout-only row has no user): nothing to do.
                 Some((None, _)) | Some((_, Some(_))) => Ok(None),
                 Some((Some(user), None)) => {
-                    Ok(Some((app, UserId::from_trusted(user), Some(session_id))))
+                    Ok(Some((UserId::from_trusted(user), Some((app, session_id)))))
                 }
-            }
+            };
         }
-        AdminTarget::User { app, user_id } => {
-            // A user without a row has never had a session: nothing to
-            // revoke, and `lock_users` would create the row.
-            if !locks::lock_existing_user(conn, user_id.as_str()).await? {
-                return Ok(None);
-            }
-            Ok(Some((app, user_id.clone(), None)))
-        }
+        AdminTarget::User { user_id, .. } | AdminTarget::UserExcept { user_id, .. } => user_id,
+    };
+    // A user without a row has never had a session: nothing to revoke, and
+    // `lock_users` would create the row.
+    if !locks::lock_existing_user(conn, user_id.as_str()).await? {
+        return Ok(None);
     }
+    Ok(Some((user_id.clone(), None)))
 }
 
 /// The sessions to revoke, read under the user's lock: the one named if it
-/// is still the user's and not ended (expired or not), or every live
-/// session of the user in `app`.
+/// is still the user's and not ended (expired or not), or the user's live
+/// sessions the target selects.
 fn targets(
     state: &State,
     user: &UserId,
-    app: &AppName,
-    only: Option<&SessionId>,
+    target: &AdminTarget,
     now: DateTime<Utc>,
 ) -> Vec<Candidate> {
-    let Some(session_id) = only else {
-        return state
+    match target {
+        AdminTarget::Session { app, session_id } => {
+            let key = (app.to_string(), session_id.to_string());
+            state
+                .slots
+                .get(&key)
+                .filter(|s| s.origin == Origin::Log)
+                .filter(|s| {
+                    s.record.user_id.as_ref() == Some(user) && s.record.end_reason.is_none()
+                })
+                .map(|s| Candidate::from(&s.record))
+                .into_iter()
+                .collect()
+        }
+        AdminTarget::User { app, .. } => state
             .live(user, now)
             .into_iter()
             .filter(|c| &c.app == app)
-            .collect();
-    };
-    let key = (app.to_string(), session_id.to_string());
-    state
-        .slots
-        .get(&key)
-        .filter(|s| s.origin == Origin::Log)
-        .filter(|s| s.record.user_id.as_ref() == Some(user) && s.record.end_reason.is_none())
-        .map(|s| Candidate::from(&s.record))
-        .into_iter()
-        .collect()
+            .collect(),
+        AdminTarget::UserExcept { apps, except, .. } => state
+            .live(user, now)
+            .into_iter()
+            .filter(|c| apps.as_ref().is_none_or(|apps| apps.contains(&c.app)))
+            .filter(|c| {
+                except
+                    .as_ref()
+                    .is_none_or(|(app, id)| !(&c.app == app && &c.session_id == id))
+            })
+            .collect(),
+    }
 }
 
 /// The effective limits of `user` in `app` with the given attributes, as

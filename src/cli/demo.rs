@@ -125,6 +125,9 @@ impl Demo {
         settings.amqp.dead_letter_exchange = format!("{prefix}.dead");
         settings.amqp.dead_letter_queue = format!("{prefix}.dead");
         settings.http.listen = String::new();
+        // The demo's worker serves no sessions API: nothing calls it, and
+        // the port may belong to a worker already running here.
+        settings.api.listen = String::new();
         settings.log = configured.log.clone();
         let app = AppName::parse(APP).expect("a valid app name");
         let mut listener = ListenerConfig::new(settings.amqp.url.clone(), app);

@@ -2,6 +2,7 @@
 //! module per command. The command modules only look down: to the input
 //! checks and the session listing they share, and to the library below.
 
+mod api;
 mod check_config;
 mod demo;
 mod enforcement;
@@ -13,6 +14,7 @@ mod run;
 mod session_listing;
 mod sessions;
 pub mod synopsis;
+mod tokens;
 
 use std::path::PathBuf;
 
@@ -25,6 +27,7 @@ pub use demo::DemoArgs;
 pub use limits::{LimitsAction, LimitsClearArgs, LimitsGetArgs, LimitsSetArgs};
 pub use revoke::RevokeArgs;
 pub use sessions::SessionsArgs;
+pub use tokens::{TokensAction, TokensCreateArgs, TokensRevokeArgs};
 
 /// Enforces per-user concurrent session limits for web apps, from session
 /// events on RabbitMQ, with a session log in PostgreSQL.
@@ -53,6 +56,14 @@ pub enum Command {
     Limits {
         #[command(subcommand)]
         action: LimitsAction,
+    },
+    /// Serve only the sessions API (`api.listen`), without consuming;
+    /// the schema must be migrated already.
+    Api,
+    /// Manage the sessions API's bearer tokens.
+    Tokens {
+        #[command(subcommand)]
+        action: TokensAction,
     },
     /// Revoke sessions as an operator (reason "admin"); running workers
     /// publish the revoke events.
@@ -85,6 +96,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Sessions(args) => sessions::sessions(&settings, &args).await,
         Command::Limits { action } => limits::limits(&settings, action).await,
         Command::Revoke(args) => revoke::revoke(&settings, &args).await,
+        Command::Api => api::api(&settings).await,
+        Command::Tokens { action } => tokens::tokens(&settings, action).await,
         Command::CheckConfig => check_config::check_config(&settings).await,
         Command::Demo(args) => demo::run(&settings, &args).await,
     }

@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use crate::configuration::DatabaseSettings;
 use crate::db::{self, sessions::LoggedSession};
-use crate::domain::session::{EndReason, SessionState, state_of};
+use crate::domain::session::{SessionState, shown_end};
 use crate::terminal::{escape, escape_json};
 
 /// Which sessions to list, and how.
@@ -61,16 +61,7 @@ fn rfc3339(t: DateTime<Utc>) -> String {
 
 impl SessionOut {
     fn new(s: LoggedSession, now: DateTime<Utc>) -> SessionOut {
-        let state = state_of(
-            s.end_reason.as_deref().and_then(EndReason::parse),
-            s.expires_at,
-            now,
-        );
-        // An expired session has no end row of its own: it ended at expiry.
-        let (ended_at, end_reason) = match (state, s.ended_at) {
-            (SessionState::Expired, None) => (s.expires_at, Some("expired".to_owned())),
-            _ => (s.ended_at, s.end_reason),
-        };
+        let (state, ended_at, end_reason) = shown_end(s.end_reason, s.ended_at, s.expires_at, now);
         SessionOut {
             app: s.app,
             session_id: s.session_id,

@@ -36,8 +36,8 @@ mod tests;
 
 pub use self::problem::{Problem, SettingsError};
 pub use self::settings::{
-    AmqpSettings, DatabaseSettings, HttpSettings, LimitSettings, LogFormat, LogSettings,
-    RetentionSettings, Settings, WorkerSettings,
+    AmqpSettings, ApiSettings, DatabaseSettings, HttpSettings, LimitSettings, LogFormat,
+    LogSettings, RetentionSettings, Settings, WorkerSettings,
 };
 pub use self::sources::ENV_PREFIX;
 pub use self::url::with_database;

@@ -26,6 +26,7 @@ pub struct Settings {
     pub retention: RetentionSettings,
     pub log: LogSettings,
     pub http: HttpSettings,
+    pub api: ApiSettings,
     /// Deprecated keys the file or the environment used (old name, new
     /// name): they still work, and the worker warns about each at start.
     #[serde(skip)]
@@ -39,6 +40,29 @@ pub struct HttpSettings {
     /// Where `run` serves `/health/live`, `/health/ready` and `/metrics`;
     /// empty turns the endpoint off.
     pub listen: String,
+}
+
+/// `[api]`: the sessions API (`/v1/...`), served by `run` and `api`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiSettings {
+    /// Where the sessions API listens; empty turns it off in `run` (the
+    /// `api` command refuses to start without it). Its own port, apart from
+    /// health and metrics, so that it can be exposed to apps alone.
+    pub listen: String,
+    /// Most milliseconds one request may take before it is answered 503:
+    /// a slow database must not pile up requests.
+    pub request_timeout_ms: u64,
+    /// Largest request body accepted; a bigger one is answered 413 before
+    /// it is read. Every body the API accepts is a few hundred bytes.
+    pub max_body_bytes: usize,
+}
+
+impl ApiSettings {
+    /// `request_timeout_ms` as a duration.
+    pub fn request_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.request_timeout_ms)
+    }
 }
 
 /// `[database]`: the PostgreSQL that holds the session log.

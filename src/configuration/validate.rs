@@ -104,6 +104,16 @@ impl Settings {
             self.amqp.prefetch.into(),
             " (0 would mean unlimited)",
         );
+        at_least_1(
+            "api.request_timeout_ms",
+            self.api.request_timeout_ms,
+            " (every request would time out)",
+        );
+        at_least_1(
+            "api.max_body_bytes",
+            self.api.max_body_bytes as u64,
+            " (every body would be refused)",
+        );
         if self.retention.sweep_interval.is_zero() {
             problems.push((
                 "retention.sweep_interval".to_owned(),

@@ -10,15 +10,20 @@
 //! - [`claims`]: what apps claim for users (`user_attributes`);
 //! - [`overrides`]: operators' limits (`user_overrides`);
 //! - [`outbox`]: revoke messages waiting for the relay;
-//! - [`retention`]: pruning the log into tombstones, expiring tombstones.
+//! - [`retention`]: pruning the log into tombstones, expiring tombstones;
+//! - [`tokens`], [`api_key`], [`listing`]: the sessions API's tokens, its
+//!   handle key, and its pages of a user's sessions.
 
+pub mod api_key;
 pub mod claims;
 pub mod connection;
+pub mod listing;
 pub(crate) mod locks;
 pub mod outbox;
 pub mod overrides;
 pub mod retention;
 pub mod sessions;
+pub mod tokens;
 pub(crate) mod touch;
 
 /// A `query_scalar` statement whose parameters are being bound: what the

@@ -26,6 +26,8 @@ pub enum EndReason {
     LogoutOthers,
     /// Revoked by the user's "log out everywhere".
     LogoutAll,
+    /// Revoked by the user from a sessions page, through the sessions API.
+    User,
     /// Revoked by an operator (`session-guard revoke`).
     Admin,
     /// Only for sessions shown after they passed their `expires_at`.
@@ -42,6 +44,7 @@ impl From<EndReason> for RevokeReason {
             EndReason::IdleTimeout => RevokeReason::IdleTimeout,
             EndReason::LogoutOthers => RevokeReason::LogoutOthers,
             EndReason::LogoutAll => RevokeReason::LogoutAll,
+            EndReason::User => RevokeReason::User,
             EndReason::Admin => RevokeReason::Admin,
             EndReason::Logout | EndReason::Expired => RevokeReason::Other,
         }
@@ -49,13 +52,14 @@ impl From<EndReason> for RevokeReason {
 }
 
 impl EndReason {
-    const ALL: [EndReason; 8] = [
+    const ALL: [EndReason; 9] = [
         EndReason::Logout,
         EndReason::SessionLimit,
         EndReason::SessionLimitDenied,
         EndReason::IdleTimeout,
         EndReason::LogoutOthers,
         EndReason::LogoutAll,
+        EndReason::User,
         EndReason::Admin,
         EndReason::Expired,
     ];
@@ -68,6 +72,7 @@ impl EndReason {
             EndReason::IdleTimeout => "idle_timeout",
             EndReason::LogoutOthers => "logout_others",
             EndReason::LogoutAll => "logout_all",
+            EndReason::User => "user",
             EndReason::Admin => "admin",
             EndReason::Expired => "expired",
         }
@@ -237,6 +242,27 @@ impl SessionRecord {
     /// The state shown to operators at `now`.
     pub fn state_at(&self, now: DateTime<Utc>) -> SessionState {
         state_of(self.end_reason, self.expires_at, now)
+    }
+}
+
+/// How a stored session stands at `now`, as listings show it (`sessions`,
+/// the sessions API): its state, and when and why it ended. A session past
+/// its expiry has no end row of its own: it ended at `expires_at`, with
+/// reason `expired`.
+pub fn shown_end(
+    end_reason: Option<String>,
+    ended_at: Option<DateTime<Utc>>,
+    expires_at: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+) -> (SessionState, Option<DateTime<Utc>>, Option<String>) {
+    let state = state_of(
+        end_reason.as_deref().and_then(EndReason::parse),
+        expires_at,
+        now,
+    );
+    match (state, ended_at) {
+        (SessionState::Expired, None) => (state, expires_at, Some("expired".to_owned())),
+        _ => (state, ended_at, end_reason),
     }
 }
 

@@ -12,6 +12,7 @@ use tokio_util::task::TaskTracker;
 
 use super::supervisor::{Supervised, WhenStopping, supervise};
 use super::{housekeeping, http};
+use crate::api;
 use crate::apply::Enforcement;
 use crate::configuration::Settings;
 use crate::consumer;
@@ -164,7 +165,7 @@ struct Running {
 
 impl Running {
     /// Starts the consumer, the relay, housekeeping and (if `http.listen`
-    /// is set) the HTTP endpoint.
+    /// and `api.listen` are set) the HTTP endpoint and the sessions API.
     fn start(state: &Arc<WorkerState>, fatal: UnboundedSender<anyhow::Error>) -> Running {
         let stop_consuming = CancellationToken::new();
         let stop_relaying = CancellationToken::new();
@@ -209,6 +210,10 @@ impl Running {
                 state.health.clone(),
                 stop_serving.clone(),
             ));
+        }
+        if !state.settings.api.listen.is_empty() {
+            // Like the health endpoint: stops last, not waited for.
+            tokio::spawn(serve_api(state.clone(), stop_serving.clone()));
         }
         Running {
             aborts: vec![
@@ -264,5 +269,36 @@ impl Running {
         // Bounded: an aborted task may not have returned its connection.
         let _ = tokio::time::timeout(POOL_CLOSE_WAIT, state.pool.close()).await;
         stop_serving.cancel();
+    }
+}
+
+/// Serves the sessions API beside the worker, with the worker's rule hooks,
+/// waking its relay after each revoke. A port that cannot be bound (or a
+/// handle key that cannot be read) is logged, not fatal: the API must not
+/// stop the worker; `session-guard api` is the way to insist on it.
+async fn serve_api(state: Arc<WorkerState>, shutdown: CancellationToken) {
+    let listen = state.settings.api.listen.clone();
+    let listener = match tokio::net::TcpListener::bind(&listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!(%listen, error = %e, "cannot serve the sessions API; going on without");
+            return;
+        }
+    };
+    let wake: Arc<dyn Fn() + Send + Sync> = {
+        let state = state.clone();
+        Arc::new(move || state.relay_wake.notify_one())
+    };
+    let api = match api::ApiState::new(state.pool.clone(), state.enforcement.clone(), Some(wake))
+        .await
+    {
+        Ok(api) => Arc::new(api),
+        Err(e) => {
+            tracing::warn!(%listen, error = %e, "cannot serve the sessions API; going on without");
+            return;
+        }
+    };
+    if let Err(e) = api::serve(api, state.settings.api.clone(), listener, shutdown).await {
+        tracing::warn!(%listen, error = %e, "the sessions API stopped");
     }
 }

@@ -17,3 +17,5 @@ mod http;
 mod supervisor;
 
 pub use builder::{Worker, WorkerBuilder};
+/// Health and metrics, for `session-guard api`, which runs no worker.
+pub(crate) use http::serve as serve_health;

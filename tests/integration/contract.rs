@@ -9,6 +9,7 @@ use lapin::BasicProperties;
 use lapin::options::BasicPublishOptions;
 use serde_json::{Value, json};
 use session_guard::domain::dead_letter::ErrorKind;
+use session_guard::domain::event::{AppName, SessionId};
 use session_guard::domain::limits::Rule;
 use session_guard::domain::revoke::RevokeReason;
 
@@ -92,12 +93,36 @@ async fn revokes_of_every_reason_validate_against_the_revoke_schema() {
         .unwrap();
     assert!(out.status.success(), "{out:?}");
     app.settle().await;
+    // A user's revoke, as the sessions API makes it (the API's own tests
+    // go through HTTP; the path and the message are the same).
+    app.publish(&login("multi", "multi-9", "erin", t(40))).await;
+    app.settle().await;
+    let enforcement = session_guard::apply::Enforcement::from_settings(&app.settings, &[]).unwrap();
+    let target = session_guard::apply::AdminTarget::Session {
+        app: AppName::parse("multi").unwrap(),
+        session_id: SessionId::parse("multi-9").unwrap(),
+    };
+    let by_user = session_guard::apply::Revoker {
+        reason: session_guard::domain::session::EndReason::User,
+        ended_by: "token:portal".into(),
+    };
+    let sent = session_guard::apply::revoke(
+        &app.pool,
+        &enforcement,
+        &target,
+        &by_user,
+        Some("from my devices".into()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(sent.len(), 1);
+    app.settle().await;
     // A request for a revoked session, after its revocation: a repeat.
     app.publish(&request("shop", "shop-1", "alice", chrono::Utc::now()))
         .await;
     app.settle().await;
 
-    let revokes = app.expect_revokes(8).await;
+    let revokes = app.expect_revokes(9).await;
     let schema = schema("revoke.schema.json");
     let mut seen = BTreeSet::new();
     for revoke in &revokes {
@@ -127,6 +152,7 @@ async fn revokes_of_every_reason_validate_against_the_revoke_schema() {
         ("multi-2", "logout_others", false, None),
         ("multi-3", "logout_all", false, None),
         ("shop-2", "admin", false, Some("fraud review #7")),
+        ("multi-9", "user", false, Some("from my devices")),
         ("shop-1", "session_limit", true, None),
     ]
     .into_iter()

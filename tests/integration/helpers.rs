@@ -87,6 +87,7 @@ pub fn test_settings() -> Settings {
     s.worker.max_backoff_ms = 1000;
     s.worker.shutdown_timeout = 20;
     s.http.listen = String::new();
+    s.api.listen = String::new();
     s
 }
 

@@ -105,6 +105,20 @@ const RULES: &[Rule] = &[
         why: "a command that runs the worker goes through the runtime",
     },
     Rule {
+        place: "src/api",
+        forbidden: &[
+            "crate::broker",
+            "crate::cli",
+            "crate::consumer",
+            "crate::relay",
+            "crate::runtime",
+            "crate::state",
+            "lapin",
+        ],
+        why: "the sessions API sits beside the runtime, which may start it: it revokes through \
+              apply's outbox rows and never publishes, consumes or runs the worker",
+    },
+    Rule {
         place: "src/consumer",
         forbidden: &["crate::cli", "crate::relay", "crate::runtime"],
         why: "the consumer is run by the supervisor, never the other way round",

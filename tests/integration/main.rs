@@ -4,6 +4,7 @@
 mod helpers;
 mod private_broker;
 
+mod api;
 mod bad_input;
 mod batching;
 mod check_config;

@@ -331,12 +331,22 @@ impl Drop for ScratchDatabase {
 }
 
 /// The commands that must not change the schema, on any database.
-const CHECKING_COMMANDS: [&[&str]; 5] = [
+const CHECKING_COMMANDS: [&[&str]; 7] = [
     &["sessions", "--user", "alice"],
     &["limits", "get", "--user", "alice", "--app", "shop"],
     &["limits", "set", "--user", "alice", "--max", "2"],
     &["limits", "clear", "--user", "alice"],
     &["revoke", "--app", "shop", "--user", "alice", "--all"],
+    &[
+        "tokens",
+        "create",
+        "t",
+        "--apps",
+        "a",
+        "--scopes",
+        "limits:read",
+    ],
+    &["tokens", "list"],
 ];
 
 /// Runs `args` against `db` at the default log level.

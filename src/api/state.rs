@@ -1,0 +1,53 @@
+//! What the sessions API's handlers share: the pool, the rule hooks, the
+//! handle key, and a way to wake the relay of the worker it runs in.
+
+use std::sync::Arc;
+
+use sqlx::PgPool;
+
+use super::handle::HandleKey;
+use crate::apply::Enforcement;
+use crate::db;
+
+/// What the handlers share.
+pub struct ApiState {
+    /// The session log.
+    pub pool: PgPool,
+    /// What a revoke records as the limit in force, and what the limits
+    /// routes evaluate: the worker's own (with its hooks) under `run`, the
+    /// built-in hooks under `api`.
+    pub enforcement: Enforcement,
+    /// The key session handles are sealed with, shared by every server.
+    pub handles: HandleKey,
+    /// Wakes the outbox relay of the worker this API runs in (`run`), so a
+    /// revoke goes out at once; `None` under `api`, where the workers'
+    /// relays find it on their next sweep.
+    pub wake_relay: Option<Arc<dyn Fn() + Send + Sync>>,
+}
+
+impl ApiState {
+    /// The state for `pool`, with the handle key read from the database
+    /// (created there by the first server to start).
+    pub async fn new(
+        pool: PgPool,
+        enforcement: Enforcement,
+        wake_relay: Option<Arc<dyn Fn() + Send + Sync>>,
+    ) -> anyhow::Result<ApiState> {
+        let stored = db::api_key::handle_key(&pool, &HandleKey::random_bytes()).await?;
+        let handles = HandleKey::from_bytes(&stored)
+            .ok_or_else(|| anyhow::anyhow!("the stored session handle key is not 64 bytes"))?;
+        Ok(ApiState {
+            pool,
+            enforcement,
+            handles,
+            wake_relay,
+        })
+    }
+
+    /// Tells the relay there is a revoke in the outbox.
+    pub(super) fn relay_wake(&self) {
+        if let Some(wake) = &self.wake_relay {
+            wake();
+        }
+    }
+}

@@ -1,0 +1,54 @@
+//! `session-guard api`: serves only the sessions API (`api.listen`), and
+//! health and metrics on `http.listen`, so that API servers and consumers
+//! scale apart. It migrates nothing: like
+//! `sessions`, it refuses a schema older or newer than the binary's.
+
+use std::sync::Arc;
+
+use anyhow::Context as _;
+
+use super::enforcement::built_in_enforcement;
+use crate::api::{self, ApiState};
+use crate::configuration::Settings;
+use crate::health::Health;
+use crate::{db, runtime, shutdown, telemetry};
+
+pub(super) async fn api(settings: &Settings) -> anyhow::Result<()> {
+    let listen = &settings.api.listen;
+    if listen.is_empty() {
+        anyhow::bail!("api.listen is empty: set it to the address to serve the sessions API on");
+    }
+    telemetry::init_api_metrics();
+    let pool = db::connect_checked(&settings.database).await?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("api.listen: cannot listen on {listen}"))?;
+    // Without a relay here: the workers' relays publish the revokes it
+    // writes, within their sweep interval.
+    let state = ApiState::new(pool.clone(), built_in_enforcement(settings), None).await?;
+    let stop = shutdown::CancellationToken::new();
+    // Health and metrics on `http.listen`, as a worker serves them: ready
+    // while the database answered and not stopping.
+    let health = Arc::new(Health::api_only());
+    health.set_database(true);
+    health.publish_gauges();
+    if !settings.http.listen.is_empty() {
+        tokio::spawn(runtime::serve_health(
+            settings.http.listen.clone(),
+            health.clone(),
+            stop.clone(),
+        ));
+    }
+    let server = tokio::spawn(api::serve(
+        Arc::new(state),
+        settings.api.clone(),
+        listener,
+        stop.clone(),
+    ));
+    shutdown::signal().await;
+    health.set_stopping();
+    stop.cancel();
+    server.await?.context("the sessions API stopped")?;
+    pool.close().await;
+    Ok(())
+}
