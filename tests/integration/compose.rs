@@ -16,6 +16,8 @@ use crate::helpers::repository_file;
 
 /// The compose service that runs the worker.
 const WORKER: &str = "session-guard";
+/// The service that serves the sessions API alone (`session-guard api`).
+const API: &str = "session-guard-api";
 /// Prefix of the variables the worker reads its settings from.
 const PREFIX: &str = "SESSION_GUARD__";
 /// Variables of the worker's service that are not settings but still read
@@ -116,15 +118,54 @@ fn published_ports(service: &Value) -> Vec<Published> {
 /// The settings the worker's service runs with: the worker's own loader,
 /// which refuses unknown variables, given the service's environment.
 fn worker_settings(compose: &Value) -> Settings {
-    let env = environment(service(compose, WORKER));
+    settings_of(compose, WORKER)
+}
+
+/// The settings a service of the session-guard binary runs with.
+fn settings_of(compose: &Value, name: &str) -> Settings {
+    let env = environment(service(compose, name));
     Settings::load_from(None, env).unwrap_or_else(|e| {
-        panic!("the worker refuses the environment docker-compose.yml gives it:\n{e}")
+        panic!("session-guard refuses the environment docker-compose.yml gives {name}:\n{e}")
     })
+}
+
+/// That `listen` (a service's listener) takes every interface of its
+/// container and is published to the host where the code's default
+/// (`default`) would listen, so the README's URLs reach it.
+fn assert_published(compose: &Value, name: &str, listen: &str, default: &str) {
+    let listen: std::net::SocketAddr = listen
+        .parse()
+        .unwrap_or_else(|e| panic!("{name}: {listen:?}: {e}"));
+    assert!(
+        listen.ip().is_unspecified(),
+        "{name}: {listen}: only the container itself could reach it"
+    );
+    let ports = published_ports(service(compose, name));
+    let published = ports
+        .iter()
+        .find(|p| p.container == listen.port())
+        .unwrap_or_else(|| panic!("{name}: port {} is not published: {ports:?}", listen.port()));
+    let default: std::net::SocketAddr = default.parse().unwrap();
+    assert_eq!(
+        *published.host.start(),
+        default.port(),
+        "{name}: one replica answers where the code's default would"
+    );
 }
 
 #[test]
 fn compose_sets_only_variables_the_worker_accepts() {
     let compose = compose();
+    for name in [WORKER, API] {
+        let env = environment(service(&compose, name));
+        for variable in env.keys() {
+            assert!(
+                variable.starts_with(PREFIX) || OTHER_VARIABLES.contains(&variable.as_str()),
+                "{name}: {variable} is read by nobody"
+            );
+        }
+        settings_of(&compose, name);
+    }
     let env = environment(service(&compose, WORKER));
     let settings: Vec<_> = env.keys().filter(|k| k.starts_with(PREFIX)).collect();
     assert!(
@@ -155,24 +196,23 @@ fn compose_publishes_the_ports_the_worker_and_the_code_use() {
     let settings = worker_settings(&compose);
     let defaults = Settings::load_from(None, Vec::new()).expect("the defaults load");
 
-    // The health and metrics endpoint: listening on every interface of the
-    // container, on a port published to the host (one per replica).
-    let listen: std::net::SocketAddr = settings.http.listen.parse().expect("http.listen is set");
+    // The health and metrics endpoint of every worker (one port per
+    // replica), and the sessions API of its own service; the workers serve
+    // no API, so consumers and API servers scale apart.
+    assert_published(&compose, WORKER, &settings.http.listen, &defaults.http.listen);
     assert!(
-        listen.ip().is_unspecified(),
-        "{listen}: only the container itself could reach it"
+        settings.api.listen.is_empty(),
+        "the workers serve the API too: {:?}",
+        settings.api.listen
     );
-    let worker_ports = published_ports(service(&compose, WORKER));
-    let health = worker_ports
-        .iter()
-        .find(|p| p.container == listen.port())
-        .unwrap_or_else(|| panic!("port {} is not published: {worker_ports:?}", listen.port()));
-    let default_listen: std::net::SocketAddr = defaults.http.listen.parse().unwrap();
+    let api = settings_of(&compose, API);
+    assert_published(&compose, API, &api.api.listen, &defaults.api.listen);
     assert_eq!(
-        *health.host.start(),
-        default_listen.port(),
-        "one replica answers where the code's default http.listen would"
+        api.database.url, settings.database.url,
+        "the API reads the log the workers write"
     );
+    let command = service(&compose, API)["command"][0].as_str();
+    assert_eq!(command, Some("api"), "the API service only serves the API");
 
     // PostgreSQL and RabbitMQ: the worker reaches them by service name; from
     // the host, the code's default URLs reach the same server with the same
