@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use futures::FutureExt as _;
 use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
+use session_guard_amqp::url::redact_url;
 use session_guard_client::protocol::event::AppName;
 use session_guard_client::{
     EventPublisher, ListenerConfig, ListenerError, PublisherConfig, RevocationListener, Revoke,
@@ -32,7 +33,8 @@ use crate::{Worker, broker};
 #[derive(Debug, clap::Args)]
 pub struct DemoArgs {
     /// Wait for Enter after each step, to look at the database and the
-    /// queues meanwhile (`session-guard sessions`, `rabbitmqctl list_queues`).
+    /// queues meanwhile (`session-guard sessions` with the demo's database,
+    /// whose URL it prints; `rabbitmqctl list_queues`).
     #[arg(long)]
     pub pause: bool,
 }
@@ -183,6 +185,14 @@ type Handled = mpsc::UnboundedReceiver<(Revoke, Option<&'static str>)>;
 /// The steps, printed as they happen.
 async fn play(demo: &Demo, parts: &mut Parts, pause: bool) -> anyhow::Result<()> {
     introduce(demo);
+    if pause {
+        // The demo's database is its own, not the configured one: say how
+        // to point the commands at it while it waits.
+        println!(
+            "   To look around meanwhile: SESSION_GUARD__DATABASE__URL='{}' session-guard sessions --user {USER} --all",
+            redact_url(&demo.settings.database.url)
+        );
+    }
     let sessions = AppSessions::default();
     let mut revokes = set_up(demo, parts, &sessions).await?;
     wait_for_enter(pause).await;

@@ -30,6 +30,7 @@ pub enum LimitsAction {
 
 #[derive(Debug, Args)]
 pub struct LimitsSetArgs {
+    /// The user whose stored limits to set (their id, as apps send it).
     #[arg(long)]
     pub user: String,
     /// Only for this app (default: every app).
@@ -57,6 +58,7 @@ pub struct LimitsSetArgs {
 
 #[derive(Debug, Args)]
 pub struct LimitsGetArgs {
+    /// The user whose effective limits to show.
     #[arg(long)]
     pub user: String,
     /// The app to evaluate for (default: every app in the user's log).
@@ -73,6 +75,7 @@ pub struct LimitsGetArgs {
 
 #[derive(Debug, Args)]
 pub struct LimitsClearArgs {
+    /// The user whose stored limits to delete.
     #[arg(long)]
     pub user: String,
     /// The app-specific override to delete (default: the all-apps one).

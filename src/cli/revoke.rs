@@ -26,7 +26,7 @@ pub struct RevokeArgs {
     /// With --all: the user whose sessions to revoke.
     #[arg(long, requires = "all")]
     pub user: Option<String>,
-    /// Revoke every active session of --user in --app.
+    /// Revoke every active session of --user in --app (needs --user).
     #[arg(long, requires = "user")]
     pub all: bool,
     /// An explanation, recorded in the log and sent to the app as `note`.

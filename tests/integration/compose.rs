@@ -199,7 +199,12 @@ fn compose_publishes_the_ports_the_worker_and_the_code_use() {
     // The health and metrics endpoint of every worker (one port per
     // replica), and the sessions API of its own service; the workers serve
     // no API, so consumers and API servers scale apart.
-    assert_published(&compose, WORKER, &settings.http.listen, &defaults.http.listen);
+    assert_published(
+        &compose,
+        WORKER,
+        &settings.http.listen,
+        &defaults.http.listen,
+    );
     assert!(
         settings.api.listen.is_empty(),
         "the workers serve the API too: {:?}",
