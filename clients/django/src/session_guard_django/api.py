@@ -13,7 +13,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any
 
 from django.utils.dateparse import parse_datetime
@@ -53,6 +53,14 @@ class SessionView:
     #: The session of the request that asked.
     current: bool
 
+    @property
+    def active_now(self) -> bool:
+        """Seen within the last minute: "active now" reads better than
+        "0 minutes ago"."""
+        if self.last_seen_at is None:
+            return False
+        return (datetime.now(timezone.utc) - self.last_seen_at).total_seconds() < 60
+
 
 class SessionsApi:
     """Calls to one API server with one token."""
@@ -89,7 +97,7 @@ class SessionsApi:
             page = self._call("GET", f"/v1/users/{_segment(user_id)}/sessions?{urllib.parse.urlencode(query)}")
             try:
                 found += [_session(s) for s in page.get("sessions", [])]
-            except (KeyError, TypeError, AttributeError):
+            except (KeyError, TypeError, AttributeError, ValueError):
                 raise ApiError("the sessions API answered a list this page cannot read") from None
             cursor = page.get("next_cursor")
             if not cursor:
@@ -141,7 +149,9 @@ def _problem(error: urllib.error.HTTPError) -> str:
 
 
 def _time(value: Any) -> datetime | None:
-    return parse_datetime(value) if isinstance(value, str) else None
+    at = parse_datetime(value) if isinstance(value, str) else None
+    # The API writes UTC (RFC 3339 with Z); a time without an offset is read as UTC too.
+    return at.replace(tzinfo=timezone.utc) if at is not None and at.tzinfo is None else at
 
 
 def _text(value: Any) -> str | None:
