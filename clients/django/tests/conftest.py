@@ -203,11 +203,15 @@ def capture() -> Iterator[Callable[..., Capture]]:
 class Worker:
     """A session-guard worker process on a database of its own."""
 
-    def __init__(self, binary: Path, names: Names, hooks: list[str], directory: Path, extra: str = "") -> None:
+    def __init__(
+        self, binary: Path, names: Names, hooks: list[str], directory: Path, extra: str = "", max_sessions: int = 1
+    ) -> None:
         self.binary = binary
         self.names = names
         self.database = f"sgdj_{names.token}"
         self.port = free_port()
+        # The sessions API (the devices page's tests), on a port of its own.
+        self.api_port = free_port()
         self.config = directory / f"worker-{names.token}.toml"
         self.log = directory / f"worker-{names.token}.log"
         self.config.write_text(
@@ -223,8 +227,11 @@ dead_letter_exchange = "{names.dead_exchange}"
 dead_letter_queue = "{names.dead_exchange}"
 [limits]
 hooks = {json.dumps(hooks)}
+max_sessions = {max_sessions}
 [http]
 listen = "127.0.0.1:{self.port}"
+[api]
+listen = "127.0.0.1:{self.api_port}"
 {extra}"""
         )
         self.process: subprocess.Popen[bytes] | None = None
@@ -261,6 +268,14 @@ listen = "127.0.0.1:{self.port}"
         except OSError:
             return False
 
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.api_port}"
+
+    def token(self, name: str, apps: str, scopes: str = "sessions:read,sessions:revoke") -> str:
+        """A new API token (``tokens create``), as an app's operator makes it."""
+        return self.command("tokens", "create", name, "--apps", apps, "--scopes", scopes).strip()
+
     def sessions(self, user_id: Any) -> list[dict[str, Any]]:
         """The worker's log of the user's sessions in this app, ended ones too."""
         out = self.command("sessions", "--user", str(user_id), "--app", self.names.app, "--all", "--json")
@@ -288,9 +303,9 @@ def worker(worker_bin: Path, names: Names, tmp_path: Path) -> Iterator[Callable[
     """Starts a worker for this test's names: ``worker(hooks=[...], extra=...)``."""
     started: list[Worker] = []
 
-    def start(hooks: list[str] | None = None, extra: str = "") -> Worker:
+    def start(hooks: list[str] | None = None, extra: str = "", max_sessions: int = 1) -> Worker:
         """``extra``: more TOML for the worker's configuration, e.g. rules."""
-        w = Worker(worker_bin, names, hooks or ["rules", "user_overrides"], tmp_path, extra)
+        w = Worker(worker_bin, names, hooks or ["rules", "user_overrides"], tmp_path, extra, max_sessions)
         started.append(w)
         w.start()
         return w

@@ -237,3 +237,44 @@ def _cached_sessions() -> list[CheckMessage]:
             id="session_guard.E008",
         )
     ]
+
+
+@register(Tags.urls)
+def check_devices_page(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """The "Your devices" page (urls.py) is included but cannot reach the
+    sessions API: every visit would answer "unavailable"."""
+    from django.urls import NoReverseMatch, reverse
+
+    try:
+        reverse("session_guard_django:devices")
+    except NoReverseMatch:
+        return []  # not included: the settings are not needed
+    except Exception:
+        return []  # a broken URLconf: Django's own URL checks report it
+    messages: list[CheckMessage] = []
+    missing = [f"SESSION_GUARD_{name}" for name in ("API_URL", "API_TOKEN") if not conf.raw(name)]
+    if missing:
+        messages.append(
+            Error(
+                f"session_guard_django.urls is included but {' and '.join(missing)} "
+                f"{'is' if len(missing) == 1 else 'are'} not set: the devices page cannot reach the sessions API.",
+                hint="Set SESSION_GUARD_API_URL to the worker's api.listen (e.g. 'http://127.0.0.1:9465') and "
+                "SESSION_GUARD_API_TOKEN to a token of `session-guard tokens create NAME --apps APP "
+                "--scopes sessions:read,sessions:revoke`, read from the environment.",
+                id="session_guard.E009",
+            )
+        )
+    url = conf.raw("API_URL")
+    if url and (not isinstance(url, str) or not url.startswith(("http://", "https://"))):
+        messages.append(
+            Error(
+                f"SESSION_GUARD_API_URL={url!r} must start with http:// or https://.",
+                id="session_guard.E010",
+            )
+        )
+    timeout = conf.raw("API_TIMEOUT")
+    if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or not 0 < timeout <= 60:
+        messages.append(
+            Error(f"SESSION_GUARD_API_TIMEOUT={timeout!r} must be a number of seconds above 0, at most 60.", id="session_guard.E010")
+        )
+    return messages

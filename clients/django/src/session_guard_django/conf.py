@@ -64,6 +64,15 @@ DEFAULTS: dict[str, Any] = {
     "LISTEN_PREFETCH": 32,
     # Seconds the process waits at exit for buffered events to be confirmed.
     "EXIT_FLUSH_TIMEOUT": 2.0,
+    # The sessions API ("Your devices" page, views.py): the worker's
+    # api.listen as a URL, e.g. "http://127.0.0.1:9465". None = no page.
+    "API_URL": None,
+    # A token of `session-guard tokens create` with sessions:read and
+    # sessions:revoke; kept server-side, never sent to the browser.
+    "API_TOKEN": None,
+    # Seconds one API call may take: the page answers "unavailable" after
+    # that rather than holding a web worker.
+    "API_TIMEOUT": 3.0,
 }
 
 

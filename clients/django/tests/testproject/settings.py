@@ -31,6 +31,7 @@ INSTALLED_APPS = [
 GUARD = "session_guard_django.middleware.SessionGuardMiddleware"
 MIDDLEWARE = [
     "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     GUARD,
 ]
@@ -39,6 +40,17 @@ if os.environ.get("SG_TEST_NO_MIDDLEWARE"):
     # project without the package.
     MIDDLEWARE.remove(GUARD)
     INSTALLED_APPS.remove("session_guard_django")
+
+# The devices page's template (session_guard_django/devices.html) comes
+# from the app's templates directory.
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "APP_DIRS": True,
+        "OPTIONS": {"context_processors": ["django.template.context_processors.request"]},
+    }
+]
+LOGIN_URL = "/login-page"
 
 # One SQLite file shared by the test process and the processes it starts;
 # pytest-django creates it afresh (TEST NAME = NAME).
@@ -81,3 +93,9 @@ LOGGING = {
 SESSION_GUARD_SEND_ROLES = os.environ.get("SG_TEST_SEND_ROLES", "1") == "1"
 if "SG_TEST_REQUEST_INTERVAL" in os.environ:
     SESSION_GUARD_REQUEST_INTERVAL = float(os.environ["SG_TEST_REQUEST_INTERVAL"])
+
+# The devices page (session_guard_django.urls): the worker's API and a token,
+# read from the environment as an app would (the tests set them).
+SESSION_GUARD_API_URL = os.environ.get("SG_TEST_API_URL", "http://127.0.0.1:9")
+SESSION_GUARD_API_TOKEN = os.environ.get("SG_TEST_API_TOKEN", "sgt_unset")
+SESSION_GUARD_API_TIMEOUT = 2.0

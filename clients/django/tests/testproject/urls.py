@@ -1,4 +1,4 @@
-from django.urls import path
+from django.urls import include, path
 
 from . import views
 
@@ -11,4 +11,7 @@ urlpatterns = [
     path("remember", views.remember),
     path("forget", views.forget),
     path("awhoami", views.awhoami),
+    path("login-page", views.login_page),
+    # The package's "Your devices" page: session_guard_django:devices.
+    path("account/", include("session_guard_django.urls")),
 ]

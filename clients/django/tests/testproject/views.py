@@ -62,3 +62,12 @@ async def awhoami(request: HttpRequest) -> HttpResponse:
         return HttpResponse(user.get_username() if user.is_authenticated else "anonymous")
     # Django 4.2: the lazy request.user reads the database, off the event loop.
     return await sync_to_async(whoami)(request)
+
+
+def login_page(request: HttpRequest) -> HttpResponse:
+    """A login form for the browser test (it posts to ``/login``)."""
+    return HttpResponse(
+        '<form method="post" action="/login">'
+        '<input name="username"><input name="password" type="password">'
+        '<button type="submit">Log in</button></form>'
+    )
