@@ -8,6 +8,7 @@ mod api;
 mod bad_input;
 mod batching;
 mod check_config;
+mod client_api;
 mod claims;
 mod client_listener;
 mod compose;
