@@ -203,6 +203,8 @@ mod tests {
             let p = error.problem();
             assert_eq!(p.kind, format!("urn:session-guard:problem:{slug}"));
             assert_eq!(p.status, status);
+            // Clients read the same type back as its kind.
+            assert_ne!(p.kind(), ProblemKind::Other, "{slug}");
         }
         let response = ApiError::Unauthorized.into_response();
         assert_eq!(response.headers()[header::WWW_AUTHENTICATE], "Bearer");

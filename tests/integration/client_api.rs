@@ -34,10 +34,12 @@ async fn the_client_lists_what_was_published_and_revokes_with_reason_user() {
     let shop = create_token(&app, "shop-app", "shop", "sessions:read,sessions:revoke").await;
     app.publish(&login_from("shop", "sid-a", "u1", 1, DESKTOP))
         .await;
-    app.publish(&login_from("shop", "sid-b", "u1", 2, PHONE)).await;
+    app.publish(&login_from("shop", "sid-b", "u1", 2, PHONE))
+        .await;
     app.publish(&login_from("shop", "sid-c", "u1", 3, DESKTOP))
         .await;
-    app.publish(&login_from("blog", "sid-d", "u1", 4, PHONE)).await;
+    app.publish(&login_from("blog", "sid-d", "u1", 4, PHONE))
+        .await;
     app.publish(&login_from("shop", "sid-e", "u2", 5, DESKTOP))
         .await;
     app.settle().await;
@@ -83,7 +85,11 @@ async fn the_client_lists_what_was_published_and_revokes_with_reason_user() {
         .collect();
     assert_eq!(
         seen,
-        [(h_c.as_str(), false), (h_b.as_str(), true), (h_a.as_str(), false)]
+        [
+            (h_c.as_str(), false),
+            (h_b.as_str(), true),
+            (h_a.as_str(), false)
+        ]
     );
     let blog_for_shop = shop_api
         .list_sessions(
@@ -120,10 +126,7 @@ async fn the_client_lists_what_was_published_and_revokes_with_reason_user() {
     // Again: nothing revoked, nothing sent.
     let again = shop_api.revoke_session(&h_b, None).await.unwrap();
     assert!(again.revoked.is_empty());
-    assert_eq!(
-        again.session.unwrap().end_reason.as_deref(),
-        Some("user")
-    );
+    assert_eq!(again.session.unwrap().end_reason.as_deref(), Some("user"));
     app.settle().await;
     assert!(
         app.drain_revokes(Duration::from_millis(500))
@@ -241,7 +244,12 @@ async fn refusals_come_back_as_typed_problems_and_limits_round_trip() {
     let cleared = shop_api.clear_limits("u1", Some("shop")).await;
     assert_eq!(kind_of(cleared), (ProblemKind::NotFound, 404));
     assert_eq!(
-        shop_api.limits("u1", "shop").await.unwrap().set_by.max_sessions,
+        shop_api
+            .limits("u1", "shop")
+            .await
+            .unwrap()
+            .set_by
+            .max_sessions,
         "config"
     );
 
