@@ -214,3 +214,96 @@ pub struct Problem {
     /// What was wrong with this request.
     pub detail: String,
 }
+
+/// What every problem's `type` starts with.
+pub const PROBLEM_TYPE_PREFIX: &str = "urn:session-guard:problem:";
+
+/// The stable kinds of problem, one per `type`: what a client matches on.
+/// The worker writes each `type` from these, so the two cannot drift.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ProblemKind {
+    /// `not-found` (404): no such session, handle or override, or one of
+    /// an app the token may not see.
+    NotFound,
+    /// `unauthorized` (401): no token, or an unknown or revoked one.
+    Unauthorized,
+    /// `forbidden-scope` (403): the token lacks the route's scope.
+    ForbiddenScope,
+    /// `invalid-input` (400): a parameter or the body is not what the route
+    /// takes.
+    InvalidInput,
+    /// `payload-too-large` (413): the body is over `api.max_body_bytes`.
+    PayloadTooLarge,
+    /// `unavailable` (503): the session log did not answer in time.
+    Unavailable,
+    /// `method-not-allowed` (405).
+    MethodNotAllowed,
+    /// A `type` this version does not know (a newer worker's).
+    Other,
+}
+
+impl ProblemKind {
+    /// Every kind with a slug of its own.
+    pub const KNOWN: [ProblemKind; 7] = [
+        ProblemKind::NotFound,
+        ProblemKind::Unauthorized,
+        ProblemKind::ForbiddenScope,
+        ProblemKind::InvalidInput,
+        ProblemKind::PayloadTooLarge,
+        ProblemKind::Unavailable,
+        ProblemKind::MethodNotAllowed,
+    ];
+
+    /// The `type`'s last part (`None` for [`ProblemKind::Other`]).
+    pub fn slug(self) -> Option<&'static str> {
+        Some(match self {
+            ProblemKind::NotFound => "not-found",
+            ProblemKind::Unauthorized => "unauthorized",
+            ProblemKind::ForbiddenScope => "forbidden-scope",
+            ProblemKind::InvalidInput => "invalid-input",
+            ProblemKind::PayloadTooLarge => "payload-too-large",
+            ProblemKind::Unavailable => "unavailable",
+            ProblemKind::MethodNotAllowed => "method-not-allowed",
+            ProblemKind::Other => return None,
+        })
+    }
+
+    /// The kind a problem's `type` names.
+    pub fn from_type(problem_type: &str) -> ProblemKind {
+        problem_type
+            .strip_prefix(PROBLEM_TYPE_PREFIX)
+            .and_then(|slug| {
+                ProblemKind::KNOWN
+                    .into_iter()
+                    .find(|k| k.slug() == Some(slug))
+            })
+            .unwrap_or(ProblemKind::Other)
+    }
+}
+
+impl Problem {
+    /// The stable kind of this problem, read from its `type` (the field
+    /// `kind` holds the `type` as written).
+    pub fn kind(&self) -> ProblemKind {
+        ProblemKind::from_type(&self.kind)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn problem_types_map_to_their_kinds_and_back() {
+        for kind in ProblemKind::KNOWN {
+            let t = format!("{PROBLEM_TYPE_PREFIX}{}", kind.slug().unwrap());
+            assert_eq!(ProblemKind::from_type(&t), kind);
+        }
+        assert_eq!(ProblemKind::from_type("not-found"), ProblemKind::Other);
+        assert_eq!(
+            ProblemKind::from_type("urn:session-guard:problem:teapot"),
+            ProblemKind::Other
+        );
+    }
+}

@@ -1,17 +1,16 @@
 //! Errors as RFC 9457 `application/problem+json`, each with a stable `type`
-//! (`urn:session-guard:problem:<slug>`) that clients can match on.
+//! (`urn:session-guard:problem:<slug>`) that clients can match on. The
+//! slugs are the protocol crate's `ProblemKind`, which clients read them as.
 
 use axum::body::Body;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use session_guard_protocol::api::Problem;
+use session_guard_protocol::api::{PROBLEM_TYPE_PREFIX, Problem, ProblemKind};
 
 use super::token::Scope;
 
 /// The content type of every error.
 pub const PROBLEM_JSON: &str = "application/problem+json";
-/// What every `type` starts with.
-const TYPE_PREFIX: &str = "urn:session-guard:problem:";
 
 /// Why a request was not served. Each variant is one `type`.
 #[derive(Debug, thiserror::Error)]
@@ -41,29 +40,37 @@ pub enum ApiError {
 }
 
 impl ApiError {
-    /// The `type`'s last part, the title and the status.
-    fn kind(&self) -> (&'static str, &'static str, StatusCode) {
+    /// The stable kind (its `type`), the title and the status.
+    fn kind(&self) -> (ProblemKind, &'static str, StatusCode) {
         match self {
-            ApiError::NotFound => ("not-found", "Not found", StatusCode::NOT_FOUND),
-            ApiError::Unauthorized => ("unauthorized", "Unauthorized", StatusCode::UNAUTHORIZED),
-            ApiError::ForbiddenScope(_) => {
-                ("forbidden-scope", "Missing scope", StatusCode::FORBIDDEN)
-            }
-            ApiError::InvalidInput(_) => {
-                ("invalid-input", "Invalid input", StatusCode::BAD_REQUEST)
-            }
+            ApiError::NotFound => (ProblemKind::NotFound, "Not found", StatusCode::NOT_FOUND),
+            ApiError::Unauthorized => (
+                ProblemKind::Unauthorized,
+                "Unauthorized",
+                StatusCode::UNAUTHORIZED,
+            ),
+            ApiError::ForbiddenScope(_) => (
+                ProblemKind::ForbiddenScope,
+                "Missing scope",
+                StatusCode::FORBIDDEN,
+            ),
+            ApiError::InvalidInput(_) => (
+                ProblemKind::InvalidInput,
+                "Invalid input",
+                StatusCode::BAD_REQUEST,
+            ),
             ApiError::PayloadTooLarge => (
-                "payload-too-large",
+                ProblemKind::PayloadTooLarge,
                 "Payload too large",
                 StatusCode::PAYLOAD_TOO_LARGE,
             ),
             ApiError::Unavailable => (
-                "unavailable",
+                ProblemKind::Unavailable,
                 "Unavailable",
                 StatusCode::SERVICE_UNAVAILABLE,
             ),
             ApiError::MethodNotAllowed => (
-                "method-not-allowed",
+                ProblemKind::MethodNotAllowed,
                 "Method not allowed",
                 StatusCode::METHOD_NOT_ALLOWED,
             ),
@@ -72,9 +79,10 @@ impl ApiError {
 
     /// The problem document of this error.
     pub fn problem(&self) -> Problem {
-        let (slug, title, status) = self.kind();
+        let (kind, title, status) = self.kind();
+        let slug = kind.slug().expect("the worker's kinds each have a slug");
         Problem {
-            kind: format!("{TYPE_PREFIX}{slug}"),
+            kind: format!("{PROBLEM_TYPE_PREFIX}{slug}"),
             title: title.to_owned(),
             status: status.as_u16(),
             detail: self.to_string(),
@@ -195,6 +203,8 @@ mod tests {
             let p = error.problem();
             assert_eq!(p.kind, format!("urn:session-guard:problem:{slug}"));
             assert_eq!(p.status, status);
+            // Clients read the same type back as its kind.
+            assert_ne!(p.kind(), ProblemKind::Other, "{slug}");
         }
         let response = ApiError::Unauthorized.into_response();
         assert_eq!(response.headers()[header::WWW_AUTHENTICATE], "Bearer");

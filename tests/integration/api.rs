@@ -14,8 +14,8 @@ use crate::helpers::*;
 
 /// One test's way to the API: its address, and every body it got back (to
 /// check that none holds a raw session id).
-struct Api {
-    base: String,
+pub(crate) struct Api {
+    pub(crate) base: String,
     client: reqwest::Client,
     bodies: Vec<String>,
 }
@@ -123,7 +123,7 @@ impl Api {
 
 /// A test with an in-process worker that also serves the API, and no limit
 /// on sessions (so logins end nothing).
-async fn spawn_api() -> (TestApp, Api) {
+pub(crate) async fn spawn_api() -> (TestApp, Api) {
     let listen = format!("127.0.0.1:{}", free_port());
     let app = spawn_app_with(|s| {
         s.api.listen = listen.clone();
@@ -142,7 +142,7 @@ async fn spawn_api() -> (TestApp, Api) {
 }
 
 /// `session-guard tokens create NAME --apps APPS --scopes SCOPES`: the token.
-async fn create_token(app: &TestApp, name: &str, apps: &str, scopes: &str) -> String {
+pub(crate) async fn create_token(app: &TestApp, name: &str, apps: &str, scopes: &str) -> String {
     let out = app
         .command(&["tokens", "create", name, "--apps", apps, "--scopes", scopes])
         .output()
@@ -157,13 +157,13 @@ async fn create_token(app: &TestApp, name: &str, apps: &str, scopes: &str) -> St
 }
 
 /// A user agent of Chrome on Windows, and one of Safari on an iPhone.
-const DESKTOP: &str = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like \
+pub(crate) const DESKTOP: &str = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like \
                        Gecko) Chrome/120.0.0.0 Safari/537.36";
-const PHONE: &str = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_1 like Mac OS X) AppleWebKit/605.1.15 \
+pub(crate) const PHONE: &str = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_1 like Mac OS X) AppleWebKit/605.1.15 \
                      (KHTML, like Gecko) Version/17.1 Mobile/15E148 Safari/604.1";
 
 /// A login with a user agent of its own.
-fn login_from(app: &str, session: &str, user: &str, secs: i64, ua: &str) -> Value {
+pub(crate) fn login_from(app: &str, session: &str, user: &str, secs: i64, ua: &str) -> Value {
     let mut event = login(app, session, user, t(secs));
     event["user_agent"] = json!(ua);
     event

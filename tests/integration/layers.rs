@@ -44,6 +44,26 @@ const RULES: &[Rule] = &[
         why: "the client crate never depends on the worker",
     },
     Rule {
+        place: "clients/rust/src/publisher",
+        forbidden: &["reqwest", "crate::api"],
+        why: "the publisher pulls no HTTP stack: the sessions API's client is the `api` feature's",
+    },
+    Rule {
+        place: "clients/rust/src/listener.rs",
+        forbidden: &["reqwest", "crate::api"],
+        why: "the listener pulls no HTTP stack: the sessions API's client is the `api` feature's",
+    },
+    Rule {
+        place: "clients/rust/src/api",
+        forbidden: &[
+            "lapin",
+            "session_guard_amqp",
+            "crate::publisher",
+            "crate::listener",
+        ],
+        why: "the sessions API's client speaks HTTP only, apart from the AMQP side",
+    },
+    Rule {
         place: "src/domain",
         forbidden: &[
             "crate::apply",
@@ -280,4 +300,25 @@ fn every_rule_names_a_place_that_exists() {
             rule.place
         );
     }
+}
+
+#[test]
+fn the_client_crate_pulls_an_http_stack_only_with_its_api_feature() {
+    let text = std::fs::read_to_string(root().join("clients/rust/Cargo.toml")).unwrap();
+    let manifest: toml::Table = toml::from_str(&text).unwrap();
+    let reqwest = &manifest["dependencies"]["reqwest"];
+    assert_eq!(reqwest.get("optional"), Some(&toml::Value::Boolean(true)));
+    assert_eq!(
+        manifest["features"]["api"],
+        toml::Value::Array(vec!["dep:reqwest".into()])
+    );
+    let default = manifest["features"].get("default");
+    assert!(
+        default.is_none_or(|d| !d
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f.as_str() == Some("api"))),
+        "the api feature is off by default"
+    );
 }

@@ -9,6 +9,7 @@ mod bad_input;
 mod batching;
 mod check_config;
 mod claims;
+mod client_api;
 mod client_listener;
 mod compose;
 mod contract;

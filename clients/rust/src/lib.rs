@@ -6,6 +6,9 @@
 //! - [`RevocationListener`]: receives the revokes session-guard publishes for
 //!   your app, once per app however many instances run, and acks each after
 //!   your handler ended the session.
+//! - [`api::SessionsApi`] (feature `api`): lists a user's sessions in every
+//!   app and ends them, over the worker's sessions API (HTTP). Off by
+//!   default, so the publisher and listener pull no HTTP stack.
 //!
 //! The wire types come from [`session_guard_protocol`], re-exported as
 //! [`protocol`].
@@ -14,6 +17,8 @@
 
 pub use session_guard_protocol as protocol;
 
+#[cfg(feature = "api")]
+pub mod api;
 mod coalesce;
 mod connection;
 pub mod listener;
