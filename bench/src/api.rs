@@ -13,7 +13,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::Context as _;
 use hdrhistogram::Histogram;
 use tokio::task::JoinSet;
 
@@ -481,7 +480,10 @@ mod tests {
         let live = asked.iter().filter(|u| *u == "user7").count();
         assert_eq!(live, 100, "every 4th");
         let distinct: std::collections::BTreeSet<_> = asked.iter().collect();
-        assert!(distinct.len() > 290, "spread over the history: {distinct:?}");
+        assert!(
+            distinct.len() > 290,
+            "spread over the history: {distinct:?}"
+        );
         assert!(asked.iter().all(|u| u == "user7" || u.starts_with("old")));
         let only_live = Users {
             log_rows: 0,
@@ -533,7 +535,11 @@ mod tests {
             "{}",
             rows[0].note
         );
-        assert!(rows[1].note.starts_with("3 requests answered 200, 1 failed"));
+        assert!(
+            rows[1]
+                .note
+                .starts_with("3 requests answered 200, 1 failed")
+        );
         assert_eq!(rows[2].figure, "8000 events/s");
         assert!(
             rows[2].note.starts_with(

@@ -114,8 +114,7 @@ async fn measure(
     if !args.api_only {
         rows = client::rows(&setup, &publisher, settings, args.client_events).await?;
         rows.extend(
-            coalescing::rows(settings, args.coalescing_sessions, args.coalescing_seconds)
-                .await?,
+            coalescing::rows(settings, args.coalescing_sessions, args.coalescing_seconds).await?,
         );
     }
 

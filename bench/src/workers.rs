@@ -139,7 +139,11 @@ impl WorkerProcess {
         Self::spawn(binary, settings, format!("127.0.0.1:{}", free_port()?))
     }
 
-    fn spawn(binary: &Path, settings: &Settings, api_listen: String) -> anyhow::Result<WorkerProcess> {
+    fn spawn(
+        binary: &Path,
+        settings: &Settings,
+        api_listen: String,
+    ) -> anyhow::Result<WorkerProcess> {
         let listen = format!("127.0.0.1:{}", free_port()?);
         let child = command(binary, settings, &listen, &api_listen)
             .spawn()
