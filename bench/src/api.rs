@@ -456,7 +456,7 @@ mod tests {
         let l = latencies(&ms, 2);
         assert_eq!(
             l.summary(),
-            "p50 1.00 ms, p99 40.01 ms, max 1000.4 ms",
+            "p50 1.00 ms, p99 40.03 ms, max 1000.4 ms",
             "hdrhistogram's 3 significant digits round up within a bucket"
         );
         assert_eq!(l.counts(), "100 requests answered 200, 2 failed");
