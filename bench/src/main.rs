@@ -8,6 +8,7 @@
 //! processes (the worker binary built beside this one), so their memory
 //! can be read from /proc.
 
+mod api;
 mod client;
 mod coalescing;
 #[cfg(test)]
@@ -67,7 +68,7 @@ async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let (rows, tls) = result?;
     let table = report::table(&rows);
     println!("\n{table}");
-    if !args.output.is_empty() && !args.broker_only() {
+    if !args.output.is_empty() && !args.partial() {
         report::write(&args, &table, &worker, tls).await?;
         println!("written to the bench block of {}", args.output);
     }
@@ -109,10 +110,13 @@ async fn measure(
     // A queue bound like an app's, so revokes are routed (and not logged as
     // unroutable); gone with the bench's connection.
     broker::declare_revoke_tap(&setup, &settings.amqp.revocations_exchange).await?;
-    let mut rows = client::rows(&setup, &publisher, settings, args.client_events).await?;
-    rows.extend(
-        coalescing::rows(settings, args.coalescing_sessions, args.coalescing_seconds).await?,
-    );
+    let mut rows = Vec::new();
+    if !args.api_only {
+        rows = client::rows(&setup, &publisher, settings, args.client_events).await?;
+        rows.extend(
+            coalescing::rows(settings, args.coalescing_sessions, args.coalescing_seconds).await?,
+        );
+    }
 
     let events = generate(args);
     let drains = Drains {
@@ -124,12 +128,31 @@ async fn measure(
         events: &events,
         requests: of_type(&events, "request"),
     };
+    if args.api_only {
+        if args.log_rows > 0 {
+            services::fill_history(&pool, args.log_rows).await?;
+        }
+    } else {
+        rows.extend(drain_rows(&drains, args).await?);
+    }
+    // On the large log the last drain left (or --api-only filled).
+    rows.extend(api::measure(&drains, args).await?);
+    pool.close().await;
+    let _ = connection.close(200, "done".into()).await;
+    Ok((rows, tls))
+}
+
+/// The drain runs on an empty log, the latency run, and the drain on a
+/// large log (which leaves the log filled).
+async fn drain_rows(drains: &Drains<'_>, args: &BenchArgs) -> anyhow::Result<Vec<Row>> {
+    let (settings, worker) = (drains.settings, drains.worker);
+    let mut rows = Vec::new();
     let runs = args.runs.max(1);
     let figures = drains.empty_log(runs).await?;
     rows.extend(figures.rows(settings.amqp.prefetch, args.mix));
 
-    services::reset_log(&pool).await?;
-    rows.push(latency::measure(&connection, &publisher, settings, worker, args).await?);
+    services::reset_log(drains.pool).await?;
+    rows.push(latency::measure(drains.connection, drains.publisher, settings, worker, args).await?);
     rows.push(Row {
         what: "worker peak RSS".into(),
         figure: format!("{:.1} MB", figures.peak_rss as f64 / 1024.0),
@@ -139,9 +162,7 @@ async fn measure(
         let empty_rate = figures.one_worker_rate();
         rows.push(drains.large_log(args.log_rows, runs, empty_rate).await?);
     }
-    pool.close().await;
-    let _ = connection.close(200, "done".into()).await;
-    Ok((rows, tls))
+    Ok(rows)
 }
 
 /// The traffic of the drain runs, generated once and replayed for each.

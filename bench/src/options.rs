@@ -55,7 +55,7 @@ pub struct BenchArgs {
     /// Measure only the app side (publishing through the client crate next
     /// to raw confirms, and request coalescing); prints the table and writes
     /// no report.
-    #[arg(long, conflicts_with = "coalescing_only")]
+    #[arg(long, conflicts_with_all = ["coalescing_only", "api_only"])]
     pub client_only: bool,
     /// Sessions of the page-load traffic request coalescing is measured on
     /// (a page and 5 more requests within a second per visit, visits every
@@ -68,8 +68,20 @@ pub struct BenchArgs {
     pub coalescing_seconds: u64,
     /// Measure only request coalescing (the broker only, a few seconds);
     /// prints the table and writes no report.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "api_only")]
     pub coalescing_only: bool,
+    /// Requests per second of the sessions API run, sent open-loop to
+    /// `GET /v1/users/{id}/sessions` and, back to back, to `/health/live`.
+    #[arg(long, default_value_t = 1_000)]
+    pub api_rate: u64,
+    /// Least length of each load of the sessions API run, seconds (it goes
+    /// on until the consumer has drained the queue).
+    #[arg(long, default_value_t = 20)]
+    pub api_seconds: u64,
+    /// Measure only the sessions API (after filling the log with
+    /// `--log-rows`); prints the table and writes no report.
+    #[arg(long)]
+    pub api_only: bool,
 }
 
 impl BenchArgs {
@@ -77,5 +89,11 @@ impl BenchArgs {
     /// report.
     pub fn broker_only(&self) -> bool {
         self.client_only || self.coalescing_only
+    }
+
+    /// Only a part of the figures: the table is printed, and the report's
+    /// block, which holds a full run, is left as it is.
+    pub fn partial(&self) -> bool {
+        self.broker_only() || self.api_only
     }
 }

@@ -69,7 +69,7 @@ fn header(args: &BenchArgs, at: &Conditions) -> String {
     format!(
         "Measured by `session-guard-bench --mix {} --events {} --users {} --rate {} \
          --seconds {} --log-rows {} --runs {} --client-events {} --coalescing-sessions {} \
-         --coalescing-seconds {}` on {} (UTC).\n\nMachine: {}; {} cores. Versions: \
+         --coalescing-seconds {} --api-rate {} --api-seconds {}` on {} (UTC).\n\nMachine: {}; {} cores. Versions: \
          {worker}, {rabbitmq}, {postgres}; {transport}, broker connection without TLS. Broker, \
          database, worker and load generator share the machine. Figures vary by +-20% between \
          runs on these shared machines: compare ratios to the baseline of the same run.\n",
@@ -83,6 +83,8 @@ fn header(args: &BenchArgs, at: &Conditions) -> String {
         args.client_events,
         args.coalescing_sessions,
         args.coalescing_seconds,
+        args.api_rate,
+        args.api_seconds,
         at.when,
         at.machine,
         at.cores,
@@ -306,7 +308,8 @@ mod tests {
             header(&args, &at).lines().next().unwrap(),
             "Measured by `session-guard-bench --mix production --events 2000 --users 50000 \
              --rate 2000 --seconds 20 --log-rows 5000000 --runs 1 --client-events 100000 \
-             --coalescing-sessions 5000 --coalescing-seconds 300` on 2026-12-07 06:00 (UTC)."
+             --coalescing-sessions 5000 --coalescing-seconds 300 --api-rate 1000 --api-seconds 20` \
+             on 2026-12-07 06:00 (UTC)."
         );
     }
 }

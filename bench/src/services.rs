@@ -11,6 +11,20 @@ use sqlx::migrate::MigrateDatabase as _;
 
 /// The sessions of the large history, kept while drain runs come and go.
 const HISTORY_APP: &str = "bench-history";
+/// The history's users are this prefix and a number below
+/// [`HISTORY_USERS`]: ids the event decoder accepts, so the sessions API
+/// can be asked about them.
+const HISTORY_USER_PREFIX: &str = "old";
+/// Distinct users of the history; the rows go round them, so each user
+/// of a 5,000,000-row log has 5 ended sessions.
+const HISTORY_USERS: u64 = 1_000_000;
+
+/// The id of the `n`th user with sessions in a history of `rows` rows
+/// (`n` taken modulo the number of users it has); `None` for no rows.
+pub fn history_user(rows: u64, n: u64) -> Option<String> {
+    let users = rows.min(HISTORY_USERS);
+    (users > 0).then(|| format!("{HISTORY_USER_PREFIX}{}", n % users))
+}
 
 /// The configured servers under names of the bench's own: a fresh database,
 /// and exchanges and queues no one else uses; the limit at 1 per user.
@@ -57,13 +71,15 @@ pub async fn fill_history(pool: &PgPool, rows: u64) -> anyhow::Result<()> {
     sqlx::query(
         "INSERT INTO sessions (app, session_id, user_id, login_at, login_seen, last_seen_at,
                                ended_at, end_reason)
-         SELECT $2, 'h' || g, 'old' || (g % 1000000),
+         SELECT $2, 'h' || g, $3 || (g % $4),
                 now() - interval '30 days', true, now() - interval '29 days',
                 now() - interval '29 days', 'logout'
          FROM generate_series(1, $1) g",
     )
     .bind(rows as i64)
     .bind(HISTORY_APP)
+    .bind(HISTORY_USER_PREFIX)
+    .bind(HISTORY_USERS as i64)
     .execute(pool)
     .await?;
     // A log that grew over months has been vacuumed along the way; one
@@ -88,4 +104,19 @@ pub async fn forget_bench_sessions(pool: &PgPool) -> anyhow::Result<()> {
         .await?;
     sqlx::query("VACUUM ANALYZE sessions").execute(pool).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn history_users_are_the_ones_the_fill_writes() {
+        assert_eq!(history_user(0, 5), None);
+        assert_eq!(history_user(3, 4).as_deref(), Some("old1"));
+        assert_eq!(
+            history_user(5_000_000, 1_234_567).as_deref(),
+            Some("old234567")
+        );
+    }
 }

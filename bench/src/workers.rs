@@ -40,6 +40,8 @@ pub struct WorkerProcess {
     child: Child,
     /// Its metrics endpoint, host:port.
     listen: String,
+    /// Its sessions API, host:port; empty when it serves none.
+    api_listen: String,
 }
 
 /// Asks the workers' metrics endpoints how far they got.
@@ -128,11 +130,39 @@ impl WorkerProcess {
     /// Starts `session-guard run` on the bench's names, with its metrics
     /// endpoint on a free port.
     pub fn start(binary: &Path, settings: &Settings) -> anyhow::Result<WorkerProcess> {
+        Self::spawn(binary, settings, String::new())
+    }
+
+    /// Starts `session-guard run` as [`WorkerProcess::start`] does, also
+    /// serving the sessions API on a free port of its own.
+    pub fn start_with_api(binary: &Path, settings: &Settings) -> anyhow::Result<WorkerProcess> {
+        Self::spawn(binary, settings, format!("127.0.0.1:{}", free_port()?))
+    }
+
+    fn spawn(
+        binary: &Path,
+        settings: &Settings,
+        api_listen: String,
+    ) -> anyhow::Result<WorkerProcess> {
         let listen = format!("127.0.0.1:{}", free_port()?);
-        let child = command(binary, settings, &listen)
+        let child = command(binary, settings, &listen, &api_listen)
             .spawn()
             .with_context(|| format!("cannot start {}", binary.display()))?;
-        Ok(WorkerProcess { child, listen })
+        Ok(WorkerProcess {
+            child,
+            listen,
+            api_listen,
+        })
+    }
+
+    /// Its health and metrics endpoint, host:port.
+    pub fn listen(&self) -> &str {
+        &self.listen
+    }
+
+    /// Its sessions API, host:port (empty unless started with it).
+    pub fn api_listen(&self) -> &str {
+        &self.api_listen
     }
 
     /// Its peak resident set (VmHWM), in KiB.
@@ -220,7 +250,31 @@ impl Progress {
     }
 }
 
-fn command(binary: &Path, settings: &Settings, listen: &str) -> Command {
+/// `session-guard tokens create NAME --apps '*' --scopes SCOPES` against the
+/// bench's database, as an operator makes one: the token it prints.
+pub async fn create_token(
+    binary: &Path,
+    settings: &Settings,
+    name: &str,
+    scopes: &str,
+) -> anyhow::Result<String> {
+    let out = Command::new(binary)
+        .args(["tokens", "create", name, "--apps", "*", "--scopes", scopes])
+        .env("SESSION_GUARD__DATABASE__URL", &settings.database.url)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .with_context(|| format!("cannot run {} tokens create", binary.display()))?;
+    anyhow::ensure!(
+        out.status.success(),
+        "tokens create failed: {}",
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Ok(String::from_utf8(out.stdout)?.trim().to_owned())
+}
+
+fn command(binary: &Path, settings: &Settings, listen: &str, api_listen: &str) -> Command {
     let amqp = &settings.amqp;
     let mut cmd = Command::new(binary);
     cmd.arg("run")
@@ -245,9 +299,10 @@ fn command(binary: &Path, settings: &Settings, listen: &str) -> Command {
         )
         .env("SESSION_GUARD__LIMITS__MAX_SESSIONS", "1")
         .env("SESSION_GUARD__HTTP__LISTEN", listen)
-        // No sessions API: the workers measured only consume, as before it
-        // existed (several on one host would also race for its port).
-        .env("SESSION_GUARD__API__LISTEN", "")
+        // No sessions API unless the run measures it: the other workers
+        // only consume, as before it existed (several on one host would
+        // also race for its default port).
+        .env("SESSION_GUARD__API__LISTEN", api_listen)
         .env("SESSION_GUARD__LOG__LEVEL", "warn")
         .env_remove("RUST_LOG")
         .stdin(Stdio::null())
