@@ -134,6 +134,19 @@ pub async fn put(
     let user = input::user(&user_id)?;
     let app = app_param(&caller, raw.as_deref())?;
     let stored = stored_override(app.as_ref(), body)?;
+    // The cross-app cap and the log limit act on the user's sessions and
+    // log rows in every app, whichever app's override holds them: a token
+    // that does not see every app may not set them, or it could end
+    // sessions and prune rows of apps it cannot see.
+    if !caller.sees_every_app()
+        && (stored.max_sessions_global.is_some() || stored.log_limit.is_some())
+    {
+        return Err(ApiError::InvalidInput(
+            "max_sessions_global and log_limit act on the user's sessions in every app: \
+             only a token of every app ('*') may set them"
+                .into(),
+        ));
+    }
     db::overrides::set_override(
         &state.pool,
         user.as_str(),

@@ -522,6 +522,20 @@ async fn limits_through_the_api_agree_with_the_cli() {
     )
     .await
     .problem(400, "invalid-input");
+    // The cross-app cap and the log limit reach other apps' sessions and
+    // rows: not for a token of one app, even on its own app's override.
+    for field in ["max_sessions_global", "log_limit"] {
+        api.call(
+            "PUT",
+            "/v1/users/u1/limits?app=shop",
+            Some(&shop),
+            Some(json!({ field: 0 }).to_string()),
+        )
+        .await
+        .problem(400, "invalid-input");
+    }
+    let view = api.get("/v1/users/u1/limits?app=shop", &shop).await;
+    assert_eq!(view.json["limits"]["max_sessions"], 4, "nothing changed");
     let all_apps = api
         .call(
             "PUT",
