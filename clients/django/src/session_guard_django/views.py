@@ -52,7 +52,7 @@ def devices(request: HttpRequest) -> HttpResponse:
         {
             "sessions": sessions,
             "others": [s for s in sessions if not s.current],
-            "signed_out": int(signed_out) if signed_out.isdigit() else None,
+            "signed_out": int(signed_out) if signed_out.isascii() and signed_out.isdigit() else None,
             "unavailable": None,
         },
     )
