@@ -40,8 +40,9 @@ enum StateFilter {
     All,
 }
 
-/// The query of a listing, checked. Its `Debug` hides `current_session`,
-/// the caller's raw session id (the cookie itself).
+/// The query of a listing, checked. No `Debug`, on purpose: it holds
+/// `current_session`, the caller's raw session id (the cookie itself), so
+/// it cannot be logged by mistake.
 #[derive(Default)]
 struct ListQuery {
     apps: Option<Vec<AppName>>,
@@ -50,22 +51,6 @@ struct ListQuery {
     cursor: Option<String>,
     current_session: Option<String>,
     current_app: Option<AppName>,
-}
-
-impl std::fmt::Debug for ListQuery {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ListQuery")
-            .field("apps", &self.apps)
-            .field("state", &self.state)
-            .field("limit", &self.limit)
-            .field("cursor", &self.cursor)
-            .field(
-                "current_session",
-                &self.current_session.as_ref().map(|_| "***"),
-            )
-            .field("current_app", &self.current_app)
-            .finish()
-    }
 }
 
 /// Reads the query string by hand: `app` may repeat, and a parameter this
@@ -346,14 +331,6 @@ async fn revoke(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_query_shown_in_debug_hides_the_callers_session() {
-        let q = list_query(Some("current_session=s3cret-cookie&current_app=shop")).unwrap();
-        let shown = format!("{q:?}");
-        assert!(!shown.contains("s3cret-cookie"), "{shown}");
-        assert!(shown.contains("***"), "{shown}");
-    }
 
     #[test]
     fn the_query_takes_repeated_apps_and_refuses_the_unknown() {

@@ -270,6 +270,15 @@ def services_cpu() -> float:
     return total
 
 
+def answers_200(url: str) -> bool:
+    """Whether `url` answers 200 within 2 s (a server still starting does not)."""
+    try:
+        with urllib.request.urlopen(url, timeout=2) as r:
+            return bool(r.status == 200)
+    except OSError:
+        return False
+
+
 def tail(path: Path, chars: int = 4000) -> str:
     try:
         return path.read_text(errors="replace")[-chars:]
@@ -381,11 +390,7 @@ level = "warn"
 
     def ready(self) -> bool:
         self.check_alive()
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health/ready", timeout=2) as r:
-                return bool(r.status == 200)
-        except OSError:
-            return False
+        return answers_200(f"http://127.0.0.1:{self.port}/health/ready")
 
     def check_alive(self) -> None:
         if self.process is None or self.process.poll() is not None:
@@ -510,11 +515,7 @@ class Server:
 
     def answers(self) -> bool:
         self.check_alive()
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/pid", timeout=2) as r:
-                return bool(r.status == 200)
-        except OSError:
-            return False
+        return answers_200(f"http://127.0.0.1:{self.port}/pid")
 
     def check_alive(self) -> None:
         if self.process is None or self.process.poll() is not None:
