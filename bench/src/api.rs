@@ -8,6 +8,14 @@
 //! sent then whatever the earlier ones are doing, and its latency counts
 //! from that due time, so a stall is measured in full instead of slowing
 //! the sender down (coordinated omission).
+//!
+//! Each load runs for at least `--api-seconds` and until the queue is
+//! drained, so its requests fall in two phases: due while the worker still
+//! drains (the issue's condition: a consumer draining at the same time) and
+//! due after (the API alone on an idle worker). Requests alternate between
+//! a connection of their own and a kept-alive one (as the apps' HTTP
+//! clients use), so both kinds meet the same conditions. Each of the four
+//! has its own latencies.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -85,6 +93,37 @@ impl Latencies {
     }
 }
 
+/// Latencies of one load, by phase and by kind of connection.
+#[derive(Default)]
+pub struct Load {
+    /// Requests due while the worker drained: `[own connection, kept alive]`.
+    draining: [Latencies; 2],
+    /// Requests due after the drain: `[own connection, kept alive]`.
+    idle: [Latencies; 2],
+}
+
+impl Load {
+    /// The latencies of phase `p` of [`PHASES`].
+    fn phase(&self, p: usize) -> &[Latencies; 2] {
+        if p == 0 { &self.draining } else { &self.idle }
+    }
+
+    fn of(&mut self, draining: bool, kept_alive: bool) -> &mut Latencies {
+        let phase = if draining {
+            &mut self.draining
+        } else {
+            &mut self.idle
+        };
+        &mut phase[usize::from(kept_alive)]
+    }
+}
+
+impl Default for Latencies {
+    fn default() -> Latencies {
+        Latencies::new()
+    }
+}
+
 /// What the sessions API run measured.
 pub struct ApiFigures {
     /// Requests per second of each load.
@@ -92,9 +131,9 @@ pub struct ApiFigures {
     /// Rows of the history in the log.
     log_rows: u64,
     /// `GET /v1/users/{id}/sessions`.
-    sessions: Latencies,
+    sessions: Load,
     /// `/health/live`, the baseline.
-    health: Latencies,
+    health: Load,
     /// Drain rates, events/s: without load, with `/health/live` load and
     /// with sessions API load.
     drains: [f64; 3],
@@ -125,7 +164,7 @@ pub async fn measure(drains: &Drains<'_>, args: &BenchArgs) -> anyhow::Result<Ve
         "no user to ask the sessions API about: no history and no logins"
     );
     let mut rates = [0.0; 3];
-    let mut latencies = [Latencies::new(), Latencies::new()];
+    let mut loads = [Load::default(), Load::default()];
     for (i, target) in [Target::None, Target::Health, Target::Sessions]
         .into_iter()
         .enumerate()
@@ -133,22 +172,29 @@ pub async fn measure(drains: &Drains<'_>, args: &BenchArgs) -> anyhow::Result<Ve
         let (rate, load) = drain_under(drains, args, &users, &token, target).await?;
         rates[i] = rate;
         let base = rates[0];
-        match (target, load) {
-            (Target::Health, Some(l)) => latencies[0] = l,
-            (Target::Sessions, Some(l)) => latencies[1] = l,
-            _ => {}
-        }
-        let load = match target {
-            Target::None => "no load".to_owned(),
-            Target::Health => format!("/health/live {}", latencies[0].summary()),
-            Target::Sessions => format!("sessions API {}", latencies[1].summary()),
+        let summary = match (target, load) {
+            (Target::None, _) | (_, None) => "no load".to_owned(),
+            (target, Some(load)) => {
+                let summary = format!(
+                    "{} while draining: {} (own connection), {} (kept alive)",
+                    if matches!(target, Target::Health) {
+                        "/health/live"
+                    } else {
+                        "sessions API"
+                    },
+                    load.draining[0].summary(),
+                    load.draining[1].summary()
+                );
+                loads[i - 1] = load;
+                summary
+            }
         };
         println!(
-            "API run: 1 worker, large log, {rate:.0} events/s ({:.2} of the drain without load), {load}",
+            "API run: 1 worker, large log, {rate:.0} events/s ({:.2} of the drain without load), {summary}",
             rate / base
         );
     }
-    let [health, sessions] = latencies;
+    let [health, sessions] = loads;
     Ok(ApiFigures {
         rate: args.api_rate,
         log_rows: args.log_rows,
@@ -212,7 +258,7 @@ async fn drain_under(
     users: &Users,
     token: &str,
     target: Target,
-) -> anyhow::Result<(f64, Option<Latencies>)> {
+) -> anyhow::Result<(f64, Option<Load>)> {
     forget_bench_sessions(drains.pool).await?;
     drains.fill().await?;
     let n = drains.events.len() as u64;
@@ -220,6 +266,10 @@ async fn drain_under(
     let worker = WorkerProcess::start_with_api(drains.worker, drains.settings)?;
     let result = async {
         let client = http_client()?;
+        let clients = Clients {
+            own: client.clone(),
+            kept_alive: kept_alive_client()?,
+        };
         wait_until_up(&client, &progress, &worker, users, token).await?;
         let first = progress.processed(&worker).await.unwrap_or(0);
         let started = Instant::now();
@@ -229,7 +279,7 @@ async fn drain_under(
             Target::Health => {
                 let url = format!("http://{}/health/live", worker.listen());
                 Some(tokio::spawn(send_steadily(
-                    client.clone(),
+                    clients.clone(),
                     move |_| url.clone(),
                     None,
                     args.api_rate,
@@ -244,7 +294,7 @@ async fn drain_under(
                     live: users.live.clone(),
                 };
                 Some(tokio::spawn(send_steadily(
-                    client.clone(),
+                    clients.clone(),
                     move |i| sessions_url(&api, &users.nth(i)),
                     Some(token.to_owned()),
                     args.api_rate,
@@ -276,13 +326,29 @@ async fn drain_under(
     result
 }
 
-/// Plain HTTP, a connection per request, as for both endpoints alike: the
-/// health endpoint closes each connection it answers.
+/// Plain HTTP, a connection per request.
 fn http_client() -> anyhow::Result<reqwest::Client> {
     Ok(reqwest::Client::builder()
         .pool_max_idle_per_host(0)
         .timeout(REQUEST_TIMEOUT)
         .build()?)
+}
+
+/// Plain HTTP/1.1 on kept-alive connections, as the apps' clients use:
+/// reqwest's pool opens a connection when none is idle and keeps it.
+fn kept_alive_client() -> anyhow::Result<reqwest::Client> {
+    Ok(reqwest::Client::builder()
+        .timeout(REQUEST_TIMEOUT)
+        .build()?)
+}
+
+/// The two clients a load alternates between.
+#[derive(Clone)]
+struct Clients {
+    /// A connection per request.
+    own: reqwest::Client,
+    /// Kept-alive connections.
+    kept_alive: reqwest::Client,
 }
 
 fn sessions_url(api: &str, user: &str) -> String {
@@ -326,25 +392,36 @@ fn due(rate: u64, i: u64) -> Duration {
 }
 
 /// Sends `rate` requests per second to `url(i)`, open-loop, for at least
-/// `least` and until `drained`; each one's latency from its due time.
+/// `least` and until `drained`, odd ones on kept-alive connections; each
+/// one's latency from its due time, by phase and kind of connection.
 async fn send_steadily(
-    client: reqwest::Client,
+    clients: Clients,
     url: impl Fn(u64) -> String,
     token: Option<String>,
     rate: u64,
     least: Duration,
     drained: Arc<AtomicBool>,
-) -> Latencies {
-    let mut latencies = Latencies::new();
+) -> Load {
+    let mut load = Load::default();
     let mut pending = JoinSet::new();
     let start = tokio::time::Instant::now();
     for i in 0.. {
         let offset = due(rate, i);
-        if offset >= least && drained.load(Ordering::Relaxed) {
+        let done = drained.load(Ordering::Relaxed);
+        if offset >= least && done {
             break;
         }
         let at = start + offset;
         tokio::time::sleep_until(at).await;
+        // The phase of the request: whether the drain was still going at
+        // its due time.
+        let draining = !drained.load(Ordering::Relaxed);
+        let kept_alive = i % 2 == 1;
+        let client = if kept_alive {
+            &clients.kept_alive
+        } else {
+            &clients.own
+        };
         let mut request = client.get(url(i));
         if let Some(token) = &token {
             request = request.bearer_auth(token);
@@ -358,80 +435,99 @@ async fn send_steadily(
                 }
                 Err(_) => false,
             };
-            answered.then(|| at.elapsed())
+            (draining, kept_alive, answered.then(|| at.elapsed()))
         });
         while let Some(done) = pending.try_join_next() {
-            tally(&mut latencies, done);
+            tally(&mut load, done);
         }
     }
     while let Some(done) = pending.join_next().await {
-        tally(&mut latencies, done);
+        tally(&mut load, done);
     }
-    latencies
+    load
 }
 
-fn tally(latencies: &mut Latencies, done: Result<Option<Duration>, tokio::task::JoinError>) {
+type Answer = (bool, bool, Option<Duration>);
+
+fn tally(load: &mut Load, done: Result<Answer, tokio::task::JoinError>) {
     match done {
-        Ok(Some(latency)) => latencies.record(latency),
-        _ => latencies.failed += 1,
+        Ok((draining, kept_alive, Some(latency))) => load.of(draining, kept_alive).record(latency),
+        Ok((draining, kept_alive, None)) => load.of(draining, kept_alive).failed += 1,
+        // A panicked request task: counted against the first histogram.
+        Err(_) => load.draining[0].failed += 1,
     }
 }
+
+/// The names of a load's phases and kinds of connection, in `Load`'s order.
+const PHASES: [&str; 2] = ["while the worker drains", "alone (the worker idle)"];
+const KINDS: [&str; 2] = ["a connection per request", "kept-alive connections"];
 
 impl ApiFigures {
-    /// The report's rows: the sessions API, its baseline, and the drain.
+    /// The report's rows: the sessions API and its baseline, by phase and
+    /// kind of connection, then the drain.
     fn rows(&self) -> Vec<Row> {
-        let ratio = |q: f64| {
-            let base = self.health.ms(q);
-            if base > 0.0 {
-                format!("{:.1}x", self.sessions.ms(q) / base)
-            } else {
-                "-".to_owned()
+        let mut rows = Vec::new();
+        for (p, phase) in PHASES.iter().enumerate() {
+            for (k, kind) in KINDS.iter().enumerate() {
+                let sessions = &self.sessions.phase(p)[k];
+                let health = &self.health.phase(p)[k];
+                let ratio = |q: f64| {
+                    let base = health.ms(q);
+                    if base > 0.0 && !sessions.histogram.is_empty() {
+                        format!("{:.1}x", sessions.ms(q) / base)
+                    } else {
+                        "-".to_owned()
+                    }
+                };
+                rows.push(Row {
+                    what: format!(
+                        "sessions API {phase}, {kind}: GET /v1/users/{{id}}/sessions?state=all, \
+                         {} rows in the log",
+                        self.log_rows
+                    ),
+                    figure: sessions.summary(),
+                    note: format!(
+                        "{}; p50 {} and p99 {} those of /health/live in the same phase and kind; \
+                         {} requests/s in all, alternating the two kinds, open-loop, latency \
+                         from each request's due time",
+                        sessions.counts(),
+                        ratio(0.5),
+                        ratio(0.99),
+                        self.rate
+                    ),
+                });
             }
-        };
+        }
+        for (p, phase) in PHASES.iter().enumerate() {
+            for (k, kind) in KINDS.iter().enumerate() {
+                let health = &self.health.phase(p)[k];
+                rows.push(Row {
+                    what: format!("baseline: /health/live of the same worker {phase}, {kind}"),
+                    figure: health.summary(),
+                    note: format!(
+                        "{}; the same load generator and rate, back to back with the sessions \
+                         API's load",
+                        health.counts()
+                    ),
+                });
+            }
+        }
         let [quiet, health, sessions] = self.drains;
         let of_quiet = |rate: f64| if quiet > 0.0 { rate / quiet } else { 0.0 };
-        vec![
-            Row {
-                what: format!(
-                    "sessions API: GET /v1/users/{{id}}/sessions?state=all at {} requests/s, \
-                     {} rows in the log",
-                    self.rate, self.log_rows
-                ),
-                figure: self.sessions.summary(),
-                note: format!(
-                    "{}; p50 {} and p99 {} those of /health/live below; open-loop, latency from \
-                     each request's due time, a connection per request; 1 worker serving it \
-                     while it drains the queue",
-                    self.sessions.counts(),
-                    ratio(0.5),
-                    ratio(0.99)
-                ),
-            },
-            Row {
-                what: format!(
-                    "baseline: /health/live of the same worker at {} requests/s",
-                    self.rate
-                ),
-                figure: self.health.summary(),
-                note: format!(
-                    "{}; the same load generator, back to back with the row above",
-                    self.health.counts()
-                ),
-            },
-            Row {
-                what: format!(
-                    "1 worker draining while the sessions API serves {} requests/s",
-                    self.rate
-                ),
-                figure: format!("{sessions:.0} events/s"),
-                note: format!(
-                    "{:.2} of its drain without API load in the same run ({quiet:.0} events/s); \
-                     {:.2} with the /health/live load",
-                    of_quiet(sessions),
-                    of_quiet(health)
-                ),
-            },
-        ]
+        rows.push(Row {
+            what: format!(
+                "1 worker draining while the sessions API serves {} requests/s",
+                self.rate
+            ),
+            figure: format!("{sessions:.0} events/s"),
+            note: format!(
+                "{:.2} of its drain without API load in the same run ({quiet:.0} events/s); \
+                 {:.2} with the /health/live load",
+                of_quiet(sessions),
+                of_quiet(health)
+            ),
+        });
+        rows
     }
 }
 
@@ -512,20 +608,24 @@ mod tests {
     }
 
     #[test]
-    fn rows_give_both_loads_their_ratio_and_the_drain_ratio() {
+    fn rows_give_each_phase_and_kind_its_ratio_and_the_drain_ratio() {
+        let load = |ms: &[u64], failed: u64| Load {
+            draining: [latencies(ms, failed), latencies(&[9], 0)],
+            idle: [latencies(&[1], 0), Latencies::new()],
+        };
         let figures = ApiFigures {
             rate: 1000,
             log_rows: 5_000_000,
-            sessions: latencies(&[2, 2, 4], 0),
-            health: latencies(&[1, 1, 1], 1),
+            sessions: load(&[2, 2, 4], 0),
+            health: load(&[1, 1, 1], 1),
             drains: [10_000.0, 9_500.0, 8_000.0],
         };
         let rows = figures.rows();
-        assert_eq!(rows.len(), 3);
+        assert_eq!(rows.len(), 9);
         assert_eq!(
             rows[0].what,
-            "sessions API: GET /v1/users/{id}/sessions?state=all at 1000 requests/s, 5000000 \
-             rows in the log"
+            "sessions API while the worker drains, a connection per request: GET \
+             /v1/users/{id}/sessions?state=all, 5000000 rows in the log"
         );
         assert_eq!(rows[0].figure, "p50 2.00 ms, p99 4.00 ms, max 4.0 ms");
         assert!(
@@ -535,18 +635,30 @@ mod tests {
             "{}",
             rows[0].note
         );
+        assert!(rows[1].what.contains("kept-alive"), "{}", rows[1].what);
+        assert!(rows[1].note.contains("p50 1.0x"), "{}", rows[1].note);
         assert!(
-            rows[1]
+            rows[3].note.contains("p50 - and p99 -"),
+            "nothing measured: {}",
+            rows[3].note
+        );
+        assert!(
+            rows[4].what.starts_with("baseline: /health/live") && rows[4].what.contains("drains"),
+            "{}",
+            rows[4].what
+        );
+        assert!(
+            rows[4]
                 .note
                 .starts_with("3 requests answered 200, 1 failed")
         );
-        assert_eq!(rows[2].figure, "8000 events/s");
+        assert_eq!(rows[8].figure, "8000 events/s");
         assert!(
-            rows[2].note.starts_with(
+            rows[8].note.starts_with(
                 "0.80 of its drain without API load in the same run (10000 events/s); 0.95 with"
             ),
             "{}",
-            rows[2].note
+            rows[8].note
         );
     }
 }

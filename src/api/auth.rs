@@ -1,6 +1,7 @@
-//! Who calls: the bearer token, looked up on every request (no cache: a
-//! revoked token stops working at once on every server), its scopes and
-//! the apps whose sessions it may see.
+//! Who calls: the bearer token, checked on every request (through the
+//! [`TokenCache`](super::token_cache::TokenCache), which every change to a
+//! token empties at once on every server), its scopes and the apps whose
+//! sessions it may see.
 
 use std::sync::Arc;
 
@@ -11,7 +12,6 @@ use axum::http::request::Parts;
 use super::problem::ApiError;
 use super::state::ApiState;
 use super::token::{self, EVERY_APP, Scope};
-use crate::db;
 use crate::domain::event::AppName;
 
 /// The token a request came with, once checked.
@@ -86,7 +86,9 @@ impl FromRequestParts<Arc<ApiState>> for Caller {
             .map(|(_, token)| token.trim())
             .filter(|t| token::well_formed(t))
             .ok_or(ApiError::Unauthorized)?;
-        let row = db::tokens::find_live(&state.pool, &token::hash(token))
+        let row = state
+            .tokens
+            .find_live(&state.pool, &token::hash(token))
             .await?
             .ok_or(ApiError::Unauthorized)?;
         Ok(Caller {

@@ -7,7 +7,8 @@
 //! - [`router`]: the routes, their layers (body limit, timeout, request
 //!   log, metrics) and serving them;
 //! - [`auth`]: the bearer token and its scopes; [`token`]: making and
-//!   hashing tokens (pure);
+//!   hashing tokens (pure); [`token_cache`]: checked tokens, emptied on
+//!   every change;
 //! - [`handle`], [`cursor`]: the opaque names of sessions and pages (a
 //!   session id is never shown);
 //! - [`sessions`], [`limits`]: the handlers; [`device`]: the user agent,
@@ -31,6 +32,7 @@ pub mod router;
 pub mod sessions;
 pub mod state;
 pub mod token;
+pub mod token_cache;
 
 pub use router::{openapi_document, serve};
 pub use state::ApiState;

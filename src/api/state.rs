@@ -1,11 +1,13 @@
 //! What the sessions API's handlers share: the pool, the rule hooks, the
-//! handle key, and a way to wake the relay of the worker it runs in.
+//! handle key, the checked tokens, and a way to wake the relay of the
+//! worker it runs in.
 
 use std::sync::Arc;
 
 use sqlx::PgPool;
 
 use super::handle::HandleKey;
+use super::token_cache::TokenCache;
 use crate::apply::Enforcement;
 use crate::db;
 
@@ -19,6 +21,8 @@ pub struct ApiState {
     pub enforcement: Enforcement,
     /// The key session handles are sealed with, shared by every server.
     pub handles: HandleKey,
+    /// Checked tokens, emptied at every change to `api_tokens`.
+    pub tokens: TokenCache,
     /// Wakes the outbox relay of the worker this API runs in (`run`), so a
     /// revoke goes out at once; `None` under `api`, where the workers'
     /// relays find it on their next sweep.
@@ -37,6 +41,7 @@ impl ApiState {
         let handles = HandleKey::from_bytes(&stored)
             .ok_or_else(|| anyhow::anyhow!("the stored session handle key is not 64 bytes"))?;
         Ok(ApiState {
+            tokens: TokenCache::start(&pool),
             pool,
             enforcement,
             handles,

@@ -56,6 +56,10 @@ pub struct ApiSettings {
     /// Largest request body accepted; a bigger one is answered 413 before
     /// it is read. Every body the API accepts is a few hundred bytes.
     pub max_body_bytes: usize,
+    /// Connections of the API's own pool, apart from the worker's: API
+    /// requests never wait behind a batch's transaction for a connection,
+    /// and a burst of them never takes one a batch needs.
+    pub max_connections: u32,
 }
 
 impl ApiSettings {
@@ -279,6 +283,15 @@ impl TryFrom<String> for LogFormat {
 }
 
 impl Settings {
+    /// The database settings of the sessions API's own pool: the same
+    /// database, `api.max_connections` connections.
+    pub fn api_database(&self) -> DatabaseSettings {
+        DatabaseSettings {
+            max_connections: self.api.max_connections,
+            ..self.database.clone()
+        }
+    }
+
     /// The effective settings as TOML, passwords masked; keys left unset
     /// are listed as comments so that every key shows.
     pub fn to_toml(&self) -> String {

@@ -114,6 +114,11 @@ impl Settings {
             self.api.max_body_bytes as u64,
             " (every body would be refused)",
         );
+        at_least_1(
+            "api.max_connections",
+            self.api.max_connections.into(),
+            " (no request could reach the database)",
+        );
         if self.retention.sweep_interval.is_zero() {
             problems.push((
                 "retention.sweep_interval".to_owned(),

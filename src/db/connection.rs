@@ -52,7 +52,7 @@ pub async fn connect(settings: &DatabaseSettings) -> anyhow::Result<PgPool> {
     // TCP connections have Nagle's algorithm off: sqlx (0.9.1 on) sets
     // TCP_NODELAY on each socket it opens (tests/integration/nodelay.rs).
     PgPoolOptions::new()
-        .max_connections(settings.max_connections.max(2))
+        .max_connections(settings.max_connections.max(1))
         .acquire_timeout(Duration::from_secs(10))
         .connect_with(options)
         .await

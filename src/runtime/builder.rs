@@ -289,9 +289,16 @@ async fn serve_api(state: Arc<WorkerState>, shutdown: CancellationToken) {
         let state = state.clone();
         Arc::new(move || state.relay_wake.notify_one())
     };
-    let api = match api::ApiState::new(state.pool.clone(), state.enforcement.clone(), Some(wake))
-        .await
-    {
+    // A pool of its own: requests never wait behind a batch for a
+    // connection, and never hold one a batch needs.
+    let pool = match db::connect(&state.settings.api_database()).await {
+        Ok(pool) => pool,
+        Err(e) => {
+            tracing::warn!(%listen, error = %e, "cannot serve the sessions API; going on without");
+            return;
+        }
+    };
+    let api = match api::ApiState::new(pool.clone(), state.enforcement.clone(), Some(wake)).await {
         Ok(api) => Arc::new(api),
         Err(e) => {
             tracing::warn!(%listen, error = %e, "cannot serve the sessions API; going on without");
@@ -301,4 +308,5 @@ async fn serve_api(state: Arc<WorkerState>, shutdown: CancellationToken) {
     if let Err(e) = api::serve(api, state.settings.api.clone(), listener, shutdown).await {
         tracing::warn!(%listen, error = %e, "the sessions API stopped");
     }
+    pool.close().await;
 }

@@ -111,6 +111,20 @@ impl Api {
             .await
     }
 
+    /// `GET path` until it is refused (401), for at most [`TOKEN_CHANGE_HEARD`]:
+    /// a token's change reaches every server's cache by a notification, in
+    /// milliseconds, not within the request that made it.
+    async fn get_until_refused(&mut self, path: &str, token: &str) -> Answer {
+        let since = std::time::Instant::now();
+        loop {
+            let answer = self.get(path, token).await;
+            if answer.status == 401 || since.elapsed() > TOKEN_CHANGE_HEARD {
+                return answer;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Fails if any answer so far holds one of `secrets`.
     fn assert_never_shown(&self, secrets: &[&str]) {
         for body in &self.bodies {
@@ -120,6 +134,11 @@ impl Api {
         }
     }
 }
+
+/// How soon every API server must have heard of a change to a token: far
+/// below the cache's [`ENTRY_TTL`](session_guard::api::token_cache::ENTRY_TTL),
+/// so a test passes only if the notification emptied the cache.
+const TOKEN_CHANGE_HEARD: Duration = Duration::from_secs(2);
 
 /// A test with an in-process worker that also serves the API, and no limit
 /// on sessions (so logins end nothing).
@@ -377,7 +396,7 @@ async fn bad_input_gets_its_problem_and_changes_nothing() {
         .await
         .unwrap();
     assert!(out.status.success());
-    api.get("/v1/users/u1/sessions", &gone)
+    api.get_until_refused("/v1/users/u1/sessions", &gone)
         .await
         .problem(401, "unauthorized");
 
@@ -558,6 +577,111 @@ async fn limits_through_the_api_agree_with_the_cli() {
     assert_eq!(after.json["set_by"]["max_sessions"], "config");
 }
 
+/// Waits until the API server listens for token changes (its cache is on):
+/// a session of the test's database whose last statement was the LISTEN.
+async fn wait_until_listening(app: &TestApp) {
+    let pool = app.pool.clone();
+    app.wait_for("the API to listen for token changes", || {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT count(*) FROM pg_stat_activity
+                 WHERE datname = current_database() AND query LIKE 'LISTEN%'",
+            )
+            .fetch_one(&pool)
+            .await
+            .is_ok_and(|n| n > 0)
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_cached_token_is_forgotten_at_every_change_to_the_tokens() {
+    let (app, mut api) = spawn_api().await;
+    let token = create_token(&app, "cached", "*", "sessions:read").await;
+    wait_until_listening(&app).await;
+    let path = "/v1/users/u1/sessions";
+    assert_eq!(api.get(path, &token).await.status, 200);
+
+    // Revoked behind the notification's back (the trigger off): the server
+    // still takes it, which shows that it answered from its cache...
+    sqlx::query("ALTER TABLE api_tokens DISABLE TRIGGER api_tokens_changed")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE api_tokens SET revoked_at = now() WHERE name = 'cached'")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        api.get(path, &token).await.status,
+        200,
+        "answered from the cache"
+    );
+    // ...until it hears of a change: then it reads the row again.
+    sqlx::query("SELECT pg_notify($1, '')")
+        .bind(session_guard::db::tokens::CHANGED_CHANNEL)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    api.get_until_refused(path, &token)
+        .await
+        .problem(401, "unauthorized");
+
+    // With the trigger, a revoke by the CLI or by hand in SQL is heard.
+    sqlx::query("ALTER TABLE api_tokens ENABLE TRIGGER api_tokens_changed")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let by_cli = create_token(&app, "by-cli", "*", "sessions:read").await;
+    let by_hand = create_token(&app, "by-hand", "*", "sessions:read").await;
+    assert_eq!(api.get(path, &by_cli).await.status, 200);
+    assert_eq!(api.get(path, &by_hand).await.status, 200);
+    let out = app
+        .command(&["tokens", "revoke", "by-cli"])
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success());
+    api.get_until_refused(path, &by_cli)
+        .await
+        .problem(401, "unauthorized");
+    sqlx::query("DELETE FROM api_tokens WHERE name = 'by-hand'")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    api.get_until_refused(path, &by_hand)
+        .await
+        .problem(401, "unauthorized");
+
+    // A lost listening connection empties the cache (a change may go
+    // unheard meanwhile), and the server listens again.
+    let lost = create_token(&app, "lost", "*", "sessions:read").await;
+    assert_eq!(api.get(path, &lost).await.status, 200);
+    sqlx::query("ALTER TABLE api_tokens DISABLE TRIGGER api_tokens_changed")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE api_tokens SET revoked_at = now() WHERE name = 'lost'")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(api.get(path, &lost).await.status, 200, "still cached");
+    let ended: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+         WHERE datname = current_database() AND query LIKE 'LISTEN%') t",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(ended, 1, "one listening connection");
+    api.get_until_refused(path, &lost)
+        .await
+        .problem(401, "unauthorized");
+    wait_until_listening(&app).await;
+}
+
 #[tokio::test]
 async fn tokens_are_shown_once_listed_without_secrets_and_revoked_at_once_by_the_api_command() {
     let mut app = spawn_app_without_worker(|s| s.limits.max_sessions = 0).await;
@@ -656,7 +780,7 @@ async fn tokens_are_shown_once_listed_without_secrets_and_revoked_at_once_by_the
         .await
         .unwrap();
     assert!(out.status.success());
-    api.get("/v1/users/u1/sessions", &token)
+    api.get_until_refused("/v1/users/u1/sessions", &token)
         .await
         .problem(401, "unauthorized");
     let list = app.command(&["tokens", "list"]).output().await.unwrap();
