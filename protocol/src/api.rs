@@ -9,6 +9,19 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+/// The request header of `GET /v1/users/{user_id}/sessions` that carries
+/// the caller's own session id (percent-encoded UTF-8), so that session
+/// comes back `current`. A header, not a query parameter: a session id is
+/// a credential, and query strings end up in access logs, proxies and
+/// traces.
+pub const CURRENT_SESSION_HEADER: &str = "Session-Guard-Current-Session";
+/// The request header naming the app of [`CURRENT_SESSION_HEADER`]'s
+/// session, when session ids may repeat across apps.
+pub const CURRENT_APP_HEADER: &str = "Session-Guard-Current-App";
+/// The most apps a listing (`app=`, repeated) or a revoke body (`apps`)
+/// may name.
+pub const MAX_APPS: usize = 64;
+
 /// One session as the API shows it. Never holds the app's session id: a
 /// session id is a credential; the `handle` names the session instead.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -39,7 +52,8 @@ pub struct Session {
     pub user_agent: Option<String>,
     /// Browser, OS and kind of device, read from the user agent.
     pub device: Device,
-    /// True for the caller's own session (`current_session`).
+    /// True for the caller's own session (named by the
+    /// `Session-Guard-Current-Session` request header).
     pub current: bool,
 }
 
@@ -93,8 +107,10 @@ pub struct SessionList {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RevokeSession {
-    /// Recorded in the log and sent to the app with the revoke.
+    /// Recorded in the log and sent to the app with the revoke; at most
+    /// 500 characters.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(max_length = 500))]
     pub note: Option<String>,
 }
 
@@ -106,11 +122,15 @@ pub struct RevokeUser {
     /// The handle of a session to keep ("sign out everywhere else").
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub except: Option<String>,
-    /// Only sessions of these apps (default: every app the token may see).
+    /// Only sessions of these apps (default: every app the token may see);
+    /// at most 64.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(max_items = 64))]
     pub apps: Option<Vec<String>>,
-    /// Recorded in the log and sent to the apps with the revokes.
+    /// Recorded in the log and sent to the apps with the revokes; at most
+    /// 500 characters.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(max_length = 500))]
     pub note: Option<String>,
 }
 

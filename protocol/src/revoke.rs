@@ -59,6 +59,23 @@ pub struct RevokeMessage {
     pub note: Option<String>,
 }
 
+/// The longest `note` a revoke may carry, in characters: what the sessions
+/// API's revoke bodies and `session-guard revoke --reason` accept (one
+/// constant, so the two cannot drift). A note is free text recorded in the
+/// log and sent to the app; nothing needs more.
+pub const MAX_NOTE_CHARS: usize = 500;
+
+/// `Err` with why if `note` is longer than [`MAX_NOTE_CHARS`].
+pub fn check_note(note: &str) -> Result<(), String> {
+    let n = note.chars().count();
+    if n > MAX_NOTE_CHARS {
+        return Err(format!(
+            "note must be at most {MAX_NOTE_CHARS} characters, got {n}"
+        ));
+    }
+    Ok(())
+}
+
 /// A UUID in its hyphenated form, as the worker writes it (draft-07
 /// validators do not know the `uuid` format).
 const UUID_PATTERN: &str =

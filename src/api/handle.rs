@@ -62,6 +62,21 @@ impl HandleKey {
         format!("{PREFIX}{}", URL_SAFE_NO_PAD.encode(sealed))
     }
 
+    /// `plain` sealed with `context` as associated data: it opens only
+    /// with the same `context` (see [`HandleKey::open_bytes`]). Handles
+    /// have no context, so neither opens as the other.
+    pub fn seal_bytes(&self, context: &[&[u8]], plain: &[u8]) -> Vec<u8> {
+        self.cipher()
+            .encrypt(context, plain)
+            .expect("AES-SIV seals any length")
+    }
+
+    /// What [`HandleKey::seal_bytes`] sealed, if this key sealed it with
+    /// this `context`.
+    pub fn open_bytes(&self, context: &[&[u8]], sealed: &[u8]) -> Option<Vec<u8>> {
+        self.cipher().decrypt(context, sealed).ok()
+    }
+
     /// The app and session a handle names; `None` for anything this key
     /// did not seal (tampered, made up, from another installation).
     pub fn open(&self, handle: &str) -> Option<(AppName, SessionId)> {

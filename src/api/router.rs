@@ -1,7 +1,9 @@
 //! The sessions API's routes and the layers around them: the body limit,
 //! the timeout, the request log (method, route pattern, status, latency;
-//! never the path or query, which may hold a user id or the caller's
-//! session id), the metrics, and every error as problem+json.
+//! never the path, query or headers, which hold user ids, the token and
+//! the caller's session id), the metrics, and every error as problem+json.
+//! The headers that hold secrets are marked sensitive first, so that no
+//! layer's `Debug` of them shows their value.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -9,11 +11,12 @@ use std::time::Instant;
 use axum::Router;
 use axum::body::{Body, to_bytes};
 use axum::extract::{MatchedPath, Request};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use tokio::net::TcpListener;
 use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 use tower_http::timeout::TimeoutLayer;
 use utoipa::OpenApi as _;
 use utoipa_axum::router::OpenApiRouter;
@@ -69,6 +72,15 @@ async fn openapi_json() -> Response {
         .into_response()
 }
 
+/// The request headers that hold secrets: the bearer token, and the
+/// caller's own session id (`Session-Guard-Current-Session`).
+pub fn sensitive_headers() -> [HeaderName; 2] {
+    [
+        header::AUTHORIZATION,
+        HeaderName::from_static("session-guard-current-session"),
+    ]
+}
+
 /// The whole service: routes, layers, state.
 pub fn router(state: Arc<ApiState>, settings: &ApiSettings) -> Router {
     let (router, _) = routes().split_for_parts();
@@ -80,6 +92,7 @@ pub fn router(state: Arc<ApiState>, settings: &ApiSettings) -> Router {
             settings.request_timeout(),
         ))
         .layer(middleware::from_fn(observe))
+        .layer(SetSensitiveRequestHeadersLayer::new(sensitive_headers()))
         .with_state(state)
 }
 
@@ -169,6 +182,56 @@ async fn as_problem(response: Response) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_secret_headers_are_the_ones_marked_sensitive() {
+        let names = sensitive_headers();
+        assert_eq!(
+            names[1].as_str(),
+            session_guard_protocol::api::CURRENT_SESSION_HEADER.to_ascii_lowercase()
+        );
+        let mut value = HeaderValue::from_static("cookie-secret");
+        value.set_sensitive(true);
+        assert!(!format!("{value:?}").contains("cookie-secret"));
+    }
+
+    #[test]
+    fn the_documented_caps_are_the_enforced_ones() {
+        use session_guard_protocol::api::MAX_APPS;
+        use session_guard_protocol::revoke::MAX_NOTE_CHARS;
+        let doc: serde_json::Value = serde_json::from_str(&openapi_document()).unwrap();
+        let schemas = &doc["components"]["schemas"];
+        for body in ["RevokeSession", "RevokeUser"] {
+            assert_eq!(
+                schemas[body]["properties"]["note"]["maxLength"], MAX_NOTE_CHARS,
+                "{body}"
+            );
+        }
+        assert_eq!(
+            schemas["RevokeUser"]["properties"]["apps"]["maxItems"],
+            MAX_APPS
+        );
+        let params = doc["paths"]["/v1/users/{user_id}/sessions"]["get"]["parameters"]
+            .as_array()
+            .unwrap();
+        let app = params.iter().find(|p| p["name"] == "app").unwrap();
+        assert_eq!(app["schema"]["maxItems"], MAX_APPS, "{app}");
+        let headers: Vec<&str> = params
+            .iter()
+            .filter(|p| p["in"] == "header")
+            .map(|p| p["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            headers,
+            ["Session-Guard-Current-Session", "Session-Guard-Current-App"]
+        );
+        assert!(
+            !params
+                .iter()
+                .any(|p| p["in"] == "query" && p["name"].as_str().unwrap().starts_with("current_")),
+            "{params:?}"
+        );
+    }
 
     #[test]
     fn the_metric_route_labels_are_the_routes() {

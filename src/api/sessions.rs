@@ -5,10 +5,13 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::{Path, RawQuery, State};
+use axum::http::HeaderMap;
 use chrono::Utc;
 use session_guard_protocol::api::{
-    RevokeSession, RevokeUser, Revoked, Session, SessionList, SessionState as ApiState_,
+    CURRENT_APP_HEADER, CURRENT_SESSION_HEADER, MAX_APPS, RevokeSession, RevokeUser, Revoked,
+    Session, SessionList, SessionState as ApiState_,
 };
+use session_guard_protocol::revoke::check_note;
 
 use super::auth::Caller;
 use super::input::{self, JsonBody};
@@ -19,7 +22,7 @@ use super::{cursor, device};
 use crate::apply::{self, AdminRevokeError, AdminTarget, Revoker};
 use crate::db::listing::{self, PageQuery};
 use crate::db::sessions::LoggedSession;
-use crate::domain::event::AppName;
+use crate::domain::event::{AppName, SessionId};
 use crate::domain::revoke::RevokeMessage;
 use crate::domain::session::{EndReason, SessionState, shown_end};
 
@@ -40,17 +43,55 @@ enum StateFilter {
     All,
 }
 
-/// The query of a listing, checked. No `Debug`, on purpose: it holds
-/// `current_session`, the caller's raw session id (the cookie itself), so
-/// it cannot be logged by mistake.
-#[derive(Default)]
+/// The query of a listing, checked.
+#[derive(Debug, Default)]
 struct ListQuery {
     apps: Option<Vec<AppName>>,
     state: Option<bool>,
     limit: u32,
     cursor: Option<String>,
-    current_session: Option<String>,
-    current_app: Option<AppName>,
+}
+
+/// The caller's own session, from the request headers. No `Debug`, on
+/// purpose: it holds the caller's raw session id (the cookie itself), so
+/// it cannot be logged by mistake.
+#[derive(Default)]
+struct Current {
+    session: Option<String>,
+    app: Option<AppName>,
+}
+
+impl Current {
+    /// Whether `app`'s session `session_id` is the caller's own.
+    fn is(&self, app: &str, session_id: &str) -> bool {
+        self.session.as_deref() == Some(session_id)
+            && self.app.as_ref().is_none_or(|a| a.as_str() == app)
+    }
+}
+
+/// Reads `Session-Guard-Current-Session` (percent-encoded UTF-8) and
+/// `Session-Guard-Current-App`. An error never holds the header's value.
+fn current(headers: &HeaderMap) -> Result<Current, ApiError> {
+    let text = |name: &str| -> Result<Option<String>, ApiError> {
+        let mut values = headers.get_all(name).iter();
+        let Some(value) = values.next() else {
+            return Ok(None);
+        };
+        if values.next().is_some() {
+            return Err(invalid(&format!("{name} may be given once")));
+        }
+        let decoded = value
+            .to_str()
+            .ok()
+            .and_then(|v| percent_encoding::percent_decode_str(v).decode_utf8().ok())
+            .ok_or_else(|| invalid(&format!("{name} must be percent-encoded UTF-8")))?;
+        Ok(Some(decoded.into_owned()))
+    };
+    let session = text(CURRENT_SESSION_HEADER)?;
+    let app = text(CURRENT_APP_HEADER)?
+        .map(|a| AppName::parse(&a).map_err(|e| invalid(&format!("{CURRENT_APP_HEADER}: {e}"))))
+        .transpose()?;
+    Ok(Current { session, app })
 }
 
 /// Reads the query string by hand: `app` may repeat, and a parameter this
@@ -63,7 +104,13 @@ fn list_query(raw: Option<&str>) -> Result<ListQuery, ApiError> {
     };
     for (key, value) in url::form_urlencoded::parse(raw.unwrap_or("").as_bytes()) {
         match key.as_ref() {
-            "app" => q.apps.get_or_insert_default().push(input::app(&value)?),
+            "app" => {
+                let apps = q.apps.get_or_insert_default();
+                if apps.len() == MAX_APPS {
+                    return Err(invalid(&format!("at most {MAX_APPS} app parameters")));
+                }
+                apps.push(input::app(&value)?)
+            }
             "state" => {
                 q.state = match value.as_ref() {
                     "active" => Some(true),
@@ -80,12 +127,23 @@ fn list_query(raw: Option<&str>) -> Result<ListQuery, ApiError> {
                     .ok_or_else(|| invalid(&format!("limit must be 1 to {MAX_LIMIT}")))?
             }
             "cursor" => q.cursor = Some(value.into_owned()),
-            "current_session" => q.current_session = Some(value.into_owned()),
-            "current_app" => q.current_app = Some(input::app(&value)?),
+            // Moved to headers: a session id in a query string ends up in
+            // access logs, proxies and traces. The value is never echoed.
+            "current_session" => {
+                return Err(invalid(&format!(
+                    "current_session is not taken in the query: send the caller's session id \
+                     in the {CURRENT_SESSION_HEADER} header"
+                )));
+            }
+            "current_app" => {
+                return Err(invalid(&format!(
+                    "current_app is not taken in the query: send it in the {CURRENT_APP_HEADER} \
+                     header"
+                )));
+            }
             other => {
                 return Err(invalid(&format!(
-                    "unknown parameter {:?} (known: app, state, limit, cursor, current_session, \
-                     current_app)",
+                    "unknown parameter {:?} (known: app, state, limit, cursor)",
                     other.chars().take(40).collect::<String>()
                 )));
             }
@@ -129,12 +187,12 @@ fn to_api(state: &ApiState, s: LoggedSession, current: bool) -> Session {
     tag = "sessions",
     params(
         ("user_id" = String, Path, description = "The user, as apps send it in events."),
-        ("app" = Option<Vec<String>>, Query, description = "Only these apps (repeatable); apps the token may not see are left out.", explode = true),
+        ("app" = Option<Vec<String>>, Query, max_items = 64, description = "Only these apps (repeatable, at most 64); apps the token may not see are left out.", explode = true),
         ("state" = inline(Option<StateFilter>), Query, description = "Which sessions: `active` (the default), `ended` or `all`."),
         ("limit" = Option<u32>, Query, minimum = 1, maximum = 100, description = "Sessions per page, 1 to 100 (default 20)."),
-        ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page."),
-        ("current_session" = Option<String>, Query, description = "The caller's own session id: that session is marked `current`. Never logged, never returned."),
-        ("current_app" = Option<String>, Query, description = "The app of `current_session`, when session ids may repeat across apps."),
+        ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page of the same listing: the same user, and the same apps (the same token and `app` filter); another listing's is refused."),
+        ("Session-Guard-Current-Session" = Option<String>, Header, nullable = false, description = "The caller's own session id, percent-encoded UTF-8 (a Django session key is sent as is): that session is marked `current`. A header, never a query parameter (`current_session` in the query is refused): query strings end up in access logs. Never logged, never returned."),
+        ("Session-Guard-Current-App" = Option<String>, Header, nullable = false, description = "The app of `Session-Guard-Current-Session`, when session ids may repeat across apps."),
     ),
     responses(
         (status = 200, description = "A page of sessions.", body = SessionList),
@@ -146,20 +204,26 @@ pub async fn list(
     State(state): State<Arc<ApiState>>,
     caller: Caller,
     Path(user_id): Path<String>,
+    headers: HeaderMap,
     RawQuery(raw): RawQuery,
 ) -> Result<Json<SessionList>, ApiError> {
     caller.require(Scope::SessionsRead)?;
     let user = input::user(&user_id)?;
     let q = list_query(raw.as_deref())?;
+    let mine = current(&headers)?;
+    let apps = caller.visible(q.apps);
+    let this_listing = cursor::Listing {
+        user: user.as_str(),
+        apps: apps.as_deref(),
+    };
     let after = q
         .cursor
         .as_deref()
         .map(|c| {
-            cursor::decode(&state.handles, c)
+            cursor::decode(&state.handles, &this_listing, c)
                 .ok_or_else(|| invalid("cursor is not one this API gave"))
         })
         .transpose()?;
-    let apps = caller.visible(q.apps);
     if apps.as_ref().is_some_and(Vec::is_empty) {
         return Ok(Json(SessionList {
             sessions: Vec::new(),
@@ -180,20 +244,24 @@ pub async fn list(
         },
     )
     .await?;
+    let mut rows = rows;
     let more = rows.len() > q.limit as usize;
+    rows.truncate(q.limit as usize);
+    let next_cursor = more.then(|| rows.last()).flatten().map(|last| {
+        let after = cursor::After {
+            login_at: last.login_at,
+            app: AppName::from_trusted(last.app.clone()),
+            session_id: SessionId::from_trusted(last.session_id.clone()),
+        };
+        cursor::encode(&state.handles, &this_listing, &after)
+    });
     let sessions: Vec<Session> = rows
         .into_iter()
-        .take(q.limit as usize)
         .map(|s| {
-            let current = q.current_session.as_deref() == Some(s.session_id.as_str())
-                && q.current_app.as_ref().is_none_or(|a| a.as_str() == s.app);
+            let current = mine.is(&s.app, &s.session_id);
             to_api(&state, s, current)
         })
         .collect();
-    let next_cursor = more
-        .then(|| sessions.last())
-        .flatten()
-        .map(|last| cursor::encode(last.login_at, &last.handle));
     Ok(Json(SessionList {
         sessions,
         next_cursor,
@@ -222,6 +290,7 @@ pub async fn revoke_one(
     JsonBody(body): JsonBody<RevokeSession>,
 ) -> Result<Json<Revoked>, ApiError> {
     caller.require(Scope::SessionsRevoke)?;
+    note_ok(body.note.as_deref())?;
     let (app, session_id) = state.handles.open(&handle).ok_or(ApiError::NotFound)?;
     if !caller.sees(&app) {
         return Err(ApiError::NotFound);
@@ -262,6 +331,10 @@ pub async fn revoke_user(
 ) -> Result<Json<Revoked>, ApiError> {
     caller.require(Scope::SessionsRevoke)?;
     let user_id = input::user(&user_id)?;
+    note_ok(body.note.as_deref())?;
+    if body.apps.as_ref().is_some_and(|apps| apps.len() > MAX_APPS) {
+        return Err(invalid(&format!("apps: at most {MAX_APPS}")));
+    }
     let asked = body
         .apps
         .map(|apps| {
@@ -299,6 +372,12 @@ pub async fn revoke_user(
     }))
 }
 
+/// Refuses a `note` over `MAX_NOTE_CHARS` (the operator's `--reason` has
+/// the same cap).
+fn note_ok(note: Option<&str>) -> Result<(), ApiError> {
+    note.map_or(Ok(()), check_note).map_err(|e| invalid(&e))
+}
+
 /// The handles of the sessions `messages` revoke (never their ids).
 fn handles_of(state: &ApiState, messages: &[RevokeMessage]) -> Vec<String> {
     messages
@@ -330,14 +409,13 @@ async fn revoke(
 
 #[cfg(test)]
 mod tests {
+    use axum::http::HeaderValue;
+
     use super::*;
 
     #[test]
     fn the_query_takes_repeated_apps_and_refuses_the_unknown() {
-        let q = list_query(Some(
-            "app=shop&app=blog&state=all&limit=5&current_session=x%20y",
-        ))
-        .unwrap();
+        let q = list_query(Some("app=shop&app=blog&state=all&limit=5")).unwrap();
         let apps: Vec<&str> = q
             .apps
             .as_ref()
@@ -347,7 +425,6 @@ mod tests {
             .collect();
         assert_eq!(apps, ["shop", "blog"]);
         assert_eq!((q.state, q.limit), (None, 5));
-        assert_eq!(q.current_session.as_deref(), Some("x y"));
         let d = list_query(None).unwrap();
         assert_eq!((d.state, d.limit, d.apps.is_none()), (Some(true), 20, true));
         for bad in [
@@ -359,5 +436,80 @@ mod tests {
         ] {
             assert!(list_query(Some(bad)).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn at_most_64_apps_are_taken() {
+        let apps = |n: usize| (0..n).map(|i| format!("app=a{i}")).collect::<Vec<_>>();
+        let q = list_query(Some(&apps(MAX_APPS).join("&"))).unwrap();
+        assert_eq!(q.apps.unwrap().len(), MAX_APPS);
+        let Err(ApiError::InvalidInput(detail)) = list_query(Some(&apps(MAX_APPS + 1).join("&")))
+        else {
+            panic!("65 apps taken");
+        };
+        assert!(detail.contains("at most 64"), "{detail}");
+    }
+
+    #[test]
+    fn the_callers_session_in_the_query_is_refused_without_echoing_it() {
+        for query in [
+            "current_session=cookie-secret-1",
+            "state=all&current_session=cookie-secret-1&current_app=shop",
+            "current_app=shop",
+        ] {
+            let Err(ApiError::InvalidInput(detail)) = list_query(Some(query)) else {
+                panic!("{query} taken");
+            };
+            assert!(detail.contains("Session-Guard-Current-"), "{detail}");
+            assert!(!detail.contains("cookie-secret"), "{detail}");
+        }
+    }
+
+    #[test]
+    fn the_callers_session_comes_percent_decoded_from_its_header() {
+        let mut headers = HeaderMap::new();
+        let none = current(&headers).unwrap();
+        assert!(none.session.is_none() && none.app.is_none());
+        headers.insert(
+            CURRENT_SESSION_HEADER,
+            HeaderValue::from_static("abc%20d%C3%A9f%25"),
+        );
+        headers.insert(CURRENT_APP_HEADER, HeaderValue::from_static("shop"));
+        let mine = current(&headers).unwrap();
+        assert_eq!(mine.session.as_deref(), Some("abc d\u{e9}f%"));
+        assert!(mine.is("shop", "abc d\u{e9}f%"));
+        assert!(!mine.is("blog", "abc d\u{e9}f%"));
+        assert!(!mine.is("shop", "abc"));
+
+        // Not UTF-8 once decoded, twice, a bad app: refused, never echoed.
+        let mut bad = HeaderMap::new();
+        bad.insert(
+            CURRENT_SESSION_HEADER,
+            HeaderValue::from_static("cookie-secret%FF"),
+        );
+        let mut twice = HeaderMap::new();
+        twice.append(
+            CURRENT_SESSION_HEADER,
+            HeaderValue::from_static("cookie-secret"),
+        );
+        twice.append(
+            CURRENT_SESSION_HEADER,
+            HeaderValue::from_static("cookie-secret"),
+        );
+        let mut bad_app = HeaderMap::new();
+        bad_app.insert(CURRENT_APP_HEADER, HeaderValue::from_static("no%20spaces"));
+        for headers in [bad, twice, bad_app] {
+            let Err(ApiError::InvalidInput(detail)) = current(&headers) else {
+                panic!("taken");
+            };
+            assert!(!detail.contains("cookie-secret"), "{detail}");
+        }
+    }
+
+    #[test]
+    fn a_note_is_capped_at_500_characters() {
+        assert!(note_ok(None).is_ok());
+        assert!(note_ok(Some(&"\u{e9}".repeat(500))).is_ok());
+        assert!(note_ok(Some(&"n".repeat(501))).is_err());
     }
 }

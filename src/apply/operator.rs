@@ -61,13 +61,14 @@ pub struct Revoker {
 /// Why an operator revocation did nothing.
 #[derive(Debug, thiserror::Error)]
 pub enum AdminRevokeError {
-    /// The named session was never heard of.
-    #[error("no session {session_id} in app {app}")]
+    /// The named session was never heard of. It does not hold the session
+    /// id: an id is a credential (a Django session key is the cookie), and
+    /// this error may be logged or reach the sessions API. The operator's
+    /// command, which was given the id, says which one itself.
+    #[error("no such session in app {app}")]
     UnknownSession {
         /// The app named.
         app: String,
-        /// The session id named.
-        session_id: String,
     },
     /// A statement (or the commit) failed.
     #[error(transparent)]
@@ -165,7 +166,6 @@ async fn resolve<'a>(
             return match row {
                 None => Err(AdminRevokeError::UnknownSession {
                     app: app.to_string(),
-                    session_id: session_id.to_string(),
                 }),
                 // Already ended (a logout-only row has no user): nothing to do.
                 Some((None, _)) | Some((_, Some(_))) => Ok(None),

@@ -7,7 +7,9 @@ use clap::Args;
 
 use super::enforcement::built_in_enforcement;
 use super::input::{operator, parse_app, parse_user};
-use crate::apply::{self, AdminTarget};
+use session_guard_protocol::revoke::check_note;
+
+use crate::apply::{self, AdminRevokeError, AdminTarget};
 use crate::configuration::Settings;
 use crate::db;
 use crate::domain::event::SessionId;
@@ -29,8 +31,9 @@ pub struct RevokeArgs {
     /// Revoke every active session of --user in --app (needs --user).
     #[arg(long, requires = "user")]
     pub all: bool,
-    /// An explanation, recorded in the log and sent to the app as `note`.
-    #[arg(long)]
+    /// An explanation, recorded in the log and sent to the app as `note`
+    /// (at most 500 characters, as through the sessions API).
+    #[arg(long, value_parser = parse_reason)]
     pub reason: Option<String>,
     /// Recorded as who revoked (default: $USER).
     #[arg(long)]
@@ -48,9 +51,25 @@ pub(super) async fn revoke(settings: &Settings, args: &RevokeArgs) -> anyhow::Re
         &operator(&args.operator),
         args.reason.clone(),
     )
-    .await?;
+    .await
+    .map_err(|e| match (e, &args.session) {
+        // The error holds no session id (it may be logged elsewhere); the
+        // operator typed this one, so saying it back is fine (`main`
+        // escapes the line).
+        (AdminRevokeError::UnknownSession { app }, Some(session)) => {
+            anyhow::anyhow!("no session {session} in app {app}")
+        }
+        (e, _) => e.into(),
+    })?;
     pool.close().await;
     print_revoked(&mut std::io::stdout().lock(), &revoked)
+}
+
+/// `--reason`, at most `MAX_NOTE_CHARS` characters: the sessions API's cap
+/// on `note`, from the one constant both use.
+fn parse_reason(reason: &str) -> Result<String, String> {
+    check_note(reason).map_err(|e| e.replace("note", "--reason"))?;
+    Ok(reason.to_owned())
 }
 
 /// One session (`--session`) or every active one of a user (`--user --all`).
@@ -90,4 +109,18 @@ fn print_revoked(out: &mut impl Write, revoked: &[RevokeMessage]) -> anyhow::Res
         revoked.len()
     )?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reason_is_capped_as_the_apis_note_is() {
+        use session_guard_protocol::revoke::MAX_NOTE_CHARS;
+        let longest = "\u{e9}".repeat(MAX_NOTE_CHARS);
+        assert_eq!(parse_reason(&longest).as_deref(), Ok(longest.as_str()));
+        let error = parse_reason(&"r".repeat(MAX_NOTE_CHARS + 1)).unwrap_err();
+        assert!(error.starts_with("--reason must be at most 500"), "{error}");
+    }
 }

@@ -66,8 +66,23 @@ impl Api {
         token: Option<&str>,
         body: Option<String>,
     ) -> Answer {
+        self.call_with(method, path, token, body, &[]).await
+    }
+
+    /// [`Api::call`] with these request headers too.
+    async fn call_with(
+        &mut self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<String>,
+        headers: &[(&str, &str)],
+    ) -> Answer {
         let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
         let mut request = self.client.request(method, format!("{}{path}", self.base));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
         if let Some(token) = token {
             request = request.header("authorization", format!("Bearer {token}"));
         }
@@ -104,6 +119,16 @@ impl Api {
 
     async fn get(&mut self, path: &str, token: &str) -> Answer {
         self.call("GET", path, Some(token), None).await
+    }
+
+    /// A GET with the caller's own session (and app) in their headers.
+    async fn get_as(&mut self, path: &str, token: &str, session: &str, app: &str) -> Answer {
+        let headers = [
+            ("Session-Guard-Current-Session", session),
+            ("Session-Guard-Current-App", app),
+        ];
+        self.call_with("GET", path, Some(token), None, &headers)
+            .await
     }
 
     async fn post(&mut self, path: &str, token: &str, body: Value) -> Answer {
@@ -241,6 +266,27 @@ async fn lists_pages_marks_current_and_revokes_through_the_outbox_once() {
     assert_eq!(apps_of(&page2.json), ["shop", "shop"]);
     assert_eq!(page2.json["next_cursor"], Value::Null);
     assert_eq!(page2.json["sessions"][1]["device"]["browser"], "Chrome");
+    // A cursor is bound to its listing: the user, and the apps read (the
+    // token's, the `app` filter). Another user's listing, another token's
+    // or another filter refuses it.
+    for (path, token) in [
+        (
+            format!("/v1/users/u2/sessions?limit=2&cursor={cursor}"),
+            &all,
+        ),
+        (
+            format!("/v1/users/u1/sessions?limit=2&cursor={cursor}"),
+            &shop,
+        ),
+        (
+            format!("/v1/users/u1/sessions?limit=2&app=shop&cursor={cursor}"),
+            &all,
+        ),
+    ] {
+        let refused = api.get(&path, token).await;
+        refused.problem(400, "invalid-input");
+        assert_eq!(refused.json["detail"], "cursor is not one this API gave");
+    }
     let everything: Vec<String> = handles(&page1.json)
         .into_iter()
         .chain(handles(&page2.json))
@@ -258,20 +304,35 @@ async fn lists_pages_marks_current_and_revokes_through_the_outbox_once() {
     let filtered = api.get("/v1/users/u1/sessions?app=blog", &all).await;
     assert_eq!(handles(&filtered.json), std::slice::from_ref(&h_d));
 
-    // The caller's own session is marked.
-    let mine = api
-        .get(
-            &format!("/v1/users/u1/sessions?current_session={b}&current_app=shop"),
-            &shop,
-        )
-        .await;
-    let current: Vec<bool> = mine.json["sessions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["current"].as_bool().unwrap())
-        .collect();
-    assert_eq!(current, [false, true, false]);
+    // The caller's own session is marked: named in a header, never in
+    // the query (a query string ends up in access logs).
+    let current = |list: &Value| -> Vec<bool> {
+        list["sessions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["current"].as_bool().unwrap())
+            .collect()
+    };
+    let mine = api.get_as("/v1/users/u1/sessions", &shop, &b, "shop").await;
+    assert_eq!(mine.status, 200, "{}", mine.json);
+    assert_eq!(current(&mine.json), [false, true, false]);
+    let elsewhere = api.get_as("/v1/users/u1/sessions", &shop, &b, "blog").await;
+    assert_eq!(current(&elsewhere.json), [false, false, false]);
+    for query in [
+        format!("current_session={b}"),
+        format!("current_session={b}&current_app=shop"),
+    ] {
+        let refused = api
+            .get(&format!("/v1/users/u1/sessions?{query}"), &shop)
+            .await;
+        refused.problem(400, "invalid-input");
+        let detail = refused.json["detail"].as_str().unwrap();
+        assert!(
+            detail.contains("Session-Guard-Current-Session header"),
+            "{detail}"
+        );
+    }
 
     // Revoking one: the app's queue gets a revoke with reason `user`.
     let done = api
@@ -432,6 +493,23 @@ async fn bad_input_gets_its_problem_and_changes_nothing() {
             .await
             .problem(404, "not-found");
     }
+    // A genuine handle of a session the log never had (the revoke path's
+    // "unknown session"): 404, and neither the answer nor anything logged
+    // holds its id.
+    let key: Vec<u8> =
+        sqlx::query_scalar("SELECT key FROM api_keys WHERE purpose = 'session_handle'")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    let never_seen = "cookie-secret-never-seen";
+    let unknown = HandleKey::from_bytes(&key)
+        .unwrap()
+        .seal("shop", never_seen);
+    let answer = api
+        .post(&format!("/v1/sessions/{unknown}/revoke"), &shop, json!({}))
+        .await;
+    answer.problem(404, "not-found");
+    assert_eq!(answer.json["detail"], "no such resource");
 
     // Unknown fields, bad user ids and apps, bad parameters, bad cursors: 400.
     api.post(&revoke, &shop, json!({"note": "x", "reason": "y"}))
@@ -443,6 +521,49 @@ async fn bad_input_gets_its_problem_and_changes_nothing() {
     api.post("/v1/users/u1/revoke", &shop, json!({"apps": ["bad app"]}))
         .await
         .problem(400, "invalid-input");
+    // At most 64 apps, in the query or the body; a note of at most 500
+    // characters (the operator's `--reason` has the same cap).
+    let apps = |n: usize| (0..n).map(|i| format!("a{i}")).collect::<Vec<_>>();
+    let query: Vec<String> = apps(65).iter().map(|a| format!("app={a}")).collect();
+    let many = api
+        .get(&format!("/v1/users/u1/sessions?{}", query.join("&")), &shop)
+        .await;
+    many.problem(400, "invalid-input");
+    assert!(many.json["detail"].as_str().unwrap().contains("at most 64"));
+    let query: Vec<String> = apps(64).iter().map(|a| format!("app={a}")).collect();
+    let enough = api
+        .get(&format!("/v1/users/u1/sessions?{}", query.join("&")), &shop)
+        .await;
+    assert_eq!(enough.status, 200, "{}", enough.json);
+    api.post("/v1/users/u1/revoke", &shop, json!({"apps": apps(65)}))
+        .await
+        .problem(400, "invalid-input");
+    let long_note = "n".repeat(501);
+    for (path, body) in [
+        (revoke.as_str(), json!({"note": long_note})),
+        ("/v1/users/u1/revoke", json!({"note": long_note})),
+    ] {
+        let refused = api.post(path, &shop, body).await;
+        refused.problem(400, "invalid-input");
+        assert!(
+            refused.json["detail"]
+                .as_str()
+                .unwrap()
+                .contains("at most 500 characters"),
+            "{}",
+            refused.json
+        );
+    }
+    // 500 is taken (`apps` of the shop's token's: none of it to end here).
+    let taken = api
+        .post(
+            "/v1/users/u1/revoke",
+            &shop,
+            json!({"apps": ["blog"], "note": "n".repeat(500)}),
+        )
+        .await;
+    assert_eq!(taken.status, 200, "{}", taken.json);
+    assert_eq!(taken.json["revoked"], json!([]));
     let long_user = "u".repeat(300);
     for path in [
         format!("/v1/users/{long_user}/sessions"),
@@ -478,7 +599,7 @@ async fn bad_input_gets_its_problem_and_changes_nothing() {
             .is_empty()
     );
     assert_eq!(app.active("u1", "shop").await, [sid]);
-    api.assert_never_shown(&[sid]);
+    api.assert_never_shown(&[sid, never_seen]);
 }
 
 #[tokio::test]
@@ -680,6 +801,71 @@ async fn a_cached_token_is_forgotten_at_every_change_to_the_tokens() {
         .await
         .problem(401, "unauthorized");
     wait_until_listening(&app).await;
+}
+
+#[tokio::test]
+async fn no_log_line_holds_the_callers_session_id_or_an_unknown_sessions() {
+    let (mut app, _) = spawn_api().await;
+    let token = create_token(&app, "portal", "*", "sessions:read,sessions:revoke").await;
+    let sid = "cookie-secret-logged-nowhere";
+    app.publish(&login_from("shop", sid, "u1", 1, DESKTOP))
+        .await;
+    app.settle().await;
+
+    // `session-guard api` at the most verbose level, its output kept.
+    let listen = format!("127.0.0.1:{}", free_port());
+    let mut settings = app.settings.clone();
+    settings.api.listen = listen.clone();
+    settings.http.listen = format!("127.0.0.1:{}", free_port());
+    let out = tempfile::NamedTempFile::new().unwrap();
+    let mut child = app
+        .command_with(&settings, &["api"])
+        .env("RUST_LOG", "trace")
+        .stdout(Stdio::from(out.reopen().unwrap()))
+        .stderr(Stdio::from(out.reopen().unwrap()))
+        .spawn()
+        .unwrap();
+    let mut api = Api::new(&listen);
+    app.wait_for("the api command to answer", || {
+        let url = format!("{}/v1/openapi.json", api.base);
+        async move { reqwest::get(url).await.is_ok() }
+    })
+    .await;
+
+    let mine = api
+        .get_as("/v1/users/u1/sessions", &token, sid, "shop")
+        .await;
+    assert_eq!(mine.status, 200, "{}", mine.json);
+    assert_eq!(mine.json["sessions"][0]["current"], true);
+    api.get(
+        &format!("/v1/users/u1/sessions?current_session={sid}"),
+        &token,
+    )
+    .await
+    .problem(400, "invalid-input");
+    let key: Vec<u8> =
+        sqlx::query_scalar("SELECT key FROM api_keys WHERE purpose = 'session_handle'")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    let never_seen = "cookie-secret-never-seen";
+    let unknown = HandleKey::from_bytes(&key)
+        .unwrap()
+        .seal("shop", never_seen);
+    api.post(&format!("/v1/sessions/{unknown}/revoke"), &token, json!({}))
+        .await
+        .problem(404, "not-found");
+
+    child.kill().await.unwrap();
+    let logged = std::fs::read_to_string(out.path()).unwrap();
+    assert!(
+        logged.contains("sessions API request"),
+        "the requests were logged: {logged}"
+    );
+    for secret in [sid, never_seen, &token] {
+        assert!(!logged.contains(secret), "{secret} logged:\n{logged}");
+    }
+    api.assert_never_shown(&[sid, never_seen]);
 }
 
 #[tokio::test]

@@ -306,12 +306,22 @@ fn every_rule_names_a_place_that_exists() {
 fn the_client_crate_pulls_an_http_stack_only_with_its_api_feature() {
     let text = std::fs::read_to_string(root().join("clients/rust/Cargo.toml")).unwrap();
     let manifest: toml::Table = toml::from_str(&text).unwrap();
-    let reqwest = &manifest["dependencies"]["reqwest"];
-    assert_eq!(reqwest.get("optional"), Some(&toml::Value::Boolean(true)));
-    assert_eq!(
-        manifest["features"]["api"],
-        toml::Value::Array(vec!["dep:reqwest".into()])
-    );
+    // `api` enables reqwest and percent-encoding (the caller's session id
+    // in its header), both optional: without the feature, neither is built.
+    let api: Vec<&str> = manifest["features"]["api"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f.as_str().unwrap())
+        .collect();
+    assert_eq!(api, ["dep:reqwest", "dep:percent-encoding"]);
+    for dep in ["reqwest", "percent-encoding"] {
+        assert_eq!(
+            manifest["dependencies"][dep].get("optional"),
+            Some(&toml::Value::Boolean(true)),
+            "{dep}"
+        );
+    }
     let default = manifest["features"].get("default");
     assert!(
         default.is_none_or(|d| !d

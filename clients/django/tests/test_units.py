@@ -241,3 +241,46 @@ class TestChecks:
         settings.SESSION_GUARD_AMQP_ULR = "amqp://x"
         [message] = [m for m in run_checks() if m.id == "session_guard.W001"]
         assert "SESSION_GUARD_AMQP_ULR" in message.msg and message.hint == "Did you mean SESSION_GUARD_AMQP_URL?"
+
+
+def test_the_callers_session_key_goes_in_a_header_never_in_the_url() -> None:
+    """The session key is the user's cookie: URLs end up in access logs, so
+    the API client sends it in ``Session-Guard-Current-Session`` only."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    from session_guard_django.api import SessionsApi
+
+    seen: list[tuple[str, dict[str, str]]] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+            seen.append((self.path, {k.lower(): v for k, v in self.headers.items()}))
+            body = json.dumps({"sessions": [], "next_cursor": None}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        api = SessionsApi(f"http://127.0.0.1:{server.server_port}", "sgt_x", 5.0)
+        assert api.sessions("ada", "cookie-key 1/é", "shop") == []
+        assert api.sessions("ada", None, "shop") == []
+    finally:
+        server.shutdown()
+        server.server_close()
+    (path, headers), (bare_path, bare_headers) = seen
+    assert "cookie" not in path and "current" not in path, path
+    assert headers["session-guard-current-session"] == "cookie-key%201%2F%C3%A9"
+    assert headers["session-guard-current-app"] == "shop"
+    assert headers["authorization"] == "Bearer sgt_x"
+    assert "session-guard-current-session" not in bare_headers
+    assert "session-guard-current-app" not in bare_headers, "an app alone names nothing"
+    assert bare_path == path

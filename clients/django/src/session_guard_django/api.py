@@ -24,6 +24,12 @@ from . import conf
 PAGE_SIZE = 100
 #: Pages read at most for one user: a bound on the calls one page view makes.
 MAX_PAGES = 10
+#: The request header with the caller's own session key (percent-encoded), so
+#: the API marks that session ``current``: a header, because the key is the
+#: user's cookie and URLs end up in access logs.
+CURRENT_SESSION_HEADER = "Session-Guard-Current-Session"
+#: The app of that session, when session keys may repeat across apps.
+CURRENT_APP_HEADER = "Session-Guard-Current-App"
 
 
 class ApiError(Exception):
@@ -83,18 +89,23 @@ class SessionsApi:
 
     def sessions(self, user_id: str, current_session: str | None, current_app: str | None) -> list[SessionView]:
         """The user's active sessions in every app the token may see, newest
-        login first, the caller's own marked ``current``."""
+        login first, the caller's own marked ``current``.
+
+        The caller's session key goes in a header, never in the URL: it is
+        the user's cookie, and URLs end up in access logs and proxies."""
         found: list[SessionView] = []
         cursor: str | None = None
+        headers: dict[str, str] = {}
+        if current_session:
+            headers[CURRENT_SESSION_HEADER] = _segment(current_session)
+            if current_app:
+                headers[CURRENT_APP_HEADER] = _segment(current_app)
         for _ in range(MAX_PAGES):
             query: list[tuple[str, str]] = [("limit", str(PAGE_SIZE))]
-            if current_session:
-                query.append(("current_session", current_session))
-                if current_app:
-                    query.append(("current_app", current_app))
             if cursor:
                 query.append(("cursor", cursor))
-            page = self._call("GET", f"/v1/users/{_segment(user_id)}/sessions?{urllib.parse.urlencode(query)}")
+            path = f"/v1/users/{_segment(user_id)}/sessions?{urllib.parse.urlencode(query)}"
+            page = self._call("GET", path, headers=headers)
             try:
                 found += [_session(s) for s in page.get("sessions", [])]
             except (KeyError, TypeError, AttributeError, ValueError):
@@ -114,9 +125,11 @@ class SessionsApi:
         answer = self._call("POST", f"/v1/users/{_segment(user_id)}/revoke", {"except": keep})
         return [str(h) for h in answer.get("revoked", [])]
 
-    def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+    def _call(
+        self, method: str, path: str, body: dict[str, Any] | None = None, headers: dict[str, str] | None = None
+    ) -> dict[str, Any]:
         data = None if body is None else json.dumps(body).encode()
-        request = urllib.request.Request(self.url + path, data=data, method=method)
+        request = urllib.request.Request(self.url + path, data=data, method=method, headers=headers or {})
         request.add_header("Authorization", f"Bearer {self.token}")
         request.add_header("Accept", "application/json")
         if data is not None:
@@ -125,8 +138,8 @@ class SessionsApi:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:
                 answer = json.loads(response.read())
         except urllib.error.HTTPError as error:
-            # The problem+json's title and type, never the request (its URL
-            # holds the user's session id as current_session).
+            # The problem+json's title and type, never the request (its
+            # headers hold the token and the user's session key).
             problem = _problem(error)
             raise ApiError(f"the sessions API answered {error.code}: {problem}") from None
         except (OSError, ValueError) as error:

@@ -24,13 +24,17 @@ use std::fmt;
 use std::time::Duration;
 
 use futures::{Stream, TryStreamExt, stream};
+use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
+use reqwest::header::HeaderValue;
 use reqwest::{Method, RequestBuilder, Response, Url};
 
 pub use self::error::ApiError;
+use session_guard_protocol::api::{
+    CURRENT_APP_HEADER, CURRENT_SESSION_HEADER, RevokeSession, RevokeUser,
+};
 pub use session_guard_protocol::api::{
     LimitsOverride, LimitsView, Problem, ProblemKind, Revoked, Session, SessionList,
 };
-use session_guard_protocol::api::{RevokeSession, RevokeUser};
 
 /// How long a call may take, answer included, unless
 /// [`ApiConfig::timeout`] says otherwise: the API answers in milliseconds,
@@ -143,7 +147,9 @@ pub struct ListOptions {
     /// `next_cursor` of the previous page.
     pub cursor: Option<String>,
     /// The caller's own session id: that session comes back `current`.
-    /// A secret (it is the user's cookie): `Debug` never shows it.
+    /// A secret (it is the user's cookie): sent in the
+    /// `Session-Guard-Current-Session` header, never in the URL (which
+    /// access logs and proxies keep), and `Debug` never shows it.
     pub current_session: Option<String>,
     /// The app of `current_session`, when ids may repeat across apps.
     pub current_app: Option<String>,
@@ -210,14 +216,15 @@ impl SessionsApi {
             if let Some(cursor) = &options.cursor {
                 q.append_pair("cursor", cursor);
             }
-            if let Some(session) = &options.current_session {
-                q.append_pair("current_session", session);
-            }
-            if let Some(app) = &options.current_app {
-                q.append_pair("current_app", app);
-            }
         }
-        let response = self.call(self.http.get(url)).await?;
+        let mut request = self.http.get(url);
+        if let Some(session) = &options.current_session {
+            request = request.header(CURRENT_SESSION_HEADER, secret_header(session));
+        }
+        if let Some(app) = &options.current_app {
+            request = request.header(CURRENT_APP_HEADER, header_text(app));
+        }
+        let response = self.call(request).await?;
         response.json().await.map_err(ApiError::transport)
     }
 
@@ -359,6 +366,22 @@ impl SessionsApi {
     }
 }
 
+/// `text` percent-encoded (UTF-8; every byte but ASCII letters and
+/// digits), as the API reads its `Session-Guard-Current-*` headers: a
+/// session id may hold any character but controls, a header value not.
+fn header_text(text: &str) -> String {
+    utf8_percent_encode(text, NON_ALPHANUMERIC).to_string()
+}
+
+/// [`header_text`] as a header value marked sensitive, so that no `Debug`
+/// of the request (reqwest's, a middleware's) shows it.
+fn secret_header(text: &str) -> HeaderValue {
+    let mut value = HeaderValue::from_str(&header_text(text))
+        .expect("percent-encoded text is a valid header value");
+    value.set_sensitive(true);
+    value
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -379,6 +402,15 @@ mod tests {
             assert!(!text.contains("topsecretvalue"), "{text}");
             assert!(!text.contains("cookie-value"), "{text}");
         }
+    }
+
+    #[test]
+    fn the_callers_session_goes_in_a_sensitive_percent_encoded_header() {
+        assert_eq!(header_text("0a9Zk2"), "0a9Zk2", "a Django key as is");
+        assert_eq!(header_text("a b/\u{e9}%"), "a%20b%2F%C3%A9%25");
+        let value = secret_header("cookie-value");
+        assert!(value.is_sensitive());
+        assert!(!format!("{value:?}").contains("cookie-value"));
     }
 
     #[test]
