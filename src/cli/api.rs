@@ -19,7 +19,7 @@ pub(super) async fn api(settings: &Settings) -> anyhow::Result<()> {
         anyhow::bail!("api.listen is empty: set it to the address to serve the sessions API on");
     }
     telemetry::init_api_metrics();
-    let pool = db::connect_checked(&settings.api_database()).await?;
+    let pool = db::connect_checked_planning(&settings.api_database(), db::Planning::Cached).await?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("api.listen: cannot listen on {listen}"))?;

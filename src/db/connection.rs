@@ -37,22 +37,55 @@ pub async fn ensure_database(settings: &DatabaseSettings) -> anyhow::Result<()> 
     Ok(())
 }
 
-/// A connection pool for `settings.url`.
+/// How a pool's connections plan the statements they prepare.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Planning {
+    /// Every execution planned with its actual parameters: the worker's
+    /// batches and the commands. A prepared statement otherwise switches to
+    /// a generic plan after five runs, chosen for the table as it was then
+    /// (tiny, on a new deployment) and kept for the connection's life: seq
+    /// scans and hash joins on a log that has since grown, for statements
+    /// whose arrays change size with every batch.
+    EachExecution,
+    /// PostgreSQL's default: a generic plan once it costs no more than the
+    /// custom ones. For the sessions API's reads, keyed on one user or one
+    /// session: planning them again each time cost several times their
+    /// execution (0.07-0.5 ms against 0.02-0.05 ms, BENCHMARKS.md, issue
+    /// 21). Connections are renewed every [`API_CONNECTION_LIFETIME`], so
+    /// a plan made on a young table does not outlive its growth for long.
+    Cached,
+}
+
+/// How long a connection of a [`Planning::Cached`] pool lives, and with it
+/// the generic plans it made.
+pub const API_CONNECTION_LIFETIME: Duration = Duration::from_secs(300);
+
+/// A connection pool for `settings.url`, planning every execution.
 pub async fn connect(settings: &DatabaseSettings) -> anyhow::Result<PgPool> {
+    connect_planning(settings, Planning::EachExecution).await
+}
+
+/// A connection pool for `settings.url` that plans as `planning` says.
+pub async fn connect_planning(
+    settings: &DatabaseSettings,
+    planning: Planning,
+) -> anyhow::Result<PgPool> {
     let options: PgConnectOptions = settings
         .url
         .parse()
         .with_context(|| format!("invalid database URL {}", redact_url(&settings.url)))?;
-    // Plan every execution with its actual arrays. A prepared statement
-    // otherwise switches to a generic plan after five runs, chosen for the
-    // table as it was then (tiny, on a new deployment), and keeps it for the
-    // connection's life: seq scans and hash joins on a log that has since
-    // grown. Planning these statements costs a fraction of a millisecond.
-    let options = options.options([("plan_cache_mode", "force_custom_plan")]);
+    let mut pool = PgPoolOptions::new();
+    let options = match planning {
+        // Planning these statements costs a fraction of a millisecond.
+        Planning::EachExecution => options.options([("plan_cache_mode", "force_custom_plan")]),
+        Planning::Cached => {
+            pool = pool.max_lifetime(API_CONNECTION_LIFETIME);
+            options
+        }
+    };
     // TCP connections have Nagle's algorithm off: sqlx (0.9.1 on) sets
     // TCP_NODELAY on each socket it opens (tests/integration/nodelay.rs).
-    PgPoolOptions::new()
-        .max_connections(settings.max_connections.max(1))
+    pool.max_connections(settings.max_connections.max(1))
         .acquire_timeout(Duration::from_secs(10))
         .connect_with(options)
         .await
@@ -122,7 +155,15 @@ pub enum SchemaError {
 /// binary's migrations make, changing nothing: for the commands other than
 /// `migrate` and `run`.
 pub async fn connect_checked(settings: &DatabaseSettings) -> Result<PgPool, SchemaError> {
-    let pool = match connect(settings).await {
+    connect_checked_planning(settings, Planning::EachExecution).await
+}
+
+/// [`connect_checked`], planning as `planning` says.
+pub async fn connect_checked_planning(
+    settings: &DatabaseSettings,
+    planning: Planning,
+) -> Result<PgPool, SchemaError> {
+    let pool = match connect_planning(settings, planning).await {
         Ok(pool) => pool,
         Err(e) => {
             let missing = e

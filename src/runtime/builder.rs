@@ -291,7 +291,9 @@ async fn serve_api(state: Arc<WorkerState>, shutdown: CancellationToken) {
     };
     // A pool of its own: requests never wait behind a batch for a
     // connection, and never hold one a batch needs.
-    let pool = match db::connect(&state.settings.api_database()).await {
+    let pool = match db::connect_planning(&state.settings.api_database(), db::Planning::Cached)
+        .await
+    {
         Ok(pool) => pool,
         Err(e) => {
             tracing::warn!(%listen, error = %e, "cannot serve the sessions API; going on without");
