@@ -7,6 +7,8 @@ use std::sync::Arc;
 use sqlx::PgPool;
 use tokio::sync::Notify;
 
+use session_guard_amqp::brokers::Brokers;
+
 use crate::apply::Enforcement;
 use crate::configuration::Settings;
 use crate::health::Health;
@@ -26,4 +28,7 @@ pub(crate) struct WorkerState {
     pub relay_wake: Notify,
     /// What readiness reports; every task updates its own part.
     pub health: Arc<Health>,
+    /// The brokers of `amqp.url`, shared by the consumer and the relay:
+    /// each reconnection starts after the broker last connected to.
+    pub brokers: Brokers,
 }
