@@ -14,7 +14,7 @@ use lapin::{
 
 use session_guard_amqp::quorum::quorum_arguments;
 
-use session_guard_amqp::brokers::Brokers;
+use session_guard_amqp::brokers::{Brokers, Connected};
 
 use crate::configuration::AmqpSettings;
 
@@ -31,18 +31,19 @@ use crate::domain::dead_letter::ErrorKind;
 /// they share.
 pub async fn connect(settings: &AmqpSettings, role: &str) -> anyhow::Result<Connection> {
     let brokers = Brokers::parse(&settings.url).map_err(|e| anyhow::anyhow!("amqp.url: {e}"))?;
-    connect_to(&brokers, settings, role).await
+    Ok(connect_to(&brokers, settings, role).await?.connection)
 }
 
-/// [`connect`] through `brokers`: one pass over them, starting after the
-/// one last connected to (`session_guard_amqp::brokers`). A failed pass is
-/// one error naming each broker and why (passwords masked); the caller
-/// retries with backoff.
+/// [`connect`] through `brokers`: one pass over them, from a random one,
+/// the one last connected to last (`session_guard_amqp::brokers`); the
+/// connection and which broker it went to. A failed pass is one error
+/// naming each broker and why (passwords masked); the caller retries with
+/// backoff.
 pub async fn connect_to(
     brokers: &Brokers,
     settings: &AmqpSettings,
     role: &str,
-) -> anyhow::Result<Connection> {
+) -> anyhow::Result<Connected> {
     let name = format!("session-guard {role} ({})", settings.events_queue);
     let properties = ConnectionProperties::default().with_connection_name(name.into());
     let connected = brokers.connect(properties).await.with_context(|| {
@@ -58,7 +59,7 @@ pub async fn connect_to(
     if brokers.len() > 1 {
         tracing::info!(role, broker = %connected.shown_url, "connected to RabbitMQ");
     }
-    Ok(connected.connection)
+    Ok(connected)
 }
 
 /// Declares every exchange and queue session-guard uses. Idempotent: each

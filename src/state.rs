@@ -28,7 +28,9 @@ pub(crate) struct WorkerState {
     pub relay_wake: Notify,
     /// What readiness reports; every task updates its own part.
     pub health: Arc<Health>,
-    /// The brokers of `amqp.url`, shared by the consumer and the relay:
-    /// each reconnection starts after the broker last connected to.
-    pub brokers: Brokers,
+    /// The brokers of `amqp.url`, as the consumer connects to them: a
+    /// reconnection tries the broker the consumer was on last.
+    pub consumer_brokers: Brokers,
+    /// The same, for the relay (its connection is lost on its own).
+    pub relay_brokers: Brokers,
 }

@@ -1,16 +1,17 @@
 //! Several broker addresses (the nodes of a RabbitMQ cluster) and the one
 //! way the worker and the client crate connect to one of them.
 //!
-//! [`Brokers::connect`] makes one pass over the list: it starts at the
-//! broker after the one it last connected to (the first time, at a random
-//! place, so that many processes given the same list do not all pick its
-//! first broker), tries each broker at most once, with
-//! [`CONNECT_TIMEOUT`], and returns the first connection made. A broker that
+//! [`Brokers::connect`] makes one pass over the list: it tries each broker
+//! at most once, with [`CONNECT_TIMEOUT`], and returns the first connection
+//! made. It starts at a broker picked at random, so that many processes
+//! given the same list do not all pick its first broker, nor, when a node
+//! dies, all move to the same next one; and it tries the broker of its last
+//! connection last, since after a lost connection that node may be gone.
+//! From the random start it goes round the list in order. A broker that
 //! refuses the connection (a node that is down) costs nothing: the next is
 //! tried at once. Only when every broker failed does the pass fail; the
 //! caller then pauses with its jittered [`Backoff`](crate::backoff::Backoff)
-//! and makes another pass. After a lost connection the next pass starts at
-//! the next broker, so a node that died is tried last.
+//! and makes another pass.
 
 use std::collections::hash_map::RandomState;
 use std::fmt;
@@ -36,12 +37,18 @@ struct Broker {
     shown: String,
 }
 
-/// The brokers a process may connect to, and where its next pass starts.
+/// The brokers a process may connect to, and which one it last connected to.
 pub struct Brokers {
     brokers: Vec<Broker>,
-    /// Index (modulo the length) of the broker the next pass tries first.
-    next: AtomicUsize,
+    /// Index of the broker of the last connection made ([`NONE`] before
+    /// the first): the next pass tries it last.
+    last: AtomicUsize,
+    /// Where every pass starts instead of a random place (tests).
+    fixed_start: Option<usize>,
 }
+
+/// [`Brokers::last`] before any connection.
+const NONE: usize = usize::MAX;
 
 impl fmt::Debug for Brokers {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -96,22 +103,41 @@ impl Brokers {
         if brokers.is_empty() {
             return Err("no broker URL".to_owned());
         }
-        // RandomState is seeded from the OS's generator, once per process
-        // and then per instance: a start that differs between processes
-        // (containers all run as pid 1) without a dependency on rand.
-        let start = RandomState::new().hash_one(std::process::id()) as usize;
         Ok(Brokers {
-            next: AtomicUsize::new(start % brokers.len()),
             brokers,
+            last: AtomicUsize::new(NONE),
+            fixed_start: None,
         })
     }
 
-    /// The same brokers, the next pass starting at `index` (modulo their
-    /// number) rather than at a random one: for a fixed order (tests).
-    pub fn starting_at(self, index: usize) -> Brokers {
-        self.next
-            .store(index % self.brokers.len(), Ordering::Relaxed);
+    /// The same brokers, every pass starting at `index` rather than at a
+    /// random place (the broker of the last connection still comes last):
+    /// for a fixed order (tests).
+    pub fn starting_at(mut self, index: usize) -> Brokers {
+        self.fixed_start = Some(index);
         self
+    }
+
+    /// The order of the next pass: from a random start (or the fixed one)
+    /// round the list, the broker of the last connection last.
+    fn order(&self) -> Vec<usize> {
+        // RandomState is seeded from the OS's generator, once per process
+        // and then anew for each instance: a start that differs between
+        // processes (containers all run as pid 1) and between passes,
+        // without a dependency on rand.
+        let start = self
+            .fixed_start
+            .unwrap_or_else(|| RandomState::new().hash_one(std::process::id()) as usize);
+        let count = self.brokers.len();
+        let last = self.last.load(Ordering::Relaxed);
+        let others: Vec<usize> = (0..count).filter(|&i| i != last).collect();
+        let mut order: Vec<usize> = (0..others.len())
+            .map(|k| others[(start + k) % others.len()])
+            .collect();
+        if last < count {
+            order.push(last);
+        }
+        order
     }
 
     /// How many brokers there are.
@@ -141,18 +167,15 @@ impl Brokers {
         &self,
         properties: ConnectionProperties,
     ) -> Result<Connected, ConnectError> {
-        let count = self.brokers.len();
-        let start = self.next.load(Ordering::Relaxed) % count;
         let mut failures = Vec::new();
-        for step in 0..count {
-            let index = (start + step) % count;
+        for index in self.order() {
             let broker = &self.brokers[index];
             let attempt = Connection::connect_uri(broker.uri.clone(), properties.clone());
             let cause = match tokio::time::timeout(CONNECT_TIMEOUT, attempt).await {
                 Ok(Ok(connection)) => {
-                    // Should this connection be lost, the next pass starts
-                    // with the next broker: this one may be gone.
-                    self.next.store((index + 1) % count, Ordering::Relaxed);
+                    // Should this connection be lost, the next pass tries
+                    // this broker last: it may be gone.
+                    self.last.store(index, Ordering::Relaxed);
                     return Ok(Connected {
                         connection,
                         shown_url: broker.shown.clone(),
@@ -167,8 +190,6 @@ impl Brokers {
                 cause,
             });
         }
-        // The next pass starts elsewhere too.
-        self.next.store((start + 1) % count, Ordering::Relaxed);
         Err(ConnectError { failures })
     }
 }
@@ -302,11 +323,44 @@ mod tests {
     }
 
     #[test]
-    fn processes_start_at_different_brokers() {
-        let list = "amqp://a,amqp://b,amqp://c";
-        let starts: std::collections::HashSet<usize> = (0..60)
-            .map(|_| Brokers::parse(list).unwrap().next.load(Ordering::Relaxed))
-            .collect();
-        assert_eq!(starts.len(), 3, "{starts:?}");
+    fn passes_start_at_random_and_try_the_last_connected_broker_last() {
+        use std::collections::HashSet;
+        let brokers = Brokers::parse("amqp://a,amqp://b,amqp://c").unwrap();
+        let orders: Vec<Vec<usize>> = (0..60).map(|_| brokers.order()).collect();
+        // Each broker once, round the list from where it starts.
+        for order in &orders {
+            assert_eq!(order.len(), 3);
+            assert_eq!(order[1], (order[0] + 1) % 3, "{order:?}");
+            assert_eq!(order[2], (order[0] + 2) % 3, "{order:?}");
+        }
+        let firsts: HashSet<usize> = orders.iter().map(|o| o[0]).collect();
+        assert_eq!(
+            firsts.len(),
+            3,
+            "every broker starts some passes: {firsts:?}"
+        );
+
+        // Connected to b, then lost: b comes last, and the processes that
+        // were on it spread over a and c.
+        brokers.last.store(1, Ordering::Relaxed);
+        let orders: Vec<Vec<usize>> = (0..60).map(|_| brokers.order()).collect();
+        assert!(
+            orders.iter().all(|o| o.len() == 3 && o[2] == 1),
+            "{orders:?}"
+        );
+        let firsts: HashSet<usize> = orders.iter().map(|o| o[0]).collect();
+        assert_eq!(firsts, HashSet::from([0, 2]));
+
+        // A fixed start, and a list of one.
+        let fixed = Brokers::parse("amqp://a,amqp://b,amqp://c")
+            .unwrap()
+            .starting_at(2);
+        assert_eq!(fixed.order(), [2, 0, 1]);
+        fixed.last.store(0, Ordering::Relaxed);
+        assert_eq!(fixed.order(), [1, 2, 0]);
+        let one = Brokers::parse("amqp://a").unwrap();
+        assert_eq!(one.order(), [0]);
+        one.last.store(0, Ordering::Relaxed);
+        assert_eq!(one.order(), [0]);
     }
 }

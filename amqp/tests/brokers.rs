@@ -25,7 +25,7 @@ fn dead_url() -> String {
 }
 
 #[tokio::test]
-async fn a_broker_that_is_down_is_skipped_and_the_next_pass_starts_after_the_live_one() {
+async fn a_broker_that_is_down_is_skipped_and_the_live_one_is_tried_last_next_time() {
     let list = format!("{}, {}", dead_url(), live_url());
     let brokers = Brokers::parse(&list).unwrap().starting_at(0);
     let started = Instant::now();
@@ -52,8 +52,8 @@ async fn a_broker_that_is_down_is_skipped_and_the_next_pass_starts_after_the_liv
         .await
         .unwrap();
 
-    // Lost (closed here): the next pass starts after the live broker, so
-    // at the dead one, and still ends on the live one.
+    // Lost (closed here): the next pass tries the live broker last, so the
+    // dead one first, and still ends on the live one.
     let again = brokers
         .connect(ConnectionProperties::default())
         .await

@@ -83,11 +83,14 @@ impl WorkerBuilder {
         };
         let health = Arc::new(Health::default());
         health.set_database(true);
-        let brokers = Brokers::parse(&self.settings.amqp.url)
-            .map_err(|e| anyhow::anyhow!("amqp.url: {e}"))?;
+        let brokers = || {
+            Brokers::parse(&self.settings.amqp.url).map_err(|e| anyhow::anyhow!("amqp.url: {e}"))
+        };
+        let (consumer_brokers, relay_brokers) = (brokers()?, brokers()?);
         Ok(Worker {
             state: Arc::new(WorkerState {
-                brokers,
+                consumer_brokers,
+                relay_brokers,
                 settings: self.settings,
                 pool,
                 enforcement,

@@ -20,6 +20,26 @@ async fn the_worker_and_the_client_given_three_nodes_carry_a_login_and_its_revok
     // The worker in-process, with amqp.url the three nodes.
     let mut app = spawn_app_with(|s| s.amqp.url = cluster.urls().to_owned()).await;
 
+    // The binary reads the environment's comma-separated form, connects to
+    // one node, says which, and shows no password.
+    let out = app
+        .command(&["check-config"])
+        .env("SESSION_GUARD__AMQP__URL", cluster.urls())
+        .output()
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("(one of the 3 brokers of amqp.url)"),
+        "{text}"
+    );
+    assert!(!text.contains("guest:guest"), "{text}");
+
     let shop = AppName::parse("cluster-shop").unwrap();
     let mut listener_config = ListenerConfig::with_urls(&urls, shop.clone());
     listener_config.exchange = app.settings.amqp.revocations_exchange.clone();

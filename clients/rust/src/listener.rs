@@ -62,8 +62,8 @@ pub struct ListenerConfig {
     /// (`amqps://` for TLS; `?heartbeat=10` sets the heartbeat); or the
     /// URLs of a cluster's nodes, comma-separated
     /// ([`ListenerConfig::with_urls`] writes them so). The listener connects
-    /// to one, starting at a random one, and after a lost connection tries
-    /// the next, then the others.
+    /// to one, picked at random, and after a lost connection tries the
+    /// others at once, the lost one last.
     pub url: String,
     /// The app whose revokes to receive: the queue is bound with
     /// `revoke.<app>`.
@@ -408,8 +408,8 @@ impl RevocationListener {
 type ShutdownFuture<'a, S> = Pin<&'a mut Fuse<S>>;
 
 /// Connects to one of the brokers (one pass over them, the one shared
-/// with the worker; a lost connection's next pass starts after the broker
-/// it was on) and declares the listener's queues.
+/// with the worker; after a lost connection the broker it was on is tried
+/// last) and declares the listener's queues.
 async fn open(config: &ListenerConfig, brokers: &Brokers) -> Result<Connection, ListenerError> {
     let properties =
         ConnectionProperties::default().with_connection_name(config.connection_name().into());

@@ -43,8 +43,8 @@ pub struct PublisherConfig {
     /// (`amqps://` for TLS; `?heartbeat=10` and the like in the query); or
     /// the URLs of a cluster's nodes, comma-separated
     /// ([`PublisherConfig::with_urls`] writes them so). The publisher
-    /// connects to one, starting at a random one, and after a lost
-    /// connection tries the next, then the others. Every URL of a list must
+    /// connects to one, picked at random, and after a lost connection tries
+    /// the others at once, the lost one last. Every URL of a list must
     /// log in as the same user.
     pub url: String,
     /// The app whose events this publisher sends; every event carries it.
