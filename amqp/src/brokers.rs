@@ -296,11 +296,11 @@ impl fmt::Display for ConnectError {
     }
 }
 
-impl std::error::Error for ConnectError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.cause().map(|e| e as _)
-    }
-}
+/// No `source`: the message already holds every cause, and a source would
+/// print one of them again in a chain of causes. [`ConnectError::cause`]
+/// is how to look at the error that says the most (the worker's refusal
+/// handling does).
+impl std::error::Error for ConnectError {}
 
 #[cfg(test)]
 mod tests {

@@ -101,7 +101,7 @@ async fn when_every_broker_fails_each_is_named_without_its_password() {
     let first_shown = first.replace("dead-secret", "***");
     assert!(shown.starts_with(&format!("{second_shown}: ")), "{shown}");
     assert!(shown.contains(&format!("; {first_shown}: ")), "{shown}");
-    assert!(std::error::Error::source(&error).is_some());
+    assert!(error.cause().is_some());
 }
 
 #[tokio::test]
