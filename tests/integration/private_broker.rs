@@ -113,8 +113,8 @@ pub struct PrivateCluster {
 }
 
 impl PrivateCluster {
-    /// Starts three nodes and waits until they are clustered (about 25 s
-    /// on a 2-core machine).
+    /// Starts three nodes and waits until they are clustered (16-25 s on
+    /// a 2-core machine).
     pub async fn start() -> PrivateCluster {
         let base = tempfile::Builder::new()
             .prefix("sg-rabbitmq-cluster-")
