@@ -275,7 +275,8 @@ pub enum ListenerError {
 pub struct RevocationListener {
     /// What to listen to, and how.
     config: ListenerConfig,
-    /// The brokers of `config.url`, and which one a reconnection tries first.
+    /// The brokers of `config.url`, and which one a reconnection tries last
+    /// (the one the lost connection was on).
     brokers: Brokers,
     /// The connection `connect` opened and declared on, used by `run` first.
     connection: Connection,

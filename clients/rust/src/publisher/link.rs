@@ -22,7 +22,8 @@ use crate::connection::CLOSE_TIMEOUT;
 
 /// Where and how the task publishes.
 pub(super) struct Target {
-    /// The brokers (one, or a cluster's nodes) and which to try next.
+    /// The brokers (one, or a cluster's nodes), and which one a reconnection
+    /// tries last (the one the lost connection was on).
     pub(super) brokers: Brokers,
     /// Shown next to the connection in RabbitMQ's management UI and
     /// `rabbitmqctl list_connections`.
