@@ -14,7 +14,7 @@ use lapin::{
 
 use session_guard_amqp::quorum::quorum_arguments;
 
-use session_guard_amqp::url::redact_url;
+use session_guard_amqp::brokers::{Brokers, Connected};
 
 use crate::configuration::AmqpSettings;
 
@@ -24,19 +24,42 @@ pub use session_guard_protocol::names::{
 
 use crate::domain::dead_letter::ErrorKind;
 
-/// Opens a connection; `role` and the events queue name show in the
-/// management UI next to it ("session-guard consumer (session_guard.events)").
+/// Opens a connection to one of the brokers of `amqp.url`; `role` and the
+/// events queue name show in the management UI next to it ("session-guard
+/// consumer (session_guard.events)"). For one-off connections; the
+/// worker's tasks, which reconnect, use [`connect_to`] with the brokers
+/// they share.
 pub async fn connect(settings: &AmqpSettings, role: &str) -> anyhow::Result<Connection> {
+    let brokers = Brokers::parse(&settings.url).map_err(|e| anyhow::anyhow!("amqp.url: {e}"))?;
+    Ok(connect_to(&brokers, settings, role).await?.connection)
+}
+
+/// [`connect`] through `brokers`: one pass over them, from a random one,
+/// the one last connected to last (`session_guard_amqp::brokers`); the
+/// connection and which broker it went to. A failed pass is one error
+/// naming each broker and why (passwords masked); the caller retries with
+/// backoff.
+pub async fn connect_to(
+    brokers: &Brokers,
+    settings: &AmqpSettings,
+    role: &str,
+) -> anyhow::Result<Connected> {
     let name = format!("session-guard {role} ({})", settings.events_queue);
     let properties = ConnectionProperties::default().with_connection_name(name.into());
-    Connection::connect(&settings.url, properties)
-        .await
-        .with_context(|| {
+    let connected = brokers.connect(properties).await.with_context(|| {
+        if brokers.len() == 1 {
+            format!("cannot connect to RabbitMQ at {}", brokers.shown())
+        } else {
             format!(
-                "cannot connect to RabbitMQ at {}",
-                redact_url(&settings.url)
+                "cannot connect to any of the {} RabbitMQ brokers",
+                brokers.len()
             )
-        })
+        }
+    })?;
+    if brokers.len() > 1 {
+        tracing::info!(role, broker = %connected.shown_url, "connected to RabbitMQ");
+    }
+    Ok(connected)
 }
 
 /// Declares every exchange and queue session-guard uses. Idempotent: each

@@ -10,6 +10,7 @@ use std::fmt;
 
 use lapin::protocol::{AMQPErrorKind, AMQPHardError, AMQPSoftError};
 
+use session_guard_amqp::brokers::ConnectError;
 use session_guard_amqp::url::redact_url;
 
 use crate::configuration::Settings;
@@ -123,6 +124,10 @@ impl Refusal {
         error.chain().find_map(|cause| {
             if let Some(e) = cause.downcast_ref::<lapin::Error>() {
                 Refusal::of_broker(e)
+            } else if let Some(e) = cause.downcast_ref::<ConnectError>() {
+                // Every broker of amqp.url failed; a refusal among them
+                // (the others out of reach) is what it comes to.
+                e.cause().and_then(Refusal::of_broker)
             } else if let Some(e) = cause.downcast_ref::<sqlx::Error>() {
                 Refusal::of_database(e)
             } else if let Some(db) = cause.downcast_ref::<Box<dyn sqlx::error::DatabaseError>>() {
@@ -159,6 +164,7 @@ impl Refusal {
 mod tests {
     use super::*;
     use lapin::protocol::AMQPError;
+    use std::time::Duration;
 
     fn broker_error(kind: AMQPErrorKind, message: &str) -> lapin::Error {
         lapin::ErrorKind::ProtocolError(AMQPError::new(kind, message.into())).into()
@@ -199,6 +205,49 @@ mod tests {
         let io: lapin::Error = std::io::Error::from(std::io::ErrorKind::ConnectionRefused).into();
         assert_eq!(Refusal::of_broker(&io), None);
         assert_eq!(Refusal::find(&anyhow::anyhow!("something else")), None);
+    }
+
+    #[test]
+    fn a_refusal_among_the_brokers_of_a_list_is_found() {
+        use session_guard_amqp::brokers::{Failure, FailureCause};
+        let failure = |url: &str, cause| Failure {
+            shown_url: url.to_owned(),
+            cause,
+        };
+        let io = || {
+            FailureCause::Broker(std::io::Error::from(std::io::ErrorKind::ConnectionRefused).into())
+        };
+        let login = broker_error(
+            AMQPErrorKind::Soft(AMQPSoftError::ACCESSREFUSED),
+            "ACCESS_REFUSED - Login was refused using authentication mechanism PLAIN.",
+        );
+        let pass = ConnectError {
+            failures: vec![
+                failure("amqp://u:***@mq1", io()),
+                failure("amqp://u:***@mq2", FailureCause::Broker(login)),
+                failure(
+                    "amqp://u:***@mq3",
+                    FailureCause::TimedOut(Duration::from_secs(10)),
+                ),
+            ],
+        };
+        let shown = pass.to_string();
+        assert_eq!(
+            shown,
+            "amqp://u:***@mq1: IO error: connection refused; amqp://u:***@mq2: protocol error: \
+             AMQP soft error: ACCESS-REFUSED: ACCESS_REFUSED - Login was refused using \
+             authentication mechanism PLAIN.; amqp://u:***@mq3: no answer within 10 s"
+        );
+        let wrapped = anyhow::Error::new(pass).context("cannot connect to any of the 3 brokers");
+        assert_eq!(
+            Refusal::find(&wrapped).map(|r| r.refused),
+            Some(Refused::Credentials)
+        );
+        // Out of reach everywhere: not a refusal.
+        let away = ConnectError {
+            failures: vec![failure("amqp://mq1", io()), failure("amqp://mq2", io())],
+        };
+        assert_eq!(Refusal::find(&anyhow::Error::new(away)), None);
     }
 
     #[test]

@@ -36,7 +36,9 @@ pub(crate) async fn relay(
     shutdown: &CancellationToken,
     connected: &AtomicBool,
 ) -> anyhow::Result<()> {
-    let connection = broker::connect(&state.settings.amqp, "relay").await?;
+    let connection = broker::connect_to(&state.relay_brokers, &state.settings.amqp, "relay")
+        .await?
+        .connection;
     let setup = connection.create_channel().await?;
     broker::declare_topology(&setup, &state.settings.amqp).await?;
     let _ = setup.close(200, "topology declared".into()).await;

@@ -7,6 +7,8 @@ use std::sync::Arc;
 use sqlx::PgPool;
 use tokio::sync::Notify;
 
+use session_guard_amqp::brokers::Brokers;
+
 use crate::apply::Enforcement;
 use crate::configuration::Settings;
 use crate::health::Health;
@@ -26,4 +28,9 @@ pub(crate) struct WorkerState {
     pub relay_wake: Notify,
     /// What readiness reports; every task updates its own part.
     pub health: Arc<Health>,
+    /// The brokers of `amqp.url`, as the consumer connects to them: a
+    /// reconnection tries the broker the consumer was on last.
+    pub consumer_brokers: Brokers,
+    /// The same, for the relay (its connection is lost on its own).
+    pub relay_brokers: Brokers,
 }

@@ -1,5 +1,6 @@
 //! How a URL that may carry credentials is shown in messages, logs and
-//! printed settings: its password masked, one rule wherever a URL is shown.
+//! printed settings: its password masked, one rule wherever a URL is shown;
+//! and how a list of broker URLs is written in one string.
 //!
 //! The broker's URLs are the reason it lives here (the worker and the client
 //! crate both show them); the worker shows its database URL by the same
@@ -11,9 +12,53 @@ use url::Url;
 /// password would be cannot be told, so none of it is shown.
 pub const UNPARSEABLE_URL: &str = "(a URL that does not parse)";
 
+/// The URLs of a list written in one string, comma-separated
+/// (`amqp://a:5672/%2f,amqp://b:5672/%2f`): the environment variable's and
+/// Django's form of several brokers. A comma starts a new URL only where
+/// what follows it is one (`scheme://`), so a comma in a password stays
+/// where it is; spaces around the commas are dropped. One URL is a list of
+/// one.
+pub fn split_urls(list: &str) -> Vec<&str> {
+    let mut urls = Vec::new();
+    let mut start = 0;
+    for (at, _) in list.match_indices(',') {
+        if starts_with_scheme(list[at + 1..].trim_start()) {
+            urls.push(list[start..at].trim());
+            start = at + 1;
+        }
+    }
+    urls.push(list[start..].trim());
+    urls
+}
+
+/// Whether `text` starts with `scheme://` (RFC 3986: a letter, then
+/// letters, digits, `+`, `-` or `.`).
+fn starts_with_scheme(text: &str) -> bool {
+    let Some((scheme, _)) = text.split_once("://") else {
+        return false;
+    };
+    let mut chars = scheme.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+}
+
 /// `url` with its password, and any `password=` query parameter, replaced
-/// by `***`, so that it can be logged and printed.
+/// by `***`, so that it can be logged and printed. A comma-separated list
+/// ([`split_urls`]) has each of its URLs masked.
 pub fn redact_url(url: &str) -> String {
+    let urls = split_urls(url);
+    if urls.len() > 1 {
+        return urls
+            .into_iter()
+            .map(redact_one)
+            .collect::<Vec<_>>()
+            .join(",");
+    }
+    redact_one(url)
+}
+
+/// [`redact_url`] for one URL.
+fn redact_one(url: &str) -> String {
     let Ok(mut parsed) = Url::parse(url) else {
         return UNPARSEABLE_URL.to_owned();
     };
@@ -62,6 +107,33 @@ mod tests {
         let shown = redact_url("amqp://a:b@c@mq");
         assert!(!shown.contains("b@c") && !shown.contains(":b"), "{shown}");
         assert!(shown.ends_with("@mq"), "{shown}");
+    }
+
+    #[test]
+    fn a_list_is_split_at_commas_that_start_a_url() {
+        assert_eq!(split_urls("amqp://a/%2f"), ["amqp://a/%2f"]);
+        assert_eq!(
+            split_urls("amqp://u:p@a:5672/%2f, amqps://u:p@b/%2f,amqp://c"),
+            ["amqp://u:p@a:5672/%2f", "amqps://u:p@b/%2f", "amqp://c"]
+        );
+        // A comma in a password (or anywhere not followed by a URL) stays.
+        assert_eq!(
+            split_urls("amqp://u:p,q@a/%2f,amqp://u:p,amqp@b"),
+            ["amqp://u:p,q@a/%2f", "amqp://u:p,amqp@b"]
+        );
+        assert_eq!(split_urls(""), [""]);
+    }
+
+    #[test]
+    fn every_password_of_a_list_is_hidden() {
+        assert_eq!(
+            redact_url("amqp://u:one@a/%2f, amqp://u:two,x@b/%2f,amqp://c"),
+            "amqp://u:***@a/%2f,amqp://u:***@b/%2f,amqp://c"
+        );
+        // Without the split, the second password would sit in the first
+        // URL's path.
+        let shown = redact_url("amqp://u:one@a/%2f,amqp://u:two@b");
+        assert!(!shown.contains("one") && !shown.contains("two"), "{shown}");
     }
 
     #[test]

@@ -134,8 +134,13 @@ fn compare_migrations(
 async fn check_broker(settings: &Settings) -> anyhow::Result<String> {
     let amqp = &settings.amqp;
     let url = redact_url(&amqp.url);
-    let connected =
-        tokio::time::timeout(CHECK_TIMEOUT, crate::broker::connect(amqp, "check-config")).await;
+    let brokers = session_guard_amqp::brokers::Brokers::parse(&amqp.url)
+        .map_err(|e| anyhow::anyhow!("amqp.url: {e}"))?;
+    let connected = tokio::time::timeout(
+        CHECK_TIMEOUT,
+        crate::broker::connect_to(&brokers, amqp, "check-config"),
+    )
+    .await;
     match connected {
         Err(_) => anyhow::bail!(
             "amqp.url ({url}): RabbitMQ did not answer within {} s",
@@ -154,9 +159,15 @@ async fn check_broker(settings: &Settings) -> anyhow::Result<String> {
                 .unwrap_or_default();
             anyhow::bail!("amqp.url: {e}{cause}")
         }
-        Ok(Ok(connection)) => {
-            let _ = connection.close(200, "checked".into()).await;
-            Ok(format!("connected to {url}"))
+        Ok(Ok(connected)) => {
+            let _ = connected.connection.close(200, "checked".into()).await;
+            Ok(match brokers.len() {
+                1 => format!("connected to {url}"),
+                n => format!(
+                    "connected to {} (one of the {n} brokers of amqp.url)",
+                    connected.shown_url
+                ),
+            })
         }
     }
 }

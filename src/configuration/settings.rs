@@ -86,9 +86,15 @@ pub struct DatabaseSettings {
 #[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AmqpSettings {
-    /// RabbitMQ URL; may hold a password, so it is only ever logged (and
+    /// RabbitMQ URL, or the URLs of a cluster's nodes: a list in the file,
+    /// comma-separated in `SESSION_GUARD__AMQP__URL`; held here in the
+    /// comma-separated form either way (`session_guard_amqp::url::split_urls`
+    /// splits it). May hold passwords, so it is only ever logged (and
     /// serialized) redacted.
-    #[serde(serialize_with = "serialize_redacted")]
+    #[serde(
+        serialize_with = "serialize_redacted",
+        deserialize_with = "deserialize_urls"
+    )]
     pub url: String,
     /// Topic exchange apps publish events to.
     pub events_exchange: String,
@@ -332,6 +338,35 @@ impl Settings {
 /// Serializes a URL with its password masked.
 fn serialize_redacted<S: serde::Serializer>(url: &str, serializer: S) -> Result<S::Ok, S::Error> {
     serializer.serialize_str(&redact_url(url))
+}
+
+/// `amqp.url`: one URL (a list of them, comma-separated, in an environment
+/// variable) or a list of URLs, kept in the comma-separated form.
+fn deserialize_urls<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
+    struct Urls;
+    impl<'de> serde::de::Visitor<'de> for Urls {
+        type Value = String;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a URL, or a list of URLs")
+        }
+
+        fn visit_str<E: serde::de::Error>(self, url: &str) -> Result<String, E> {
+            Ok(url.to_owned())
+        }
+
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<String, A::Error> {
+            let mut urls: Vec<String> = Vec::new();
+            while let Some(url) = seq.next_element::<String>()? {
+                urls.push(url);
+            }
+            if urls.is_empty() {
+                return Err(serde::de::Error::invalid_length(0, &"at least one URL"));
+            }
+            Ok(urls.join(","))
+        }
+    }
+    deserializer.deserialize_any(Urls)
 }
 
 impl LimitSettings {

@@ -572,3 +572,73 @@ fn with_database_swaps_only_the_database_name() {
     assert_eq!(options.get_database(), Some("sg test"));
     assert_eq!(with_database("not a url", "x"), "not a url");
 }
+
+#[test]
+fn amqp_url_takes_a_list_in_the_file_and_commas_in_the_environment() {
+    let split = |s: &Settings| {
+        session_guard_amqp::url::split_urls(&s.amqp.url)
+            .into_iter()
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    let three = [
+        "amqp://u:p1@mq1:5672/%2f",
+        "amqp://u:p2@mq2:5672/%2f",
+        "amqp://u:p3@mq3:5672/%2f",
+    ];
+
+    // A TOML array in the file.
+    let file = TempFile::new(&format!(
+        "[amqp]\nurl = [\"{}\", \"{}\", \"{}\"]\n",
+        three[0], three[1], three[2]
+    ));
+    let from_file = Settings::load_from(Some(&file.path), env(&[])).unwrap();
+    assert_eq!(split(&from_file), three);
+
+    // Comma-separated in the environment, spaces allowed; it overrides the file.
+    let over = Settings::load_from(
+        Some(&file.path),
+        env(&[(
+            "SESSION_GUARD__AMQP__URL",
+            "amqp://u:p1@mq1:5672/%2f, amqp://u:p2@mq2:5672/%2f",
+        )]),
+    )
+    .unwrap();
+    assert_eq!(split(&over), &three[..2]);
+
+    // One URL, in either place, is read as before.
+    let one = Settings::load_from(None, env(&[("SESSION_GUARD__AMQP__URL", three[0])])).unwrap();
+    assert_eq!(one.amqp.url, three[0]);
+    let file = TempFile::new(&format!("[amqp]\nurl = \"{}\"\n", three[1]));
+    let one = Settings::load_from(Some(&file.path), env(&[])).unwrap();
+    assert_eq!(one.amqp.url, three[1]);
+
+    // Shown (check-config, logs) with every password masked.
+    let shown = toml::to_string(&from_file).unwrap();
+    assert!(
+        shown.contains(
+            "amqp://u:***@mq1:5672/%2f,amqp://u:***@mq2:5672/%2f,amqp://u:***@mq3:5672/%2f"
+        ),
+        "{shown}"
+    );
+    assert!(
+        !["p1", "p2", "p3"]
+            .iter()
+            .any(|p| shown.contains(&format!(":{p}@"))),
+        "{shown}"
+    );
+
+    // An empty list, and a list with a URL that does not parse, are refused
+    // naming the key, without a password.
+    let (empty, _) = file_error("[amqp]\nurl = []\n");
+    assert!(empty.contains("amqp.url"), "{empty}");
+    let bad = env_error(&[(
+        "SESSION_GUARD__AMQP__URL",
+        "amqp://u:secret@mq1/%2f,amqp://u:secret@mq2:port/%2f",
+    )]);
+    assert!(
+        bad.contains("amqp.url") && bad.contains("URL 2 of 2"),
+        "{bad}"
+    );
+    assert!(!bad.contains("secret"), "{bad}");
+}

@@ -51,7 +51,7 @@ pub(crate) async fn consume(
     let settings = &state.settings;
     // A broker out of reach may take a while to say so: a shutdown need not wait.
     let connection = tokio::select! {
-        connection = broker::connect(&settings.amqp, "consumer") => connection?,
+        connection = broker::connect_to(&state.consumer_brokers, &settings.amqp, "consumer") => connection?.connection,
         () = shutdown.cancelled() => return Ok(()),
     };
     let mut link = Link::open(connection, settings).await?;

@@ -13,6 +13,8 @@ use tokio_util::task::TaskTracker;
 use super::supervisor::{Supervised, WhenStopping, supervise};
 use super::{housekeeping, http};
 use crate::api;
+use session_guard_amqp::brokers::Brokers;
+
 use crate::apply::Enforcement;
 use crate::configuration::Settings;
 use crate::consumer;
@@ -81,8 +83,14 @@ impl WorkerBuilder {
         };
         let health = Arc::new(Health::default());
         health.set_database(true);
+        let brokers = || {
+            Brokers::parse(&self.settings.amqp.url).map_err(|e| anyhow::anyhow!("amqp.url: {e}"))
+        };
+        let (consumer_brokers, relay_brokers) = (brokers()?, brokers()?);
         Ok(Worker {
             state: Arc::new(WorkerState {
+                consumer_brokers,
+                relay_brokers,
                 settings: self.settings,
                 pool,
                 enforcement,

@@ -123,6 +123,9 @@ mod tests {
         let mut settings = Settings::load_from(None, []).unwrap();
         settings.worker.max_backoff_ms = 200;
         WorkerState {
+            consumer_brokers: session_guard_amqp::brokers::Brokers::parse(&settings.amqp.url)
+                .unwrap(),
+            relay_brokers: session_guard_amqp::brokers::Brokers::parse(&settings.amqp.url).unwrap(),
             pool: sqlx::postgres::PgPoolOptions::new()
                 .connect_lazy(&settings.database.url)
                 .unwrap(),

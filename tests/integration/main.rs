@@ -11,6 +11,7 @@ mod check_config;
 mod claims;
 mod client_api;
 mod client_listener;
+mod cluster;
 mod compose;
 mod contract;
 mod demo;

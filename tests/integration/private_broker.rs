@@ -1,6 +1,7 @@
 //! A RabbitMQ node of a test's own (`scripts/rabbitmq-node`), for tests
 //! whose broker must go away: the machine's shared broker, which other
-//! tests use at the same time, is never stopped. Removed on drop, also
+//! tests use at the same time, is never stopped; and a three-node cluster
+//! of a test's own (`scripts/rabbitmq-cluster`). Removed on drop, also
 //! after a failed assertion.
 
 use std::path::PathBuf;
@@ -9,6 +10,26 @@ use tokio::process::Command;
 
 /// The script that runs private nodes; the Django suite uses it too.
 const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/rabbitmq-node");
+/// The script that runs a cluster of three such nodes.
+const CLUSTER_SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/rabbitmq-cluster");
+
+/// Runs `script` with `args` (tokio's process: a test's in-process worker
+/// shares the runtime and must not be blocked); its standard output, or a
+/// failed assertion showing what it printed.
+async fn run(script: &str, args: &[&std::ffi::OsStr]) -> String {
+    let out = Command::new(script)
+        .args(args)
+        .output()
+        .await
+        .unwrap_or_else(|e| panic!("{script} runs: {e}"));
+    assert!(
+        out.status.success(),
+        "{script} {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
 
 /// A private RabbitMQ node on a port of its own; killed and its files
 /// removed when dropped.
@@ -56,21 +77,15 @@ impl PrivateBroker {
         self.script(&["start"], true).await;
     }
 
-    /// Runs the script's `command` on this node (tokio's process: a test's
-    /// in-process worker shares the runtime and must not be blocked).
+    /// Runs the script's `command` on this node.
     async fn script(&self, command: &[&str], with_port: bool) {
-        let mut cmd = Command::new(SCRIPT);
-        cmd.args(command).arg(&self.dir);
+        let port = self.port.to_string();
+        let mut args: Vec<&std::ffi::OsStr> = command.iter().map(|c| c.as_ref()).collect();
+        args.push(self.dir.as_os_str());
         if with_port {
-            cmd.arg(self.port.to_string());
+            args.push(port.as_ref());
         }
-        let out = cmd.output().await.expect("scripts/rabbitmq-node runs");
-        assert!(
-            out.status.success(),
-            "scripts/rabbitmq-node {command:?}: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        run(SCRIPT, &args).await;
     }
 }
 
@@ -79,6 +94,84 @@ impl Drop for PrivateBroker {
         // Drop cannot await: a blocking call, at the end of the test.
         let _ = std::process::Command::new(SCRIPT)
             .arg("kill")
+            .arg(&self.dir)
+            .output();
+    }
+}
+
+/// A three-node RabbitMQ cluster of the test's own, on free ports, with
+/// names, data and an Erlang cookie of its own (`scripts/rabbitmq-cluster`);
+/// its nodes killed and their files removed when dropped.
+pub struct PrivateCluster {
+    /// The three AMQP URLs (guest), comma-separated: `amqp.url`'s
+    /// environment form.
+    urls: String,
+    /// The cluster's directory (the temporary directory's `cluster`).
+    dir: PathBuf,
+    /// Held for its Drop, which removes what `stop` left (nothing, normally).
+    _base: tempfile::TempDir,
+}
+
+impl PrivateCluster {
+    /// Starts three nodes and waits until they are clustered (16-25 s on
+    /// a 2-core machine).
+    pub async fn start() -> PrivateCluster {
+        let base = tempfile::Builder::new()
+            .prefix("sg-rabbitmq-cluster-")
+            .tempdir()
+            .expect("a temporary directory");
+        let mut cluster = PrivateCluster {
+            urls: String::new(),
+            dir: base.path().join("cluster"),
+            _base: base,
+        };
+        // Constructed first: a cluster that fails halfway is still stopped.
+        let printed = cluster.script(&["start"], None).await;
+        cluster.urls = printed
+            .lines()
+            .find_map(|line| line.strip_prefix("URLS="))
+            .unwrap_or_else(|| panic!("no URLS= line in {printed:?}"))
+            .to_owned();
+        cluster
+    }
+
+    /// The three nodes' AMQP URLs, comma-separated.
+    pub fn urls(&self) -> &str {
+        &self.urls
+    }
+
+    /// Node `n`'s (1-3) AMQP URL.
+    #[allow(dead_code)] // for the node-loss tests
+    pub fn url(&self, n: usize) -> &str {
+        self.urls.split(',').nth(n - 1).expect("nodes 1 to 3")
+    }
+
+    /// Kills node `n` (1-3) with SIGKILL, keeping its data.
+    #[allow(dead_code)] // for the node-loss tests
+    pub async fn kill_node(&self, n: usize) {
+        self.script(&["kill"], Some(n)).await;
+    }
+
+    /// Starts node `n` again and waits until it is back in the cluster.
+    #[allow(dead_code)] // for the node-loss tests
+    pub async fn start_node(&self, n: usize) {
+        self.script(&["start-node"], Some(n)).await;
+    }
+
+    async fn script(&self, command: &[&str], node: Option<usize>) -> String {
+        let node = node.map(|n| n.to_string());
+        let mut args: Vec<&std::ffi::OsStr> = command.iter().map(|c| c.as_ref()).collect();
+        args.push(self.dir.as_os_str());
+        args.extend(node.as_deref().map(std::ffi::OsStr::new));
+        run(CLUSTER_SCRIPT, &args).await
+    }
+}
+
+impl Drop for PrivateCluster {
+    fn drop(&mut self) {
+        // Drop cannot await: a blocking call, at the end of the test.
+        let _ = std::process::Command::new(CLUSTER_SCRIPT)
+            .arg("stop")
             .arg(&self.dir)
             .output();
     }

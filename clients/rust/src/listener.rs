@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use session_guard_amqp::url::redact_url;
 
-use crate::connection::{CLOSE_TIMEOUT, CONNECT_TIMEOUT};
+use crate::connection::CLOSE_TIMEOUT;
 use futures::future::{Fuse, FusedFuture};
 use futures::{FutureExt, StreamExt};
 use lapin::message::Delivery;
@@ -37,6 +37,7 @@ use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind};
 use session_guard_amqp::backoff::Backoff;
+use session_guard_amqp::brokers::{Brokers, CONNECT_TIMEOUT};
 use session_guard_amqp::quorum::{delivery_count, quorum_arguments};
 use session_guard_protocol::event::AppName;
 use session_guard_protocol::names;
@@ -58,7 +59,11 @@ const STABLE_AFTER: Duration = Duration::from_secs(30);
 #[derive(Clone)]
 pub struct ListenerConfig {
     /// The broker, e.g. `amqp://shop:secret@mq.internal:5672/%2f`
-    /// (`amqps://` for TLS; `?heartbeat=10` sets the heartbeat).
+    /// (`amqps://` for TLS; `?heartbeat=10` sets the heartbeat); or the
+    /// URLs of a cluster's nodes, comma-separated
+    /// ([`ListenerConfig::with_urls`] writes them so). The listener connects
+    /// to one, picked at random, and after a lost connection tries the
+    /// others at once, the lost one last.
     pub url: String,
     /// The app whose revokes to receive: the queue is bound with
     /// `revoke.<app>`.
@@ -109,6 +114,16 @@ impl ListenerConfig {
             max_attempts: 5,
             max_backoff: Duration::from_secs(10),
         }
+    }
+
+    /// [`ListenerConfig::new`] for several brokers (a cluster's nodes).
+    pub fn with_urls<I, S>(urls: I, app: AppName) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let urls: Vec<String> = urls.into_iter().map(|u| u.as_ref().to_owned()).collect();
+        ListenerConfig::new(urls.join(","), app)
     }
 
     /// The dead-letter exchange and queue (one name for both):
@@ -260,6 +275,9 @@ pub enum ListenerError {
 pub struct RevocationListener {
     /// What to listen to, and how.
     config: ListenerConfig,
+    /// The brokers of `config.url`, and which one a reconnection tries last
+    /// (the one the lost connection was on).
+    brokers: Brokers,
     /// The connection `connect` opened and declared on, used by `run` first.
     connection: Connection,
 }
@@ -281,8 +299,15 @@ impl RevocationListener {
     /// other arguments are errors here, before any revoke is consumed.
     pub async fn connect(config: ListenerConfig) -> Result<RevocationListener, ListenerError> {
         config.check()?;
-        let connection = open(&config).await?;
-        Ok(RevocationListener { config, connection })
+        // One URL or several (comma-separated); the message masks passwords.
+        let brokers =
+            Brokers::parse(&config.url).map_err(|e| ListenerError::Config(format!("url: {e}")))?;
+        let connection = open(&config, &brokers).await?;
+        Ok(RevocationListener {
+            config,
+            brokers,
+            connection,
+        })
     }
 
     /// The configuration in use.
@@ -320,7 +345,11 @@ impl RevocationListener {
         Fut: Future<Output = Result<(), E>>,
         E: Display,
     {
-        let RevocationListener { config, connection } = self;
+        let RevocationListener {
+            config,
+            brokers,
+            connection,
+        } = self;
         let mut shutdown = std::pin::pin!(shutdown.fuse());
         let mut connection = Some(connection);
         let mut backoff = Backoff::new(config.max_backoff);
@@ -329,7 +358,7 @@ impl RevocationListener {
                 Some(c) => c,
                 None => {
                     let opened = tokio::select! {
-                        opened = open(&config) => opened,
+                        opened = open(&config, &brokers) => opened,
                         () = &mut shutdown => return Ok(()),
                     };
                     match opened {
@@ -379,27 +408,29 @@ impl RevocationListener {
 /// The shutdown future, pinned and fused so that every wait can poll it.
 type ShutdownFuture<'a, S> = Pin<&'a mut Fuse<S>>;
 
-/// Connects and declares the listener's queues.
-async fn open(config: &ListenerConfig) -> Result<Connection, ListenerError> {
+/// Connects to one of the brokers (one pass over them, the one shared
+/// with the worker; after a lost connection the broker it was on is tried
+/// last) and declares the listener's queues.
+async fn open(config: &ListenerConfig, brokers: &Brokers) -> Result<Connection, ListenerError> {
     let properties =
         ConnectionProperties::default().with_connection_name(config.connection_name().into());
-    let connection = match tokio::time::timeout(
-        CONNECT_TIMEOUT,
-        Connection::connect(&config.url, properties),
-    )
-    .await
-    {
-        Ok(connected) => connected.map_err(|cause| ListenerError::Connect {
-            url: redact_url(&config.url),
-            cause: Box::new(cause),
-        })?,
-        Err(_) => {
-            return Err(ListenerError::ConnectTimeout {
-                url: redact_url(&config.url),
+    let connected = brokers.connect(properties).await.map_err(|e| {
+        if e.timed_out() {
+            ListenerError::ConnectTimeout {
+                url: brokers.shown(),
                 after: CONNECT_TIMEOUT,
-            });
+            }
+        } else {
+            ListenerError::Connect {
+                url: brokers.shown(),
+                cause: Box::new(e.into_cause()),
+            }
         }
-    };
+    })?;
+    if brokers.len() > 1 {
+        tracing::info!(queue = %config.queue, broker = %connected.shown_url, "revocation listener connected");
+    }
+    let connection = connected.connection;
     let channel = connection
         .create_channel()
         .await

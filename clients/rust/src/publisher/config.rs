@@ -40,7 +40,12 @@ pub const DEFAULT_RECENT_SESSIONS: usize = 10_000;
 #[derive(Clone)]
 pub struct PublisherConfig {
     /// The broker's URL, e.g. `amqp://shop:secret@rabbitmq:5672/%2f`
-    /// (`amqps://` for TLS; `?heartbeat=10` and the like in the query).
+    /// (`amqps://` for TLS; `?heartbeat=10` and the like in the query); or
+    /// the URLs of a cluster's nodes, comma-separated
+    /// ([`PublisherConfig::with_urls`] writes them so). The publisher
+    /// connects to one, picked at random, and after a lost connection tries
+    /// the others at once, the lost one last. Every URL of a list must
+    /// log in as the same user.
     pub url: String,
     /// The app whose events this publisher sends; every event carries it.
     pub app: AppName,
@@ -95,6 +100,18 @@ impl PublisherConfig {
     }
 }
 
+impl PublisherConfig {
+    /// [`PublisherConfig::new`] for several brokers (a cluster's nodes).
+    pub fn with_urls<I, S>(urls: I, app: AppName) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let urls: Vec<String> = urls.into_iter().map(|u| u.as_ref().to_owned()).collect();
+        PublisherConfig::new(urls.join(","), app)
+    }
+}
+
 impl fmt::Debug for PublisherConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // The URL usually carries a password: never print it.
@@ -131,5 +148,12 @@ mod tests {
         let shown = format!("{config:?}");
         assert!(!shown.contains("hunter2"), "{shown}");
         assert!(shown.contains("amqps://shop:***@broker"), "{shown}");
+        let config = PublisherConfig::with_urls(["amqp://shop:one@a", "amqp://shop:two@b"], shop());
+        assert_eq!(config.url, "amqp://shop:one@a,amqp://shop:two@b");
+        let shown = format!("{config:?}");
+        assert!(
+            !shown.contains("one@") && !shown.contains("two@"),
+            "{shown}"
+        );
     }
 }

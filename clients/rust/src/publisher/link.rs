@@ -1,5 +1,5 @@
 //! The broker side of the background task: [`Target`] (where and how it
-//! publishes: the URL, exchange, routing keys and message properties) and
+//! publishes: the brokers, exchange, routing keys and message properties) and
 //! [`Link`] (a live connection with its confirm-mode channel and the
 //! confirms still to come).
 
@@ -10,22 +10,21 @@ use std::task::{Context, Poll};
 use futures::stream::FuturesUnordered;
 use lapin::options::ConfirmSelectOptions;
 use lapin::types::ShortString;
-use lapin::uri::{AMQPUri, SASLMechanism};
+use lapin::uri::SASLMechanism;
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
+use session_guard_amqp::brokers::{Brokers, ConnectError};
 use session_guard_protocol::event::EventKind;
 use session_guard_protocol::names;
 
 use super::config::PublisherConfig;
-use session_guard_amqp::url::redact_url;
 
-use crate::connection::{CLOSE_TIMEOUT, CONNECT_TIMEOUT};
+use crate::connection::CLOSE_TIMEOUT;
 
 /// Where and how the task publishes.
 pub(super) struct Target {
-    /// The broker.
-    uri: AMQPUri,
-    /// The broker's URL without its password, for logs.
-    pub(super) shown_url: String,
+    /// The brokers (one, or a cluster's nodes), and which one a reconnection
+    /// tries last (the one the lost connection was on).
+    pub(super) brokers: Brokers,
     /// Shown next to the connection in RabbitMQ's management UI and
     /// `rabbitmqctl list_connections`.
     connection_name: String,
@@ -38,7 +37,24 @@ pub(super) struct Target {
 }
 
 impl Target {
-    pub(super) fn new(config: &PublisherConfig, uri: AMQPUri) -> Target {
+    /// The target of `config` on `brokers`. Every broker must be logged in
+    /// to as the same user: the events carry it in their `user-id`.
+    pub(super) fn new(config: &PublisherConfig, brokers: Brokers) -> Result<Target, String> {
+        let login = |uri: &lapin::uri::AMQPUri| {
+            let mechanism = uri.query.auth_mechanism.unwrap_or_default();
+            let password_login =
+                matches!(mechanism, SASLMechanism::Plain | SASLMechanism::AMQPlain);
+            password_login.then(|| uri.authority.userinfo.username.clone())
+        };
+        let logins: Vec<Option<String>> = brokers.uris().map(login).collect();
+        let user = logins[0].clone();
+        if logins.iter().any(|other| *other != user) {
+            return Err(
+                "url: every broker of the list must be logged in to as the same user, with the \
+                 same mechanism (the events' user-id property names the user)"
+                    .to_owned(),
+            );
+        }
         let app = &config.app;
         let key = |kind| ShortString::from(names::event_routing_key(kind, app));
         let mut properties = BasicProperties::default()
@@ -49,18 +65,16 @@ impl Target {
         // property against it; session-guard's amqp.require_user_id needs
         // it. Other mechanisms take the user from elsewhere (a client
         // certificate), so the property is left out.
-        let mechanism = uri.query.auth_mechanism.unwrap_or_default();
-        if matches!(mechanism, SASLMechanism::Plain | SASLMechanism::AMQPlain) {
-            properties = properties.with_user_id(uri.authority.userinfo.username.as_str().into());
+        if let Some(user) = user {
+            properties = properties.with_user_id(user.as_str().into());
         }
-        Target {
-            shown_url: redact_url(&config.url),
+        Ok(Target {
             connection_name: format!("session-guard publisher ({})", app.as_str()),
             exchange: config.exchange.as_str().into(),
             routing_keys: EventKind::ALL.map(key),
             properties,
-            uri,
-        }
+            brokers,
+        })
     }
 
     /// The routing key of events of `kind`: `<type>.<app>`.
@@ -76,8 +90,28 @@ fn kind_index(kind: EventKind) -> usize {
     kind as usize
 }
 
+/// Why [`Link::open`] failed.
+#[derive(Debug)]
+pub(super) enum OpenError {
+    /// No broker could be connected to.
+    Connect(ConnectError),
+    /// Connected to the broker shown, but its channel could not be opened.
+    Channel(String, lapin::Error),
+}
+
+impl std::fmt::Display for OpenError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            OpenError::Connect(e) => write!(f, "{e}"),
+            OpenError::Channel(broker, e) => write!(f, "{broker}: {e}"),
+        }
+    }
+}
+
 /// A live connection and its confirm-mode channel.
 pub(super) struct Link {
+    /// The broker connected to, its password masked.
+    pub(super) shown_url: String,
     /// The connection, closed when the link is dropped by the task.
     pub(super) connection: Connection,
     /// The channel in confirm mode.
@@ -87,20 +121,17 @@ pub(super) struct Link {
 }
 
 impl Link {
-    pub(super) async fn open(target: &Target) -> Result<Link, lapin::Error> {
+    /// Connects to one of the target's brokers (one pass over them, the
+    /// one shared with the worker) and opens the confirm-mode channel.
+    pub(super) async fn open(target: &Target) -> Result<Link, OpenError> {
         let properties = ConnectionProperties::default()
             .with_connection_name(target.connection_name.as_str().into());
-        let connection = tokio::time::timeout(
-            CONNECT_TIMEOUT,
-            Connection::connect_uri(target.uri.clone(), properties),
-        )
-        .await
-        .map_err(|_| {
-            lapin::Error::from(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                format!("no connection within {} s", CONNECT_TIMEOUT.as_secs()),
-            ))
-        })??;
+        let connected = target
+            .brokers
+            .connect(properties)
+            .await
+            .map_err(OpenError::Connect)?;
+        let connection = connected.connection;
         let channel = async {
             let channel = connection.create_channel().await?;
             channel
@@ -111,13 +142,14 @@ impl Link {
         .await;
         match channel {
             Ok(channel) => Ok(Link {
+                shown_url: connected.shown_url,
                 connection,
                 channel,
                 confirms: FuturesUnordered::new(),
             }),
             Err(e) => {
                 close_in_background(connection, None);
-                Err(e)
+                Err(OpenError::Channel(connected.shown_url, e))
             }
         }
     }
@@ -165,8 +197,9 @@ mod tests {
 
     #[test]
     fn routing_keys_are_type_dot_app() {
-        let uri: AMQPUri = "amqp://shop:secret@localhost".parse().unwrap();
-        let target = Target::new(&PublisherConfig::new("amqp://x", shop()), uri);
+        let brokers = |urls: &str| Brokers::parse(urls).unwrap();
+        let config = PublisherConfig::new("amqp://x", shop());
+        let target = Target::new(&config, brokers("amqp://shop:secret@localhost")).unwrap();
         for (i, kind) in EventKind::ALL.into_iter().enumerate() {
             assert_eq!(kind_index(kind), i, "{kind:?}");
             assert_eq!(
@@ -179,8 +212,17 @@ mod tests {
             Some("shop")
         );
         assert_eq!(*target.properties.delivery_mode(), Some(2));
-        let external: AMQPUri = "amqps://localhost?auth_mechanism=external".parse().unwrap();
-        let target = Target::new(&PublisherConfig::new("amqp://x", shop()), external);
+        let external = brokers("amqps://localhost?auth_mechanism=external");
+        let target = Target::new(&config, external).unwrap();
         assert_eq!(*target.properties.user_id(), None);
+        // A cluster's nodes, logged in to as one user.
+        let cluster = brokers("amqp://shop:s@mq1,amqp://shop:s@mq2,amqp://shop:s@mq3");
+        let target = Target::new(&config, cluster).unwrap();
+        assert_eq!(
+            target.properties.user_id().as_ref().map(|u| u.as_str()),
+            Some("shop")
+        );
+        let mixed = brokers("amqp://shop:s@mq1,amqp://other:s@mq2");
+        assert!(Target::new(&config, mixed).is_err());
     }
 }

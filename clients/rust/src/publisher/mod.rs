@@ -50,8 +50,8 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use chrono::Utc;
-use lapin::uri::AMQPUri;
 use serde_json::{Map, Value};
+use session_guard_amqp::brokers::Brokers;
 use session_guard_protocol::event::{EventBody, EventKind};
 use tokio::task::JoinHandle;
 
@@ -64,7 +64,7 @@ pub use error::{PublisherError, SendError};
 pub use stats::PublisherStats;
 
 use crate::coalesce::Coalescer;
-use link::{Link, Target};
+use link::{Link, OpenError, Target};
 use session_guard_amqp::url::redact_url;
 use shared::{Shared, lock};
 use task::Task;
@@ -152,20 +152,17 @@ impl EventPublisher {
                 config.exchange.len()
             )));
         }
-        let uri: AMQPUri = config.url.parse().map_err(|e: String| {
-            let shown = redact_url(&config.url);
-            PublisherError::Config(format!(
-                "url: cannot parse {shown}: {}",
-                e.replace(&config.url, &shown)
-            ))
-        })?;
-        let target = Target::new(&config, uri);
-        let link = Link::open(&target)
-            .await
-            .map_err(|error| PublisherError::Connect {
+        // One URL or several (comma-separated); the message masks passwords.
+        let brokers =
+            Brokers::parse(&config.url).map_err(|e| PublisherError::Config(format!("url: {e}")))?;
+        let target = Target::new(&config, brokers).map_err(PublisherError::Config)?;
+        let link = Link::open(&target).await.map_err(|e| match e {
+            OpenError::Connect(e) => PublisherError::Connect {
                 url: redact_url(&config.url),
-                error,
-            })?;
+                error: e.into_cause(),
+            },
+            OpenError::Channel(url, error) => PublisherError::Connect { url, error },
+        })?;
         let shared = Arc::new(Shared::new(config.app.clone(), config.capacity, coalescer));
         let task = Task::new(shared.clone(), target, &config);
         let handle = tokio::spawn(task.run(link));

@@ -173,7 +173,7 @@ impl Task {
                     tracing::info!(
                         app = self.shared.app.as_str(),
                         "session-guard publisher: connected to {}",
-                        self.target.shown_url
+                        opened.shown_url
                     );
                     self.recovering = Some(self.unconfirmed.keys().next_back().copied());
                     link = Some(opened);
@@ -182,7 +182,7 @@ impl Task {
                     tracing::warn!(
                         app = self.shared.app.as_str(),
                         "session-guard publisher: cannot connect to {}: {e}; {} events held",
-                        self.target.shown_url,
+                        self.target.brokers.shown(),
                         self.unconfirmed.len() + self.shared.lock_buffer().len()
                     );
                     if !self.pause().await {
