@@ -5,15 +5,19 @@ machine's broker), with a node killed under it.
 The worker, the publisher (this process) and ``session_guard_listen`` are
 given the three nodes' URLs. The node the publisher is connected to is
 killed (kill -9), then, if it was elsewhere, the listener's: each time,
-requests keep succeeding within the publisher's bounds (it only buffers),
-a user with a limit of 1 logs in twice and the first session is ended by
-the listener, and the node, started again, rejoins the cluster."""
+requests of a logged-in user go on in a thread through the kill and the
+publisher's reconnection, each answered within a second (the publisher
+only buffers); a user with a limit of 1 logs in twice and the first
+session is ended by the listener; the node, started again, rejoins the
+cluster. The login confirmed before the first kill is in the worker's log.
+About 40 s, half of it starting the cluster."""
 
 from __future__ import annotations
 
 import json
 import re
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,6 +26,7 @@ from typing import Any
 
 import pytest
 from django.contrib.auth.models import User
+from django.db import connections
 from django.test import Client
 
 from conftest import REPO, wait_until
@@ -94,6 +99,53 @@ def cluster(names: Any, settings: Any, tmp_path_factory: Any) -> Iterator[Cluste
         subprocess.run([str(SCRIPT), "stop", str(directory)], capture_output=True, timeout=120)
 
 
+class Requests:
+    """Requests of one logged-in client, one after the other in a thread of
+    their own, while the ``with`` block runs: each must answer as that user
+    within REQUEST_BOUND."""
+
+    def __init__(self, client: Client, expected: bytes) -> None:
+        self.client = client
+        self.expected = expected
+        self.stop = threading.Event()
+        self.took: list[float] = []
+        self.failures: list[str] = []
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        try:
+            while not self.stop.is_set():
+                started = time.monotonic()
+                try:
+                    content = self.client.get("/whoami").content
+                except Exception as error:  # reported by check()
+                    self.failures.append(repr(error))
+                    continue
+                self.took.append(time.monotonic() - started)
+                if content != self.expected:
+                    self.failures.append(f"answered {content!r}")
+                time.sleep(0.02)
+        finally:
+            connections.close_all()
+
+    def __enter__(self) -> Requests:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(timeout=10)
+
+    def summary(self) -> str:
+        slowest = max(self.took, default=0.0)
+        return f"{len(self.took)} requests meanwhile, the slowest {slowest * 1000:.0f} ms"
+
+    def check(self) -> None:
+        assert not self.failures, self.failures[:5]
+        assert len(self.took) >= 10, self.summary()
+        assert max(self.took) < REQUEST_BOUND, self.summary()
+
+
 def timed(what: str, call: Any) -> Any:
     started = time.monotonic()
     result = call()
@@ -127,8 +179,8 @@ def test_a_node_killed_under_the_publisher_and_the_listener(
         return cluster.node_of(pub.stats().broker)
 
     # A first round before any kill: everything connected.
-    User.objects.create_user("warm", password="pw")
-    log_in("warm", "laptop")
+    warm = User.objects.create_user("warm", password="pw")
+    warm_client = log_in("warm", "laptop")
     assert pub.flush(20.0), pub.stats()
 
     covered: set[str] = set()
@@ -138,8 +190,15 @@ def test_a_node_killed_under_the_publisher_and_the_listener(
         victim = publisher_node() if role == "publisher" else listener_node()
         on_it = {r for r, node in (("publisher", publisher_node()), ("listener", listener_node())) if node == victim}
         covered |= on_it
-        cluster.kill(victim)
-        assert victim not in cluster.running()
+        # Requests go on, from another thread, while the node dies and the
+        # publisher finds another one.
+        with Requests(warm_client, b"warm") as during:
+            cluster.kill(victim)
+            assert victim not in cluster.running()
+            wait_until("the publisher to reconnect", lambda: pub.stats().connected and publisher_node() != victim)
+            time.sleep(0.5)
+        print(f"round {round_}: node {victim} killed; {during.summary()}")
+        during.check()
 
         # The user with a limit of 1 logs in twice on the two nodes left.
         username = f"ada{round_}"
@@ -172,6 +231,8 @@ def test_a_node_killed_under_the_publisher_and_the_listener(
 
     assert covered == {"publisher", "listener"}
     assert w.process is not None and w.process.poll() is None, "the worker exited"
+    # The login confirmed before the first kill is in the worker's log.
+    assert [s["state"] for s in w.sessions(warm.pk)] == ["active"]
     # The listener said which node it lost and where it went, passwords masked.
     output = lst.output()
     assert "guest:guest" not in output
