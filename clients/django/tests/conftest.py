@@ -23,6 +23,8 @@ from typing import Any
 import pika
 import pytest
 
+from session_guard_django.brokers import split_urls
+
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parents[2]
 AMQP_URL = os.environ.get("SG_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f")
@@ -80,7 +82,7 @@ class Names:
 
     token: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     # The broker of this test: the shared one, or a node of its own
-    # (``private_broker``).
+    # (``private_broker``), or several, comma-separated (``test_cluster.py``).
     amqp_url: str = AMQP_URL
 
     @property
@@ -133,8 +135,8 @@ def names(settings: Any) -> Iterator[Names]:
     # The request tables the test's processes shared (coalesce.py).
     for path in set(glob.glob(pattern)) - before:
         os.remove(path)
-    if n.amqp_url != AMQP_URL:
-        return  # a node of the test's own, gone with everything on it
+    if AMQP_URL not in split_urls(n.amqp_url):
+        return  # a node (or a cluster) of the test's own, gone with everything on it
     connection = broker()
     channel = connection.channel()
     for queue in (n.events_exchange, n.dead_exchange, n.revoke_queue, n.revoke_queue + ".dead"):

@@ -9,7 +9,7 @@ from typing import Any
 from django.conf import settings as django_settings
 from django.core.checks import CheckMessage, Error, Tags, Warning, register
 
-from . import conf
+from . import brokers, conf
 
 MIDDLEWARE = "session_guard_django.middleware.SessionGuardMiddleware"
 SESSION_MIDDLEWARE = "django.contrib.sessions.middleware.SessionMiddleware"
@@ -84,26 +84,54 @@ def _app() -> list[CheckMessage]:
 
 
 def _url() -> list[CheckMessage]:
-    url = conf.raw("AMQP_URL")
-    problem = None
-    if not isinstance(url, str) or not url.startswith(("amqp://", "amqps://")):
-        problem = "must start with amqp:// or amqps://"
-    else:
-        try:
-            import pika
+    """Each URL of SESSION_GUARD_AMQP_URL (one, a list, or comma-separated):
+    usable by pika, and all logging in as the same user. Passwords are
+    masked in every message."""
+    value = conf.raw("AMQP_URL")
+    urls = brokers.urls_of(value)
+    hint = (
+        "e.g. 'amqp://shop:secret@mq.internal:5672/%2f' (the vhost is the path), or a cluster's "
+        "nodes: a list of such URLs, or one string of them separated by commas."
+    )
+    if not urls or (isinstance(value, (list, tuple)) and not value):
+        return [Error("SESSION_GUARD_AMQP_URL is an empty list: it needs at least one broker URL.", hint=hint, id="session_guard.E002")]
+    messages: list[CheckMessage] = []
+    strings = [url for url in urls if isinstance(url, str)]
+    for position, url in enumerate(urls, start=1):
+        problem = None
+        if not isinstance(url, str) or not url.startswith(("amqp://", "amqps://")):
+            problem = "must start with amqp:// or amqps://"
+        else:
+            try:
+                import pika
 
-            pika.URLParameters(url)
-        except Exception as error:
-            problem = str(error)
-    if problem is None:
-        return []
-    return [
-        Error(
-            f"SESSION_GUARD_AMQP_URL is not a usable broker URL: {problem}.",
-            hint="e.g. 'amqp://shop:secret@mq.internal:5672/%2f' (the vhost is the path).",
-            id="session_guard.E002",
+                pika.URLParameters(url)
+            except Exception as error:
+                problem = brokers.scrub(str(error), strings)
+        if problem is None:
+            continue
+        shown = brokers.mask(url) if isinstance(url, str) else repr(url)
+        which = f"URL {position} of {len(urls)} ({shown})" if len(urls) > 1 else shown
+        messages.append(
+            Error(
+                f"SESSION_GUARD_AMQP_URL: {which} is not a usable broker URL: {problem}.",
+                hint=hint,
+                id="session_guard.E002",
+            )
         )
-    ]
+    if not messages and len(urls) > 1:
+        try:
+            brokers.common_user(strings)
+        except ValueError as error:
+            messages.append(
+                Error(
+                    f"{error}.",
+                    hint="Give every node of the cluster the app's own user (users and their "
+                    "permissions are shared by a cluster's nodes anyway).",
+                    id="session_guard.E011",
+                )
+            )
+    return messages
 
 
 def _names() -> list[CheckMessage]:

@@ -39,6 +39,9 @@ import stat
 import struct
 import tempfile
 import urllib.parse
+from collections.abc import Sequence
+
+from .brokers import split_urls
 
 logger = logging.getLogger("session_guard_django")
 
@@ -59,13 +62,18 @@ TAG_MASK = (1 << (64 - TIME_BITS)) - 1
 EARLIER_SLACK_MS = 60_000
 
 
-def table_path(app: str, amqp_url: str, exchange: str, slots: int) -> str:
+def table_path(app: str, amqp_url: str | Sequence[str], exchange: str, slots: int) -> str:
     """Where the app's processes on this host share their table: named by
     what makes two processes one app (the broker, the events exchange, the
     app name) and by the user, so that two apps, or the same app on two
-    brokers, never share one."""
-    parsed = urllib.parse.urlsplit(amqp_url)
-    broker = f"{parsed.hostname}:{parsed.port}{parsed.path}"
+    brokers, never share one. ``amqp_url``: one URL, or a cluster's (a list,
+    or comma-separated), named by its nodes in any order."""
+    urls = split_urls(amqp_url) if isinstance(amqp_url, str) else list(amqp_url)
+    nodes = []
+    for url in urls:
+        parsed = urllib.parse.urlsplit(url)
+        nodes.append(f"{parsed.hostname}:{parsed.port}{parsed.path}")
+    broker = ",".join(sorted(set(nodes)))
     who = hashlib.sha256(f"{broker}\n{exchange}\n{app}".encode()).hexdigest()[:16]
     shm = "/dev/shm"
     directory = shm if os.path.isdir(shm) and os.access(shm, os.W_OK) else tempfile.gettempdir()

@@ -15,6 +15,8 @@ from django.conf import settings as django_settings
 from django.core.signals import setting_changed
 from django.dispatch import receiver
 
+from . import brokers
+
 #: Prefix of every setting of this package: any other setting that starts
 #: with it is a typo, reported by ``manage.py check``.
 PREFIX = "SESSION_GUARD_"
@@ -27,7 +29,9 @@ APP_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 DEFAULTS: dict[str, Any] = {
     # Publishing on/off: off in a dev shell without a broker, say.
     "ENABLED": True,
-    # The broker, with the app's own user (see the worker's amqp.require_user_id).
+    # The broker, with the app's own user (see the worker's amqp.require_user_id);
+    # or a cluster's nodes: a list of URLs, or one string of them separated by
+    # commas (brokers.py), all logging in as that user.
     "AMQP_URL": "amqp://guest:guest@127.0.0.1:5672/%2f",
     # The app's name in session-guard: 1-64 chars of A-Z a-z 0-9 _ . -
     "APP": None,
@@ -82,7 +86,8 @@ class GuardSettings:
     values are reported by the system checks (``checks.py``)."""
 
     enabled: bool
-    amqp_url: str
+    #: The broker URLs, in the order given (one for a single broker).
+    amqp_urls: tuple[str, ...]
     app: str | None
     events_exchange: str
     revocations_exchange: str
@@ -98,6 +103,13 @@ class GuardSettings:
     listen_max_attempts: int
     listen_prefetch: int
     exit_flush_timeout: float
+
+    @property
+    def amqp_url(self) -> str:
+        """The broker URLs in one string, comma-separated (the setting's
+        string form): for what names the broker, never for a message (it
+        holds the passwords; see brokers.mask)."""
+        return ",".join(self.amqp_urls)
 
     @property
     def dead_letter_queue(self) -> str:
@@ -147,7 +159,7 @@ def get() -> GuardSettings:
         queue = raw("REVOKE_QUEUE") or f"{app}.revocations"
         _cached = GuardSettings(
             enabled=bool(raw("ENABLED")),
-            amqp_url=str(raw("AMQP_URL")),
+            amqp_urls=tuple(str(url) for url in brokers.urls_of(raw("AMQP_URL"))),
             app=app,
             events_exchange=str(raw("EVENTS_EXCHANGE")),
             revocations_exchange=str(raw("REVOCATIONS_EXCHANGE")),

@@ -24,7 +24,7 @@ from django.conf import settings as django_settings
 from django.core.exceptions import SuspiciousOperation
 from django.db import close_old_connections, connections
 
-from . import conf, revoked
+from . import brokers, conf, revoked
 
 logger = logging.getLogger("session_guard_django.listener")
 
@@ -65,6 +65,9 @@ class Listener:
         #: Sessions ended since start, for the log and for tests.
         self.ended = 0
         self._dead_channel: Any = None
+        #: Index in the setting's list of the broker of the last connection:
+        #: the next attempt tries it last.
+        self._last_broker: int | None = None
 
     # ----- broker ------------------------------------------------------------
 
@@ -86,9 +89,10 @@ class Listener:
             except ListenerError:
                 raise
             except (pika.exceptions.ProbableAuthenticationError, pika.exceptions.ProbableAccessDeniedError) as error:
+                shown = self._scrub(repr(error))
                 if first:
-                    raise ListenerError(f"the broker refused the credentials: {error!r}") from error
-                logger.error("session-guard: the broker refused the credentials: %r", error)
+                    raise ListenerError(f"the broker refused the credentials: {shown}") from error
+                logger.error("session-guard: the broker refused the credentials: %s", shown)
             except pika.exceptions.ChannelClosedByBroker as error:
                 if error.reply_code == 404:
                     logger.warning(
@@ -98,21 +102,58 @@ class Listener:
                         self.settings.revocations_exchange,
                     )
                 else:
-                    logger.warning("session-guard: the broker closed the channel: %r", error)
+                    logger.warning("session-guard: the broker closed the channel: %s", self._scrub(repr(error)))
             except (pika.exceptions.AMQPError, OSError) as error:
-                logger.warning("session-guard: broker connection lost or refused: %r", error)
+                urls = self.settings.amqp_urls
+                logger.warning(
+                    "session-guard: broker connection lost or refused (%s): %s",
+                    self._shown(self._last_broker) if self._connected else brokers.mask_all(urls),
+                    self._scrub(repr(error)),
+                )
             first = False
             if time.monotonic() - opened > STABLE_AFTER:
                 backoff = FIRST_BACKOFF
             self.stop.wait(backoff * (0.5 + random.random()))
             backoff = min(backoff * 2, self.settings.max_backoff)
 
+    def _scrub(self, text: str) -> str:
+        return brokers.scrub(text, self.settings.amqp_urls)
+
+    def _shown(self, index: int | None) -> str:
+        urls = self.settings.amqp_urls
+        return brokers.mask(urls[index]) if index is not None and 0 <= index < len(urls) else brokers.mask_all(urls)
+
+    def _parameters(self) -> list[Any]:
+        """pika's parameters for each URL, in the setting's order."""
+        made = []
+        for url in self.settings.amqp_urls:
+            try:
+                parameters = pika.URLParameters(url)
+            except Exception as error:
+                raise ListenerError(
+                    f"SESSION_GUARD_AMQP_URL: {brokers.mask(url)} is not a usable broker URL: "
+                    f"{self._scrub(str(error))} (run manage.py check)"
+                ) from None
+            # One try per URL and attempt: the next URL comes at once, and
+            # run()'s backoff paces the attempts.
+            parameters.connection_attempts = 1
+            parameters.socket_timeout = 5
+            parameters.client_properties = {"connection_name": f"session_guard_listen {self.app}"}
+            made.append(parameters)
+        return made
+
+    _connected = False
+
     def _session(self) -> None:
-        parameters = pika.URLParameters(self.settings.amqp_url)
-        parameters.connection_attempts = 1
-        parameters.socket_timeout = 5
-        parameters.client_properties = {"connection_name": f"session_guard_listen {self.app}"}
-        connection = pika.BlockingConnection(parameters)
+        parameters = self._parameters()
+        # Each URL once, in an order shuffled anew, the broker of the last
+        # connection last (brokers.order); pika tries them in turn and
+        # returns the first connection made.
+        tried = [parameters[index] for index in brokers.order(len(parameters), self._last_broker)]
+        self._connected = False
+        connection = pika.BlockingConnection(tried)
+        self._last_broker = brokers.index_of(parameters, connection._impl.params)
+        self._connected = True
         try:
             channel = connection.channel()
             try:
@@ -134,10 +175,11 @@ class Listener:
             self._dead_channel.confirm_delivery()
             channel.basic_qos(prefetch_count=self.settings.listen_prefetch)
             logger.info(
-                "session-guard: listening on %s (revoke.%s on %s)",
+                "session-guard: listening on %s (revoke.%s on %s) via %s",
                 self.settings.revoke_queue,
                 self.app,
                 self.settings.revocations_exchange,
+                self._shown(self._last_broker),
             )
             consumer = channel.consume(self.settings.revoke_queue, inactivity_timeout=POLL)
             for method, properties, body in consumer:

@@ -39,10 +39,10 @@ from typing import Any
 import pika
 from django.core.signals import setting_changed
 from django.dispatch import receiver
-from pika.adapters.select_connection import SelectConnection
+from pika.adapters.select_connection import IOLoop, SelectConnection
 from pika.spec import Basic
 
-from . import conf, events
+from . import brokers, conf, events
 from .buffer import Buffer, Event, Pushed
 from .coalesce import RecentRequests, table_path
 
@@ -114,6 +114,9 @@ class Stats:
     #: CPU seconds the publisher thread used so far (0.0 before it started,
     #: or where the platform cannot tell a thread's CPU time).
     cpu_seconds: float = 0.0
+    #: The broker of the current (or last) connection, password masked; None
+    #: before the first.
+    broker: str | None = None
 
 
 class _BatchedConnection(SelectConnection):  # type: ignore[misc]
@@ -214,6 +217,13 @@ class Publisher:
         self._warnings = RateLimitedWarning()
         # Owned by the publisher thread (read elsewhere only for stats):
         self._connection: _BatchedConnection | None = None
+        #: The loop of the connection attempt under way, and the attempt
+        #: (pika's connection workflow, which goes through the URLs).
+        self._loop: Any = None
+        self._workflow: Any = None
+        #: Index in the setting's list of the broker of the last connection:
+        #: the next attempt tries it last.
+        self._last_broker: int | None = None
         self._channel: Any = None
         self._next_tag = 1
         # Shared, under _lock:
@@ -243,12 +253,15 @@ class Publisher:
         self._published = 0
         self._unroutable = 0
         self._invalid = 0
+        # Every URL must log in as one user (ValueError otherwise: get()
+        # reports it and publishes nothing, as the check does).
+        user = brokers.common_user(settings.amqp_urls)
         self._properties = _FixedProperties(
             content_type="application/json",
             delivery_mode=2,
             # RabbitMQ checks user_id against the connection's user: with the
             # worker's amqp.require_user_id it proves which app sent the event.
-            user_id=pika.URLParameters(settings.amqp_url).credentials.username,
+            user_id=user,
         )
 
     # ----- request threads -------------------------------------------------
@@ -308,6 +321,7 @@ class Publisher:
                 coalesced_requests=self._recent.coalesced,
                 connected=self._ready,
                 cpu_seconds=_thread_cpu(self._thread),
+                broker=self._shown(self._last_broker),
             )
 
     def flush(self, timeout: float) -> bool:
@@ -334,10 +348,10 @@ class Publisher:
         False if events were left unpublished."""
         flushed = self.flush(timeout) if self._thread is not None else True
         self._stopping.set()
-        connection = self._connection
-        if connection is not None:
+        loop = self._loop
+        if loop is not None:
             try:
-                connection.ioloop.add_callback_threadsafe(self._close_connection)
+                loop.add_callback_threadsafe(self._close_connection)
             except Exception:  # the loop is already gone
                 pass
         if self._thread is not None:
@@ -383,63 +397,119 @@ class Publisher:
         with self._idle:
             self._idle.notify_all()
 
+    def _shown(self, index: int | None) -> str | None:
+        """The URL at ``index`` of the setting, password masked."""
+        if index is None or not 0 <= index < len(self._settings.amqp_urls):
+            return None
+        return brokers.mask(self._settings.amqp_urls[index])
+
+    def _parameters(self) -> list[Any]:
+        """pika's parameters for each URL, in the setting's order, with the
+        publisher's defaults where a URL does not set its own. ValueError
+        (password masked) if one does not parse."""
+        urls = self._settings.amqp_urls
+        made = []
+        for url in urls:
+            try:
+                parameters = pika.URLParameters(url)
+            except Exception as error:
+                raise ValueError(f"{brokers.mask(url)}: {brokers.scrub(str(error), urls)}") from None
+            given = url.partition("?")[2]
+            # One try per URL and attempt: the next URL comes at once, and
+            # the thread's backoff paces the attempts.
+            if "connection_attempts" not in given:
+                parameters.connection_attempts = 1
+            if "socket_timeout" not in given:
+                parameters.socket_timeout = CONNECT_TIMEOUT
+            if "stack_timeout" not in given:
+                parameters.stack_timeout = CONNECT_TIMEOUT * 2
+            if "blocked_connection_timeout" not in given:
+                parameters.blocked_connection_timeout = BLOCKED_TIMEOUT
+            parameters.client_properties = {"connection_name": f"django-session-guard {self._app}"}
+            made.append(parameters)
+        return made
+
     def _connect_and_loop(self) -> None:
+        """One connection attempt over the brokers (each tried once, in an
+        order shuffled anew, the last one connected to last: brokers.order),
+        then the connection's loop until it is lost."""
         try:
-            parameters = pika.URLParameters(self._settings.amqp_url)
-        except Exception as error:
+            parameters = self._parameters()
+        except ValueError as error:
             self._warnings.warn("url", "session-guard: bad SESSION_GUARD_AMQP_URL: %s", error)
             return
-        # Defaults for what the URL does not set itself.
-        given = self._settings.amqp_url.partition("?")[2]
-        if "connection_attempts" not in given:
-            parameters.connection_attempts = 1
-        if "socket_timeout" not in given:
-            parameters.socket_timeout = CONNECT_TIMEOUT
-        if "stack_timeout" not in given:
-            parameters.stack_timeout = CONNECT_TIMEOUT * 2
-        if "blocked_connection_timeout" not in given:
-            parameters.blocked_connection_timeout = BLOCKED_TIMEOUT
-        parameters.client_properties = {"connection_name": f"django-session-guard {self._app}"}
+        tried = [parameters[index] for index in brokers.order(len(parameters), self._last_broker)]
+        loop = IOLoop()
+        self._loop = loop
         try:
-            connection = _BatchedConnection(
-                parameters,
-                on_open_callback=self._on_open,
-                on_open_error_callback=self._on_open_error,
-                on_close_callback=self._on_closed,
+            # pika goes through the list itself: the first that answers.
+            self._workflow = _BatchedConnection.create_connection(
+                tried, on_done=lambda result: self._on_connected(loop, parameters, result), custom_ioloop=loop
             )
         except Exception as error:
-            self._warnings.warn("connect", "session-guard: cannot reach the broker: %s", error)
+            self._loop = None
+            loop.close()
+            self._warnings.warn(
+                "connect",
+                "session-guard: cannot reach the broker: %s",
+                brokers.scrub(str(error), self._settings.amqp_urls),
+            )
             return
-        self._connection = connection
         try:
-            connection.ioloop.start()
+            loop.start()
         except Exception:
             logger.exception("session-guard: the publisher's connection loop failed")
         finally:
             self._connection = None
+            self._workflow = None
+            self._loop = None
             self._lost()
             try:
-                connection.ioloop.close()
+                loop.close()
             except Exception:
                 pass
+
+    def _on_connected(self, loop: Any, parameters: list[Any], result: Any) -> None:
+        """The end of a connection attempt: a connection, or why every
+        broker failed. Runs on the attempt's loop."""
+        self._workflow = None
+        if isinstance(result, BaseException):
+            self._on_open_error(loop, result)
+            return
+        connection: _BatchedConnection = result
+        self._last_broker = brokers.index_of(parameters, connection.params)
+        self._connection = connection
+        if self._stopping.is_set():
+            connection.add_on_close_callback(self._on_closed)
+            connection.close()
+            return
+        connection.add_on_close_callback(self._on_closed)
+        self._on_open(connection)
 
     def _on_open(self, connection: SelectConnection) -> None:
         connection.channel(on_open_callback=self._on_channel_open)
 
-    def _on_open_error(self, connection: SelectConnection, error: BaseException) -> None:
-        self._warnings.warn(
-            "connect",
-            "session-guard: cannot reach the broker (%r): events are buffered, "
-            "up to SESSION_GUARD_BUFFER_SIZE=%d",
-            error,
-            self._settings.buffer_size,
-        )
-        connection.ioloop.stop()
+    def _on_open_error(self, loop: Any, error: BaseException) -> None:
+        if not self._stopping.is_set():
+            urls = self._settings.amqp_urls
+            self._warnings.warn(
+                "connect",
+                "session-guard: cannot reach the broker%s (%s): events are buffered, "
+                "up to SESSION_GUARD_BUFFER_SIZE=%d",
+                "" if len(urls) == 1 else f"s {brokers.mask_all(urls)}",
+                brokers.scrub(repr(error), urls),
+                self._settings.buffer_size,
+            )
+        loop.stop()
 
     def _on_closed(self, connection: SelectConnection, reason: BaseException) -> None:
         if not self._stopping.is_set():
             self._warnings.warn(
-                "closed", "session-guard: broker connection lost (%s): reconnecting", reason
+                "closed",
+                "session-guard: connection to %s lost (%s): reconnecting%s",
+                self._shown(self._last_broker),
+                brokers.scrub(str(reason), self._settings.amqp_urls),
+                "" if len(self._settings.amqp_urls) == 1 else ", this broker last",
             )
         connection.ioloop.stop()
 
@@ -453,7 +523,9 @@ class Publisher:
         with self._lock:
             self._ready = True
             self._wake_pending = True
-        logger.info("session-guard: publishing to %s", self._settings.events_exchange)
+        logger.info(
+            "session-guard: publishing to %s on %s", self._settings.events_exchange, self._shown(self._last_broker)
+        )
         self._pump()
 
     def _on_channel_closed(self, channel: Any, reason: BaseException) -> None:
@@ -461,15 +533,25 @@ class Publisher:
         # worker declares it at start.
         if self._stopping.is_set() or getattr(reason, "reply_code", None) == 200:
             return
-        self._warnings.warn("channel", "session-guard: broker closed the channel: %s", reason)
         connection = self._connection
-        if connection is not None and connection.is_open:
+        if connection is None or connection.is_closing or connection.is_closed:
+            return  # the connection was lost: _on_closed says so
+        self._warnings.warn("channel", "session-guard: broker closed the channel: %s", reason)
+        if connection.is_open:
             connection.close()
 
     def _close_connection(self) -> None:
         connection = self._connection
         if connection is not None and not (connection.is_closing or connection.is_closed):
             connection.close()
+        workflow = self._workflow
+        if connection is None and workflow is not None:
+            # Still connecting: on_done gets "aborted" and stops the loop.
+            try:
+                workflow.abort()
+            except Exception:
+                if self._loop is not None:
+                    self._loop.stop()
 
     def _lost(self) -> None:
         """The connection is gone: unconfirmed events go back to the front."""
@@ -630,7 +712,7 @@ class Publisher:
 
 def _table_path(settings: conf.GuardSettings) -> str | None:
     try:
-        return table_path(settings.app or "", settings.amqp_url, settings.events_exchange, settings.recent_sessions)
+        return table_path(settings.app or "", settings.amqp_urls, settings.events_exchange, settings.recent_sessions)
     # ValueError: a URL pika will refuse anyway (the checks say why);
     # AttributeError: no os.getuid (Windows): each process keeps its table.
     except (ValueError, AttributeError):
