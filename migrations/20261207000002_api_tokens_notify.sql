@@ -5,7 +5,7 @@
 CREATE FUNCTION session_guard_api_tokens_changed() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
-    PERFORM pg_notify('session_guard_api_tokens', '');
+    PERFORM pg_notify('api_tokens_changed', '');
     RETURN NULL;
 END
 $$;

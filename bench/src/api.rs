@@ -17,8 +17,7 @@
 //! clients use), so both kinds meet the same conditions. Each of the four
 //! has its own latencies.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
@@ -273,7 +272,7 @@ async fn drain_under(
         wait_until_up(&client, &progress, &worker, users, token).await?;
         let first = progress.processed(&worker).await.unwrap_or(0);
         let started = Instant::now();
-        let drained = Arc::new(AtomicBool::new(false));
+        let drained = Arc::new(OnceLock::new());
         let load = match target {
             Target::None => None,
             Target::Health => {
@@ -314,7 +313,9 @@ async fn drain_under(
                 "the worker did not finish within an hour ({done} of {n})"
             );
         };
-        drained.store(true, Ordering::Relaxed);
+        // Seen by a poll every 100 ms: the drain ended at most that much
+        // earlier.
+        let _ = drained.set(tokio::time::Instant::now());
         let latencies = match load {
             Some(task) => Some(task.await?),
             None => None,
@@ -392,30 +393,27 @@ fn due(rate: u64, i: u64) -> Duration {
 }
 
 /// Sends `rate` requests per second to `url(i)`, open-loop, for at least
-/// `least` and until `drained`, odd ones on kept-alive connections; each
-/// one's latency from its due time, by phase and kind of connection.
+/// `least` and until the drain's end is set in `drained`, odd ones on
+/// kept-alive connections; each one's latency from its due time, by phase
+/// (whether it was due before the drain's end) and kind of connection.
 async fn send_steadily(
     clients: Clients,
     url: impl Fn(u64) -> String,
     token: Option<String>,
     rate: u64,
     least: Duration,
-    drained: Arc<AtomicBool>,
+    drained: Arc<OnceLock<tokio::time::Instant>>,
 ) -> Load {
-    let mut load = Load::default();
+    let mut answers = Vec::new();
     let mut pending = JoinSet::new();
     let start = tokio::time::Instant::now();
     for i in 0.. {
         let offset = due(rate, i);
-        let done = drained.load(Ordering::Relaxed);
-        if offset >= least && done {
+        if offset >= least && drained.get().is_some() {
             break;
         }
         let at = start + offset;
         tokio::time::sleep_until(at).await;
-        // The phase of the request: whether the drain was still going at
-        // its due time.
-        let draining = !drained.load(Ordering::Relaxed);
         let kept_alive = i % 2 == 1;
         let client = if kept_alive {
             &clients.kept_alive
@@ -435,27 +433,33 @@ async fn send_steadily(
                 }
                 Err(_) => false,
             };
-            (draining, kept_alive, answered.then(|| at.elapsed()))
+            (at, kept_alive, answered.then(|| at.elapsed()))
         });
         while let Some(done) = pending.try_join_next() {
-            tally(&mut load, done);
+            answers.push(done);
         }
     }
     while let Some(done) = pending.join_next().await {
-        tally(&mut load, done);
+        answers.push(done);
+    }
+    let end = drained.get().copied();
+    let mut load = Load::default();
+    for answer in answers {
+        match answer {
+            Ok((at, kept_alive, latency)) => {
+                let draining = end.is_none_or(|end| at < end);
+                let latencies = load.of(draining, kept_alive);
+                match latency {
+                    Some(latency) => latencies.record(latency),
+                    None => latencies.failed += 1,
+                }
+            }
+            // A request task that panicked: a bug of the bench, not an
+            // answer of the server.
+            Err(e) => panic!("a request task failed: {e}"),
+        }
     }
     load
-}
-
-type Answer = (bool, bool, Option<Duration>);
-
-fn tally(load: &mut Load, done: Result<Answer, tokio::task::JoinError>) {
-    match done {
-        Ok((draining, kept_alive, Some(latency))) => load.of(draining, kept_alive).record(latency),
-        Ok((draining, kept_alive, None)) => load.of(draining, kept_alive).failed += 1,
-        // A panicked request task: counted against the first histogram.
-        Err(_) => load.draining[0].failed += 1,
-    }
 }
 
 /// The names of a load's phases and kinds of connection, in `Load`'s order.

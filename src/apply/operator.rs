@@ -104,6 +104,12 @@ pub async fn revoke(
     note: Option<String>,
 ) -> Result<Vec<RevokeMessage>, AdminRevokeError> {
     let mut tx = pool.begin().await?;
+    // The batch statements below take arrays whose sizes vary: planned for
+    // each execution, as in the worker, whatever the pool's connections do
+    // otherwise (the sessions API's cache plans).
+    sqlx::query("SET LOCAL plan_cache_mode = force_custom_plan")
+        .execute(&mut *tx)
+        .await?;
     let Some((user, only)) = resolve(&mut tx, target).await? else {
         return Ok(Vec::new());
     };

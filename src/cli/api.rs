@@ -48,7 +48,9 @@ pub(super) async fn api(settings: &Settings) -> anyhow::Result<()> {
     shutdown::signal().await;
     health.set_stopping();
     stop.cancel();
-    server.await?.context("the sessions API stopped")?;
-    pool.close().await;
-    Ok(())
+    let served = server.await;
+    // Closed whatever happened, within a bound: the API's connections must
+    // not outlive it.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), pool.close()).await;
+    served?.context("the sessions API stopped")
 }

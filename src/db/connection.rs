@@ -47,12 +47,16 @@ pub enum Planning {
     /// scans and hash joins on a log that has since grown, for statements
     /// whose arrays change size with every batch.
     EachExecution,
-    /// PostgreSQL's default: a generic plan once it costs no more than the
-    /// custom ones. For the sessions API's reads, keyed on one user or one
-    /// session: planning them again each time cost several times their
-    /// execution (0.07-0.5 ms against 0.02-0.05 ms, BENCHMARKS.md, issue
-    /// 21). Connections are renewed every [`API_CONNECTION_LIFETIME`], so
-    /// a plan made on a young table does not outlive its growth for long.
+    /// PostgreSQL's default (`auto`): a generic plan once it costs no more
+    /// than the custom ones. For the sessions API's reads, keyed on one
+    /// user (walking `sessions_by_user` in `login_at` order, whatever the
+    /// other parameters) or one session: planning them again each time
+    /// cost several times their execution (0.07-0.5 ms against 0.02-0.05
+    /// ms, BENCHMARKS.md, issue 21). The revokes the API writes go through
+    /// the worker's batch statements and plan each execution as the worker
+    /// does (`apply::operator::revoke` says so in its transaction).
+    /// Connections are renewed every [`API_CONNECTION_LIFETIME`], so a plan
+    /// made on a young table does not outlive its growth for long.
     Cached,
 }
 
@@ -80,7 +84,8 @@ pub async fn connect_planning(
         Planning::EachExecution => options.options([("plan_cache_mode", "force_custom_plan")]),
         Planning::Cached => {
             pool = pool.max_lifetime(API_CONNECTION_LIFETIME);
-            options
+            // Said, not assumed: a role or database may set another mode.
+            options.options([("plan_cache_mode", "auto")])
         }
     };
     // TCP connections have Nagle's algorithm off: sqlx (0.9.1 on) sets

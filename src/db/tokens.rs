@@ -7,7 +7,7 @@ use sqlx::PgPool;
 /// The channel a trigger notifies on every change to `api_tokens`
 /// (migration `20261207000002_api_tokens_notify.sql`): API servers empty
 /// their token caches when they hear it.
-pub const CHANGED_CHANNEL: &str = "session_guard_api_tokens";
+pub const CHANGED_CHANNEL: &str = "api_tokens_changed";
 
 /// A token as stored, without its hash.
 #[derive(Debug, Clone, sqlx::FromRow)]

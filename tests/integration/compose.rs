@@ -222,9 +222,13 @@ fn compose_publishes_the_ports_the_worker_and_the_code_use() {
     // PostgreSQL and RabbitMQ: the worker reaches them by service name; from
     // the host, the code's default URLs reach the same server with the same
     // credentials, database and vhost.
+    // Of the workers' broker list, the first node is the one the code's
+    // default reaches; the others are the cluster profile's
+    // (`the_cluster_profile_adds_the_nodes_the_workers_list`).
+    let brokers = session_guard_amqp::url::split_urls(&settings.amqp.url);
     for (inside, default) in [
         (&settings.database.url, &defaults.database.url),
-        (&settings.amqp.url, &defaults.amqp.url),
+        (&brokers[0].to_owned(), &defaults.amqp.url),
     ] {
         let inside = Url::parse(inside).unwrap();
         let default = Url::parse(default).unwrap();
@@ -252,6 +256,52 @@ fn compose_publishes_the_ports_the_worker_and_the_code_use() {
             default.as_str(),
             "the compose URL differs from the code's default but for the host"
         );
+    }
+}
+
+#[test]
+fn the_cluster_profile_adds_the_nodes_the_workers_list() {
+    let compose = compose();
+    let settings = worker_settings(&compose);
+    let brokers = session_guard_amqp::url::split_urls(&settings.amqp.url);
+    assert_eq!(brokers.len(), 3, "three nodes: {}", settings.amqp.url);
+    let peers = repository_file("deploy/rabbitmq/cluster.conf");
+    let first = service(&compose, "rabbitmq");
+    let cookie = &environment(first)["RABBITMQ_ERLANG_COOKIE"];
+    let worker = service(&compose, WORKER);
+    for (i, url) in brokers.iter().enumerate() {
+        let url = Url::parse(url).unwrap();
+        let host = url.host_str().unwrap();
+        let node = service(&compose, host);
+        // The node's name, rabbit@<hostname>, is a peer of the others.
+        assert_eq!(node["hostname"].as_str(), Some(host));
+        assert!(
+            peers.contains(&format!("nodes.{} = rabbit@{host}", i + 1)),
+            "{host} is not a peer in cluster.conf:\n{peers}"
+        );
+        assert_eq!(
+            &environment(node)["RABBITMQ_ERLANG_COOKIE"],
+            cookie,
+            "{host}: the nodes of a cluster share one cookie"
+        );
+        let mounts = format!("{:?}", node["volumes"]);
+        assert!(mounts.contains("cluster.conf"), "{host}: {mounts}");
+        if i > 0 {
+            // Only in the profile; the workers wait for them there, and
+            // without it the dependency is dropped.
+            assert_eq!(node["profiles"][0].as_str(), Some("cluster"), "{host}");
+            let dependency = &worker["depends_on"][host];
+            assert_eq!(dependency["condition"].as_str(), Some("service_healthy"));
+            assert_eq!(dependency["required"].as_bool(), Some(false), "{host}");
+            // Reachable from the host, next to the first node's 5672.
+            let published = published_ports(node);
+            assert!(
+                published
+                    .iter()
+                    .any(|p| p.container == 5672 && p.host.contains(&(5672 + i as u16))),
+                "{host}: {published:?}"
+            );
+        }
     }
 }
 
