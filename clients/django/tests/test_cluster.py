@@ -71,6 +71,19 @@ class Cluster:
         out = self.run("status", str(self.directory))
         return {int(n) for n, pid in re.findall(r"PID_(\d)=(\d*)", out) if pid}
 
+    def all_replicas_online(self) -> bool:
+        """Whether every quorum queue has each of its members online: a
+        node started again is in the cluster before its replicas have caught
+        up, and killing another one before they have would leave a queue
+        without a majority (RabbitMQ's rolling-restart rule)."""
+        node = min(self.running())
+        out = self.run(
+            "ctl", str(self.directory), str(node), "-q", "list_queues", "name", "type", "members", "online",
+            "--formatter", "json",
+        )
+        queues = [q for q in json.loads(out) if q.get("type") == "quorum"]
+        return bool(queues) and all(len(q["online"]) == len(q["members"]) for q in queues)
+
     def running_nodes_seen_by(self, node: int) -> int:
         out = self.run("ctl", str(self.directory), str(node), "-q", "cluster_status", "--formatter", "json")
         return len(json.loads(out)["running_nodes"])
@@ -228,6 +241,8 @@ def test_a_node_killed_under_the_publisher_and_the_listener(
         cluster.start_node(victim)
         assert cluster.running() == {1, 2, 3}
         assert cluster.running_nodes_seen_by(victim) == 3
+        # Its replicas catch up before the next node may go.
+        wait_until("every queue's replicas to be online", cluster.all_replicas_online, timeout=120)
 
     assert covered == {"publisher", "listener"}
     assert w.process is not None and w.process.poll() is None, "the worker exited"
