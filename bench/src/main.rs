@@ -79,7 +79,7 @@ async fn run(args: BenchArgs) -> anyhow::Result<()> {
 async fn client_only(settings: &Settings, args: &BenchArgs) -> anyhow::Result<Vec<Row>> {
     let connection = broker::connect(&settings.amqp, "bench").await?;
     let setup = connection.create_channel().await?;
-    broker::declare_topology(&setup, &settings.amqp).await?;
+    broker::declare_topology(&connection, &settings.amqp).await?;
     let publisher = broker::confirm_channel(&connection).await?;
     let rows = client::rows(&setup, &publisher, settings, args.client_events).await;
     let _ = connection.close(200, "done".into()).await;
@@ -105,7 +105,7 @@ async fn measure(
     );
     let connection = broker::connect(&settings.amqp, "bench").await?;
     let setup = connection.create_channel().await?;
-    broker::declare_topology(&setup, &settings.amqp).await?;
+    broker::declare_topology(&connection, &settings.amqp).await?;
     let publisher = broker::confirm_channel(&connection).await?;
     // A queue bound like an app's, so revokes are routed (and not logged as
     // unroutable); gone with the bench's connection.
