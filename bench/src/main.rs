@@ -10,6 +10,7 @@
 
 mod api;
 mod client;
+mod cluster;
 mod coalescing;
 #[cfg(test)]
 mod docs_drift;
@@ -55,6 +56,11 @@ async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let settings = services::bench_settings(&base);
     let result = if args.coalescing_only {
         coalescing::rows(&settings, args.coalescing_sessions, args.coalescing_seconds)
+            .await
+            .map(|rows| (rows, false))
+    } else if args.cluster_only {
+        let events = generate(&args);
+        cluster::rows(&settings, &args, &worker, &events)
             .await
             .map(|rows| (rows, false))
     } else if args.client_only {

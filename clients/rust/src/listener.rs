@@ -949,6 +949,7 @@ mod tests {
         );
         assert_eq!(c.exchange, names::REVOCATIONS_EXCHANGE);
         assert_eq!((c.prefetch, c.max_attempts), (100, 5));
+        assert_eq!(c.quorum_initial_group_size, 3);
         assert!(c.check().is_ok());
     }
 
@@ -962,6 +963,14 @@ mod tests {
                 ..base.clone()
             }),
             "invalid listener configuration: max_attempts: 0 is not between 1 and 2147483647"
+        );
+        assert_eq!(
+            err(ListenerConfig {
+                quorum_initial_group_size: 0,
+                ..base.clone()
+            }),
+            "invalid listener configuration: quorum_initial_group_size: 0 is not between 1 and \
+             2147483647"
         );
         assert_eq!(
             err(ListenerConfig {
