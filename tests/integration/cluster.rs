@@ -355,6 +355,35 @@ async fn leader_of(cluster: &PrivateCluster, queue: &str) -> (usize, usize) {
     (n, online)
 }
 
+/// Whether every quorum queue of the cluster has its three replicas
+/// online: before a node is stopped, so that each queue keeps a majority
+/// (a node just back may still be catching up).
+async fn all_replicas_online(cluster: &PrivateCluster) -> bool {
+    let Some(out) = cluster
+        .ctl(
+            1,
+            &[
+                "list_queues",
+                "name",
+                "type",
+                "online",
+                "--no-table-headers",
+                "-q",
+            ],
+        )
+        .await
+    else {
+        return false;
+    };
+    out.lines()
+        .map(|l| l.split('\t').collect::<Vec<_>>())
+        .filter(|f| f.get(1).map(|t| t.trim()) == Some("quorum"))
+        .all(|f| {
+            f.get(2)
+                .is_some_and(|online| online.matches('@').count() == 3)
+        })
+}
+
 /// The nodes (1-3) the worker consumers of `queue` are connected to (by
 /// the connection name in their client properties).
 async fn consumer_nodes(cluster: &PrivateCluster, queue: &str) -> Vec<usize> {
@@ -427,6 +456,10 @@ async fn killing_the_events_queue_leader_then_a_workers_node_loses_nothing() {
     eprintln!("node {leader} (the events queue's leader) killed; 200 more logins in {back:?}");
     assert!(test.worker_running() && test.process_running(process));
     cluster.start_node(leader).await;
+    until("every quorum queue's three replicas online", || async {
+        all_replicas_online(&cluster).await
+    })
+    .await;
 
     let worker_node = consumer_nodes(&cluster, &queue).await[0];
     cluster.kill_node(worker_node).await;
@@ -458,7 +491,6 @@ async fn a_rolling_restart_of_the_cluster_loses_nothing_and_the_worker_stays() {
     let cluster = PrivateCluster::start().await;
     let urls = cluster.urls().to_owned();
     let mut test = spawn_app_with(|s| s.amqp.url = urls.clone()).await;
-    let queue = test.settings.amqp.events_queue.clone();
     let load = Load::start(&test, &cluster, "rolling-shop", 2).await;
     let app = load.app.as_str().to_owned();
     progress(&test, &app, 200).await;
@@ -472,8 +504,8 @@ async fn a_rolling_restart_of_the_cluster_loses_nothing_and_the_worker_stays() {
         cluster.start_node(n).await;
         // Its replicas back before the next goes: a majority of each
         // queue stays up.
-        until("the events queue's three replicas online", || async {
-            leader_of(&cluster, &queue).await.1 == 3
+        until("every quorum queue's three replicas online", || async {
+            all_replicas_online(&cluster).await
         })
         .await;
         progress(&test, &app, 100).await;
