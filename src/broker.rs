@@ -12,7 +12,7 @@ use lapin::{
     BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind,
 };
 
-use session_guard_amqp::quorum::quorum_arguments;
+use session_guard_amqp::quorum::{declare_quorum_queue, replicated_quorum_arguments};
 
 use session_guard_amqp::brokers::{Brokers, Connected};
 
@@ -62,9 +62,26 @@ pub async fn connect_to(
     Ok(connected)
 }
 
-/// Declares every exchange and queue session-guard uses. Idempotent: each
-/// worker runs it at start, so the order workers start in does not matter.
-pub async fn declare_topology(channel: &Channel, settings: &AmqpSettings) -> anyhow::Result<()> {
+/// Declares every exchange and queue session-guard uses, on channels of its
+/// own. Idempotent: each worker runs it at start, so the order workers start
+/// in does not matter.
+pub async fn declare_topology(
+    connection: &Connection,
+    settings: &AmqpSettings,
+) -> anyhow::Result<()> {
+    let channel = connection.create_channel().await?;
+    let declared = declare_on(connection, &channel, settings).await;
+    if declared.is_ok() {
+        let _ = channel.close(200, "topology declared".into()).await;
+    }
+    declared
+}
+
+async fn declare_on(
+    connection: &Connection,
+    channel: &Channel,
+    settings: &AmqpSettings,
+) -> anyhow::Result<()> {
     // Durable: survive a broker restart. Not auto-delete: apps bind to them.
     let durable = ExchangeDeclareOptions {
         durable: true,
@@ -83,8 +100,22 @@ pub async fn declare_topology(channel: &Channel, settings: &AmqpSettings) -> any
             .with_context(|| format!("cannot declare exchange {name}"))?;
     }
 
-    declare_dead_letter_queue(channel, settings).await?;
-    declare_events_queue(channel, settings).await
+    declare_dead_letter_queue(connection, channel, settings).await?;
+    declare_events_queue(connection, channel, settings).await
+}
+
+/// Declares the quorum queue `name` with `args`: an existing queue that
+/// differs only in its initial group size is kept as it is, and the log
+/// says so.
+async fn declare_queue(
+    connection: &Connection,
+    name: &str,
+    args: FieldTable,
+) -> Result<(), lapin::Error> {
+    if let Some(kept) = declare_quorum_queue(connection, name, DURABLE_QUEUE, args).await? {
+        tracing::warn!(queue = name, "amqp.quorum_initial_group_size: {kept}");
+    }
+    Ok(())
 }
 
 /// Durable, not exclusive, not auto-deleted: the queues outlive any worker.
@@ -98,17 +129,17 @@ const DURABLE_QUEUE: QueueDeclareOptions = QueueDeclareOptions {
 
 /// The dead-letter queue, bound to the dead-letter exchange.
 async fn declare_dead_letter_queue(
+    connection: &Connection,
     channel: &Channel,
     settings: &AmqpSettings,
 ) -> anyhow::Result<()> {
-    channel
-        .queue_declare(
-            settings.dead_letter_queue.as_str().into(),
-            DURABLE_QUEUE,
-            quorum_arguments(),
-        )
-        .await
-        .with_context(|| format!("cannot declare queue {}", settings.dead_letter_queue))?;
+    declare_queue(
+        connection,
+        &settings.dead_letter_queue,
+        replicated_quorum_arguments(settings.quorum_initial_group_size),
+    )
+    .await
+    .with_context(|| format!("cannot declare queue {}", settings.dead_letter_queue))?;
     channel
         .queue_bind(
             settings.dead_letter_queue.as_str().into(),
@@ -124,8 +155,12 @@ async fn declare_dead_letter_queue(
 
 /// The events queue (quorum, with a delivery limit and the dead-letter
 /// exchange), bound to the events exchange with `#`.
-async fn declare_events_queue(channel: &Channel, settings: &AmqpSettings) -> anyhow::Result<()> {
-    let mut events_args = quorum_arguments();
+async fn declare_events_queue(
+    connection: &Connection,
+    channel: &Channel,
+    settings: &AmqpSettings,
+) -> anyhow::Result<()> {
+    let mut events_args = replicated_quorum_arguments(settings.quorum_initial_group_size);
     // What the broker does with a message that failed too often: send it to
     // our dead-letter exchange rather than dropping it.
     events_args.insert(
@@ -138,12 +173,7 @@ async fn declare_events_queue(channel: &Channel, settings: &AmqpSettings) -> any
         "x-delivery-limit".into(),
         AMQPValue::LongInt(settings.max_redeliveries.min(i32::MAX as u32) as i32),
     );
-    channel
-        .queue_declare(
-            settings.events_queue.as_str().into(),
-            DURABLE_QUEUE,
-            events_args,
-        )
+    declare_queue(connection, &settings.events_queue, events_args)
         .await
         .with_context(|| {
             format!(

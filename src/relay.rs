@@ -39,9 +39,7 @@ pub(crate) async fn relay(
     let connection = broker::connect_to(&state.relay_brokers, &state.settings.amqp, "relay")
         .await?
         .connection;
-    let setup = connection.create_channel().await?;
-    broker::declare_topology(&setup, &state.settings.amqp).await?;
-    let _ = setup.close(200, "topology declared".into()).await;
+    broker::declare_topology(&connection, &state.settings.amqp).await?;
     let channel = broker::confirm_channel(&connection).await?;
     connected.store(true, Ordering::Relaxed);
     // Cleared after the first flush that went through, not before: a

@@ -108,9 +108,9 @@ impl BatchFigures {
 }
 
 /// What one drain through workers measured.
-struct WorkerDrain {
+pub struct WorkerDrain {
     /// Events per second.
-    rate: f64,
+    pub rate: f64,
     /// The highest VmHWM of the workers, KiB.
     rss: u64,
     /// The workers' CPU time (utime + stime), ms, start-up included.
@@ -277,7 +277,7 @@ impl Drains<'_> {
     /// Starts `workers` worker processes on the pre-filled queue and waits
     /// until they have processed every event; returns the rate, the peak
     /// RSS and the CPU of the workers and of their PostgreSQL backends.
-    async fn through_workers(&self, workers: usize) -> anyhow::Result<WorkerDrain> {
+    pub async fn through_workers(&self, workers: usize) -> anyhow::Result<WorkerDrain> {
         let n = self.events.len() as u64;
         let progress = Progress::new()?;
         // The bench's own connections, and any backend's CPU before.

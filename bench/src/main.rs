@@ -10,6 +10,7 @@
 
 mod api;
 mod client;
+mod cluster;
 mod coalescing;
 #[cfg(test)]
 mod docs_drift;
@@ -57,6 +58,11 @@ async fn run(args: BenchArgs) -> anyhow::Result<()> {
         coalescing::rows(&settings, args.coalescing_sessions, args.coalescing_seconds)
             .await
             .map(|rows| (rows, false))
+    } else if args.cluster_only {
+        let events = generate(&args);
+        cluster::rows(&settings, &args, &worker, &events)
+            .await
+            .map(|rows| (rows, false))
     } else if args.client_only {
         client_only(&settings, &args)
             .await
@@ -79,7 +85,7 @@ async fn run(args: BenchArgs) -> anyhow::Result<()> {
 async fn client_only(settings: &Settings, args: &BenchArgs) -> anyhow::Result<Vec<Row>> {
     let connection = broker::connect(&settings.amqp, "bench").await?;
     let setup = connection.create_channel().await?;
-    broker::declare_topology(&setup, &settings.amqp).await?;
+    broker::declare_topology(&connection, &settings.amqp).await?;
     let publisher = broker::confirm_channel(&connection).await?;
     let rows = client::rows(&setup, &publisher, settings, args.client_events).await;
     let _ = connection.close(200, "done".into()).await;
@@ -105,7 +111,7 @@ async fn measure(
     );
     let connection = broker::connect(&settings.amqp, "bench").await?;
     let setup = connection.create_channel().await?;
-    broker::declare_topology(&setup, &settings.amqp).await?;
+    broker::declare_topology(&connection, &settings.amqp).await?;
     let publisher = broker::confirm_channel(&connection).await?;
     // A queue bound like an app's, so revokes are routed (and not logged as
     // unroutable); gone with the bench's connection.

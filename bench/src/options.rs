@@ -82,6 +82,14 @@ pub struct BenchArgs {
     /// `--log-rows`); prints the table and writes no report.
     #[arg(long)]
     pub api_only: bool,
+    /// Measure only the worker on a three-node RabbitMQ cluster the bench
+    /// starts (scripts/rabbitmq-cluster, on free ports; stopped at the
+    /// end): 1 worker draining `--events` on the configured broker and on
+    /// the cluster, back to back in each of `--runs` runs, and how long the
+    /// worker is without a broker when its node is killed; prints the table
+    /// and writes no report.
+    #[arg(long, conflicts_with_all = ["client_only", "coalescing_only", "api_only"])]
+    pub cluster_only: bool,
 }
 
 impl BenchArgs {
@@ -94,6 +102,6 @@ impl BenchArgs {
     /// Only a part of the figures: the table is printed, and the report's
     /// block, which holds a full run, is left as it is.
     pub fn partial(&self) -> bool {
-        self.broker_only() || self.api_only
+        self.broker_only() || self.api_only || self.cluster_only
     }
 }

@@ -110,6 +110,9 @@ pub struct AmqpSettings {
     pub prefetch: u16,
     /// Delivery limit of the events queue, after which the broker dead-letters.
     pub max_redeliveries: u32,
+    /// `x-quorum-initial-group-size` of the queues the worker declares: on
+    /// how many nodes a new queue gets a replica.
+    pub quorum_initial_group_size: u32,
     /// Require the AMQP `user-id` property on events, and that it names an
     /// AMQP user allowed to speak for the event's app.
     pub require_user_id: bool,
@@ -412,6 +415,7 @@ impl std::fmt::Debug for AmqpSettings {
             .field("dead_letter_queue", &self.dead_letter_queue)
             .field("prefetch", &self.prefetch)
             .field("max_redeliveries", &self.max_redeliveries)
+            .field("quorum_initial_group_size", &self.quorum_initial_group_size)
             .field("require_user_id", &self.require_user_id)
             .field("app_users", &self.app_users)
             .finish()

@@ -49,6 +49,12 @@ impl Settings {
             max4,
             "RabbitMQ's x-delivery-limit is a signed 32-bit integer",
         );
+        at_most(
+            "amqp.quorum_initial_group_size".into(),
+            self.amqp.quorum_initial_group_size.into(),
+            max4,
+            "RabbitMQ's x-quorum-initial-group-size is a signed 32-bit integer",
+        );
         let limits = &self.limits;
         at_most(
             "limits.max_sessions".into(),
@@ -99,6 +105,11 @@ impl Settings {
         };
         at_least_1("worker.batch_size", self.worker.batch_size as u64, "");
         at_least_1("worker.pipeline", self.worker.pipeline as u64, "");
+        at_least_1(
+            "amqp.quorum_initial_group_size",
+            self.amqp.quorum_initial_group_size.into(),
+            " (a quorum queue needs one replica)",
+        );
         at_least_1(
             "amqp.prefetch",
             self.amqp.prefetch.into(),

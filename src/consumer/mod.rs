@@ -82,9 +82,7 @@ impl Link {
     /// Declares the topology on a channel of its own, then opens the
     /// consuming and dead-lettering channels and starts consuming.
     async fn open(connection: Connection, settings: &Settings) -> anyhow::Result<Link> {
-        let setup = connection.create_channel().await?;
-        broker::declare_topology(&setup, &settings.amqp).await?;
-        let _ = setup.close(200, "topology declared".into()).await;
+        broker::declare_topology(&connection, &settings.amqp).await?;
 
         let events = connection.create_channel().await?;
         let dead_letters = broker::confirm_channel(&connection).await?;

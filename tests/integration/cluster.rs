@@ -2,11 +2,18 @@
 //! (`scripts/rabbitmq-cluster`): the worker and the client crate given its
 //! three URLs. (What a node lost does comes in the tests that kill one.)
 
+use std::collections::{HashMap, HashSet};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use session_guard_client::protocol::event::AppName;
+use session_guard_client::protocol::names;
 use session_guard_client::{EventPublisher, ListenerConfig, PublisherConfig, RevocationListener};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
+use crate::client_listener::AppQueues;
 use crate::helpers::*;
 use crate::private_broker::PrivateCluster;
 
@@ -84,4 +91,501 @@ async fn the_worker_and_the_client_given_three_nodes_carry_a_login_and_its_revok
     let _ = stop.send(());
     listening.await.unwrap().unwrap();
     app.stop_worker().await;
+}
+
+/// The app of the node-loss tests, on the cluster's three URLs: an
+/// `EventPublisher` (confirms) sending a steady stream of users with two
+/// logins each (limit 1: the first is revoked), and a `RevocationListener`
+/// recording every revoke it receives.
+struct Load {
+    app: AppName,
+    publisher: Arc<EventPublisher>,
+    stop_sending: tokio::sync::watch::Sender<bool>,
+    sending: JoinHandle<u64>,
+    /// (session, event id) of every revoke delivered to the listener.
+    received: Arc<Mutex<Vec<(String, uuid::Uuid)>>>,
+    stop_listening: tokio::sync::oneshot::Sender<()>,
+    listening: JoinHandle<Result<(), session_guard_client::ListenerError>>,
+}
+
+impl Load {
+    /// Starts the listener, then the publisher and its stream: `per_tick`
+    /// users every 20 ms.
+    async fn start(test: &TestApp, cluster: &PrivateCluster, name: &str, per_tick: u64) -> Load {
+        let app = AppName::parse(name).unwrap();
+        let urls: Vec<&str> = cluster.urls().split(',').collect();
+        let mut listener_config = ListenerConfig::with_urls(&urls, app.clone());
+        listener_config.exchange = test.settings.amqp.revocations_exchange.clone();
+        listener_config.max_backoff = Duration::from_millis(500);
+        let listener = RevocationListener::connect(listener_config).await.unwrap();
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let (stop_listening, stopped) = tokio::sync::oneshot::channel::<()>();
+        let record = received.clone();
+        let listening = tokio::spawn(listener.run(
+            move |revoke| {
+                record
+                    .lock()
+                    .unwrap()
+                    .push((revoke.message.session_id.clone(), revoke.message.event_id));
+                async { Ok::<(), String>(()) }
+            },
+            async {
+                let _ = stopped.await;
+            },
+        ));
+
+        let mut publisher_config = PublisherConfig::with_urls(&urls, app.clone());
+        publisher_config.exchange = test.settings.amqp.events_exchange.clone();
+        publisher_config.max_backoff = Duration::from_millis(200);
+        let publisher = Arc::new(EventPublisher::connect(publisher_config).await.unwrap());
+        let (stop_sending, mut stop) = tokio::sync::watch::channel(false);
+        let sender = publisher.clone();
+        let sending = tokio::spawn(async move {
+            let mut users = 0u64;
+            let mut tick = tokio::time::interval(Duration::from_millis(20));
+            while !*stop.borrow() {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = stop.changed() => break,
+                }
+                for _ in 0..per_tick {
+                    let user = format!("u{users}");
+                    for device in ["a", "b"] {
+                        let session = format!("{user}-{device}");
+                        // A full buffer (the broker away a while): wait, as
+                        // an app that must not lose a login would.
+                        while let Err(e) = sender.login(&session, &user).send() {
+                            assert!(
+                                matches!(e, session_guard_client::SendError::BufferFull(_)),
+                                "{e}"
+                            );
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                    }
+                    users += 1;
+                }
+            }
+            users
+        });
+        Load {
+            app,
+            publisher,
+            stop_sending,
+            sending,
+            received,
+            stop_listening,
+            listening,
+        }
+    }
+
+    /// Stops the stream, waits until the broker confirmed every login
+    /// sent, then checks the outcome: every login in the log, every first
+    /// login revoked once and its revoke received by the listener, the
+    /// outbox and the queues empty, nothing dead-lettered.
+    async fn finish(self, test: &TestApp, cluster: &PrivateCluster) {
+        let _ = self.stop_sending.send(true);
+        let users = self.sending.await.unwrap();
+        let Ok(publisher) = Arc::try_unwrap(self.publisher) else {
+            panic!("the sender is done with the publisher");
+        };
+        tokio::time::timeout(Duration::from_secs(90), publisher.close())
+            .await
+            .expect("the publisher's events confirmed in time")
+            .expect("every login sent was confirmed");
+        let app = self.app.as_str();
+        eprintln!("{users} users, {} logins confirmed", 2 * users);
+
+        until("every confirmed login in the log", || async {
+            test.logged(app).await == 2 * users as i64
+        })
+        .await;
+        until("the outbox to drain", || async {
+            test.outbox_len().await == 0
+        })
+        .await;
+        // Per user: the two logins, one active, one revoked for the limit.
+        let as_expected: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM (SELECT user_id FROM sessions WHERE app = $1 GROUP BY user_id
+               HAVING count(*) = 2
+                  AND count(*) FILTER (WHERE end_reason IS NULL) = 1
+                  AND count(*) FILTER (WHERE end_reason = 'session_limit') = 1) u",
+        )
+        .bind(app)
+        .fetch_one(&test.pool)
+        .await
+        .unwrap();
+        assert_eq!(
+            as_expected, users as i64,
+            "users with one active, one revoked"
+        );
+        let revoked: Vec<String> = sqlx::query_scalar(
+            "SELECT session_id FROM sessions WHERE app = $1 AND end_reason = 'session_limit'",
+        )
+        .bind(app)
+        .fetch_all(&test.pool)
+        .await
+        .unwrap();
+        let revoked: HashSet<String> = revoked.into_iter().collect();
+
+        let received = self.received.clone();
+        until("the listener to receive every revoke", || async {
+            let got: HashSet<String> = received
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|(s, _)| s.clone())
+                .collect();
+            got.len() >= revoked.len()
+        })
+        .await;
+        // Every revoked session has one revoke (one event id), however many
+        // times the broker delivered it; and nothing else was revoked.
+        let deliveries = received.lock().unwrap().clone();
+        let mut ids: HashMap<String, HashSet<uuid::Uuid>> = HashMap::new();
+        for (session, id) in &deliveries {
+            ids.entry(session.clone()).or_default().insert(*id);
+        }
+        let received_sessions: HashSet<String> = ids.keys().cloned().collect();
+        assert_eq!(
+            received_sessions, revoked,
+            "revokes received = sessions revoked"
+        );
+        let twice: Vec<_> = ids.iter().filter(|(_, ids)| ids.len() != 1).collect();
+        assert!(
+            twice.is_empty(),
+            "sessions revoked more than once: {twice:?}"
+        );
+        eprintln!(
+            "{} revokes received, {} deliveries (redeliveries: {})",
+            ids.len(),
+            deliveries.len(),
+            deliveries.len() - ids.len()
+        );
+
+        // Nothing dead-lettered, nothing left: the worker's queues and the
+        // app's, as the cluster counts them (ready and unacked; the counts
+        // of a quorum queue lag its acks by a few seconds).
+        let dead_letters = format!("{}.dead", names::revoke_queue(&self.app));
+        let revokes = names::revoke_queue(&self.app);
+        let queues = [
+            test.settings.amqp.dead_letter_queue.as_str(),
+            dead_letters.as_str(),
+            test.settings.amqp.events_queue.as_str(),
+            revokes.as_str(),
+        ];
+        until("every queue empty", || async {
+            let counts = queue_counts(cluster).await;
+            queues.iter().all(|q| counts.get(*q) == Some(&0))
+        })
+        .await;
+
+        let _ = self.stop_listening.send(());
+        self.listening.await.unwrap().unwrap();
+    }
+}
+
+/// Polls `condition` every 50 ms until it holds, or fails the test after
+/// two minutes (a leader election and a reconnection take seconds, on a
+/// machine other tests share).
+async fn until<F, Fut>(what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !condition().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// `rabbitmqctl ARGS` on the first node that answers.
+async fn ctl_any(cluster: &PrivateCluster, args: &[&str]) -> String {
+    for n in 1..=3 {
+        if let Some(out) = cluster.ctl(n, args).await {
+            return out;
+        }
+    }
+    panic!("no node answers rabbitmqctl {args:?}");
+}
+
+/// Messages (ready and unacked) of every queue of the cluster, by name.
+async fn queue_counts(cluster: &PrivateCluster) -> HashMap<String, u64> {
+    ctl_any(
+        cluster,
+        &[
+            "list_queues",
+            "name",
+            "messages",
+            "--no-table-headers",
+            "-q",
+        ],
+    )
+    .await
+    .lines()
+    .filter_map(|l| l.split_once('\t'))
+    .filter_map(|(name, n)| Some((name.to_owned(), n.trim().parse().ok()?)))
+    .collect()
+}
+
+/// The node (1-3) that leads `queue`, and how many of its members are online.
+async fn leader_of(cluster: &PrivateCluster, queue: &str) -> (usize, usize) {
+    let out = ctl_any(
+        cluster,
+        &[
+            "list_queues",
+            "name",
+            "leader",
+            "online",
+            "--no-table-headers",
+            "-q",
+        ],
+    )
+    .await;
+    let line = out
+        .lines()
+        .find(|l| l.split('\t').next() == Some(queue))
+        .unwrap_or_else(|| panic!("{queue} not in {out}"));
+    let mut fields = line.split('\t').skip(1);
+    let leader = fields.next().unwrap_or_default().trim();
+    let online = fields.next().unwrap_or_default().matches('@').count();
+    let n = cluster
+        .node_named(leader)
+        .unwrap_or_else(|| panic!("leader {leader:?} of {queue}"));
+    (n, online)
+}
+
+/// Whether every quorum queue of the cluster has its three replicas
+/// online: before a node is stopped, so that each queue keeps a majority
+/// (a node just back may still be catching up).
+async fn all_replicas_online(cluster: &PrivateCluster) -> bool {
+    let Some(out) = cluster
+        .ctl(
+            1,
+            &[
+                "list_queues",
+                "name",
+                "type",
+                "online",
+                "--no-table-headers",
+                "-q",
+            ],
+        )
+        .await
+    else {
+        return false;
+    };
+    out.lines()
+        .map(|l| l.split('\t').collect::<Vec<_>>())
+        .filter(|f| f.get(1).map(|t| t.trim()) == Some("quorum"))
+        .all(|f| {
+            f.get(2)
+                .is_some_and(|online| online.matches('@').count() == 3)
+        })
+}
+
+/// The nodes (1-3) the worker consumers of `queue` are connected to (by
+/// the connection name in their client properties).
+async fn consumer_nodes(cluster: &PrivateCluster, queue: &str) -> Vec<usize> {
+    let name = format!("\"session-guard consumer ({queue})\"");
+    ctl_any(
+        cluster,
+        &[
+            "list_connections",
+            "port",
+            "client_properties",
+            "--no-table-headers",
+            "-q",
+        ],
+    )
+    .await
+    .lines()
+    .filter(|l| l.contains(&name))
+    .filter_map(|l| l.split('\t').next()?.trim().parse().ok())
+    .filter_map(|port| cluster.node_with_port(port))
+    .collect()
+}
+
+/// Waits until at least `more` more logins of `app` are in the log than
+/// `from`: the workers are processing again.
+async fn progress(test: &TestApp, app: &str, more: i64) -> Duration {
+    let start = Instant::now();
+    let from = test.logged(app).await;
+    until(&format!("{more} more logins in the log"), || async {
+        test.logged(app).await >= from + more
+    })
+    .await;
+    start.elapsed()
+}
+
+/// Two workers (one in this process, one the real binary) on a
+/// three-node cluster; the app logs users in from two devices. The node
+/// that leads the events queue is killed (kill -9), then the node a worker
+/// consumes from: every confirmed login is in the log, every first login
+/// was revoked once and the app received its revoke, nothing was
+/// dead-lettered, and the killed nodes rejoin.
+#[tokio::test]
+async fn killing_the_events_queue_leader_then_a_workers_node_loses_nothing() {
+    let cluster = PrivateCluster::start().await;
+    let urls = cluster.urls().to_owned();
+    let mut test = spawn_app_with(|s| s.amqp.url = urls.clone()).await;
+    let process = test
+        .command(&["run"])
+        .env("SESSION_GUARD__AMQP__URL", &urls)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("session-guard binary starts");
+    let process = test.adopt_process(process);
+    let queue = test.settings.amqp.events_queue.clone();
+    // amqp.quorum_initial_group_size 3: a replica on every node.
+    let (_, online) = leader_of(&cluster, &queue).await;
+    assert_eq!(online, 3, "replicas of {queue}");
+    until("two consumers on the events queue", || async {
+        consumer_nodes(&cluster, &queue).await.len() == 2
+    })
+    .await;
+
+    let load = Load::start(&test, &cluster, "ha-shop", 2).await;
+    let app = load.app.as_str().to_owned();
+    progress(&test, &app, 200).await;
+
+    let (leader, _) = leader_of(&cluster, &queue).await;
+    cluster.kill_node(leader).await;
+    let back = progress(&test, &app, 200).await;
+    eprintln!("node {leader} (the events queue's leader) killed; 200 more logins in {back:?}");
+    assert!(test.worker_running() && test.process_running(process));
+    cluster.start_node(leader).await;
+    until("every quorum queue's three replicas online", || async {
+        all_replicas_online(&cluster).await
+    })
+    .await;
+
+    let worker_node = consumer_nodes(&cluster, &queue).await[0];
+    cluster.kill_node(worker_node).await;
+    let back = progress(&test, &app, 200).await;
+    eprintln!("node {worker_node} (a worker's) killed; 200 more logins in {back:?}");
+    assert!(test.worker_running() && test.process_running(process));
+    cluster.start_node(worker_node).await;
+    progress(&test, &app, 200).await;
+
+    load.finish(&test, &cluster).await;
+    // The killed nodes are back: the queue has its three replicas again.
+    until("the events queue's three replicas online", || async {
+        leader_of(&cluster, &queue).await.1 == 3
+    })
+    .await;
+    assert!(
+        test.process_running(process),
+        "the worker process never exits"
+    );
+    assert_eq!(test.terminate_process(process).await, Some(0));
+    test.stop_worker().await;
+}
+
+/// A rolling restart of the three nodes, one at a time, each stopped
+/// gracefully and waited for until it is back with its replicas, while
+/// the app publishes: nothing lost, and the worker never exits.
+#[tokio::test]
+async fn a_rolling_restart_of_the_cluster_loses_nothing_and_the_worker_stays() {
+    let cluster = PrivateCluster::start().await;
+    let urls = cluster.urls().to_owned();
+    let mut test = spawn_app_with(|s| s.amqp.url = urls.clone()).await;
+    let load = Load::start(&test, &cluster, "rolling-shop", 2).await;
+    let app = load.app.as_str().to_owned();
+    progress(&test, &app, 200).await;
+    for n in 1..=3 {
+        cluster.stop_node(n).await;
+        progress(&test, &app, 100).await;
+        assert!(
+            test.worker_running(),
+            "the worker exited with node {n} down"
+        );
+        cluster.start_node(n).await;
+        // Its replicas back before the next goes: a majority of each
+        // queue stays up.
+        until("every quorum queue's three replicas online", || async {
+            all_replicas_online(&cluster).await
+        })
+        .await;
+        progress(&test, &app, 100).await;
+        assert!(test.worker_running(), "the worker exited after node {n}");
+    }
+    load.finish(&test, &cluster).await;
+    test.stop_worker().await;
+}
+
+/// `x-quorum-initial-group-size` on the machine's single node: declaring
+/// with 3 works (one replica: the node it has), and a queue that exists
+/// with another size, or none (declared before the setting), does not stop
+/// a worker or a listener from starting: RabbitMQ refuses the redeclare
+/// (PRECONDITION_FAILED), and the queue is kept as it is.
+#[tokio::test]
+async fn an_existing_queue_with_another_group_size_is_kept_and_startup_goes_on() {
+    let mut test = spawn_app_without_worker(|s| s.amqp.quorum_initial_group_size = 3).await;
+    let members =
+        rabbitmqctl(&["list_queues", "name", "members", "--no-table-headers", "-q"]).await;
+    let line = members
+        .lines()
+        .find(|l| l.split('\t').next() == Some(test.settings.amqp.events_queue.as_str()))
+        .unwrap_or_else(|| panic!("the events queue in {members}"));
+    assert_eq!(
+        line.matches('@').count(),
+        1,
+        "one replica on one node: {line}"
+    );
+
+    // The dead-letter queue as an older version declared it: no group size.
+    let connection = session_guard::broker::connect(&test.settings.amqp, "tests")
+        .await
+        .unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    let dead = test.settings.amqp.dead_letter_queue.clone();
+    channel
+        .queue_delete(dead.as_str().into(), Default::default())
+        .await
+        .unwrap();
+    channel
+        .queue_declare(
+            dead.as_str().into(),
+            lapin::options::QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            session_guard_amqp::quorum::quorum_arguments(),
+        )
+        .await
+        .unwrap();
+    channel
+        .queue_bind(
+            dead.as_str().into(),
+            test.settings.amqp.dead_letter_exchange.as_str().into(),
+            "".into(),
+            Default::default(),
+            Default::default(),
+        )
+        .await
+        .unwrap();
+
+    // A worker asking for 5: the events queue has 3, the dead-letter queue none.
+    test.settings.amqp.quorum_initial_group_size = 5;
+    test.start_worker().await;
+    let shop = AppName::parse("regroup-shop").unwrap();
+    let mut config = ListenerConfig::new(test.settings.amqp.url.clone(), shop.clone());
+    config.exchange = test.settings.amqp.revocations_exchange.clone();
+    let _queues = AppQueues::of(&config);
+    RevocationListener::connect(config.clone()).await.unwrap();
+    config.quorum_initial_group_size = 1;
+    RevocationListener::connect(config)
+        .await
+        .expect("a listener asking for another group size connects");
+    test.publish(&login(shop.as_str(), "s1", "u1", t(0))).await;
+    test.publish(&login(shop.as_str(), "s2", "u1", t(1))).await;
+    test.wait_for("both logins in the log", || async {
+        test.logged(shop.as_str()).await == 2
+    })
+    .await;
+    assert!(test.worker_running());
+    let _ = connection.close(200, "done".into()).await;
+    test.stop_worker().await;
 }

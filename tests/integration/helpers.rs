@@ -131,8 +131,7 @@ pub async fn spawn_app_without_worker(configure: impl FnOnce(&mut Settings)) -> 
     let connection = broker::connect(&settings.amqp, "tests")
         .await
         .expect("RabbitMQ is running on 127.0.0.1:5672");
-    let setup = connection.create_channel().await.unwrap();
-    broker::declare_topology(&setup, &settings.amqp)
+    broker::declare_topology(&connection, &settings.amqp)
         .await
         .expect("topology");
     let revokes = revoke_listener(&connection, &settings.amqp.revocations_exchange).await;
@@ -411,6 +410,16 @@ impl TestApp {
             .fetch_one(&self.pool)
             .await
             .unwrap()
+    }
+
+    /// Whether child process `index` is still running (not exited).
+    pub fn process_running(&mut self, index: usize) -> bool {
+        matches!(self.processes[index].try_wait(), Ok(None))
+    }
+
+    /// Whether the in-process worker's task is still running.
+    pub fn worker_running(&self) -> bool {
+        self.worker.as_ref().is_some_and(|(_, h)| !h.is_finished())
     }
 
     /// Sends SIGTERM to a child process and waits for its exit code.

@@ -108,6 +108,9 @@ pub struct PrivateCluster {
     urls: String,
     /// The cluster's directory (the temporary directory's `cluster`).
     dir: PathBuf,
+    /// Node names (`sgc-<id>-n@localhost`) and AMQP ports, by node 1-3
+    /// (index 0 is node 1).
+    nodes: Vec<(String, u16)>,
     /// Held for its Drop, which removes what `stop` left (nothing, normally).
     _base: tempfile::TempDir,
 }
@@ -123,6 +126,7 @@ impl PrivateCluster {
         let mut cluster = PrivateCluster {
             urls: String::new(),
             dir: base.path().join("cluster"),
+            nodes: Vec::new(),
             _base: base,
         };
         // Constructed first: a cluster that fails halfway is still stopped.
@@ -132,7 +136,67 @@ impl PrivateCluster {
             .find_map(|line| line.strip_prefix("URLS="))
             .unwrap_or_else(|| panic!("no URLS= line in {printed:?}"))
             .to_owned();
+        // "NODE_1=sgc-..@localhost PORT_1=P1 PID_1=..."
+        for line in printed.lines().filter(|l| l.starts_with("NODE_")) {
+            let field = |key: &str| {
+                line.split_whitespace()
+                    .find_map(|w| w.split_once('=').filter(|(k, _)| k.starts_with(key)))
+                    .map(|(_, v)| v.to_owned())
+                    .unwrap_or_else(|| panic!("no {key} in {line:?}"))
+            };
+            let port = field("PORT_").parse().expect("a port");
+            cluster.nodes.push((field("NODE_"), port));
+        }
+        assert_eq!(cluster.nodes.len(), 3, "{printed}");
         cluster
+    }
+
+    /// Node `n`'s (1-3) Erlang node name.
+    #[allow(dead_code)]
+    pub fn node_name(&self, n: usize) -> &str {
+        &self.nodes[n - 1].0
+    }
+
+    /// The node (1-3) whose AMQP port is `port`.
+    #[allow(dead_code)]
+    pub fn node_with_port(&self, port: u16) -> Option<usize> {
+        self.nodes
+            .iter()
+            .position(|(_, p)| *p == port)
+            .map(|i| i + 1)
+    }
+
+    /// The node (1-3) whose name is `name`.
+    #[allow(dead_code)]
+    pub fn node_named(&self, name: &str) -> Option<usize> {
+        self.nodes
+            .iter()
+            .position(|(n, _)| n == name)
+            .map(|i| i + 1)
+    }
+
+    /// `rabbitmqctl ARGS` against node `n`; its output, or `None` if it
+    /// failed (the node is down).
+    #[allow(dead_code)]
+    pub async fn ctl(&self, n: usize, args: &[&str]) -> Option<String> {
+        let node = n.to_string();
+        let out = Command::new(CLUSTER_SCRIPT)
+            .arg("ctl")
+            .arg(&self.dir)
+            .arg(&node)
+            .args(args)
+            .output()
+            .await
+            .ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Stops node `n` gracefully, keeping its data.
+    #[allow(dead_code)]
+    pub async fn stop_node(&self, n: usize) {
+        self.script(&["stop-node"], Some(n)).await;
     }
 
     /// The three nodes' AMQP URLs, comma-separated.

@@ -38,7 +38,9 @@ use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind};
 use session_guard_amqp::backoff::Backoff;
 use session_guard_amqp::brokers::{Brokers, CONNECT_TIMEOUT};
-use session_guard_amqp::quorum::{delivery_count, quorum_arguments};
+use session_guard_amqp::quorum::{
+    DEFAULT_INITIAL_GROUP_SIZE, declare_quorum_queue, delivery_count, replicated_quorum_arguments,
+};
 use session_guard_protocol::event::AppName;
 use session_guard_protocol::names;
 use session_guard_protocol::revoke::RevokeMessage;
@@ -84,6 +86,13 @@ pub struct ListenerConfig {
     pub max_attempts: u32,
     /// Longest pause between reconnection attempts (default 10 s).
     pub max_backoff: Duration,
+    /// Replicas of the revoke queue and its dead-letter queue
+    /// (`x-quorum-initial-group-size`, default 3, like the worker's
+    /// `amqp.quorum_initial_group_size`): 3 survives the loss of one node;
+    /// a cluster of fewer nodes gets one per node it has. Counts only when
+    /// the queue is created: an existing queue keeps its replicas (the
+    /// listener logs a warning and goes on).
+    pub quorum_initial_group_size: u32,
 }
 
 impl std::fmt::Debug for ListenerConfig {
@@ -97,6 +106,7 @@ impl std::fmt::Debug for ListenerConfig {
             .field("prefetch", &self.prefetch)
             .field("max_attempts", &self.max_attempts)
             .field("max_backoff", &self.max_backoff)
+            .field("quorum_initial_group_size", &self.quorum_initial_group_size)
             .finish()
     }
 }
@@ -113,6 +123,7 @@ impl ListenerConfig {
             prefetch: 100,
             max_attempts: 5,
             max_backoff: Duration::from_secs(10),
+            quorum_initial_group_size: DEFAULT_INITIAL_GROUP_SIZE,
         }
     }
 
@@ -146,6 +157,13 @@ impl ListenerConfig {
         }
         if self.prefetch == 0 {
             return invalid("prefetch: must be at least 1".to_owned());
+        }
+        if self.quorum_initial_group_size == 0 || self.quorum_initial_group_size > i32::MAX as u32 {
+            return invalid(format!(
+                "quorum_initial_group_size: {} is not between 1 and {}",
+                self.quorum_initial_group_size,
+                i32::MAX
+            ));
         }
         if self.max_attempts == 0 || self.max_attempts > i32::MAX as u32 {
             return invalid(format!(
@@ -435,7 +453,7 @@ async fn open(config: &ListenerConfig, brokers: &Brokers) -> Result<Connection, 
         .create_channel()
         .await
         .map_err(|cause| broker_error("open a channel", cause))?;
-    let declared = declare(&channel, config).await;
+    let declared = declare(&connection, &channel, config).await;
     let _ = channel.close(200, "declared".into()).await;
     if let Err(e) = declared {
         close(&connection).await;
@@ -453,13 +471,36 @@ async fn close(connection: &Connection) {
 /// Declares the dead-letter exchange and queue, then the revoke queue and
 /// its binding. Each failure is a channel error, so the next step would
 /// fail too: the first one is returned.
-async fn declare(channel: &Channel, config: &ListenerConfig) -> Result<(), ListenerError> {
-    declare_dead_letters(channel, config).await?;
-    declare_revoke_queue(channel, config).await
+async fn declare(
+    connection: &Connection,
+    channel: &Channel,
+    config: &ListenerConfig,
+) -> Result<(), ListenerError> {
+    declare_dead_letters(connection, channel, config).await?;
+    declare_revoke_queue(connection, channel, config).await
+}
+
+/// Declares the quorum queue `name` with `args` (on channels of its own):
+/// an existing queue that differs only in its initial group size is kept
+/// as it is, with a warning.
+async fn declare_queue(
+    connection: &Connection,
+    name: &str,
+    args: FieldTable,
+) -> Result<(), lapin::Error> {
+    let durable_queue = QueueDeclareOptions {
+        durable: true,
+        ..QueueDeclareOptions::default()
+    };
+    if let Some(kept) = declare_quorum_queue(connection, name, durable_queue, args).await? {
+        tracing::warn!(queue = name, "quorum_initial_group_size: {kept}");
+    }
+    Ok(())
 }
 
 /// The app's dead-letter exchange (fanout) and queue, bound together.
 async fn declare_dead_letters(
+    connection: &Connection,
     channel: &Channel,
     config: &ListenerConfig,
 ) -> Result<(), ListenerError> {
@@ -467,10 +508,6 @@ async fn declare_dead_letters(
     let durable_exchange = ExchangeDeclareOptions {
         durable: true,
         ..ExchangeDeclareOptions::default()
-    };
-    let durable_queue = QueueDeclareOptions {
-        durable: true,
-        ..QueueDeclareOptions::default()
     };
     // An exchange of the app's own rather than the default exchange: writing
     // to the default exchange would let the app's user publish to any queue
@@ -484,10 +521,13 @@ async fn declare_dead_letters(
         )
         .await
         .map_err(|cause| broker_error(&format!("declare exchange {dead}"), cause))?;
-    channel
-        .queue_declare(dead.as_str().into(), durable_queue, quorum_arguments())
-        .await
-        .map_err(|cause| broker_error(&format!("declare queue {dead}"), cause))?;
+    declare_queue(
+        connection,
+        &dead,
+        replicated_quorum_arguments(config.quorum_initial_group_size),
+    )
+    .await
+    .map_err(|cause| broker_error(&format!("declare queue {dead}"), cause))?;
     channel
         .queue_bind(
             dead.as_str().into(),
@@ -504,16 +544,13 @@ async fn declare_dead_letters(
 /// The revoke queue (quorum, delivery limit, dead-lettering to the app's
 /// exchange), bound to `revoke.<app>`.
 async fn declare_revoke_queue(
+    connection: &Connection,
     channel: &Channel,
     config: &ListenerConfig,
 ) -> Result<(), ListenerError> {
     let dead = config.dead_letter_queue();
-    let durable_queue = QueueDeclareOptions {
-        durable: true,
-        ..QueueDeclareOptions::default()
-    };
     let limit = config.max_attempts - 1;
-    let mut args = quorum_arguments();
+    let mut args = replicated_quorum_arguments(config.quorum_initial_group_size);
     args.insert(
         "x-dead-letter-exchange".into(),
         AMQPValue::LongString(dead.as_str().into()),
@@ -533,8 +570,7 @@ async fn declare_revoke_queue(
         "x-overflow".into(),
         AMQPValue::LongString("reject-publish".into()),
     );
-    channel
-        .queue_declare(config.queue.as_str().into(), durable_queue, args)
+    declare_queue(connection, &config.queue, args)
         .await
         .map_err(|cause| {
             if soft_error(&cause) == Some(AMQPSoftError::PRECONDITIONFAILED) {
@@ -913,6 +949,7 @@ mod tests {
         );
         assert_eq!(c.exchange, names::REVOCATIONS_EXCHANGE);
         assert_eq!((c.prefetch, c.max_attempts), (100, 5));
+        assert_eq!(c.quorum_initial_group_size, 3);
         assert!(c.check().is_ok());
     }
 
@@ -926,6 +963,14 @@ mod tests {
                 ..base.clone()
             }),
             "invalid listener configuration: max_attempts: 0 is not between 1 and 2147483647"
+        );
+        assert_eq!(
+            err(ListenerConfig {
+                quorum_initial_group_size: 0,
+                ..base.clone()
+            }),
+            "invalid listener configuration: quorum_initial_group_size: 0 is not between 1 and \
+             2147483647"
         );
         assert_eq!(
             err(ListenerConfig {
