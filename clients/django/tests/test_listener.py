@@ -10,9 +10,13 @@ import sys
 import uuid
 from typing import Any
 
+import pika
+import pika.exceptions
 import pytest
 from django.contrib.auth.models import User
 from django.contrib.sessions.models import Session
+
+from session_guard_django import listener as listener_module
 
 from conftest import TESTS, broker, wait_until
 from test_enforcement import log_in
@@ -117,3 +121,57 @@ def test_the_listener_and_publisher_survive_a_broker_restart(
     )
     assert first.get("/whoami").content == b"anonymous"
     assert "broker connection lost" in lst.output()
+
+
+def test_the_existing_group_size_is_read_from_rabbitmqs_refusal() -> None:
+    # RabbitMQ 3.10.8's three answers, verbatim (the Rust side's test has
+    # the same ones).
+    none = (
+        "PRECONDITION_FAILED - inequivalent arg 'x-quorum-initial-group-size' for queue 'q' in vhost '/': "
+        "received the value '3' of type 'signedint' but current is none"
+    )
+    three = (
+        "PRECONDITION_FAILED - inequivalent arg 'x-quorum-initial-group-size' for queue 'q' in vhost '/': "
+        "received '1' but current is '3'"
+    )
+    typed = (
+        "PRECONDITION_FAILED - inequivalent arg 'x-quorum-initial-group-size' for queue 'q' in vhost '/': "
+        "received none but current is the value '5' of type 'signedint'"
+    )
+    other = (
+        "PRECONDITION_FAILED - inequivalent arg 'x-delivery-limit' for queue 'q' in vhost '/': "
+        "received '2' but current is '5'"
+    )
+    assert listener_module.existing_group_size(none) == (True, None)
+    assert listener_module.existing_group_size(three) == (True, 3)
+    assert listener_module.existing_group_size(typed) == (True, 5)
+    assert listener_module.existing_group_size(other) == (False, None)
+
+
+def test_a_queue_of_an_older_version_is_kept_and_a_real_mismatch_still_refused(names: Any) -> None:
+    """A revocation queue declared before the group size was set (or by a
+    listener with another one) is declared again with what it has; any other
+    difference is still a refusal."""
+    old = {
+        "x-queue-type": "quorum",
+        "x-delivery-limit": 4,
+        "x-dead-letter-exchange": names.revoke_queue + ".dead",
+    }
+    connection = broker()
+    try:
+        channel = connection.channel()
+        channel.queue_declare(names.revoke_queue, durable=True, arguments=old)
+        asked = {**old, "x-quorum-initial-group-size": 3}
+        kept = listener_module.declare_quorum_queue(connection, names.revoke_queue, asked)
+        assert kept is not None and kept.existing is None and kept.asked == 3, kept
+        assert "kept as it is" in kept.describe()
+        # The same value as the queue's: nothing to keep.
+        assert listener_module.declare_quorum_queue(connection, names.revoke_queue, old) is None
+        with pytest.raises(pika.exceptions.ChannelClosedByBroker) as refused:
+            listener_module.declare_quorum_queue(connection, names.revoke_queue, {**asked, "x-delivery-limit": 9})
+        assert refused.value.reply_code == 406
+        assert "x-delivery-limit" in (refused.value.reply_text or "")
+    finally:
+        channel = connection.channel()
+        channel.queue_delete(names.revoke_queue)
+        connection.close()

@@ -160,7 +160,7 @@ def _names() -> list[CheckMessage]:
 
 def _numbers() -> list[CheckMessage]:
     messages: list[CheckMessage] = []
-    for name in ("BUFFER_SIZE", "MAX_IN_FLIGHT", "LISTEN_PREFETCH", "RECENT_SESSIONS"):
+    for name in ("BUFFER_SIZE", "MAX_IN_FLIGHT", "LISTEN_PREFETCH", "RECENT_SESSIONS", "QUORUM_INITIAL_GROUP_SIZE"):
         value = conf.raw(name)
         if not isinstance(value, int) or isinstance(value, bool) or not 0 < value <= 1_000_000:
             messages.append(

@@ -66,6 +66,10 @@ DEFAULTS: dict[str, Any] = {
     "LISTEN_MAX_ATTEMPTS": 5,
     # Listener: revokes the broker may push before they are acked.
     "LISTEN_PREFETCH": 32,
+    # Listener: replicas of the quorum queues it declares (a cluster's nodes;
+    # a smaller cluster gets one per node), as the worker's
+    # amqp.quorum_initial_group_size.
+    "QUORUM_INITIAL_GROUP_SIZE": 3,
     # Seconds the process waits at exit for buffered events to be confirmed.
     "EXIT_FLUSH_TIMEOUT": 2.0,
     # The sessions API ("Your devices" page, views.py): the worker's
@@ -102,6 +106,7 @@ class GuardSettings:
     revoked_cache: str
     listen_max_attempts: int
     listen_prefetch: int
+    quorum_initial_group_size: int
     exit_flush_timeout: float
 
     @property
@@ -174,6 +179,9 @@ def get() -> GuardSettings:
             revoked_cache=str(raw("REVOKED_CACHE")),
             listen_max_attempts=_int(raw("LISTEN_MAX_ATTEMPTS"), DEFAULTS["LISTEN_MAX_ATTEMPTS"]),
             listen_prefetch=_int(raw("LISTEN_PREFETCH"), DEFAULTS["LISTEN_PREFETCH"]),
+            quorum_initial_group_size=_int(
+                raw("QUORUM_INITIAL_GROUP_SIZE"), DEFAULTS["QUORUM_INITIAL_GROUP_SIZE"]
+            ),
             exit_flush_timeout=_float(raw("EXIT_FLUSH_TIMEOUT"), DEFAULTS["EXIT_FLUSH_TIMEOUT"]),
         )
     return _cached

@@ -15,6 +15,7 @@ import logging
 import random
 import threading
 import time
+from dataclasses import dataclass
 from importlib import import_module
 from typing import Any
 
@@ -157,7 +158,7 @@ class Listener:
         try:
             channel = connection.channel()
             try:
-                self.declare(channel)
+                self.declare(connection, channel)
             except pika.exceptions.ChannelClosedByBroker as error:
                 if error.reply_code == 406:  # PRECONDITION_FAILED: retrying cannot help
                     raise ListenerError(
@@ -196,35 +197,48 @@ class Listener:
                 except pika.exceptions.AMQPError:
                     pass
 
-    def declare(self, channel: Any) -> None:
+    def declare(self, connection: Any, channel: Any) -> None:
         """The dead-letter exchange and queue, then the revoke queue and its
-        binding: idempotent, as every instance declares them at each start."""
+        binding: idempotent, as every instance declares them at each start.
+        The queues are quorum queues with ``QUORUM_INITIAL_GROUP_SIZE``
+        replicas, each declared on a channel of its own (a refusal closes
+        the channel): see :func:`declare_quorum_queue`."""
         dead = self.settings.dead_letter_queue
-        quorum = {"x-queue-type": "quorum"}
+        quorum = {
+            "x-queue-type": "quorum",
+            "x-quorum-initial-group-size": self.settings.quorum_initial_group_size,
+        }
         # An exchange of the app's own, not the default exchange: publishing
         # there would let the app's user reach any queue of the vhost.
         channel.exchange_declare(dead, "fanout", durable=True)
-        channel.queue_declare(dead, durable=True, arguments=quorum)
+        self._kept(declare_quorum_queue(connection, dead, quorum))
         channel.queue_bind(dead, dead)
-        channel.queue_declare(
-            self.settings.revoke_queue,
-            durable=True,
-            arguments={
-                **quorum,
-                # Quorum queues of RabbitMQ 3.x redeliver for ever by default.
-                "x-delivery-limit": self.settings.listen_max_attempts - 1,
-                "x-dead-letter-exchange": dead,
-                # Keep a dead letter until the dead-letter queue has it;
-                # requires reject-publish, a no-op without a length limit.
-                "x-dead-letter-strategy": "at-least-once",
-                "x-overflow": "reject-publish",
-            },
+        revoke_queue = self.settings.revoke_queue
+        self._kept(
+            declare_quorum_queue(
+                connection,
+                revoke_queue,
+                {
+                    **quorum,
+                    # Quorum queues of RabbitMQ 3.x redeliver for ever by default.
+                    "x-delivery-limit": self.settings.listen_max_attempts - 1,
+                    "x-dead-letter-exchange": dead,
+                    # Keep a dead letter until the dead-letter queue has it;
+                    # requires reject-publish, a no-op without a length limit.
+                    "x-dead-letter-strategy": "at-least-once",
+                    "x-overflow": "reject-publish",
+                },
+            )
         )
         channel.queue_bind(
-            self.settings.revoke_queue,
+            revoke_queue,
             self.settings.revocations_exchange,
             routing_key=f"revoke.{self.app}",
         )
+
+    def _kept(self, kept: KeptGroupSize | None) -> None:
+        if kept is not None:
+            logger.warning("session-guard: %s", kept.describe())
 
     # ----- one revoke -----------------------------------------------------------
 
@@ -331,3 +345,76 @@ def end_session(session_id: str) -> None:
         return
     engine = import_module(django_settings.SESSION_ENGINE)
     engine.SessionStore().delete(session_id)
+
+
+#: The argument that sets a quorum queue's replicas at its creation.
+INITIAL_GROUP_SIZE_ARG = "x-quorum-initial-group-size"
+
+
+@dataclass(frozen=True)
+class KeptGroupSize:
+    """A queue that existed with another initial group size, kept as it is
+    (the argument only acts at creation; RabbitMQ refuses a redeclare that
+    differs in it)."""
+
+    queue: str
+    existing: int | None
+    asked: int
+
+    def describe(self) -> str:
+        had = f"{self.existing}" if self.existing is not None else "none (created before the setting)"
+        return (
+            f"queue {self.queue} exists with x-quorum-initial-group-size {had}, not {self.asked}: "
+            "kept as it is (`rabbitmq-queues grow` / `shrink` change the replicas of an existing one)"
+        )
+
+
+def existing_group_size(message: str) -> tuple[bool, int | None]:
+    """The existing queue's initial group size, read from RabbitMQ's answer
+    to a redeclare (PRECONDITION_FAILED, "inequivalent arg
+    'x-quorum-initial-group-size' ... but current is ..."): ``(True, None)``
+    if it has none, ``(True, n)`` if it has n, ``(False, None)`` if the
+    answer is about something else (a real mismatch). The rules of the Rust
+    side's ``session_guard_amqp::quorum::existing_group_size``."""
+    if f"inequivalent arg '{INITIAL_GROUP_SIZE_ARG}'" not in message or "current is " not in message:
+        return (False, None)
+    current = message.rsplit("current is ", 1)[1].rstrip()
+    if current.startswith("none"):
+        return (True, None)
+    parts = current.split("'")
+    if len(parts) < 2:
+        return (False, None)
+    try:
+        return (True, int(parts[1]))
+    except ValueError:
+        return (False, None)
+
+
+def declare_quorum_queue(connection: Any, name: str, arguments: dict[str, Any]) -> KeptGroupSize | None:
+    """Declares the durable quorum queue ``name`` with ``arguments``, on a
+    channel of its own. If it exists and differs in its initial group size
+    only, declares it again with the existing value, so that every other
+    argument is still checked, and says what was kept; any other refusal is
+    raised as it is."""
+    asked = arguments.get(INITIAL_GROUP_SIZE_ARG)
+    try:
+        _declare_on_own_channel(connection, name, arguments)
+        return None
+    except pika.exceptions.ChannelClosedByBroker as error:
+        found, existing = existing_group_size(error.reply_text or "")
+        if error.reply_code != 406 or asked is None or not found:
+            raise
+    kept = {k: v for k, v in arguments.items() if k != INITIAL_GROUP_SIZE_ARG}
+    if existing is not None:
+        kept[INITIAL_GROUP_SIZE_ARG] = existing
+    _declare_on_own_channel(connection, name, kept)
+    return KeptGroupSize(queue=name, existing=existing, asked=int(asked))
+
+
+def _declare_on_own_channel(connection: Any, name: str, arguments: dict[str, Any]) -> None:
+    channel = connection.channel()
+    try:
+        channel.queue_declare(name, durable=True, arguments=arguments)
+    finally:
+        if channel.is_open:
+            channel.close()
