@@ -57,8 +57,40 @@ pub fn redact_url(url: &str) -> String {
     redact_one(url)
 }
 
-/// [`redact_url`] for one URL.
+/// [`redact_url`] for one URL. A host list in its authority (libpq's
+/// `postgres://u:pw@h1:5432,h2:5433/db`, which the url crate rejects) is
+/// replaced by one stand-in host while the URL is masked, then put back.
 fn redact_one(url: &str) -> String {
+    if let Some((start, end)) = host_list(url) {
+        let single = format!("{}{HOST_STAND_IN}{}", &url[..start], &url[end..]);
+        let masked = redact_host(&single);
+        if masked == UNPARSEABLE_URL {
+            return masked;
+        }
+        return masked.replacen(HOST_STAND_IN, &url[start..end], 1);
+    }
+    redact_host(url)
+}
+
+/// The host that stands for a host list while a URL is masked.
+const HOST_STAND_IN: &str = "host-list.invalid";
+
+/// Where a URL's authority lists several hosts (byte range), if it does.
+fn host_list(url: &str) -> Option<(usize, usize)> {
+    let start = url.find("://")? + 3;
+    let end = url[start..]
+        .find(['/', '?', '#'])
+        .map_or(url.len(), |at| start + at);
+    let hosts_start = url[start..end]
+        .rfind('@')
+        .map_or(start, |at| start + at + 1);
+    url[hosts_start..end]
+        .contains(',')
+        .then_some((hosts_start, end))
+}
+
+/// [`redact_one`] for a URL with at most one host.
+fn redact_host(url: &str) -> String {
     let Ok(mut parsed) = Url::parse(url) else {
         return UNPARSEABLE_URL.to_owned();
     };
@@ -100,6 +132,21 @@ mod tests {
             "amqp://u:***@mq?heartbeat=10"
         );
         assert_eq!(redact_url("amqp://guest@mq"), "amqp://guest@mq");
+    }
+
+    #[test]
+    fn a_host_list_is_kept_and_its_password_hidden() {
+        assert_eq!(
+            redact_url("postgres://sg:s3cret@h1:5432,h2:5433/sg?target_session_attrs=read-write"),
+            "postgres://sg:***@h1:5432,h2:5433/sg?target_session_attrs=read-write"
+        );
+        assert_eq!(
+            redact_url("postgres://sg@[::1]:5432,h2/sg?password=s3cret"),
+            "postgres://sg@[::1]:5432,h2/sg?password=***"
+        );
+        assert_eq!(redact_url("postgres://h1,h2"), "postgres://h1,h2");
+        // The host list is not checked here, only kept; the password is hidden.
+        assert!(!redact_url("postgres://u:s3cret@h1,h 2/x").contains("s3cret"));
     }
 
     #[test]

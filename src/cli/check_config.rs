@@ -38,8 +38,17 @@ pub(super) async fn check_config(settings: &Settings) -> anyhow::Result<()> {
 /// and compares the applied migrations with this binary's.
 async fn check_database(settings: &Settings) -> anyhow::Result<String> {
     let url = redact_url(&settings.database.url);
-    let options: PgConnectOptions = settings.database.url.parse()?;
     let failed = |why: String| anyhow::anyhow!("database.url ({url}): {why}");
+    let hosts = crate::db::hosts::Hosts::parse(&settings.database.url).map_err(failed)?;
+    let options: PgConnectOptions = if hosts.is_plain() {
+        settings.database.url.parse()?
+    } else {
+        // Several hosts: the one `run` would connect to.
+        let found = crate::db::hosts::find(&hosts, crate::db::hosts::PROBE_TIMEOUT)
+            .await
+            .map_err(|e| failed(format!("{e:#}")))?;
+        hosts.options[found].clone()
+    };
     let connected =
         tokio::time::timeout(CHECK_TIMEOUT, sqlx::PgConnection::connect_with(&options)).await;
     let mut conn = match connected {

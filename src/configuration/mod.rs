@@ -21,6 +21,7 @@
 //! The rule hooks these settings name are built into a chain where the
 //! hooks live, [`crate::domain::limits::HookChain::configured`].
 
+pub mod database_url;
 mod key_path;
 mod layer;
 mod load;

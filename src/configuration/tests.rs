@@ -373,6 +373,19 @@ fn numbers_out_of_range_are_refused() {
     let (err, _) = file_error("[database]\nurl = \"mysql://u:secret@h/db\"\n");
     assert!(err.contains("database.url: not a PostgreSQL URL"), "{err}");
     assert!(!err.contains("secret"), "{err}");
+    let (err, _) = file_error("[database]\nurl = \"postgres://u:secret@h1:5432,h2:x/db\"\n");
+    assert!(
+        err.contains("database.url: not a PostgreSQL URL: host \"h2:x\": invalid port number"),
+        "{err}"
+    );
+    assert!(!err.contains("secret"), "{err}");
+    let (err, _) = file_error(
+        "[database]\nurl = \"postgres://u@h1,h2/db?target_session_attrs=prefer-standby\"\n",
+    );
+    assert!(
+        err.contains("target_session_attrs=prefer-standby is not supported"),
+        "{err}"
+    );
     let (err, _) = file_error("[log]\nlevel = \"session_guard=loud\"\n");
     assert!(err.contains("log.level: not a log filter"), "{err}");
 }
@@ -553,6 +566,26 @@ fn passwords_are_redacted() {
         UNPARSEABLE_URL,
         "a password cannot be found in what does not parse"
     );
+}
+
+#[test]
+fn a_url_listing_several_hosts_is_accepted() {
+    let url = "postgres://u:p@[::1]:5433,h2:5434,h3/sg?target_session_attrs=read-write";
+    let file = TempFile::new(&format!("[database]\nurl = \"{url}\"\n"));
+    let s = Settings::load_from(Some(&file.path), env(&[])).expect("a host list is valid");
+    assert_eq!(s.database.url, url);
+}
+
+#[test]
+fn with_database_keeps_a_host_list() {
+    assert_eq!(
+        with_database(
+            "postgres://u:p@h1:5432,[::1]:5433/old?target_session_attrs=any",
+            "new"
+        ),
+        "postgres://u:p@h1:5432,[::1]:5433/new?target_session_attrs=any"
+    );
+    assert_eq!(with_database("postgres://h1,h2", "x"), "postgres://h1,h2/x");
 }
 
 #[test]

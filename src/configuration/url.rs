@@ -10,11 +10,41 @@ use url::Url;
 /// `to_url_lossy` drops parameters it does not model. A URL that does not
 /// parse is returned as it is: connecting with it fails the same way.
 pub fn with_database(url: &str, db: &str) -> String {
-    match Url::parse(url) {
+    // A host list (`h1:p1,h2:p2`, libpq's form) does not parse as a URL: the
+    // path is edited on a one-host stand-in and the list put back.
+    let (url, hosts) = match host_list(url) {
+        Some((start, end)) => (
+            format!("{}{HOST_STAND_IN}{}", &url[..start], &url[end..]),
+            Some(&url[start..end]),
+        ),
+        None => (url.to_owned(), None),
+    };
+    let edited = match Url::parse(&url) {
         Ok(mut parsed) => {
             parsed.set_path(&format!("/{db}"));
             parsed.into()
         }
-        Err(_) => url.to_owned(),
+        Err(_) => url,
+    };
+    match hosts {
+        Some(hosts) => edited.replacen(HOST_STAND_IN, hosts, 1),
+        None => edited,
     }
+}
+
+/// The host that stands for a host list while the URL is edited.
+const HOST_STAND_IN: &str = "host-list.invalid";
+
+/// Where a URL's authority lists several hosts (byte range), if it does.
+fn host_list(url: &str) -> Option<(usize, usize)> {
+    let start = url.find("://")? + 3;
+    let end = url[start..]
+        .find(['/', '?', '#'])
+        .map_or(url.len(), |at| start + at);
+    let hosts_start = url[start..end]
+        .rfind('@')
+        .map_or(start, |at| start + at + 1);
+    url[hosts_start..end]
+        .contains(',')
+        .then_some((hosts_start, end))
 }

@@ -159,17 +159,12 @@ impl Settings {
     fn url_problems(&self) -> Vec<(String, String)> {
         let mut problems = Vec::new();
         let url = &self.database.url;
-        let scheme_ok = url.starts_with("postgres://") || url.starts_with("postgresql://");
-        match url.parse::<sqlx::postgres::PgConnectOptions>() {
-            Err(e) => problems.push((
+        // One host or several (libpq's `h1:p1,h2:p2`, which sqlx does not parse).
+        if let Err(e) = super::database_url::Hosts::parse(url) {
+            problems.push((
                 "database.url".to_owned(),
                 format!("not a PostgreSQL URL: {e}").replace(url, &redact_url(url)),
-            )),
-            Ok(_) if !scheme_ok => problems.push((
-                "database.url".to_owned(),
-                "not a PostgreSQL URL: it must start with postgres:// or postgresql://".to_owned(),
-            )),
-            Ok(_) => {}
+            ));
         }
         // One URL or several; the message shows none of their passwords.
         if let Err(e) = session_guard_amqp::brokers::Brokers::parse(&self.amqp.url) {

@@ -13,13 +13,20 @@ use sqlx::{PgPool, Postgres};
 use session_guard_amqp::url::redact_url;
 
 use crate::configuration::DatabaseSettings;
+use crate::db::hosts::{self, Hosts, Target};
 
 /// Migrations in ./migrations, embedded so the binary can apply them itself.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// Creates the database named in `settings.url` if it does not exist yet.
 pub async fn ensure_database(settings: &DatabaseSettings) -> anyhow::Result<()> {
-    let url = &settings.url;
+    let hosts = Hosts::parse(&settings.url)
+        .map_err(|e| anyhow::anyhow!("invalid database URL {}: {e}", redact_url(&settings.url)))?;
+    let url = if hosts.is_plain() {
+        &settings.url
+    } else {
+        &hosts.urls[hosts::find(&hosts, hosts::PROBE_TIMEOUT).await?]
+    };
     let exists = Postgres::database_exists(url)
         .await
         .with_context(|| format!("cannot reach PostgreSQL at {}", redact_url(url)))?;
@@ -74,11 +81,40 @@ pub async fn connect_planning(
     settings: &DatabaseSettings,
     planning: Planning,
 ) -> anyhow::Result<PgPool> {
-    let options: PgConnectOptions = settings
-        .url
-        .parse()
-        .with_context(|| format!("invalid database URL {}", redact_url(&settings.url)))?;
+    let hosts = Hosts::parse(&settings.url)
+        .map_err(|e| anyhow::anyhow!("invalid database URL {}: {e}", redact_url(&settings.url)))?;
     let mut pool = PgPoolOptions::new();
+    let options: PgConnectOptions = if hosts.is_plain() {
+        // One host, no target_session_attrs: as before, no check of the
+        // server and no query added to a new connection.
+        settings
+            .url
+            .parse()
+            .with_context(|| format!("invalid database URL {}", redact_url(&settings.url)))?
+    } else {
+        // Several hosts (or read-write asked for): the first that will do,
+        // found once here; every later connection must land on a primary
+        // too, or it is refused (one query per new connection, not per
+        // batch), so a connection that reaches a standby after a failover
+        // never carries a batch.
+        let found = hosts::find(&hosts, hosts::PROBE_TIMEOUT).await?;
+        tracing::info!(host = %hosts.names[found], "connecting to the database server found");
+        if hosts.target == Target::ReadWrite {
+            pool = pool.after_connect(|conn, _| {
+                Box::pin(async move {
+                    if hosts::in_recovery(conn).await? {
+                        return Err(sqlx::Error::Configuration(
+                            "the server is in recovery (a standby): refused for \
+                             target_session_attrs=read-write"
+                                .into(),
+                        ));
+                    }
+                    Ok(())
+                })
+            });
+        }
+        hosts.options[found].clone()
+    };
     let options = match planning {
         // Planning these statements costs a fraction of a millisecond.
         Planning::EachExecution => options.options([("plan_cache_mode", "force_custom_plan")]),
@@ -177,11 +213,9 @@ pub async fn connect_checked_planning(
                 .and_then(|d| d.code())
                 .is_some_and(|code| code == "3D000");
             if missing {
-                let name = settings
-                    .url
-                    .parse::<PgConnectOptions>()
+                let name = Hosts::parse(&settings.url)
                     .ok()
-                    .and_then(|o| o.get_database().map(str::to_owned))
+                    .and_then(|h| h.options[0].get_database().map(str::to_owned))
                     .unwrap_or_default();
                 return Err(SchemaError::NoDatabase(name));
             }

@@ -4,6 +4,7 @@
 //! command line call them too.
 //!
 //! - [`connection`]: creating the database, the pool, migrations, schema checks;
+//! - [`hosts`]: a URL listing several hosts, and finding the primary among them;
 //! - `locks`: the per-user locks (`session_users`);
 //! - [`sessions`]: the session log and its tombstones;
 //! - `touch`: the lock-free write of rows of users not locked;
@@ -17,6 +18,7 @@
 pub mod api_key;
 pub mod claims;
 pub mod connection;
+pub mod hosts;
 pub mod listing;
 pub(crate) mod locks;
 pub mod outbox;

@@ -18,6 +18,7 @@ mod demo;
 mod docs_drift;
 mod enforcement;
 mod faults;
+mod hosts;
 mod layers;
 mod lifecycle;
 mod monitoring;

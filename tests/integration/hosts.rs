@@ -1,0 +1,133 @@
+//! A `database.url` listing several hosts (libpq's form, which sqlx does not
+//! parse; `db::hosts`): the worker's pool skips a host that does not answer
+//! and lands on the next that does.
+
+use session_guard::configuration::{DatabaseSettings, with_database};
+
+/// The configured URL's host list (`127.0.0.1:5432` by default) replaced by
+/// `hosts`.
+fn url_with_hosts(hosts: &str) -> String {
+    let settings = session_guard::Settings::load(None).unwrap();
+    let url = with_database(&settings.database.url, "postgres");
+    let start = url.find("://").unwrap() + 3;
+    let end = start + url[start..].find('/').unwrap();
+    let host_start = url[start..end]
+        .rfind('@')
+        .map_or(start, |at| start + at + 1);
+    format!("{}{hosts}{}", &url[..host_start], &url[end..])
+}
+
+/// A local port nothing listens on (bound, then released).
+fn closed_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+/// A closed port listed first: the pool connects to the server listed second.
+#[tokio::test]
+async fn a_host_that_does_not_answer_is_skipped() {
+    let settings = session_guard::Settings::load(None).unwrap();
+    let server = session_guard::db::hosts::Hosts::parse(&settings.database.url).unwrap();
+    let server_port = server.options[0].get_port();
+    let closed = closed_port();
+    let url = url_with_hosts(&format!(
+        "127.0.0.1:{closed},{}:{server_port}",
+        server.options[0].get_host()
+    ));
+    let database = DatabaseSettings {
+        url,
+        max_connections: 2,
+    };
+    let pool = session_guard::db::connect(&database).await.unwrap();
+    let (port, standby): (i32, bool) =
+        sqlx::query_as("SELECT inet_server_port(), pg_is_in_recovery()")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(port, i32::from(server_port));
+    assert!(!standby);
+    pool.close().await;
+}
+
+/// No host answers: the error names each, and why.
+#[tokio::test]
+async fn no_host_answering_names_each() {
+    let (a, b) = (closed_port(), closed_port());
+    let database = DatabaseSettings {
+        url: url_with_hosts(&format!("127.0.0.1:{a},127.0.0.1:{b}")),
+        max_connections: 2,
+    };
+    let err = session_guard::db::connect(&database).await.unwrap_err();
+    let err = format!("{err:#}");
+    assert!(
+        err.contains("no writable (primary) PostgreSQL server"),
+        "{err}"
+    );
+    assert!(err.contains(&format!("127.0.0.1:{a}: ")), "{err}");
+    assert!(err.contains(&format!("127.0.0.1:{b}: ")), "{err}");
+}
+
+/// Against a pg_auto_failover formation (`scripts/pg-failover`, needs
+/// pg_autoctl; about 30 s): the URL lists the standby first, without
+/// `target_session_attrs` (a list means read-write), and the pool lands on
+/// the primary. Run with `cargo test --test integration -- --ignored
+/// hosts::`.
+#[tokio::test]
+#[ignore = "starts a pg_auto_failover formation (scripts/pg-failover, pg_autoctl)"]
+async fn the_standby_listed_first_is_skipped() {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/pg-failover");
+    let dir = tempfile_dir();
+    let out = std::process::Command::new(script)
+        .args(["start", &dir])
+        .output()
+        .unwrap();
+    let _stop = Stop(script, dir.clone());
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let value = |key: &str| {
+        text.split_whitespace()
+            .find_map(|w| w.strip_prefix(key))
+            .unwrap_or_else(|| panic!("no {key} in {text}"))
+            .to_owned()
+    };
+    let primary: u16 = value("PRIMARY=").parse().unwrap();
+    let (p1, p2) = (value("NODE_1_PORT="), value("NODE_2_PORT="));
+    let standby = if p1 == primary.to_string() { p2 } else { p1 };
+    let database = DatabaseSettings {
+        url: format!("postgres://postgres@127.0.0.1:{standby},127.0.0.1:{primary}/postgres"),
+        max_connections: 2,
+    };
+    let pool = session_guard::db::connect(&database).await.unwrap();
+    let (port, in_recovery): (i32, bool) =
+        sqlx::query_as("SELECT inet_server_port(), pg_is_in_recovery()")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!((port, in_recovery), (i32::from(primary), false));
+    pool.close().await;
+}
+
+/// A fresh directory for the formation (`mktemp -d`, which postgres can
+/// traverse).
+fn tempfile_dir() -> String {
+    let out = std::process::Command::new("mktemp")
+        .arg("-d")
+        .output()
+        .unwrap();
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+/// Stops the formation (and removes its directory) however the test ends.
+struct Stop(&'static str, String);
+
+impl Drop for Stop {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new(self.0)
+            .args(["stop", &self.1])
+            .status();
+    }
+}
