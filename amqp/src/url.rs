@@ -72,11 +72,14 @@ fn redact_one(url: &str) -> String {
     redact_host(url)
 }
 
-/// The host that stands for a host list while a URL is masked.
-const HOST_STAND_IN: &str = "host-list.invalid";
+/// The host that stands for a host list while a URL is masked or edited
+/// by a parser that takes one host (`url`, sqlx): a reserved name, never
+/// a real host.
+pub const HOST_STAND_IN: &str = "host-list.invalid";
 
-/// Where a URL's authority lists several hosts (byte range), if it does.
-fn host_list(url: &str) -> Option<(usize, usize)> {
+/// Where a URL's authority lists several hosts (byte range), if it does
+/// (libpq's `h1:p1,h2:p2`).
+pub fn host_list(url: &str) -> Option<(usize, usize)> {
     let start = url.find("://")? + 3;
     let end = url[start..]
         .find(['/', '?', '#'])

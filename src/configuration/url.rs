@@ -1,6 +1,7 @@
 //! Pointing a PostgreSQL URL at another database. (Masking a URL's password
 //! is `session_guard_amqp::url::redact_url`, shared with the client crate.)
 
+use session_guard_amqp::url::{HOST_STAND_IN, host_list};
 use url::Url;
 
 /// `url` with its database name replaced by `db`, everything else kept: how
@@ -30,21 +31,4 @@ pub fn with_database(url: &str, db: &str) -> String {
         Some(hosts) => edited.replacen(HOST_STAND_IN, hosts, 1),
         None => edited,
     }
-}
-
-/// The host that stands for a host list while the URL is edited.
-const HOST_STAND_IN: &str = "host-list.invalid";
-
-/// Where a URL's authority lists several hosts (byte range), if it does.
-fn host_list(url: &str) -> Option<(usize, usize)> {
-    let start = url.find("://")? + 3;
-    let end = url[start..]
-        .find(['/', '?', '#'])
-        .map_or(url.len(), |at| start + at);
-    let hosts_start = url[start..end]
-        .rfind('@')
-        .map_or(start, |at| start + at + 1);
-    url[hosts_start..end]
-        .contains(',')
-        .then_some((hosts_start, end))
 }
