@@ -123,8 +123,7 @@ impl TokenCache {
     /// a connection of its own and sends heartbeats through `pool`.
     pub fn start(pool: &PgPool) -> TokenCache {
         let shared = Arc::new(Shared::default());
-        let options = (*pool.connect_options()).clone();
-        let listening = tokio::spawn(listen(shared.clone(), options)).abort_handle();
+        let listening = tokio::spawn(listen(shared.clone(), pool.clone())).abort_handle();
         let beating = tokio::spawn(beat(pool.clone())).abort_handle();
         TokenCache {
             shared,
@@ -183,9 +182,12 @@ async fn beat(pool: PgPool) {
 /// a connection apart from the pool's. The cache is on from the first
 /// heartbeat heard; a change empties it; a lost connection, or heartbeats
 /// that stop, turn it off until the server listens again.
-async fn listen(shared: Arc<Shared>, options: PgConnectOptions) {
+async fn listen(shared: Arc<Shared>, pool: PgPool) {
     let mut failing = false;
     loop {
+        // The pool's options as they are now: after a failover they name
+        // the new primary (`db::follow`).
+        let options = (*pool.connect_options()).clone();
         match subscribe(&options).await {
             Ok(mut listener) => {
                 if std::mem::take(&mut failing) {

@@ -3,6 +3,7 @@
 //! schema is exactly the one this binary's migrations make.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -13,6 +14,7 @@ use sqlx::{PgPool, Postgres};
 use session_guard_amqp::url::redact_url;
 
 use crate::configuration::DatabaseSettings;
+use crate::db::follow;
 use crate::db::hosts::{self, Hosts, Target};
 
 /// Migrations in ./migrations, embedded so the binary can apply them itself.
@@ -84,53 +86,68 @@ pub async fn connect_planning(
     let hosts = Hosts::parse(&settings.url)
         .map_err(|e| anyhow::anyhow!("invalid database URL {}: {e}", redact_url(&settings.url)))?;
     let mut pool = PgPoolOptions::new();
-    let options: PgConnectOptions = if hosts.is_plain() {
-        // One host, no target_session_attrs: as before, no check of the
-        // server and no query added to a new connection.
-        settings
-            .url
-            .parse()
-            .with_context(|| format!("invalid database URL {}", redact_url(&settings.url)))?
-    } else {
-        // Several hosts (or read-write asked for): the first that will do,
-        // found once here; every later connection must land on a primary
-        // too, or it is refused (one query per new connection, not per
-        // batch), so a connection that reaches a standby after a failover
-        // never carries a batch.
-        let found = hosts::find(&hosts, hosts::PROBE_TIMEOUT).await?;
-        tracing::info!(host = %hosts.names[found], "connecting to the database server found");
-        if hosts.target == Target::ReadWrite {
-            pool = pool.after_connect(|conn, _| {
-                Box::pin(async move {
-                    if hosts::in_recovery(conn).await? {
-                        return Err(sqlx::Error::Configuration(
-                            "the server is in recovery (a standby): refused for \
-                             target_session_attrs=read-write"
-                                .into(),
-                        ));
-                    }
-                    Ok(())
-                })
-            });
-        }
-        hosts.options[found].clone()
-    };
-    let options = match planning {
+    if planning == Planning::Cached {
+        pool = pool.max_lifetime(API_CONNECTION_LIFETIME);
+    }
+    // What every connection of the pool says at startup, whichever server.
+    let finish = move |options: PgConnectOptions| match planning {
         // Planning these statements costs a fraction of a millisecond.
         Planning::EachExecution => options.options([("plan_cache_mode", "force_custom_plan")]),
-        Planning::Cached => {
-            pool = pool.max_lifetime(API_CONNECTION_LIFETIME);
-            // Said, not assumed: a role or database may set another mode.
-            options.options([("plan_cache_mode", "auto")])
-        }
+        // Said, not assumed: a role or database may set another mode.
+        Planning::Cached => options.options([("plan_cache_mode", "auto")]),
     };
-    // TCP connections have Nagle's algorithm off: sqlx (0.9.1 on) sets
-    // TCP_NODELAY on each socket it opens (tests/integration/nodelay.rs).
-    pool.max_connections(settings.max_connections.max(1))
-        .acquire_timeout(Duration::from_secs(10))
-        .connect_with(options)
+    let pool = pool
+        .max_connections(settings.max_connections.max(1))
+        .acquire_timeout(Duration::from_secs(10));
+    if hosts.is_plain() {
+        // One host, no target_session_attrs: as before, no check of the
+        // server, no query added to a new connection, no watcher.
+        let options: PgConnectOptions = settings
+            .url
+            .parse()
+            .with_context(|| format!("invalid database URL {}", redact_url(&settings.url)))?;
+        // TCP connections have Nagle's algorithm off: sqlx (0.9.1 on) sets
+        // TCP_NODELAY on each socket it opens (tests/integration/nodelay.rs).
+        return pool
+            .connect_with(finish(options))
+            .await
+            .with_context(|| format!("cannot connect to {}", redact_url(&settings.url)));
+    }
+    // Several hosts (or read-write asked for): the first that will do,
+    // found here, then followed by a watcher (`follow`) through failovers.
+    // Every new connection must land on a primary too, or it is refused
+    // (one query per new connection, not per batch), so a connection that
+    // reaches a demoted server before the watcher has moved the pool never
+    // carries a batch; and a connection opened before a switch is not
+    // taken from the pool after it.
+    let found = hosts::find(&hosts, hosts::PROBE_TIMEOUT).await?;
+    tracing::info!(host = %hosts.names[found], "connecting to the database server found");
+    let switches = Arc::new(follow::Switches::default());
+    let keep = switches.clone();
+    let mut pool = pool.before_acquire(move |_conn, meta| {
+        let keep = keep.keep(meta.age);
+        Box::pin(async move { Ok(keep) })
+    });
+    if hosts.target == Target::ReadWrite {
+        pool = pool.after_connect(|conn, _| {
+            Box::pin(async move {
+                if hosts::in_recovery(conn).await? {
+                    return Err(sqlx::Error::Configuration(
+                        "the server is in recovery (a standby): refused for \
+                         target_session_attrs=read-write"
+                            .into(),
+                    ));
+                }
+                Ok(())
+            })
+        });
+    }
+    let pool = pool
+        .connect_with(finish(hosts.options[found].clone()))
         .await
-        .with_context(|| format!("cannot connect to {}", redact_url(&settings.url)))
+        .with_context(|| format!("cannot connect to {}", redact_url(&settings.url)))?;
+    follow::spawn(pool.clone(), hosts, found, switches, finish);
+    Ok(pool)
 }
 
 /// Creates the database if needed, connects and applies the migrations.

@@ -5,6 +5,7 @@
 //!
 //! - [`connection`]: creating the database, the pool, migrations, schema checks;
 //! - [`hosts`]: a URL listing several hosts, and finding the primary among them;
+//! - [`follow`]: keeping a pool on the primary through failovers;
 //! - `locks`: the per-user locks (`session_users`);
 //! - [`sessions`]: the session log and its tombstones;
 //! - `touch`: the lock-free write of rows of users not locked;
@@ -18,6 +19,7 @@
 pub mod api_key;
 pub mod claims;
 pub mod connection;
+pub mod follow;
 pub mod hosts;
 pub mod listing;
 pub(crate) mod locks;

@@ -111,6 +111,85 @@ async fn the_standby_listed_first_is_skipped() {
     pool.close().await;
 }
 
+/// Against a formation: a planned failover (`pg_autoctl perform failover`)
+/// and the same pool, untouched, writes on the new primary within seconds
+/// (`db::follow`); no connection it hands out is to the demoted server.
+#[tokio::test]
+#[ignore = "starts a pg_auto_failover formation (scripts/pg-failover, pg_autoctl)"]
+async fn the_pool_follows_the_primary_through_a_failover() {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/pg-failover");
+    let dir = tempfile_dir();
+    let out = std::process::Command::new(script)
+        .args(["start", &dir])
+        .env("PG_FAILOVER_QUICK", "1")
+        .output()
+        .unwrap();
+    let _stop = Stop(script, dir.clone());
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let value = |text: &str, key: &str| {
+        text.split_whitespace()
+            .find_map(|w| w.strip_prefix(key))
+            .unwrap_or_else(|| panic!("no {key} in {text}"))
+            .to_owned()
+    };
+    let before: i32 = value(&text, "PRIMARY=").parse().unwrap();
+    let database = DatabaseSettings {
+        url: value(&text, "URL="),
+        max_connections: 3,
+    };
+    let pool = session_guard::db::connect(&database).await.unwrap();
+    sqlx::query("CREATE TABLE writes (at timestamptz NOT NULL DEFAULT now(), port int)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let write = || async {
+        sqlx::query_scalar::<_, i32>(
+            "INSERT INTO writes (port) VALUES (inet_server_port()) RETURNING port",
+        )
+        .fetch_one(&pool)
+        .await
+    };
+    assert_eq!(write().await.unwrap(), before);
+
+    let out = std::process::Command::new(script)
+        .args(["failover", &dir])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let after: i32 = value(&text, "PRIMARY=").parse().unwrap();
+    assert_ne!(after, before);
+
+    let started = std::time::Instant::now();
+    let port = loop {
+        match write().await {
+            Ok(port) => break port,
+            Err(e) => {
+                assert!(
+                    started.elapsed() < std::time::Duration::from_secs(30),
+                    "no write on the new primary after 30 s: {e}"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+    };
+    assert_eq!(port, after, "the write landed on the new primary");
+    eprintln!(
+        "writes again {:?} after the failover finished",
+        started.elapsed()
+    );
+    pool.close().await;
+}
+
 /// A fresh directory for the formation (`mktemp -d`, which postgres can
 /// traverse).
 fn tempfile_dir() -> String {
