@@ -234,3 +234,63 @@ fn every_subcommand_and_flag_is_in_a_command_list() {
         "not in the usage lines of README.md or docs/OPERATIONS.md: {missing:#?}"
     );
 }
+
+/// Every test RELIABILITY.md names as the proof of a guarantee exists: a
+/// guarantee whose test was renamed or removed must be noticed. Names are
+/// written `file::test` (tests/integration/<file>.rs) or with a module path
+/// (`db::follow::tests::...`, `protocol/docs::...`); the check is that a
+/// function of that last name is defined in the file (integration tests)
+/// or anywhere in the workspace's Rust sources (the others).
+#[test]
+fn every_test_reliability_names_exists() {
+    fn sources(dir: &Path, out: &mut String) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy();
+            if path.is_dir() {
+                if !["target", ".git", "node_modules", ".venv"].contains(&name.as_ref()) {
+                    sources(&path, out);
+                }
+            } else if name.ends_with(".rs") {
+                out.push_str(&std::fs::read_to_string(&path).unwrap());
+            }
+        }
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut everywhere = String::new();
+    sources(root, &mut everywhere);
+    let text = read("docs/RELIABILITY.md");
+    let mut named = 0;
+    let mut missing = Vec::new();
+    for quoted in text.split('`').skip(1).step_by(2) {
+        let Some((path, test)) = quoted.rsplit_once("::") else {
+            continue;
+        };
+        let plain = |s: &str| {
+            !s.is_empty()
+                && s.chars().all(|c| {
+                    c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == ':' || c == '/'
+                })
+        };
+        // Test names are sentences; paths like `db::hosts` are not tests.
+        if !plain(path) || !plain(test) || test.matches('_').count() < 2 {
+            continue;
+        }
+        named += 1;
+        let defined = format!("fn {test}(");
+        let file = root.join("tests/integration").join(format!("{path}.rs"));
+        let found = if !path.contains("::") && file.exists() {
+            std::fs::read_to_string(&file).unwrap().contains(&defined)
+        } else {
+            everywhere.contains(&defined)
+        };
+        if !found {
+            missing.push(quoted.to_owned());
+        }
+    }
+    assert!(named > 20, "RELIABILITY.md names its tests ({named} found)");
+    assert!(
+        missing.is_empty(),
+        "RELIABILITY.md names tests that do not exist: {missing:?}"
+    );
+}
