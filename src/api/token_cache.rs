@@ -224,6 +224,9 @@ async fn listen(shared: Arc<Shared>, pool: PgPool) {
     }
 }
 
+/// How long connecting the listener may take before the next round.
+const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(5);
+
 async fn subscribe(options: &PgConnectOptions) -> sqlx::Result<PgListener> {
     // A pool of one, the listener's own: it never takes a connection the
     // requests need.
@@ -231,6 +234,11 @@ async fn subscribe(options: &PgConnectOptions) -> sqlx::Result<PgListener> {
         .max_connections(1)
         .idle_timeout(None)
         .max_lifetime(None)
+        // Not sqlx's 30 s of retries: a server going away in a failover
+        // (the options name the old primary until `db::follow` moves the
+        // pool) was retried here for 10 s and more, while the next round
+        // would have taken the new primary's options.
+        .acquire_timeout(SUBSCRIBE_TIMEOUT)
         .connect_with(options.clone())
         .await?;
     let mut listener = PgListener::connect_with(&pool).await?;

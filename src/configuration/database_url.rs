@@ -23,7 +23,8 @@ use session_guard_amqp::url::redact_url;
 pub enum Target {
     /// The first that accepts a connection (`any`).
     Any,
-    /// The first that is not in recovery (`read-write` or `primary`).
+    /// The first that takes writes: not in recovery, transactions not
+    /// read-only by default (`read-write` or `primary`).
     ReadWrite,
 }
 

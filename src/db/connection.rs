@@ -20,6 +20,10 @@ use crate::db::hosts::{self, Hosts, Target};
 /// Migrations in ./migrations, embedded so the binary can apply them itself.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
+/// The database sqlx's `database_exists` and `create_database` connect to
+/// (`template1` when the database to create is `postgres` itself).
+const MAINTENANCE_DATABASE: &str = "postgres";
+
 /// Creates the database named in `settings.url` if it does not exist yet.
 pub async fn ensure_database(settings: &DatabaseSettings) -> anyhow::Result<()> {
     let hosts = Hosts::parse(&settings.url)
@@ -27,7 +31,15 @@ pub async fn ensure_database(settings: &DatabaseSettings) -> anyhow::Result<()> 
     let url = if hosts.is_plain() {
         &settings.url
     } else {
-        &hosts.urls[hosts::find(&hosts, hosts::PROBE_TIMEOUT).await?]
+        // The primary is found on the maintenance database, as sqlx's
+        // `create_database` connects to it: probing the database itself,
+        // which is what is missing here, fails on every host (3D000) and
+        // `run` on a fresh cluster could never create it.
+        let mut maintenance = hosts.clone();
+        for options in &mut maintenance.options {
+            *options = options.clone().database(MAINTENANCE_DATABASE);
+        }
+        &hosts.urls[hosts::find(&maintenance, hosts::PROBE_TIMEOUT).await?]
     };
     let exists = Postgres::database_exists(url)
         .await
@@ -83,6 +95,17 @@ pub async fn connect_planning(
     settings: &DatabaseSettings,
     planning: Planning,
 ) -> anyhow::Result<PgPool> {
+    connect_reporting(settings, planning, None).await
+}
+
+/// [`connect_planning`], and for a URL listing several hosts, `lost` is
+/// called whenever the pool's watcher ([`follow`]) finds its server gone
+/// (or read-only) and no other that will do.
+async fn connect_reporting(
+    settings: &DatabaseSettings,
+    planning: Planning,
+    lost: Option<follow::Lost>,
+) -> anyhow::Result<PgPool> {
     let hosts = Hosts::parse(&settings.url)
         .map_err(|e| anyhow::anyhow!("invalid database URL {}: {e}", redact_url(&settings.url)))?;
     let mut pool = PgPoolOptions::new();
@@ -131,9 +154,9 @@ pub async fn connect_planning(
     if hosts.target == Target::ReadWrite {
         pool = pool.after_connect(|conn, _| {
             Box::pin(async move {
-                if hosts::in_recovery(conn).await? {
+                if hosts::read_only(conn).await? {
                     return Err(sqlx::Error::Configuration(
-                        "the server is in recovery (a standby): refused for \
+                        "the server is read-only (a standby, or not yet taking writes): refused for \
                          target_session_attrs=read-write"
                             .into(),
                     ));
@@ -146,14 +169,23 @@ pub async fn connect_planning(
         .connect_with(finish(hosts.options[found].clone()))
         .await
         .with_context(|| format!("cannot connect to {}", redact_url(&settings.url)))?;
-    follow::spawn(pool.clone(), hosts, found, switches, finish);
+    follow::spawn(pool.clone(), hosts, found, switches, lost, finish);
     Ok(pool)
 }
 
 /// Creates the database if needed, connects and applies the migrations.
 pub async fn connect_and_migrate(settings: &DatabaseSettings) -> anyhow::Result<PgPool> {
+    connect_and_migrate_reporting(settings, None).await
+}
+
+/// [`connect_and_migrate`], telling `lost` when a pool on several hosts
+/// has lost its primary (see [`connect_reporting`]): the worker's readiness.
+pub async fn connect_and_migrate_reporting(
+    settings: &DatabaseSettings,
+    lost: Option<follow::Lost>,
+) -> anyhow::Result<PgPool> {
     ensure_database(settings).await?;
-    let pool = connect(settings).await?;
+    let pool = connect_reporting(settings, Planning::EachExecution, lost).await?;
     MIGRATOR
         .run(&pool)
         .await

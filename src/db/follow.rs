@@ -19,8 +19,14 @@
 //! - idle connections opened before a switch are dropped when next taken
 //!   from the pool ([`Switches::keep`]), in case the old server is still up
 //!   as a standby and kept them;
-//! - readiness goes down while the pool cannot reach a primary (the
-//!   housekeeping ping) and up once it can.
+//! - readiness goes down as soon as the watcher finds its server gone and
+//!   no other primary ([`Lost`], the worker's health), and up once a batch
+//!   or the housekeeping ping gets through again. The batches alone did
+//!   not say it in time: one waiting for a connection to a server that was
+//!   killed waits out the pool's acquire timeout (10 s) before it fails,
+//!   and the housekeeping ping (every 5 s, 5 s to answer) as long, so a
+//!   worker went on reporting ready for up to 10 s of an outage, as long
+//!   as a quick promotion takes.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -35,6 +41,10 @@ use crate::db::hosts::{self, Hosts, Target};
 /// seconds in pg_auto_failover), and it costs one trivial query on a
 /// connection of the watcher's own.
 pub const CHECK_EVERY: Duration = Duration::from_millis(500);
+
+/// Called by the watcher each time it finds its server gone (or
+/// read-only) and no other server that will do: the pool has no primary.
+pub type Lost = Arc<dyn Fn() + Send + Sync>;
 
 /// When a pool was last pointed at another server.
 #[derive(Debug, Default)]
@@ -68,9 +78,10 @@ pub fn spawn(
     hosts: Hosts,
     current: usize,
     switches: Arc<Switches>,
+    lost: Option<Lost>,
     finish: impl Fn(PgConnectOptions) -> PgConnectOptions + Send + 'static,
 ) {
-    tokio::spawn(watch(pool, hosts, current, switches, finish));
+    tokio::spawn(watch(pool, hosts, current, switches, lost, finish));
 }
 
 /// The watcher's loop: check, and when the check fails, find and switch.
@@ -79,6 +90,7 @@ async fn watch(
     hosts: Hosts,
     mut current: usize,
     switches: Arc<Switches>,
+    lost: Option<Lost>,
     finish: impl Fn(PgConnectOptions) -> PgConnectOptions,
 ) {
     let mut probe: Option<PgConnection> = None;
@@ -124,7 +136,12 @@ async fn watch(
             }
             // Nothing will do yet (a promotion takes seconds): the next
             // round tries again; the batches wait with their own backoff.
-            Err(e) => tracing::debug!(error = %e, "no database primary yet"),
+            Err(e) => {
+                if let Some(lost) = &lost {
+                    lost();
+                }
+                tracing::debug!(error = %e, "no database primary yet");
+            }
         }
     }
 }
@@ -144,7 +161,7 @@ impl Check {
     fn describe(self) -> &'static str {
         match self {
             Check::Fine => "fine",
-            Check::Standby => "in recovery (a standby)",
+            Check::Standby => "read-only (a standby, or not yet taking writes)",
             Check::Gone => "no answer",
         }
     }
@@ -164,7 +181,7 @@ async fn check(
         let conn = probe.as_mut().expect("just opened");
         match target {
             Target::Any => sqlx::query("SELECT 1").execute(conn).await.map(|_| false),
-            Target::ReadWrite => hosts::in_recovery(conn).await,
+            Target::ReadWrite => hosts::read_only(conn).await,
         }
     };
     match tokio::time::timeout(hosts::PROBE_TIMEOUT, attempt).await {

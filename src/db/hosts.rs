@@ -1,7 +1,7 @@
 //! Finding the server of a `database.url` that names several hosts (taken
 //! apart by [`crate::configuration::database_url`], which the settings'
-//! validation uses too): connect to each in turn and ask whether it is a
-//! standby.
+//! validation uses too): connect to each in turn and ask whether it takes
+//! writes.
 
 use std::time::Duration;
 
@@ -12,11 +12,22 @@ pub use crate::configuration::database_url::{Hosts, Target};
 /// How long finding the server may spend on one host.
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// Whether the server of `conn` is a standby (`pg_is_in_recovery()`).
-pub async fn in_recovery(conn: &mut sqlx::PgConnection) -> Result<bool, sqlx::Error> {
-    sqlx::query_scalar("SELECT pg_is_in_recovery()")
-        .fetch_one(conn)
-        .await
+/// Whether the server of `conn` refuses writes: a standby
+/// (`pg_is_in_recovery()`), or a server whose transactions are read-only
+/// by default, which is what libpq's `target_session_attrs=read-write`
+/// checks (`transaction_read_only`). Recovery alone is not enough:
+/// pg_auto_failover promotes the standby with `default_transaction_read_only`
+/// on and turns it off only once the old primary is known to be demoted
+/// (about a second of a planned failover here). Taking that
+/// server for the primary on the strength of `pg_is_in_recovery()` moved
+/// the pool to it early, and every batch and outbox read failed there
+/// with SQLSTATE 25006 until it took writes.
+pub async fn read_only(conn: &mut sqlx::PgConnection) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT pg_is_in_recovery() OR current_setting('transaction_read_only')::boolean",
+    )
+    .fetch_one(conn)
+    .await
 }
 
 /// The index of the first host that will do, trying them in order with
@@ -28,14 +39,16 @@ pub async fn find(hosts: &Hosts, timeout: Duration) -> anyhow::Result<usize> {
             let mut conn = options.connect().await?;
             let standby = match hosts.target {
                 Target::Any => false,
-                Target::ReadWrite => in_recovery(&mut conn).await?,
+                Target::ReadWrite => read_only(&mut conn).await?,
             };
             let _ = conn.close().await;
             Ok::<_, sqlx::Error>(standby)
         };
         match tokio::time::timeout(timeout, attempt).await {
             Ok(Ok(false)) => return Ok(index),
-            Ok(Ok(true)) => why.push(format!("{name}: in recovery (a standby)")),
+            Ok(Ok(true)) => why.push(format!(
+                "{name}: read-only (a standby, or not yet taking writes)"
+            )),
             Ok(Err(e)) => why.push(format!("{name}: {e}")),
             Err(_) => why.push(format!("{name}: no answer within {timeout:?}")),
         }

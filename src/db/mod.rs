@@ -36,8 +36,8 @@ pub(crate) type BoundScalar<'q, O> =
     sqlx::query::QueryScalar<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments>;
 
 pub use connection::{
-    MIGRATOR, Planning, SchemaError, connect, connect_and_migrate, connect_checked,
-    connect_checked_planning, connect_planning, ensure_database,
+    MIGRATOR, Planning, SchemaError, connect, connect_and_migrate, connect_and_migrate_reporting,
+    connect_checked, connect_checked_planning, connect_planning, ensure_database,
 };
 
 /// Errors that say "try again later" rather than "these events are wrong".

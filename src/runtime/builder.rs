@@ -74,14 +74,19 @@ impl WorkerBuilder {
         }
         let enforcement = Enforcement::from_settings(&self.settings, &self.hooks)?;
         tracing::info!(hooks = ?enforcement.hooks.names(), enforce = enforcement.enforce, "rule hooks");
-        let pool = match db::connect_and_migrate(&self.settings.database).await {
-            Ok(pool) => pool,
-            Err(e) => match Refusal::find(&e) {
-                Some(refusal) => anyhow::bail!(refusal.explain(&self.settings)),
-                None => return Err(e),
-            },
-        };
         let health = Arc::new(Health::default());
+        // A pool on several hosts says at once when it has no primary; it
+        // comes back up with the next batch or ping that gets through.
+        let down = health.clone();
+        let lost: db::follow::Lost = Arc::new(move || down.set_database(false));
+        let pool =
+            match db::connect_and_migrate_reporting(&self.settings.database, Some(lost)).await {
+                Ok(pool) => pool,
+                Err(e) => match Refusal::find(&e) {
+                    Some(refusal) => anyhow::bail!(refusal.explain(&self.settings)),
+                    None => return Err(e),
+                },
+            };
         health.set_database(true);
         let brokers = || {
             Brokers::parse(&self.settings.amqp.url).map_err(|e| anyhow::anyhow!("amqp.url: {e}"))
