@@ -2,20 +2,22 @@
 //! (`scripts/rabbitmq-cluster`): the worker and the client crate given its
 //! three URLs. (What a node lost does comes in the tests that kill one.)
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::process::Stdio;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use session_guard_client::protocol::event::AppName;
-use session_guard_client::protocol::names;
 use session_guard_client::{EventPublisher, ListenerConfig, PublisherConfig, RevocationListener};
-use tokio::task::JoinHandle;
-use tokio::time::Instant;
 
 use crate::client_listener::AppQueues;
 use crate::helpers::*;
+use crate::load::{Load, parse_queue_counts, progress, until};
 use crate::private_broker::PrivateCluster;
+
+/// The cluster's three URLs.
+fn cluster_urls(cluster: &PrivateCluster) -> Vec<&str> {
+    cluster.urls().split(',').collect()
+}
 
 #[tokio::test]
 async fn the_worker_and_the_client_given_three_nodes_carry_a_login_and_its_revoke() {
@@ -93,212 +95,6 @@ async fn the_worker_and_the_client_given_three_nodes_carry_a_login_and_its_revok
     app.stop_worker().await;
 }
 
-/// The app of the node-loss tests, on the cluster's three URLs: an
-/// `EventPublisher` (confirms) sending a steady stream of users with two
-/// logins each (limit 1: the first is revoked), and a `RevocationListener`
-/// recording every revoke it receives.
-struct Load {
-    app: AppName,
-    publisher: Arc<EventPublisher>,
-    stop_sending: tokio::sync::watch::Sender<bool>,
-    sending: JoinHandle<u64>,
-    /// (session, event id) of every revoke delivered to the listener.
-    received: Arc<Mutex<Vec<(String, uuid::Uuid)>>>,
-    stop_listening: tokio::sync::oneshot::Sender<()>,
-    listening: JoinHandle<Result<(), session_guard_client::ListenerError>>,
-}
-
-impl Load {
-    /// Starts the listener, then the publisher and its stream: `per_tick`
-    /// users every 20 ms.
-    async fn start(test: &TestApp, cluster: &PrivateCluster, name: &str, per_tick: u64) -> Load {
-        let app = AppName::parse(name).unwrap();
-        let urls: Vec<&str> = cluster.urls().split(',').collect();
-        let mut listener_config = ListenerConfig::with_urls(&urls, app.clone());
-        listener_config.exchange = test.settings.amqp.revocations_exchange.clone();
-        listener_config.max_backoff = Duration::from_millis(500);
-        let listener = RevocationListener::connect(listener_config).await.unwrap();
-        let received = Arc::new(Mutex::new(Vec::new()));
-        let (stop_listening, stopped) = tokio::sync::oneshot::channel::<()>();
-        let record = received.clone();
-        let listening = tokio::spawn(listener.run(
-            move |revoke| {
-                record
-                    .lock()
-                    .unwrap()
-                    .push((revoke.message.session_id.clone(), revoke.message.event_id));
-                async { Ok::<(), String>(()) }
-            },
-            async {
-                let _ = stopped.await;
-            },
-        ));
-
-        let mut publisher_config = PublisherConfig::with_urls(&urls, app.clone());
-        publisher_config.exchange = test.settings.amqp.events_exchange.clone();
-        publisher_config.max_backoff = Duration::from_millis(200);
-        let publisher = Arc::new(EventPublisher::connect(publisher_config).await.unwrap());
-        let (stop_sending, mut stop) = tokio::sync::watch::channel(false);
-        let sender = publisher.clone();
-        let sending = tokio::spawn(async move {
-            let mut users = 0u64;
-            let mut tick = tokio::time::interval(Duration::from_millis(20));
-            while !*stop.borrow() {
-                tokio::select! {
-                    _ = tick.tick() => {}
-                    _ = stop.changed() => break,
-                }
-                for _ in 0..per_tick {
-                    let user = format!("u{users}");
-                    for device in ["a", "b"] {
-                        let session = format!("{user}-{device}");
-                        // A full buffer (the broker away a while): wait, as
-                        // an app that must not lose a login would.
-                        while let Err(e) = sender.login(&session, &user).send() {
-                            assert!(
-                                matches!(e, session_guard_client::SendError::BufferFull(_)),
-                                "{e}"
-                            );
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                        }
-                    }
-                    users += 1;
-                }
-            }
-            users
-        });
-        Load {
-            app,
-            publisher,
-            stop_sending,
-            sending,
-            received,
-            stop_listening,
-            listening,
-        }
-    }
-
-    /// Stops the stream, waits until the broker confirmed every login
-    /// sent, then checks the outcome: every login in the log, every first
-    /// login revoked once and its revoke received by the listener, the
-    /// outbox and the queues empty, nothing dead-lettered.
-    async fn finish(self, test: &TestApp, cluster: &PrivateCluster) {
-        let _ = self.stop_sending.send(true);
-        let users = self.sending.await.unwrap();
-        let Ok(publisher) = Arc::try_unwrap(self.publisher) else {
-            panic!("the sender is done with the publisher");
-        };
-        tokio::time::timeout(Duration::from_secs(90), publisher.close())
-            .await
-            .expect("the publisher's events confirmed in time")
-            .expect("every login sent was confirmed");
-        let app = self.app.as_str();
-        eprintln!("{users} users, {} logins confirmed", 2 * users);
-
-        until("every confirmed login in the log", || async {
-            test.logged(app).await == 2 * users as i64
-        })
-        .await;
-        until("the outbox to drain", || async {
-            test.outbox_len().await == 0
-        })
-        .await;
-        // Per user: the two logins, one active, one revoked for the limit.
-        let as_expected: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM (SELECT user_id FROM sessions WHERE app = $1 GROUP BY user_id
-               HAVING count(*) = 2
-                  AND count(*) FILTER (WHERE end_reason IS NULL) = 1
-                  AND count(*) FILTER (WHERE end_reason = 'session_limit') = 1) u",
-        )
-        .bind(app)
-        .fetch_one(&test.pool)
-        .await
-        .unwrap();
-        assert_eq!(
-            as_expected, users as i64,
-            "users with one active, one revoked"
-        );
-        let revoked: Vec<String> = sqlx::query_scalar(
-            "SELECT session_id FROM sessions WHERE app = $1 AND end_reason = 'session_limit'",
-        )
-        .bind(app)
-        .fetch_all(&test.pool)
-        .await
-        .unwrap();
-        let revoked: HashSet<String> = revoked.into_iter().collect();
-
-        let received = self.received.clone();
-        until("the listener to receive every revoke", || async {
-            let got: HashSet<String> = received
-                .lock()
-                .unwrap()
-                .iter()
-                .map(|(s, _)| s.clone())
-                .collect();
-            got.len() >= revoked.len()
-        })
-        .await;
-        // Every revoked session has one revoke (one event id), however many
-        // times the broker delivered it; and nothing else was revoked.
-        let deliveries = received.lock().unwrap().clone();
-        let mut ids: HashMap<String, HashSet<uuid::Uuid>> = HashMap::new();
-        for (session, id) in &deliveries {
-            ids.entry(session.clone()).or_default().insert(*id);
-        }
-        let received_sessions: HashSet<String> = ids.keys().cloned().collect();
-        assert_eq!(
-            received_sessions, revoked,
-            "revokes received = sessions revoked"
-        );
-        let twice: Vec<_> = ids.iter().filter(|(_, ids)| ids.len() != 1).collect();
-        assert!(
-            twice.is_empty(),
-            "sessions revoked more than once: {twice:?}"
-        );
-        eprintln!(
-            "{} revokes received, {} deliveries (redeliveries: {})",
-            ids.len(),
-            deliveries.len(),
-            deliveries.len() - ids.len()
-        );
-
-        // Nothing dead-lettered, nothing left: the worker's queues and the
-        // app's, as the cluster counts them (ready and unacked; the counts
-        // of a quorum queue lag its acks by a few seconds).
-        let dead_letters = format!("{}.dead", names::revoke_queue(&self.app));
-        let revokes = names::revoke_queue(&self.app);
-        let queues = [
-            test.settings.amqp.dead_letter_queue.as_str(),
-            dead_letters.as_str(),
-            test.settings.amqp.events_queue.as_str(),
-            revokes.as_str(),
-        ];
-        until("every queue empty", || async {
-            let counts = queue_counts(cluster).await;
-            queues.iter().all(|q| counts.get(*q) == Some(&0))
-        })
-        .await;
-
-        let _ = self.stop_listening.send(());
-        self.listening.await.unwrap().unwrap();
-    }
-}
-
-/// Polls `condition` every 50 ms until it holds, or fails the test after
-/// two minutes (a leader election and a reconnection take seconds, on a
-/// machine other tests share).
-async fn until<F, Fut>(what: &str, mut condition: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while !condition().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// `rabbitmqctl ARGS` on the first node that answers.
 async fn ctl_any(cluster: &PrivateCluster, args: &[&str]) -> String {
     for n in 1..=3 {
@@ -311,21 +107,19 @@ async fn ctl_any(cluster: &PrivateCluster, args: &[&str]) -> String {
 
 /// Messages (ready and unacked) of every queue of the cluster, by name.
 async fn queue_counts(cluster: &PrivateCluster) -> HashMap<String, u64> {
-    ctl_any(
-        cluster,
-        &[
-            "list_queues",
-            "name",
-            "messages",
-            "--no-table-headers",
-            "-q",
-        ],
+    parse_queue_counts(
+        &ctl_any(
+            cluster,
+            &[
+                "list_queues",
+                "name",
+                "messages",
+                "--no-table-headers",
+                "-q",
+            ],
+        )
+        .await,
     )
-    .await
-    .lines()
-    .filter_map(|l| l.split_once('\t'))
-    .filter_map(|(name, n)| Some((name.to_owned(), n.trim().parse().ok()?)))
-    .collect()
 }
 
 /// The node (1-3) that leads `queue`, and how many of its members are online.
@@ -406,18 +200,6 @@ async fn consumer_nodes(cluster: &PrivateCluster, queue: &str) -> Vec<usize> {
     .collect()
 }
 
-/// Waits until at least `more` more logins of `app` are in the log than
-/// `from`: the workers are processing again.
-async fn progress(test: &TestApp, app: &str, more: i64) -> Duration {
-    let start = Instant::now();
-    let from = test.logged(app).await;
-    until(&format!("{more} more logins in the log"), || async {
-        test.logged(app).await >= from + more
-    })
-    .await;
-    start.elapsed()
-}
-
 /// Two workers (one in this process, one the real binary) on a
 /// three-node cluster; the app logs users in from two devices. The node
 /// that leads the events queue is killed (kill -9), then the node a worker
@@ -446,7 +228,7 @@ async fn killing_the_events_queue_leader_then_a_workers_node_loses_nothing() {
     })
     .await;
 
-    let load = Load::start(&test, &cluster, "ha-shop", 2).await;
+    let load = Load::start(&test, &cluster_urls(&cluster), "ha-shop", 2).await;
     let app = load.app.as_str().to_owned();
     progress(&test, &app, 200).await;
 
@@ -469,7 +251,8 @@ async fn killing_the_events_queue_leader_then_a_workers_node_loses_nothing() {
     cluster.start_node(worker_node).await;
     progress(&test, &app, 200).await;
 
-    load.finish(&test, &cluster).await;
+    load.finish(&test, async || queue_counts(&cluster).await)
+        .await;
     // The killed nodes are back: the queue has its three replicas again.
     until("the events queue's three replicas online", || async {
         leader_of(&cluster, &queue).await.1 == 3
@@ -491,7 +274,7 @@ async fn a_rolling_restart_of_the_cluster_loses_nothing_and_the_worker_stays() {
     let cluster = PrivateCluster::start().await;
     let urls = cluster.urls().to_owned();
     let mut test = spawn_app_with(|s| s.amqp.url = urls.clone()).await;
-    let load = Load::start(&test, &cluster, "rolling-shop", 2).await;
+    let load = Load::start(&test, &cluster_urls(&cluster), "rolling-shop", 2).await;
     let app = load.app.as_str().to_owned();
     progress(&test, &app, 200).await;
     for n in 1..=3 {
@@ -511,7 +294,8 @@ async fn a_rolling_restart_of_the_cluster_loses_nothing_and_the_worker_stays() {
         progress(&test, &app, 100).await;
         assert!(test.worker_running(), "the worker exited after node {n}");
     }
-    load.finish(&test, &cluster).await;
+    load.finish(&test, async || queue_counts(&cluster).await)
+        .await;
     test.stop_worker().await;
 }
 
