@@ -4,6 +4,8 @@
 
 use session_guard::configuration::{DatabaseSettings, with_database};
 
+use crate::failover::Formation;
+
 /// The configured URL's host list (`127.0.0.1:5432` by default) replaced by
 /// `hosts`.
 fn url_with_hosts(hosts: &str) -> String {
@@ -70,33 +72,11 @@ async fn no_host_answering_names_each() {
 /// Against a pg_auto_failover formation (`scripts/pg-failover`, needs
 /// pg_autoctl; about 30 s): the URL lists the standby first, without
 /// `target_session_attrs` (a list means read-write), and the pool lands on
-/// the primary. Run with `cargo test --test integration -- --ignored
-/// hosts::`.
+/// the primary.
 #[tokio::test]
-#[ignore = "starts a pg_auto_failover formation (scripts/pg-failover, pg_autoctl)"]
 async fn the_standby_listed_first_is_skipped() {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/pg-failover");
-    let dir = tempfile_dir();
-    let out = std::process::Command::new(script)
-        .args(["start", &dir])
-        .output()
-        .unwrap();
-    let _stop = Stop(script, dir.clone());
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "{text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let value = |key: &str| {
-        text.split_whitespace()
-            .find_map(|w| w.strip_prefix(key))
-            .unwrap_or_else(|| panic!("no {key} in {text}"))
-            .to_owned()
-    };
-    let primary: u16 = value("PRIMARY=").parse().unwrap();
-    let (p1, p2) = (value("NODE_1_PORT="), value("NODE_2_PORT="));
-    let standby = if p1 == primary.to_string() { p2 } else { p1 };
+    let formation = Formation::start(false).await;
+    let (primary, standby) = (formation.primary, formation.standby());
     let database = DatabaseSettings {
         url: format!("postgres://postgres@127.0.0.1:{standby},127.0.0.1:{primary}/postgres"),
         max_connections: 2,
@@ -115,31 +95,11 @@ async fn the_standby_listed_first_is_skipped() {
 /// and the same pool, untouched, writes on the new primary within seconds
 /// (`db::follow`); no connection it hands out is to the demoted server.
 #[tokio::test]
-#[ignore = "starts a pg_auto_failover formation (scripts/pg-failover, pg_autoctl)"]
 async fn the_pool_follows_the_primary_through_a_failover() {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/pg-failover");
-    let dir = tempfile_dir();
-    let out = std::process::Command::new(script)
-        .args(["start", &dir])
-        .env("PG_FAILOVER_QUICK", "1")
-        .output()
-        .unwrap();
-    let _stop = Stop(script, dir.clone());
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "{text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let value = |text: &str, key: &str| {
-        text.split_whitespace()
-            .find_map(|w| w.strip_prefix(key))
-            .unwrap_or_else(|| panic!("no {key} in {text}"))
-            .to_owned()
-    };
-    let before: i32 = value(&text, "PRIMARY=").parse().unwrap();
+    let mut formation = Formation::start(true).await;
+    let before = i32::from(formation.primary);
     let database = DatabaseSettings {
-        url: value(&text, "URL="),
+        url: formation.url.clone(),
         max_connections: 3,
     };
     let pool = session_guard::db::connect(&database).await.unwrap();
@@ -156,17 +116,8 @@ async fn the_pool_follows_the_primary_through_a_failover() {
     };
     assert_eq!(write().await.unwrap(), before);
 
-    let out = std::process::Command::new(script)
-        .args(["failover", &dir])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "{text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let after: i32 = value(&text, "PRIMARY=").parse().unwrap();
+    formation.fail_over("failover").await;
+    let after = i32::from(formation.primary);
     assert_ne!(after, before);
 
     let started = std::time::Instant::now();
@@ -188,25 +139,4 @@ async fn the_pool_follows_the_primary_through_a_failover() {
         started.elapsed()
     );
     pool.close().await;
-}
-
-/// A fresh directory for the formation (`mktemp -d`, which postgres can
-/// traverse).
-fn tempfile_dir() -> String {
-    let out = std::process::Command::new("mktemp")
-        .arg("-d")
-        .output()
-        .unwrap();
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
-}
-
-/// Stops the formation (and removes its directory) however the test ends.
-struct Stop(&'static str, String);
-
-impl Drop for Stop {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new(self.0)
-            .args(["stop", &self.1])
-            .status();
-    }
 }

@@ -18,6 +18,7 @@ mod contract;
 mod demo;
 mod docs_drift;
 mod enforcement;
+mod failover;
 mod faults;
 mod hosts;
 mod layers;
