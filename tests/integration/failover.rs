@@ -199,7 +199,7 @@ async fn two_workers(test: &mut TestApp, api: &str) -> [WorkerProcess; 2] {
 }
 
 /// The time from `since` to the first login of `app` committed on the
-/// server at `port` once it is the primary: polled every 100 ms on a
+/// server at `url` (one node) once it is the primary: polled every 100 ms on a
 /// connection of its own, from before the failover; the count seen at the
 /// first answer as a primary is the base, and the first count above it is
 /// a new row (a batch committed on the new primary).
