@@ -15,11 +15,14 @@ use lapin::options::BasicPublishOptions;
 use lapin::types::ShortString;
 use lapin::{BasicProperties, Channel, Confirmation};
 
+use session_guard_amqp::backoff::Backoff;
+
 use crate::broker;
-use crate::db::outbox;
+use crate::db::{self, outbox};
 use crate::domain::session::EndReason;
 use crate::metric;
-use crate::shutdown::CancellationToken;
+use crate::refusal::Refusal;
+use crate::shutdown::{CancellationToken, pause};
 use crate::state::WorkerState;
 
 /// Rows claimed and published per round trip of confirms.
@@ -45,13 +48,39 @@ pub(crate) async fn relay(
     // Cleared after the first flush that went through, not before: a
     // refusal may come from the database too.
     let mut cleared = false;
+    let mut database_backoff = Backoff::new(state.settings.worker.max_backoff());
+    let mut database_down = false;
     loop {
         // Read before flushing: the shutdown reaches the relay once the
         // consumer has committed its last batch, so a flush that starts after
         // seeing it sees every revoke, whereas one that claimed its rows just
         // before that commit would miss that batch's revokes.
         let stopping = shutdown.is_cancelled();
-        flush(state, &channel).await?;
+        match flush(state, &channel).await {
+            Ok(()) => {
+                if std::mem::take(&mut database_down) {
+                    tracing::info!("outbox relay: the database answers again");
+                }
+                database_backoff.reset();
+            }
+            // The database away (a failover, a restart): the broker
+            // connection is fine, so it is kept, and the flush tried again
+            // with backoff. Rows claimed by the failed transaction were not
+            // deleted: they are claimed again, and any already confirmed is
+            // published again with its event id. Everything else (the
+            // broker, a refusal, a shutdown) is the supervisor's.
+            Err(e) if !stopping && database_outage(&e) => {
+                let delay = database_backoff.next_delay();
+                if !std::mem::replace(&mut database_down, true) {
+                    tracing::warn!(error = %format!("{e:#}"), retry_in_ms = delay.as_millis() as u64, "outbox relay: database unavailable; retrying");
+                }
+                if !pause(delay, shutdown).await {
+                    return Err(e);
+                }
+                continue;
+            }
+            Err(e) => return Err(e),
+        }
         if !cleared {
             state.health.set_refusal("relay", None);
             cleared = true;
@@ -68,6 +97,17 @@ pub(crate) async fn relay(
     let _ = channel.close(200, "shutting down".into()).await;
     let _ = connection.close(200, "shutting down".into()).await;
     Ok(())
+}
+
+/// Whether `error` is the database failing for a while (connection lost,
+/// read-only after a demotion, shutting down), not a refusal an operator
+/// must fix nor an error of the broker.
+fn database_outage(error: &anyhow::Error) -> bool {
+    Refusal::find(error).is_none()
+        && error
+            .chain()
+            .find_map(|cause| cause.downcast_ref::<sqlx::Error>())
+            .is_some_and(db::is_transient)
 }
 
 /// Publishes everything in the outbox, chunk by chunk.

@@ -48,11 +48,18 @@ pub(crate) async fn run(state: &WorkerState, shutdown: &CancellationToken) {
     }
 }
 
-/// Pings PostgreSQL and reports to readiness whether it answered, and what
-/// refused the ping if something did.
+/// Pings PostgreSQL and reports to readiness whether it answered and takes
+/// writes, and what refused the ping if something did.
 async fn check_database(state: &WorkerState) {
-    let ping = tokio::time::timeout(PING_EVERY, sqlx::query("SELECT 1").execute(&state.pool)).await;
-    state.health.set_database(matches!(ping, Ok(Ok(_))));
+    // "Takes writes", not "answers": during a planned failover an idle
+    // connection to the old primary, demoted and read-only, still answers
+    // a `SELECT 1` while every batch there fails (SQLSTATE 25006).
+    let ping = tokio::time::timeout(PING_EVERY, async {
+        let mut conn = state.pool.acquire().await?;
+        db::hosts::read_only(&mut conn).await
+    })
+    .await;
+    state.health.set_database(matches!(ping, Ok(Ok(false))));
     let refusal = match &ping {
         Ok(Err(e)) => Refusal::of_database(e),
         _ => None,
