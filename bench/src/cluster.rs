@@ -9,13 +9,12 @@ use std::time::{Duration, Instant};
 
 use session_guard::Settings;
 use session_guard::broker;
-use sqlx::PgPool;
 
-use crate::drain::Drains;
+use crate::drain::{Drains, side, side_by_side};
 use crate::options::BenchArgs;
 use crate::report::{Row, median, spread};
 use crate::services::reset_log;
-use crate::workers::{Progress, WorkerProcess};
+use crate::workers::{Progress, WorkerProcess, longest_pause};
 
 /// The script that runs the cluster, in the repository.
 const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/rabbitmq-cluster");
@@ -140,40 +139,6 @@ impl Drop for Cluster {
     }
 }
 
-/// A connection to the broker(s) of `settings`, the bench's topology
-/// declared, a queue bound like an app's (so revokes are routed, not
-/// logged as unroutable; gone with the connection: keep it open while a
-/// worker drains), and a confirm channel on it.
-async fn side(settings: &Settings) -> anyhow::Result<(lapin::Connection, lapin::Channel)> {
-    let connection = broker::connect(&settings.amqp, "bench").await?;
-    broker::declare_topology(&connection, &settings.amqp).await?;
-    let setup = connection.create_channel().await?;
-    broker::declare_revoke_tap(&setup, &settings.amqp.revocations_exchange).await?;
-    let publisher = broker::confirm_channel(&connection).await?;
-    Ok((connection, publisher))
-}
-
-/// One broker's side of the comparison: its connection and confirm
-/// channel, with the bench's topology declared.
-async fn drains_on<'a>(
-    settings: &'a Settings,
-    pool: &'a PgPool,
-    worker: &'a Path,
-    events: &'a [Vec<u8>],
-    connection: &'a lapin::Connection,
-    publisher: &'a lapin::Channel,
-) -> Drains<'a> {
-    Drains {
-        settings,
-        pool,
-        connection,
-        publisher,
-        worker,
-        events,
-        requests: 0,
-    }
-}
-
 /// The cluster's rows: 1 worker on the single node and on the cluster,
 /// back to back in each run, and the outage after the worker's node is
 /// killed.
@@ -194,28 +159,26 @@ pub async fn rows(
     let mut leader_killed = 0;
     let (mut leader_outages, mut worker_on_leader) = (Vec::new(), 0);
     for run in 1..=runs {
-        let mut run_rates = [0.0; 2];
-        for (i, settings) in [single, &on_cluster].into_iter().enumerate() {
-            // Connected anew each time: a node killed before may have been
-            // the one the bench's connection was on.
-            let (connection, publisher) = side(settings).await?;
-            let drains = drains_on(settings, &pool, worker, events, &connection, &publisher).await;
-            reset_log(&pool).await?;
-            drains.fill().await?;
-            let rate = drains.through_workers(1).await?.rate;
-            println!(
-                "run {run}/{runs}: 1 worker on {}: {rate:.0} events/s",
-                ["the single node", "the cluster"][i]
-            );
-            run_rates[i] = rate;
+        // Connected anew for each drain: a node killed before may have been
+        // the one the bench's connection was on.
+        let run_rates = side_by_side(
+            [
+                ("the single node", single, &pool),
+                ("the cluster", &on_cluster, &pool),
+            ],
+            worker,
+            events,
+            &format!("run {run}/{runs}"),
+        )
+        .await?;
+        for (i, rate) in run_rates.into_iter().enumerate() {
             rates[i].push(rate);
-            let _ = connection.close(200, "done".into()).await;
         }
         ratios.push(run_rates[1] / run_rates[0]);
 
         // The outage: the node the worker consumes from, killed mid-drain.
         let (connection, publisher) = side(&on_cluster).await?;
-        let drains = drains_on(&on_cluster, &pool, worker, events, &connection, &publisher).await;
+        let drains = Drains::on(&on_cluster, &pool, worker, events, &connection, &publisher);
         reset_log(&pool).await?;
         drains.fill().await?;
         let (gap, both) = outage(
@@ -242,7 +205,7 @@ pub async fn rows(
 
         // The events queue's leader killed: a new one elected.
         let (connection, publisher) = side(&on_cluster).await?;
-        let drains = drains_on(&on_cluster, &pool, worker, events, &connection, &publisher).await;
+        let drains = Drains::on(&on_cluster, &pool, worker, events, &connection, &publisher);
         reset_log(&pool).await?;
         drains.fill().await?;
         let (gap, both) = outage(
@@ -374,19 +337,12 @@ async fn outage(
             nix::unistd::Pid::from_raw(pid),
             nix::sys::signal::Signal::SIGKILL,
         )?;
-        let (mut last, mut last_change) = (at_kill, killed);
-        let mut longest = Duration::ZERO;
-        while last < (at_kill + tenth).min(events) {
-            anyhow::ensure!(killed.elapsed() < Duration::from_secs(300), "no progress");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-            let now = progress.processed(&process).await.unwrap_or(last);
-            if now > last {
-                // Measured from the kill for the first pause.
-                longest = longest.max(last_change.elapsed());
-                last = now;
-                last_change = Instant::now();
-            }
-        }
+        let until = (at_kill + tenth).min(events);
+        let (growth, reached) = progress
+            .growth(&process, until, Duration::from_secs(300))
+            .await;
+        anyhow::ensure!(reached >= until, "no progress");
+        let longest = longest_pause(&growth, killed);
         cluster.script(&["start-node"], Some(node))?;
         Ok((longest, both))
     }

@@ -171,6 +171,66 @@ async fn all_backends(pool: &PgPool) -> anyhow::Result<Vec<i32>> {
 /// Worker counts of the drain runs.
 const WORKERS: [usize; 2] = [1, 2];
 
+/// A connection to the broker(s) of `settings`, the bench's topology
+/// declared, a queue bound like an app's (so revokes are routed, not
+/// logged as unroutable; gone with the connection: keep it open while a
+/// worker drains), and a confirm channel on it.
+pub async fn side(settings: &Settings) -> anyhow::Result<(Connection, Channel)> {
+    let connection = broker::connect(&settings.amqp, "bench").await?;
+    broker::declare_topology(&connection, &settings.amqp).await?;
+    let setup = connection.create_channel().await?;
+    broker::declare_revoke_tap(&setup, &settings.amqp.revocations_exchange).await?;
+    let publisher = broker::confirm_channel(&connection).await?;
+    Ok((connection, publisher))
+}
+
+/// One worker draining `events` on each of two setups (a label, the
+/// settings, and a pool on the settings' database), back to back: each
+/// from a connection of its own ([`side`]) and an empty log. The two
+/// rates, each printed after `prefix` as it is measured.
+pub async fn side_by_side(
+    setups: [(&str, &Settings, &PgPool); 2],
+    worker: &Path,
+    events: &[Vec<u8>],
+    prefix: &str,
+) -> anyhow::Result<[f64; 2]> {
+    let mut rates = [0.0; 2];
+    for (i, (label, settings, pool)) in setups.into_iter().enumerate() {
+        let (connection, publisher) = side(settings).await?;
+        let drains = Drains::on(settings, pool, worker, events, &connection, &publisher);
+        reset_log(pool).await?;
+        drains.fill().await?;
+        rates[i] = drains.through_workers(1).await?.rate;
+        println!("{prefix}: 1 worker on {label}: {:.0} events/s", rates[i]);
+        let _ = connection.close(200, "done".into()).await;
+    }
+    Ok(rates)
+}
+
+impl<'a> Drains<'a> {
+    /// Drains of `events` on the servers of `settings` (`pool` on its
+    /// database), through `connection` and its confirm channel `publisher`;
+    /// without the batch figures, which need the number of requests.
+    pub fn on(
+        settings: &'a Settings,
+        pool: &'a PgPool,
+        worker: &'a Path,
+        events: &'a [Vec<u8>],
+        connection: &'a Connection,
+        publisher: &'a Channel,
+    ) -> Drains<'a> {
+        Drains {
+            settings,
+            pool,
+            connection,
+            publisher,
+            worker,
+            events,
+            requests: 0,
+        }
+    }
+}
+
 impl Drains<'_> {
     /// The baseline, then 1 and 2 workers, `runs` times.
     pub async fn empty_log(&self, runs: usize) -> anyhow::Result<DrainFigures> {

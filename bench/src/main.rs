@@ -15,6 +15,7 @@ mod coalescing;
 #[cfg(test)]
 mod docs_drift;
 mod drain;
+mod failover;
 mod latency;
 mod options;
 mod report;
@@ -63,6 +64,9 @@ async fn run(args: BenchArgs) -> anyhow::Result<()> {
         cluster::rows(&settings, &args, &worker, &events)
             .await
             .map(|rows| (rows, false))
+    } else if args.failover_only {
+        let events = generate(&args);
+        failover::rows(&settings, &args, &worker, &events).await
     } else if args.client_only {
         client_only(&settings, &args)
             .await
@@ -74,9 +78,9 @@ async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let (rows, tls) = result?;
     let table = report::table(&rows);
     println!("\n{table}");
-    if !args.output.is_empty() && !args.partial() {
-        report::write(&args, &table, &worker, tls).await?;
-        println!("written to the bench block of {}", args.output);
+    if let Some(file) = args.report_file() {
+        report::write(&args, file, &table, &worker, tls).await?;
+        println!("written to the bench block of {file}");
     }
     Ok(())
 }

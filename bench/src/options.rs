@@ -41,9 +41,11 @@ pub struct BenchArgs {
     pub log_rows: u64,
     /// The file whose bench block (the lines between `<!-- bench:begin -->`
     /// and `<!-- bench:end -->`) the report replaces, leaving the rest as it
-    /// is; created if missing (empty = do not write).
-    #[arg(long, default_value = "BENCHMARKS.md")]
-    pub output: String,
+    /// is; created if missing (empty = do not write). Default BENCHMARKS.md,
+    /// except with `--failover-only`, which writes only into a file named
+    /// here.
+    #[arg(long, value_name = "FILE")]
+    pub output: Option<String>,
     /// Times each drain is repeated; the report gives medians, and ratios
     /// are taken within a repetition (worker and baseline back to back).
     #[arg(long, default_value_t = 3)]
@@ -90,7 +92,25 @@ pub struct BenchArgs {
     /// and writes no report.
     #[arg(long, conflicts_with_all = ["client_only", "coalescing_only", "api_only"])]
     pub cluster_only: bool,
+    /// Measure only the worker whose database fails over: a pg_auto_failover
+    /// formation the bench starts (scripts/pg-failover, a primary with a
+    /// synchronous standby on free ports; stopped at the end). 1 worker
+    /// draining `--events` on the configured server and on the formation,
+    /// back to back in each of `--runs` runs; then, in each run, a steady
+    /// stream of `--rate` events/s during which the primary is killed, and
+    /// one during a planned failover: the time to the first batch committed
+    /// on the new primary, and whether every event was logged and each
+    /// revoke published once. Writes its report only into a file `--output`
+    /// names.
+    #[arg(
+        long,
+        conflicts_with_all = ["client_only", "coalescing_only", "api_only", "cluster_only"]
+    )]
+    pub failover_only: bool,
 }
+
+/// Where the report goes unless `--output` says.
+pub const DEFAULT_OUTPUT: &str = "BENCHMARKS.md";
 
 impl BenchArgs {
     /// Only a part that needs the broker alone: no worker, no database, no
@@ -103,5 +123,43 @@ impl BenchArgs {
     /// block, which holds a full run, is left as it is.
     pub fn partial(&self) -> bool {
         self.broker_only() || self.api_only || self.cluster_only
+    }
+
+    /// The file the report is written into, if any: `--output` (empty: none),
+    /// else [`DEFAULT_OUTPUT`]; none for a partial run. A `--failover-only`
+    /// run writes only into a file named on the command line: its figures
+    /// are not the full run the default file's block holds.
+    pub fn report_file(&self) -> Option<&str> {
+        let file = match (&self.output, self.failover_only) {
+            (Some(file), _) => file.as_str(),
+            (None, true) => return None,
+            (None, false) => DEFAULT_OUTPUT,
+        };
+        (!file.is_empty() && !self.partial()).then_some(file)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> BenchArgs {
+        BenchArgs::parse_from(std::iter::once("session-guard-bench").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn the_report_goes_where_the_mode_allows() {
+        assert_eq!(parse(&[]).report_file(), Some(DEFAULT_OUTPUT));
+        assert_eq!(parse(&["--output", "x.md"]).report_file(), Some("x.md"));
+        assert_eq!(parse(&["--output", ""]).report_file(), None);
+        assert_eq!(
+            parse(&["--cluster-only", "--output", "x.md"]).report_file(),
+            None
+        );
+        assert_eq!(parse(&["--failover-only"]).report_file(), None);
+        assert_eq!(
+            parse(&["--failover-only", "--output", "x.md"]).report_file(),
+            Some("x.md")
+        );
     }
 }

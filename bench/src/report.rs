@@ -66,6 +66,24 @@ fn header(args: &BenchArgs, at: &Conditions) -> String {
         "database connection without TLS"
     };
     let [worker, rabbitmq, postgres] = &at.versions;
+    if args.failover_only {
+        return format!(
+            "Measured by `session-guard-bench --failover-only --mix {} --events {} --users {} \
+             --rate {} --runs {}` on {} (UTC).\n\nMachine: {}; {} cores. Versions: {worker}, \
+             {rabbitmq}, {postgres}; {transport}, broker connection without TLS. Broker, the \
+             machine's PostgreSQL, the pg_auto_failover formation (monitor and two nodes), \
+             worker and load generator share the machine. Figures vary by +-20% between runs \
+             on these shared machines: compare ratios within a run.\n",
+            args.mix.name(),
+            args.events,
+            args.users,
+            args.rate,
+            args.runs,
+            at.when,
+            at.machine,
+            at.cores,
+        );
+    }
     format!(
         "Measured by `session-guard-bench --mix {} --events {} --users {} --rate {} \
          --seconds {} --log-rows {} --runs {} --client-events {} --coalescing-sessions {} \
@@ -91,9 +109,15 @@ fn header(args: &BenchArgs, at: &Conditions) -> String {
     )
 }
 
-/// Writes the header and the table into the bench block of `args.output`
+/// Writes the header and the table into the bench block of `file`
 /// (created if missing), leaving the rest of the file as it is.
-pub async fn write(args: &BenchArgs, table: &str, worker: &Path, tls: bool) -> anyhow::Result<()> {
+pub async fn write(
+    args: &BenchArgs,
+    file: &str,
+    table: &str,
+    worker: &Path,
+    tls: bool,
+) -> anyhow::Result<()> {
     let worker_version = command_version(&worker.to_string_lossy(), &["--version"])
         .await
         .unwrap_or_else(|| "session-guard ?".into());
@@ -111,19 +135,18 @@ pub async fn write(args: &BenchArgs, table: &str, worker: &Path, tls: bool) -> a
         tls,
     };
     let block = format!("\n{}\n{table}\n", header(args, &conditions));
-    let old = match std::fs::read_to_string(&args.output) {
+    let old = match std::fs::read_to_string(file) {
         Ok(text) => Some(text),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => return Err(e).with_context(|| format!("cannot read {}", args.output)),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {file}")),
     };
     let new = with_block(old.as_deref(), &block).with_context(|| {
         format!(
-            "{} has no bench block to replace: nothing written (fix its markers, or name \
-             another file with --output)",
-            args.output
+            "{file} has no bench block to replace: nothing written (fix its markers, or name \
+             another file with --output)"
         )
     })?;
-    std::fs::write(&args.output, new).with_context(|| format!("cannot write {}", args.output))?;
+    std::fs::write(file, new).with_context(|| format!("cannot write {file}"))?;
     Ok(())
 }
 

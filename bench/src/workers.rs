@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use nix::sys::signal::{Signal, kill};
@@ -185,6 +185,12 @@ impl WorkerProcess {
         Some((stat.utime + stat.stime) as f64 * 1000.0 / procfs::ticks_per_second() as f64)
     }
 
+    /// How it ended, if it has exited (it should not have: the bench stops
+    /// it).
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
     /// Stops it as an operator would (SIGTERM) and waits for it to exit.
     pub async fn stop(mut self) {
         if let Some(pid) = self.child.id() {
@@ -239,6 +245,29 @@ impl Progress {
         done
     }
 
+    /// Polls the worker's [`EVENTS_PROCESSED`] every 10 ms until it has
+    /// processed `until` events, or for `limit` at most: the instants at
+    /// which it was seen to grow, and the count it reached.
+    pub async fn growth(
+        &self,
+        worker: &WorkerProcess,
+        until: u64,
+        limit: Duration,
+    ) -> (Vec<Instant>, u64) {
+        let started = Instant::now();
+        let mut last = self.processed(worker).await.unwrap_or(0);
+        let mut grew = Vec::new();
+        while last < until && started.elapsed() < limit {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            let now = self.processed(worker).await.unwrap_or(last);
+            if now > last {
+                last = now;
+                grew.push(Instant::now());
+            }
+        }
+        (grew, last)
+    }
+
     /// Waits until the worker's endpoint answers (10 s at most).
     pub async fn wait_until_up(&self, worker: &WorkerProcess) {
         for _ in 0..100 {
@@ -248,6 +277,19 @@ impl Progress {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+}
+
+/// The longest pause in a worker's processing from `from` on, given the
+/// instants at which its count of processed events was seen to grow
+/// ([`Progress::growth`]): the first pause counts from `from` (a kill, a
+/// failover started), each later one from the growth before it.
+pub fn longest_pause(growth: &[Instant], from: Instant) -> Duration {
+    let (mut last, mut longest) = (from, Duration::ZERO);
+    for &at in growth.iter().filter(|at| **at > from) {
+        longest = longest.max(at - last);
+        last = at;
+    }
+    longest
 }
 
 /// `session-guard tokens create NAME --apps '*' --scopes SCOPES` against the
@@ -323,6 +365,21 @@ fn free_port() -> anyhow::Result<u16> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_longest_pause_counts_the_first_from_the_start() {
+        let t0 = Instant::now();
+        let at = |ms| t0 + Duration::from_millis(ms);
+        let growth = [at(5), at(20), at(90), at(100), at(400), at(410)];
+        assert_eq!(longest_pause(&growth, at(50)), Duration::from_millis(300));
+        assert_eq!(longest_pause(&growth, at(0)), Duration::from_millis(300));
+        // A first pause longer than any later one.
+        assert_eq!(
+            longest_pause(&growth[4..], at(0)),
+            Duration::from_millis(400)
+        );
+        assert_eq!(longest_pause(&growth, at(500)), Duration::ZERO);
+    }
 
     #[test]
     fn batch_metrics_add_up_label_sets_and_take_exact_names() {
