@@ -18,7 +18,6 @@ use procfs::Current as _;
 use session_guard::broker;
 use session_guard::configuration::with_database;
 use session_guard::{Settings, db};
-use sqlx::migrate::MigrateDatabase as _;
 use sqlx::{Connection as _, PgConnection, PgPool};
 
 use crate::drain::{Drains, event_properties, side, side_by_side};
@@ -270,15 +269,6 @@ pub async fn rows(
     let mut on_formation = single.clone();
     on_formation.database.url = with_database(&formation.url, &database);
     println!("formation: {}", on_formation.database.url);
-    // Created on the primary by its own URL: `connect_and_migrate` finds the
-    // primary of a host list by connecting to the URL's database, which
-    // does not exist yet.
-    let (primary, _) = formation.primary().await?;
-    sqlx::Postgres::create_database(&format!(
-        "postgres://postgres@127.0.0.1:{primary}/{database}?sslmode=disable"
-    ))
-    .await
-    .context("cannot create the bench's database on the formation")?;
     let formation_pool = db::connect_and_migrate(&on_formation.database).await?;
     let replication = replication(&formation_pool).await?;
     println!("formation's primary: {replication}");
