@@ -65,9 +65,25 @@ pub struct DrainFigures {
     /// With 1 and with 2 workers: the CPU of the PostgreSQL backends
     /// serving the workers' connections, ms per 1,000 events.
     postgres_cpu: [Vec<f64>; 2],
+    /// With 1 and with 2 workers: the workers' CPU per event over the
+    /// baseline's in the same run.
+    worker_cpu_ratio: [Vec<f64>; 2],
+    /// With 1 and with 2 workers: their PostgreSQL backends' CPU per event
+    /// over the baseline's in the same run.
+    postgres_cpu_ratio: [Vec<f64>; 2],
     /// With 1 and with 2 workers: what the batches did, from the workers'
     /// own metrics, to see where the time goes.
     batches: [Vec<BatchFigures>; 2],
+}
+
+/// CPU per event over the baseline consumer's CPU per event, both ms per
+/// 1,000 events of the same run (0 when the baseline measured none).
+fn cpu_ratio(per_1000: f64, baseline_per_1000: f64) -> f64 {
+    if baseline_per_1000 > 0.0 {
+        per_1000 / baseline_per_1000
+    } else {
+        0.0
+    }
 }
 
 /// One drain's batches, as ratios that compare across runs and mixes.
@@ -239,9 +255,8 @@ impl Drains<'_> {
             figures.publish.push(self.fill().await?);
             let (base, base_cpu) = self.baseline().await?;
             figures.baseline.push(base);
-            figures
-                .baseline_cpu
-                .push(base_cpu * 1000.0 / self.events.len() as f64);
+            let base_per_1000 = base_cpu * 1000.0 / self.events.len() as f64;
+            figures.baseline_cpu.push(base_per_1000);
             println!("run {run}/{runs}: baseline {base:.0} events/s, {base_cpu:.0} ms CPU");
             for (i, workers) in WORKERS.into_iter().enumerate() {
                 reset_log(self.pool).await?;
@@ -250,13 +265,22 @@ impl Drains<'_> {
                 let rate = drain.rate;
                 figures.peak_rss = figures.peak_rss.max(drain.rss);
                 let per_1000 = 1000.0 / self.events.len() as f64;
-                figures.worker_cpu[i].push(drain.worker_cpu_ms * per_1000);
-                figures.postgres_cpu[i].push(drain.postgres_cpu_ms * per_1000);
+                let (worker_cpu, postgres_cpu) = (
+                    drain.worker_cpu_ms * per_1000,
+                    drain.postgres_cpu_ms * per_1000,
+                );
+                let worker_ratio = cpu_ratio(worker_cpu, base_per_1000);
+                let postgres_ratio = cpu_ratio(postgres_cpu, base_per_1000);
+                figures.worker_cpu[i].push(worker_cpu);
+                figures.postgres_cpu[i].push(postgres_cpu);
+                figures.worker_cpu_ratio[i].push(worker_ratio);
+                figures.postgres_cpu_ratio[i].push(postgres_ratio);
                 let b = BatchFigures::of(&drain.batches, self.events.len(), self.requests);
                 figures.batches[i].push(b);
                 println!(
                     "run {run}/{runs}: {workers} worker(s) {rate:.0} events/s ({:.2} of the baseline), \
-                     CPU {:.0} ms worker, {:.0} ms PostgreSQL",
+                     CPU {:.0} ms worker, {:.0} ms PostgreSQL; CPU per event over the baseline's: \
+                     worker {worker_ratio:.2}, PostgreSQL {postgres_ratio:.2}",
                     rate / base,
                     drain.worker_cpu_ms,
                     drain.postgres_cpu_ms
@@ -447,6 +471,24 @@ impl DrainFigures {
                     median(&self.baseline_cpu),
                     self.baseline_cpu.len()
                 ),
+            });
+            let ratios = |r: &[f64]| -> String {
+                let runs: Vec<String> = r.iter().map(|x| format!("{x:.2}")).collect();
+                format!("{:.2} (runs {})", median(r), runs.join(", "))
+            };
+            rows.push(Row {
+                what: format!(
+                    "CPU per event over the baseline's, {workers} worker{} ({mix} mix)",
+                    if workers > 1 { "s" } else { "" }
+                ),
+                figure: format!(
+                    "worker {}, PostgreSQL {}",
+                    ratios(&self.worker_cpu_ratio[i]),
+                    ratios(&self.postgres_cpu_ratio[i])
+                ),
+                note: "each run's CPU per event (the row above) over the baseline consumer's CPU \
+                       per event in the same run; medians of the runs' ratios"
+                    .into(),
             });
         }
         for (i, workers) in WORKERS.into_iter().enumerate() {
