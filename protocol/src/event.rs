@@ -5,11 +5,13 @@
 //! which field is wrong and why: they end up in the `x-session-guard-error`
 //! header of the dead-lettered message, where the app's developers read them.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::net::IpAddr;
 use std::time::Duration;
 
 use chrono::{DateTime, Datelike as _, SecondsFormat, Utc};
+use serde::de::{self, Deserialize, Deserializer, Visitor};
 use serde_json::{Map, Value};
 
 /// Largest message body accepted, in bytes (64 KiB).
@@ -516,58 +518,73 @@ pub struct SessionEvent {
 
 impl SessionEvent {
     /// Decodes and validates one message body.
+    ///
+    /// The body is read straight into its fields ([`RawEvent`]), without a
+    /// `serde_json::Value` of the whole: a string field is borrowed from
+    /// the body unless it holds an escape, and each field is copied once,
+    /// when its check makes it a typed value. What is refused, and why, is
+    /// what a `Value` read first would give: the whole body is parsed (a
+    /// syntax error anywhere is one), a repeated key keeps its last value,
+    /// and the fields are checked in the order below, whatever their order
+    /// in the body.
     pub fn decode(body: &[u8]) -> Result<SessionEvent, EventError> {
         if body.len() > MAX_MESSAGE_BYTES {
             return Err(EventError::TooLarge(body.len()));
         }
-        let value: Value = serde_json::from_slice(body).map_err(|e| EventError::Json {
-            line: e.line(),
-            column: e.column(),
-            detail: json_error_detail(&e),
-        })?;
-        let Value::Object(mut object) = value else {
-            return Err(EventError::NotAnObject);
+        let raw = match serde_json::from_slice::<Body>(body) {
+            Ok(Body::Object(raw)) => raw,
+            Ok(Body::NotAnObject) => return Err(EventError::NotAnObject),
+            Err(e) => {
+                return Err(EventError::Json {
+                    line: e.line(),
+                    column: e.column(),
+                    detail: json_error_detail(&e),
+                });
+            }
         };
 
-        let kind = parse_kind(required_str(&object, "type")?)?;
-        let app = AppName::parse(required_str(&object, "app")?)
+        let kind = parse_kind(required_str(&raw.kind, "type")?)?;
+        let app = AppName::parse(required_str(&raw.app, "app")?)
             .map_err(|p| EventError::invalid("app", p))?;
         // An `attributes` event is about the user: a session it names is
         // checked like any other field, and not used.
         let session_id = if kind.names_session() {
-            Some(required_str(&object, "session_id")?)
+            Some(required_str(&raw.session_id, "session_id")?)
         } else {
-            optional_str(&object, "session_id")?
+            optional_str(&raw.session_id, "session_id")?
         }
         .map(SessionId::parse)
         .transpose()
         .map_err(|p| EventError::invalid("session_id", p))?
         .filter(|_| kind.names_session());
         let user_id = if kind.requires_user() {
-            Some(required_str(&object, "user_id")?)
+            Some(required_str(&raw.user_id, "user_id")?)
         } else {
-            optional_str(&object, "user_id")?
+            optional_str(&raw.user_id, "user_id")?
         }
         .map(UserId::parse)
         .transpose()
         .map_err(|p| EventError::invalid("user_id", p))?;
-        let occurred_at = parse_time("occurred_at", required_str(&object, "occurred_at")?)?;
-        let event_id = optional_str(&object, "event_id")?
+        let occurred_at = parse_time(
+            "occurred_at",
+            required_str(&raw.occurred_at, "occurred_at")?,
+        )?;
+        let event_id = optional_str(&raw.event_id, "event_id")?
             .map(parse_event_id)
             .transpose()?;
-        let ip = optional_str(&object, "ip")?
+        let ip = optional_str(&raw.ip, "ip")?
             .map(|s| {
                 s.parse::<IpAddr>()
                     .map_err(|_| EventError::invalid("ip", "invalid IP address"))
             })
             .transpose()?;
-        let user_agent = optional_str(&object, "user_agent")?
+        let user_agent = optional_str(&raw.user_agent, "user_agent")?
             .map(parse_user_agent)
             .transpose()?;
-        let expires_at = optional_str(&object, "expires_at")?
+        let expires_at = optional_str(&raw.expires_at, "expires_at")?
             .map(|s| parse_time("expires_at", s))
             .transpose()?;
-        let attributes = take_attributes(&mut object)?;
+        let attributes = take_attributes(raw.attributes)?;
         if kind == EventKind::Attributes && attributes.is_none() {
             // The claim is the whole event: `null` would claim nothing new.
             return Err(EventError::Missing("attributes"));
@@ -585,6 +602,244 @@ impl SessionEvent {
             expires_at,
             attributes,
         })
+    }
+}
+
+/// A message body as read, before any check: an object's fields, or
+/// anything else (refused as [`EventError::NotAnObject`] once the whole
+/// body has parsed).
+#[expect(
+    clippy::large_enum_variant,
+    reason = "one per decode, on the stack: a Box would be an allocation per event"
+)]
+enum Body<'a> {
+    Object(RawEvent<'a>),
+    NotAnObject,
+}
+
+/// The fields of an event object as read; `None` when absent. Unknown
+/// fields are parsed (a syntax error in one is still an error) and
+/// dropped.
+#[derive(Default)]
+struct RawEvent<'a> {
+    kind: Option<Raw<'a>>,
+    app: Option<Raw<'a>>,
+    session_id: Option<Raw<'a>>,
+    user_id: Option<Raw<'a>>,
+    occurred_at: Option<Raw<'a>>,
+    event_id: Option<Raw<'a>>,
+    ip: Option<Raw<'a>>,
+    user_agent: Option<Raw<'a>>,
+    expires_at: Option<Raw<'a>>,
+    attributes: Option<Value>,
+}
+
+/// A field that should hold a string, as read: the string (borrowed from
+/// the body unless it holds an escape), `null`, or the JSON type it has
+/// instead, for the refusal.
+enum Raw<'a> {
+    Null,
+    Str(Cow<'a, str>),
+    Other(&'static str),
+}
+
+/// The event fields a body's key may name.
+enum Key {
+    Kind,
+    App,
+    SessionId,
+    UserId,
+    OccurredAt,
+    EventId,
+    Ip,
+    UserAgent,
+    ExpiresAt,
+    Attributes,
+    Unknown,
+}
+
+impl Key {
+    fn of(name: &str) -> Key {
+        match name {
+            "type" => Key::Kind,
+            "app" => Key::App,
+            "session_id" => Key::SessionId,
+            "user_id" => Key::UserId,
+            "occurred_at" => Key::OccurredAt,
+            "event_id" => Key::EventId,
+            "ip" => Key::Ip,
+            "user_agent" => Key::UserAgent,
+            "expires_at" => Key::ExpiresAt,
+            "attributes" => Key::Attributes,
+            _ => Key::Unknown,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Key {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Key, D::Error> {
+        struct KeyVisitor;
+        impl Visitor<'_> for KeyVisitor {
+            type Value = Key;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a field name")
+            }
+            fn visit_str<E: de::Error>(self, name: &str) -> Result<Key, E> {
+                Ok(Key::of(name))
+            }
+        }
+        d.deserialize_str(KeyVisitor)
+    }
+}
+
+/// Any JSON value, parsed as a `Value` would be (numbers included, which
+/// `IgnoredAny` would not range-check) and dropped.
+struct Skip;
+
+impl<'de> Deserialize<'de> for Skip {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Skip, D::Error> {
+        d.deserialize_any(Skipper).map(|_| Skip)
+    }
+}
+
+/// Reads any value and says which JSON type it was, draining arrays and
+/// objects (see [`json_type`]).
+struct Skipper;
+
+impl<'de> Visitor<'de> for Skipper {
+    type Value = &'static str;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<&'static str, E> {
+        Ok("null")
+    }
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<&'static str, E> {
+        Ok("a boolean")
+    }
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<&'static str, E> {
+        Ok("a number")
+    }
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<&'static str, E> {
+        Ok("a number")
+    }
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<&'static str, E> {
+        Ok("a number")
+    }
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<&'static str, E> {
+        Ok("a string")
+    }
+    fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<&'static str, A::Error> {
+        while seq.next_element::<Skip>()?.is_some() {}
+        Ok("an array")
+    }
+    fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<&'static str, A::Error> {
+        while map.next_entry::<Skip, Skip>()?.is_some() {}
+        Ok("an object")
+    }
+}
+
+impl<'de> Deserialize<'de> for Raw<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Raw<'de>, D::Error> {
+        struct RawVisitor;
+        impl<'de> Visitor<'de> for RawVisitor {
+            type Value = Raw<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, s: &'de str) -> Result<Raw<'de>, E> {
+                Ok(Raw::Str(Cow::Borrowed(s)))
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Raw<'de>, E> {
+                Ok(Raw::Str(Cow::Owned(s.to_owned())))
+            }
+            fn visit_string<E: de::Error>(self, s: String) -> Result<Raw<'de>, E> {
+                Ok(Raw::Str(Cow::Owned(s)))
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Raw<'de>, E> {
+                Ok(Raw::Null)
+            }
+            fn visit_bool<E: de::Error>(self, b: bool) -> Result<Raw<'de>, E> {
+                Skipper.visit_bool(b).map(Raw::Other)
+            }
+            fn visit_i64<E: de::Error>(self, n: i64) -> Result<Raw<'de>, E> {
+                Skipper.visit_i64(n).map(Raw::Other)
+            }
+            fn visit_u64<E: de::Error>(self, n: u64) -> Result<Raw<'de>, E> {
+                Skipper.visit_u64(n).map(Raw::Other)
+            }
+            fn visit_f64<E: de::Error>(self, n: f64) -> Result<Raw<'de>, E> {
+                Skipper.visit_f64(n).map(Raw::Other)
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, seq: A) -> Result<Raw<'de>, A::Error> {
+                Skipper.visit_seq(seq).map(Raw::Other)
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, map: A) -> Result<Raw<'de>, A::Error> {
+                Skipper.visit_map(map).map(Raw::Other)
+            }
+        }
+        d.deserialize_any(RawVisitor)
+    }
+}
+
+impl<'de> Deserialize<'de> for Body<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Body<'de>, D::Error> {
+        struct BodyVisitor;
+        impl<'de> Visitor<'de> for BodyVisitor {
+            type Value = Body<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<Body<'de>, A::Error> {
+                let mut raw = RawEvent::default();
+                // A repeated key overwrites: the last one counts.
+                while let Some(key) = map.next_key::<Key>()? {
+                    let field = match key {
+                        Key::Kind => &mut raw.kind,
+                        Key::App => &mut raw.app,
+                        Key::SessionId => &mut raw.session_id,
+                        Key::UserId => &mut raw.user_id,
+                        Key::OccurredAt => &mut raw.occurred_at,
+                        Key::EventId => &mut raw.event_id,
+                        Key::Ip => &mut raw.ip,
+                        Key::UserAgent => &mut raw.user_agent,
+                        Key::ExpiresAt => &mut raw.expires_at,
+                        Key::Attributes => {
+                            raw.attributes = Some(map.next_value()?);
+                            continue;
+                        }
+                        Key::Unknown => {
+                            map.next_value::<Skip>()?;
+                            continue;
+                        }
+                    };
+                    *field = Some(map.next_value()?);
+                }
+                Ok(Body::Object(raw))
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, seq: A) -> Result<Body<'de>, A::Error> {
+                Skipper.visit_seq(seq).map(|_| Body::NotAnObject)
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Body<'de>, E> {
+                Ok(Body::NotAnObject)
+            }
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<Body<'de>, E> {
+                Ok(Body::NotAnObject)
+            }
+            fn visit_i64<E: de::Error>(self, _: i64) -> Result<Body<'de>, E> {
+                Ok(Body::NotAnObject)
+            }
+            fn visit_u64<E: de::Error>(self, _: u64) -> Result<Body<'de>, E> {
+                Ok(Body::NotAnObject)
+            }
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<Body<'de>, E> {
+                Ok(Body::NotAnObject)
+            }
+            fn visit_str<E: de::Error>(self, _: &str) -> Result<Body<'de>, E> {
+                Ok(Body::NotAnObject)
+            }
+        }
+        d.deserialize_any(BodyVisitor)
     }
 }
 
@@ -636,10 +891,8 @@ fn parse_user_agent(s: &str) -> Result<String, EventError> {
 
 /// The `attributes` object, checked; `None` when absent or `null` (the
 /// app's latest claim stands).
-fn take_attributes(
-    object: &mut Map<String, Value>,
-) -> Result<Option<Map<String, Value>>, EventError> {
-    match object.remove("attributes") {
+fn take_attributes(attributes: Option<Value>) -> Result<Option<Map<String, Value>>, EventError> {
+    match attributes {
         None | Some(Value::Null) => Ok(None),
         Some(Value::Object(map)) => {
             check_attributes(&map)?;
@@ -877,24 +1130,21 @@ fn json_type(v: &Value) -> &'static str {
 }
 
 /// A field that must be present and a string. `null` counts as missing.
-fn required_str<'a>(
-    object: &'a Map<String, Value>,
-    field: &'static str,
-) -> Result<&'a str, EventError> {
-    optional_str(object, field)?.ok_or(EventError::Missing(field))
+fn required_str<'a>(field: &'a Option<Raw<'_>>, name: &'static str) -> Result<&'a str, EventError> {
+    optional_str(field, name)?.ok_or(EventError::Missing(name))
 }
 
 /// A field that may be absent or null, and is a string otherwise.
 fn optional_str<'a>(
-    object: &'a Map<String, Value>,
-    field: &'static str,
+    field: &'a Option<Raw<'_>>,
+    name: &'static str,
 ) -> Result<Option<&'a str>, EventError> {
-    match object.get(field) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s)),
-        Some(other) => Err(EventError::invalid(
-            field,
-            format!("expected a string, got {}", json_type(other)),
+    match field {
+        None | Some(Raw::Null) => Ok(None),
+        Some(Raw::Str(s)) => Ok(Some(s)),
+        Some(Raw::Other(json_type)) => Err(EventError::invalid(
+            name,
+            format!("expected a string, got {json_type}"),
         )),
     }
 }
@@ -1078,6 +1328,80 @@ mod tests {
             error_of(v),
             "session_id: must not contain control characters"
         );
+    }
+
+    #[test]
+    fn the_body_is_read_as_a_parsed_json_value_would_be() {
+        let login = r#""type": "login", "app": "shop", "session_id": "s1", "user_id": "u1",
+            "occurred_at": "2026-11-27T10:00:00Z""#;
+        let with = |more: &str| SessionEvent::decode(format!("{{{login}{more}}}").as_bytes());
+        // A repeated key keeps its last value, whatever the first was.
+        assert_eq!(
+            with(r#", "type": "request""#).unwrap().kind,
+            EventKind::Request
+        );
+        let e = with(r#", "user_id": 42, "user_id": "u2""#).unwrap();
+        assert_eq!(e.user_id.unwrap().as_str(), "u2");
+        assert_eq!(
+            with(r#", "attributes": {"a": 1}, "attributes": null"#)
+                .unwrap()
+                .attributes,
+            None
+        );
+        // Escapes in keys and values are read as the text they stand for.
+        let e = SessionEvent::decode(
+            br#"{"ty\u0070e": "login", "app": "sh\u006fp", "session_id": "s\u0031",
+                "user_id": "u\"1", "occurred_at": "2026-11-27T10:00:00Z"}"#,
+        )
+        .unwrap();
+        assert_eq!(e.app.as_str(), "shop");
+        assert_eq!(e.session_id.unwrap().as_str(), "s1");
+        assert_eq!(e.user_id.unwrap().as_str(), "u\"1");
+        // Unknown fields are parsed, not skipped over: a number out of range or
+        // a lone surrogate in one is invalid JSON.
+        assert!(
+            with(r#", "extra": [1, {"a": 1e999}]"#)
+                .unwrap_err()
+                .to_string()
+                .starts_with("invalid JSON at line 2")
+        );
+        assert!(
+            with(r#", "extra": "\ud800""#)
+                .unwrap_err()
+                .to_string()
+                .starts_with("invalid JSON at line 2")
+        );
+        assert!(with(r#", "extra": {"deep": [true, null, -1.5e3, "x"]}"#).is_ok());
+        // A field of another type names the type it has.
+        assert_eq!(
+            with(r#", "ip": {"v": 4}"#).unwrap_err().to_string(),
+            "ip: expected a string, got an object"
+        );
+        assert_eq!(
+            with(r#", "event_id": [true]"#).unwrap_err().to_string(),
+            "event_id: expected a string, got an array"
+        );
+        assert_eq!(
+            with(r#", "user_agent": false"#).unwrap_err().to_string(),
+            "user_agent: expected a string, got a boolean"
+        );
+        // Not an object: once the whole body has parsed.
+        for body in ["[1]", "\"login\"", "null", "1", "-2.5", "true", "[[], {}]"] {
+            assert_eq!(
+                SessionEvent::decode(body.as_bytes()).unwrap_err(),
+                EventError::NotAnObject,
+                "{body}"
+            );
+        }
+        for body in ["[1, 2", "[1,]", "\"a", "{\"type\": \"login\"} x", "[1] [2]"] {
+            assert!(
+                matches!(
+                    SessionEvent::decode(body.as_bytes()),
+                    Err(EventError::Json { .. })
+                ),
+                "{body}"
+            );
+        }
     }
 
     #[test]
