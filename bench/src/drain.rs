@@ -531,28 +531,40 @@ pub async fn publish_all(
     let started = Instant::now();
     let properties = event_properties();
     for chunk in events.chunks(IN_FLIGHT) {
-        let mut pending = Vec::with_capacity(chunk.len());
-        for body in chunk {
-            pending.push(
-                channel
-                    .basic_publish(
-                        settings.amqp.events_exchange.as_str().into(),
-                        "bench.bench".into(),
-                        BasicPublishOptions::default(),
-                        body,
-                        properties.clone(),
-                    )
-                    .await?,
-            );
-        }
-        for confirm in pending {
-            anyhow::ensure!(confirm.await?.is_ack(), "the broker refused an event");
-        }
+        publish_confirmed(channel, settings, chunk, &properties).await?;
     }
     Ok(events.len() as f64 / started.elapsed().as_secs_f64())
 }
 
 /// JSON, persistent: as apps publish events.
+/// Publishes `chunk` at once and waits for every confirm: the events
+/// exchange, the bench's routing key, `properties`.
+pub async fn publish_confirmed(
+    channel: &Channel,
+    settings: &Settings,
+    chunk: &[Vec<u8>],
+    properties: &BasicProperties,
+) -> anyhow::Result<()> {
+    let mut pending = Vec::with_capacity(chunk.len());
+    for body in chunk {
+        pending.push(
+            channel
+                .basic_publish(
+                    settings.amqp.events_exchange.as_str().into(),
+                    "bench.bench".into(),
+                    BasicPublishOptions::default(),
+                    body,
+                    properties.clone(),
+                )
+                .await?,
+        );
+    }
+    for confirm in pending {
+        anyhow::ensure!(confirm.await?.is_ack(), "the broker refused an event");
+    }
+    Ok(())
+}
+
 pub fn event_properties() -> BasicProperties {
     BasicProperties::default()
         .with_content_type("application/json".into())

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use lapin::options::{BasicGetOptions, BasicPublishOptions, QueueDeleteOptions};
+use lapin::options::{BasicGetOptions, QueueDeleteOptions};
 use lapin::{Channel, Connection};
 use procfs::Current as _;
 use session_guard::broker;
@@ -20,7 +20,7 @@ use session_guard::configuration::with_database;
 use session_guard::{Settings, db};
 use sqlx::{Connection as _, PgConnection, PgPool};
 
-use crate::drain::{Drains, event_properties, side, side_by_side};
+use crate::drain::{self, Drains, event_properties, side, side_by_side};
 use crate::options::BenchArgs;
 use crate::report::{Row, median, spread};
 use crate::services::{reset_log, uses_tls};
@@ -600,23 +600,7 @@ async fn publish_steady(
     let properties = event_properties();
     for chunk in events.chunks(per_tick) {
         interval.tick().await;
-        let mut pending = Vec::with_capacity(chunk.len());
-        for body in chunk {
-            pending.push(
-                publisher
-                    .basic_publish(
-                        settings.amqp.events_exchange.as_str().into(),
-                        "bench.bench".into(),
-                        BasicPublishOptions::default(),
-                        body,
-                        properties.clone(),
-                    )
-                    .await?,
-            );
-        }
-        for confirm in pending {
-            anyhow::ensure!(confirm.await?.is_ack(), "the broker refused an event");
-        }
+        drain::publish_confirmed(publisher, settings, chunk, &properties).await?;
     }
     Ok(())
 }

@@ -18,6 +18,7 @@ use serde_json::Value;
 use session_guard::Settings;
 use session_guard::configuration::with_database;
 use sqlx::Connection as _;
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::api::create_token;
@@ -131,16 +132,7 @@ fn value(text: &str, key: &str) -> String {
 async fn spawn_on(formation: &Formation) -> TestApp {
     let url = formation.url.clone();
     spawn_app_without_worker(move |s| {
-        let db = s
-            .database
-            .url
-            .rsplit('/')
-            .next()
-            .unwrap()
-            .split('?')
-            .next()
-            .unwrap()
-            .to_owned();
+        let db = database_name(&s.database.url);
         s.database.url = with_database(&url, &db);
     })
     .await
@@ -239,6 +231,27 @@ async fn first_new_row(url: String, app: String, since: Instant) -> Duration {
     }
 }
 
+/// Starts the clock and, from it, watches the primary stop taking writes
+/// and the first new row of `app` appear on the standby that is to take
+/// over: (the start, each watcher's task).
+fn watch_the_switch(
+    test: &TestApp,
+    formation: &Formation,
+    app: &str,
+) -> (Instant, JoinHandle<Duration>, JoinHandle<Duration>) {
+    let began = Instant::now();
+    let gone = tokio::spawn(stopped_taking_writes(
+        node_url(test, formation.primary),
+        began,
+    ));
+    let first_row = tokio::spawn(first_new_row(
+        node_url(test, formation.standby()),
+        app.to_owned(),
+        began,
+    ));
+    (began, gone, first_row)
+}
+
 /// The time from `since` to when the server at `url` stopped taking
 /// writes (an error, no answer within 2 s, or read-only), polled every
 /// 50 ms: when the old primary went away, after the script's own work.
@@ -265,16 +278,7 @@ async fn stopped_taking_writes(url: String, since: Instant) -> Duration {
 
 /// One node's own URL (no list) for the test's database.
 fn node_url(test: &TestApp, port: u16) -> String {
-    let db = test
-        .settings
-        .database
-        .url
-        .rsplit('/')
-        .next()
-        .unwrap()
-        .split('?')
-        .next()
-        .unwrap();
+    let db = database_name(&test.settings.database.url);
     format!("postgres://postgres@127.0.0.1:{port}/{db}")
 }
 
@@ -384,16 +388,7 @@ async fn a_planned_failover_under_load_loses_nothing_and_the_commands_follow() {
     assert_eq!(status, 200, "{before}");
 
     let new_primary = formation.standby();
-    let began = Instant::now();
-    let gone = tokio::spawn(stopped_taking_writes(
-        node_url(&test, formation.primary),
-        began,
-    ));
-    let first_row = tokio::spawn(first_new_row(
-        node_url(&test, new_primary),
-        app.clone(),
-        began,
-    ));
+    let (began, gone, first_row) = watch_the_switch(&test, &formation, &app);
     formation.fail_over("failover").await;
     let switched = began.elapsed();
     assert_eq!(formation.primary, new_primary);
@@ -556,16 +551,7 @@ async fn an_unplanned_failover_under_load_loses_nothing() {
     progress(&test, &app, 200).await;
 
     let new_primary = formation.standby();
-    let began = Instant::now();
-    let gone = tokio::spawn(stopped_taking_writes(
-        node_url(&test, formation.primary),
-        began,
-    ));
-    let first_row = tokio::spawn(first_new_row(
-        node_url(&test, new_primary),
-        app.clone(),
-        began,
-    ));
+    let (began, gone, first_row) = watch_the_switch(&test, &formation, &app);
     // Readiness, watched from the kill on: down (503, the database named)
     // at some point, then ready again.
     let watch = |health: String| async move {

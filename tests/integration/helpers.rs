@@ -114,16 +114,7 @@ pub async fn spawn_app_without_worker(configure: impl FnOnce(&mut Settings)) -> 
         .try_init();
     let mut settings = test_settings();
     configure(&mut settings);
-    let db_name = settings
-        .database
-        .url
-        .rsplit('/')
-        .next()
-        .unwrap()
-        .split('?')
-        .next()
-        .unwrap()
-        .to_owned();
+    let db_name = database_name(&settings.database.url);
     let pool = session_guard::db::connect_and_migrate(&settings.database)
         .await
         .expect("test database");
@@ -974,4 +965,16 @@ pub async fn apply_one(pool: &PgPool, enforcement: &Enforcement, event: Value) -
 pub fn repository_file(path: &str) -> String {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(path);
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// The database a one-database URL names (its last path segment, without
+/// the query).
+pub fn database_name(url: &str) -> String {
+    url.rsplit('/')
+        .next()
+        .unwrap()
+        .split('?')
+        .next()
+        .unwrap()
+        .to_owned()
 }
