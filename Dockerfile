@@ -1,5 +1,10 @@
 # Build: the toolchain image; run: a slim Debian with CA certificates (TLS).
 FROM rust:1.95-slim-bookworm AS build
+# The worker's allocator, jemalloc (tikv-jemallocator), is built from C
+# source by its build script: the slim image has gcc and libc6-dev, not make.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends make \
+    && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src

@@ -332,3 +332,24 @@ fn the_client_crate_pulls_an_http_stack_only_with_its_api_feature() {
         "the api feature is off by default"
     );
 }
+
+#[test]
+fn only_the_worker_binary_sets_a_global_allocator() {
+    // jemalloc is the worker binary's choice (src/main.rs): the library and
+    // the crates apps use must leave the allocator to the programs that
+    // embed them.
+    let mut files = Vec::new();
+    for place in ["src", "protocol", "amqp", "clients/rust"] {
+        rust_files(&root().join(place), &mut files);
+    }
+    let setting: Vec<String> = files
+        .iter()
+        .filter(|f| {
+            std::fs::read_to_string(f)
+                .unwrap()
+                .contains("#[global_allocator]")
+        })
+        .map(|f| f.strip_prefix(root()).unwrap().display().to_string())
+        .collect();
+    assert_eq!(setting, ["src/main.rs"]);
+}
