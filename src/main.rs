@@ -5,7 +5,7 @@ use clap::Parser;
 use session_guard::cli::{Cli, Command};
 
 // jemalloc rather than glibc's malloc: a batch allocates and frees many
-// small strings and maps, and jemalloc's thread caches take about 11% off
+// small strings and maps, and jemalloc's thread caches take 14-17% off
 // the worker's CPU per event (BENCHMARKS.md, issue 24). Here only, in the
 // binary: the library leaves the choice to the programs that embed it.
 #[cfg(feature = "jemalloc")]
