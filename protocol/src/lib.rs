@@ -17,5 +17,6 @@ pub mod api;
 pub mod dead_letter;
 pub mod event;
 pub mod names;
+pub mod notice;
 pub mod revoke;
 pub mod schema;

@@ -10,6 +10,9 @@ pub const EVENTS_EXCHANGE: &str = "session_guard.events";
 pub const EVENTS_QUEUE: &str = "session_guard.events";
 /// Topic exchange the worker publishes revoke events to.
 pub const REVOCATIONS_EXCHANGE: &str = "session_guard.revocations";
+/// Topic exchange the worker publishes notices to (new device, new
+/// network), with routing key `<type>.<app>`.
+pub const NOTICES_EXCHANGE: &str = "session_guard.notices";
 /// Fanout exchange the worker sends messages it cannot accept to.
 pub const DEAD_LETTER_EXCHANGE: &str = "session_guard.dead";
 /// Durable queue bound to [`DEAD_LETTER_EXCHANGE`].
@@ -56,6 +59,18 @@ pub fn revoke_queue(app: &AppName) -> String {
     format!("{}.revocations", app.as_str())
 }
 
+/// The routing key of an app's notices of kind `kind`: `<kind>.<app>`,
+/// e.g. `new_device.shop`.
+pub fn notice_routing_key(kind: &str, app: &str) -> String {
+    format!("{kind}.{app}")
+}
+
+/// The durable queue an app's instances share to receive its notices once
+/// per app: `<app>.notices`.
+pub fn notice_queue(app: &AppName) -> String {
+    format!("{}.notices", app.as_str())
+}
+
 /// Where an app's revokes go when its handler keeps failing on them:
 /// `<app>.revocations.dead`.
 pub fn revoke_dead_letter_queue(app: &AppName) -> String {
@@ -77,6 +92,8 @@ mod tests {
         assert_eq!(revoke_routing_key("shop"), "revoke.shop");
         assert_eq!(revoke_queue(&shop), "shop.revocations");
         assert_eq!(revoke_dead_letter_queue(&shop), "shop.revocations.dead");
+        assert_eq!(notice_routing_key("new_device", "shop"), "new_device.shop");
+        assert_eq!(notice_queue(&shop), "shop.notices");
         assert_eq!(error_header_value("abc"), "abc");
         let long = "é".repeat(MAX_ERROR_HEADER_BYTES);
         let cut = error_header_value(&long);

@@ -14,6 +14,7 @@ use serde_json::Value;
 
 use crate::dead_letter::DeadLetterHeaders;
 use crate::event::EventBody;
+use crate::notice::Notice;
 use crate::revoke::RevokeMessage;
 
 /// The command that regenerates the checked-in schemas.
@@ -24,6 +25,8 @@ pub const REGENERATE: &str =
 pub const EVENT_FILE: &str = "event.schema.json";
 /// File name of the schema of the revoke events apps receive.
 pub const REVOKE_FILE: &str = "revoke.schema.json";
+/// File name of the schema of the notices apps receive.
+pub const NOTICE_FILE: &str = "notice.schema.json";
 /// File name of the schema of the headers of a dead-lettered message.
 pub const DEAD_LETTER_HEADERS_FILE: &str = "dead-letter-headers.schema.json";
 
@@ -37,6 +40,11 @@ pub fn revoke() -> Schema {
     generate::<RevokeMessage>()
 }
 
+/// A notice as apps receive it ([`Notice`]).
+pub fn notice() -> Schema {
+    generate::<Notice>()
+}
+
 /// The headers the worker adds to a dead-lettered message
 /// ([`DeadLetterHeaders`]).
 pub fn dead_letter_headers() -> Schema {
@@ -44,10 +52,11 @@ pub fn dead_letter_headers() -> Schema {
 }
 
 /// Every schema with its file name, in a fixed order.
-pub fn all() -> [(&'static str, Schema); 3] {
+pub fn all() -> [(&'static str, Schema); 4] {
     [
         (EVENT_FILE, event()),
         (REVOKE_FILE, revoke()),
+        (NOTICE_FILE, notice()),
         (DEAD_LETTER_HEADERS_FILE, dead_letter_headers()),
     ]
 }

@@ -288,7 +288,7 @@ fn every_message_has_a_payload_and_its_examples_validate() {
     let messages = doc["components"]["messages"].as_object().unwrap();
     assert_eq!(
         messages.keys().map(String::as_str).collect::<BTreeSet<_>>(),
-        BTreeSet::from(["deadLetter", "revoke", "sessionEvent"])
+        BTreeSet::from(["deadLetter", "notice", "revoke", "sessionEvent"])
     );
     for (name, message) in messages {
         let payload = message

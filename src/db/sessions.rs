@@ -76,7 +76,7 @@ impl SessionRow {
 }
 
 /// A [`SessionRow`], whether it came from `session_tombstones`, and whether
-/// it is a claim (see [`load_for_batch`]).
+/// it is a claim or a user's history (see [`load_for_batch`]).
 #[derive(sqlx::FromRow)]
 pub(crate) struct LoadedRow {
     /// The row's columns.
@@ -86,6 +86,25 @@ pub(crate) struct LoadedRow {
     pub tombstone: bool,
     /// A claim of `user_attributes`, not a session.
     pub claim: bool,
+    /// Where the user's sessions came from lately, for notices, not a
+    /// session.
+    pub history: bool,
+}
+
+/// How many of a user's sessions (the latest logins within the lookback)
+/// [`load_for_batch`] reads for notices: what bounds the cost of a user
+/// with a long log (a script, a shared account) to an index range of this
+/// many rows. A device or network seen only in sessions older than the
+/// user's latest this many counts as not seen.
+pub(crate) const HISTORY_SESSIONS: usize = 50;
+
+/// The users whose history [`load_for_batch`] reads, and since when.
+#[derive(Clone, Copy)]
+pub(crate) struct HistoryRead<'a> {
+    /// The users (few: those the batch adds a session for).
+    pub users: &'a [&'a str],
+    /// Sessions last active before this are left out.
+    pub since: DateTime<Utc>,
 }
 
 /// The columns of `sessions` a batch reads, in [`SessionRow`] order.
@@ -107,6 +126,16 @@ const LOG_COLUMNS: &str = "app, session_id, user_id, login_at, login_seen, last_
 /// the claim's event time, and an empty (never valid) `session_id`. One
 /// statement rather than two: a round trip costs more than the probes.
 ///
+/// With `history`, the same statement reads, as rows of their own
+/// (`history` set), where each of `history.users`' sessions in the log
+/// last active since `history.since` came from (the latest
+/// [`HISTORY_SESSIONS`] logins of those), for notices: one row per
+/// distinct app, user agent and network (the address's IPv4 /24 or IPv6 /48,
+/// as its first address; an IPv4-mapped address is kept whole, for the
+/// domain to read as IPv4), its latest `last_seen_at` in `login_at` and
+/// `last_seen_at`, an empty `session_id`. Ended sessions count too: a
+/// device the user signed out of last week is not new.
+///
 /// `OFFSET 0` keeps the planner from flattening a LATERAL subquery into a
 /// hash join over a seq scan of the log, which it picks on stale
 /// statistics and which grows with the log instead of with the batch.
@@ -116,12 +145,14 @@ pub(crate) async fn load_for_batch(
     ids: &[&str],
     users: &[&str],
     claims: bool,
+    history: Option<HistoryRead<'_>>,
 ) -> sqlx::Result<Vec<LoadedRow>> {
     let query = format!(
         "WITH live AS MATERIALIZED (
              SELECT s.* FROM unnest($3::text[]) AS u(user_id)
              CROSS JOIN LATERAL (
-                 SELECT {LOG_COLUMNS}, false AS tombstone, false AS claim FROM sessions
+                 SELECT {LOG_COLUMNS}, false AS tombstone, false AS claim, false AS history
+                 FROM sessions
                  WHERE user_id = u.user_id AND end_reason IS NULL OFFSET 0
              ) s
          ), named AS MATERIALIZED (
@@ -138,7 +169,7 @@ pub(crate) async fn load_for_batch(
                 coalesce(s.expires_at, t.expires_at), coalesce(s.ended_at, t.ended_at),
                 coalesce(s.end_reason, t.end_reason), coalesce(s.max_sessions, t.max_sessions),
                 coalesce(s.last_revoke_at, t.last_revoke_at), s.attributes, s.ended_by,
-                s.end_note, coalesce(s.shadow_flagged, false), s.app IS NULL, false
+                s.end_note, coalesce(s.shadow_flagged, false), s.app IS NULL, false, false
          FROM named k
          LEFT JOIN LATERAL (
              SELECT {LOG_COLUMNS} FROM sessions
@@ -153,18 +184,39 @@ pub(crate) async fn load_for_batch(
          WHERE s.app IS NOT NULL OR t.login_at IS NOT NULL
          UNION ALL
          SELECT c.app, '', c.user_id, c.occurred_at, true, c.occurred_at, NULL, NULL, NULL,
-                NULL, NULL, NULL, NULL, c.attributes, NULL, NULL, false, false, true
+                NULL, NULL, NULL, NULL, c.attributes, NULL, NULL, false, false, true, false
          FROM unnest($3::text[]) AS u(user_id)
          CROSS JOIN LATERAL (
              SELECT app, user_id, attributes, occurred_at FROM user_attributes
              WHERE $4 AND user_id = u.user_id OFFSET 0
-         ) c"
+         ) c
+         UNION ALL
+         SELECT h.app, '', h.user_id, max(h.last_seen_at), true, max(h.last_seen_at),
+                h.network, h.user_agent, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, false,
+                false, false, true
+         FROM (
+             SELECT r.user_id, r.app, r.user_agent, r.last_seen_at,
+                    host(network(set_masklen(r.ip, CASE
+                        WHEN family(r.ip) = 4 THEN 24
+                        WHEN r.ip << '::ffff:0.0.0.0/96'::inet THEN 128
+                        ELSE 48 END)))::inet AS network
+             FROM unnest($5::text[]) AS u(user_id)
+             CROSS JOIN LATERAL (
+                 SELECT user_id, app, user_agent, ip, last_seen_at FROM sessions
+                 WHERE user_id = u.user_id AND last_seen_at >= $6
+                 ORDER BY login_at DESC LIMIT {HISTORY_SESSIONS}
+             ) r
+         ) h
+         GROUP BY h.user_id, h.app, h.user_agent, h.network"
     );
+    let history_users = history.map_or(&[][..], |h| h.users);
     let rows: Vec<LoadedRow> = sqlx::query_as(sqlx::AssertSqlSafe(query))
         .bind(apps)
         .bind(ids)
         .bind(users)
         .bind(claims)
+        .bind(history_users)
+        .bind(history.map(|h| h.since))
         .fetch_all(conn)
         .await?;
     Ok(rows)
@@ -250,7 +302,7 @@ static STORE: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
-/// Writes a batch's sessions and revoke messages in one statement (one
+/// Writes a batch's sessions and outbox rows (revoke messages, notices) in one statement (one
 /// round trip, while the batch holds its users' locks), and returns how
 /// many of the `fresh` rows went in:
 /// - `fresh`: new rows of users the batch did not read again after locking
@@ -260,7 +312,7 @@ static STORE: LazyLock<String> = LazyLock::new(|| {
 ///   read finds that row;
 /// - `upserts`: changed rows of locked users, and new rows, merged into
 ///   the stored ones (`UPSERT_SET`);
-/// - `revokes`: the outbox rows.
+/// - `revokes`: the outbox rows (revoke messages and notices).
 ///
 /// Each part is in key order (the outbox has none), and the parts touch
 /// different keys, so no row is written twice.
@@ -514,11 +566,11 @@ pub(crate) async fn active_sessions(
 #[cfg(test)]
 mod tests {
     #[test]
-    fn the_store_statement_numbers_its_35_parameters_once_each() {
+    fn the_store_statement_numbers_its_37_parameters_once_each() {
         let sql = super::STORE.as_str();
-        for n in 1..=35 {
+        for n in 1..=37 {
             assert_eq!(sql.matches(&format!("${n}::")).count(), 1, "${n}");
         }
-        assert!(!sql.contains("$36"));
+        assert!(!sql.contains("$38"));
     }
 }
