@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::helpers::*;
 
 /// A unique app name, so that the app's revoke queues are the test's own.
-fn unique_app() -> AppName {
+pub fn unique_app() -> AppName {
     let id = uuid::Uuid::new_v4().simple().to_string();
     AppName::parse(&format!("lt_{}", &id[..12])).unwrap()
 }
@@ -131,11 +131,11 @@ impl Running {
     }
 }
 
-/// The next `n` handled revokes.
-async fn handled(
-    rx: &mut mpsc::UnboundedReceiver<(usize, Revoke)>,
+/// The next `n` handled revokes (or notices).
+pub async fn handled<M: std::fmt::Debug>(
+    rx: &mut mpsc::UnboundedReceiver<(usize, M)>,
     n: usize,
-) -> Vec<(usize, Revoke)> {
+) -> Vec<(usize, M)> {
     let mut got = Vec::new();
     while got.len() < n {
         match tokio::time::timeout(PATIENCE, rx.recv()).await {
@@ -146,8 +146,8 @@ async fn handled(
     got
 }
 
-/// Fails if the handler sees another revoke within `QUIET`.
-async fn no_more(rx: &mut mpsc::UnboundedReceiver<(usize, Revoke)>) {
+/// Fails if the handler sees another revoke (or notice) within `QUIET`.
+pub async fn no_more<M: std::fmt::Debug>(rx: &mut mpsc::UnboundedReceiver<(usize, M)>) {
     if let Ok(Some(extra)) = tokio::time::timeout(QUIET, rx.recv()).await {
         panic!("one revoke too many: {extra:#?}");
     }
@@ -155,15 +155,15 @@ async fn no_more(rx: &mut mpsc::UnboundedReceiver<(usize, Revoke)>) {
 
 /// A dead letter of an app: the body, the error headers, the delivery count.
 #[derive(Debug)]
-struct AppDeadLetter {
-    body: Vec<u8>,
-    error: Option<String>,
-    kind: Option<String>,
-    routing_key: String,
+pub struct AppDeadLetter {
+    pub body: Vec<u8>,
+    pub error: Option<String>,
+    pub kind: Option<String>,
+    pub routing_key: String,
 }
 
 /// The next message in the app's dead-letter queue.
-async fn next_dead_letter(test: &TestApp, config: &ListenerConfig) -> AppDeadLetter {
+pub async fn next_dead_letter(test: &TestApp, config: &ListenerConfig) -> AppDeadLetter {
     let connection = Connection::connect(&config.url, ConnectionProperties::default())
         .await
         .unwrap();
@@ -207,7 +207,7 @@ async fn next_dead_letter(test: &TestApp, config: &ListenerConfig) -> AppDeadLet
 }
 
 /// Messages ready in `queue` (not counting those delivered and unacked).
-async fn ready(url: &str, queue: &str) -> u32 {
+pub async fn ready(url: &str, queue: &str) -> u32 {
     let connection = Connection::connect(url, ConnectionProperties::default())
         .await
         .unwrap();
