@@ -90,6 +90,7 @@ async fn declare_on(
     for (name, kind) in [
         (&settings.events_exchange, ExchangeKind::Topic),
         (&settings.revocations_exchange, ExchangeKind::Topic),
+        (&settings.notices_exchange, ExchangeKind::Topic),
         // Fanout: everything rejected goes to the one dead-letter queue,
         // whatever its routing key.
         (&settings.dead_letter_exchange, ExchangeKind::Fanout),
@@ -227,6 +228,7 @@ pub async fn delete_topology(settings: &AmqpSettings, role: &str) {
         for exchange in [
             &settings.events_exchange,
             &settings.revocations_exchange,
+            &settings.notices_exchange,
             &settings.dead_letter_exchange,
         ] {
             let _ = channel

@@ -192,6 +192,22 @@ pub const REVOKES_UNROUTABLE: Metric = Metric::plain(
     "Revokes no app queue was bound for.",
 );
 
+/// Notices confirmed by the broker, by kind.
+pub const NOTICES_PUBLISHED: Metric = Metric {
+    name: "session_guard_notices_published_total",
+    kind: Kind::Counter,
+    labels: &["kind"],
+    help: "Notices (new device, new network) confirmed by the broker, by kind.",
+    initial: &[&[("kind", "new_device")], &[("kind", "new_network")]],
+};
+
+/// Notices no queue was bound for.
+pub const NOTICES_UNROUTABLE: Metric = Metric::plain(
+    "session_guard_notices_unroutable_total",
+    Kind::Counter,
+    "Notices no app queue was bound for (the app does not listen for notices).",
+);
+
 /// Batches retried after a transient error.
 pub const DATABASE_RETRIES: Metric = Metric::plain(
     "session_guard_database_retries_total",
@@ -361,6 +377,8 @@ pub const ALL: &[Metric] = &[
     SHADOW_REVOCATIONS,
     REVOKES_PUBLISHED,
     REVOKES_UNROUTABLE,
+    NOTICES_PUBLISHED,
+    NOTICES_UNROUTABLE,
     DATABASE_RETRIES,
     ROWS_TOUCHED,
     LAST_SEEN_WRITES_SKIPPED,

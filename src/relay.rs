@@ -1,5 +1,6 @@
-//! The outbox relay: publishes revoke events written by committed batches,
-//! with publisher confirms, and deletes each row once the broker confirmed it.
+//! The outbox relay: publishes the revoke events and notices written by
+//! committed batches, each to its exchange, with publisher confirms, and
+//! deletes each row once the broker confirmed it.
 //!
 //! Rows are claimed with `FOR UPDATE SKIP LOCKED`, so any number of workers
 //! relay side by side without publishing a row twice while they live. If a
@@ -132,21 +133,25 @@ async fn publish_chunk(state: &WorkerState, channel: &Channel) -> anyhow::Result
     }
 
     // Publish them all first, then wait: many confirms in flight at once.
-    let exchange = ShortString::from(state.settings.amqp.revocations_exchange.as_str());
+    let amqp = &state.settings.amqp;
+    let revocations = ShortString::from(amqp.revocations_exchange.as_str());
+    let notices = ShortString::from(amqp.notices_exchange.as_str());
     let mut pending = Vec::with_capacity(rows.len());
     for row in &rows {
+        let exchange = match row.exchange() {
+            outbox::Exchange::Revocations => revocations.clone(),
+            outbox::Exchange::Notices => notices.clone(),
+        };
         let properties = BasicProperties::default()
             .with_content_type("application/json".into())
             .with_delivery_mode(2)
             .with_message_id(row.event_id.to_string().into())
             .with_app_id("session-guard".into())
-            .with_type("revoke".into());
+            .with_type(row.message_type.as_str().into());
         let confirm = channel
             .basic_publish(
-                exchange.clone(),
+                exchange,
                 row.routing_key.as_str().into(),
-                // mandatory: the broker tells us when no app queue is bound
-                // for this routing key, which we log.
                 BasicPublishOptions {
                     mandatory: true,
                     ..BasicPublishOptions::default()
@@ -155,42 +160,39 @@ async fn publish_chunk(state: &WorkerState, channel: &Channel) -> anyhow::Result
                 properties,
             )
             .await
-            .context("cannot publish a revoke")?;
+            .with_context(|| format!("cannot publish a {}", row.message_type))?;
         pending.push(confirm);
     }
     let mut confirmed = Vec::with_capacity(rows.len());
-    let mut confirmed_reasons = Vec::with_capacity(rows.len());
+    let mut published = Published::default();
     let mut refused = 0usize;
     for (row, confirm) in rows.iter().zip(pending) {
-        match confirm.await.context("no confirm for a revoke")? {
+        let confirmation = confirm
+            .await
+            .with_context(|| format!("no confirm for a {}", row.message_type))?;
+        match confirmation {
             Confirmation::Ack(returned) => {
                 if returned.is_some() {
-                    metric::REVOKES_UNROUTABLE.add(1);
-                    tracing::warn!(
-                        routing_key = %row.routing_key,
-                        event_id = %row.event_id,
-                        "no queue is bound for this app's revokes; the revoke was dropped by the broker"
-                    );
+                    unroutable(row);
                 }
                 confirmed.push(row.id);
-                confirmed_reasons.push(reason_of(&row.payload));
+                published.add(row);
             }
             Confirmation::NotRequested => {
                 confirmed.push(row.id);
-                confirmed_reasons.push(reason_of(&row.payload));
+                published.add(row);
             }
             Confirmation::Nack(_) => refused += 1,
         }
     }
-    // Each row's age on the database's clock, the one that dated it.
     let ages = outbox::delete_published(&mut tx, &confirmed)
         .await
-        .context("cannot delete published revokes")?;
+        .context("cannot delete published outbox rows")?;
     tx.commit().await.context("cannot commit the outbox")?;
-    record_published(&confirmed_reasons, &ages);
-    tracing::debug!(published = confirmed.len(), "revokes published");
+    published.record(&ages);
+    tracing::debug!(published = confirmed.len(), "outbox rows published");
     if refused > 0 {
-        anyhow::bail!("the broker refused {refused} revoke(s); they stay in the outbox");
+        anyhow::bail!("the broker refused {refused} message(s); they stay in the outbox");
     }
     Ok(rows.len())
 }
@@ -211,17 +213,64 @@ fn reason_of(payload: &str) -> &'static str {
 
 /// Counts confirmed revokes by reason, and how long each waited from its
 /// outbox insert to its deletion after the confirm.
-fn record_published(reasons: &[&'static str], ages: &[f64]) {
-    let mut by_reason: std::collections::BTreeMap<&'static str, u64> = Default::default();
-    for reason in reasons {
-        *by_reason.entry(reason).or_default() += 1;
+/// Counts and logs a row the broker returned: no queue was bound for it.
+fn unroutable(row: &outbox::OutboxRow) {
+    match row.exchange() {
+        outbox::Exchange::Revocations => {
+            metric::REVOKES_UNROUTABLE.add(1);
+            tracing::warn!(
+                routing_key = %row.routing_key,
+                event_id = %row.event_id,
+                "no queue is bound for this app's revokes; the revoke was dropped by the broker"
+            );
+        }
+        outbox::Exchange::Notices => {
+            metric::NOTICES_UNROUTABLE.add(1);
+            tracing::info!(
+                routing_key = %row.routing_key,
+                event_id = %row.event_id,
+                "no queue is bound for this app's notices; the notice was dropped by the broker"
+            );
+        }
     }
-    for (reason, n) in by_reason {
-        metric::REVOKES_PUBLISHED.add_to("reason", reason, n);
+}
+
+/// What a chunk published, for the metrics.
+#[derive(Default)]
+struct Published {
+    /// Revokes, by reason.
+    reasons: std::collections::BTreeMap<&'static str, u64>,
+    /// Notices, by kind.
+    kinds: std::collections::BTreeMap<&'static str, u64>,
+}
+
+impl Published {
+    /// Counts the confirmed `row`.
+    fn add(&mut self, row: &outbox::OutboxRow) {
+        match row.exchange() {
+            outbox::Exchange::Revocations => {
+                *self.reasons.entry(reason_of(&row.payload)).or_default() += 1;
+            }
+            outbox::Exchange::Notices => {
+                let kind = crate::domain::notice::NoticeKind::parse(&row.message_type).as_str();
+                *self.kinds.entry(kind).or_default() += 1;
+            }
+        }
     }
-    let delivery = metrics::histogram!(metric::REVOKE_DELIVERY.name);
-    for age in ages {
-        delivery.record(age.max(0.0));
+
+    /// Adds the counts to the metrics, and the revokes' `ages` to their
+    /// delivery histogram.
+    fn record(&self, ages: &[f64]) {
+        for (reason, n) in &self.reasons {
+            metric::REVOKES_PUBLISHED.add_to("reason", reason, *n);
+        }
+        for (kind, n) in &self.kinds {
+            metric::NOTICES_PUBLISHED.add_to("kind", kind, *n);
+        }
+        let delivery = metrics::histogram!(metric::REVOKE_DELIVERY.name);
+        for age in ages {
+            delivery.record(age.max(0.0));
+        }
     }
 }
 

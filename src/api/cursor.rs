@@ -9,8 +9,8 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
 
-use super::handle::HandleKey;
 use crate::domain::event::{AppName, SessionId};
+use crate::domain::handle::HandleKey;
 
 /// Sealed into every cursor's associated data, so that no other text
 /// sealed with the handle key (a handle has none) opens as a cursor.
@@ -95,7 +95,7 @@ mod tests {
     use super::*;
 
     fn key() -> HandleKey {
-        HandleKey::from_bytes(&HandleKey::random_bytes()).unwrap()
+        HandleKey::from_bytes(&crate::db::api_key::fresh_key()).unwrap()
     }
 
     fn after() -> After {

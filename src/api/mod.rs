@@ -22,8 +22,6 @@
 
 pub mod auth;
 pub mod cursor;
-pub mod device;
-pub mod handle;
 pub mod input;
 pub mod limits;
 pub mod openapi;

@@ -14,14 +14,15 @@ use session_guard_protocol::api::{
 use session_guard_protocol::revoke::check_note;
 
 use super::auth::Caller;
+use super::cursor;
 use super::input::{self, JsonBody};
 use super::problem::{ApiError, Refusals};
 use super::state::ApiState;
 use super::token::Scope;
-use super::{cursor, device};
 use crate::apply::{self, AdminRevokeError, AdminTarget, Revoker};
 use crate::db::listing::{self, PageQuery};
 use crate::db::sessions::LoggedSession;
+use crate::domain::device;
 use crate::domain::event::{AppName, SessionId};
 use crate::domain::revoke::RevokeMessage;
 use crate::domain::session::{EndReason, SessionState, shown_end};

@@ -6,10 +6,10 @@ use std::sync::Arc;
 
 use sqlx::PgPool;
 
-use super::handle::HandleKey;
 use super::token_cache::TokenCache;
 use crate::apply::Enforcement;
 use crate::db;
+use crate::domain::handle::HandleKey;
 
 /// What the handlers share.
 pub struct ApiState {
@@ -37,9 +37,7 @@ impl ApiState {
         enforcement: Enforcement,
         wake_relay: Option<Arc<dyn Fn() + Send + Sync>>,
     ) -> anyhow::Result<ApiState> {
-        let stored = db::api_key::handle_key(&pool, &HandleKey::random_bytes()).await?;
-        let handles = HandleKey::from_bytes(&stored)
-            .ok_or_else(|| anyhow::anyhow!("the stored session handle key is not 64 bytes"))?;
+        let handles = db::api_key::handle_key(&pool).await?;
         Ok(ApiState {
             tokens: TokenCache::start(&pool),
             pool,

@@ -1,12 +1,16 @@
 //! What a batch is decided by, besides its events and the stored state:
 //! the rule hooks and base limits, the repeat pause, shadow mode and the
-//! `last_seen_at` write resolution, all from the settings.
+//! `last_seen_at` write resolution, all from the settings; and the notices
+//! policy with the key that names sessions in them.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::configuration::NoticeScope;
 use crate::configuration::Settings;
+use crate::domain::handle::HandleKey;
 use crate::domain::limits::{HookChain, RuleHook};
+use crate::domain::notice::{NoticeKind, NoticePolicy, Scope};
 
 /// How limits are enforced: the rule hooks and the base limits they start
 /// from, the repeat pause, shadow mode and the `last_seen_at` write
@@ -23,6 +27,38 @@ pub struct Enforcement {
     /// A `last_seen_at` that moved by less than this is not written back:
     /// requests in a burst cost one write, not one each.
     pub last_seen_resolution: Duration,
+    /// Notices to publish (`None`: `notices.enabled` is false, or the
+    /// caller does not publish them).
+    pub notices: Option<Notices>,
+}
+
+/// How notices are decided, and the key that seals the session's handle
+/// they carry (the sessions API's, from `api_keys`).
+#[derive(Debug, Clone)]
+pub struct Notices {
+    pub policy: NoticePolicy,
+    pub handles: HandleKey,
+}
+
+impl Notices {
+    /// From the settings, with the handle key read from the database;
+    /// `None` when `notices.enabled` is false.
+    pub fn from_settings(settings: &Settings, handles: HandleKey) -> Option<Notices> {
+        let notices = &settings.notices;
+        if !notices.enabled {
+            return None;
+        }
+        let policy = NoticePolicy {
+            lookback: notices.lookback,
+            scope: match notices.scope {
+                NoticeScope::AllApps => Scope::AllApps,
+                NoticeScope::PerApp => Scope::PerApp,
+            },
+            // Checked when the settings were loaded: every kind is known.
+            kinds: notices.kinds.iter().map(|k| NoticeKind::parse(k)).collect(),
+        };
+        Some(Notices { policy, handles })
+    }
 }
 
 impl Enforcement {
@@ -43,6 +79,8 @@ impl Enforcement {
             repeat_revoke_after: Duration::from_secs(settings.limits.repeat_revoke_after),
             enforce: settings.limits.enforce,
             last_seen_resolution: settings.worker.last_seen_resolution(),
+            // Needs the handle key, from the database: see `Notices`.
+            notices: None,
         })
     }
 }

@@ -135,5 +135,6 @@ pub(super) fn one_session_each(enforce: bool) -> Enforcement {
         repeat_revoke_after: Duration::from_secs(60),
         enforce,
         last_seen_resolution: Duration::ZERO,
+        notices: None,
     }
 }

@@ -1,13 +1,14 @@
 //! Reading a batch's state: the sessions its events name, the live
 //! sessions and claims of its users, read once before any lock and again,
-//! for the users locked, after.
+//! for the users locked, after (with, for notices, where the sessions of
+//! the users the batch may add a session for came from lately).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 
-use crate::db::sessions::{self, LoadedRow, SessionRow};
+use crate::db::sessions::{self, HistoryRead, LoadedRow, SessionRow};
 use crate::domain::claims::{Claim, ClaimChange};
 use crate::domain::decision::Candidate;
 use crate::domain::event::{SessionEvent, UserId};
@@ -59,6 +60,18 @@ pub(super) struct Slot {
     pub newly_flagged: bool,
 }
 
+/// Where some of a user's sessions in the log came from (one app, user
+/// agent and network), and when one of them was last active: what a new
+/// session is compared with for notices.
+#[derive(Debug, Clone)]
+pub(super) struct Earlier {
+    pub app: String,
+    pub user_agent: Option<String>,
+    /// The first address of the network (see `sessions::load_for_batch`).
+    pub ip: Option<std::net::IpAddr>,
+    pub last_seen_at: DateTime<Utc>,
+}
+
 /// Attributes as JSON objects.
 pub(super) type Attributes = serde_json::Map<String, serde_json::Value>;
 
@@ -90,6 +103,12 @@ pub(super) struct State {
     /// new rows go in only if their keys are still free (see
     /// `db::locks::lock_users`).
     pub created: BTreeSet<String>,
+    /// Where the sessions of the users in `history_read` came from lately,
+    /// by user (read after the locks, only with notices on).
+    pub history: HashMap<String, Vec<Earlier>>,
+    /// Users whose history was read: a new session of any other user
+    /// (except those in `created`, who had none) gets no notice.
+    pub history_read: BTreeSet<String>,
 }
 
 impl State {
@@ -182,6 +201,9 @@ impl State {
         for (key, slot) in loaded.slots {
             self.slots.insert(key, slot);
         }
+        for (user, earlier) in loaded.history {
+            self.history.entry(user).or_default().push(earlier);
+        }
         for (user, app, claim) in loaded.claims {
             self.claims.entry(user).or_default().insert(
                 app,
@@ -220,20 +242,28 @@ struct Loaded {
     slots: Vec<(Key, Slot)>,
     /// Claims: (user_id, app, claim).
     claims: Vec<(String, String, Claim)>,
+    /// History: (user_id, where their sessions came from).
+    history: Vec<(String, Earlier)>,
 }
 
 /// Reads into `state` the sessions named by `(apps, ids)`, every live
 /// session of `users` and, with `claims`, what the apps claim for `users`
-/// (see [`sessions::load_for_batch`]).
+/// and, with `history`, where those users' sessions came from lately (see
+/// [`sessions::load_for_batch`]).
 pub(super) async fn load(
     conn: &mut PgConnection,
     state: &mut State,
-    apps: &[&str],
-    ids: &[&str],
+    (apps, ids): (&[&str], &[&str]),
     users: &[&str],
     claims: bool,
+    history: Option<HistoryRead<'_>>,
 ) -> sqlx::Result<()> {
-    let rows = sessions::load_for_batch(conn, apps, ids, users, claims).await?;
+    let rows = sessions::load_for_batch(conn, apps, ids, users, claims, history).await?;
+    if let Some(h) = history {
+        state
+            .history_read
+            .extend(h.users.iter().map(|u| (*u).to_owned()));
+    }
     state.add(collect(rows));
     Ok(())
 }
@@ -242,12 +272,26 @@ pub(super) async fn load(
 fn collect(rows: Vec<LoadedRow>) -> Loaded {
     let mut slots: HashMap<Key, Slot> = HashMap::with_capacity(rows.len());
     let mut claimed: Vec<(String, String, Claim)> = Vec::new();
+    let mut history: Vec<(String, Earlier)> = Vec::new();
     for LoadedRow {
         row,
         tombstone,
         claim,
+        history: earlier,
     } in rows
     {
+        if earlier {
+            if let Some(user) = row.user_id {
+                let earlier = Earlier {
+                    app: row.app,
+                    user_agent: row.user_agent,
+                    ip: row.ip,
+                    last_seen_at: row.last_seen_at,
+                };
+                history.push((user, earlier));
+            }
+            continue;
+        }
         if claim {
             if let (Some(user), Some(serde_json::Value::Object(attributes))) =
                 (row.user_id, row.attributes)
@@ -275,6 +319,7 @@ fn collect(rows: Vec<LoadedRow>) -> Loaded {
     Loaded {
         slots: slots.into_iter().collect(),
         claims: claimed,
+        history,
     }
 }
 
@@ -289,13 +334,18 @@ fn collect(rows: Vec<LoadedRow>) -> Loaded {
 /// A session not found at the first read and named only by events of
 /// users in [`State::created`] is not read again either: the batch inserts
 /// it only if its key is still free (see `write`).
+///
+/// With `history` (notices on: sessions last active since then count), the
+/// same statement reads where the sessions came from of the users among
+/// `users` whose events name a session the first read did not find: those
+/// the batch may add a session for.
 pub(super) async fn reload(
     conn: &mut PgConnection,
     state: &mut State,
     keys: &[&Key],
     (events, event_keys): (&[SessionEvent], &[EventKey]),
     (users, claims): (&BTreeSet<String>, bool),
-    unowned: bool,
+    (unowned, history): (bool, Option<DateTime<Utc>>),
 ) -> sqlx::Result<()> {
     let created = &state.created;
     // Keys an event of a user not created names (or an event of no user);
@@ -337,6 +387,24 @@ pub(super) async fn reload(
     if reread.is_empty() && users.is_empty() {
         return Ok(());
     }
+    let adding: Vec<&str> = match history {
+        Some(_) => events
+            .iter()
+            .zip(event_keys)
+            .filter(|(_, k)| k.as_ref().is_some_and(|k| !state.slots.contains_key(k)))
+            .filter_map(|(e, _)| e.user_id.as_ref().map(UserId::as_str))
+            .filter(|u| users.contains(*u))
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect(),
+        None => Vec::new(),
+    };
+    let history = history
+        .filter(|_| !adding.is_empty())
+        .map(|since| HistoryRead {
+            users: &adding,
+            since,
+        });
     let (apps, ids): (Vec<&str>, Vec<&str>) =
         reread.iter().map(|(a, s)| (a.as_str(), s.as_str())).unzip();
     // A row gone meanwhile (pruned) must not be written back from the first
@@ -352,7 +420,7 @@ pub(super) async fn reload(
     });
     state.claims.retain(|user, _| !users.contains(user));
     let user_list: Vec<&str> = users.iter().map(String::as_str).collect();
-    load(conn, state, &apps, &ids, &user_list, claims).await
+    load(conn, state, (&apps, &ids), &user_list, claims, history).await
 }
 
 #[cfg(test)]
@@ -388,6 +456,7 @@ mod tests {
             row,
             tombstone,
             claim,
+            history: false,
         }
     }
 

@@ -48,6 +48,7 @@ mod enforcement;
 #[cfg(test)]
 mod fixtures;
 mod load;
+mod notices;
 pub mod operator;
 mod outcome;
 pub mod plan;
@@ -65,7 +66,7 @@ use self::plan::LockPlan;
 use crate::db::{self, locks, overrides, retention};
 use crate::domain::event::{SessionEvent, UserId};
 
-pub use self::enforcement::Enforcement;
+pub use self::enforcement::{Enforcement, Notices};
 pub use self::operator::{
     AdminRevokeError, AdminTarget, Revoker, admin_revoke, effective_limits, revoke,
 };
@@ -202,6 +203,7 @@ async fn run_pass(
         must_lock,
         claims,
         clock: (now, enforcement.repeat_revoke_after),
+        history: history_since(enforcement, events),
     };
     let (locked, users) =
         match take_locks(&mut *conn, &mut state, batch, &named, lock, turn, hints).await? {
@@ -241,8 +243,25 @@ async fn read_before_locks(
     let (apps, ids): (Vec<&str>, Vec<&str>) =
         named.iter().map(|(a, s)| (a.as_str(), s.as_str())).unzip();
     let mut state = State::with_capacity(named.len() * 2);
-    load::load(conn, &mut state, &apps, &ids, event_users, claims).await?;
+    load::load(conn, &mut state, (&apps, &ids), event_users, claims, None).await?;
     Ok(state)
+}
+
+/// Since when the sessions a new session is compared with must have been
+/// active, for the batch's earliest event: `None` without notices (or in
+/// shadow mode, which publishes none).
+fn history_since(enforcement: &Enforcement, events: &[SessionEvent]) -> Option<DateTime<Utc>> {
+    let notices = enforcement
+        .notices
+        .as_ref()
+        .filter(|_| enforcement.enforce)?;
+    let earliest = events.iter().map(|e| e.occurred_at).min()?;
+    let lookback = chrono::Duration::from_std(notices.policy.lookback).ok()?;
+    Some(
+        earliest
+            .checked_sub_signed(lookback)
+            .unwrap_or(DateTime::<Utc>::MIN_UTC),
+    )
 }
 
 /// What [`take_locks`] needs besides the state.
@@ -252,6 +271,9 @@ struct LockRequest<'a> {
     must_lock: &'a BTreeSet<String>,
     /// Whether to read the apps' claims with the users' sessions.
     claims: bool,
+    /// With notices on: read the history of the users the batch may add a
+    /// session for, since then.
+    history: Option<DateTime<Utc>>,
     /// The worker's clock, for what counts as live, and the pause between
     /// two revoke messages for one session (a request that repeats one
     /// locks its user).
@@ -287,6 +309,7 @@ async fn take_locks(
         must_lock,
         claims,
         clock,
+        history,
     } = request;
     // Every user of the batch, and those to lock: a user whose events can
     // add, end or revoke a session.
@@ -310,7 +333,16 @@ async fn take_locks(
     // commits: the read before the lock holds for them. Their new rows are
     // inserted only if still absent (see `write_pass`).
     let reread: BTreeSet<String> = locked.difference(&state.created).cloned().collect();
-    load::reload(&mut *conn, state, named, batch, (&reread, claims), true).await?;
+    let reread_users = (&reread, claims);
+    load::reload(
+        &mut *conn,
+        state,
+        named,
+        batch,
+        reread_users,
+        (true, history),
+    )
+    .await?;
 
     // The rows read again may name a user not locked: a logout without
     // user_id whose session's login committed meanwhile, on another worker.
@@ -325,7 +357,15 @@ async fn take_locks(
         if !locks::try_lock_users(&mut *conn, &found).await? {
             return Ok(Locks::Busy(found));
         }
-        load::reload(&mut *conn, state, named, batch, (&found, claims), false).await?;
+        load::reload(
+            &mut *conn,
+            state,
+            named,
+            batch,
+            (&found, claims),
+            (false, None),
+        )
+        .await?;
         locked.extend(found);
     }
     turn.pass();
@@ -352,13 +392,18 @@ async fn write_pass(
         ..
     } = decided;
     let resolution = enforcement.last_seen_resolution;
+    // Shadow mode changes nothing the apps see: no notices either.
+    let notices = match &enforcement.notices {
+        Some(n) if enforcement.enforce => notices::notices(state, n),
+        _ => Vec::new(),
+    };
     let written = write::write(
         &mut *conn,
         state,
         locked,
         (resolution, now),
         batch,
-        &messages,
+        (&messages, &notices),
         &mut outcome,
     );
     let touches = match written.await? {

@@ -121,7 +121,15 @@ pub async fn revoke(
         .map(|(app, session_id)| (app.as_str(), session_id.as_str()))
         .into_iter()
         .unzip();
-    load::load(&mut tx, &mut state, &apps, &ids, &[user.as_str()], true).await?;
+    load::load(
+        &mut tx,
+        &mut state,
+        (&apps, &ids),
+        &[user.as_str()],
+        true,
+        None,
+    )
+    .await?;
     state.index_all();
     state.overrides = overrides::overrides_of_users(&mut tx, &[user.as_str()]).await?;
     let victims = targets(&state, &user, target, now)
@@ -147,7 +155,7 @@ pub async fn revoke(
         &locked,
         (resolution, now),
         (&[], &[]),
-        &messages,
+        (&messages, &[]),
         &mut outcome,
     )
     .await?;

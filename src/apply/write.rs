@@ -16,6 +16,7 @@ use crate::db::touch::Touches;
 use crate::db::{claims, outbox, sessions::flag_shadow};
 use crate::domain::claims::Claim;
 use crate::domain::event::SessionEvent;
+use crate::domain::notice::Notice;
 use crate::domain::revoke::RevokeMessage;
 use crate::domain::session::SessionRecord;
 
@@ -31,8 +32,8 @@ pub(super) enum Written {
     Taken(BTreeSet<String>),
 }
 
-/// Writes back every changed session and claim of locked users, and the
-/// revoke `messages`: one upsert for the claims; one statement for the
+/// Writes back every changed session and claim of locked users, the
+/// revoke `messages` and the `notices`: one upsert for the claims; one statement for the
 /// sessions (an upsert of changed rows and new ones, an insert of new rows
 /// of users whose lock row the pass created, [`State::created`]) and the
 /// outbox; one update for tombstones and one for shadow flags. A row whose
@@ -45,7 +46,7 @@ pub(super) async fn write(
     locked: &BTreeSet<String>,
     (resolution, now): (Duration, DateTime<Utc>),
     batch: (&[SessionEvent], &[EventKey]),
-    messages: &[RevokeMessage],
+    (messages, notices): (&[RevokeMessage], &[Notice]),
     outcome: &mut BatchOutcome,
 ) -> sqlx::Result<Written> {
     let changed = changed_rows(state, locked, resolution, outcome);
@@ -55,11 +56,13 @@ pub(super) async fn write(
     claims::upsert_claims(&mut *conn, claimed).await?;
     // Users in `state.created` were not read again after their lock: their
     // new rows go in only if no one stored the same key meanwhile.
+    let mut outbox_rows = outbox::Columns::of(messages);
+    outbox_rows.add_notices(notices);
     let inserted = sessions::store(
         &mut *conn,
         &columns_of(&changed.fresh),
         &columns_of(&changed.upserts),
-        &outbox::Columns::of(messages),
+        &outbox_rows,
     )
     .await?;
     if inserted < changed.fresh.len() {

@@ -38,7 +38,7 @@ mod tests;
 pub use self::problem::{Problem, SettingsError};
 pub use self::settings::{
     AmqpSettings, ApiSettings, DatabaseSettings, HttpSettings, LimitSettings, LogFormat,
-    LogSettings, RetentionSettings, Settings, WorkerSettings,
+    LogSettings, NoticeScope, NoticeSettings, RetentionSettings, Settings, WorkerSettings,
 };
 pub use self::sources::ENV_PREFIX;
 pub use self::url::with_database;

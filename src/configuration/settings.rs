@@ -27,6 +27,8 @@ pub struct Settings {
     pub log: LogSettings,
     pub http: HttpSettings,
     pub api: ApiSettings,
+    /// Notices to the apps about sign-ins from a new device or network.
+    pub notices: NoticeSettings,
     /// Deprecated keys the file or the environment used (old name, new
     /// name): they still work, and the worker warns about each at start.
     #[serde(skip)]
@@ -102,6 +104,9 @@ pub struct AmqpSettings {
     pub events_queue: String,
     /// Topic exchange revoke events go to.
     pub revocations_exchange: String,
+    /// Topic exchange notices are published to (routing key
+    /// `<type>.<app>`).
+    pub notices_exchange: String,
     /// Fanout exchange for messages that cannot be accepted.
     pub dead_letter_exchange: String,
     /// Durable queue bound to the dead-letter exchange, so nothing rejected is lost.
@@ -251,6 +256,38 @@ mod human_duration {
 }
 
 /// `[log]`: the worker's own log lines.
+/// `[notices]`: what the worker tells an app when one of its sessions
+/// signs in from a device or a network the user's other sessions have not
+/// used lately (see `domain::notice`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoticeSettings {
+    /// Publish notices (off by default: see docs/CONFIGURATION.md for what
+    /// turning them on tells the apps).
+    pub enabled: bool,
+    /// Earlier sessions count if their last activity is this recent,
+    /// before the sign-in.
+    #[serde(
+        deserialize_with = "human_duration::required",
+        serialize_with = "human_duration::serialize"
+    )]
+    pub lookback: Duration,
+    /// Compare with the user's sessions in every app, or in the sign-in's.
+    pub scope: NoticeScope,
+    /// The kinds published: `new_device`, `new_network`.
+    pub kinds: Vec<String>,
+}
+
+/// Which of the user's sessions a sign-in is compared with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NoticeScope {
+    /// Every app's: "new" means new for the user anywhere.
+    AllApps,
+    /// The sign-in's app's only.
+    PerApp,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogSettings {
@@ -411,6 +448,7 @@ impl std::fmt::Debug for AmqpSettings {
             .field("events_exchange", &self.events_exchange)
             .field("events_queue", &self.events_queue)
             .field("revocations_exchange", &self.revocations_exchange)
+            .field("notices_exchange", &self.notices_exchange)
             .field("dead_letter_exchange", &self.dead_letter_exchange)
             .field("dead_letter_queue", &self.dead_letter_queue)
             .field("prefetch", &self.prefetch)

@@ -21,6 +21,8 @@ pub(super) fn environment(vars: config::Map<String, String>) -> config::Environm
         // SESSION_GUARD__LIMITS__HOOKS=superuser_unlimited,rules
         .list_separator(",")
         .with_list_parse_key("limits.hooks")
+        // SESSION_GUARD__NOTICES__KINDS=new_device,new_network
+        .with_list_parse_key("notices.kinds")
         .source(Some(vars))
 }
 

@@ -28,6 +28,11 @@ fn defaults_reach_the_local_services() {
     assert_eq!(s.amqp.events_exchange, names::EVENTS_EXCHANGE);
     assert_eq!(s.amqp.events_queue, names::EVENTS_QUEUE);
     assert_eq!(s.amqp.revocations_exchange, names::REVOCATIONS_EXCHANGE);
+    assert_eq!(s.amqp.notices_exchange, names::NOTICES_EXCHANGE);
+    assert!(!s.notices.enabled);
+    assert_eq!(s.notices.lookback, Duration::from_secs(90 * 86_400));
+    assert_eq!(s.notices.scope, super::settings::NoticeScope::AllApps);
+    assert_eq!(s.notices.kinds, ["new_device", "new_network"]);
     assert_eq!(s.amqp.dead_letter_exchange, names::DEAD_LETTER_EXCHANGE);
     assert_eq!(s.amqp.dead_letter_queue, names::DEAD_LETTER_QUEUE);
     assert_eq!(s.limits.max_sessions, 1);
@@ -39,6 +44,43 @@ fn defaults_reach_the_local_services() {
     assert_eq!(s.retention.log_limit, None);
     assert_eq!(s.retention.max_age, None);
     assert_eq!(s.retention.sweep_interval, Duration::from_secs(60));
+}
+
+#[test]
+fn notices_are_set_from_the_environment_and_checked() {
+    let s = Settings::load_from(
+        None,
+        env(&[
+            ("SESSION_GUARD__NOTICES__ENABLED", "true"),
+            ("SESSION_GUARD__NOTICES__LOOKBACK", "30d"),
+            ("SESSION_GUARD__NOTICES__SCOPE", "per_app"),
+            ("SESSION_GUARD__NOTICES__KINDS", "new_network"),
+            ("SESSION_GUARD__AMQP__NOTICES_EXCHANGE", "sg.notices"),
+        ]),
+    )
+    .unwrap();
+    assert!(s.notices.enabled);
+    assert_eq!(s.notices.lookback, Duration::from_secs(30 * 86_400));
+    assert_eq!(s.notices.scope, super::settings::NoticeScope::PerApp);
+    assert_eq!(s.notices.kinds, ["new_network"]);
+    assert_eq!(s.amqp.notices_exchange, "sg.notices");
+    assert!(s.to_toml().contains("lookback = \"30d\"\n"));
+
+    let bad = Settings::load_from(
+        None,
+        env(&[
+            ("SESSION_GUARD__NOTICES__KINDS", "new_device,new_gadget"),
+            ("SESSION_GUARD__NOTICES__LOOKBACK", "0s"),
+        ]),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(bad.contains("notices.kinds[1]"), "{bad}");
+    assert!(bad.contains("new_gadget"), "{bad}");
+    assert!(
+        bad.contains("notices.lookback: must be longer than 0"),
+        "{bad}"
+    );
 }
 
 #[test]

@@ -5,6 +5,7 @@
 use super::problem::Problem;
 use super::settings::Settings;
 use session_guard_amqp::url::redact_url;
+use session_guard_protocol::notice::NoticeKind;
 
 /// Largest value of a setting that ends up in a PostgreSQL `integer` column
 /// (a session's `max_sessions`) or an AMQP signed 32-bit argument.
@@ -22,6 +23,7 @@ impl Settings {
         problems.extend(self.minimum_problems());
         problems.extend(self.name_problems());
         problems.extend(self.url_problems());
+        problems.extend(self.notice_problems());
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             problems.push(("log.level".to_owned(), format!("not a log filter: {e}")));
         }
@@ -139,6 +141,34 @@ impl Settings {
         problems
     }
 
+    /// Notice kinds this version does not send, and lookbacks of no time or
+    /// beyond any timestamp.
+    fn notice_problems(&self) -> Vec<(String, String)> {
+        let notices = &self.notices;
+        let mut problems = Vec::new();
+        for (i, kind) in notices.kinds.iter().enumerate() {
+            if NoticeKind::parse(kind) == NoticeKind::Other {
+                let known: Vec<&str> = NoticeKind::ALL.iter().map(|k| k.as_str()).collect();
+                problems.push((
+                    format!("notices.kinds[{i}]"),
+                    format!("unknown kind {kind:?} (allowed: {})", known.join(", ")),
+                ));
+            }
+        }
+        if notices.lookback.is_zero() {
+            problems.push((
+                "notices.lookback".to_owned(),
+                "must be longer than 0".to_owned(),
+            ));
+        } else if notices.lookback.as_secs() > MAX_SECONDS {
+            problems.push((
+                "notices.lookback".to_owned(),
+                "is out of range: at most 100 years".to_owned(),
+            ));
+        }
+        problems
+    }
+
     /// Exchange and queue names RabbitMQ would refuse.
     fn name_problems(&self) -> Vec<(String, String)> {
         let amqp = &self.amqp;
@@ -146,6 +176,7 @@ impl Settings {
             ("amqp.events_exchange", &amqp.events_exchange),
             ("amqp.events_queue", &amqp.events_queue),
             ("amqp.revocations_exchange", &amqp.revocations_exchange),
+            ("amqp.notices_exchange", &amqp.notices_exchange),
             ("amqp.dead_letter_exchange", &amqp.dead_letter_exchange),
             ("amqp.dead_letter_queue", &amqp.dead_letter_queue),
         ]

@@ -1,12 +1,33 @@
-//! `outbox`: revoke messages written in the transaction that decided them,
-//! and claimed, published and deleted by the relay.
+//! `outbox`: revoke messages and notices written in the transaction that
+//! decided them, and claimed, published and deleted by the relay.
 
 use std::sync::LazyLock;
 
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
+use crate::domain::notice::Notice;
 use crate::domain::revoke::RevokeMessage;
+
+/// Which of the worker's exchanges an outbox row goes to (the `exchange`
+/// column; the relay maps it to the configured name).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exchange {
+    /// `amqp.revocations_exchange`.
+    Revocations,
+    /// `amqp.notices_exchange`.
+    Notices,
+}
+
+impl Exchange {
+    /// The name in the `exchange` column.
+    fn as_str(self) -> &'static str {
+        match self {
+            Exchange::Revocations => "revocations",
+            Exchange::Notices => "notices",
+        }
+    }
+}
 
 /// A row of the outbox, ready to publish.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -15,32 +36,54 @@ pub struct OutboxRow {
     pub id: i64,
     /// The message's own id (AMQP `message-id`), for apps to deduplicate.
     pub event_id: Uuid,
-    /// The app's routing key on the revocations exchange.
+    /// The routing key on its exchange.
     pub routing_key: String,
-    /// The revoke message, as JSON.
+    /// The message, as JSON.
     pub payload: String,
+    /// `revocations` or `notices` (see [`OutboxRow::exchange`]).
+    pub exchange: String,
+    /// The AMQP `type`: `revoke`, or the notice's type.
+    pub message_type: String,
 }
 
-/// The outbox rows of revoke messages, as column arrays.
+impl OutboxRow {
+    /// The exchange the row goes to (a value the table's check refuses
+    /// cannot be read back).
+    pub fn exchange(&self) -> Exchange {
+        if self.exchange == Exchange::Notices.as_str() {
+            Exchange::Notices
+        } else {
+            Exchange::Revocations
+        }
+    }
+}
+
+/// Outbox rows (revoke messages, notices), as column arrays.
 #[derive(Default)]
 pub(crate) struct Columns {
     /// Each message's own id.
     event_id: Vec<Uuid>,
-    /// The app's routing key.
+    /// The routing key.
     routing_key: Vec<String>,
     /// The message as JSON.
     payload: Vec<String>,
+    /// The exchange, as [`Exchange::as_str`] names it.
+    exchange: Vec<&'static str>,
+    /// The AMQP `type`.
+    message_type: Vec<String>,
 }
 
-/// `INSERT INTO outbox` of the three arrays [`Columns::bind`] binds,
+/// `INSERT INTO outbox` of the five arrays [`Columns::bind`] binds,
 /// numbered from `$first`.
 pub(crate) fn insert_rows(first: usize) -> String {
     format!(
-        "INSERT INTO outbox (event_id, routing_key, payload)
-         SELECT * FROM unnest(${}::uuid[], ${}::text[], ${}::text[])",
+        "INSERT INTO outbox (event_id, routing_key, payload, exchange, message_type)
+         SELECT * FROM unnest(${}::uuid[], ${}::text[], ${}::text[], ${}::text[], ${}::text[])",
         first,
         first + 1,
-        first + 2
+        first + 2,
+        first + 3,
+        first + 4
     )
 }
 
@@ -56,8 +99,22 @@ impl Columns {
             c.routing_key.push(m.routing_key());
             c.payload
                 .push(serde_json::to_string(m).expect("a revoke message always serializes"));
+            c.exchange.push(Exchange::Revocations.as_str());
+            c.message_type.push("revoke".to_owned());
         }
         c
+    }
+
+    /// Adds the rows of `notices`.
+    pub(crate) fn add_notices(&mut self, notices: &[Notice]) {
+        for n in notices {
+            self.event_id.push(n.event_id);
+            self.routing_key.push(n.routing_key());
+            self.payload
+                .push(serde_json::to_string(n).expect("a notice always serializes"));
+            self.exchange.push(Exchange::Notices.as_str());
+            self.message_type.push(n.kind.clone());
+        }
     }
 
     /// Whether there are no rows.
@@ -74,6 +131,8 @@ impl Columns {
             .bind(&self.event_id)
             .bind(&self.routing_key)
             .bind(&self.payload)
+            .bind(&self.exchange)
+            .bind(&self.message_type)
     }
 }
 
@@ -105,7 +164,7 @@ pub async fn stats(pool: &PgPool) -> sqlx::Result<(i64, f64)> {
 /// holds: they stay locked until the caller's transaction ends.
 pub(crate) async fn claim(conn: &mut PgConnection, limit: i64) -> sqlx::Result<Vec<OutboxRow>> {
     sqlx::query_as(
-        "SELECT id, event_id, routing_key, payload FROM outbox
+        "SELECT id, event_id, routing_key, payload, exchange, message_type FROM outbox
          ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
     )
     .bind(limit)
@@ -113,15 +172,16 @@ pub(crate) async fn claim(conn: &mut PgConnection, limit: i64) -> sqlx::Result<V
     .await
 }
 
-/// Deletes the published rows `ids`; returns each one's age in seconds on
-/// the database's clock, the one that dated it.
+/// Deletes the published rows `ids`; returns the age in seconds, on the
+/// database's clock (the one that dated them), of each revoke among them.
 pub(crate) async fn delete_published(
     conn: &mut PgConnection,
     ids: &[i64],
 ) -> sqlx::Result<Vec<f64>> {
     sqlx::query_scalar(
-        "DELETE FROM outbox WHERE id = ANY($1)
-         RETURNING extract(epoch FROM clock_timestamp() - created_at)::float8",
+        "WITH gone AS (DELETE FROM outbox WHERE id = ANY($1) RETURNING exchange, created_at)
+         SELECT extract(epoch FROM clock_timestamp() - created_at)::float8 FROM gone
+         WHERE exchange = 'revocations'",
     )
     .bind(ids)
     .fetch_all(conn)

@@ -76,7 +76,7 @@ impl SessionRow {
 }
 
 /// A [`SessionRow`], whether it came from `session_tombstones`, and whether
-/// it is a claim (see [`load_for_batch`]).
+/// it is a claim or a user's history (see [`load_for_batch`]).
 #[derive(sqlx::FromRow)]
 pub(crate) struct LoadedRow {
     /// The row's columns.
@@ -86,6 +86,18 @@ pub(crate) struct LoadedRow {
     pub tombstone: bool,
     /// A claim of `user_attributes`, not a session.
     pub claim: bool,
+    /// Where the user's sessions came from lately, for notices, not a
+    /// session.
+    pub history: bool,
+}
+
+/// The users whose history [`load_for_batch`] reads, and since when.
+#[derive(Clone, Copy)]
+pub(crate) struct HistoryRead<'a> {
+    /// The users (few: those the batch adds a session for).
+    pub users: &'a [&'a str],
+    /// Sessions last active before this are left out.
+    pub since: DateTime<Utc>,
 }
 
 /// The columns of `sessions` a batch reads, in [`SessionRow`] order.
@@ -107,6 +119,15 @@ const LOG_COLUMNS: &str = "app, session_id, user_id, login_at, login_seen, last_
 /// the claim's event time, and an empty (never valid) `session_id`. One
 /// statement rather than two: a round trip costs more than the probes.
 ///
+/// With `history`, the same statement reads, as rows of their own
+/// (`history` set), where each of `history.users`' sessions in the log
+/// last active since `history.since` came from, for notices: one row per
+/// distinct app, user agent and network (the address's IPv4 /24 or IPv6 /48,
+/// as its first address; an IPv4-mapped address is kept whole, for the
+/// domain to read as IPv4), its latest `last_seen_at` in `login_at` and
+/// `last_seen_at`, an empty `session_id`. Ended sessions count too: a
+/// device the user signed out of last week is not new.
+///
 /// `OFFSET 0` keeps the planner from flattening a LATERAL subquery into a
 /// hash join over a seq scan of the log, which it picks on stale
 /// statistics and which grows with the log instead of with the batch.
@@ -116,12 +137,14 @@ pub(crate) async fn load_for_batch(
     ids: &[&str],
     users: &[&str],
     claims: bool,
+    history: Option<HistoryRead<'_>>,
 ) -> sqlx::Result<Vec<LoadedRow>> {
     let query = format!(
         "WITH live AS MATERIALIZED (
              SELECT s.* FROM unnest($3::text[]) AS u(user_id)
              CROSS JOIN LATERAL (
-                 SELECT {LOG_COLUMNS}, false AS tombstone, false AS claim FROM sessions
+                 SELECT {LOG_COLUMNS}, false AS tombstone, false AS claim, false AS history
+                 FROM sessions
                  WHERE user_id = u.user_id AND end_reason IS NULL OFFSET 0
              ) s
          ), named AS MATERIALIZED (
@@ -138,7 +161,7 @@ pub(crate) async fn load_for_batch(
                 coalesce(s.expires_at, t.expires_at), coalesce(s.ended_at, t.ended_at),
                 coalesce(s.end_reason, t.end_reason), coalesce(s.max_sessions, t.max_sessions),
                 coalesce(s.last_revoke_at, t.last_revoke_at), s.attributes, s.ended_by,
-                s.end_note, coalesce(s.shadow_flagged, false), s.app IS NULL, false
+                s.end_note, coalesce(s.shadow_flagged, false), s.app IS NULL, false, false
          FROM named k
          LEFT JOIN LATERAL (
              SELECT {LOG_COLUMNS} FROM sessions
@@ -153,18 +176,35 @@ pub(crate) async fn load_for_batch(
          WHERE s.app IS NOT NULL OR t.login_at IS NOT NULL
          UNION ALL
          SELECT c.app, '', c.user_id, c.occurred_at, true, c.occurred_at, NULL, NULL, NULL,
-                NULL, NULL, NULL, NULL, c.attributes, NULL, NULL, false, false, true
+                NULL, NULL, NULL, NULL, c.attributes, NULL, NULL, false, false, true, false
          FROM unnest($3::text[]) AS u(user_id)
          CROSS JOIN LATERAL (
              SELECT app, user_id, attributes, occurred_at FROM user_attributes
              WHERE $4 AND user_id = u.user_id OFFSET 0
-         ) c"
+         ) c
+         UNION ALL
+         SELECT h.app, '', u.user_id, h.seen, true, h.seen, h.network, h.user_agent, NULL,
+                NULL, NULL, NULL, NULL, NULL, NULL, NULL, false, false, false, true
+         FROM unnest($5::text[]) AS u(user_id)
+         CROSS JOIN LATERAL (
+             SELECT app, user_agent, max(last_seen_at) AS seen,
+                    host(network(set_masklen(ip, CASE
+                        WHEN family(ip) = 4 THEN 24
+                        WHEN ip << '::ffff:0.0.0.0/96'::inet THEN 128
+                        ELSE 48 END)))::inet AS network
+             FROM sessions
+             WHERE user_id = u.user_id AND last_seen_at >= $6
+             GROUP BY 1, 2, 4 OFFSET 0
+         ) h"
     );
+    let history_users = history.map_or(&[][..], |h| h.users);
     let rows: Vec<LoadedRow> = sqlx::query_as(sqlx::AssertSqlSafe(query))
         .bind(apps)
         .bind(ids)
         .bind(users)
         .bind(claims)
+        .bind(history_users)
+        .bind(history.map(|h| h.since))
         .fetch_all(conn)
         .await?;
     Ok(rows)
@@ -250,7 +290,7 @@ static STORE: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
-/// Writes a batch's sessions and revoke messages in one statement (one
+/// Writes a batch's sessions and outbox rows (revoke messages, notices) in one statement (one
 /// round trip, while the batch holds its users' locks), and returns how
 /// many of the `fresh` rows went in:
 /// - `fresh`: new rows of users the batch did not read again after locking
@@ -260,7 +300,7 @@ static STORE: LazyLock<String> = LazyLock::new(|| {
 ///   read finds that row;
 /// - `upserts`: changed rows of locked users, and new rows, merged into
 ///   the stored ones (`UPSERT_SET`);
-/// - `revokes`: the outbox rows.
+/// - `revokes`: the outbox rows (revoke messages and notices).
 ///
 /// Each part is in key order (the outbox has none), and the parts touch
 /// different keys, so no row is written twice.
@@ -514,11 +554,11 @@ pub(crate) async fn active_sessions(
 #[cfg(test)]
 mod tests {
     #[test]
-    fn the_store_statement_numbers_its_35_parameters_once_each() {
+    fn the_store_statement_numbers_its_37_parameters_once_each() {
         let sql = super::STORE.as_str();
-        for n in 1..=35 {
+        for n in 1..=37 {
             assert_eq!(sql.matches(&format!("${n}::")).count(), 1, "${n}");
         }
-        assert!(!sql.contains("$36"));
+        assert!(!sql.contains("$38"));
     }
 }

@@ -3,7 +3,10 @@
 
 pub mod claims;
 pub mod decision;
+pub mod device;
+pub mod handle;
 pub mod limits;
+pub mod notice;
 pub mod revocation;
 pub mod session;
 

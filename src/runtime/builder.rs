@@ -15,7 +15,9 @@ use super::{housekeeping, http};
 use crate::api;
 use session_guard_amqp::brokers::Brokers;
 
-use crate::apply::Enforcement;
+use anyhow::Context as _;
+
+use crate::apply::{Enforcement, Notices};
 use crate::configuration::Settings;
 use crate::consumer;
 use crate::db;
@@ -72,7 +74,7 @@ impl WorkerBuilder {
                 "the setting {old} is deprecated: it is read as {new}; rename it"
             );
         }
-        let enforcement = Enforcement::from_settings(&self.settings, &self.hooks)?;
+        let mut enforcement = Enforcement::from_settings(&self.settings, &self.hooks)?;
         tracing::info!(hooks = ?enforcement.hooks.names(), enforce = enforcement.enforce, "rule hooks");
         let health = Arc::new(Health::default());
         // A pool on several hosts says at once when it has no primary; it
@@ -88,6 +90,14 @@ impl WorkerBuilder {
                 },
             };
         health.set_database(true);
+        if self.settings.notices.enabled {
+            // Notices name sessions by the sessions API's handle, whether
+            // this worker serves the API or not.
+            let handles = db::api_key::handle_key(&pool)
+                .await
+                .context("cannot read the session handle key (api_keys)")?;
+            enforcement.notices = Notices::from_settings(&self.settings, handles);
+        }
         let brokers = || {
             Brokers::parse(&self.settings.amqp.url).map_err(|e| anyhow::anyhow!("amqp.url: {e}"))
         };

@@ -8,7 +8,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use session_guard::api::handle::HandleKey;
+use session_guard::domain::handle::HandleKey;
 
 use crate::helpers::*;
 
@@ -485,7 +485,7 @@ async fn bad_input_gets_its_problem_and_changes_nothing() {
     let at = tampered.len() - 3;
     tampered[at] = if tampered[at] == b'x' { b'y' } else { b'x' };
     let tampered = String::from_utf8(tampered).unwrap();
-    let foreign = HandleKey::from_bytes(&HandleKey::random_bytes())
+    let foreign = HandleKey::from_bytes(&session_guard::db::api_key::fresh_key())
         .unwrap()
         .seal("shop", sid);
     for h in [tampered.as_str(), foreign.as_str(), "sgh_nothing", sid] {

@@ -81,6 +81,7 @@ pub fn test_settings() -> Settings {
     s.amqp.events_exchange = format!("sg_test.{id}.events");
     s.amqp.events_queue = format!("sg_test.{id}.events");
     s.amqp.revocations_exchange = format!("sg_test.{id}.revocations");
+    s.amqp.notices_exchange = format!("sg_test.{id}.notices");
     s.amqp.dead_letter_exchange = format!("sg_test.{id}.dead");
     s.amqp.dead_letter_queue = format!("sg_test.{id}.dead");
     s.worker.batch_wait_ms = 2;

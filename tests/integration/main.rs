@@ -26,6 +26,7 @@ mod layers;
 mod lifecycle;
 mod monitoring;
 mod nodelay;
+mod notices;
 mod operations;
 mod operator_commands;
 mod publisher;

@@ -1,14 +1,15 @@
 //! Session handles: the API's name for a session, never its id (a session
 //! id is the user's credential in the app). A handle is the app and the
-//! session id sealed with AES-SIV under a key every API server shares
-//! (`db::api_key`): deterministic, so one session always has the same
-//! handle, and authenticated, so a tampered or foreign handle does not open.
+//! session id sealed with AES-SIV under a key every API server and worker
+//! shares (`db::api_key`, which also makes it): deterministic, so one
+//! session always has the same handle, and authenticated, so a tampered or
+//! foreign handle does not open. In the domain because both the sessions
+//! API and the worker's notices name sessions by it.
 
 use aes_siv::aead::KeyInit as _;
 use aes_siv::siv::Aes256Siv;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use rand::TryRngCore as _;
 
 use crate::domain::event::{AppName, SessionId};
 
@@ -34,15 +35,6 @@ impl HandleKey {
     /// The key from its stored bytes; `None` unless there are 64.
     pub fn from_bytes(bytes: &[u8]) -> Option<HandleKey> {
         Some(HandleKey(bytes.try_into().ok()?))
-    }
-
-    /// Fresh random bytes for a key (the OS's generator).
-    pub fn random_bytes() -> [u8; KEY_BYTES] {
-        let mut bytes = [0u8; KEY_BYTES];
-        rand::rngs::OsRng
-            .try_fill_bytes(&mut bytes)
-            .expect("the operating system's random generator");
-        bytes
     }
 
     fn cipher(&self) -> Aes256Siv {
@@ -100,7 +92,9 @@ mod tests {
     use super::*;
 
     fn key() -> HandleKey {
-        HandleKey::from_bytes(&HandleKey::random_bytes()).unwrap()
+        // Random, so that two keys differ (the tests of a pure module make
+        // their own bytes rather than ask the database layer).
+        HandleKey::from_bytes(&std::array::from_fn::<u8, KEY_BYTES, _>(|_| rand::random())).unwrap()
     }
 
     #[test]
