@@ -1,7 +1,9 @@
-//! session-guard-client's NoticeListener against the real broker: notices
-//! arrive typed and are acked, a failing handler's notice is retried then
-//! dead-lettered to `<app>.notices.dead`, a body that is not a notice is
-//! dead-lettered at once, a kind added later still reaches the handler.
+//! session-guard-client's NoticeListener against the real broker and the
+//! real worker: the worker's notice of a login from a new device reaches the
+//! handler; notices published by hand arrive typed and are acked, a failing
+//! handler's notice is retried then dead-lettered to `<app>.notices.dead`, a
+//! body that is not a notice is dead-lettered at once, a kind added later
+//! still reaches the handler.
 
 use std::time::Duration;
 
@@ -17,8 +19,9 @@ use tokio::sync::{mpsc, oneshot};
 use crate::client_listener::{AppQueues, handled, next_dead_letter, no_more, ready, unique_app};
 use crate::helpers::*;
 
-/// The test's notices exchange, declared as the worker declares its own
-/// (durable topic), deleted when dropped.
+/// The test's notices exchange (`amqp.notices_exchange`), declared as the
+/// worker declares it (durable topic) for the tests that run none, deleted
+/// when dropped.
 struct NoticesExchange {
     url: String,
     name: String,
@@ -26,11 +29,7 @@ struct NoticesExchange {
 
 impl NoticesExchange {
     async fn declare(test: &TestApp) -> NoticesExchange {
-        let name = test
-            .settings
-            .amqp
-            .revocations_exchange
-            .replace(".revocations", ".notices");
+        let name = test.settings.amqp.notices_exchange.clone();
         test.publisher
             .exchange_declare(
                 name.as_str().into(),
@@ -312,4 +311,68 @@ async fn connect_says_when_the_notices_exchange_is_missing() {
             config.exchange
         )
     );
+}
+
+const FIREFOX_LINUX: &str =
+    "Mozilla/5.0 (X11; Linux x86_64; rv:120.0) Gecko/20100101 Firefox/120.0";
+const CHROME_ANDROID: &str = "Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 \
+                              (KHTML, like Gecko) Chrome/120.0.0.0 Mobile Safari/537.36";
+
+/// A login of user 42 from `user_agent` at `ip`.
+fn login_from(
+    app: &AppName,
+    session: &str,
+    at: i64,
+    user_agent: &str,
+    ip: &str,
+) -> serde_json::Value {
+    serde_json::json!({
+        "type": "login", "app": app.as_str(), "session_id": session, "user_id": "42",
+        "occurred_at": t(at).to_rfc3339(), "ip": ip, "user_agent": user_agent,
+    })
+}
+
+#[tokio::test]
+async fn the_workers_notice_of_a_new_device_reaches_the_listener_once() {
+    let mut test = spawn_app_with(|s| {
+        s.notices.enabled = true;
+        // No session limit: nothing revoked to blur the picture.
+        s.limits.max_sessions = 0;
+    })
+    .await;
+    let exchange = NoticesExchange::declare(&test).await;
+    let app = unique_app();
+    let config = config(&test, &app, &exchange);
+    let _queues = AppQueues::of(&config);
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let listener = Running::start(config.clone(), tx, |_| Ok(())).await;
+
+    // The user's first session gives none (nothing to compare with); Chrome
+    // on Android after Firefox on Linux gives one; Firefox on Linux again,
+    // from the same /24, gives none.
+    test.publish(&login_from(&app, "s1", 0, FIREFOX_LINUX, "192.0.2.10"))
+        .await;
+    test.publish(&login_from(&app, "s2", 10, CHROME_ANDROID, "192.0.2.11"))
+        .await;
+    test.publish(&login_from(&app, "s3", 20, FIREFOX_LINUX, "192.0.2.12"))
+        .await;
+    let got = handled(&mut rx, 1).await;
+    let n = &got[0].1.message;
+    assert_eq!(n.kind(), NoticeKind::NewDevice);
+    assert_eq!((n.app.as_str(), n.user_id.as_str()), (app.as_str(), "42"));
+    assert_eq!(
+        (n.device.browser.as_deref(), n.device.os.as_deref()),
+        (Some("Chrome"), Some("Android"))
+    );
+    assert_eq!(n.ip.as_deref(), Some("192.0.2.11"));
+    assert_eq!(n.event_id, Notice::event_id_for(app.as_str(), "s2"));
+    assert_ne!(n.session, "s2", "the handle, never the session id");
+    assert_eq!(
+        (n.new_device, n.new_network, n.known_devices),
+        (true, false, 1)
+    );
+    test.settle().await;
+    no_more(&mut rx).await;
+    listener.stop().await;
+    assert_eq!(ready(&config.url, &config.queue).await, 0, "acked");
 }

@@ -243,6 +243,7 @@ url = "{names.amqp_url}"
 events_exchange = "{names.events_exchange}"
 events_queue = "{names.events_exchange}"
 revocations_exchange = "{names.revocations_exchange}"
+notices_exchange = "{names.notices_exchange}"
 dead_letter_exchange = "{names.dead_exchange}"
 dead_letter_queue = "{names.dead_exchange}"
 [limits]

@@ -1,11 +1,12 @@
 """Notices: ``session_guard_listen`` sends ``new_device_login`` once per
 notice, with the right user; bodies that are not notices are dead-lettered.
-The notices are published by hand here, as the worker publishes them
-(test_notices_worker.py has them come from the real worker)."""
+The first test has them come from the real worker; the others publish them
+by hand, as the worker does."""
 
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from typing import Any
 
@@ -19,8 +20,14 @@ from session_guard_django import conf
 from session_guard_django.notices import Notice, Seen
 
 from conftest import broker, wait_until
+from test_enforcement import log_in
 
 SUBJECT = "Subject: A new sign-in to your account"
+FIREFOX_LINUX = "Mozilla/5.0 (X11; Linux x86_64; rv:120.0) Gecko/20100101 Firefox/120.0"
+CHROME_ANDROID = (
+    "Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 (KHTML, like Gecko) "
+    "Chrome/120.0.0.0 Mobile Safari/537.36"
+)
 
 
 def notice(app: str, user_id: str, kind: str = "new_device", event_id: str | None = None) -> dict[str, Any]:
@@ -50,6 +57,42 @@ def publish(channel: Any, exchange: str, body: dict[str, Any] | bytes) -> None:
         message_id=body["event_id"], type=body["type"], app_id="session-guard", delivery_mode=2
     )
     channel.basic_publish(exchange, f"{body['type']}.{body['app']}", json.dumps(body).encode(), properties)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_login_from_a_new_device_emails_the_right_user_once_through_the_worker(
+    names: Any, worker: Any, listener: Any
+) -> None:
+    ada = User.objects.create_user("ada", "ada@example.com", "pw")
+    bob = User.objects.create_user("bob", "bob@example.com", "pw")
+    w = worker(max_sessions=5, extra="[notices]\nenabled = true\n")
+    lst = listener()
+    wait_until("the listener to consume notices", lambda: f"listening on {names.notice_queue}" in lst.output())
+
+    # Ada's first session gives no notice (nothing to compare with), her
+    # phone does; Bob's first session gives none, nor does Ada's laptop again.
+    log_in("ada", FIREFOX_LINUX)
+    wait_until("ada's first session in the worker's log", lambda: len(w.sessions(ada.pk)) == 1)
+    log_in("bob", CHROME_ANDROID)
+    log_in("ada", CHROME_ANDROID)
+    wait_until("the email to ada", lambda: SUBJECT in lst.output())
+    log_in("ada", FIREFOX_LINUX)
+    wait_until("every login in the worker's log", lambda: len(w.sessions(ada.pk)) == 3 and w.sessions(bob.pk))
+    # Long enough for a second notice, if there were one, to be handled.
+    lst_output = wait_until("a quiet listener", lambda: _quiet(lst))
+    assert lst_output.count(SUBJECT) == 1, lst_output
+    assert lst_output.count("To: ada@example.com") == 1
+    assert "bob@example.com" not in lst_output
+    assert f"(new_device) of user {ada.pk}" in lst_output
+    assert "A new sign-in to your account: Chrome on Android from 127.0.0.1 at " in lst_output
+
+
+def _quiet(lst: Any, seconds: float = 2.0) -> str | None:
+    """The listener's output once it did not change for ``seconds``."""
+    before = lst.output()
+    time.sleep(seconds)
+    after = lst.output()
+    return after if after == before else None
 
 
 @pytest.mark.django_db(transaction=True)
