@@ -526,15 +526,16 @@ async fn a_shutdown_hands_the_revokes_already_sent_to_the_handler() {
 }
 
 /// A RabbitMQ user of the test's own for an app, and its password.
-struct AppUser {
+pub struct AppUser {
     user: BrokerUser,
     password: String,
 }
 
 impl AppUser {
-    /// A user with the permissions docs/SECURITY.md gives the app `shop`'s
-    /// revoke subscriber, for `app` and the test's exchanges.
-    async fn as_documented(test: &TestApp, app: &AppName) -> AppUser {
+    /// A user with the permissions docs/SECURITY.md gives the app `shop`
+    /// (publisher, revoke and notice subscriber), for `app` and the test's
+    /// exchanges.
+    pub async fn as_documented(test: &TestApp, app: &AppName) -> AppUser {
         let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/SECURITY.md"))
             .unwrap();
         let line = doc
@@ -549,6 +550,7 @@ impl AppUser {
                 &escape(&amqp.revocations_exchange),
             )
             .replace("session_guard\\.events", &escape(&amqp.events_exchange))
+            .replace("session_guard\\.notices", &escape(&amqp.notices_exchange))
             .replace("shop", app.as_str());
         let regexps: Vec<&str> = line.split('\'').skip(1).step_by(2).collect();
         let permissions: [&str; 3] = regexps.try_into().unwrap_or_else(|_| panic!("{line}"));
@@ -559,7 +561,7 @@ impl AppUser {
         }
     }
 
-    fn url(&self) -> String {
+    pub fn url(&self) -> String {
         self.user.url(&self.password)
     }
 }

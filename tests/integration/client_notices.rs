@@ -16,7 +16,9 @@ use session_guard_client::protocol::notice::{Notice, NoticeKind};
 use session_guard_client::{ListenerConfig, ListenerError, NoticeListener, SignInNotice};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::client_listener::{AppQueues, handled, next_dead_letter, no_more, ready, unique_app};
+use crate::client_listener::{
+    AppQueues, AppUser, handled, next_dead_letter, no_more, ready, unique_app,
+};
 use crate::helpers::*;
 
 /// The test's notices exchange (`amqp.notices_exchange`), declared as the
@@ -375,4 +377,41 @@ async fn the_workers_notice_of_a_new_device_reaches_the_listener_once() {
     no_more(&mut rx).await;
     listener.stop().await;
     assert_eq!(ready(&config.url, &config.queue).await, 0, "acked");
+}
+
+#[tokio::test]
+async fn the_permissions_security_md_documents_are_enough_for_the_notice_listener() {
+    let test = spawn_app_without_worker(|_| {}).await;
+    let exchange = NoticesExchange::declare(&test).await;
+    let app = unique_app();
+    let user = AppUser::as_documented(&test, &app).await;
+    let mut config = config(&test, &app, &exchange);
+    config.max_attempts = 2;
+    // Deleted as guest: the app's user may not delete.
+    let _queues = AppQueues::of(&config);
+    config.url = user.url();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let listener = Running::start(config.clone(), tx, |n| {
+        if n.message.user_id == "refused" {
+            Err("refused on purpose".to_owned())
+        } else {
+            Ok(())
+        }
+    })
+    .await;
+    publish_notice(&test, &exchange, &notice(&app, "new_device", "42", "s1")).await;
+    assert_eq!(handled(&mut rx, 1).await[0].1.message.user_id, "42");
+    // Dead-lettering publishes to the app's own exchange.
+    publish_notice(
+        &test,
+        &exchange,
+        &notice(&app, "new_device", "refused", "s2"),
+    )
+    .await;
+    handled(&mut rx, 2).await;
+    let mut dead_config = config.clone();
+    dead_config.url = test.settings.amqp.url.clone();
+    let dead = next_dead_letter(&test, &dead_config).await;
+    assert_eq!(dead.error.as_deref(), Some("refused on purpose"));
+    listener.stop().await;
 }

@@ -348,6 +348,19 @@ class Listener:
                     REBIND_EVERY,
                 )
                 return False
+            if error.reply_code == 403 and not queue.required:
+                # An app user given the permissions for revokes only (as
+                # before notices): revokes must flow all the same.
+                logger.warning(
+                    "session-guard: the broker refused to declare or bind %s (%s): %ss are not "
+                    "consumed (the app's user needs the permissions in docs/SECURITY.md, or set "
+                    "SESSION_GUARD_LISTEN_NOTICES = False); trying again in %d s",
+                    queue.name,
+                    self._scrub(error.reply_text or ""),
+                    queue.what,
+                    REBIND_EVERY,
+                )
+                return False
             raise
         channel.basic_consume(
             queue.name,
