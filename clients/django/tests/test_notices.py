@@ -6,6 +6,7 @@ by hand, as the worker does."""
 from __future__ import annotations
 
 import json
+import re
 import time
 import uuid
 from typing import Any
@@ -19,8 +20,9 @@ from django.test import override_settings
 from session_guard_django import conf
 from session_guard_django.notices import Notice, Seen
 
-from conftest import broker, wait_until
+from conftest import AMQP_URL, broker, rabbitmqctl, wait_until
 from test_enforcement import log_in
+from test_listener import revoke
 
 SUBJECT = "Subject: A new sign-in to your account"
 FIREFOX_LINUX = "Mozilla/5.0 (X11; Linux x86_64; rv:120.0) Gecko/20100101 Firefox/120.0"
@@ -207,3 +209,36 @@ def test_a_notice_is_claimed_once_and_released_when_its_signal_failed() -> None:
     with override_settings(SESSION_GUARD_NOTICE_CACHE=None):
         nothing = Seen(conf.get())
         assert nothing.first(n) and nothing.first(n), "with no cache, every delivery is signalled"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_app_user_allowed_revokes_only_keeps_its_revokes(names: Any, listener: Any) -> None:
+    """An app user with the permissions of a revoke subscriber only (as
+    before notices): the listener warns about the notice queue and ends
+    revoked sessions all the same."""
+    user, password = f"sgdj-{names.token}", uuid.uuid4().hex
+    queues = re.escape(names.revoke_queue) + r"(\.dead)?"
+    rabbitmqctl("add_user", user, password)
+    try:
+        # docs/SECURITY.md's revoke subscriber row, for the test's names.
+        exchange = re.escape(names.revocations_exchange)
+        rabbitmqctl("set_permissions", "-p", "/", user, f"^{queues}$", f"^{queues}$", f"^({queues}|{exchange})$")
+        connection = broker()
+        channel = connection.channel()
+        channel.exchange_declare(names.revocations_exchange, "topic", durable=True)
+        channel.exchange_declare(names.notices_exchange, "topic", durable=True)
+        names.amqp_url = AMQP_URL.replace("guest:guest", f"{user}:{password}")
+        try:
+            lst = listener()
+        finally:
+            names.amqp_url = AMQP_URL  # the test's cleanup runs as guest
+        wait_until(
+            "the warning about the notice queue",
+            lambda: f"the broker refused to declare or bind {names.notice_queue}" in lst.output(),
+        )
+        key = "k" * 32
+        channel.basic_publish(names.revocations_exchange, f"revoke.{names.app}", revoke(names.app, key))
+        wait_until("the revoke to be handled", lambda: f"ended session {key}" in lst.output())
+        connection.close()
+    finally:
+        rabbitmqctl("delete_user", user)
