@@ -128,11 +128,11 @@ pub struct WorkerDrain {
     /// Events per second.
     pub rate: f64,
     /// The highest VmHWM of the workers, KiB.
-    rss: u64,
+    pub rss: u64,
     /// The workers' CPU time (utime + stime), ms, start-up included.
-    worker_cpu_ms: f64,
+    pub worker_cpu_ms: f64,
     /// The CPU time of their PostgreSQL backends during the drain, ms.
-    postgres_cpu_ms: f64,
+    pub postgres_cpu_ms: f64,
     /// What their batches did, summed over the workers.
     batches: BatchMetrics,
 }

@@ -17,6 +17,7 @@ mod docs_drift;
 mod drain;
 mod failover;
 mod latency;
+mod notices;
 mod options;
 mod report;
 mod services;
@@ -67,6 +68,11 @@ async fn run(args: BenchArgs) -> anyhow::Result<()> {
     } else if args.failover_only {
         let events = generate(&args);
         failover::rows(&settings, &args, &worker, &events).await
+    } else if args.notices_only {
+        let events = generate(&args);
+        notices::rows(&settings, &args, &worker, &events)
+            .await
+            .map(|rows| (rows, false))
     } else if args.client_only {
         client_only(&settings, &args)
             .await

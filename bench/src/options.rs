@@ -107,6 +107,16 @@ pub struct BenchArgs {
         conflicts_with_all = ["client_only", "coalescing_only", "api_only", "cluster_only"]
     )]
     pub failover_only: bool,
+    /// Measure only what notices cost: 1 worker draining `--events` of the
+    /// mix with `notices.enabled` off and on, back to back in each of
+    /// `--runs` runs; prints the table and writes no report.
+    #[arg(
+        long,
+        conflicts_with_all = [
+            "client_only", "coalescing_only", "api_only", "cluster_only", "failover_only"
+        ]
+    )]
+    pub notices_only: bool,
 }
 
 /// Where the report goes unless `--output` says.
@@ -122,7 +132,7 @@ impl BenchArgs {
     /// Only a part of the figures: the table is printed, and the report's
     /// block, which holds a full run, is left as it is.
     pub fn partial(&self) -> bool {
-        self.broker_only() || self.api_only || self.cluster_only
+        self.broker_only() || self.api_only || self.cluster_only || self.notices_only
     }
 
     /// The file the report is written into, if any: `--output` (empty: none),

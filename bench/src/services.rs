@@ -35,6 +35,7 @@ pub fn bench_settings(base: &Settings) -> Settings {
     settings.amqp.events_exchange = format!("sg_bench.{id}.events");
     settings.amqp.events_queue = format!("sg_bench.{id}.events");
     settings.amqp.revocations_exchange = format!("sg_bench.{id}.revocations");
+    settings.amqp.notices_exchange = format!("sg_bench.{id}.notices");
     settings.amqp.dead_letter_exchange = format!("sg_bench.{id}.dead");
     settings.amqp.dead_letter_queue = format!("sg_bench.{id}.dead");
     settings.limits.max_sessions = 1;

@@ -45,6 +45,29 @@ impl Mix {
     }
 }
 
+/// Browsers the production-shaped mixes' logins come from (see
+/// `Traffic::user_agent`).
+const USER_AGENTS: [&str; 6] = [
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) \
+     Chrome/120.0.0.0 Safari/537.36",
+    "Mozilla/5.0 (X11; Linux x86_64; rv:120.0) Gecko/20100101 Firefox/120.0",
+    "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/605.1.15 (KHTML, like Gecko) \
+     Version/17.1 Safari/605.1.15",
+    "Mozilla/5.0 (iPhone; CPU iPhone OS 17_1 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like \
+     Gecko) Version/17.1 Mobile/15E148 Safari/604.1",
+    "Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 (KHTML, like Gecko) \
+     Chrome/120.0.0.0 Mobile Safari/537.36",
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64; rv:121.0) Gecko/20100101 Firefox/121.0",
+];
+
+/// FNV-1a: a stable hash, so that a session always has the same address
+/// and device.
+fn fnv(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
 /// Zipf exponent of the production-shaped mixes' user activity.
 const ZIPF_EXPONENT: f64 = 1.0;
 /// Pre-existing sessions waiting for their first sighting (`first-sightings`):
@@ -170,23 +193,41 @@ impl Traffic {
     }
 
     /// The session's IP: one address for `burst`, else stable per session.
-    fn ip(&self, session: &str) -> String {
+    fn ip(&self, user: usize, session: &str) -> String {
         if self.mix == Mix::Burst {
             return "192.0.2.1".into();
         }
-        // FNV-1a: the same session always comes from the same address.
-        let h = session.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-        });
+        // Each user comes from two networks (/24s: home and work, say), a
+        // session from one of them, always the same address: what a
+        // notice's new_network is decided on.
+        let h = fnv(session.as_bytes());
+        let net = fnv(&user.to_le_bytes()).wrapping_add(h & 1);
         format!(
             "10.{}.{}.{}",
-            (h >> 16) & 255,
-            (h >> 8) & 255,
-            (h & 253) + 1
+            (net >> 8) & 255,
+            net & 255,
+            ((h >> 8) & 253) + 1
         )
     }
 
-    /// A session id not used before.
+    /// A real browser's user agent for a session of `user`: each user signs
+    /// in from two devices of [`USER_AGENTS`], a session from one of them,
+    /// so that notices compare real devices (both settings alike).
+    fn user_agent(&self, user: usize, session: &str) -> &'static str {
+        if self.mix == Mix::Burst {
+            return "bench/1.0";
+        }
+        let n = USER_AGENTS.len();
+        let first = user % n;
+        let second = (user / n + first + 1) % n;
+        let pick = if fnv(session.as_bytes()) & 2 == 0 {
+            first
+        } else {
+            second
+        };
+        USER_AGENTS[pick]
+    }
+
     fn fresh_session(&mut self, prefix: &str) -> String {
         self.next_session += 1;
         format!("{prefix}{}", self.next_session)
@@ -196,7 +237,8 @@ impl Traffic {
     fn login_for(&mut self, user: usize) -> (Value, Option<String>) {
         let session = self.fresh_session("s");
         let at = self.tick();
-        let ip = self.ip(&session);
+        let ip = self.ip(user, &session);
+        let user_agent = self.user_agent(user, &session);
         let sessions = self.live.entry(user).or_default();
         let revoked = sessions.pop();
         if let Some(old) = &revoked {
@@ -212,7 +254,7 @@ impl Traffic {
         let event = json!({
             "type": "login", "app": "bench", "session_id": session,
             "user_id": format!("user{user}"), "occurred_at": at,
-            "ip": ip, "user_agent": "bench/1.0",
+            "ip": ip, "user_agent": user_agent,
         });
         (event, revoked)
     }
@@ -220,7 +262,7 @@ impl Traffic {
     /// A request on `session` of `user`.
     fn request(&mut self, user: usize, session: String) -> Value {
         let at = self.tick();
-        let ip = self.ip(&session);
+        let ip = self.ip(user, &session);
         json!({
             "type": "request", "app": "bench", "session_id": session,
             "user_id": format!("user{user}"), "occurred_at": at, "ip": ip,

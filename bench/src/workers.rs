@@ -349,6 +349,13 @@ fn command(binary: &Path, settings: &Settings, listen: &str, api_listen: &str) -
         .env_remove("RUST_LOG")
         .stdin(Stdio::null())
         .stdout(Stdio::null());
+    // Only when on: a worker binary from before notices refuses the keys.
+    if settings.notices.enabled {
+        cmd.env("SESSION_GUARD__NOTICES__ENABLED", "true").env(
+            "SESSION_GUARD__AMQP__NOTICES_EXCHANGE",
+            &amqp.notices_exchange,
+        );
+    }
     // To look inside a worker during a run: SESSION_GUARD_BENCH_WORKER_LOG=debug
     if let Ok(filter) = std::env::var("SESSION_GUARD_BENCH_WORKER_LOG") {
         cmd.env("RUST_LOG", filter);

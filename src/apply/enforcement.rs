@@ -3,7 +3,8 @@
 //! `last_seen_at` write resolution, all from the settings; and the notices
 //! policy with the key that names sessions in them.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::configuration::NoticeScope;
@@ -11,6 +12,7 @@ use crate::configuration::Settings;
 use crate::domain::handle::HandleKey;
 use crate::domain::limits::{HookChain, RuleHook};
 use crate::domain::notice::{NoticeKind, NoticePolicy, Scope};
+use session_guard_protocol::api::Device;
 
 /// How limits are enforced: the rule hooks and the base limits they start
 /// from, the repeat pause, shadow mode and the `last_seen_at` write
@@ -38,7 +40,15 @@ pub struct Enforcement {
 pub struct Notices {
     pub policy: NoticePolicy,
     pub handles: HandleKey,
+    /// User agents already parsed, shared by the worker's batches: woothee
+    /// is the costly part of a notice, and an app's users have few
+    /// distinct browsers.
+    pub devices: Arc<Mutex<HashMap<String, Device>>>,
 }
+
+/// Most user agents [`Notices::devices`] keeps: past this it starts over,
+/// so that made-up user agents cannot grow it without bound.
+pub const MAX_DEVICES_CACHED: usize = 10_000;
 
 impl Notices {
     /// From the settings, with the handle key read from the database;
@@ -57,7 +67,11 @@ impl Notices {
             // Checked when the settings were loaded: every kind is known.
             kinds: notices.kinds.iter().map(|k| NoticeKind::parse(k)).collect(),
         };
-        Some(Notices { policy, handles })
+        Some(Notices {
+            policy,
+            handles,
+            devices: Arc::default(),
+        })
     }
 }
 

@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 
-use super::enforcement::Notices;
+use super::enforcement::{MAX_DEVICES_CACHED, Notices};
 use super::load::{Key, Origin, Slot, State};
 use crate::domain::device::device;
 use crate::domain::notice::{Arrival, DeviceKey, Network, Notice, Seen, SignIn};
@@ -18,7 +18,6 @@ use session_guard_protocol::api::Device;
 
 /// The notices due for the sessions the batch adds, in key order.
 pub(super) fn notices(state: &State, notices: &Notices) -> Vec<Notice> {
-    let mut devices = Devices::default();
     let mut added: Vec<(&Key, &Slot)> = state
         .slots
         .iter()
@@ -28,6 +27,16 @@ pub(super) fn notices(state: &State, notices: &Notices) -> Vec<Notice> {
         return Vec::new();
     }
     added.sort_by(|a, b| a.0.cmp(b.0));
+    // A poisoned lock only means another batch panicked while parsing: the
+    // cache holds whole entries still.
+    let mut cache = notices
+        .devices
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if cache.len() > MAX_DEVICES_CACHED {
+        cache.clear();
+    }
+    let mut devices = Devices(&mut cache);
     let mut out = Vec::new();
     for (key, slot) in added {
         let record = &slot.record;
@@ -105,24 +114,28 @@ fn earlier_sessions(state: &State, key: &Key, slot: &Slot, devices: &mut Devices
     seen
 }
 
-/// User agents parsed once per batch: woothee is the costly part.
-#[derive(Default)]
-struct Devices(HashMap<Option<String>, Device>);
+/// User agents parsed once (see [`Notices::devices`]).
+struct Devices<'a>(&'a mut HashMap<String, Device>);
 
-impl Devices {
+impl Devices<'_> {
     /// The device `user_agent` describes.
     fn device(&mut self, user_agent: Option<&str>) -> Device {
-        self.parsed(user_agent).clone()
+        match user_agent {
+            Some(ua) => self.parsed(ua).clone(),
+            None => device(None),
+        }
     }
 
     /// Its key, as notices compare devices.
     fn key(&mut self, user_agent: Option<&str>) -> Option<DeviceKey> {
-        DeviceKey::of(self.parsed(user_agent))
+        DeviceKey::of(self.parsed(user_agent?))
     }
 
-    fn parsed(&mut self, user_agent: Option<&str>) -> &Device {
-        self.0
-            .entry(user_agent.map(str::to_owned))
-            .or_insert_with(|| device(user_agent))
+    fn parsed(&mut self, user_agent: &str) -> &Device {
+        if !self.0.contains_key(user_agent) {
+            self.0
+                .insert(user_agent.to_owned(), device(Some(user_agent)));
+        }
+        &self.0[user_agent]
     }
 }

@@ -91,6 +91,13 @@ pub(crate) struct LoadedRow {
     pub history: bool,
 }
 
+/// How many of a user's sessions (the latest logins within the lookback)
+/// [`load_for_batch`] reads for notices: what bounds the cost of a user
+/// with a long log (a script, a shared account) to an index range of this
+/// many rows. A device or network seen only in sessions older than the
+/// user's latest this many counts as not seen.
+pub(crate) const HISTORY_SESSIONS: usize = 50;
+
 /// The users whose history [`load_for_batch`] reads, and since when.
 #[derive(Clone, Copy)]
 pub(crate) struct HistoryRead<'a> {
@@ -121,7 +128,8 @@ const LOG_COLUMNS: &str = "app, session_id, user_id, login_at, login_seen, last_
 ///
 /// With `history`, the same statement reads, as rows of their own
 /// (`history` set), where each of `history.users`' sessions in the log
-/// last active since `history.since` came from, for notices: one row per
+/// last active since `history.since` came from (the latest
+/// [`HISTORY_SESSIONS`] logins of those), for notices: one row per
 /// distinct app, user agent and network (the address's IPv4 /24 or IPv6 /48,
 /// as its first address; an IPv4-mapped address is kept whole, for the
 /// domain to read as IPv4), its latest `last_seen_at` in `login_at` and
@@ -183,19 +191,23 @@ pub(crate) async fn load_for_batch(
              WHERE $4 AND user_id = u.user_id OFFSET 0
          ) c
          UNION ALL
-         SELECT h.app, '', u.user_id, h.seen, true, h.seen, h.network, h.user_agent, NULL,
-                NULL, NULL, NULL, NULL, NULL, NULL, NULL, false, false, false, true
-         FROM unnest($5::text[]) AS u(user_id)
-         CROSS JOIN LATERAL (
-             SELECT app, user_agent, max(last_seen_at) AS seen,
-                    host(network(set_masklen(ip, CASE
-                        WHEN family(ip) = 4 THEN 24
-                        WHEN ip << '::ffff:0.0.0.0/96'::inet THEN 128
+         SELECT h.app, '', h.user_id, max(h.last_seen_at), true, max(h.last_seen_at),
+                h.network, h.user_agent, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, false,
+                false, false, true
+         FROM (
+             SELECT r.user_id, r.app, r.user_agent, r.last_seen_at,
+                    host(network(set_masklen(r.ip, CASE
+                        WHEN family(r.ip) = 4 THEN 24
+                        WHEN r.ip << '::ffff:0.0.0.0/96'::inet THEN 128
                         ELSE 48 END)))::inet AS network
-             FROM sessions
-             WHERE user_id = u.user_id AND last_seen_at >= $6
-             GROUP BY 1, 2, 4 OFFSET 0
-         ) h"
+             FROM unnest($5::text[]) AS u(user_id)
+             CROSS JOIN LATERAL (
+                 SELECT user_id, app, user_agent, ip, last_seen_at FROM sessions
+                 WHERE user_id = u.user_id AND last_seen_at >= $6
+                 ORDER BY login_at DESC LIMIT {HISTORY_SESSIONS}
+             ) r
+         ) h
+         GROUP BY h.user_id, h.app, h.user_agent, h.network"
     );
     let history_users = history.map_or(&[][..], |h| h.users);
     let rows: Vec<LoadedRow> = sqlx::query_as(sqlx::AssertSqlSafe(query))
