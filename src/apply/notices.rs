@@ -139,3 +139,92 @@ impl Devices<'_> {
         &self.0[user_agent]
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::apply::fixtures::{at, stored};
+    use crate::apply::load::Earlier;
+    use crate::domain::handle::HandleKey;
+    use crate::domain::notice::{NoticeKind, NoticePolicy, Scope};
+
+    const FIREFOX: &str = "Mozilla/5.0 (X11; Linux x86_64; rv:120.0) Gecko/20100101 Firefox/120.0";
+    const CHROME: &str = "Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 (KHTML, \
+                          like Gecko) Chrome/120.0.0.0 Mobile Safari/537.36";
+
+    fn policy() -> Notices {
+        Notices {
+            policy: NoticePolicy {
+                lookback: std::time::Duration::from_secs(90 * 86_400),
+                scope: Scope::AllApps,
+                kinds: NoticeKind::ALL.to_vec(),
+            },
+            handles: HandleKey::from_bytes(&[7; 64]).unwrap(),
+            devices: Default::default(),
+        }
+    }
+
+    /// A session of `user` the batch adds, from `ua` at `ip`.
+    fn added(session: &str, user: &str, minute: u32, ua: &str, ip: &str) -> Slot {
+        let mut slot = stored(session, user, minute);
+        slot.origin = Origin::New;
+        slot.loaded = None;
+        slot.dirty = true;
+        slot.record.user_agent = Some(ua.to_owned());
+        slot.record.ip = Some(ip.parse().unwrap());
+        slot
+    }
+
+    fn ids(notices: &[Notice]) -> Vec<(String, uuid::Uuid)> {
+        notices
+            .iter()
+            .map(|n| (n.kind.clone(), n.event_id))
+            .collect()
+    }
+
+    #[test]
+    fn added_sessions_compare_with_the_history_and_the_earlier_ones_of_the_batch() {
+        let n = policy();
+        // ann: Firefox in the log's history; the batch adds Chrome, then
+        // Chrome again (nothing new against the first Chrome).
+        let mut state = crate::apply::fixtures::state_of(vec![
+            added("s2", "ann", 5, CHROME, "10.0.0.2"),
+            added("s3", "ann", 6, CHROME, "10.0.0.3"),
+            // bob's history was not read, nor was his lock row created:
+            // nothing is decided for him on a part of it.
+            added("b1", "bob", 5, CHROME, "10.0.0.2"),
+        ]);
+        state.history.insert(
+            "ann".to_owned(),
+            vec![Earlier {
+                app: "shop".to_owned(),
+                user_agent: Some(FIREFOX.to_owned()),
+                ip: Some("10.0.0.1".parse().unwrap()),
+                last_seen_at: at(1),
+            }],
+        );
+        state.history_read.insert("ann".to_owned());
+        let got = notices(&state, &n);
+        assert_eq!(
+            ids(&got),
+            [("new_device".to_owned(), Notice::event_id_for("shop", "s2"))]
+        );
+        let (app, session) = n.handles.open(&got[0].session).unwrap();
+        assert_eq!((app.as_str(), session.as_str()), ("shop", "s2"));
+        assert_eq!(got[0].device.browser.as_deref(), Some("Chrome"));
+
+        // A user whose lock row the batch created had no sessions: their
+        // first one gives nothing, their second is compared with it.
+        let mut first = crate::apply::fixtures::state_of(vec![
+            added("c1", "cat", 5, FIREFOX, "10.0.0.1"),
+            added("c2", "cat", 6, CHROME, "10.9.0.1"),
+        ]);
+        first.created.insert("cat".to_owned());
+        let got = notices(&first, &n);
+        assert_eq!(
+            ids(&got),
+            [("new_device".to_owned(), Notice::event_id_for("shop", "c2"))]
+        );
+        assert!(got[0].new_network);
+    }
+}

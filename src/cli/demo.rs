@@ -1,7 +1,8 @@
 //! `session-guard demo`: the whole flow in a few seconds against the local
 //! services. A fake app logs one user in from two browsers through the
 //! client crate, a worker running in this process revokes the older
-//! session, the app ends it, and the session log is shown. Everything runs
+//! session, the app ends it, the app gets a notice that the phone was a new
+//! device, and the session log is shown. Everything runs
 //! under names of the demo's own, removed at the end, also after an error
 //! or Ctrl-C.
 
@@ -14,7 +15,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use futures::FutureExt as _;
-use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
+use futures::StreamExt as _;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, ExchangeDeleteOptions, QueueBindOptions,
+    QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::types::FieldTable;
 use session_guard_amqp::url::redact_url;
 use session_guard_client::protocol::event::AppName;
 use session_guard_client::{
@@ -92,6 +98,9 @@ struct Parts {
     listener: Option<Task<oneshot::Sender<()>, Result<(), ListenerError>>>,
     /// The fake app's event publisher.
     publisher: Option<EventPublisher>,
+    /// The fake app's notices: a queue of its own, gone with the
+    /// connection.
+    notices: Option<(lapin::Connection, lapin::Consumer)>,
     /// The database exists and the worker runs: from then on the clean-up
     /// reports what it cannot remove.
     created: bool,
@@ -124,6 +133,7 @@ impl Demo {
         settings.amqp.events_exchange = format!("{prefix}.events");
         settings.amqp.events_queue = format!("{prefix}.events");
         settings.amqp.revocations_exchange = format!("{prefix}.revocations");
+        settings.amqp.notices_exchange = format!("{prefix}.notices");
         settings.amqp.dead_letter_exchange = format!("{prefix}.dead");
         settings.amqp.dead_letter_queue = format!("{prefix}.dead");
         settings.http.listen = String::new();
@@ -131,6 +141,8 @@ impl Demo {
         // the port may belong to a worker already running here.
         settings.api.listen = String::new();
         settings.log = configured.log.clone();
+        // The phone is a new device for alice: the demo shows its notice.
+        settings.notices.enabled = true;
         let app = AppName::parse(APP).expect("a valid app name");
         let mut listener = ListenerConfig::new(settings.amqp.url.clone(), app);
         listener.exchange = settings.amqp.revocations_exchange.clone();
@@ -201,9 +213,11 @@ async fn play(demo: &Demo, parts: &mut Parts, pause: bool) -> anyhow::Result<()>
     wait_for_enter(pause).await;
     show_revoke(demo, &sessions, &mut revokes).await?;
     wait_for_enter(pause).await;
+    show_notice(parts).await?;
+    wait_for_enter(pause).await;
 
     println!();
-    println!("4. The session log (what `session-guard sessions --user {USER} --all` shows):");
+    println!("5. The session log (what `session-guard sessions --user {USER} --all` shows):");
     let listing = Listing {
         user: USER,
         app: Some(APP),
@@ -251,6 +265,7 @@ async fn set_up(demo: &Demo, parts: &mut Parts, sessions: &AppSessions) -> anyho
     println!("   RabbitMQ  exchanges and queues {}.*", demo.prefix);
     println!("   worker    running in this process");
     let revokes = start_listener(demo, parts, sessions).await?;
+    parts.notices = Some(listen_for_notices(demo).await?);
     let mut config =
         PublisherConfig::new(demo.settings.amqp.url.clone(), demo.listener.app.clone());
     config.exchange = demo.settings.amqp.events_exchange.clone();
@@ -368,6 +383,73 @@ async fn show_revoke(
     Ok(())
 }
 
+/// The app's notices: a queue bound to its own (`*.shop`), as the client
+/// crate's listener binds one.
+async fn listen_for_notices(demo: &Demo) -> anyhow::Result<(lapin::Connection, lapin::Consumer)> {
+    let amqp = &demo.settings.amqp;
+    let connection = broker::connect(amqp, "demo notices").await?;
+    let channel = connection.create_channel().await?;
+    let options = QueueDeclareOptions {
+        exclusive: true,
+        auto_delete: true,
+        ..QueueDeclareOptions::default()
+    };
+    let queue = format!("{}.{APP}.notices", demo.prefix);
+    channel
+        .queue_declare(queue.as_str().into(), options, FieldTable::default())
+        .await?;
+    channel
+        .queue_bind(
+            queue.as_str().into(),
+            amqp.notices_exchange.as_str().into(),
+            format!("*.{APP}").into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .context("the app cannot bind its notices queue")?;
+    let consumer = channel
+        .basic_consume(
+            queue.as_str().into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    Ok((connection, consumer))
+}
+
+/// Step 4: the notice the app got about the phone's sign-in.
+async fn show_notice(parts: &mut Parts) -> anyhow::Result<()> {
+    println!();
+    println!(
+        "4. The phone was a device {USER} had not signed in from: the app gets a notice, to          email her:"
+    );
+    let (_, notices) = parts.notices.as_mut().expect("set up");
+    let delivery = tokio::time::timeout(PATIENCE, notices.next())
+        .await
+        .ok()
+        .flatten()
+        .with_context(|| format!("no notice arrived within {} s", PATIENCE.as_secs()))??;
+    delivery.ack(BasicAckOptions::default()).await?;
+    let notice: crate::domain::notice::Notice = serde_json::from_slice(&delivery.data)?;
+    let device = &notice.device;
+    println!(
+        "   received  {} for {}: {} on {} from {}, {} device(s) known before",
+        notice.kind,
+        notice.user_id,
+        device.browser.as_deref().unwrap_or("an unknown browser"),
+        device.os.as_deref().unwrap_or("an unknown system"),
+        notice.ip.as_deref().unwrap_or("an unknown address"),
+        notice.known_devices
+    );
+    println!(
+        "   session   {} (its handle: the sessions API ends it, no session id travels)",
+        notice.session
+    );
+    Ok(())
+}
+
 /// Waits until the worker consumes: it has declared the exchanges, the
 /// revocations exchange the app's listener binds to among them.
 async fn wait_until_ready(health: &Health, parts: &mut Parts) -> anyhow::Result<()> {
@@ -413,6 +495,9 @@ async fn wait_for_enter(pause: bool) {
 async fn clean_up(demo: &Demo, parts: Parts) -> Option<anyhow::Result<()>> {
     if let Some(publisher) = parts.publisher {
         let _ = tokio::time::timeout(STOP_WAIT, publisher.close()).await;
+    }
+    if let Some((connection, _)) = parts.notices {
+        let _ = tokio::time::timeout(STOP_WAIT, connection.close(200, "done".into())).await;
     }
     if let Some((stop, mut task)) = parts.listener {
         let _ = stop.send(());
@@ -460,6 +545,7 @@ async fn delete_broker_objects(demo: &Demo) -> anyhow::Result<()> {
     let exchanges = [
         &amqp.events_exchange,
         &amqp.revocations_exchange,
+        &amqp.notices_exchange,
         &amqp.dead_letter_exchange,
         &dead,
     ];

@@ -89,6 +89,9 @@ async fn the_demo_shows_the_whole_flow_and_leaves_nothing_behind() {
         "   session s-phone   phone   Safari   203.0.113.54",
         "   received  revoke session s-laptop of alice, reason session_limit (max_sessions 1)",
         "   ended it  alice is logged out on her laptop, and still logged in on her phone",
+        "   received  new_device for alice: Safari on iPhone from 203.0.113.54, 1 device(s) \
+         known before",
+        "   session   sgh_",
     ] {
         assert!(stdout.contains(line), "missing {line:?} in:\n{stdout}");
     }
