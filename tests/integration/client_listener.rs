@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::helpers::*;
 
 /// A unique app name, so that the app's revoke queues are the test's own.
-fn unique_app() -> AppName {
+pub fn unique_app() -> AppName {
     let id = uuid::Uuid::new_v4().simple().to_string();
     AppName::parse(&format!("lt_{}", &id[..12])).unwrap()
 }
@@ -131,11 +131,11 @@ impl Running {
     }
 }
 
-/// The next `n` handled revokes.
-async fn handled(
-    rx: &mut mpsc::UnboundedReceiver<(usize, Revoke)>,
+/// The next `n` handled revokes (or notices).
+pub async fn handled<M: std::fmt::Debug>(
+    rx: &mut mpsc::UnboundedReceiver<(usize, M)>,
     n: usize,
-) -> Vec<(usize, Revoke)> {
+) -> Vec<(usize, M)> {
     let mut got = Vec::new();
     while got.len() < n {
         match tokio::time::timeout(PATIENCE, rx.recv()).await {
@@ -146,8 +146,8 @@ async fn handled(
     got
 }
 
-/// Fails if the handler sees another revoke within `QUIET`.
-async fn no_more(rx: &mut mpsc::UnboundedReceiver<(usize, Revoke)>) {
+/// Fails if the handler sees another revoke (or notice) within `QUIET`.
+pub async fn no_more<M: std::fmt::Debug>(rx: &mut mpsc::UnboundedReceiver<(usize, M)>) {
     if let Ok(Some(extra)) = tokio::time::timeout(QUIET, rx.recv()).await {
         panic!("one revoke too many: {extra:#?}");
     }
@@ -155,15 +155,15 @@ async fn no_more(rx: &mut mpsc::UnboundedReceiver<(usize, Revoke)>) {
 
 /// A dead letter of an app: the body, the error headers, the delivery count.
 #[derive(Debug)]
-struct AppDeadLetter {
-    body: Vec<u8>,
-    error: Option<String>,
-    kind: Option<String>,
-    routing_key: String,
+pub struct AppDeadLetter {
+    pub body: Vec<u8>,
+    pub error: Option<String>,
+    pub kind: Option<String>,
+    pub routing_key: String,
 }
 
 /// The next message in the app's dead-letter queue.
-async fn next_dead_letter(test: &TestApp, config: &ListenerConfig) -> AppDeadLetter {
+pub async fn next_dead_letter(test: &TestApp, config: &ListenerConfig) -> AppDeadLetter {
     let connection = Connection::connect(&config.url, ConnectionProperties::default())
         .await
         .unwrap();
@@ -207,7 +207,7 @@ async fn next_dead_letter(test: &TestApp, config: &ListenerConfig) -> AppDeadLet
 }
 
 /// Messages ready in `queue` (not counting those delivered and unacked).
-async fn ready(url: &str, queue: &str) -> u32 {
+pub async fn ready(url: &str, queue: &str) -> u32 {
     let connection = Connection::connect(url, ConnectionProperties::default())
         .await
         .unwrap();
@@ -526,15 +526,16 @@ async fn a_shutdown_hands_the_revokes_already_sent_to_the_handler() {
 }
 
 /// A RabbitMQ user of the test's own for an app, and its password.
-struct AppUser {
+pub struct AppUser {
     user: BrokerUser,
     password: String,
 }
 
 impl AppUser {
-    /// A user with the permissions docs/SECURITY.md gives the app `shop`'s
-    /// revoke subscriber, for `app` and the test's exchanges.
-    async fn as_documented(test: &TestApp, app: &AppName) -> AppUser {
+    /// A user with the permissions docs/SECURITY.md gives the app `shop`
+    /// (publisher, revoke and notice subscriber), for `app` and the test's
+    /// exchanges.
+    pub async fn as_documented(test: &TestApp, app: &AppName) -> AppUser {
         let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/SECURITY.md"))
             .unwrap();
         let line = doc
@@ -549,6 +550,7 @@ impl AppUser {
                 &escape(&amqp.revocations_exchange),
             )
             .replace("session_guard\\.events", &escape(&amqp.events_exchange))
+            .replace("session_guard\\.notices", &escape(&amqp.notices_exchange))
             .replace("shop", app.as_str());
         let regexps: Vec<&str> = line.split('\'').skip(1).step_by(2).collect();
         let permissions: [&str; 3] = regexps.try_into().unwrap_or_else(|_| panic!("{line}"));
@@ -559,7 +561,7 @@ impl AppUser {
         }
     }
 
-    fn url(&self) -> String {
+    pub fn url(&self) -> String {
         self.user.url(&self.password)
     }
 }

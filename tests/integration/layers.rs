@@ -49,7 +49,7 @@ const RULES: &[Rule] = &[
         why: "the publisher pulls no HTTP stack: the sessions API's client is the `api` feature's",
     },
     Rule {
-        place: "clients/rust/src/listener.rs",
+        place: "clients/rust/src/listener",
         forbidden: &["reqwest", "crate::api"],
         why: "the listener pulls no HTTP stack: the sessions API's client is the `api` feature's",
     },

@@ -12,6 +12,7 @@ mod check_config;
 mod claims;
 mod client_api;
 mod client_listener;
+mod client_notices;
 mod cluster;
 mod compose;
 mod contract;

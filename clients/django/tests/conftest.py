@@ -98,6 +98,14 @@ class Names:
         return f"sgdj.{self.token}.revocations"
 
     @property
+    def notices_exchange(self) -> str:
+        return f"sgdj.{self.token}.notices"
+
+    @property
+    def notice_queue(self) -> str:
+        return f"{self.app}.notices"
+
+    @property
     def dead_exchange(self) -> str:
         return f"sgdj.{self.token}.dead"
 
@@ -111,6 +119,7 @@ class Names:
             "SG_TEST_APP": self.app,
             "SG_TEST_EVENTS_EXCHANGE": self.events_exchange,
             "SG_TEST_REVOCATIONS_EXCHANGE": self.revocations_exchange,
+            "SG_TEST_NOTICES_EXCHANGE": self.notices_exchange,
             "SG_TEST_AMQP_URL": self.amqp_url,
         }
 
@@ -126,6 +135,7 @@ def names(settings: Any) -> Iterator[Names]:
     settings.SESSION_GUARD_APP = n.app
     settings.SESSION_GUARD_EVENTS_EXCHANGE = n.events_exchange
     settings.SESSION_GUARD_REVOCATIONS_EXCHANGE = n.revocations_exchange
+    settings.SESSION_GUARD_NOTICES_EXCHANGE = n.notices_exchange
     settings.SESSION_GUARD_AMQP_URL = AMQP_URL
     tables = os.path.dirname(table_path(n.app, AMQP_URL, n.events_exchange, 0))
     pattern = os.path.join(tables, f"session-guard-{os.getuid()}-*.recent")
@@ -139,9 +149,17 @@ def names(settings: Any) -> Iterator[Names]:
         return  # a node (or a cluster) of the test's own, gone with everything on it
     connection = broker()
     channel = connection.channel()
-    for queue in (n.events_exchange, n.dead_exchange, n.revoke_queue, n.revoke_queue + ".dead"):
+    queues = (n.revoke_queue, n.revoke_queue + ".dead", n.notice_queue, n.notice_queue + ".dead")
+    for queue in (n.events_exchange, n.dead_exchange, *queues):
         channel.queue_delete(queue)
-    for exchange in (n.events_exchange, n.revocations_exchange, n.dead_exchange, n.revoke_queue + ".dead"):
+    for exchange in (
+        n.events_exchange,
+        n.revocations_exchange,
+        n.notices_exchange,
+        n.dead_exchange,
+        n.revoke_queue + ".dead",
+        n.notice_queue + ".dead",
+    ):
         channel.exchange_delete(exchange)
     connection.close()
 
@@ -225,6 +243,7 @@ url = "{names.amqp_url}"
 events_exchange = "{names.events_exchange}"
 events_queue = "{names.events_exchange}"
 revocations_exchange = "{names.revocations_exchange}"
+notices_exchange = "{names.notices_exchange}"
 dead_letter_exchange = "{names.dead_exchange}"
 dead_letter_queue = "{names.dead_exchange}"
 [limits]

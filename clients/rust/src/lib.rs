@@ -6,6 +6,9 @@
 //! - [`RevocationListener`]: receives the revokes session-guard publishes for
 //!   your app, once per app however many instances run, and acks each after
 //!   your handler ended the session.
+//! - [`NoticeListener`]: receives the notices session-guard publishes for
+//!   your app (a user signed in from a device or network new to them, in
+//!   any app), to email the user about, once per app.
 //! - [`api::SessionsApi`] (feature `api`): lists a user's sessions in every
 //!   app and ends them, over the worker's sessions API (HTTP). Off by
 //!   default, so the publisher and listener pull no HTTP stack.
@@ -22,7 +25,10 @@ pub mod api;
 mod coalesce;
 mod connection;
 pub mod listener;
-pub use listener::{ListenerConfig, ListenerError, RevocationListener, Revoke};
+pub use listener::{
+    Delivered, ListenerConfig, ListenerError, NoticeListener, RevocationListener, Revoke,
+    SignInNotice,
+};
 pub mod publisher;
 pub use publisher::{
     EventBuilder, EventPublisher, PublisherConfig, PublisherError, PublisherStats, SendError,

@@ -136,9 +136,9 @@ def _url() -> list[CheckMessage]:
 
 def _names() -> list[CheckMessage]:
     messages: list[CheckMessage] = []
-    for name in ("EVENTS_EXCHANGE", "REVOCATIONS_EXCHANGE", "REVOKE_QUEUE"):
+    for name in ("EVENTS_EXCHANGE", "REVOCATIONS_EXCHANGE", "REVOKE_QUEUE", "NOTICES_EXCHANGE", "NOTICE_QUEUE"):
         value = conf.raw(name)
-        if name == "REVOKE_QUEUE" and value is None:
+        if name in ("REVOKE_QUEUE", "NOTICE_QUEUE") and value is None:
             continue
         if not isinstance(value, str) or not value or len(value.encode()) > MAX_NAME_BYTES:
             messages.append(
@@ -160,7 +160,14 @@ def _names() -> list[CheckMessage]:
 
 def _numbers() -> list[CheckMessage]:
     messages: list[CheckMessage] = []
-    for name in ("BUFFER_SIZE", "MAX_IN_FLIGHT", "LISTEN_PREFETCH", "RECENT_SESSIONS", "QUORUM_INITIAL_GROUP_SIZE"):
+    for name in (
+        "BUFFER_SIZE",
+        "MAX_IN_FLIGHT",
+        "LISTEN_PREFETCH",
+        "RECENT_SESSIONS",
+        "QUORUM_INITIAL_GROUP_SIZE",
+        "NOTICE_SEEN_SECONDS",
+    ):
         value = conf.raw(name)
         if not isinstance(value, int) or isinstance(value, bool) or not 0 < value <= 1_000_000:
             messages.append(

@@ -40,6 +40,17 @@ DEFAULTS: dict[str, Any] = {
     "REVOCATIONS_EXCHANGE": "session_guard.revocations",
     # The app's durable revoke queue, shared by its listeners; None = "<app>.revocations".
     "REVOKE_QUEUE": None,
+    # Listener: consume the app's notices too (signals.new_device_login).
+    "LISTEN_NOTICES": True,
+    # The worker's amqp.notices_exchange.
+    "NOTICES_EXCHANGE": "session_guard.notices",
+    # The app's durable notice queue, shared by its listeners; None = "<app>.notices".
+    "NOTICE_QUEUE": None,
+    # Cache alias that remembers the notices handled, so that a re-sent one
+    # (at-least-once delivery) sends no second signal; None = remember none.
+    "NOTICE_CACHE": "default",
+    # Seconds a handled notice is remembered.
+    "NOTICE_SEEN_SECONDS": 86_400,
     # None = REMOTE_ADDR; else a request.META key such as "HTTP_X_FORWARDED_FOR"
     # (its last address: the one your own proxy appended).
     "CLIENT_IP_HEADER": None,
@@ -96,6 +107,11 @@ class GuardSettings:
     events_exchange: str
     revocations_exchange: str
     revoke_queue: str
+    listen_notices: bool
+    notices_exchange: str
+    notice_queue: str
+    notice_cache: str | None
+    notice_seen_seconds: int
     client_ip_header: str | None
     buffer_size: int
     max_in_flight: int
@@ -121,6 +137,11 @@ class GuardSettings:
         """Where revokes the listener cannot handle end up: an exchange and
         a queue of this name, as the Rust client declares them."""
         return f"{self.revoke_queue}.dead"
+
+    @property
+    def notice_dead_letter_queue(self) -> str:
+        """Where notices the listener cannot handle end up, likewise."""
+        return f"{self.notice_queue}.dead"
 
     @property
     def app_valid(self) -> bool:
@@ -162,6 +183,7 @@ def get() -> GuardSettings:
     if _cached is None:
         app = raw("APP")
         queue = raw("REVOKE_QUEUE") or f"{app}.revocations"
+        notice_cache = raw("NOTICE_CACHE")
         _cached = GuardSettings(
             enabled=bool(raw("ENABLED")),
             amqp_urls=tuple(str(url) for url in brokers.urls_of(raw("AMQP_URL"))),
@@ -169,6 +191,11 @@ def get() -> GuardSettings:
             events_exchange=str(raw("EVENTS_EXCHANGE")),
             revocations_exchange=str(raw("REVOCATIONS_EXCHANGE")),
             revoke_queue=str(queue),
+            listen_notices=bool(raw("LISTEN_NOTICES")),
+            notices_exchange=str(raw("NOTICES_EXCHANGE")),
+            notice_queue=str(raw("NOTICE_QUEUE") or f"{app}.notices"),
+            notice_cache=None if notice_cache is None else str(notice_cache),
+            notice_seen_seconds=_int(raw("NOTICE_SEEN_SECONDS"), DEFAULTS["NOTICE_SEEN_SECONDS"]),
             client_ip_header=raw("CLIENT_IP_HEADER"),
             buffer_size=_int(raw("BUFFER_SIZE"), DEFAULTS["BUFFER_SIZE"]),
             max_in_flight=_int(raw("MAX_IN_FLIGHT"), DEFAULTS["MAX_IN_FLIGHT"]),

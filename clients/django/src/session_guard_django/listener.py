@@ -1,10 +1,14 @@
-"""The revocation listener behind ``manage.py session_guard_listen``.
+"""The listener behind ``manage.py session_guard_listen``.
 
-It consumes the app's durable queue (``<app>.revocations`` by default) bound
-to ``revoke.<app>`` on the worker's revocations exchange, ends each revoked
-session through Django's configured session engine, and acks only then. The
-queue and its dead-letter queue are declared exactly as the Rust client's
-``RevocationListener`` declares them (docs/PROTOCOL.md, "Subscribing as an
+It consumes the app's two durable queues on one connection: revokes
+(``<app>.revocations`` by default, bound to ``revoke.<app>`` on the worker's
+revocations exchange), ending each revoked session through Django's
+configured session engine; and notices (``<app>.notices``, bound to
+``*.<app>`` on the notices exchange), sending ``signals.new_device_login``
+for each. It acks a message only once that is done. One machinery serves
+both (:class:`Queue` says what differs: the names, the parsing, the work).
+The queues and their dead-letter queues are declared exactly as the Rust
+client's listeners declare them (docs/PROTOCOL.md, "Subscribing as an
 app"), so Rust and Django instances of one app can share them.
 """
 
@@ -25,7 +29,7 @@ from django.conf import settings as django_settings
 from django.core.exceptions import SuspiciousOperation
 from django.db import close_old_connections, connections
 
-from . import brokers, conf, revoked
+from . import brokers, conf, notices, revoked, signals
 
 logger = logging.getLogger("session_guard_django.listener")
 
@@ -44,6 +48,8 @@ MAX_ERROR_HEADER_BYTES = 1024
 RETRY_PAUSE = 0.1
 #: How often the consume loop looks at the stop flag when nothing arrives.
 POLL = 0.5
+#: How often a queue whose exchange did not exist yet is tried again.
+REBIND_EVERY = 30.0
 #: First pause before reconnecting; it doubles up to SESSION_GUARD_MAX_BACKOFF.
 FIRST_BACKOFF = 0.1
 #: A connection that lived this long before failing starts the backoff over.
@@ -54,8 +60,137 @@ class ListenerError(Exception):
     """A problem retrying cannot fix: the command exits with it."""
 
 
+class Queue:
+    """One of the app's queues: its names, and what a message in it is and
+    does. Subclasses: :class:`RevokeQueue`, :class:`NoticeQueue`."""
+
+    #: A message, as the log names it.
+    what = ""
+    #: The setting that names the exchange, for the log.
+    exchange_setting = ""
+
+    def __init__(self, name: str, exchange: str, routing_key: str, required: bool) -> None:
+        self.name = name
+        self.exchange = exchange
+        self.routing_key = routing_key
+        #: Whether a missing exchange is an error (retried with backoff)
+        #: rather than a warning, the queue being tried again later.
+        self.required = required
+
+    @property
+    def dead(self) -> str:
+        """The app's dead-letter exchange and queue for this queue."""
+        return f"{self.name}.dead"
+
+    def parse(self, body: bytes) -> tuple[Any | None, str]:
+        """The message, or None and why the body is not one for this app."""
+        raise NotImplementedError
+
+    def act(self, message: Any, delivery_count: int) -> str | None:
+        """Does what the message asks; returns the log line, or None to log
+        nothing; raises if it failed (the message is retried)."""
+        raise NotImplementedError
+
+    def failed(self, message: Any, error: Exception) -> None:
+        """Undoes what ``act`` claimed before it failed."""
+
+    def describe(self, message: Any) -> str:
+        """The message in a log line."""
+        raise NotImplementedError
+
+
+class RevokeQueue(Queue):
+    what = "revoke"
+    exchange_setting = "SESSION_GUARD_REVOCATIONS_EXCHANGE"
+
+    def __init__(self, settings: conf.GuardSettings, app: str) -> None:
+        super().__init__(settings.revoke_queue, settings.revocations_exchange, f"revoke.{app}", required=True)
+        self.app = app
+        #: Sessions ended since start, for the log and for tests.
+        self.ended = 0
+
+    def parse(self, body: bytes) -> tuple[dict[str, Any] | None, str]:
+        try:
+            revoke = json.loads(body)
+        except (ValueError, UnicodeDecodeError) as error:
+            return None, f"not JSON: {error}"
+        if not isinstance(revoke, dict) or revoke.get("type") != "revoke":
+            return None, "not a revoke (type is not \"revoke\")"
+        if revoke.get("app") != self.app:
+            return None, f"a revoke for app {revoke.get('app')!r}, not {self.app!r}"
+        session_id = revoke.get("session_id")
+        if not isinstance(session_id, str) or not session_id:
+            return None, "a revoke without a session_id"
+        return revoke, ""
+
+    def act(self, message: Any, delivery_count: int) -> str | None:
+        session_id = message["session_id"]
+        try:
+            end_session(session_id)
+        except SuspiciousOperation as error:
+            # A key the engine refuses to look up (the file engine checks
+            # its characters): no such session can exist here.
+            logger.warning("session-guard: revoke for a session key %r this engine refuses: %s", session_id, error)
+            return None
+        self.ended += 1
+        return "ended session %s of user %s (%s%s)" % (
+            session_id,
+            message.get("user_id"),
+            message.get("reason"),
+            ", repeat" if message.get("repeat") else "",
+        )
+
+    def describe(self, message: Any) -> str:
+        return f"ending session {message['session_id']}"
+
+
+class NoticeQueue(Queue):
+    what = "notice"
+    exchange_setting = "SESSION_GUARD_NOTICES_EXCHANGE"
+
+    def __init__(self, settings: conf.GuardSettings, app: str) -> None:
+        # Every kind (`*`), those added later too: the receiver decides.
+        # Not required: a worker older than notices has no such exchange,
+        # and revokes must flow all the same.
+        super().__init__(settings.notice_queue, settings.notices_exchange, f"*.{app}", required=False)
+        self.app = app
+        self.seen = notices.Seen(settings)
+        #: Signals sent since start, for the log and for tests.
+        self.sent = 0
+
+    def parse(self, body: bytes) -> tuple[notices.Notice | None, str]:
+        try:
+            notice = notices.Notice.from_json(json.loads(body))
+        except (ValueError, UnicodeDecodeError) as error:
+            return None, f"not a notice: {error}"
+        if notice.app != self.app:
+            return None, f"a notice for app {notice.app!r}, not {self.app!r}"
+        return notice, ""
+
+    def act(self, message: Any, delivery_count: int) -> str | None:
+        notice: notices.Notice = message
+        user = notices.user_of(notice)
+        if user is None:
+            return f"no signal for notice {notice.event_id}: user {notice.user_id} does not exist"
+        if not self.seen.first(notice):
+            return f"no signal for notice {notice.event_id}: sent already (a re-sent notice)"
+        signals.new_device_login.send(
+            sender=notices.Notice, user=user, notice=notice, delivery_count=delivery_count
+        )
+        self.sent += 1
+        return f"sent new_device_login for notice {notice.event_id} ({notice.type}) of user {notice.user_id}"
+
+    def failed(self, message: Any, error: Exception) -> None:
+        # The notice comes again: it must send the signal then.
+        self.seen.forget(message)
+
+    def describe(self, message: Any) -> str:
+        return f"sending new_device_login for notice {message.event_id}"
+
+
 class Listener:
-    """Ends the sessions session-guard revokes, until ``stop`` is set."""
+    """Ends the sessions session-guard revokes and signals its notices,
+    until ``stop`` is set."""
 
     def __init__(self, stop: threading.Event) -> None:
         self.settings = conf.get()
@@ -63,8 +198,9 @@ class Listener:
             raise ListenerError("SESSION_GUARD_APP is missing or invalid: run manage.py check")
         self.app: str = self.settings.app or ""
         self.stop = stop
-        #: Sessions ended since start, for the log and for tests.
-        self.ended = 0
+        self.revokes = RevokeQueue(self.settings, self.app)
+        self.notices = NoticeQueue(self.settings, self.app) if self.settings.listen_notices else None
+        self.queues: list[Queue] = [self.revokes] + ([self.notices] if self.notices is not None else [])
         self._dead_channel: Any = None
         #: Index in the setting's list of the broker of the last connection:
         #: the next attempt tries it last.
@@ -156,40 +292,29 @@ class Listener:
         self._last_broker = brokers.index_of(parameters, connection._impl.params)
         self._connected = True
         try:
-            channel = connection.channel()
-            try:
-                self.declare(connection, channel)
-            except pika.exceptions.ChannelClosedByBroker as error:
-                if error.reply_code == 406:  # PRECONDITION_FAILED: retrying cannot help
-                    raise ListenerError(
-                        f"queue {self.settings.revoke_queue} or exchange "
-                        f"{self.settings.dead_letter_queue} exists with other arguments "
-                        f"({error.reply_text}): the queue must be a quorum queue with "
-                        f"x-delivery-limit {self.settings.listen_max_attempts - 1} and "
-                        f"x-dead-letter-exchange {self.settings.dead_letter_queue} (a fanout "
-                        "exchange); delete them or make SESSION_GUARD_LISTEN_MAX_ATTEMPTS match"
-                    ) from error
-                raise
             # Dead letters go out on a channel of their own, in confirm mode,
-            # so a revoke is acked only once its copy is safe.
+            # so a message is acked only once its copy is safe.
             self._dead_channel = connection.channel()
             self._dead_channel.confirm_delivery()
+            channel = connection.channel()
+            # Per consumer (pika's default): RabbitMQ 3.x refuses global QoS
+            # on quorum queues.
             channel.basic_qos(prefetch_count=self.settings.listen_prefetch)
-            logger.info(
-                "session-guard: listening on %s (revoke.%s on %s) via %s",
-                self.settings.revoke_queue,
-                self.app,
-                self.settings.revocations_exchange,
-                self._shown(self._last_broker),
-            )
-            consumer = channel.consume(self.settings.revoke_queue, inactivity_timeout=POLL)
-            for method, properties, body in consumer:
-                if method is not None:
-                    self.handle(channel, method, properties, body)
-                if self.stop.is_set():
-                    break
-            # Unacked deliveries the broker already sent go back to the queue.
-            channel.cancel()
+            waiting = [queue for queue in self.queues if not self._listen(connection, channel, queue)]
+            retry_at = time.monotonic() + REBIND_EVERY
+            while not self.stop.is_set():
+                connection.process_data_events(time_limit=POLL)
+                if not channel.is_open or len(channel.consumer_tags) < len(self.queues) - len(waiting):
+                    # The broker cancelled a consumer (its queue deleted,
+                    # say): run() connects and declares again.
+                    return
+                if waiting and time.monotonic() >= retry_at:
+                    waiting = [queue for queue in waiting if not self._listen(connection, channel, queue)]
+                    retry_at = time.monotonic() + REBIND_EVERY
+            # Deliveries the broker sent ahead and not yet handled go back
+            # to their queue (pika nacks them with requeue).
+            for tag in list(channel.consumer_tags):
+                channel.basic_cancel(tag)
         finally:
             if connection.is_open:
                 try:
@@ -197,77 +322,126 @@ class Listener:
                 except pika.exceptions.AMQPError:
                     pass
 
-    def declare(self, connection: Any, channel: Any) -> None:
-        """The dead-letter exchange and queue, then the revoke queue and its
+    def _listen(self, connection: Any, channel: Any, queue: Queue) -> bool:
+        """Declares ``queue`` and consumes it on ``channel``. False if its
+        exchange does not exist and the queue is not required: the log says
+        so and the caller tries again later."""
+        try:
+            self.declare(connection, queue)
+        except pika.exceptions.ChannelClosedByBroker as error:
+            if error.reply_code == 406:  # PRECONDITION_FAILED: retrying cannot help
+                raise ListenerError(
+                    f"queue {queue.name} or exchange {queue.dead} exists with other arguments "
+                    f"({error.reply_text}): the queue must be a quorum queue with "
+                    f"x-delivery-limit {self.settings.listen_max_attempts - 1} and "
+                    f"x-dead-letter-exchange {queue.dead} (a fanout exchange); delete them or "
+                    "make SESSION_GUARD_LISTEN_MAX_ATTEMPTS match"
+                ) from error
+            if error.reply_code == 404 and not queue.required:
+                logger.warning(
+                    "session-guard: exchange %s does not exist: %ss are not consumed until "
+                    "session-guard declares it (a worker of this version does; or set %s to the "
+                    "worker's exchange); trying again in %d s",
+                    queue.exchange,
+                    queue.what,
+                    queue.exchange_setting,
+                    REBIND_EVERY,
+                )
+                return False
+            if error.reply_code == 403 and not queue.required:
+                # An app user given the permissions for revokes only (as
+                # before notices): revokes must flow all the same.
+                logger.warning(
+                    "session-guard: the broker refused to declare or bind %s (%s): %ss are not "
+                    "consumed (the app's user needs the permissions in docs/SECURITY.md, or set "
+                    "SESSION_GUARD_LISTEN_NOTICES = False); trying again in %d s",
+                    queue.name,
+                    self._scrub(error.reply_text or ""),
+                    queue.what,
+                    REBIND_EVERY,
+                )
+                return False
+            raise
+        channel.basic_consume(
+            queue.name,
+            lambda ch, method, properties, body: self.handle(queue, ch, method, properties, body),
+        )
+        logger.info(
+            "session-guard: listening on %s (%s on %s) via %s",
+            queue.name,
+            queue.routing_key,
+            queue.exchange,
+            self._shown(self._last_broker),
+        )
+        return True
+
+    def declare(self, connection: Any, queue: Queue) -> None:
+        """The queue's dead-letter exchange and queue, then the queue and its
         binding: idempotent, as every instance declares them at each start.
-        The queues are quorum queues with ``QUORUM_INITIAL_GROUP_SIZE``
-        replicas, each declared on a channel of its own (a refusal closes
-        the channel): see :func:`declare_quorum_queue`."""
-        dead = self.settings.dead_letter_queue
+        On channels of their own (a refusal closes the channel). The queues
+        are quorum queues with ``QUORUM_INITIAL_GROUP_SIZE`` replicas: see
+        :func:`declare_quorum_queue`."""
+        dead = queue.dead
         quorum = {
             "x-queue-type": "quorum",
             "x-quorum-initial-group-size": self.settings.quorum_initial_group_size,
         }
-        # An exchange of the app's own, not the default exchange: publishing
-        # there would let the app's user reach any queue of the vhost.
-        channel.exchange_declare(dead, "fanout", durable=True)
-        self._kept(declare_quorum_queue(connection, dead, quorum))
-        channel.queue_bind(dead, dead)
-        revoke_queue = self.settings.revoke_queue
-        self._kept(
-            declare_quorum_queue(
-                connection,
-                revoke_queue,
-                {
-                    **quorum,
-                    # Quorum queues of RabbitMQ 3.x redeliver for ever by default.
-                    "x-delivery-limit": self.settings.listen_max_attempts - 1,
-                    "x-dead-letter-exchange": dead,
-                    # Keep a dead letter until the dead-letter queue has it;
-                    # requires reject-publish, a no-op without a length limit.
-                    "x-dead-letter-strategy": "at-least-once",
-                    "x-overflow": "reject-publish",
-                },
+        channel = connection.channel()
+        try:
+            # An exchange of the app's own, not the default exchange:
+            # publishing there would let the app's user reach any queue of
+            # the vhost.
+            channel.exchange_declare(dead, "fanout", durable=True)
+            self._kept(declare_quorum_queue(connection, dead, quorum))
+            channel.queue_bind(dead, dead)
+            self._kept(
+                declare_quorum_queue(
+                    connection,
+                    queue.name,
+                    {
+                        **quorum,
+                        # Quorum queues of RabbitMQ 3.x redeliver for ever by default.
+                        "x-delivery-limit": self.settings.listen_max_attempts - 1,
+                        "x-dead-letter-exchange": dead,
+                        # Keep a dead letter until the dead-letter queue has it;
+                        # requires reject-publish, a no-op without a length limit.
+                        "x-dead-letter-strategy": "at-least-once",
+                        "x-overflow": "reject-publish",
+                    },
+                )
             )
-        )
-        channel.queue_bind(
-            revoke_queue,
-            self.settings.revocations_exchange,
-            routing_key=f"revoke.{self.app}",
-        )
+            channel.queue_bind(queue.name, queue.exchange, routing_key=queue.routing_key)
+        finally:
+            if channel.is_open:
+                channel.close()
 
     def _kept(self, kept: KeptGroupSize | None) -> None:
         if kept is not None:
             logger.warning("session-guard: %s", kept.describe())
 
-    # ----- one revoke -----------------------------------------------------------
+    # ----- one message ----------------------------------------------------------
 
-    def handle(self, channel: Any, method: Any, properties: Any, body: bytes) -> None:
+    def handle(self, queue: Queue, channel: Any, method: Any, properties: Any, body: bytes) -> None:
         tag = method.delivery_tag
-        revoke, problem = self.parse(body)
-        if revoke is None:
-            # Not a revoke of this app: it goes to the dead-letter queue,
+        message, problem = queue.parse(body)
+        if message is None:
+            # Not a message for this app: it goes to the dead-letter queue,
             # where someone can read it, rather than round and round.
-            logger.warning("session-guard: dead-lettered a message in %s: %s", self.settings.revoke_queue, problem)
-            self.give_up(channel, method, properties, body, problem, "invalid")
+            logger.warning("session-guard: dead-lettered a message in %s: %s", queue.name, problem)
+            self.give_up(queue, channel, method, properties, body, problem, "invalid")
             return
-        session_id = revoke["session_id"]
+        headers = (properties.headers or {}) if properties is not None else {}
+        delivery_count = int(headers.get(DELIVERY_COUNT_HEADER, 0))
         try:
             close_old_connections()
-            end_session(session_id)
-        except SuspiciousOperation as error:
-            # A key the engine refuses to look up (the file engine checks
-            # its characters): no such session can exist here.
-            logger.warning("session-guard: revoke for a session key %r this engine refuses: %s", session_id, error)
-            channel.basic_ack(tag)
-            return
+            done = queue.act(message, delivery_count)
         except Exception as error:
-            headers = (properties.headers or {}) if properties is not None else {}
-            attempt = int(headers.get(DELIVERY_COUNT_HEADER, 0)) + 1
+            queue.failed(message, error)
+            attempt = delivery_count + 1
             last = attempt >= self.settings.listen_max_attempts
             logger.error(
-                "session-guard: could not end session %s (attempt %d of %d%s): %r",
-                session_id,
+                "session-guard: %s failed (attempt %d of %d%s): %r",
+                queue.describe(message),
                 attempt,
                 self.settings.listen_max_attempts,
                 ", dead-lettered" if last else ", will retry",
@@ -275,28 +449,26 @@ class Listener:
             )
             connections.close_all()
             if last:
-                self.give_up(channel, method, properties, body, f"ending the session failed: {error!r}", "failed")
+                self.give_up(
+                    queue, channel, method, properties, body, f"{queue.describe(message)} failed: {error!r}", "failed"
+                )
                 return
             if not self.stop.is_set():
-                # A shutdown requeues at once rather than holding the revoke.
+                # A shutdown requeues at once rather than holding the message.
                 self.stop.wait(min(RETRY_PAUSE * attempt, self.settings.max_backoff))
             channel.basic_nack(tag, requeue=True)
             return
         channel.basic_ack(tag)
-        self.ended += 1
-        logger.info(
-            "session-guard: ended session %s of user %s (%s%s)",
-            session_id,
-            revoke.get("user_id"),
-            revoke.get("reason"),
-            ", repeat" if revoke.get("repeat") else "",
-        )
+        if done is not None:
+            logger.info("session-guard: %s", done)
 
-    def give_up(self, channel: Any, method: Any, properties: Any, body: bytes, error: str, kind: str) -> None:
+    def give_up(
+        self, queue: Queue, channel: Any, method: Any, properties: Any, body: bytes, error: str, kind: str
+    ) -> None:
         """Publishes a copy of the message, with the reason in the error
-        headers, to the app's dead-letter exchange, then acks it. If the copy
-        cannot be published, rejects it: the broker dead-letters it itself
-        (without the headers)."""
+        headers, to the queue's dead-letter exchange, then acks it. If the
+        copy cannot be published, rejects it: the broker dead-letters it
+        itself (without the headers)."""
         properties = properties or pika.BasicProperties()
         headers = dict(properties.headers or {})
         headers[ERROR_HEADER] = error_header_value(error)
@@ -304,29 +476,12 @@ class Listener:
         properties.headers = headers
         properties.delivery_mode = 2
         try:
-            self._dead_channel.basic_publish(
-                self.settings.dead_letter_queue, method.routing_key, body, properties
-            )
+            self._dead_channel.basic_publish(queue.dead, method.routing_key, body, properties)
         except pika.exceptions.AMQPError as failure:
             logger.warning("session-guard: cannot publish the dead letter (%r): rejecting it instead", failure)
             channel.basic_reject(method.delivery_tag, requeue=False)
             return
         channel.basic_ack(method.delivery_tag)
-
-    def parse(self, body: bytes) -> tuple[dict[str, Any] | None, str]:
-        """The revoke, or None and why the body is not one for this app."""
-        try:
-            revoke = json.loads(body)
-        except (ValueError, UnicodeDecodeError) as error:
-            return None, f"not JSON: {error}"
-        if not isinstance(revoke, dict) or revoke.get("type") != "revoke":
-            return None, "not a revoke (type is not \"revoke\")"
-        if revoke.get("app") != self.app:
-            return None, f"a revoke for app {revoke.get('app')!r}, not {self.app!r}"
-        session_id = revoke.get("session_id")
-        if not isinstance(session_id, str) or not session_id:
-            return None, "a revoke without a session_id"
-        return revoke, ""
 
 
 def error_header_value(error: str) -> str:

@@ -1,7 +1,8 @@
-"""Receivers of Django's login and logout signals: they publish ``login``
-(with the user's claims, see attributes.py) and ``logout``. Connected in
-``apps.py`` with ``weak=False`` (plain functions, but the habit avoids
-receivers collected by accident).
+"""The package's own signal, :data:`new_device_login`, and the receivers of
+Django's login and logout signals: they publish ``login`` (with the user's
+claims, see attributes.py) and ``logout``. Connected in ``apps.py`` with
+``weak=False`` (plain functions, but the habit avoids receivers collected by
+accident).
 """
 
 from __future__ import annotations
@@ -9,10 +10,33 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from django.dispatch import Signal
 from django.http import HttpRequest
 
 from . import attributes, events, publisher
 from .buffer import Event
+
+#: Sent by ``manage.py session_guard_listen`` (in its process, not the web
+#: server's) for each notice session-guard publishes for this app: a user
+#: signed in from a device, or a network, that none of their sessions in any
+#: app used within the worker's ``notices.lookback``. Arguments:
+#:
+#: - ``sender``: the :class:`~session_guard_django.notices.Notice` class;
+#: - ``user``: the user, ``get_user_model()``'s instance whose primary key is
+#:   the notice's ``user_id``. A notice for a user that does not exist (any
+#:   more) sends no signal: it is acked and logged at INFO;
+#: - ``notice``: the :class:`~session_guard_django.notices.Notice` (its
+#:   ``type``: ``"new_device"``, ``"new_network"`` or a kind added later;
+#:   ``device``, ``ip``, ``signed_in_at``, ``session``, ``event_id``...);
+#: - ``delivery_count``: deliveries of this notice before this one (0 the
+#:   first time).
+#:
+#: Sent once per notice: a re-sent notice (same ``event_id``) is dropped if
+#: SESSION_GUARD_NOTICE_CACHE remembers it (see the README). A receiver that
+#: raises makes the notice come again (every receiver is called again), up
+#: to SESSION_GUARD_LISTEN_MAX_ATTEMPTS deliveries, then it is dead-lettered
+#: to ``<app>.notices.dead``.
+new_device_login = Signal()
 
 #: Set on the request so that the middleware adds no event of its own
 #: (middleware.py reads it).

@@ -40,6 +40,12 @@ if os.environ.get("SG_TEST_NO_MIDDLEWARE"):
     # project without the package.
     MIDDLEWARE.remove(GUARD)
     INSTALLED_APPS.remove("session_guard_django")
+else:
+    # The README's new_device_login receiver (testproject/receivers.py).
+    INSTALLED_APPS.append("testproject.apps.TestProjectConfig")
+# Emails are printed: in the listener's output, where the tests read them.
+EMAIL_BACKEND = "django.core.mail.backends.console.EmailBackend"
+DEFAULT_FROM_EMAIL = "security@shop.example"
 
 # The devices page's template (session_guard_django/devices.html) comes
 # from the app's templates directory.
@@ -82,6 +88,7 @@ SESSION_GUARD_EVENTS_EXCHANGE = os.environ.get("SG_TEST_EVENTS_EXCHANGE", "sessi
 SESSION_GUARD_REVOCATIONS_EXCHANGE = os.environ.get(
     "SG_TEST_REVOCATIONS_EXCHANGE", "session_guard.revocations"
 )
+SESSION_GUARD_NOTICES_EXCHANGE = os.environ.get("SG_TEST_NOTICES_EXCHANGE", "session_guard.notices")
 SESSION_GUARD_ENABLED = os.environ.get("SG_TEST_ENABLED", "1") == "1"
 
 LOGGING = {

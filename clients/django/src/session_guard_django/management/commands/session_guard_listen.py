@@ -1,8 +1,9 @@
-"""``manage.py session_guard_listen``: ends the sessions session-guard revokes.
+"""``manage.py session_guard_listen``: ends the sessions session-guard
+revokes, and sends ``signals.new_device_login`` for its notices.
 
-Run one or more per app (they share the app's queue, each revoke reaches one
-of them). Stops cleanly on SIGTERM or SIGINT: the revoke in hand is finished
-and acked, the ones the broker had sent ahead go back to the queue.
+Run one or more per app (they share the app's queues, each message reaches
+one of them). Stops cleanly on SIGTERM or SIGINT: the message in hand is
+finished and acked, the ones the broker had sent ahead go back to the queue.
 """
 
 from __future__ import annotations
@@ -20,7 +21,10 @@ from session_guard_django.listener import Listener, ListenerError
 
 
 class Command(BaseCommand):
-    help = "Consume revoke.<app> and end each revoked session through the session engine."
+    help = (
+        "Consume revoke.<app> and end each revoked session through the session engine; consume "
+        "the app's notices and send session_guard_django.signals.new_device_login for each."
+    )
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument(
@@ -61,5 +65,7 @@ class Command(BaseCommand):
         except ListenerError as error:
             raise CommandError(str(error)) from error
         logging.getLogger("session_guard_django").info(
-            "session-guard: stopped after ending %d sessions", listener.ended
+            "session-guard: stopped after ending %d sessions and signalling %d notices",
+            listener.revokes.ended,
+            listener.notices.sent if listener.notices is not None else 0,
         )

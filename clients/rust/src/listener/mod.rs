@@ -1,24 +1,38 @@
-//! Receiving revokes: [`RevocationListener`] consumes the app's revoke queue,
-//! hands each revoke to your handler, and acks it once the handler ended the
-//! session.
+//! Receiving what session-guard publishes for an app: revokes
+//! ([`RevocationListener`]) and notices ([`NoticeListener`]). Each consumes
+//! a queue of the app's own, hands each message to your handler, and acks it
+//! once the handler returned `Ok`.
 //!
 //! On the broker, for an app `shop` with the default names:
 //!
 //! - `shop.revocations`: a durable quorum queue bound to the topic exchange
-//!   `session_guard.revocations` with `revoke.shop`. Every instance of the
-//!   app consumes this one queue, so each revoke is handled by one instance.
-//!   Its `x-delivery-limit` is `max_attempts - 1` (a delivery and at most
-//!   that many redeliveries) and its dead-letter exchange is
-//!   `shop.revocations.dead`;
-//! - `shop.revocations.dead`: a durable fanout exchange of the app's own and
-//!   a durable quorum queue of the same name bound to it, where revokes the
-//!   handler kept failing on, and bodies that are not revokes, end up.
+//!   `session_guard.revocations` with `revoke.shop`; `shop.notices`, one
+//!   bound to `session_guard.notices` with `*.shop` (every kind of notice,
+//!   those added later too). Every instance of the app consumes these
+//!   queues, so each message is handled by one instance. Their
+//!   `x-delivery-limit` is `max_attempts - 1` (a delivery and at most that
+//!   many redeliveries) and their dead-letter exchange is `<queue>.dead`;
+//! - `shop.revocations.dead`, `shop.notices.dead`: a durable fanout exchange
+//!   of the app's own and a durable quorum queue of the same name bound to
+//!   it, where messages the handler kept failing on, and bodies that are not
+//!   what the queue carries, end up.
 //!
 //! Every declaration is idempotent: each instance makes them at start and
 //! after every reconnect, in any order.
+//!
+//! Both listeners are one machinery (`Listener`) over what they receive
+//! (`Received`): the queue's binding and the body's decoding differ, the
+//! declarations, retries, dead letters, reconnection and shutdown do not.
+
+mod notices;
+mod revocations;
+
+pub use notices::{NoticeListener, SignInNotice};
+pub use revocations::{RevocationListener, Revoke};
 
 use std::fmt::Display;
 use std::future::Future;
+use std::marker::PhantomData;
 use std::pin::Pin;
 use std::time::Duration;
 
@@ -43,21 +57,22 @@ use session_guard_amqp::quorum::{
 };
 use session_guard_protocol::event::AppName;
 use session_guard_protocol::names;
-use session_guard_protocol::revoke::RevokeMessage;
 use tokio::time::Instant;
 
-/// Pause before a failed revoke goes back to the queue, times its attempt
+/// Pause before a failed message goes back to the queue, times its attempt
 /// number: a handler failing on a passing outage gets some time to recover
 /// before its attempts run out.
 const RETRY_PAUSE: Duration = Duration::from_millis(100);
-/// How long, once the consumer is cancelled, to wait for revokes the
+/// How long, once the consumer is cancelled, to wait for messages the
 /// broker had already sent.
 const DRAIN_WAIT: Duration = Duration::from_millis(500);
 /// A connection that lived this long before failing starts the backoff over.
 const STABLE_AFTER: Duration = Duration::from_secs(30);
 
-/// Where and how a [`RevocationListener`] listens. [`ListenerConfig::new`]
-/// gives the defaults; change fields before connecting.
+/// Where and how a [`RevocationListener`] or a [`NoticeListener`] listens.
+/// [`ListenerConfig::new`] gives a revocation listener's defaults,
+/// [`ListenerConfig::notices`] a notice listener's; change fields before
+/// connecting.
 #[derive(Clone)]
 pub struct ListenerConfig {
     /// The broker, e.g. `amqp://shop:secret@mq.internal:5672/%2f`
@@ -67,26 +82,29 @@ pub struct ListenerConfig {
     /// to one, picked at random, and after a lost connection tries the
     /// others at once, the lost one last.
     pub url: String,
-    /// The app whose revokes to receive: the queue is bound with
-    /// `revoke.<app>`.
+    /// The app whose revokes or notices to receive: the queue is bound
+    /// with `revoke.<app>` (revokes) or `*.<app>` (notices).
     pub app: AppName,
-    /// The topic exchange session-guard publishes revokes to (default
-    /// `session_guard.revocations`, the worker's `amqp.revocations_exchange`).
-    /// session-guard declares it; the listener only binds to it.
+    /// The topic exchange session-guard publishes to (default
+    /// `session_guard.revocations`, the worker's `amqp.revocations_exchange`,
+    /// for revokes; `session_guard.notices`, its `amqp.notices_exchange`, for
+    /// notices). session-guard declares it; the listener only binds to it.
     pub exchange: String,
-    /// The queue the app's instances share (default `<app>.revocations`).
+    /// The queue the app's instances share (default `<app>.revocations`, or
+    /// `<app>.notices`).
     /// Dead letters go to `<queue>.dead` ([`ListenerConfig::dead_letter_queue`]).
     pub queue: String,
-    /// Revokes the broker sends ahead, unacked, to this listener (default 100).
+    /// Messages the broker sends ahead, unacked, to this listener (default
+    /// 100).
     pub prefetch: u16,
-    /// Deliveries of one revoke before it is dead-lettered: with the default
+    /// Deliveries of one message before it is dead-lettered: with the default
     /// 5, a handler that keeps failing sees it 5 times. At least 1. Part of
     /// the queue's arguments: changing it for an existing queue needs the
     /// queue deleted (see the crate's README).
     pub max_attempts: u32,
     /// Longest pause between reconnection attempts (default 10 s).
     pub max_backoff: Duration,
-    /// Replicas of the revoke queue and its dead-letter queue
+    /// Replicas of the queue and its dead-letter queue
     /// (`x-quorum-initial-group-size`, default 3, like the worker's
     /// `amqp.quorum_initial_group_size`): 3 survives the loss of one node;
     /// a cluster of fewer nodes gets one per node it has. Counts only when
@@ -112,8 +130,9 @@ impl std::fmt::Debug for ListenerConfig {
 }
 
 impl ListenerConfig {
-    /// The defaults for `app` on the broker at `url`: the default exchange
-    /// and queue names, prefetch 100, 5 attempts, backoff up to 10 s.
+    /// A [`RevocationListener`]'s defaults for `app` on the broker at
+    /// `url`: the default revocations exchange, the queue
+    /// `<app>.revocations`, prefetch 100, 5 attempts, backoff up to 10 s.
     pub fn new(url: impl Into<String>, app: AppName) -> Self {
         ListenerConfig {
             url: url.into(),
@@ -127,7 +146,21 @@ impl ListenerConfig {
         }
     }
 
-    /// [`ListenerConfig::new`] for several brokers (a cluster's nodes).
+    /// A [`NoticeListener`]'s defaults for `app` on the broker at `url`:
+    /// the default notices exchange, the queue `<app>.notices`, and the
+    /// rest as [`ListenerConfig::new`].
+    pub fn notices(url: impl Into<String>, app: AppName) -> Self {
+        ListenerConfig {
+            exchange: names::NOTICES_EXCHANGE.to_owned(),
+            queue: names::notice_queue(&app),
+            ..ListenerConfig::new(url, app)
+        }
+    }
+
+    /// [`ListenerConfig::new`] for several brokers (a cluster's nodes); a
+    /// notice listener's: `ListenerConfig { exchange, queue,
+    /// ..ListenerConfig::with_urls(urls, app) }` with
+    /// [`ListenerConfig::notices`]' names.
     pub fn with_urls<I, S>(urls: I, app: AppName) -> Self
     where
         I: IntoIterator<Item = S>,
@@ -138,7 +171,7 @@ impl ListenerConfig {
     }
 
     /// The dead-letter exchange and queue (one name for both):
-    /// `<queue>.dead`, e.g. `shop.revocations.dead`.
+    /// `<queue>.dead`, e.g. `shop.revocations.dead`, `shop.notices.dead`.
     pub fn dead_letter_queue(&self) -> String {
         format!("{}.dead", self.queue)
     }
@@ -182,15 +215,15 @@ impl ListenerConfig {
     }
 }
 
-/// One revoke for the app: end the session `message.session_id` names.
+/// A message handed to a listener's handler: a [`Revoke`] or a
+/// [`SignInNotice`].
 #[derive(Debug, Clone)]
-pub struct Revoke {
-    /// What session-guard sent: the session, the user, why
-    /// ([`RevokeMessage::reason`]), when.
-    pub message: RevokeMessage,
-    /// Deliveries of this revoke before this one: 0 the first time, 1 after
-    /// the handler failed once... A connection lost while the revoke was
-    /// delivered and not yet acked counts too.
+pub struct Delivered<M> {
+    /// What session-guard sent.
+    pub message: M,
+    /// Deliveries of this message before this one: 0 the first time, 1
+    /// after the handler failed once... A connection lost while the message
+    /// was delivered and not yet acked counts too.
     pub delivery_count: u32,
 }
 
@@ -219,15 +252,18 @@ pub enum ListenerError {
         /// How long the listener waited.
         after: Duration,
     },
-    /// The revocations exchange does not exist: session-guard declares it
-    /// when it starts.
+    /// The revocations (or notices) exchange does not exist: session-guard
+    /// declares it when it starts.
     #[error(
         "exchange {exchange} does not exist: start session-guard first (it declares it), or set \
-         the listener's exchange to the worker's amqp.revocations_exchange"
+         the listener's exchange to the worker's {setting}"
     )]
     NoExchange {
         /// The exchange named in the configuration.
         exchange: String,
+        /// The worker's setting that names it: `amqp.revocations_exchange`
+        /// or `amqp.notices_exchange`.
+        setting: &'static str,
     },
     /// The queue exists with other arguments (another `max_attempts`, or
     /// declared by hand without a delivery limit): RabbitMQ cannot change a
@@ -268,29 +304,29 @@ pub enum ListenerError {
     },
 }
 
-/// Receives the revokes session-guard publishes for one app.
-///
-/// ```no_run
-/// # async fn demo() -> Result<(), session_guard_client::ListenerError> {
-/// use session_guard_client::{ListenerConfig, RevocationListener, Revoke};
-/// use session_guard_client::protocol::event::AppName;
-///
-/// let app = AppName::parse("shop").expect("a valid app name");
-/// let config = ListenerConfig::new("amqp://guest:guest@127.0.0.1:5672/%2f", app);
-/// let listener = RevocationListener::connect(config).await?;
-/// listener
-///     .run(
-///         |revoke: Revoke| async move {
-///             // Delete the session from your session store; an Err retries.
-///             println!("ending {} ({})", revoke.message.session_id, revoke.message.reason);
-///             Ok::<(), std::io::Error>(())
-///         },
-///         async { tokio::signal::ctrl_c().await.ok(); },
-///     )
-///     .await
-/// # }
-/// ```
-pub struct RevocationListener {
+/// What a listener receives: how its queue is bound, how a body is read,
+/// what the log calls it. Sealed: revokes and notices.
+pub(crate) trait Received: Sized {
+    /// The listener, as the log names it: `revocation`, `notice`.
+    const LISTENER: &'static str;
+    /// One message, as the log names it: `revoke`, `notice`.
+    const WHAT: &'static str;
+    /// The worker's setting that names the exchange, for
+    /// [`ListenerError::NoExchange`].
+    const EXCHANGE_SETTING: &'static str;
+    /// The key `app`'s queue is bound to the exchange with.
+    fn binding_key(app: &AppName) -> String;
+    /// The message in `body`, or why it is not one.
+    fn decode(body: &[u8]) -> Result<Self, String>;
+    /// Its event id, for the log.
+    fn event_id(&self) -> &dyn Display;
+    /// The session it is about (its id or handle), for the log.
+    fn session(&self) -> &str;
+}
+
+/// The machinery of both listeners: connects, declares, consumes, retries,
+/// dead-letters and reconnects for a queue of `M`s.
+pub(crate) struct Listener<M> {
     /// What to listen to, and how.
     config: ListenerConfig,
     /// The brokers of `config.url`, and which one a reconnection tries last
@@ -298,75 +334,58 @@ pub struct RevocationListener {
     brokers: Brokers,
     /// The connection `connect` opened and declared on, used by `run` first.
     connection: Connection,
+    /// What the queue carries.
+    received: PhantomData<fn() -> M>,
 }
 
-impl std::fmt::Debug for RevocationListener {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RevocationListener")
-            .field("queue", &self.config.queue)
-            .field("url", &redact_url(&self.config.url))
-            .finish_non_exhaustive()
-    }
-}
-
-impl RevocationListener {
+impl<M: Received> Listener<M> {
     /// Connects and declares (idempotently) the durable quorum queue bound
-    /// to `revoke.<app>`, with `x-delivery-limit` and the dead-letter
-    /// exchange and queue. An unreachable broker, refused credentials or
-    /// permissions, a missing revocations exchange or a queue declared with
-    /// other arguments are errors here, before any revoke is consumed.
-    pub async fn connect(config: ListenerConfig) -> Result<RevocationListener, ListenerError> {
+    /// with [`Received::binding_key`], with `x-delivery-limit` and the
+    /// dead-letter exchange and queue.
+    pub(crate) async fn connect(config: ListenerConfig) -> Result<Listener<M>, ListenerError> {
         config.check()?;
         // One URL or several (comma-separated); the message masks passwords.
         let brokers =
             Brokers::parse(&config.url).map_err(|e| ListenerError::Config(format!("url: {e}")))?;
-        let connection = open(&config, &brokers).await?;
-        Ok(RevocationListener {
+        let connection = open::<M>(&config, &brokers).await?;
+        Ok(Listener {
             config,
             brokers,
             connection,
+            received: PhantomData,
         })
     }
 
     /// The configuration in use.
-    pub fn config(&self) -> &ListenerConfig {
+    pub(crate) fn config(&self) -> &ListenerConfig {
         &self.config
     }
 
-    /// Calls `handler` for each revoke, one at a time, until `shutdown`
-    /// resolves. Then it takes no new revokes, lets the handler in progress
-    /// finish, hands the handler the revokes the broker had already sent
-    /// (at most `prefetch`; given back, each would count as a delivery), and
-    /// returns.
-    ///
-    /// - `Ok` from the handler acks the revoke.
-    /// - `Err` logs it and puts the revoke back in the queue after a short
-    ///   pause (100 ms times the attempt number): the broker delivers it
-    ///   again, to this instance or another, with a higher
-    ///   [`Revoke::delivery_count`]. When the last of `max_attempts` fails,
-    ///   the revoke goes to the dead-letter queue with the handler's error
-    ///   in the `x-session-guard-error` header.
-    /// - A body that is not a revoke is logged and dead-lettered at once.
-    /// - A lost connection is re-established with jittered backoff (up to
-    ///   `max_backoff`); the revokes that were not acked yet come back from
-    ///   the broker (each with its delivery count one higher).
-    ///
-    /// Returns an error only for what retrying cannot fix: the queue was
-    /// re-declared with other arguments meanwhile.
-    pub async fn run<F, Fut, E>(
+    /// Lists the queue and the URL, never its password.
+    fn debug(&self, name: &str, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct(name)
+            .field("queue", &self.config.queue)
+            .field("url", &redact_url(&self.config.url))
+            .finish_non_exhaustive()
+    }
+
+    /// Calls `handler` for each message until `shutdown` resolves: see
+    /// [`RevocationListener::run`], which says it for revokes.
+    pub(crate) async fn run<F, Fut, E>(
         self,
         mut handler: F,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), ListenerError>
     where
-        F: FnMut(Revoke) -> Fut,
+        F: FnMut(Delivered<M>) -> Fut,
         Fut: Future<Output = Result<(), E>>,
         E: Display,
     {
-        let RevocationListener {
+        let Listener {
             config,
             brokers,
             connection,
+            ..
         } = self;
         let mut shutdown = std::pin::pin!(shutdown.fuse());
         let mut connection = Some(connection);
@@ -376,7 +395,7 @@ impl RevocationListener {
                 Some(c) => c,
                 None => {
                     let opened = tokio::select! {
-                        opened = open(&config, &brokers) => opened,
+                        opened = open::<M>(&config, &brokers) => opened,
                         () = &mut shutdown => return Ok(()),
                     };
                     match opened {
@@ -388,7 +407,8 @@ impl RevocationListener {
                                 queue = %config.queue,
                                 error = %e,
                                 retry_in_ms = delay.as_millis() as u64,
-                                "cannot reconnect the revocation listener"
+                                "cannot reconnect the {} listener",
+                                M::LISTENER
                             );
                             if !pause(delay, &mut shutdown).await {
                                 return Ok(());
@@ -399,7 +419,8 @@ impl RevocationListener {
                 }
             };
             let started = Instant::now();
-            let result = consume(&config, &current, &mut handler, &mut shutdown).await;
+            let result =
+                consume::<M, _, _, _, _>(&config, &current, &mut handler, &mut shutdown).await;
             close(&current).await;
             match result {
                 Ok(()) => return Ok(()),
@@ -412,7 +433,8 @@ impl RevocationListener {
                         queue = %config.queue,
                         error = %e,
                         retry_in_ms = delay.as_millis() as u64,
-                        "revocation listener lost its connection; reconnecting"
+                        "{} listener lost its connection; reconnecting",
+                        M::LISTENER
                     );
                     if !pause(delay, &mut shutdown).await {
                         return Ok(());
@@ -429,7 +451,10 @@ type ShutdownFuture<'a, S> = Pin<&'a mut Fuse<S>>;
 /// Connects to one of the brokers (one pass over them, the one shared
 /// with the worker; after a lost connection the broker it was on is tried
 /// last) and declares the listener's queues.
-async fn open(config: &ListenerConfig, brokers: &Brokers) -> Result<Connection, ListenerError> {
+async fn open<M: Received>(
+    config: &ListenerConfig,
+    brokers: &Brokers,
+) -> Result<Connection, ListenerError> {
     let properties =
         ConnectionProperties::default().with_connection_name(config.connection_name().into());
     let connected = brokers.connect(properties).await.map_err(|e| {
@@ -446,14 +471,14 @@ async fn open(config: &ListenerConfig, brokers: &Brokers) -> Result<Connection, 
         }
     })?;
     if brokers.len() > 1 {
-        tracing::info!(queue = %config.queue, broker = %connected.shown_url, "revocation listener connected");
+        tracing::info!(queue = %config.queue, broker = %connected.shown_url, "{} listener connected", M::LISTENER);
     }
     let connection = connected.connection;
     let channel = connection
         .create_channel()
         .await
         .map_err(|cause| broker_error("open a channel", cause))?;
-    let declared = declare(&connection, &channel, config).await;
+    let declared = declare::<M>(&connection, &channel, config).await;
     let _ = channel.close(200, "declared".into()).await;
     if let Err(e) = declared {
         close(&connection).await;
@@ -468,16 +493,16 @@ async fn close(connection: &Connection) {
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, connection.close(200, "done".into())).await;
 }
 
-/// Declares the dead-letter exchange and queue, then the revoke queue and
-/// its binding. Each failure is a channel error, so the next step would
+/// Declares the dead-letter exchange and queue, then the listener's queue
+/// and its binding. Each failure is a channel error, so the next step would
 /// fail too: the first one is returned.
-async fn declare(
+async fn declare<M: Received>(
     connection: &Connection,
     channel: &Channel,
     config: &ListenerConfig,
 ) -> Result<(), ListenerError> {
     declare_dead_letters(connection, channel, config).await?;
-    declare_revoke_queue(connection, channel, config).await
+    declare_listened_queue::<M>(connection, channel, config).await
 }
 
 /// Declares the quorum queue `name` with `args` (on channels of its own):
@@ -541,9 +566,9 @@ async fn declare_dead_letters(
     Ok(())
 }
 
-/// The revoke queue (quorum, delivery limit, dead-lettering to the app's
-/// exchange), bound to `revoke.<app>`.
-async fn declare_revoke_queue(
+/// The listener's queue (quorum, delivery limit, dead-lettering to the
+/// app's exchange), bound with [`Received::binding_key`].
+async fn declare_listened_queue<M: Received>(
     connection: &Connection,
     channel: &Channel,
     config: &ListenerConfig,
@@ -555,8 +580,8 @@ async fn declare_revoke_queue(
         "x-dead-letter-exchange".into(),
         AMQPValue::LongString(dead.as_str().into()),
     );
-    // RabbitMQ 3.x quorum queues have no delivery limit by default: a revoke
-    // the handler always fails on would come back forever.
+    // RabbitMQ 3.x quorum queues have no delivery limit by default: a
+    // message the handler always fails on would come back forever.
     args.insert("x-delivery-limit".into(), AMQPValue::LongInt(limit as i32));
     // At-least-once dead-lettering: the queue keeps a dead letter until the
     // dead-letter queue has it (at-most-once would drop it if that queue were
@@ -584,7 +609,7 @@ async fn declare_revoke_queue(
                 broker_error(&format!("declare queue {}", config.queue), cause)
             }
         })?;
-    let key = names::revoke_routing_key(config.app.as_str());
+    let key = M::binding_key(&config.app);
     channel
         .queue_bind(
             config.queue.as_str().into(),
@@ -598,6 +623,7 @@ async fn declare_revoke_queue(
             if soft_error(&cause) == Some(AMQPSoftError::NOTFOUND) {
                 ListenerError::NoExchange {
                     exchange: config.exchange.clone(),
+                    setting: M::EXCHANGE_SETTING,
                 }
             } else {
                 broker_error(
@@ -655,20 +681,21 @@ impl ConnectionLost {
 }
 
 /// Consumes on `connection` until `shutdown` (`Ok`) or a broker error.
-async fn consume<F, Fut, E, S>(
+async fn consume<M, F, Fut, E, S>(
     config: &ListenerConfig,
     connection: &Connection,
     handler: &mut F,
     shutdown: &mut ShutdownFuture<'_, S>,
 ) -> Result<(), ConnectionLost>
 where
-    F: FnMut(Revoke) -> Fut,
+    M: Received,
+    F: FnMut(Delivered<M>) -> Fut,
     Fut: Future<Output = Result<(), E>>,
     E: Display,
     S: Future<Output = ()>,
 {
     let (channel, dead_letters, mut consumer) = start_consuming(config, connection).await?;
-    tracing::info!(queue = %config.queue, "listening for revokes");
+    tracing::info!(queue = %config.queue, "listening for {}s", M::WHAT);
     let dead = DeadLetters {
         channel: &dead_letters,
         exchange: config.dead_letter_queue(),
@@ -689,11 +716,11 @@ where
                 ));
             }
         };
-        handle(config, &dead, delivery, handler, shutdown).await?;
+        handle::<M, _, _, _, _>(config, &dead, delivery, handler, shutdown).await?;
     }
-    // A revoke given back to the queue counts as a delivery on RabbitMQ 3.x:
-    // enough restarts would dead-letter it unhandled. So stop the flow, and
-    // hand the revokes the broker had already sent to the handler.
+    // A message given back to the queue counts as a delivery on RabbitMQ
+    // 3.x: enough restarts would dead-letter it unhandled. So stop the flow,
+    // and hand the messages the broker had already sent to the handler.
     let cancel = channel.basic_cancel(consumer.tag(), BasicCancelOptions::default());
     match tokio::time::timeout(CLOSE_TIMEOUT, cancel).await {
         Ok(Ok(())) => {}
@@ -706,7 +733,7 @@ where
         }
     }
     while let Ok(Some(Ok(delivery))) = tokio::time::timeout(DRAIN_WAIT, consumer.next()).await {
-        handle(config, &dead, delivery, handler, shutdown).await?;
+        handle::<M, _, _, _, _>(config, &dead, delivery, handler, shutdown).await?;
     }
     for channel in [&channel, &dead_letters] {
         let closing = channel.close(200, "shutting down".into());
@@ -798,7 +825,7 @@ impl DeadLetters<'_> {
 }
 
 /// One delivery: parse it, call the handler, settle it.
-async fn handle<F, Fut, E, S>(
+async fn handle<M, F, Fut, E, S>(
     config: &ListenerConfig,
     dead: &DeadLetters<'_>,
     delivery: Delivery,
@@ -806,32 +833,34 @@ async fn handle<F, Fut, E, S>(
     shutdown: &mut ShutdownFuture<'_, S>,
 ) -> Result<(), ConnectionLost>
 where
-    F: FnMut(Revoke) -> Fut,
+    M: Received,
+    F: FnMut(Delivered<M>) -> Fut,
     Fut: Future<Output = Result<(), E>>,
     E: Display,
     S: Future<Output = ()>,
 {
     let delivery_count = delivery_count(&delivery.properties);
-    let message = match parse(&delivery.data) {
+    let message = match M::decode(&delivery.data) {
         Ok(message) => message,
         Err(why) => {
             tracing::warn!(
                 queue = %config.queue,
                 error = %why,
-                "a message in the revoke queue is not a revoke: dead-lettered"
+                "a message in the {what} queue is not a {what}: dead-lettered",
+                what = M::WHAT
             );
             return give_up(dead, &delivery, &why, "invalid").await;
         }
     };
-    let (event_id, session_id) = (message.event_id, message.session_id.clone());
-    let revoke = Revoke {
+    let (event_id, session) = (message.event_id().to_string(), message.session().to_owned());
+    let received = Delivered {
         message,
         delivery_count,
     };
-    match handler(revoke).await {
+    match handler(received).await {
         Ok(()) => settled(
             delivery.ack(BasicAckOptions::default()).await,
-            "cannot ack a revoke",
+            "cannot ack a message",
         ),
         Err(e) => {
             let error = e.to_string();
@@ -840,25 +869,27 @@ where
                 tracing::error!(
                     queue = %config.queue,
                     %event_id,
-                    %session_id,
+                    %session,
                     attempt,
                     error = %error,
-                    "the revoke handler failed on the last attempt: revoke dead-lettered"
+                    "the {what} handler failed on the last attempt: {what} dead-lettered",
+                    what = M::WHAT
                 );
                 return give_up(dead, &delivery, &error, "failed").await;
             }
             tracing::warn!(
                 queue = %config.queue,
                 %event_id,
-                %session_id,
+                %session,
                 attempt,
                 max_attempts = config.max_attempts,
                 error = %error,
-                "the revoke handler failed: the revoke will be delivered again"
+                "the {what} handler failed: the {what} will be delivered again",
+                what = M::WHAT
             );
             let wait = (RETRY_PAUSE * attempt).min(config.max_backoff);
             if !shutdown.is_terminated() {
-                // A shutdown requeues at once rather than holding the revoke.
+                // A shutdown requeues at once rather than holding the message.
                 tokio::select! {
                     () = tokio::time::sleep(wait) => {}
                     () = &mut *shutdown => {}
@@ -868,7 +899,7 @@ where
                 requeue: true,
                 ..BasicNackOptions::default()
             };
-            settled(delivery.nack(requeue).await, "cannot requeue a revoke")
+            settled(delivery.nack(requeue).await, "cannot requeue a message")
         }
     }
 }
@@ -902,7 +933,7 @@ async fn give_up(
 }
 
 /// An ack, nack or reject that did not reach the broker means the channel is
-/// gone: the broker delivers the revoke again after the reconnect.
+/// gone: the broker delivers the message again after the reconnect.
 fn settled(result: lapin::Result<bool>, action: &'static str) -> Result<(), ConnectionLost> {
     match result {
         Ok(true) => Ok(()),
@@ -911,15 +942,6 @@ fn settled(result: lapin::Result<bool>, action: &'static str) -> Result<(), Conn
     }
 }
 
-/// A revoke body, or why it is not one.
-fn parse(body: &[u8]) -> Result<RevokeMessage, String> {
-    let message: RevokeMessage =
-        serde_json::from_slice(body).map_err(|e| format!("not a revoke message: {e}"))?;
-    if message.kind != "revoke" {
-        return Err(format!("type: expected \"revoke\", got {:?}", message.kind));
-    }
-    Ok(message)
-}
 /// Sleeps for `delay` unless `shutdown` resolves first; `false` if it did.
 async fn pause<S: Future<Output = ()>>(
     delay: Duration,
@@ -951,6 +973,12 @@ mod tests {
         assert_eq!((c.prefetch, c.max_attempts), (100, 5));
         assert_eq!(c.quorum_initial_group_size, 3);
         assert!(c.check().is_ok());
+
+        let n = ListenerConfig::notices("amqp://x", AppName::parse("shop").unwrap());
+        assert_eq!(n.queue, names::notice_queue(&n.app));
+        assert_eq!(n.dead_letter_queue(), "shop.notices.dead");
+        assert_eq!(n.exchange, names::NOTICES_EXCHANGE);
+        assert_eq!((n.prefetch, n.max_attempts), (c.prefetch, c.max_attempts));
     }
 
     #[test]
@@ -986,23 +1014,5 @@ mod tests {
             })
             .starts_with("invalid listener configuration: queue: \"\" must be 1 to 250 bytes")
         );
-    }
-
-    #[test]
-    fn bodies_that_are_not_revokes_say_why() {
-        assert!(
-            parse(b"nope")
-                .unwrap_err()
-                .starts_with("not a revoke message: ")
-        );
-        let login = br#"{"type":"login","event_id":"5b0f7d3e-5b8e-4b7e-9a51-0d6c3f8f4a11",
-            "app":"shop","session_id":"s","user_id":"u","reason":"x","revoked_at":"t",
-            "max_sessions":1,"repeat":false}"#;
-        assert_eq!(
-            parse(login).unwrap_err(),
-            "type: expected \"revoke\", got \"login\""
-        );
-        let revoke = String::from_utf8_lossy(login).replace("\"login\"", "\"revoke\"");
-        assert_eq!(parse(revoke.as_bytes()).unwrap().session_id, "s");
     }
 }
