@@ -15,16 +15,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use futures::FutureExt as _;
-use futures::StreamExt as _;
-use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, ExchangeDeleteOptions, QueueBindOptions,
-    QueueDeclareOptions, QueueDeleteOptions,
-};
-use lapin::types::FieldTable;
+use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
 use session_guard_amqp::url::redact_url;
 use session_guard_client::protocol::event::AppName;
 use session_guard_client::{
-    EventPublisher, ListenerConfig, ListenerError, PublisherConfig, RevocationListener, Revoke,
+    EventPublisher, ListenerConfig, ListenerError, NoticeListener, PublisherConfig,
+    RevocationListener, Revoke, SignInNotice,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -98,9 +94,8 @@ struct Parts {
     listener: Option<Task<oneshot::Sender<()>, Result<(), ListenerError>>>,
     /// The fake app's event publisher.
     publisher: Option<EventPublisher>,
-    /// The fake app's notices: a queue of its own, gone with the
-    /// connection.
-    notices: Option<(lapin::Connection, lapin::Consumer)>,
+    /// The fake app's notice listener.
+    notices: Option<Task<oneshot::Sender<()>, Result<(), ListenerError>>>,
     /// The database exists and the worker runs: from then on the clean-up
     /// reports what it cannot remove.
     created: bool,
@@ -113,6 +108,8 @@ struct Demo {
     settings: Settings,
     /// The fake app's listener configuration.
     listener: ListenerConfig,
+    /// The fake app's notice listener configuration.
+    notices: ListenerConfig,
     /// The database the demo creates.
     database: String,
     /// What every exchange and queue name starts with.
@@ -144,12 +141,16 @@ impl Demo {
         // The phone is a new device for alice: the demo shows its notice.
         settings.notices.enabled = true;
         let app = AppName::parse(APP).expect("a valid app name");
-        let mut listener = ListenerConfig::new(settings.amqp.url.clone(), app);
+        let mut listener = ListenerConfig::new(settings.amqp.url.clone(), app.clone());
         listener.exchange = settings.amqp.revocations_exchange.clone();
         listener.queue = format!("{prefix}.{APP}.revocations");
+        let mut notices = ListenerConfig::notices(settings.amqp.url.clone(), app);
+        notices.exchange = settings.amqp.notices_exchange.clone();
+        notices.queue = format!("{prefix}.{APP}.notices");
         Ok(Demo {
             settings,
             listener,
+            notices,
             database,
             prefix,
         })
@@ -194,6 +195,9 @@ type AppSessions = Arc<Mutex<HashMap<String, &'static str>>>;
 /// it ended (if the app still had it).
 type Handled = mpsc::UnboundedReceiver<(Revoke, Option<&'static str>)>;
 
+/// Notices the app's notice listener handled.
+type Noticed = mpsc::UnboundedReceiver<SignInNotice>;
+
 /// The steps, printed as they happen.
 async fn play(demo: &Demo, parts: &mut Parts, pause: bool) -> anyhow::Result<()> {
     introduce(demo);
@@ -206,14 +210,14 @@ async fn play(demo: &Demo, parts: &mut Parts, pause: bool) -> anyhow::Result<()>
         );
     }
     let sessions = AppSessions::default();
-    let mut revokes = set_up(demo, parts, &sessions).await?;
+    let (mut revokes, mut notices) = set_up(demo, parts, &sessions).await?;
     wait_for_enter(pause).await;
     let publisher = parts.publisher.as_ref().expect("set up");
     log_in_twice(publisher, &sessions).await?;
     wait_for_enter(pause).await;
     show_revoke(demo, &sessions, &mut revokes).await?;
     wait_for_enter(pause).await;
-    show_notice(parts).await?;
+    show_notice(&mut notices).await?;
     wait_for_enter(pause).await;
 
     println!();
@@ -243,8 +247,13 @@ fn introduce(demo: &Demo) {
 }
 
 /// Step 1: the worker (creating the database and the topology), then the
-/// app's listener and publisher. Returns the revokes the listener handles.
-async fn set_up(demo: &Demo, parts: &mut Parts, sessions: &AppSessions) -> anyhow::Result<Handled> {
+/// app's listeners and publisher. Returns the revokes and the notices the
+/// listeners handle.
+async fn set_up(
+    demo: &Demo,
+    parts: &mut Parts,
+    sessions: &AppSessions,
+) -> anyhow::Result<(Handled, Noticed)> {
     println!("1. Setting up, under names of the demo's own:");
     // Said at once, rather than by a worker retrying in the background.
     let probe = broker::connect(&demo.settings.amqp, "demo").await?;
@@ -265,7 +274,7 @@ async fn set_up(demo: &Demo, parts: &mut Parts, sessions: &AppSessions) -> anyho
     println!("   RabbitMQ  exchanges and queues {}.*", demo.prefix);
     println!("   worker    running in this process");
     let revokes = start_listener(demo, parts, sessions).await?;
-    parts.notices = Some(listen_for_notices(demo).await?);
+    let notices = start_notice_listener(demo, parts).await?;
     let mut config =
         PublisherConfig::new(demo.settings.amqp.url.clone(), demo.listener.app.clone());
     config.exchange = demo.settings.amqp.events_exchange.clone();
@@ -277,7 +286,7 @@ async fn set_up(demo: &Demo, parts: &mut Parts, sessions: &AppSessions) -> anyho
         "   app       {APP:?}, with EventPublisher (sends its events) and RevocationListener \
          (receives its revokes)"
     );
-    Ok(revokes)
+    Ok((revokes, notices))
 }
 
 /// The app's revocation listener: ends the session in the app's store and
@@ -383,56 +392,38 @@ async fn show_revoke(
     Ok(())
 }
 
-/// The app's notices: a queue bound to its own (`*.shop`), as the client
-/// crate's listener binds one.
-async fn listen_for_notices(demo: &Demo) -> anyhow::Result<(lapin::Connection, lapin::Consumer)> {
-    let amqp = &demo.settings.amqp;
-    let connection = broker::connect(amqp, "demo notices").await?;
-    let channel = connection.create_channel().await?;
-    let options = QueueDeclareOptions {
-        exclusive: true,
-        auto_delete: true,
-        ..QueueDeclareOptions::default()
-    };
-    let queue = format!("{}.{APP}.notices", demo.prefix);
-    channel
-        .queue_declare(queue.as_str().into(), options, FieldTable::default())
-        .await?;
-    channel
-        .queue_bind(
-            queue.as_str().into(),
-            amqp.notices_exchange.as_str().into(),
-            format!("*.{APP}").into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
+/// The app's notice listener: passes each notice on to the demo.
+async fn start_notice_listener(demo: &Demo, parts: &mut Parts) -> anyhow::Result<Noticed> {
+    let listener = NoticeListener::connect(demo.notices.clone())
         .await
-        .context("the app cannot bind its notices queue")?;
-    let consumer = channel
-        .basic_consume(
-            queue.as_str().into(),
-            "".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
-    Ok((connection, consumer))
+        .context("the app cannot connect its notice listener")?;
+    let (noticed, notices) = mpsc::unbounded_channel();
+    let handler = move |notice: SignInNotice| {
+        let _ = noticed.send(notice);
+        async { Ok::<(), Infallible>(()) }
+    };
+    let (stop_listener, stopped) = oneshot::channel::<()>();
+    parts.notices = Some((
+        stop_listener,
+        tokio::spawn(listener.run(handler, async move {
+            let _ = stopped.await;
+        })),
+    ));
+    Ok(notices)
 }
 
 /// Step 4: the notice the app got about the phone's sign-in.
-async fn show_notice(parts: &mut Parts) -> anyhow::Result<()> {
+async fn show_notice(notices: &mut Noticed) -> anyhow::Result<()> {
     println!();
     println!(
         "4. The phone was a device {USER} had not signed in from: the app gets a notice, to          email her:"
     );
-    let (_, notices) = parts.notices.as_mut().expect("set up");
-    let delivery = tokio::time::timeout(PATIENCE, notices.next())
+    let notice = tokio::time::timeout(PATIENCE, notices.recv())
         .await
         .ok()
         .flatten()
-        .with_context(|| format!("no notice arrived within {} s", PATIENCE.as_secs()))??;
-    delivery.ack(BasicAckOptions::default()).await?;
-    let notice: crate::domain::notice::Notice = serde_json::from_slice(&delivery.data)?;
+        .with_context(|| format!("no notice arrived within {} s", PATIENCE.as_secs()))?;
+    let notice = &notice.message;
     let device = &notice.device;
     println!(
         "   received  {} for {}: {} on {} from {}, {} device(s) known before",
@@ -496,10 +487,7 @@ async fn clean_up(demo: &Demo, parts: Parts) -> Option<anyhow::Result<()>> {
     if let Some(publisher) = parts.publisher {
         let _ = tokio::time::timeout(STOP_WAIT, publisher.close()).await;
     }
-    if let Some((connection, _)) = parts.notices {
-        let _ = tokio::time::timeout(STOP_WAIT, connection.close(200, "done".into())).await;
-    }
-    if let Some((stop, mut task)) = parts.listener {
+    for (stop, mut task) in [parts.listener, parts.notices].into_iter().flatten() {
         let _ = stop.send(());
         if tokio::time::timeout(STOP_WAIT, &mut task).await.is_err() {
             task.abort();
@@ -536,11 +524,14 @@ async fn delete_broker_objects(demo: &Demo) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot delete the exchanges and queues {}.*", demo.prefix))?;
     let dead = demo.listener.dead_letter_queue();
+    let notices_dead = demo.notices.dead_letter_queue();
     let queues = [
         &amqp.events_queue,
         &amqp.dead_letter_queue,
         &demo.listener.queue,
         &dead,
+        &demo.notices.queue,
+        &notices_dead,
     ];
     let exchanges = [
         &amqp.events_exchange,
@@ -548,6 +539,7 @@ async fn delete_broker_objects(demo: &Demo) -> anyhow::Result<()> {
         &amqp.notices_exchange,
         &amqp.dead_letter_exchange,
         &dead,
+        &notices_dead,
     ];
     let mut failed = Vec::new();
     // A channel each: a failed deletion closes its channel.

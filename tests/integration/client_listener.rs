@@ -4,22 +4,17 @@
 
 use std::time::Duration;
 
-use futures::StreamExt as _;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicPublishOptions};
-use lapin::types::{AMQPValue, FieldTable};
-use lapin::{BasicProperties, Connection, ConnectionProperties};
+use lapin::BasicProperties;
 use session_guard_client::protocol::event::AppName;
 use session_guard_client::protocol::revoke::RevokeReason;
 use session_guard_client::{ListenerConfig, ListenerError, RevocationListener, Revoke};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::helpers::*;
+use crate::listening::{AppQueues, AppUser, handled, next_dead_letter, no_more, ready, unique_app};
 
-/// A unique app name, so that the app's revoke queues are the test's own.
-pub fn unique_app() -> AppName {
-    let id = uuid::Uuid::new_v4().simple().to_string();
-    AppName::parse(&format!("lt_{}", &id[..12])).unwrap()
-}
+/// The revocation listener running in a task of the test.
+type Running = crate::listening::Running<RevocationListener>;
 
 /// The defaults for `app`, on the test's broker and revocations exchange.
 fn config(test: &TestApp, app: &AppName) -> ListenerConfig {
@@ -27,204 +22,6 @@ fn config(test: &TestApp, app: &AppName) -> ListenerConfig {
     config.exchange = test.settings.amqp.revocations_exchange.clone();
     config.max_backoff = Duration::from_millis(500);
     config
-}
-
-/// Deletes the queues and the exchange a listener declares for `app` when
-/// dropped, even after a failed assertion.
-pub struct AppQueues {
-    url: String,
-    queue: String,
-}
-
-impl AppQueues {
-    pub fn of(config: &ListenerConfig) -> AppQueues {
-        AppQueues {
-            url: config.url.clone(),
-            queue: config.queue.clone(),
-        }
-    }
-}
-
-impl Drop for AppQueues {
-    fn drop(&mut self) {
-        let (url, queue) = (self.url.clone(), self.queue.clone());
-        // As in TestApp's drop: a runtime of its own, the test's is blocked
-        // here (and with it any listener still running on it).
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let Ok(connection) =
-                    Connection::connect(&url, ConnectionProperties::default()).await
-                else {
-                    return;
-                };
-                let dead = format!("{queue}.dead");
-                if let Ok(channel) = connection.create_channel().await {
-                    for q in [&queue, &dead] {
-                        let _ = channel
-                            .queue_delete(q.as_str().into(), Default::default())
-                            .await;
-                    }
-                    let _ = channel
-                        .exchange_delete(dead.as_str().into(), Default::default())
-                        .await;
-                }
-                let _ = connection.close(200, "test cleanup".into()).await;
-            });
-        })
-        .join()
-        .ok();
-    }
-}
-
-/// A listener running in a task of the test: every revoke it handles is sent
-/// to `handled` with the listener's number, and `decide` chooses the
-/// handler's answer.
-struct Running {
-    stop: Option<oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<Result<(), ListenerError>>,
-}
-
-impl Running {
-    async fn start(
-        config: ListenerConfig,
-        number: usize,
-        handled: mpsc::UnboundedSender<(usize, Revoke)>,
-        decide: impl Fn(&Revoke) -> Result<(), String> + Send + 'static,
-    ) -> Running {
-        let listener = RevocationListener::connect(config)
-            .await
-            .expect("the listener connects and declares its queues");
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(listener.run(
-            move |revoke: Revoke| {
-                let answer = decide(&revoke);
-                let _ = handled.send((number, revoke));
-                async move {
-                    // Long enough for the broker to hand the next revoke to
-                    // the other instance, if there is one.
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                    answer
-                }
-            },
-            async move {
-                let _ = stopped.await;
-            },
-        ));
-        Running {
-            stop: Some(stop),
-            task,
-        }
-    }
-
-    /// Stops the listener and checks that `run` returned `Ok`.
-    async fn stop(mut self) {
-        let _ = self.stop.take().unwrap().send(());
-        tokio::time::timeout(PATIENCE, &mut self.task)
-            .await
-            .expect("run returns after the shutdown")
-            .expect("listener task")
-            .expect("run returns Ok");
-    }
-}
-
-/// The next `n` handled revokes (or notices).
-pub async fn handled<M: std::fmt::Debug>(
-    rx: &mut mpsc::UnboundedReceiver<(usize, M)>,
-    n: usize,
-) -> Vec<(usize, M)> {
-    let mut got = Vec::new();
-    while got.len() < n {
-        match tokio::time::timeout(PATIENCE, rx.recv()).await {
-            Ok(Some(r)) => got.push(r),
-            _ => panic!("expected {n} handled revokes, got {}: {got:#?}", got.len()),
-        }
-    }
-    got
-}
-
-/// Fails if the handler sees another revoke (or notice) within `QUIET`.
-pub async fn no_more<M: std::fmt::Debug>(rx: &mut mpsc::UnboundedReceiver<(usize, M)>) {
-    if let Ok(Some(extra)) = tokio::time::timeout(QUIET, rx.recv()).await {
-        panic!("one revoke too many: {extra:#?}");
-    }
-}
-
-/// A dead letter of an app: the body, the error headers, the delivery count.
-#[derive(Debug)]
-pub struct AppDeadLetter {
-    pub body: Vec<u8>,
-    pub error: Option<String>,
-    pub kind: Option<String>,
-    pub routing_key: String,
-}
-
-/// The next message in the app's dead-letter queue.
-pub async fn next_dead_letter(test: &TestApp, config: &ListenerConfig) -> AppDeadLetter {
-    let connection = Connection::connect(&config.url, ConnectionProperties::default())
-        .await
-        .unwrap();
-    let channel = connection.create_channel().await.unwrap();
-    let mut consumer = channel
-        .basic_consume(
-            config.dead_letter_queue().as_str().into(),
-            "".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    let delivery = match tokio::time::timeout(PATIENCE, consumer.next()).await {
-        Ok(Some(Ok(d))) => d,
-        other => panic!("nothing in {}: {other:?}", config.dead_letter_queue()),
-    };
-    delivery.ack(BasicAckOptions::default()).await.unwrap();
-    let header = |name: &str| {
-        delivery
-            .properties
-            .headers()
-            .as_ref()
-            .and_then(|h| h.inner().get(name).cloned())
-            .and_then(|v| match v {
-                AMQPValue::LongString(s) => {
-                    Some(String::from_utf8_lossy(s.as_bytes()).into_owned())
-                }
-                _ => None,
-            })
-    };
-    let dead = AppDeadLetter {
-        body: delivery.data.clone(),
-        error: header("x-session-guard-error"),
-        kind: header("x-session-guard-error-kind"),
-        routing_key: delivery.routing_key.to_string(),
-    };
-    let _ = connection.close(200, "done".into()).await;
-    let _ = test;
-    dead
-}
-
-/// Messages ready in `queue` (not counting those delivered and unacked).
-pub async fn ready(url: &str, queue: &str) -> u32 {
-    let connection = Connection::connect(url, ConnectionProperties::default())
-        .await
-        .unwrap();
-    let channel = connection.create_channel().await.unwrap();
-    let q = channel
-        .queue_declare(
-            queue.into(),
-            lapin::options::QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    let _ = connection.close(200, "done".into()).await;
-    q.message_count()
 }
 
 /// One user logs in twice: the worker revokes the first session.
@@ -242,8 +39,7 @@ async fn the_workers_revokes_arrive_typed_through_the_listener() {
     let app = unique_app();
     let config = config(&test, &app);
     let _queues = AppQueues::of(&config);
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let listener = Running::start(config, 1, tx, |_| Ok(())).await;
+    let (listener, mut rx) = Running::alone(config, |_| Ok(())).await;
 
     two_logins(&mut test, &app, "u1", 0).await;
     let got = handled(&mut rx, 1).await;
@@ -314,8 +110,7 @@ async fn a_handler_that_fails_once_sees_the_revoke_again_then_it_is_acked() {
     let app = unique_app();
     let config = config(&test, &app);
     let _queues = AppQueues::of(&config);
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let listener = Running::start(config.clone(), 1, tx, |r| {
+    let (listener, mut rx) = Running::alone(config.clone(), |r| {
         if r.delivery_count == 0 {
             Err("the session store is busy".to_owned())
         } else {
@@ -343,8 +138,7 @@ async fn a_revoke_the_handler_keeps_failing_on_is_dead_lettered_after_max_attemp
     let mut config = config(&test, &app);
     config.max_attempts = 3;
     let _queues = AppQueues::of(&config);
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let listener = Running::start(config.clone(), 1, tx, |_| {
+    let (listener, mut rx) = Running::alone(config.clone(), |_| {
         Err("the session store is down".to_owned())
     })
     .await;
@@ -371,23 +165,15 @@ async fn a_body_that_is_not_a_revoke_is_dead_lettered_at_once() {
     let app = unique_app();
     let config = config(&test, &app);
     let _queues = AppQueues::of(&config);
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let listener = Running::start(config.clone(), 1, tx, |_| Ok(())).await;
+    let (listener, mut rx) = Running::alone(config.clone(), |_| Ok(())).await;
 
-    let confirm = test
-        .publisher
-        .basic_publish(
-            config.exchange.as_str().into(),
-            format!("revoke.{}", app.as_str()).as_str().into(),
-            BasicPublishOptions::default(),
-            b"{\"type\": \"revoke\", \"session_id\": 42}",
-            BasicProperties::default().with_delivery_mode(2),
-        )
-        .await
-        .unwrap()
-        .await
-        .unwrap();
-    assert!(confirm.is_ack());
+    test.publish_to(
+        &config.exchange,
+        &format!("revoke.{}", app.as_str()),
+        b"{\"type\": \"revoke\", \"session_id\": 42}",
+        BasicProperties::default().with_delivery_mode(2),
+    )
+    .await;
     let dead = next_dead_letter(&test, &config).await;
     assert_eq!(dead.body, b"{\"type\": \"revoke\", \"session_id\": 42}");
     let error = dead.error.unwrap();
@@ -418,8 +204,7 @@ async fn the_listener_reconnects_after_its_connection_is_closed() {
     let app = unique_app();
     let config = config(&test, &app);
     let _queues = AppQueues::of(&config);
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let listener = Running::start(config.clone(), 1, tx, |_| Ok(())).await;
+    let (listener, mut rx) = Running::alone(config.clone(), |_| Ok(())).await;
     two_logins(&mut test, &app, "u1", 0).await;
     assert_eq!(handled(&mut rx, 1).await[0].1.message.session_id, "u1-a");
 
@@ -525,47 +310,6 @@ async fn a_shutdown_hands_the_revokes_already_sent_to_the_handler() {
     );
 }
 
-/// A RabbitMQ user of the test's own for an app, and its password.
-pub struct AppUser {
-    user: BrokerUser,
-    password: String,
-}
-
-impl AppUser {
-    /// A user with the permissions docs/SECURITY.md gives the app `shop`
-    /// (publisher, revoke and notice subscriber), for `app` and the test's
-    /// exchanges.
-    pub async fn as_documented(test: &TestApp, app: &AppName) -> AppUser {
-        let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/SECURITY.md"))
-            .unwrap();
-        let line = doc
-            .lines()
-            .find(|l| l.starts_with("rabbitmqctl set_permissions -p / shop "))
-            .expect("SECURITY.md gives the app's permissions");
-        let escape = |name: &str| name.replace('.', "\\.");
-        let amqp = &test.settings.amqp;
-        let line = line
-            .replace(
-                "session_guard\\.revocations",
-                &escape(&amqp.revocations_exchange),
-            )
-            .replace("session_guard\\.events", &escape(&amqp.events_exchange))
-            .replace("session_guard\\.notices", &escape(&amqp.notices_exchange))
-            .replace("shop", app.as_str());
-        let regexps: Vec<&str> = line.split('\'').skip(1).step_by(2).collect();
-        let permissions: [&str; 3] = regexps.try_into().unwrap_or_else(|_| panic!("{line}"));
-        let password = uuid::Uuid::new_v4().simple().to_string();
-        AppUser {
-            user: BrokerUser::create(&password, permissions).await,
-            password,
-        }
-    }
-
-    pub fn url(&self) -> String {
-        self.user.url(&self.password)
-    }
-}
-
 #[tokio::test]
 async fn the_permissions_security_md_documents_are_enough_for_the_listener() {
     let mut test = spawn_app().await;
@@ -578,8 +322,7 @@ async fn the_permissions_security_md_documents_are_enough_for_the_listener() {
         url: test.settings.amqp.url.clone(),
         ..config.clone()
     });
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let listener = Running::start(config.clone(), 1, tx, |r| {
+    let (listener, mut rx) = Running::alone(config.clone(), |r| {
         if r.message.session_id == "u2-a" {
             Err("refused on purpose".to_owned())
         } else {

@@ -13,13 +13,13 @@ use lapin::{BasicProperties, Connection, ConnectionProperties, ExchangeKind};
 use session_guard_client::protocol::api::{Device, DeviceKind};
 use session_guard_client::protocol::event::AppName;
 use session_guard_client::protocol::notice::{Notice, NoticeKind};
-use session_guard_client::{ListenerConfig, ListenerError, NoticeListener, SignInNotice};
-use tokio::sync::{mpsc, oneshot};
+use session_guard_client::{ListenerConfig, NoticeListener};
 
-use crate::client_listener::{
-    AppQueues, AppUser, handled, next_dead_letter, no_more, ready, unique_app,
-};
 use crate::helpers::*;
+use crate::listening::{AppQueues, AppUser, handled, next_dead_letter, no_more, ready, unique_app};
+
+/// The notice listener running in a task of the test.
+type Running = crate::listening::Running<NoticeListener>;
 
 /// The test's notices exchange (`amqp.notices_exchange`), declared as the
 /// worker declares it (durable topic) for the tests that run none, deleted
@@ -54,28 +54,19 @@ impl NoticesExchange {
 impl Drop for NoticesExchange {
     fn drop(&mut self) {
         let (url, name) = (self.url.clone(), self.name.clone());
-        // A runtime of its own, as AppQueues' drop: the test's is blocked.
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let Ok(connection) =
-                    Connection::connect(&url, ConnectionProperties::default()).await
-                else {
-                    return;
-                };
-                if let Ok(channel) = connection.create_channel().await {
-                    let _ = channel
-                        .exchange_delete(name.as_str().into(), ExchangeDeleteOptions::default())
-                        .await;
-                }
-                let _ = connection.close(200, "test cleanup".into()).await;
-            });
-        })
-        .join()
-        .ok();
+        // As AppQueues' drop: the test's runtime is blocked.
+        on_own_runtime(async move {
+            let Ok(connection) = Connection::connect(&url, ConnectionProperties::default()).await
+            else {
+                return;
+            };
+            if let Ok(channel) = connection.create_channel().await {
+                let _ = channel
+                    .exchange_delete(name.as_str().into(), ExchangeDeleteOptions::default())
+                    .await;
+            }
+            let _ = connection.close(200, "test cleanup".into()).await;
+        });
     }
 }
 
@@ -116,20 +107,8 @@ async fn publish(test: &TestApp, exchange: &NoticesExchange, routing_key: &str, 
         .with_delivery_mode(2)
         .with_app_id("session-guard".into())
         .with_content_type("application/json".into());
-    let confirm = test
-        .publisher
-        .basic_publish(
-            exchange.name.as_str().into(),
-            routing_key.into(),
-            lapin::options::BasicPublishOptions::default(),
-            body,
-            properties,
-        )
-        .await
-        .unwrap()
-        .await
-        .unwrap();
-    assert!(confirm.is_ack());
+    test.publish_to(&exchange.name, routing_key, body, properties)
+        .await;
 }
 
 async fn publish_notice(test: &TestApp, exchange: &NoticesExchange, notice: &Notice) {
@@ -137,58 +116,22 @@ async fn publish_notice(test: &TestApp, exchange: &NoticesExchange, notice: &Not
     publish(test, exchange, &notice.routing_key(), &body).await;
 }
 
-/// A notice listener running in a task of the test: every notice it handles
-/// goes to `handled`, and `decide` chooses the handler's answer.
-struct Running {
-    stop: Option<oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<Result<(), ListenerError>>,
-}
-
-impl Running {
-    async fn start(
-        config: ListenerConfig,
-        handled: mpsc::UnboundedSender<(usize, SignInNotice)>,
-        decide: impl Fn(&SignInNotice) -> Result<(), String> + Send + 'static,
-    ) -> Running {
-        let listener = NoticeListener::connect(config)
-            .await
-            .expect("the listener connects and declares its queues");
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(listener.run(
-            move |notice: SignInNotice| {
-                let answer = decide(&notice);
-                let _ = handled.send((1, notice));
-                async move { answer }
-            },
-            async move {
-                let _ = stopped.await;
-            },
-        ));
-        Running {
-            stop: Some(stop),
-            task,
-        }
-    }
-
-    async fn stop(mut self) {
-        let _ = self.stop.take().unwrap().send(());
-        tokio::time::timeout(PATIENCE, &mut self.task)
-            .await
-            .expect("run returns after the shutdown")
-            .expect("listener task")
-            .expect("run returns Ok");
-    }
-}
-
-#[tokio::test]
-async fn a_notice_reaches_the_handler_typed_and_is_acked() {
+/// What most tests here start from: a test without a worker, its notices
+/// exchange, a unique app, its notice defaults, and its queues (deleted, as
+/// guest, when dropped).
+async fn set_up() -> (TestApp, NoticesExchange, AppName, ListenerConfig, AppQueues) {
     let test = spawn_app_without_worker(|_| {}).await;
     let exchange = NoticesExchange::declare(&test).await;
     let app = unique_app();
     let config = config(&test, &app, &exchange);
-    let _queues = AppQueues::of(&config);
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let listener = Running::start(config.clone(), tx, |_| Ok(())).await;
+    let queues = AppQueues::of(&config);
+    (test, exchange, app, config, queues)
+}
+
+#[tokio::test]
+async fn a_notice_reaches_the_handler_typed_and_is_acked() {
+    let (test, exchange, app, config, _queues) = set_up().await;
+    let (listener, mut rx) = Running::alone(config.clone(), |_| Ok(())).await;
 
     let sent = notice(&app, "new_device", "42", "s1");
     publish_notice(&test, &exchange, &sent).await;
@@ -208,21 +151,18 @@ async fn a_notice_reaches_the_handler_typed_and_is_acked() {
 
 #[tokio::test]
 async fn a_notice_the_handler_keeps_failing_on_is_dead_lettered_to_the_apps_notices_dead() {
-    let test = spawn_app_without_worker(|_| {}).await;
-    let exchange = NoticesExchange::declare(&test).await;
-    let app = unique_app();
-    let mut config = config(&test, &app, &exchange);
+    let (test, exchange, app, mut config, _queues) = set_up().await;
     config.max_attempts = 3;
-    let _queues = AppQueues::of(&config);
     assert_eq!(
         config.dead_letter_queue(),
         format!("{}.notices.dead", app.as_str())
     );
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let listener = Running::start(config.clone(), tx, |_| {
-        Err("the mail server is down".to_owned())
-    })
-    .await;
+    let (listener, mut rx) =
+        Running::alone(
+            config.clone(),
+            |_| Err("the mail server is down".to_owned()),
+        )
+        .await;
 
     let sent = notice(&app, "new_network", "42", "s1");
     publish_notice(&test, &exchange, &sent).await;
@@ -242,13 +182,8 @@ async fn a_notice_the_handler_keeps_failing_on_is_dead_lettered_to_the_apps_noti
 
 #[tokio::test]
 async fn a_body_that_is_not_a_notice_is_dead_lettered_at_once() {
-    let test = spawn_app_without_worker(|_| {}).await;
-    let exchange = NoticesExchange::declare(&test).await;
-    let app = unique_app();
-    let config = config(&test, &app, &exchange);
-    let _queues = AppQueues::of(&config);
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let listener = Running::start(config.clone(), tx, |_| Ok(())).await;
+    let (test, exchange, app, config, _queues) = set_up().await;
+    let (listener, mut rx) = Running::alone(config.clone(), |_| Ok(())).await;
 
     let body = b"{\"type\": \"new_device\", \"user_id\": 42}";
     publish(
@@ -269,13 +204,8 @@ async fn a_body_that_is_not_a_notice_is_dead_lettered_at_once() {
 
 #[tokio::test]
 async fn a_notice_of_a_kind_added_later_still_reaches_the_handler() {
-    let test = spawn_app_without_worker(|_| {}).await;
-    let exchange = NoticesExchange::declare(&test).await;
-    let app = unique_app();
-    let config = config(&test, &app, &exchange);
-    let _queues = AppQueues::of(&config);
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let listener = Running::start(config.clone(), tx, |_| Ok(())).await;
+    let (test, exchange, app, config, _queues) = set_up().await;
+    let (listener, mut rx) = Running::alone(config.clone(), |_| Ok(())).await;
 
     // A later worker's kind, with a field this version does not know.
     let mut body = serde_json::to_value(notice(&app, "new_country", "42", "s1")).unwrap();
@@ -346,8 +276,7 @@ async fn the_workers_notice_of_a_new_device_reaches_the_listener_once() {
     let app = unique_app();
     let config = config(&test, &app, &exchange);
     let _queues = AppQueues::of(&config);
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let listener = Running::start(config.clone(), tx, |_| Ok(())).await;
+    let (listener, mut rx) = Running::alone(config.clone(), |_| Ok(())).await;
 
     // The user's first session gives none (nothing to compare with); Chrome
     // on Android after Firefox on Linux gives one; Firefox on Linux again,
@@ -381,17 +310,12 @@ async fn the_workers_notice_of_a_new_device_reaches_the_listener_once() {
 
 #[tokio::test]
 async fn the_permissions_security_md_documents_are_enough_for_the_notice_listener() {
-    let test = spawn_app_without_worker(|_| {}).await;
-    let exchange = NoticesExchange::declare(&test).await;
-    let app = unique_app();
+    // The queues are deleted as guest: the app's user may not delete.
+    let (test, exchange, app, mut config, _queues) = set_up().await;
     let user = AppUser::as_documented(&test, &app).await;
-    let mut config = config(&test, &app, &exchange);
     config.max_attempts = 2;
-    // Deleted as guest: the app's user may not delete.
-    let _queues = AppQueues::of(&config);
     config.url = user.url();
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let listener = Running::start(config.clone(), tx, |n| {
+    let (listener, mut rx) = Running::alone(config.clone(), |n| {
         if n.message.user_id == "refused" {
             Err("refused on purpose".to_owned())
         } else {

@@ -9,8 +9,8 @@ use std::time::Duration;
 use session_guard_client::protocol::event::AppName;
 use session_guard_client::{EventPublisher, ListenerConfig, PublisherConfig, RevocationListener};
 
-use crate::client_listener::AppQueues;
 use crate::helpers::*;
+use crate::listening::AppQueues;
 use crate::load::{Load, parse_queue_counts, progress, until};
 use crate::private_broker::PrivateCluster;
 

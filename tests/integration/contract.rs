@@ -6,7 +6,6 @@
 use std::collections::BTreeSet;
 
 use lapin::BasicProperties;
-use lapin::options::BasicPublishOptions;
 use serde_json::{Value, json};
 use session_guard::domain::dead_letter::ErrorKind;
 use session_guard::domain::event::{AppName, SessionId};
@@ -175,20 +174,13 @@ async fn publish_as(app: &TestApp, user: Option<&str>, body: &[u8]) {
     if let Some(user) = user {
         properties = properties.with_user_id(user.into());
     }
-    let confirm = app
-        .publisher
-        .basic_publish(
-            app.settings.amqp.events_exchange.as_str().into(),
-            "login.shop".into(),
-            BasicPublishOptions::default(),
-            body,
-            properties,
-        )
-        .await
-        .unwrap()
-        .await
-        .unwrap();
-    assert!(confirm.is_ack());
+    app.publish_to(
+        &app.settings.amqp.events_exchange,
+        "login.shop",
+        body,
+        properties,
+    )
+    .await;
 }
 
 /// Each kind of refusal the worker makes: the headers of the dead letter

@@ -453,6 +453,31 @@ impl TestApp {
         assert!(confirm.is_ack(), "broker refused the event");
     }
 
+    /// Publishes `body` to `exchange` with `properties` on the test's
+    /// channel, and checks that the broker confirms it.
+    pub async fn publish_to(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        properties: BasicProperties,
+    ) {
+        let confirm = self
+            .publisher
+            .basic_publish(
+                exchange.into(),
+                routing_key.into(),
+                BasicPublishOptions::default(),
+                body,
+                properties,
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        assert!(confirm.is_ack());
+    }
+
     /// Waits until the worker has handled everything published before this
     /// call, and the relay has published every revoke that produced. Works
     /// with one worker, which handles deliveries in order.
@@ -659,25 +684,29 @@ impl Drop for TestApp {
             handle.abort();
         }
         let settings = self.settings.clone();
-        // A thread with its own runtime: Drop cannot await, and the test's
-        // runtime is blocked here while we clean up.
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                broker::delete_topology(&settings.amqp, "test cleanup").await;
-                // Ends the test pool's connections too (they live on the
-                // test's runtime, which is blocked here).
-                use sqlx::migrate::MigrateDatabase as _;
-                let _ = sqlx::Postgres::force_drop_database(&settings.database.url).await;
-            });
-        })
-        .join()
-        .ok();
+        on_own_runtime(async move {
+            broker::delete_topology(&settings.amqp, "test cleanup").await;
+            // Ends the test pool's connections too (they live on the
+            // test's runtime, which is blocked here).
+            use sqlx::migrate::MigrateDatabase as _;
+            let _ = sqlx::Postgres::force_drop_database(&settings.database.url).await;
+        });
         let _ = &self.connection;
     }
+}
+
+/// Runs `cleanup` to its end on a thread with a runtime of its own: for
+/// Drop, which cannot await, while the test's runtime is blocked in it.
+pub fn on_own_runtime(cleanup: impl Future<Output = ()> + Send + 'static) {
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(cleanup);
+    })
+    .join()
+    .ok();
 }
 
 /// A fresh, migrated database of its own, without a broker or a worker, for

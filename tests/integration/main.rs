@@ -2,6 +2,7 @@
 //! Each test has its own database and its own exchanges and queues.
 
 mod helpers;
+mod listening;
 mod load;
 mod private_broker;
 

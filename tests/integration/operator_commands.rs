@@ -315,18 +315,10 @@ impl ScratchDatabase {
 impl Drop for ScratchDatabase {
     fn drop(&mut self) {
         let url = self.url.clone();
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                use sqlx::migrate::MigrateDatabase as _;
-                let _ = sqlx::Postgres::force_drop_database(&url).await;
-            });
-        })
-        .join()
-        .ok();
+        on_own_runtime(async move {
+            use sqlx::migrate::MigrateDatabase as _;
+            let _ = sqlx::Postgres::force_drop_database(&url).await;
+        });
     }
 }
 
