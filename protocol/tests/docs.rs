@@ -12,6 +12,7 @@ use serde_json::Value;
 use session_guard_protocol::dead_letter::ErrorKind;
 use session_guard_protocol::event::{AppName, EventKind, SessionEvent};
 use session_guard_protocol::names;
+use session_guard_protocol::notice::{Notice, NoticeKind};
 use session_guard_protocol::revoke::{RevokeMessage, RevokeReason};
 use session_guard_protocol::schema;
 
@@ -95,12 +96,18 @@ fn json_examples(file: &str) -> Vec<Example> {
 enum Kind {
     Event,
     Revoke,
+    Notice,
     DeadLetterHeaders,
 }
 
 fn kind_of(value: &Value) -> Kind {
     if value["type"] == "revoke" {
         Kind::Revoke
+    } else if value["type"]
+        .as_str()
+        .is_some_and(|t| NoticeKind::parse(t) != NoticeKind::Other)
+    {
+        Kind::Notice
     } else if value.get(names::ERROR_KIND_HEADER).is_some()
         || value.get(names::ERROR_HEADER).is_some()
     {
@@ -114,6 +121,7 @@ fn kind_of(value: &Value) -> Kind {
 fn check_examples(file: &str) -> Vec<(Kind, bool)> {
     let events = validator(schema::EVENT_FILE);
     let revokes = validator(schema::REVOKE_FILE);
+    let notices = validator(schema::NOTICE_FILE);
     let headers = validator(schema::DEAD_LETTER_HEADERS_FILE);
     let mut seen = Vec::new();
     for Example { at, value, refused } in json_examples(file) {
@@ -121,6 +129,7 @@ fn check_examples(file: &str) -> Vec<(Kind, bool)> {
         let problems = match kind {
             Kind::Event => errors(&events, &value),
             Kind::Revoke => errors(&revokes, &value),
+            Kind::Notice => errors(&notices, &value),
             Kind::DeadLetterHeaders => errors(&headers, &value),
         };
         match &refused {
@@ -139,6 +148,11 @@ fn check_examples(file: &str) -> Vec<(Kind, bool)> {
                         let revoke: RevokeMessage = serde_json::from_value(value.clone())
                             .unwrap_or_else(|e| panic!("{at}: {e}"));
                         assert_ne!(revoke.reason(), RevokeReason::Other, "{at}");
+                    }
+                    Kind::Notice => {
+                        let notice: Notice = serde_json::from_value(value.clone())
+                            .unwrap_or_else(|e| panic!("{at}: {e}"));
+                        assert_ne!(notice.kind(), NoticeKind::Other, "{at}");
                     }
                     Kind::DeadLetterHeaders => {
                         let kind = value[names::ERROR_KIND_HEADER].as_str().unwrap();
@@ -171,6 +185,7 @@ fn every_example_in_protocol_md_matches_its_schema() {
     assert!(count(Kind::Event, false) >= 4, "{seen:?}");
     assert!(count(Kind::Event, true) >= 2, "{seen:?}");
     assert!(count(Kind::Revoke, false) >= 1, "{seen:?}");
+    assert!(count(Kind::Notice, false) >= 1, "{seen:?}");
     assert!(count(Kind::DeadLetterHeaders, false) >= 1, "{seen:?}");
 }
 
