@@ -283,8 +283,8 @@ async fn set_up(
         .context("the app cannot connect its event publisher")?;
     parts.publisher = Some(publisher);
     println!(
-        "   app       {APP:?}, with EventPublisher (sends its events) and RevocationListener \
-         (receives its revokes)"
+        "   app       {APP:?}, with EventPublisher (sends its events), RevocationListener \
+         (receives its revokes) and NoticeListener (its notices)"
     );
     Ok((revokes, notices))
 }
@@ -416,7 +416,7 @@ async fn start_notice_listener(demo: &Demo, parts: &mut Parts) -> anyhow::Result
 async fn show_notice(notices: &mut Noticed) -> anyhow::Result<()> {
     println!();
     println!(
-        "4. The phone was a device {USER} had not signed in from: the app gets a notice, to          email her:"
+        "4. The phone was a device {USER} had not signed in from: the app gets a notice, to email her:"
     );
     let notice = tokio::time::timeout(PATIENCE, notices.recv())
         .await
