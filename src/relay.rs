@@ -211,8 +211,6 @@ fn reason_of(payload: &str) -> &'static str {
         .map_or("unknown", EndReason::as_str)
 }
 
-/// Counts confirmed revokes by reason, and how long each waited from its
-/// outbox insert to its deletion after the confirm.
 /// Counts and logs a row the broker returned: no queue was bound for it.
 fn unroutable(row: &outbox::OutboxRow) {
     match row.exchange() {

@@ -95,12 +95,14 @@ impl Columns {
     pub(crate) fn of(messages: &[RevokeMessage]) -> Columns {
         let mut c = Columns::default();
         for m in messages {
-            c.event_id.push(m.event_id);
-            c.routing_key.push(m.routing_key());
-            c.payload
-                .push(serde_json::to_string(m).expect("a revoke message always serializes"));
-            c.exchange.push(Exchange::Revocations.as_str());
-            c.message_type.push("revoke".to_owned());
+            let payload = serde_json::to_string(m).expect("a revoke message always serializes");
+            c.push(
+                m.event_id,
+                m.routing_key(),
+                payload,
+                Exchange::Revocations,
+                "revoke",
+            );
         }
         c
     }
@@ -108,13 +110,31 @@ impl Columns {
     /// Adds the rows of `notices`.
     pub(crate) fn add_notices(&mut self, notices: &[Notice]) {
         for n in notices {
-            self.event_id.push(n.event_id);
-            self.routing_key.push(n.routing_key());
-            self.payload
-                .push(serde_json::to_string(n).expect("a notice always serializes"));
-            self.exchange.push(Exchange::Notices.as_str());
-            self.message_type.push(n.kind.clone());
+            let payload = serde_json::to_string(n).expect("a notice always serializes");
+            self.push(
+                n.event_id,
+                n.routing_key(),
+                payload,
+                Exchange::Notices,
+                &n.kind,
+            );
         }
+    }
+
+    /// Adds one row.
+    fn push(
+        &mut self,
+        event_id: Uuid,
+        routing_key: String,
+        payload: String,
+        exchange: Exchange,
+        message_type: &str,
+    ) {
+        self.event_id.push(event_id);
+        self.routing_key.push(routing_key);
+        self.payload.push(payload);
+        self.exchange.push(exchange.as_str());
+        self.message_type.push(message_type.to_owned());
     }
 
     /// Whether there are no rows.

@@ -112,42 +112,9 @@ const LOG_COLUMNS: &str = "app, session_id, user_id, login_at, login_seen, last_
     user_agent, expires_at, ended_at, end_reason, max_sessions, last_revoke_at, attributes,
     ended_by, end_note, shadow_flagged_at IS NOT NULL AS shadow_flagged";
 
-/// Reads, in one statement, every live session of `users` and the sessions
-/// named by `(apps, ids)`: rows of the log and, for keys pruned from it,
-/// their tombstones. Each part is an index probe per user or key, and a key
-/// is probed only if it is not among the users' live sessions (most events
-/// are requests for a live session of their own user), and among the
-/// tombstones only if it is not in the log: about a third of the probes of
-/// probing every key in both tables.
-///
-/// With `claims`, the same statement reads what each app claimed for
-/// `users` (an index probe per user), as rows of their own: `claim` set,
-/// `app`, `user_id` and `attributes` from `user_attributes`, `last_seen_at`
-/// the claim's event time, and an empty (never valid) `session_id`. One
-/// statement rather than two: a round trip costs more than the probes.
-///
-/// With `history`, the same statement reads, as rows of their own
-/// (`history` set), where each of `history.users`' sessions in the log
-/// last active since `history.since` came from (the latest
-/// [`HISTORY_SESSIONS`] logins of those), for notices: one row per
-/// distinct app, user agent and network (the address's IPv4 /24 or IPv6 /48,
-/// as its first address; an IPv4-mapped address is kept whole, for the
-/// domain to read as IPv4), its latest `last_seen_at` in `login_at` and
-/// `last_seen_at`, an empty `session_id`. Ended sessions count too: a
-/// device the user signed out of last week is not new.
-///
-/// `OFFSET 0` keeps the planner from flattening a LATERAL subquery into a
-/// hash join over a seq scan of the log, which it picks on stale
-/// statistics and which grows with the log instead of with the batch.
-pub(crate) async fn load_for_batch(
-    conn: &mut PgConnection,
-    apps: &[&str],
-    ids: &[&str],
-    users: &[&str],
-    claims: bool,
-    history: Option<HistoryRead<'_>>,
-) -> sqlx::Result<Vec<LoadedRow>> {
-    let query = format!(
+/// The statement of [`load_for_batch`], built once.
+static LOAD_FOR_BATCH: LazyLock<String> = LazyLock::new(|| {
+    format!(
         "WITH live AS MATERIALIZED (
              SELECT s.* FROM unnest($3::text[]) AS u(user_id)
              CROSS JOIN LATERAL (
@@ -208,9 +175,46 @@ pub(crate) async fn load_for_batch(
              ) r
          ) h
          GROUP BY h.user_id, h.app, h.user_agent, h.network"
-    );
+    )
+});
+
+/// Reads, in one statement, every live session of `users` and the sessions
+/// named by `(apps, ids)`: rows of the log and, for keys pruned from it,
+/// their tombstones. Each part is an index probe per user or key, and a key
+/// is probed only if it is not among the users' live sessions (most events
+/// are requests for a live session of their own user), and among the
+/// tombstones only if it is not in the log: about a third of the probes of
+/// probing every key in both tables.
+///
+/// With `claims`, the same statement reads what each app claimed for
+/// `users` (an index probe per user), as rows of their own: `claim` set,
+/// `app`, `user_id` and `attributes` from `user_attributes`, `last_seen_at`
+/// the claim's event time, and an empty (never valid) `session_id`. One
+/// statement rather than two: a round trip costs more than the probes.
+///
+/// With `history`, the same statement reads, as rows of their own
+/// (`history` set), where each of `history.users`' sessions in the log
+/// last active since `history.since` came from (the latest
+/// [`HISTORY_SESSIONS`] logins of those), for notices: one row per
+/// distinct app, user agent and network (the address's IPv4 /24 or IPv6 /48,
+/// as its first address; an IPv4-mapped address is kept whole, for the
+/// domain to read as IPv4), its latest `last_seen_at` in `login_at` and
+/// `last_seen_at`, an empty `session_id`. Ended sessions count too: a
+/// device the user signed out of last week is not new.
+///
+/// `OFFSET 0` keeps the planner from flattening a LATERAL subquery into a
+/// hash join over a seq scan of the log, which it picks on stale
+/// statistics and which grows with the log instead of with the batch.
+pub(crate) async fn load_for_batch(
+    conn: &mut PgConnection,
+    apps: &[&str],
+    ids: &[&str],
+    users: &[&str],
+    claims: bool,
+    history: Option<HistoryRead<'_>>,
+) -> sqlx::Result<Vec<LoadedRow>> {
     let history_users = history.map_or(&[][..], |h| h.users);
-    let rows: Vec<LoadedRow> = sqlx::query_as(sqlx::AssertSqlSafe(query))
+    let rows: Vec<LoadedRow> = sqlx::query_as(LOAD_FOR_BATCH.as_str())
         .bind(apps)
         .bind(ids)
         .bind(users)
