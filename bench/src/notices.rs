@@ -22,9 +22,10 @@ pub async fn rows(
     events: &[Vec<u8>],
 ) -> anyhow::Result<Vec<Row>> {
     let pool = session_guard::db::connect_and_migrate(&settings.database).await?;
-    let mut on = settings.clone();
+    let (mut off, mut on) = (settings.clone(), settings.clone());
+    off.notices.enabled = false;
     on.notices.enabled = true;
-    let setups = [("notices off", settings), ("notices on", &on)];
+    let setups = [("notices off", &off), ("notices on", &on)];
     let (connection, publisher) = side(settings).await?;
     // A queue bound like an app's, so notices are routed (as the revokes
     // are); it keeps what it gets, to count them.

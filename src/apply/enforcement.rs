@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use super::known::KnownFacts;
 use crate::configuration::NoticeScope;
 use crate::configuration::Settings;
 use crate::domain::handle::HandleKey;
@@ -44,6 +45,10 @@ pub struct Notices {
     /// is the costly part of a notice, and an app's users have few
     /// distinct browsers.
     pub devices: Arc<Mutex<HashMap<String, Device>>>,
+    /// The user agents and networks of the sessions the worker's batches
+    /// added lately: most sign-ins of a busy user are proven no news here,
+    /// without a look at the log.
+    pub known: Arc<Mutex<KnownFacts>>,
 }
 
 /// Most user agents [`Notices::devices`] keeps: past this it starts over,
@@ -71,6 +76,7 @@ impl Notices {
             policy,
             handles,
             devices: Arc::default(),
+            known: Arc::default(),
         })
     }
 }

@@ -4,15 +4,18 @@
 //! the users the batch may add a session for came from lately).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Mutex, PoisonError};
 
 use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 
+use super::known::{Fact, KnownFacts, scope_app};
 use crate::db::sessions::{self, HistoryRead, LoadedRow, SessionRow};
 use crate::domain::claims::{Claim, ClaimChange};
 use crate::domain::decision::Candidate;
 use crate::domain::event::{SessionEvent, UserId};
 use crate::domain::limits::UserOverride;
+use crate::domain::notice::{Network, Scope};
 use crate::domain::session::SessionRecord;
 
 /// A session's key: (app, session_id).
@@ -204,6 +207,7 @@ impl State {
         for (user, earlier) in loaded.history {
             self.history.entry(user).or_default().push(earlier);
         }
+        self.history_read.extend(loaded.history_read);
         for (user, app, claim) in loaded.claims {
             self.claims.entry(user).or_default().insert(
                 app,
@@ -244,6 +248,8 @@ struct Loaded {
     claims: Vec<(String, String, Claim)>,
     /// History: (user_id, where their sessions came from).
     history: Vec<(String, Earlier)>,
+    /// Users whose history was read (some with none).
+    history_read: Vec<String>,
 }
 
 /// Reads into `state` the sessions named by `(apps, ids)`, every live
@@ -259,11 +265,6 @@ pub(super) async fn load(
     history: Option<HistoryRead<'_>>,
 ) -> sqlx::Result<()> {
     let rows = sessions::load_for_batch(conn, apps, ids, users, claims, history).await?;
-    if let Some(h) = history {
-        state
-            .history_read
-            .extend(h.users.iter().map(|u| (*u).to_owned()));
-    }
     state.add(collect(rows));
     Ok(())
 }
@@ -273,6 +274,7 @@ fn collect(rows: Vec<LoadedRow>) -> Loaded {
     let mut slots: HashMap<Key, Slot> = HashMap::with_capacity(rows.len());
     let mut claimed: Vec<(String, String, Claim)> = Vec::new();
     let mut history: Vec<(String, Earlier)> = Vec::new();
+    let mut history_read: Vec<String> = Vec::new();
     for LoadedRow {
         row,
         tombstone,
@@ -282,6 +284,13 @@ fn collect(rows: Vec<LoadedRow>) -> Loaded {
     {
         if earlier {
             if let Some(user) = row.user_id {
+                // An empty app: the user's history was read, and is empty.
+                if history_read.last() != Some(&user) {
+                    history_read.push(user.clone());
+                }
+                if row.app.is_empty() {
+                    continue;
+                }
                 let earlier = Earlier {
                     app: row.app,
                     user_agent: row.user_agent,
@@ -320,6 +329,7 @@ fn collect(rows: Vec<LoadedRow>) -> Loaded {
         slots: slots.into_iter().collect(),
         claims: claimed,
         history,
+        history_read,
     }
 }
 
@@ -335,17 +345,18 @@ fn collect(rows: Vec<LoadedRow>) -> Loaded {
 /// users in [`State::created`] is not read again either: the batch inserts
 /// it only if its key is still free (see `write`).
 ///
-/// With `history` (notices on: sessions last active since then count), the
-/// same statement reads where the sessions came from of the users among
-/// `users` whose events name a session the first read did not find: those
-/// the batch may add a session for.
+/// With `history` (notices on), the same statement reads where the
+/// sessions came from of the users among `users` whose events name a
+/// session the first read did not find (those the batch may add a session
+/// for), unless it proves that none of those sessions can be news (see
+/// [`sessions::load_for_batch`]).
 pub(super) async fn reload(
     conn: &mut PgConnection,
     state: &mut State,
     keys: &[&Key],
     (events, event_keys): (&[SessionEvent], &[EventKey]),
     (users, claims): (&BTreeSet<String>, bool),
-    (unowned, history): (bool, Option<DateTime<Utc>>),
+    (unowned, history): (bool, Option<HistoryWindow<'_>>),
 ) -> sqlx::Result<()> {
     let created = &state.created;
     // Keys an event of a user not created names (or an event of no user);
@@ -387,23 +398,19 @@ pub(super) async fn reload(
     if reread.is_empty() && users.is_empty() {
         return Ok(());
     }
-    let adding: Vec<&str> = match history {
-        Some(_) => events
-            .iter()
-            .zip(event_keys)
-            .filter(|(_, k)| k.as_ref().is_some_and(|k| !state.slots.contains_key(k)))
-            .filter_map(|(e, _)| e.user_id.as_ref().map(UserId::as_str))
-            .filter(|u| users.contains(*u))
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .collect(),
-        None => Vec::new(),
-    };
+    let sign_ins =
+        history.map(|window| sign_ins(window, &state.slots, (events, event_keys), users));
     let history = history
-        .filter(|_| !adding.is_empty())
-        .map(|since| HistoryRead {
-            users: &adding,
-            since,
+        .zip(sign_ins.as_ref())
+        .filter(|(_, s)| !s.users.is_empty())
+        .map(|(window, s)| HistoryRead {
+            users: &s.users,
+            apps: &s.apps,
+            user_agents: &s.user_agents,
+            ips: &s.ips,
+            since: window.since,
+            known_since: window.known_since,
+            per_app: window.per_app,
         });
     let (apps, ids): (Vec<&str>, Vec<&str>) =
         reread.iter().map(|(a, s)| (a.as_str(), s.as_str())).unzip();
@@ -421,6 +428,102 @@ pub(super) async fn reload(
     state.claims.retain(|user, _| !users.contains(user));
     let user_list: Vec<&str> = users.iter().map(String::as_str).collect();
     load(conn, state, (&apps, &ids), &user_list, claims, history).await
+}
+
+/// How the history of the users a batch may add a session for is read, for
+/// notices.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct HistoryWindow<'a> {
+    /// The lookback before the batch's earliest event: sessions last active
+    /// before this count for none of its sign-ins.
+    pub since: DateTime<Utc>,
+    /// The lookback before the batch's latest event: a session last active
+    /// since this counts for every one of its sign-ins.
+    pub known_since: DateTime<Utc>,
+    /// Only sessions of the sign-in's app count (the per-app scope).
+    pub per_app: bool,
+    /// `new_device` notices are published: user agents must be compared.
+    pub devices: bool,
+    /// `new_network` notices are published: networks must be compared.
+    pub networks: bool,
+    /// What the worker's batches added lately (proven no news without a
+    /// look), and for how long after a session's login it counts.
+    pub known: (&'a Mutex<KnownFacts>, chrono::Duration),
+}
+
+impl HistoryWindow<'_> {
+    /// Which sessions count: of every app, or the sign-in's only.
+    fn scope(&self) -> Scope {
+        if self.per_app {
+            Scope::PerApp
+        } else {
+            Scope::AllApps
+        }
+    }
+}
+
+/// The sign-ins [`HistoryRead`] names, as owned parallel columns.
+#[derive(Debug, Default, PartialEq)]
+struct SignIns<'e> {
+    users: Vec<&'e str>,
+    apps: Vec<&'e str>,
+    user_agents: Vec<Option<&'e str>>,
+    ips: Vec<Option<std::net::IpAddr>>,
+}
+
+/// What must be proven known of the sign-ins the batch may add for
+/// `users` (those of their events that name a session not in `slots`):
+/// each distinct (user, app, user agent) and each distinct (user, app,
+/// network, as its first address), one fact to a row, so that a user who
+/// signs in several times in the batch has each device and each network
+/// looked up once. A session's user agent and address are those of one of
+/// its events, so every one of them must be proven known for the session
+/// to be. What the window does not compare is left out, and so is what the
+/// worker's batches added lately (`known::KnownFacts`).
+fn sign_ins<'e>(
+    window: HistoryWindow<'_>,
+    slots: &HashMap<Key, Slot>,
+    (events, event_keys): (&'e [SessionEvent], &[EventKey]),
+    users: &BTreeSet<String>,
+) -> SignIns<'e> {
+    let mut seen = BTreeSet::new();
+    let mut out = SignIns::default();
+    let (known, known_for) = window.known;
+    // A poisoned lock only means a batch panicked while learning: the
+    // facts are whole entries still.
+    let known = known.lock().unwrap_or_else(PoisonError::into_inner);
+    for (event, key) in events.iter().zip(event_keys) {
+        let (Some(user), Some(key)) = (&event.user_id, key) else {
+            continue;
+        };
+        if slots.contains_key(key) || !users.contains(user.as_str()) {
+            continue;
+        }
+        let (user, app) = (user.as_str(), event.app.as_str());
+        let user_agent = event.user_agent.as_deref().filter(|_| window.devices);
+        let network = (event.ip)
+            .filter(|_| window.networks)
+            .map(|ip| Network::of(ip).first_address());
+        let facts = [(user_agent, None), (None, network)];
+        for (user_agent, ip) in facts {
+            let fact = match (user_agent, ip) {
+                (Some(ua), _) => Fact::UserAgent(ua.to_owned()),
+                (_, Some(ip)) => Fact::Network(ip),
+                (None, None) => continue,
+            };
+            let scoped = (user, scope_app(window.scope(), app));
+            if known.knows(scoped, &fact, event.occurred_at, known_for) {
+                continue;
+            }
+            if seen.insert((user, app, user_agent, ip)) {
+                out.users.push(user);
+                out.apps.push(app);
+                out.user_agents.push(user_agent);
+                out.ips.push(ip);
+            }
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -511,6 +614,76 @@ mod tests {
             .collect();
         assert_eq!(live, ["s1"]);
         assert_eq!(state.by_user["ann"].len(), 3);
+    }
+
+    #[test]
+    fn the_sign_ins_to_prove_are_the_distinct_new_ones_of_locked_users() {
+        use crate::domain::event::EventKind::{Login, Request};
+        let firefox = "Mozilla/5.0 (X11; Linux x86_64; rv:120.0) Gecko/20100101 Firefox/120.0";
+        let from = |kind, session, user, ua: Option<&str>, ip: Option<&str>| SessionEvent {
+            user_agent: ua.map(str::to_owned),
+            ip: ip.map(|ip| ip.parse().unwrap()),
+            ..crate::apply::fixtures::event(kind, session, Some(user), 0)
+        };
+        let events = vec![
+            // s1 is new: its login, and a request from elsewhere.
+            from(Login, "s1", "ann", Some(firefox), Some("::ffff:10.0.0.1")),
+            from(Request, "s1", "ann", None, Some("10.0.9.1")),
+            // The same again, from the same /24: one entry.
+            from(Login, "s1", "ann", Some(firefox), Some("10.0.0.7")),
+            // Nothing to compare.
+            from(Request, "s1", "ann", None, None),
+            // s2 is read already; bob is not locked.
+            from(Login, "s2", "ann", Some("other"), Some("10.1.0.1")),
+            from(Login, "b1", "bob", Some(firefox), Some("10.2.0.1")),
+        ];
+        let keys: Vec<EventKey> = events.iter().map(key_of).collect();
+        let mut slots = HashMap::new();
+        let (k, slot) = slot_of(row("s2", "ann", None), Origin::Log);
+        slots.insert(k, slot);
+        let users = BTreeSet::from(["ann".to_owned()]);
+        let known = Mutex::new(KnownFacts::default());
+        let window = |devices, networks| HistoryWindow {
+            since: at(0),
+            known_since: at(0),
+            per_app: false,
+            devices,
+            networks,
+            known: (&known, chrono::Duration::minutes(5)),
+        };
+        let ip = |s: &str| Some(s.parse().unwrap());
+
+        let got = sign_ins(window(true, true), &slots, (&events, &keys), &users);
+        assert_eq!(got.users, ["ann", "ann", "ann"]);
+        assert_eq!(got.apps, ["shop", "shop", "shop"]);
+        // One fact to a row: the user agent, then each network, as its
+        // first address (an IPv4-mapped one as its IPv4).
+        assert_eq!(got.user_agents, [Some(firefox), None, None]);
+        assert_eq!(got.ips, [None, ip("10.0.0.0"), ip("10.0.9.0")]);
+
+        // What is not published is not compared.
+        let got = sign_ins(window(true, false), &slots, (&events, &keys), &users);
+        assert_eq!(got.user_agents, [Some(firefox)]);
+        assert_eq!(got.ips, [None]);
+        let got = sign_ins(window(false, true), &slots, (&events, &keys), &users);
+        assert_eq!(got.user_agents, [None, None]);
+        assert_eq!(got.ips, [ip("10.0.0.0"), ip("10.0.9.0")]);
+        let got = sign_ins(window(false, false), &slots, (&events, &keys), &users);
+        assert_eq!(got, SignIns::default());
+
+        // What the worker's batches added lately is known: Firefox from a
+        // session of 5 minutes before (in any app), the /24 10.0.0.0 from
+        // one too long before.
+        let firefox_fact = Fact::UserAgent(firefox.to_owned());
+        let network = Fact::Network(ip("10.0.0.0").unwrap());
+        let before = |minutes| at(0) - chrono::Duration::minutes(minutes);
+        known.lock().unwrap().learn(vec![
+            (("ann".to_owned(), String::new(), firefox_fact), before(5)),
+            (("ann".to_owned(), String::new(), network), before(6)),
+        ]);
+        let got = sign_ins(window(true, true), &slots, (&events, &keys), &users);
+        assert_eq!(got.user_agents, [None, None]);
+        assert_eq!(got.ips, [ip("10.0.0.0"), ip("10.0.9.0")]);
     }
 
     #[test]

@@ -47,6 +47,7 @@ mod decide;
 mod enforcement;
 #[cfg(test)]
 mod fixtures;
+mod known;
 mod load;
 mod notices;
 pub mod operator;
@@ -61,12 +62,14 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgPool};
 
-use self::load::{EventKey, Key, State, key_of};
+use self::load::{EventKey, HistoryWindow, Key, State, key_of};
 use self::plan::LockPlan;
 use crate::db::{self, locks, overrides, retention};
 use crate::domain::event::{SessionEvent, UserId};
+use crate::domain::notice::{NoticeKind, Scope};
 
 pub use self::enforcement::{Enforcement, Notices};
+pub use self::known::KnownFacts;
 pub use self::operator::{
     AdminRevokeError, AdminTarget, Revoker, admin_revoke, effective_limits, revoke,
 };
@@ -115,10 +118,30 @@ pub async fn process_batch_in_turn(
     let result = async {
         for relocks in 0..MAX_PASSES {
             let mut tx = pool.begin().await.map_err(BatchError::Connect)?;
+            if reads_history(enforcement) {
+                // The history read takes a user's latest sessions in the
+                // order of an index and stops early (`LIMIT`, `EXISTS`).
+                // PostgreSQL estimates a user's sessions by the average,
+                // blind to the few very active users, and then prefers a
+                // bitmap scan, which reads every session of the user and
+                // sorts them: with the bench's production mix, twice
+                // PostgreSQL's CPU per event. No statement of a batch gains
+                // from a bitmap scan (each reads by key or by user).
+                sqlx::query("SET LOCAL enable_bitmapscan = off")
+                    .execute(&mut *tx)
+                    .await?;
+            }
             let pass = run_pass(&mut tx, enforcement, events, now, &must_lock, turn, hints);
             match pass.await? {
-                Pass::Done(mut outcome) => {
+                Pass::Done(mut outcome, learned) => {
                     tx.commit().await?;
+                    if let Some(notices) = &enforcement.notices {
+                        // A poisoned lock only means a batch panicked while
+                        // learning: the facts are whole entries still.
+                        (notices.known.lock())
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .learn(learned);
+                    }
                     outcome.relocks = relocks;
                     return Ok(outcome);
                 }
@@ -138,8 +161,9 @@ pub async fn process_batch_in_turn(
 
 /// How a pass over a batch ended.
 enum Pass {
-    /// Applied: commit.
-    Done(BatchOutcome),
+    /// Applied: commit, then remember what the sessions it added brought
+    /// (see `known::KnownFacts`).
+    Done(BatchOutcome, Vec<known::Learned>),
     /// The check of a user this pass did not lock found something to change
     /// beyond a touch (rare: a lowered limit, an idle session, a concurrent
     /// login). Roll back and run the batch again with these users locked too.
@@ -203,7 +227,7 @@ async fn run_pass(
         must_lock,
         claims,
         clock: (now, enforcement.repeat_revoke_after),
-        history: history_since(enforcement, events),
+        history: history_window(enforcement, events),
     };
     let (locked, users) =
         match take_locks(&mut *conn, &mut state, batch, &named, lock, turn, hints).await? {
@@ -247,21 +271,38 @@ async fn read_before_locks(
     Ok(state)
 }
 
-/// Since when the sessions a new session is compared with must have been
-/// active, for the batch's earliest event: `None` without notices (or in
-/// shadow mode, which publishes none).
-fn history_since(enforcement: &Enforcement, events: &[SessionEvent]) -> Option<DateTime<Utc>> {
+/// Whether batches read the history of their users (notices are on, and
+/// published: not in shadow mode).
+fn reads_history(enforcement: &Enforcement) -> bool {
+    enforcement.notices.is_some() && enforcement.enforce
+}
+
+/// How the history of the users the batch may add a session for is read:
+/// `None` without notices (or in shadow mode, which publishes none).
+fn history_window<'e>(
+    enforcement: &'e Enforcement,
+    events: &[SessionEvent],
+) -> Option<HistoryWindow<'e>> {
     let notices = enforcement
         .notices
         .as_ref()
-        .filter(|_| enforcement.enforce)?;
+        .filter(|_| reads_history(enforcement))?;
     let earliest = events.iter().map(|e| e.occurred_at).min()?;
+    let latest = events.iter().map(|e| e.occurred_at).max()?;
     let lookback = chrono::Duration::from_std(notices.policy.lookback).ok()?;
-    Some(
-        earliest
-            .checked_sub_signed(lookback)
-            .unwrap_or(DateTime::<Utc>::MIN_UTC),
-    )
+    let before = |t: DateTime<Utc>| {
+        t.checked_sub_signed(lookback)
+            .unwrap_or(DateTime::<Utc>::MIN_UTC)
+    };
+    let kinds = &notices.policy.kinds;
+    Some(HistoryWindow {
+        since: before(earliest),
+        known_since: before(latest),
+        per_app: notices.policy.scope == Scope::PerApp,
+        devices: kinds.contains(&NoticeKind::NewDevice),
+        networks: kinds.contains(&NoticeKind::NewNetwork),
+        known: (&notices.known, lookback.min(known::KNOWN_FOR)),
+    })
 }
 
 /// What [`take_locks`] needs besides the state.
@@ -271,9 +312,9 @@ struct LockRequest<'a> {
     must_lock: &'a BTreeSet<String>,
     /// Whether to read the apps' claims with the users' sessions.
     claims: bool,
-    /// With notices on: read the history of the users the batch may add a
-    /// session for, since then.
-    history: Option<DateTime<Utc>>,
+    /// With notices on: how to read the history of the users the batch may
+    /// add a session for.
+    history: Option<HistoryWindow<'a>>,
     /// The worker's clock, for what counts as live, and the pause between
     /// two revoke messages for one session (a request that repeats one
     /// locks its user).
@@ -393,9 +434,11 @@ async fn write_pass(
     } = decided;
     let resolution = enforcement.last_seen_resolution;
     // Shadow mode changes nothing the apps see: no notices either.
-    let notices = match &enforcement.notices {
-        Some(n) if enforcement.enforce => notices::notices(state, n),
-        _ => Vec::new(),
+    let (notices, learned) = match &enforcement.notices {
+        Some(n) if reads_history(enforcement) => {
+            (notices::notices(state, n), notices::learned(state, n))
+        }
+        _ => (Vec::new(), Vec::new()),
     };
     let written = write::write(
         &mut *conn,
@@ -420,7 +463,7 @@ async fn write_pass(
     if let Some(users) = touch::users_skipped(state, skipped) {
         return Ok(Pass::NeedsLocks(users));
     }
-    Ok(Pass::Done(outcome))
+    Ok(Pass::Done(outcome, learned))
 }
 
 #[cfg(test)]

@@ -11,10 +11,39 @@
 use std::collections::HashMap;
 
 use super::enforcement::{MAX_DEVICES_CACHED, Notices};
+use super::known::{Fact, Learned, scope_app};
 use super::load::{Key, Origin, Slot, State};
 use crate::domain::device::device;
 use crate::domain::notice::{Arrival, DeviceKey, Network, Notice, Seen, SignIn};
 use session_guard_protocol::api::Device;
+
+/// The facts the sessions the batch adds bring, for [`KnownFacts::learn`]
+/// once the batch commits.
+pub(super) fn learned(state: &State, notices: &Notices) -> Vec<Learned> {
+    let scope = notices.policy.scope;
+    let mut out = Vec::new();
+    for slot in state.slots.values() {
+        if slot.origin != Origin::New || !slot.dirty {
+            continue;
+        }
+        let record = &slot.record;
+        let Some(user) = record.user_id.as_ref() else {
+            continue;
+        };
+        let key = |fact| {
+            let app = scope_app(scope, record.app.as_str());
+            (user.to_string(), app.to_owned(), fact)
+        };
+        if let Some(ua) = &record.user_agent {
+            out.push((key(Fact::UserAgent(ua.clone())), record.login_at));
+        }
+        if let Some(ip) = record.ip {
+            let network = Network::of(ip).first_address();
+            out.push((key(Fact::Network(network)), record.login_at));
+        }
+    }
+    out
+}
 
 /// The notices due for the sessions the batch adds, in key order.
 pub(super) fn notices(state: &State, notices: &Notices) -> Vec<Notice> {
@@ -43,8 +72,10 @@ pub(super) fn notices(state: &State, notices: &Notices) -> Vec<Notice> {
         let Some(user) = record.user_id.as_ref() else {
             continue;
         };
-        // A user whose history was not read (nor known to be empty: a lock
-        // row just created) gets none rather than one decided on a part.
+        // A user whose history was not read gets none: the read proved
+        // each of their new sessions' user agent and network known (or
+        // they were not locked, and nothing is decided on a part). Except
+        // a user whose lock row was just created: they had no sessions.
         let read = state.history_read.contains(user.as_str());
         if !read && !state.created.contains(user.as_str()) {
             continue;
@@ -161,6 +192,7 @@ mod tests {
             },
             handles: HandleKey::from_bytes(&[7; 64]).unwrap(),
             devices: Default::default(),
+            known: Default::default(),
         }
     }
 

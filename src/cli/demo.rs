@@ -138,7 +138,8 @@ impl Demo {
         // the port may belong to a worker already running here.
         settings.api.listen = String::new();
         settings.log = configured.log.clone();
-        // The phone is a new device for alice: the demo shows its notice.
+        // The phone is a new device for alice: the demo shows its notice
+        // (whatever the configuration says of notices).
         settings.notices.enabled = true;
         let app = AppName::parse(APP).expect("a valid app name");
         let mut listener = ListenerConfig::new(settings.amqp.url.clone(), app.clone());

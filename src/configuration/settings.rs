@@ -262,8 +262,8 @@ mod human_duration {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NoticeSettings {
-    /// Publish notices (off by default: see docs/CONFIGURATION.md for what
-    /// turning them on tells the apps).
+    /// Publish notices (on by default: see docs/CONFIGURATION.md for what
+    /// they tell the apps, and when to turn them off).
     pub enabled: bool,
     /// Earlier sessions count if their last activity is this recent,
     /// before the sign-in.

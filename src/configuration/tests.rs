@@ -29,7 +29,7 @@ fn defaults_reach_the_local_services() {
     assert_eq!(s.amqp.events_queue, names::EVENTS_QUEUE);
     assert_eq!(s.amqp.revocations_exchange, names::REVOCATIONS_EXCHANGE);
     assert_eq!(s.amqp.notices_exchange, names::NOTICES_EXCHANGE);
-    assert!(!s.notices.enabled);
+    assert!(s.notices.enabled);
     assert_eq!(s.notices.lookback, Duration::from_secs(90 * 86_400));
     assert_eq!(s.notices.scope, super::settings::NoticeScope::AllApps);
     assert_eq!(s.notices.kinds, ["new_device", "new_network"]);
@@ -51,7 +51,7 @@ fn notices_are_set_from_the_environment_and_checked() {
     let s = Settings::load_from(
         None,
         env(&[
-            ("SESSION_GUARD__NOTICES__ENABLED", "true"),
+            ("SESSION_GUARD__NOTICES__ENABLED", "false"),
             ("SESSION_GUARD__NOTICES__LOOKBACK", "30d"),
             ("SESSION_GUARD__NOTICES__SCOPE", "per_app"),
             ("SESSION_GUARD__NOTICES__KINDS", "new_network"),
@@ -59,7 +59,7 @@ fn notices_are_set_from_the_environment_and_checked() {
         ]),
     )
     .unwrap();
-    assert!(s.notices.enabled);
+    assert!(!s.notices.enabled);
     assert_eq!(s.notices.lookback, Duration::from_secs(30 * 86_400));
     assert_eq!(s.notices.scope, super::settings::NoticeScope::PerApp);
     assert_eq!(s.notices.kinds, ["new_network"]);

@@ -98,13 +98,33 @@ pub(crate) struct LoadedRow {
 /// user's latest this many counts as not seen.
 pub(crate) const HISTORY_SESSIONS: usize = 50;
 
-/// The users whose history [`load_for_batch`] reads, and since when.
+/// What the sign-ins a batch may add bring, whose users' history
+/// [`load_for_batch`] reads for notices unless all of a user's is proven
+/// known (see there): one entry per distinct (user, app, user agent) and
+/// per distinct (user, app, network) of the events that name a session the
+/// batch may add, each with the other `None`; the four slices are parallel.
 #[derive(Clone, Copy)]
 pub(crate) struct HistoryRead<'a> {
-    /// The users (few: those the batch adds a session for).
+    /// Each sign-in's user.
     pub users: &'a [&'a str],
-    /// Sessions last active before this are left out.
+    /// Its app (for the per-app scope).
+    pub apps: &'a [&'a str],
+    /// Its user agent; `None`: its device cannot be new (none given, or
+    /// `new_device` notices are not published).
+    pub user_agents: &'a [Option<&'a str>],
+    /// The first address of its network (`domain::notice::Network`, an
+    /// IPv4-mapped address's as IPv4); `None`: its network cannot be new
+    /// (no address given, or `new_network` notices are not published).
+    pub ips: &'a [Option<IpAddr>],
+    /// The history read leaves out sessions last active before this (the
+    /// lookback before the batch's earliest event).
     pub since: DateTime<Utc>,
+    /// The proof leaves out sessions last active before this (the lookback
+    /// before the batch's latest event): a session it finds counts for
+    /// every sign-in of the batch.
+    pub known_since: DateTime<Utc>,
+    /// Only sessions of the sign-in's app prove it (notices' per-app scope).
+    pub per_app: bool,
 }
 
 /// The columns of `sessions` a batch reads, in [`SessionRow`] order.
@@ -158,21 +178,46 @@ static LOAD_FOR_BATCH: LazyLock<String> = LazyLock::new(|| {
              WHERE $4 AND user_id = u.user_id OFFSET 0
          ) c
          UNION ALL
-         SELECT h.app, '', h.user_id, max(h.last_seen_at), true, max(h.last_seen_at),
-                h.network, h.user_agent, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, false,
-                false, false, true
+         SELECT coalesce(h.app, ''), '', h.user_id, coalesce(max(h.last_seen_at), $6), true,
+                coalesce(max(h.last_seen_at), $6), h.network, h.user_agent, NULL, NULL, NULL,
+                NULL, NULL, NULL, NULL, NULL, false, false, false, true
          FROM (
-             SELECT r.user_id, r.app, r.user_agent, r.last_seen_at,
+             SELECT u.user_id, r.app, r.user_agent, r.last_seen_at,
                     host(network(set_masklen(r.ip, CASE
                         WHEN family(r.ip) = 4 THEN 24
                         WHEN r.ip << '::ffff:0.0.0.0/96'::inet THEN 128
                         ELSE 48 END)))::inet AS network
-             FROM unnest($5::text[]) AS u(user_id)
-             CROSS JOIN LATERAL (
-                 SELECT user_id, app, user_agent, ip, last_seen_at FROM sessions
+             FROM (
+                 SELECT DISTINCT c.user_id
+                 FROM unnest($5::text[], $7::text[], $8::text[], $9::inet[])
+                      AS c(user_id, app, user_agent, ip)
+                 WHERE NOT (
+                     (c.user_agent IS NULL OR EXISTS (
+                         SELECT FROM (
+                             SELECT app, user_agent FROM sessions
+                             WHERE user_id = c.user_id AND last_seen_at >= $10
+                             ORDER BY login_at DESC LIMIT {HISTORY_SESSIONS}
+                         ) k
+                         WHERE k.user_agent = c.user_agent AND (NOT $11 OR k.app = c.app)
+                     ))
+                     AND (c.ip IS NULL OR EXISTS (
+                         SELECT FROM (
+                             SELECT app, ip FROM sessions
+                             WHERE user_id = c.user_id AND last_seen_at >= $10
+                             ORDER BY login_at DESC LIMIT {HISTORY_SESSIONS}
+                         ) k
+                         WHERE k.ip <<= set_masklen(c.ip, CASE
+                                   WHEN family(c.ip) = 4 THEN 24 ELSE 48 END)
+                           AND NOT k.ip << '::ffff:0.0.0.0/96'::inet
+                           AND (NOT $11 OR k.app = c.app)
+                     ))
+                 )
+             ) u
+             LEFT JOIN LATERAL (
+                 SELECT app, user_agent, ip, last_seen_at FROM sessions
                  WHERE user_id = u.user_id AND last_seen_at >= $6
                  ORDER BY login_at DESC LIMIT {HISTORY_SESSIONS}
-             ) r
+             ) r ON true
          ) h
          GROUP BY h.user_id, h.app, h.user_agent, h.network"
     )
@@ -193,14 +238,27 @@ static LOAD_FOR_BATCH: LazyLock<String> = LazyLock::new(|| {
 /// statement rather than two: a round trip costs more than the probes.
 ///
 /// With `history`, the same statement reads, as rows of their own
-/// (`history` set), where each of `history.users`' sessions in the log
-/// last active since `history.since` came from (the latest
-/// [`HISTORY_SESSIONS`] logins of those), for notices: one row per
-/// distinct app, user agent and network (the address's IPv4 /24 or IPv6 /48,
-/// as its first address; an IPv4-mapped address is kept whole, for the
-/// domain to read as IPv4), its latest `last_seen_at` in `login_at` and
-/// `last_seen_at`, an empty `session_id`. Ended sessions count too: a
-/// device the user signed out of last week is not new.
+/// (`history` set), where the sessions in the log of the users of
+/// `history`'s sign-ins came from lately, for notices:
+/// - first it tries to prove that none of a user's sign-ins can be news:
+///   that among the user's latest [`HISTORY_SESSIONS`] logins active since
+///   `history.known_since` (of the sign-in's app only, with `per_app`) one
+///   has each sign-in's very user agent (so the same device), and one an
+///   address in each's network (the IPv4 /24 or IPv6 /48; an IPv4-mapped
+///   address stored proves nothing). Each is an index range that stops at
+///   the first match: a user who signs in again from a device and a network
+///   of theirs, most sign-ins, costs a few rows, not the history;
+/// - of every user it cannot prove that for, it reads the history: the
+///   latest [`HISTORY_SESSIONS`] logins active since `history.since`, as one
+///   row per distinct app, user agent and network (the address's IPv4 /24
+///   or IPv6 /48, as its first address; an IPv4-mapped address is kept
+///   whole, for the domain to read as IPv4), its latest `last_seen_at` in
+///   `login_at` and `last_seen_at`, an empty `session_id`. Ended sessions
+///   count too: a device the user signed out of last week is not new. A
+///   user with no such session gets one row with an empty `app` (never an
+///   app's name): their history was read, and is empty.
+///
+/// A user's history is read if and only if a history row names them.
 ///
 /// `OFFSET 0` keeps the planner from flattening a LATERAL subquery into a
 /// hash join over a seq scan of the log, which it picks on stale
@@ -213,14 +271,22 @@ pub(crate) async fn load_for_batch(
     claims: bool,
     history: Option<HistoryRead<'_>>,
 ) -> sqlx::Result<Vec<LoadedRow>> {
-    let history_users = history.map_or(&[][..], |h| h.users);
+    let (h_users, h_apps, h_user_agents, h_ips) = match &history {
+        Some(h) => (h.users, h.apps, h.user_agents, h.ips),
+        None => (&[][..], &[][..], &[][..], &[][..]),
+    };
     let rows: Vec<LoadedRow> = sqlx::query_as(LOAD_FOR_BATCH.as_str())
         .bind(apps)
         .bind(ids)
         .bind(users)
         .bind(claims)
-        .bind(history_users)
+        .bind(h_users)
         .bind(history.map(|h| h.since))
+        .bind(h_apps)
+        .bind(h_user_agents)
+        .bind(h_ips)
+        .bind(history.map(|h| h.known_since))
+        .bind(history.is_some_and(|h| h.per_app))
         .fetch_all(conn)
         .await?;
     Ok(rows)

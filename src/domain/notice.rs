@@ -69,6 +69,18 @@ impl Network {
             }
         }
     }
+
+    /// Its first address (`10.0.9.0`, `2001:db8:1::`).
+    pub fn first_address(self) -> IpAddr {
+        match self {
+            Network::V4([a, b, c]) => IpAddr::from([a, b, c, 0]),
+            Network::V6(prefix) => {
+                let mut octets = [0u8; 16];
+                octets[..6].copy_from_slice(&prefix);
+                IpAddr::from(octets)
+            }
+        }
+    }
 }
 
 /// Where an earlier session of the user came from, and when it was last
@@ -239,6 +251,10 @@ mod tests {
         assert_eq!(net("::ffff:10.1.2.3"), net("10.1.2.9"));
         assert_eq!(net("2001:db8:1::1"), net("2001:db8:1:ffff::2"));
         assert_ne!(net("2001:db8:1::1"), net("2001:db8:2::1"));
+        let first = |ip: &str| Network::of(ip.parse().unwrap()).first_address().to_string();
+        assert_eq!(first("10.1.2.3"), "10.1.2.0");
+        assert_eq!(first("::ffff:10.1.2.3"), "10.1.2.0");
+        assert_eq!(first("2001:db8:1:ffff::2"), "2001:db8:1::");
     }
 
     #[test]
@@ -353,6 +369,17 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn a_networks_first_address_is_in_it(octets in any::<[u8; 16]>(), v4 in any::<bool>()) {
+            let ip = if v4 {
+                IpAddr::from([octets[0], octets[1], octets[2], octets[3]])
+            } else {
+                IpAddr::from(octets)
+            };
+            let network = Network::of(ip);
+            prop_assert_eq!(Network::of(network.first_address()), network);
+        }
+
         #[test]
         fn a_sign_in_like_a_counted_session_is_never_news(
             earlier in prop::collection::vec(any_seen(), 0..8),

@@ -287,3 +287,68 @@ async fn per_app_scope_compares_with_the_same_app_only() {
     assert_eq!(got[0].routing_key, "new_device.shop");
     assert_eq!(got[0].body.known_devices, 1);
 }
+
+/// The worker proves most sign-ins not new without reading the user's
+/// history (their very user agent and their network among the latest
+/// sessions), and reads it when it cannot: these sign-ins go through both
+/// ways, and get the notices the history gives.
+#[tokio::test]
+async fn sign_ins_proven_known_and_those_the_history_decides() {
+    const FIREFOX_121_LINUX: &str =
+        "Mozilla/5.0 (X11; Linux x86_64; rv:121.0) Gecko/20100101 Firefox/121.0";
+    let mut app = spawn_app_with(notices_on).await;
+    let mut tap = notice_tap(&app.settings).await;
+    // (session, user agent, address, the notice due: its kind and
+    // `new_network`).
+    type Step = (
+        &'static str,
+        &'static str,
+        &'static str,
+        Option<(&'static str, bool)>,
+    );
+    let steps: [Step; 9] = [
+        ("s1", FIREFOX_LINUX, "198.51.100.7", None),
+        // A new device from a new network.
+        (
+            "s2",
+            CHROME_ANDROID,
+            "203.0.113.5",
+            Some(("new_device", true)),
+        ),
+        // Its device known from s1, its network from s2.
+        ("s3", FIREFOX_LINUX, "203.0.113.9", None),
+        // A newer Firefox: another user agent, the same device.
+        ("s4", FIREFOX_121_LINUX, "198.51.100.20", None),
+        // An IPv4-mapped address is its IPv4, both ways.
+        (
+            "s5",
+            CHROME_ANDROID,
+            "::ffff:192.0.2.7",
+            Some(("new_network", true)),
+        ),
+        ("s6", FIREFOX_LINUX, "192.0.2.8", None),
+        // An IPv6 /48, then another address in it, then another /48.
+        (
+            "s7",
+            FIREFOX_LINUX,
+            "2001:db8:1:2::5",
+            Some(("new_network", true)),
+        ),
+        ("s8", FIREFOX_LINUX, "2001:db8:1:ff::9", None),
+        (
+            "s9",
+            FIREFOX_LINUX,
+            "2001:db8:2::1",
+            Some(("new_network", true)),
+        ),
+    ];
+    for (minute, (session, user_agent, ip, expected)) in steps.into_iter().enumerate() {
+        let login = login_from("shop", session, t(minute as i64 * 10), user_agent, ip);
+        let got = notices_of(&mut app, &mut tap, &[login]).await;
+        let got: Vec<(&str, bool)> = got
+            .iter()
+            .map(|n| (n.body.kind.as_str(), n.body.new_network))
+            .collect();
+        assert_eq!(got, Vec::from_iter(expected), "{session} from {ip}");
+    }
+}
