@@ -27,14 +27,19 @@ pub(super) enum Fact {
 /// counts a little longer at most.
 pub const KNOWN_FOR: chrono::Duration = chrono::Duration::hours(1);
 
-/// Most facts [`KnownFacts`] keeps: past this it starts over.
+/// Most facts [`KnownFacts`] keeps: past this it starts over, so that its
+/// memory stays bounded (some 10 MB) whatever the traffic.
 const MAX_FACTS: usize = 100_000;
 
 /// The user agents and networks of the sessions this worker's batches added
 /// and committed lately, by user (and app, with the per-app scope): a
 /// sign-in whose every fact is here is no news, without a look at the log
 /// (see `load::sign_ins`). Shared by the worker's batches; another worker's
-/// sessions are not here, and its sign-ins are looked up in the log.
+/// sessions are not here, and its sign-ins are looked up in the log. For
+/// its hour, a fact counts even where the log would no longer show it: a
+/// session retention pruned, or one pushed out of the user's latest
+/// `HISTORY_SESSIONS` by more sign-ins (a device used within the hour is
+/// not news either way).
 #[derive(Debug, Default)]
 pub struct KnownFacts {
     /// (user, app or "" for every app, fact) → the latest login it was

@@ -285,6 +285,8 @@ fn collect(rows: Vec<LoadedRow>) -> Loaded {
         if earlier {
             if let Some(user) = row.user_id {
                 // An empty app: the user's history was read, and is empty.
+                // (Rows come in no order: this only saves most repeats;
+                // `State::history_read` is a set.)
                 if history_read.last() != Some(&user) {
                     history_read.push(user.clone());
                 }
@@ -462,64 +464,83 @@ impl HistoryWindow<'_> {
     }
 }
 
-/// The sign-ins [`HistoryRead`] names, as owned parallel columns.
+/// What [`HistoryRead`] names, as parallel columns borrowed from the
+/// batch's events (see [`sign_ins`]).
 #[derive(Debug, Default, PartialEq)]
 struct SignIns<'e> {
+    /// Each fact's user.
     users: Vec<&'e str>,
+    /// The app of the session it is of.
     apps: Vec<&'e str>,
+    /// The fact, a user agent (and `None` in `ips`)...
     user_agents: Vec<Option<&'e str>>,
+    /// ... or a network's first address (and `None` in `user_agents`).
     ips: Vec<Option<std::net::IpAddr>>,
 }
 
 /// What must be proven known of the sign-ins the batch may add for
-/// `users` (those of their events that name a session not in `slots`):
-/// each distinct (user, app, user agent) and each distinct (user, app,
-/// network, as its first address), one fact to a row, so that a user who
-/// signs in several times in the batch has each device and each network
-/// looked up once. A session's user agent and address are those of one of
-/// its events, so every one of them must be proven known for the session
-/// to be. What the window does not compare is left out, and so is what the
-/// worker's batches added lately (`known::KnownFacts`).
+/// `users` (the sessions their events name that are not in `slots`): each
+/// distinct (user, app, user agent) and each distinct (user, app, network,
+/// as its first address), one fact to a row, so that a user who signs in
+/// several times in the batch has each device and each network looked up
+/// once. A session's user agent and address are those of its latest event
+/// that has one, whoever sent it (a logout need not name its user), so the
+/// facts of every event naming such a session count, for each user its
+/// events name. What the window does not compare is left out, and so is
+/// what the worker's batches added lately (`known::KnownFacts`, as of the
+/// batch's latest event, the time `known_since` is reckoned from).
 fn sign_ins<'e>(
     window: HistoryWindow<'_>,
     slots: &HashMap<Key, Slot>,
-    (events, event_keys): (&'e [SessionEvent], &[EventKey]),
+    (events, event_keys): (&'e [SessionEvent], &'e [EventKey]),
     users: &BTreeSet<String>,
 ) -> SignIns<'e> {
-    let mut seen = BTreeSet::new();
+    // The sessions the batch may add for `users`, and whose they are.
+    let mut owners: HashMap<&'e Key, BTreeSet<&'e str>> = HashMap::new();
+    for (event, key) in events.iter().zip(event_keys) {
+        let (Some(user), Some(key)) = (&event.user_id, key) else {
+            continue;
+        };
+        if !slots.contains_key(key) && users.contains(user.as_str()) {
+            owners.entry(key).or_default().insert(user.as_str());
+        }
+    }
     let mut out = SignIns::default();
+    let Some(latest) = events.iter().map(|e| e.occurred_at).max() else {
+        return out;
+    };
+    let mut seen = BTreeSet::new();
     let (known, known_for) = window.known;
     // A poisoned lock only means a batch panicked while learning: the
     // facts are whole entries still.
     let known = known.lock().unwrap_or_else(PoisonError::into_inner);
     for (event, key) in events.iter().zip(event_keys) {
-        let (Some(user), Some(key)) = (&event.user_id, key) else {
+        let Some(owners) = key.as_ref().and_then(|k| owners.get(k)) else {
             continue;
         };
-        if slots.contains_key(key) || !users.contains(user.as_str()) {
-            continue;
-        }
-        let (user, app) = (user.as_str(), event.app.as_str());
+        let app = event.app.as_str();
         let user_agent = event.user_agent.as_deref().filter(|_| window.devices);
         let network = (event.ip)
             .filter(|_| window.networks)
             .map(|ip| Network::of(ip).first_address());
-        let facts = [(user_agent, None), (None, network)];
-        for (user_agent, ip) in facts {
-            let fact = match (user_agent, ip) {
-                (Some(ua), _) => Fact::UserAgent(ua.to_owned()),
-                (_, Some(ip)) => Fact::Network(ip),
-                (None, None) => continue,
-            };
-            let scoped = (user, scope_app(window.scope(), app));
-            if known.knows(scoped, &fact, event.occurred_at, known_for) {
-                continue;
-            }
-            if seen.insert((user, app, user_agent, ip)) {
-                out.users.push(user);
-                out.apps.push(app);
-                out.user_agents.push(user_agent);
-                out.ips.push(ip);
+        for &user in owners {
+            let facts = [(user_agent, None), (None, network)];
+            for (user_agent, ip) in facts {
+                let fact = match (user_agent, ip) {
+                    (Some(ua), _) => Fact::UserAgent(ua.to_owned()),
+                    (_, Some(ip)) => Fact::Network(ip),
+                    (None, None) => continue,
+                };
+                let scoped = (user, scope_app(window.scope(), app));
+                if known.knows(scoped, &fact, latest, known_for) {
+                    continue;
+                }
+                if seen.insert((user, app, user_agent, ip)) {
+                    out.users.push(user);
+                    out.apps.push(app);
+                    out.user_agents.push(user_agent);
+                    out.ips.push(ip);
+                }
             }
         }
     }
@@ -618,7 +639,7 @@ mod tests {
 
     #[test]
     fn the_sign_ins_to_prove_are_the_distinct_new_ones_of_locked_users() {
-        use crate::domain::event::EventKind::{Login, Request};
+        use crate::domain::event::EventKind::{Login, Logout, Request};
         let firefox = "Mozilla/5.0 (X11; Linux x86_64; rv:120.0) Gecko/20100101 Firefox/120.0";
         let from = |kind, session, user, ua: Option<&str>, ip: Option<&str>| SessionEvent {
             user_agent: ua.map(str::to_owned),
@@ -633,6 +654,11 @@ mod tests {
             from(Login, "s1", "ann", Some(firefox), Some("10.0.0.7")),
             // Nothing to compare.
             from(Request, "s1", "ann", None, None),
+            // A logout need not name its user: its address is s1's too.
+            SessionEvent {
+                ip: Some("10.0.5.1".parse().unwrap()),
+                ..crate::apply::fixtures::event(Logout, "s1", None, 0)
+            },
             // s2 is read already; bob is not locked.
             from(Login, "s2", "ann", Some("other"), Some("10.1.0.1")),
             from(Login, "b1", "bob", Some(firefox), Some("10.2.0.1")),
@@ -654,20 +680,21 @@ mod tests {
         let ip = |s: &str| Some(s.parse().unwrap());
 
         let got = sign_ins(window(true, true), &slots, (&events, &keys), &users);
-        assert_eq!(got.users, ["ann", "ann", "ann"]);
-        assert_eq!(got.apps, ["shop", "shop", "shop"]);
+        assert_eq!(got.users, ["ann"; 4]);
+        assert_eq!(got.apps, ["shop"; 4]);
         // One fact to a row: the user agent, then each network, as its
         // first address (an IPv4-mapped one as its IPv4).
-        assert_eq!(got.user_agents, [Some(firefox), None, None]);
-        assert_eq!(got.ips, [None, ip("10.0.0.0"), ip("10.0.9.0")]);
+        assert_eq!(got.user_agents, [Some(firefox), None, None, None]);
+        let networks = [ip("10.0.0.0"), ip("10.0.9.0"), ip("10.0.5.0")];
+        assert_eq!(got.ips[1..], networks);
 
         // What is not published is not compared.
         let got = sign_ins(window(true, false), &slots, (&events, &keys), &users);
         assert_eq!(got.user_agents, [Some(firefox)]);
         assert_eq!(got.ips, [None]);
         let got = sign_ins(window(false, true), &slots, (&events, &keys), &users);
-        assert_eq!(got.user_agents, [None, None]);
-        assert_eq!(got.ips, [ip("10.0.0.0"), ip("10.0.9.0")]);
+        assert_eq!(got.user_agents, [None; 3]);
+        assert_eq!(got.ips, networks);
         let got = sign_ins(window(false, false), &slots, (&events, &keys), &users);
         assert_eq!(got, SignIns::default());
 
@@ -682,8 +709,8 @@ mod tests {
             (("ann".to_owned(), String::new(), network), before(6)),
         ]);
         let got = sign_ins(window(true, true), &slots, (&events, &keys), &users);
-        assert_eq!(got.user_agents, [None, None]);
-        assert_eq!(got.ips, [ip("10.0.0.0"), ip("10.0.9.0")]);
+        assert_eq!(got.user_agents, [None; 3]);
+        assert_eq!(got.ips, networks);
     }
 
     #[test]

@@ -117,20 +117,12 @@ pub async fn process_batch_in_turn(
     let mut must_lock = BTreeSet::new();
     let result = async {
         for relocks in 0..MAX_PASSES {
-            let mut tx = pool.begin().await.map_err(BatchError::Connect)?;
-            if reads_history(enforcement) {
-                // The history read takes a user's latest sessions in the
-                // order of an index and stops early (`LIMIT`, `EXISTS`).
-                // PostgreSQL estimates a user's sessions by the average,
-                // blind to the few very active users, and then prefers a
-                // bitmap scan, which reads every session of the user and
-                // sorts them: with the bench's production mix, twice
-                // PostgreSQL's CPU per event. No statement of a batch gains
-                // from a bitmap scan (each reads by key or by user).
-                sqlx::query("SET LOCAL enable_bitmapscan = off")
-                    .execute(&mut *tx)
-                    .await?;
-            }
+            let begin = if reads_history(enforcement) {
+                pool.begin_with(BEGIN_READING_HISTORY).await
+            } else {
+                pool.begin().await
+            };
+            let mut tx = begin.map_err(BatchError::Connect)?;
             let pass = run_pass(&mut tx, enforcement, events, now, &must_lock, turn, hints);
             match pass.await? {
                 Pass::Done(mut outcome, learned) => {
@@ -270,6 +262,17 @@ async fn read_before_locks(
     load::load(conn, &mut state, (&apps, &ids), event_users, claims, None).await?;
     Ok(state)
 }
+
+/// How a batch that reads its users' history begins: in the same round
+/// trip as its `BEGIN`, bitmap scans off for the transaction. The history
+/// read takes a user's latest sessions in the order of an index and stops
+/// early (`LIMIT`, `EXISTS`). PostgreSQL estimates a user's sessions by the
+/// average, blind to the few very active users, and then prefers a bitmap
+/// scan, which reads every session of the user and sorts them: with the
+/// bench's production mix, twice PostgreSQL's CPU per event (BENCHMARKS.md,
+/// "Issue 25, round two"). No statement of a batch gains from a bitmap scan
+/// (each reads by key or by user).
+const BEGIN_READING_HISTORY: &str = "BEGIN; SET LOCAL enable_bitmapscan = off";
 
 /// Whether batches read the history of their users (notices are on, and
 /// published: not in shadow mode).

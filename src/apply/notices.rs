@@ -72,10 +72,12 @@ pub(super) fn notices(state: &State, notices: &Notices) -> Vec<Notice> {
         let Some(user) = record.user_id.as_ref() else {
             continue;
         };
-        // A user whose history was not read gets none: the read proved
-        // each of their new sessions' user agent and network known (or
-        // they were not locked, and nothing is decided on a part). Except
-        // a user whose lock row was just created: they had no sessions.
+        // A user whose history was not read gets none: the worker's
+        // memory (`known::KnownFacts`) or the read's probes proved each of
+        // their new sessions' user agents and networks known, or none had
+        // one to compare, or they were not locked (nothing is decided on a
+        // part). Except a user whose lock row was just created: they had no
+        // sessions.
         let read = state.history_read.contains(user.as_str());
         if !read && !state.created.contains(user.as_str()) {
             continue;

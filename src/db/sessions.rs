@@ -194,19 +194,20 @@ static LOAD_FOR_BATCH: LazyLock<String> = LazyLock::new(|| {
                  WHERE NOT (
                      (c.user_agent IS NULL OR EXISTS (
                          SELECT FROM (
-                             SELECT app, user_agent FROM sessions
-                             WHERE user_id = c.user_id AND last_seen_at >= $10
+                             SELECT app, user_agent, last_seen_at FROM sessions
+                             WHERE user_id = c.user_id AND last_seen_at >= $6
                              ORDER BY login_at DESC LIMIT {HISTORY_SESSIONS}
                          ) k
-                         WHERE k.user_agent = c.user_agent AND (NOT $11 OR k.app = c.app)
+                         WHERE k.user_agent = c.user_agent AND k.last_seen_at >= $10
+                           AND (NOT $11 OR k.app = c.app)
                      ))
                      AND (c.ip IS NULL OR EXISTS (
                          SELECT FROM (
-                             SELECT app, ip FROM sessions
-                             WHERE user_id = c.user_id AND last_seen_at >= $10
+                             SELECT app, ip, last_seen_at FROM sessions
+                             WHERE user_id = c.user_id AND last_seen_at >= $6
                              ORDER BY login_at DESC LIMIT {HISTORY_SESSIONS}
                          ) k
-                         WHERE k.ip <<= set_masklen(c.ip, CASE
+                         WHERE k.last_seen_at >= $10 AND k.ip <<= set_masklen(c.ip, CASE
                                    WHEN family(c.ip) = 4 THEN 24 ELSE 48 END)
                            AND NOT k.ip << '::ffff:0.0.0.0/96'::inet
                            AND (NOT $11 OR k.app = c.app)
@@ -241,13 +242,15 @@ static LOAD_FOR_BATCH: LazyLock<String> = LazyLock::new(|| {
 /// (`history` set), where the sessions in the log of the users of
 /// `history`'s sign-ins came from lately, for notices:
 /// - first it tries to prove that none of a user's sign-ins can be news:
-///   that among the user's latest [`HISTORY_SESSIONS`] logins active since
-///   `history.known_since` (of the sign-in's app only, with `per_app`) one
-///   has each sign-in's very user agent (so the same device), and one an
-///   address in each's network (the IPv4 /24 or IPv6 /48; an IPv4-mapped
-///   address stored proves nothing). Each is an index range that stops at
-///   the first match: a user who signs in again from a device and a network
-///   of theirs, most sign-ins, costs a few rows, not the history;
+///   that among the rows the history read would read (below), one active
+///   since `history.known_since` (of the sign-in's app only, with
+///   `per_app`) has each sign-in's very user agent (so the same device),
+///   and one an address in each's network (the IPv4 /24 or IPv6 /48; an
+///   IPv4-mapped address stored proves nothing). So whatever proves a
+///   sign-in known is a session the decision would count. Each is an index
+///   range that stops at the first match: a user who signs in again from a
+///   device and a network of theirs, most sign-ins, costs a few rows, not
+///   the history;
 /// - of every user it cannot prove that for, it reads the history: the
 ///   latest [`HISTORY_SESSIONS`] logins active since `history.since`, as one
 ///   row per distinct app, user agent and network (the address's IPv4 /24
