@@ -249,7 +249,7 @@ struct Loaded {
     /// History: (user_id, where their sessions came from).
     history: Vec<(String, Earlier)>,
     /// Users whose history was read (some with none).
-    history_read: Vec<String>,
+    history_read: BTreeSet<String>,
 }
 
 /// Reads into `state` the sessions named by `(apps, ids)`, every live
@@ -274,7 +274,7 @@ fn collect(rows: Vec<LoadedRow>) -> Loaded {
     let mut slots: HashMap<Key, Slot> = HashMap::with_capacity(rows.len());
     let mut claimed: Vec<(String, String, Claim)> = Vec::new();
     let mut history: Vec<(String, Earlier)> = Vec::new();
-    let mut history_read: Vec<String> = Vec::new();
+    let mut history_read: BTreeSet<String> = BTreeSet::new();
     for LoadedRow {
         row,
         tombstone,
@@ -284,12 +284,10 @@ fn collect(rows: Vec<LoadedRow>) -> Loaded {
     {
         if earlier {
             if let Some(user) = row.user_id {
-                // An empty app: the user's history was read, and is empty.
-                // (Rows come in no order: this only saves most repeats;
-                // `State::history_read` is a set.)
-                if history_read.last() != Some(&user) {
-                    history_read.push(user.clone());
+                if !history_read.contains(&user) {
+                    history_read.insert(user.clone());
                 }
+                // An empty app: the user's history was read, and is empty.
                 if row.app.is_empty() {
                     continue;
                 }
@@ -412,7 +410,7 @@ pub(super) async fn reload(
             ips: &s.ips,
             since: window.since,
             known_since: window.known_since,
-            per_app: window.per_app,
+            per_app: window.scope == Scope::PerApp,
         });
     let (apps, ids): (Vec<&str>, Vec<&str>) =
         reread.iter().map(|(a, s)| (a.as_str(), s.as_str())).unzip();
@@ -442,8 +440,8 @@ pub(super) struct HistoryWindow<'a> {
     /// The lookback before the batch's latest event: a session last active
     /// since this counts for every one of its sign-ins.
     pub known_since: DateTime<Utc>,
-    /// Only sessions of the sign-in's app count (the per-app scope).
-    pub per_app: bool,
+    /// Which sessions count: of every app, or the sign-in's only.
+    pub scope: Scope,
     /// `new_device` notices are published: user agents must be compared.
     pub devices: bool,
     /// `new_network` notices are published: networks must be compared.
@@ -451,17 +449,6 @@ pub(super) struct HistoryWindow<'a> {
     /// What the worker's batches added lately (proven no news without a
     /// look), and for how long after a session's login it counts.
     pub known: (&'a Mutex<KnownFacts>, chrono::Duration),
-}
-
-impl HistoryWindow<'_> {
-    /// Which sessions count: of every app, or the sign-in's only.
-    fn scope(&self) -> Scope {
-        if self.per_app {
-            Scope::PerApp
-        } else {
-            Scope::AllApps
-        }
-    }
 }
 
 /// What [`HistoryRead`] names, as parallel columns borrowed from the
@@ -531,7 +518,7 @@ fn sign_ins<'e>(
                     (_, Some(ip)) => Fact::Network(ip),
                     (None, None) => continue,
                 };
-                let scoped = (user, scope_app(window.scope(), app));
+                let scoped = (user, scope_app(window.scope, app));
                 if known.knows(scoped, &fact, latest, known_for) {
                     continue;
                 }
@@ -672,7 +659,7 @@ mod tests {
         let window = |devices, networks| HistoryWindow {
             since: at(0),
             known_since: at(0),
-            per_app: false,
+            scope: Scope::AllApps,
             devices,
             networks,
             known: (&known, chrono::Duration::minutes(5)),

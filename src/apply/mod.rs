@@ -66,7 +66,7 @@ use self::load::{EventKey, HistoryWindow, Key, State, key_of};
 use self::plan::LockPlan;
 use crate::db::{self, locks, overrides, retention};
 use crate::domain::event::{SessionEvent, UserId};
-use crate::domain::notice::{NoticeKind, Scope};
+use crate::domain::notice::NoticeKind;
 
 pub use self::enforcement::{Enforcement, Notices};
 pub use self::known::KnownFacts;
@@ -301,7 +301,7 @@ fn history_window<'e>(
     Some(HistoryWindow {
         since: before(earliest),
         known_since: before(latest),
-        per_app: notices.policy.scope == Scope::PerApp,
+        scope: notices.policy.scope,
         devices: kinds.contains(&NoticeKind::NewDevice),
         networks: kinds.contains(&NoticeKind::NewNetwork),
         known: (&notices.known, lookback.min(known::KNOWN_FOR)),

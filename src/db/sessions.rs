@@ -132,8 +132,22 @@ const LOG_COLUMNS: &str = "app, session_id, user_id, login_at, login_seen, last_
     user_agent, expires_at, ended_at, end_reason, max_sessions, last_revoke_at, attributes,
     ended_by, end_note, shadow_flagged_at IS NOT NULL AS shadow_flagged";
 
+/// The rows the history read reads of the user `{user}`: the latest
+/// [`HISTORY_SESSIONS`] logins active within the window. One text for the
+/// read and for the probes that spare it, so that whatever a probe finds
+/// is a row the read would have read (see [`load_for_batch`]).
+fn latest_sessions(user: &str) -> String {
+    format!(
+        "SELECT app, user_agent, ip, last_seen_at FROM sessions
+         WHERE user_id = {user} AND last_seen_at >= $6
+         ORDER BY login_at DESC LIMIT {HISTORY_SESSIONS}"
+    )
+}
+
 /// The statement of [`load_for_batch`], built once.
 static LOAD_FOR_BATCH: LazyLock<String> = LazyLock::new(|| {
+    let probed = latest_sessions("c.user_id");
+    let read = latest_sessions("u.user_id");
     format!(
         "WITH live AS MATERIALIZED (
              SELECT s.* FROM unnest($3::text[]) AS u(user_id)
@@ -193,20 +207,12 @@ static LOAD_FOR_BATCH: LazyLock<String> = LazyLock::new(|| {
                       AS c(user_id, app, user_agent, ip)
                  WHERE NOT (
                      (c.user_agent IS NULL OR EXISTS (
-                         SELECT FROM (
-                             SELECT app, user_agent, last_seen_at FROM sessions
-                             WHERE user_id = c.user_id AND last_seen_at >= $6
-                             ORDER BY login_at DESC LIMIT {HISTORY_SESSIONS}
-                         ) k
+                         SELECT FROM ({probed}) k
                          WHERE k.user_agent = c.user_agent AND k.last_seen_at >= $10
                            AND (NOT $11 OR k.app = c.app)
                      ))
                      AND (c.ip IS NULL OR EXISTS (
-                         SELECT FROM (
-                             SELECT app, ip, last_seen_at FROM sessions
-                             WHERE user_id = c.user_id AND last_seen_at >= $6
-                             ORDER BY login_at DESC LIMIT {HISTORY_SESSIONS}
-                         ) k
+                         SELECT FROM ({probed}) k
                          WHERE k.last_seen_at >= $10 AND k.ip <<= set_masklen(c.ip, CASE
                                    WHEN family(c.ip) = 4 THEN 24 ELSE 48 END)
                            AND NOT k.ip << '::ffff:0.0.0.0/96'::inet
@@ -214,11 +220,7 @@ static LOAD_FOR_BATCH: LazyLock<String> = LazyLock::new(|| {
                      ))
                  )
              ) u
-             LEFT JOIN LATERAL (
-                 SELECT app, user_agent, ip, last_seen_at FROM sessions
-                 WHERE user_id = u.user_id AND last_seen_at >= $6
-                 ORDER BY login_at DESC LIMIT {HISTORY_SESSIONS}
-             ) r ON true
+             LEFT JOIN LATERAL ({read}) r ON true
          ) h
          GROUP BY h.user_id, h.app, h.user_agent, h.network"
     )
